@@ -1,0 +1,126 @@
+"""The project's checkpoint format, atomic writes, and loading a generator from any supported source.
+
+A checkpoint is a plain dict of tensors and JSON-able values, loaded with weights_only=True:
+  {"format": "cips-edge", "version": 1, "config": GeneratorConfig.to_dict(), "g_ema": state_dict,
+   "step": int, "images_seen": int, ...training state (G, D, optimizers, RNG) when written by training}
+A run folder keeps them as RUN/checkpoints/ckpt-<images seen, 10 digits>.pt.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import legacy
+from .config import GeneratorConfig
+from .model import CIPSGenerator
+
+FORMAT = "cips-edge"
+VERSION = 1
+DEFAULT_RUNS_DIR = Path("cips-runs")  # where `cips train` puts runs unless told otherwise
+CHECKPOINT_GLOB = "checkpoints/ckpt-*.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line for the user."""
+
+
+@dataclass
+class LoadedGenerator:
+    generator: CIPSGenerator
+    source: str  # path of the file the weights came from
+    kind: str  # "cips-edge" or "original"
+    step: int | None
+    images_seen: int | None
+    notice: str | None = None  # one line to show the user (e.g. dropped noise weights)
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def generator_checkpoint(generator: CIPSGenerator, step: int = 0, images_seen: int = 0, **extra) -> dict:
+    return {"format": FORMAT, "version": VERSION, "config": generator.config.to_dict(),
+            "g_ema": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+            "step": step, "images_seen": images_seen, **extra}
+
+
+def run_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints of a run folder, oldest first."""
+    return sorted(Path(run_dir).glob(CHECKPOINT_GLOB))
+
+
+def newest_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path | None:
+    """The most recently written checkpoint of any run under runs_dir."""
+    found = list(Path(runs_dir).glob(f"*/{CHECKPOINT_GLOB}"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """A file, or a run folder (its newest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        ckpts = run_checkpoints(path)
+        if not ckpts:
+            raise CheckpointError(f"{path} is a folder without checkpoints ({CHECKPOINT_GLOB})")
+        return ckpts[-1]
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for truncated / foreign files
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} does not hold a checkpoint dict")
+    return ckpt
+
+
+def load_generator(path: str | os.PathLike, n_mlp: int | None = None, lr_mlp: float | None = None,
+                   device: str | torch.device = "cpu") -> LoadedGenerator:
+    """Load the EMA generator from a project checkpoint, a run folder or an original-code checkpoint
+    (detected from its contents). n_mlp / lr_mlp override what shapes cannot tell (original format)."""
+    file = resolve_checkpoint_path(path)
+    ckpt = read_checkpoint(file)
+    if ckpt.get("format") == FORMAT:
+        if ckpt.get("version", 0) > VERSION:
+            raise CheckpointError(f"{file} was written by a newer cips-edge (format {ckpt['version']})")
+        config = GeneratorConfig.from_dict(ckpt["config"])
+        state, kind, notice = ckpt["g_ema"], FORMAT, None
+        step, seen = ckpt.get("step"), ckpt.get("images_seen")
+    elif legacy.is_original_checkpoint(ckpt):
+        try:
+            config = legacy.infer_config(ckpt["g_ema"], n_mlp=n_mlp, lr_mlp=0.01 if lr_mlp is None else lr_mlp)
+            state, dropped = legacy.convert_state(ckpt["g_ema"], config)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{file}: cannot read this original-format checkpoint: {e}") from None
+        kind, step, seen = "original", None, None
+        notice = (f"original-format checkpoint: dropped {len(dropped)} per-pixel noise weights "
+                  "(deterministic rendering has no noise)") if dropped else None
+    else:
+        raise CheckpointError(f"{file} is neither a cips-edge checkpoint nor one of the original CIPS code")
+    generator = CIPSGenerator(config)
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{file}: weights do not fit the stored config ({str(e).splitlines()[0]})") from None
+    generator.eval().requires_grad_(False).to(device)
+    return LoadedGenerator(generator, str(file), kind, step, seen, notice)

@@ -1,0 +1,212 @@
+"""The CIPSskip generator (Anokhin et al., CVPR 2021): G(x, y; z) with no spatial operations.
+
+Activations are laid out channels-last, (batch, points, channels), so that every modulated layer is a
+batched matmul with per-sample weights: modulation and demodulation act on the (tiny) weights once per
+sample, and the per-point work is plain GEMMs. Training, export and rendering all use this one code.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GeneratorConfig
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)  # StyleGAN2's fused leaky ReLU keeps unit second moment
+DEMOD_EPS = 1e-8
+
+
+def scaled_leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
+
+
+class EqualLinear(nn.Module):
+    """Equalized-learning-rate linear layer: weights stored as randn / lr_mul, scaled at run time."""
+
+    def __init__(self, in_dim: int, out_dim: int, lr_mul: float = 1.0, bias_init: float = 0.0,
+                 activate: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init)))
+        self.scale = lr_mul / math.sqrt(in_dim)
+        self.lr_mul = lr_mul
+        self.activate = activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Bias is added before the activation, as in StyleGAN2's fused_leaky_relu.
+        out = F.linear(x, self.weight * self.scale) + self.bias * self.lr_mul
+        return scaled_leaky_relu(out) if self.activate else out
+
+
+class MappingNetwork(nn.Module):
+    """M: z -> w. PixelNorm, then n_mlp equalized-lr layers with leaky ReLU at lr multiplier lr_mlp."""
+
+    def __init__(self, style_dim: int, n_mlp: int, lr_mlp: float):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EqualLinear(style_dim, style_dim, lr_mul=lr_mlp, activate=True) for _ in range(n_mlp)
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # [B, S] -> [B, S]
+        x = z * torch.rsqrt(torch.mean(z * z, dim=1, keepdim=True) + 1e-8)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class FourierFeatures(nn.Module):
+    """e_fo = sin(B (x', y') + b), initialised like SIREN's first layer."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(2, hidden_size)
+        bound = math.sqrt(9.0 / 2.0)
+        nn.init.uniform_(self.linear.weight, -bound, bound)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:  # [B, N, 2] -> [B, N, H]
+        return torch.sin(self.linear(coords))
+
+
+class CoordinateEmbedding(nn.Module):
+    """e_co: a learned (hidden, size, size) table, sampled bilinearly with align_corners=True.
+
+    With align_corners=True the points linspace(-1, 1, size) land exactly on texels, so the
+    native-grid output equals the training-time output (where the table is read directly).
+    """
+
+    def __init__(self, hidden_size: int, size: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(hidden_size, size, size))
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:  # [B, N, 2] -> [B, N, H]
+        batch, n, _ = coords.shape
+        table = self.table.unsqueeze(0).expand(batch, -1, -1, -1)  # [B, H, S, S]
+        out = F.grid_sample(table, coords.view(batch, 1, n, 2), mode="bilinear",
+                            padding_mode="border", align_corners=True)  # [B, H, 1, N]
+        return out.view(batch, -1, n).transpose(1, 2)
+
+    def native(self, batch: int) -> torch.Tensor:
+        """The table itself as points of the native size x size grid, row-major: [B, S*S, H]."""
+        hidden = self.table.shape[0]
+        return self.table.reshape(hidden, -1).t().unsqueeze(0).expand(batch, -1, -1)
+
+
+class ModulatedFC(nn.Module):
+    """A modulated fully-connected layer (StyleGAN2's modulated 1x1 conv), optionally demodulated."""
+
+    def __init__(self, in_dim: int, out_dim: int, style_dim: int, demodulate: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim))
+        self.modulation = EqualLinear(style_dim, in_dim, bias_init=1.0)
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        self.scale = 1.0 / math.sqrt(in_dim)
+        self.demodulate = demodulate
+
+    def modulated_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight, [B, S] -> [B, in, out], ready for x @ weight."""
+        s = self.modulation(w)  # [B, in]
+        weight = self.scale * self.weight.unsqueeze(0) * s.unsqueeze(1)  # [B, out, in]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=2, keepdim=True) + DEMOD_EPS)
+        return weight.transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.apply_weight(x, self.modulated_weight(w))
+
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # [B, N, in] @ [B, in, out] -> [B, N, out]; bias then leaky ReLU (gain sqrt 2)
+        return scaled_leaky_relu(torch.matmul(x, weight) + self.bias)
+
+
+class ToRGB(nn.Module):
+    """Modulated (not demodulated) projection to RGB plus a bias, added to the running image."""
+
+    def __init__(self, in_dim: int, style_dim: int):
+        super().__init__()
+        self.fc = ModulatedFC(in_dim, 3, style_dim, demodulate=False)
+
+    def modulated_weight(self, w: torch.Tensor) -> torch.Tensor:
+        return self.fc.modulated_weight(w)
+
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(x, weight) + self.fc.bias
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.apply_weight(x, self.modulated_weight(w))
+
+
+class CIPSGenerator(nn.Module):
+    """CIPSskip: e = [FourierFeatures, CoordinateEmbedding] -> input layer -> groups of ModulatedFC,
+    a ToRGB skip after each group, summed."""
+
+    def __init__(self, config: GeneratorConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.mapping = MappingNetwork(c.style_dim, c.n_mlp, c.lr_mlp)
+        self.fourier = FourierFeatures(c.hidden_size)
+        self.embedding = CoordinateEmbedding(c.hidden_size, c.size)
+        shapes = c.layer_shapes
+        self.input_layer = ModulatedFC(*shapes[0], c.style_dim)
+        self.layers = nn.ModuleList(ModulatedFC(i, o, c.style_dim) for i, o in shapes[1:])
+        self.to_rgbs = nn.ModuleList(
+            ToRGB(c.synthesis_widths[(k + 1) * c.to_rgb_every - 1], c.style_dim) for k in range(c.n_to_rgb)
+        )
+
+    # -- the style part: once per latent ---------------------------------------------------------
+    def truncate(self, w: torch.Tensor, psi: float | torch.Tensor, w_avg: torch.Tensor | None) -> torch.Tensor:
+        """w' = w_avg + psi (w - w_avg), in W space as the paper and StyleGAN define it."""
+        if w_avg is None:
+            raise ValueError("truncation needs w_avg (the mean mapped latent)")
+        return w_avg + psi * (w - w_avg)
+
+    def modulated_weights(self, w: torch.Tensor) -> list[torch.Tensor]:
+        """Per-sample weights of every modulated layer then every ToRGB, each [B, in, out]."""
+        convs = [self.input_layer, *self.layers]
+        return [m.modulated_weight(w) for m in convs] + [t.modulated_weight(w) for t in self.to_rgbs]
+
+    # -- the per-pixel part ----------------------------------------------------------------------
+    def features(self, coords: torch.Tensor, native: bool = False) -> torch.Tensor:
+        """e(x, y) = [e_fo, e_co]: [B, N, 2] -> [B, N, 2H]. native: coords are the size x size grid."""
+        e_fo = self.fourier(coords)
+        e_co = self.embedding.native(coords.shape[0]) if native else self.embedding(coords)
+        return torch.cat([e_fo, e_co], dim=2)
+
+    def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """[B, N, 2H] features and baked per-sample weights -> raw RGB [B, N, 3]."""
+        n_conv = 1 + len(self.layers)
+        x = self.input_layer.apply_weight(e, weights[0])
+        rgb = None
+        every = self.config.to_rgb_every
+        for i, layer in enumerate(self.layers):
+            x = layer.apply_weight(x, weights[1 + i])
+            if (i + 1) % every == 0:
+                k = (i + 1) // every - 1
+                out = self.to_rgbs[k].apply_weight(x, weights[n_conv + k])
+                rgb = out if rgb is None else rgb + out
+        return rgb
+
+    def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None, *, w: torch.Tensor | None = None,
+                truncation: float = 1.0, w_avg: torch.Tensor | None = None, native: bool = False) -> torch.Tensor:
+        """coords [B, N, 2] (x' first, [-1, 1] frame) and z or w [B, S] -> raw RGB [B, N, 3]."""
+        if (z is None) == (w is None):
+            raise ValueError("pass exactly one of z and w")
+        if w is None:
+            w = self.mapping(z)
+        if truncation != 1.0:
+            w = self.truncate(w, truncation, w_avg)
+        return self.synthesize(self.features(coords, native), self.modulated_weights(w))
+
+    @torch.no_grad()
+    def mean_w(self, n: int = 4096, seed: int = 0, batch: int = 1024) -> torch.Tensor:
+        """Mean of w over n random z, for truncation: [1, S]."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        device = self.embedding.table.device
+        total = torch.zeros(1, self.config.style_dim, dtype=torch.float64, device=device)
+        for start in range(0, n, batch):
+            z = torch.randn(min(batch, n - start), self.config.style_dim, generator=gen).to(device)
+            total += self.mapping(z).double().sum(dim=0, keepdim=True)
+        return (total / n).float()
