@@ -83,10 +83,11 @@ class CoordinateEmbedding(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:  # [B, N, 2] -> [B, N, H]
         batch, n, _ = coords.shape
-        table = self.table.unsqueeze(0).expand(batch, -1, -1, -1)  # [B, H, S, S]
-        out = F.grid_sample(table, coords.view(batch, 1, n, 2), mode="bilinear",
-                            padding_mode="border", align_corners=True)  # [B, H, 1, N]
-        return out.view(batch, -1, n).transpose(1, 2)
+        # One table for the whole batch: sample all B*N points at once rather than expanding the
+        # table to B copies (which would cost B x its memory, and as much again in its gradient).
+        out = F.grid_sample(self.table.unsqueeze(0), coords.reshape(1, 1, batch * n, 2), mode="bilinear",
+                            padding_mode="border", align_corners=True)  # [1, H, 1, B*N]
+        return out.reshape(-1, batch, n).permute(1, 2, 0)
 
     def native(self, batch: int) -> torch.Tensor:
         """The table itself as points of the native size x size grid, row-major: [B, S*S, H]."""
