@@ -15,3 +15,68 @@ def official_dir() -> Path:
     d = FIXTURE_DIR / "skip16"
     assert (d / "checkpoint.pt").exists(), f"official fixture missing at {d} (set CIPS_FIXTURES)"
     return d
+
+
+# -- ONNX files for the export / runtime / CLI tests (exported once per session) ---------------------
+@pytest.fixture(scope="session")
+def official_expected(official_dir) -> dict:
+    import numpy as np
+
+    return dict(np.load(official_dir / "expected.npz"))
+
+
+@pytest.fixture(scope="session")
+def official_onnx(tmp_path_factory, official_dir, official_expected) -> Path:
+    """The official fixture exported with the fixture's own w_avg (its truncation_latent), so that
+    the truncated reference output can be compared."""
+    from cips_edge.checkpoint import load_generator
+    from cips_edge.export import export_generator
+
+    loaded = load_generator(official_dir / "checkpoint.pt")
+    path = tmp_path_factory.mktemp("onnx") / "official.onnx"
+    export_generator(loaded.generator, path, w_avg=official_expected["truncation_latent"],
+                     provenance={"source": loaded.source, "kind": loaded.kind, "step": None, "images_seen": None})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised `tiny` generator saved as a project checkpoint (step 123)."""
+    import torch
+
+    from cips_edge.checkpoint import atomic_torch_save, generator_checkpoint
+    from cips_edge.config import preset
+    from cips_edge.model import CIPSGenerator
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    atomic_torch_save(generator_checkpoint(CIPSGenerator(preset("tiny")), step=123, images_seen=4567), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_checkpoint) -> Path:
+    """tiny_checkpoint exported the way `cips export` does (w_avg computed at export)."""
+    from cips_edge.export import export_checkpoint
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_checkpoint(path, tiny_checkpoint)
+    return path
+
+
+@pytest.fixture(scope="session")
+def torchless_env(tmp_path_factory) -> dict:
+    """Environment for a subprocess in which `import torch` raises (a sitecustomize meta-path hook)."""
+    folder = tmp_path_factory.mktemp("no_torch")
+    (folder / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTorch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ImportError('torch is blocked for this test')\n"
+        "sys.meta_path.insert(0, _NoTorch())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(folder)
+    return env
+

@@ -1,0 +1,12 @@
+"""torch -> ONNX export of a CIPS generator, checked against torch before it is kept
+(installed as cips_edge.export; needs torch and onnx, i.e. the [train] extra).
+
+    export_checkpoint("model.onnx", "cips-runs/00001-ffhq")      # what `cips export` does
+    export_generator(generator, "model.onnx")                      # from a CIPSGenerator in memory
+"""
+from .exporter import ExportError, ExportReport, export_checkpoint, export_generator
+from .graph import OPSET, OnnxGenerator, build_onnx
+from .verify import check_parity
+
+__all__ = ["ExportError", "ExportReport", "export_checkpoint", "export_generator", "OPSET", "OnnxGenerator",
+           "build_onnx", "check_parity"]

@@ -1,0 +1,114 @@
+"""`cips export`: a checkpoint (or a generator in memory) -> one verified cips-edge ONNX file.
+
+The file is written to a temporary name beside the target, checked (onnx checker, then ONNX Runtime
+against torch), and only then renamed into place: a refused export leaves no file behind.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import onnx
+import torch
+
+import cips_edge
+from cips_edge.checkpoint import DEFAULT_RUNS_DIR, CheckpointError, load_generator, newest_checkpoint
+from cips_edge.model import CIPSGenerator
+from cips_edge.runtime.errors import UserError
+from cips_edge.runtime.format import metadata_props
+from cips_edge.runtime.image import atomic_write, prepare_output
+
+from .graph import OPSET, build_onnx
+from .verify import verify_file
+
+MEAN_W_LATENTS = 4096  # latents averaged for w_avg (truncation's centre)
+
+
+class ExportError(UserError):
+    pass
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    bytes: int
+    rel_error: float  # worst ||ort - torch|| / ||torch|| of the verification
+    max_abs_error: float
+    opset: int
+
+
+def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg: torch.Tensor | None = None,
+                     provenance: dict | None = None, opset: int = OPSET) -> ExportReport:
+    """Write `generator` as a verified cips-edge ONNX file.
+
+    w_avg: the mean mapped latent for truncation, [1, S] or [S]; default: generator.mean_w over
+    MEAN_W_LATENTS latents (pass one to reproduce a reference that used its own). provenance: JSON-able
+    facts about the source, stored with export time and versions added.
+    """
+    path = prepare_output(path, suffixes=(".onnx",))
+    generator = generator.cpu().eval().requires_grad_(False)
+    if w_avg is None:
+        w_avg, w_avg_source = generator.mean_w(MEAN_W_LATENTS), {"latents": MEAN_W_LATENTS, "seed": 0}
+    else:
+        w_avg, w_avg_source = torch.as_tensor(w_avg).reshape(1, -1).float(), "given"
+    if w_avg.shape != (1, generator.config.style_dim):
+        raise ExportError(f"w_avg has shape {tuple(w_avg.shape)}, expected (1, {generator.config.style_dim})")
+
+    model = build_onnx(generator, w_avg, opset)
+    facts = dict(provenance or {})
+    facts.update(exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 cips_edge=cips_edge.__version__, torch=torch.__version__, onnx=onnx.__version__,
+                 python=platform.python_version(), w_avg=w_avg_source)
+    for key, value in metadata_props(generator.config, w_avg.numpy(), facts).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model)  # in memory: the file holds all weights (< 2 GB)
+    data = model.SerializeToString()
+
+    # Write under a temporary name, verify that file, then rename: refusal leaves nothing behind.
+    verified: list[tuple[float, float]] = []
+    try:
+        atomic_write(path, lambda f: f.write(data),
+                     check=lambda tmp: verified.append(verify_file(tmp, generator, w_avg)))
+    except UserError as e:
+        raise ExportError(f"export refused, no file written: {e}") from None
+    rel, max_abs = verified[0]
+    return ExportReport(path, len(data), rel, max_abs, opset)
+
+
+def default_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
+    found = newest_checkpoint(runs_dir)
+    if found is None:
+        raise ExportError(f"no --checkpoint given and no checkpoint under {runs_dir}/: train one (it lands "
+                          f"in {runs_dir}/), or pass --checkpoint PATH (a checkpoint file, a run folder, "
+                          "or a checkpoint of the original CIPS code)")
+    return found
+
+
+def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
+                      n_mlp: int | None = None, lr_mlp: float | None = None,
+                      runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
+                      say: Callable[[str], None] = lambda line: None) -> ExportReport:
+    """Export a project checkpoint, a run folder (its newest checkpoint) or an original-format
+    checkpoint (detected from its contents). With no checkpoint, the newest one under runs_dir.
+    n_mlp / lr_mlp: what an original-format checkpoint's shapes cannot tell. say: progress lines."""
+    prepare_output(out, suffixes=(".onnx",))  # fail on a bad output path before any work
+    if checkpoint is None:
+        checkpoint = default_checkpoint(runs_dir)
+        say(f"no --checkpoint given: using the newest checkpoint under {runs_dir}/: {checkpoint}")
+    if n_mlp is not None and n_mlp < 1:
+        raise ExportError(f"--n-mlp must be at least 1, got {n_mlp}")
+    if lr_mlp is not None and not lr_mlp > 0:
+        raise ExportError(f"--lr-mlp must be positive, got {lr_mlp}")
+    try:
+        loaded = load_generator(checkpoint, n_mlp=n_mlp, lr_mlp=lr_mlp)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
+    if loaded.notice:
+        say(loaded.notice)
+    provenance = {"source": str(Path(loaded.source).resolve()), "kind": loaded.kind, "step": loaded.step,
+                  "images_seen": loaded.images_seen}
+    return export_generator(loaded.generator, out, provenance=provenance)

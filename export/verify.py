@@ -1,0 +1,66 @@
+"""Does the ONNX file compute what the torch generator computes? ONNX Runtime (CPU) against torch
+on random latents, at random points inside and outside [-1, 1] and on the native grid, psi 1 and 0.7."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from cips_edge.coords import pixel_grid
+from cips_edge.model import CIPSGenerator
+from cips_edge.runtime.errors import UserError
+from cips_edge.runtime.model import CIPSModel
+from cips_edge.runtime.render import render_points
+
+REL_TOL = 1e-5  # ||ort - torch|| / ||torch||: float32 rounding lands around 1e-6
+ABS_TOL = 1e-4  # largest single difference, relative to max(1, max |torch|)
+PSIS = (1.0, 0.7)
+
+
+class ParityError(UserError):
+    pass
+
+
+def check_parity(ort_out: np.ndarray, torch_out: np.ndarray, what: str) -> tuple[float, float]:
+    """(relative error, max abs error); ParityError if beyond float32 rounding."""
+    diff = ort_out.astype(np.float64) - torch_out.astype(np.float64)
+    rel = float(np.linalg.norm(diff) / max(np.linalg.norm(torch_out), 1e-30))
+    max_abs = float(np.abs(diff).max()) if diff.size else 0.0
+    scale = max(1.0, float(np.abs(torch_out).max()) if diff.size else 1.0)
+    if not (rel <= REL_TOL and max_abs <= ABS_TOL * scale):  # NaN fails too
+        raise ParityError(f"ONNX Runtime differs from torch {what}: relative error {rel:.2e} "
+                          f"(limit {REL_TOL:g}), max abs {max_abs:.2e} (limit {ABS_TOL * scale:.2e})")
+    return rel, max_abs
+
+
+def _torch_rgb(generator: CIPSGenerator, z: torch.Tensor, coords: torch.Tensor, psi: float,
+               w_avg: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return generator(coords, z, truncation=psi, w_avg=w_avg).numpy()
+
+
+def verify_file(path: str | os.PathLike, generator: CIPSGenerator, w_avg: torch.Tensor,
+                seed: int = 0, n_latents: int = 3, n_points: int = 2000) -> tuple[float, float]:
+    """Worst (relative, max abs) error over all checks; ParityError at the first one that fails."""
+    model = CIPSModel(path, device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    style_dim, size = generator.config.style_dim, generator.config.size
+    z = torch.randn(n_latents, style_dim, generator=gen)
+    scattered = torch.rand(n_latents, n_points, 2, generator=gen) * 3.0 - 1.5  # [-1.5, 1.5]^2
+    native = pixel_grid(size, size)[None]  # [1, size^2, 2]
+    generator = generator.cpu().eval()
+    w_avg = w_avg.reshape(1, -1).float().cpu()
+    worst = (0.0, 0.0)
+    for psi in PSIS:
+        ort_out = render_points(model, z.numpy(), scattered.numpy(), truncation=psi)
+        torch_out = _torch_rgb(generator, z, scattered, psi, w_avg)
+        errors = check_parity(ort_out, torch_out, f"at random points (psi {psi})")
+        worst = tuple(map(max, worst, errors))
+    # native grid: one latent twice in one batch, psi differing per sample
+    ort_out = render_points(model, z[:1].repeat(2, 1).numpy(), native[0].numpy(), truncation=np.asarray(PSIS))
+    for k, psi in enumerate(PSIS):
+        torch_out = _torch_rgb(generator, z[:1], native, psi, w_avg)
+        errors = check_parity(ort_out[k:k + 1], torch_out, f"on the native grid (psi {psi})")
+        worst = tuple(map(max, worst, errors))
+    return worst

@@ -1,0 +1,23 @@
+"""Torch-free CIPS renderer: ONNX Runtime and numpy only (installed as cips_edge.runtime).
+
+    model = CIPSModel("model.onnx", device="auto")       # says which provider runs: model.provider
+    rgb = render_image(model, latent_for_seed(7, model.style_dim), 512, 512)   # [H, W, 3] raw values
+    write_output("cips-seed7.png", rgb)
+
+Nothing here imports torch, directly or through cips_edge.model (tests check it in a subprocess
+where `import torch` fails).
+"""
+from .coords import FULL_FRAME, grid_chunks, load_coords, pixel_grid, region_grid
+from .errors import UserError
+from .format import FORMAT, FORMAT_VERSION, ModelInfo
+from .image import MAX_SIDE, check_image_size, output_paths, prepare_output, to_uint8, write_output
+from .latents import latent_for_seed, load_latent, parse_seeds
+from .model import DEVICES, CIPSModel, available_providers, count_parameters
+from .render import render_image, render_points, run_chunks
+
+__all__ = [
+    "FULL_FRAME", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
+    "FORMAT_VERSION", "ModelInfo", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
+    "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES", "CIPSModel",
+    "available_providers", "count_parameters", "render_image", "render_points", "run_chunks",
+]

@@ -1,0 +1,73 @@
+"""Pixel coordinates in the paper's frame: the numpy twin of cips_edge/coords.py (tests check they agree).
+
+Pixel (row i, column j) of a W x H image is the point (linspace(x0, x1, W)[j], linspace(y0, y1, H)[i]),
+x' first; the full frame is [-1, 1]^2, the frame the generator was trained on.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from .errors import UserError
+
+FULL_FRAME = (-1.0, -1.0, 1.0, 1.0)  # (x0, y0, x1, y1)
+
+
+def region_grid(x0: float, y0: float, x1: float, y1: float, height: int, width: int) -> np.ndarray:
+    """Points of a height x width pixel grid spanning [x0, x1] x [y0, y1], row-major: [H*W, 2] float32."""
+    xs = np.linspace(x0, x1, width, dtype=np.float64)
+    ys = np.linspace(y0, y1, height, dtype=np.float64)
+    grid = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1)  # [H, W, 2]
+    return grid.reshape(-1, 2).astype(np.float32)
+
+
+def pixel_grid(height: int, width: int) -> np.ndarray:
+    """The full image frame: x' = 2x/(W-1) - 1, y' = 2y/(H-1) - 1: [H*W, 2] float32."""
+    return region_grid(*FULL_FRAME, height, width)
+
+
+def grid_chunks(height: int, width: int, chunk: int,
+                region: tuple[float, float, float, float] = FULL_FRAME) -> Iterator[tuple[int, np.ndarray]]:
+    """(first flat pixel index, points [n, 2]) of region_grid in runs of at most `chunk` points,
+    made on the fly so that memory stays bounded whatever the image size. Same values as region_grid."""
+    x0, y0, x1, y1 = region
+    xs = np.linspace(x0, x1, width, dtype=np.float64).astype(np.float32)
+    ys = np.linspace(y0, y1, height, dtype=np.float64).astype(np.float32)
+    total = height * width
+    for start in range(0, total, chunk):
+        index = np.arange(start, min(start + chunk, total))
+        yield start, np.stack([xs[index % width], ys[index // width]], axis=-1)
+
+
+def check_coords(coords: np.ndarray, what: str = "coords") -> np.ndarray:
+    """Points shaped (..., 2) of any real dtype -> float32, finite; UserError otherwise."""
+    coords = np.asarray(coords)
+    if coords.ndim == 0 or coords.shape[-1] != 2:
+        raise UserError(f"{what} must be shaped (..., 2) with x' first; got shape {coords.shape}")
+    if coords.dtype.kind not in "iuf":
+        raise UserError(f"{what} must hold real numbers; got dtype {coords.dtype}")
+    with np.errstate(over="ignore"):
+        coords = coords.astype(np.float32)
+    if not np.isfinite(coords).all():
+        raise UserError(f"{what} hold NaN or infinite values (or numbers beyond float32)")
+    return coords
+
+
+def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """np.load without pickles, with one-line errors."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} path is a folder, not a .npy file: {path}") from None
+    except (ValueError, OSError, EOFError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a readable .npy array ({first})") from None
+
+
+def load_coords(path: str | os.PathLike) -> np.ndarray:
+    """A .npy array of points shaped (..., 2) -> float32."""
+    return check_coords(read_npy(path, "coords"), f"coords in {path}")

@@ -1,0 +1,63 @@
+"""Latents: a seed means the same z on every machine and provider; latents from .npy files.
+
+Convention: z = numpy.random.default_rng(seed).standard_normal(style_dim), cast to float32. NumPy
+keeps default_rng's stream (PCG64) stable across versions and platforms, and the draw happens in numpy
+on the host, so the provider never changes it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+from .coords import read_npy
+from .errors import UserError
+
+MAX_SEEDS = 10_000  # more files than this from one command is almost surely a typo (e.g. 0-1000000)
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+def latent_for_seed(seed: int, style_dim: int) -> np.ndarray:
+    """The latent of a seed: [style_dim] float32."""
+    if seed < 0:
+        raise UserError(f"seeds must be non-negative integers, got {seed}")
+    return np.random.default_rng(seed).standard_normal(style_dim).astype(np.float32)
+
+
+def parse_seeds(specs: Iterable[str | int]) -> list[int]:
+    """'7', '0-15', '1,2,5-7' (and several of them) -> seeds in order, duplicates dropped."""
+    seeds: list[int] = []
+    for spec in specs:
+        for part in str(spec).split(","):
+            part = part.strip()
+            if part.isdigit():
+                seeds.append(int(part))
+            elif m := _RANGE.match(part):
+                lo, hi = int(m.group(1)), int(m.group(2))
+                if hi < lo:
+                    raise UserError(f"seed range {part!r} is empty (write low-high)")
+                if hi - lo + 1 > MAX_SEEDS:
+                    raise UserError(f"seed range {part!r} has {hi - lo + 1} seeds; at most {MAX_SEEDS} per command")
+                seeds.extend(range(lo, hi + 1))
+            else:
+                raise UserError(f"bad seed {part!r}: seeds are non-negative integers, ranges like 0-15, "
+                                "or comma lists like 1,2,5-7")
+    unique = list(dict.fromkeys(seeds))
+    if len(unique) > MAX_SEEDS:
+        raise UserError(f"{len(unique)} seeds; at most {MAX_SEEDS} per command")
+    return unique
+
+
+def load_latent(path: str | os.PathLike, style_dim: int) -> np.ndarray:
+    """A .npy latent shaped (style_dim,) or (1, style_dim) -> [style_dim] float32."""
+    z = read_npy(path, "latent")
+    if z.shape not in ((style_dim,), (1, style_dim)):
+        raise UserError(f"latent in {path} has shape {z.shape}; the model expects ({style_dim},) or (1, {style_dim})")
+    if z.dtype.kind not in "iuf":
+        raise UserError(f"latent in {path} must hold real numbers; got dtype {z.dtype}")
+    z = z.reshape(style_dim).astype(np.float32)
+    if not np.isfinite(z).all():
+        raise UserError(f"latent in {path} holds NaN or infinite values")
+    return z

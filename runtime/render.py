@@ -1,0 +1,118 @@
+"""Rendering through a CIPSModel in chunks of points; the result does not depend on the chunk size.
+
+Every pixel is independent of every other, so any set of points can be rendered in any order and in
+pieces; the per-latent style work (mapping network, modulated weights) is redone per chunk, which
+costs about as much as one or two points.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .coords import FULL_FRAME, check_coords, grid_chunks
+from .errors import UserError
+from .model import CIPSModel
+
+Progress = Callable[[int], None]  # called with the number of points just finished
+
+
+def run_chunks(model: CIPSModel, z: np.ndarray, truncation: np.ndarray,
+               chunks: Iterable[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, coords [B, n, 2]) pieces -> (start, rgb [B, n, 3]) in the same order, model.workers
+    pieces at a time, with at most 2 x workers pieces in flight (memory stays bounded)."""
+    if model.workers == 1:
+        for start, coords in chunks:
+            yield start, model.run(z, coords, truncation)
+        return
+    with ThreadPoolExecutor(model.workers) as pool:
+        pending: deque = deque()
+        for start, coords in chunks:
+            pending.append((start, pool.submit(model.run, z, coords, truncation)))
+            if len(pending) >= 2 * model.workers:
+                start, future = pending.popleft()
+                yield start, future.result()
+        while pending:
+            start, future = pending.popleft()
+            yield start, future.result()
+
+
+def _check_chunk(model: CIPSModel, chunk: int | None) -> int:
+    if chunk is None:
+        return model.default_chunk
+    if chunk < 1:
+        raise UserError(f"--chunk must be at least 1 point, got {chunk}")
+    return chunk
+
+
+def _latents(model: CIPSModel, z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z)
+    if z.ndim == 1:
+        z = z[None]
+    if z.ndim != 2 or z.shape[1] != model.style_dim:
+        raise UserError(f"latent has shape {z.shape[1:] if z.ndim == 2 else z.shape}; the model expects "
+                        f"({model.style_dim},) (its style_dim)")
+    z = z.astype(np.float32)
+    if not np.isfinite(z).all():
+        raise UserError("latent holds NaN or infinite values")
+    return z
+
+
+def _truncation(truncation: float | np.ndarray, batch: int) -> np.ndarray:
+    psi = np.broadcast_to(np.asarray(truncation, dtype=np.float32), (batch,)).copy()
+    if not np.isfinite(psi).all():
+        raise UserError(f"truncation must be a finite number, got {truncation}")
+    return psi
+
+
+def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncation: float | np.ndarray = 1.0,
+                  chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
+    """Raw RGB at arbitrary points.
+
+    z: [S] or [B, S]. coords: [N, 2] (the same points for every latent) or [B, N, 2]; x' first, in the
+    paper's frame ([-1, 1] is the image; points outside are allowed). truncation: psi, a number or [B]
+    (1 = none). chunk: points per session call (default: model.default_chunk). Returns [B, N, 3] float32.
+    """
+    z = _latents(model, z)
+    batch = z.shape[0]
+    coords = check_coords(coords)
+    if coords.ndim == 2:
+        coords = np.broadcast_to(coords, (batch, *coords.shape))
+    if coords.ndim != 3 or coords.shape[0] != batch:
+        raise UserError(f"coords must be [N, 2] or [{batch}, N, 2] for {batch} latent(s); got {coords.shape}")
+    psi = _truncation(truncation, batch)
+    per_call = max(1, _check_chunk(model, chunk) // batch)  # the chunk counts points of all latents
+    n = coords.shape[1]
+    out = np.empty((batch, n, 3), dtype=np.float32)
+    pieces = ((start, np.ascontiguousarray(coords[:, start:start + per_call])) for start in range(0, n, per_call))
+    for start, rgb in run_chunks(model, z, psi, pieces):
+        out[:, start:start + rgb.shape[1]] = rgb
+        if progress is not None:
+            progress(rgb.shape[0] * rgb.shape[1])
+    return out
+
+
+def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
+                 region: tuple[float, float, float, float] = FULL_FRAME, truncation: float = 1.0,
+                 chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
+    """Raw RGB of one latent on a height x width pixel grid over region (x0, y0, x1, y1): [H, W, 3].
+
+    Pixel (row i, column j) is the point (linspace(x0, x1, W)[j], linspace(y0, y1, H)[i]); the
+    coordinates are made chunk by chunk, so only the output grows with the image.
+    """
+    z = _latents(model, z)
+    if z.shape[0] != 1:
+        raise UserError(f"render_image takes one latent, got {z.shape[0]}")
+    if height < 1 or width < 1:
+        raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
+    psi = _truncation(truncation, 1)
+    per_call = _check_chunk(model, chunk)
+    out = np.empty((height * width, 3), dtype=np.float32)
+    pieces = ((start, points[None]) for start, points in grid_chunks(height, width, per_call, region))
+    for start, rgb in run_chunks(model, z, psi, pieces):
+        out[start:start + rgb.shape[1]] = rgb[0]
+        if progress is not None:
+            progress(rgb.shape[1])
+    return out.reshape(height, width, 3)

@@ -1,0 +1,181 @@
+"""Export: one self-contained ONNX file with a clean per-point graph and the metadata the runtime needs,
+verified against torch before it is kept, from any checkpoint format."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+import cips_edge
+from cips_edge.checkpoint import atomic_torch_save, generator_checkpoint, load_generator
+from cips_edge.config import preset
+from cips_edge.coords import pixel_grid
+from cips_edge.export import ExportError, check_parity, export_checkpoint, export_generator
+from cips_edge.export import verify
+from cips_edge.model import CIPSGenerator
+from cips_edge.runtime import CIPSModel, render_points
+from cips_edge.runtime.format import FORMAT, INPUTS, OUTPUT
+
+# Node types of the exported graph. Per point: MatMul, Add, LeakyRelu, Mul (the sqrt 2 gain), Sin,
+# GridSample, Concat, Transpose/Reshape of the sampled embedding; per sample: the rest.
+ALLOWED_OPS = {"MatMul", "Add", "Mul", "LeakyRelu", "Sin", "GridSample", "Concat", "Transpose", "Reshape",
+               "Sub", "Div", "Sqrt", "Pow", "ReduceMean", "ReduceSum", "Unsqueeze", "Shape", "Gather", "Constant"}
+
+
+def metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(path).metadata_props}
+
+
+def test_metadata_holds_what_the_runtime_needs(tiny_onnx, tiny_checkpoint):
+    meta = metadata(tiny_onnx)
+    assert meta["cips.format"] == FORMAT and meta["cips.format_version"] == "1"
+    assert json.loads(meta["cips.config"]) == preset("tiny").to_dict()
+    assert meta["cips.style_dim"] == str(preset("tiny").style_dim)
+    prov = json.loads(meta["cips.provenance"])
+    assert prov["source"] == str(tiny_checkpoint.resolve()) and prov["kind"] == "cips-edge"
+    assert (prov["step"], prov["images_seen"]) == (123, 4567)
+    assert prov["cips_edge"] == cips_edge.__version__ and prov["torch"] == torch.__version__
+    assert datetime.fromisoformat(prov["exported_at"]).utcoffset().total_seconds() == 0
+    assert prov["w_avg"] == {"latents": 4096, "seed": 0}
+
+
+def test_w_avg_is_the_mean_w_of_4096_latents_in_metadata_and_graph(tiny_onnx, tiny_checkpoint):
+    expected = load_generator(tiny_checkpoint).generator.mean_w(4096).numpy()[0]
+    assert np.array_equal(np.asarray(json.loads(metadata(tiny_onnx)["cips.w_avg"]), np.float32), expected)
+    graph = {t.name: numpy_helper.to_array(t) for t in onnx.load(tiny_onnx).graph.initializer}
+    assert np.array_equal(graph["w_avg"].reshape(-1), expected)
+
+
+def test_graph_is_one_clean_file_with_dynamic_batch_and_points(tiny_onnx):
+    model = onnx.load(tiny_onnx, load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    ops = [n.op_type for n in model.graph.node]
+    assert set(ops) <= ALLOWED_OPS, set(ops) - ALLOWED_OPS
+    assert ops.count("GridSample") == 1 and ops.count("Sin") == 1
+    c = preset("tiny")
+    # one LeakyRelu per mapping layer and per modulated layer: nothing else runs per point
+    assert ops.count("LeakyRelu") == c.n_mlp + len(c.layer_shapes)
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*model.graph.input, *model.graph.output]}
+    assert dims == {"z": ["batch", c.style_dim], "coords": ["batch", "points", 2], "truncation": ["batch"],
+                    "rgb": ["batch", "points", 3]}
+    assert tuple(i.name for i in model.graph.input) == INPUTS and model.graph.output[0].name == OUTPUT
+
+
+def test_any_batch_and_number_of_points_run(tiny_onnx, tiny_checkpoint):
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    g = load_generator(tiny_checkpoint).generator
+    for batch, n in [(1, 1), (3, 517)]:
+        z, coords = torch.randn(batch, g.config.style_dim), torch.rand(batch, n, 2) * 4 - 2
+        out = session.run(None, {"z": z.numpy(), "coords": coords.numpy(), "truncation": np.ones(batch, np.float32)})[0]
+        with torch.no_grad():
+            ref = g(coords, z).numpy()
+        assert out.shape == (batch, n, 3) and np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+def test_random_edge_preset_exports_and_matches_torch(tmp_path):
+    torch.manual_seed(1)
+    g = CIPSGenerator(preset("edge-64"))
+    ckpt = tmp_path / "run" / "checkpoints" / "ckpt-0000000000.pt"
+    atomic_torch_save(generator_checkpoint(g), ckpt)
+    report = export_checkpoint(tmp_path / "edge.onnx", tmp_path / "run")  # a run folder
+    assert report.rel_error < 1e-5 and report.path.stat().st_size == report.bytes
+    model = CIPSModel(report.path, device="cpu")
+    z = torch.randn(1, 256)
+    coords = pixel_grid(40, 24)[None]
+    with torch.no_grad():
+        ref = g.eval()(coords, z).numpy()
+    out = render_points(model, z.numpy(), coords.numpy())
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+
+
+# -- the parity check and the refusal -------------------------------------------------------------
+def test_check_parity_tolerance():
+    ref = np.random.default_rng(0).standard_normal((2, 100, 3)).astype(np.float32)
+    assert check_parity(ref, ref, "x") == (0.0, 0.0)
+    check_parity(ref * np.float32(1 + 1e-6), ref, "x")  # float32 rounding passes
+    for bad in (ref + 1e-3, ref * 1.0001, np.where(ref > 2, np.nan, ref)):
+        with pytest.raises(verify.ParityError):
+            check_parity(bad.astype(np.float32), ref, "x")
+
+
+class _CorruptModel(CIPSModel):
+    def run(self, z, coords, truncation):
+        return super().run(z, coords, truncation) + np.float32(1e-3)
+
+
+def test_export_that_does_not_match_torch_is_refused_and_leaves_no_file(tmp_path, monkeypatch, tiny_checkpoint):
+    monkeypatch.setattr(verify, "CIPSModel", _CorruptModel)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match="export refused, no file written: ONNX Runtime differs from torch"):
+        export_checkpoint(out, tiny_checkpoint)
+    assert list(tmp_path.iterdir()) == []
+    out.write_bytes(b"previous")  # an older file of that name stays as it was
+    with pytest.raises(ExportError):
+        export_checkpoint(out, tiny_checkpoint)
+    assert out.read_bytes() == b"previous" and len(list(tmp_path.iterdir())) == 1
+
+
+# -- where the weights come from ------------------------------------------------------------------
+def test_original_checkpoint_is_detected_and_its_provenance_recorded(official_dir, tmp_path):
+    lines = []
+    report = export_checkpoint(tmp_path / "o.onnx", official_dir / "checkpoint.pt", n_mlp=2, lr_mlp=0.01,
+                               say=lines.append)
+    prov = json.loads(metadata(report.path)["cips.provenance"])
+    assert prov["kind"] == "original" and prov["step"] is None
+    assert any("dropped 7 per-pixel noise weights" in line for line in lines)
+
+
+def test_original_format_overrides_are_passed_on(official_dir, tmp_path):
+    with pytest.raises(ExportError, match="--n-mlp 3 but the checkpoint holds 2"):
+        export_checkpoint(tmp_path / "o.onnx", official_dir / "checkpoint.pt", n_mlp=3)
+    with pytest.raises(ExportError, match="--lr-mlp must be positive"):
+        export_checkpoint(tmp_path / "o.onnx", official_dir / "checkpoint.pt", lr_mlp=0.0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_newest_checkpoint_of_the_default_folder_is_used_and_named(tmp_path, tiny_checkpoint):
+    runs = tmp_path / "cips-runs"
+    with pytest.raises(ExportError, match="no --checkpoint given and no checkpoint under"):
+        export_checkpoint(tmp_path / "m.onnx", runs_dir=runs)
+    older = runs / "00001-a" / "checkpoints" / "ckpt-0000000100.pt"
+    newer = runs / "00002-b" / "checkpoints" / "ckpt-0000000050.pt"
+    for path, age in ((older, 100), (newer, 0)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(tiny_checkpoint.read_bytes())
+        os.utime(path, (time.time() - age, time.time() - age))
+    lines = []
+    report = export_checkpoint(tmp_path / "m.onnx", runs_dir=runs, say=lines.append)
+    assert str(newer) in lines[0]
+    assert json.loads(metadata(report.path)["cips.provenance"])["source"] == str(newer.resolve())
+
+
+@pytest.mark.parametrize("content", [{"foo": 1}, "garbage"])
+def test_checkpoint_of_neither_format_is_refused(tmp_path, content):
+    ckpt = tmp_path / "x.pt"
+    if content == "garbage":
+        ckpt.write_bytes(b"\x00not a checkpoint at all")
+    else:
+        torch.save(content, ckpt)
+    with pytest.raises(ExportError, match="neither a cips-edge checkpoint|not a readable PyTorch checkpoint"):
+        export_checkpoint(tmp_path / "m.onnx", ckpt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
+
+
+def test_export_generator_checks_its_arguments(tmp_path):
+    g = CIPSGenerator(preset("tiny"))
+    with pytest.raises(ExportError, match="w_avg has shape"):
+        export_generator(g, tmp_path / "m.onnx", w_avg=torch.zeros(3))
+    with pytest.raises(Exception, match="must end in .onnx"):
+        export_generator(g, tmp_path / "m.png")
+    assert list(tmp_path.iterdir()) == []
