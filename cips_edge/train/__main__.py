@@ -1,0 +1,51 @@
+"""`python -m cips_edge.train DATA [--options]`: the launcher-friendly entry, so torchrun can start
+training on several GPUs (torchrun --nproc_per_node 8 -m cips_edge.train DATA --out RUN ...).
+The options are TrainOptions' fields, with their help texts."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from .options import AUGMENT_MODES, TrainError, TrainOptions
+
+_TYPES = {"int": int, "float": float, "str": str, "Path": Path}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cips_edge.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a CIPS generator on a folder or zip of images (the paper's recipe). "
+                    "Several GPUs: torchrun --nproc_per_node N -m cips_edge.train DATA ...")
+    for f in dataclasses.fields(TrainOptions):
+        help_text = f.metadata.get("help", "")
+        kind = str(f.type).replace(" | None", "")
+        if f.name == "data":
+            parser.add_argument("data", nargs="?", type=Path, default=None, help=help_text)
+        elif kind == "bool":
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
+                                action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            choices = AUGMENT_MODES if f.name == "augment" else None
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
+                                type=_TYPES[kind], choices=choices, help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from . import run
+
+        run(TrainOptions(**vars(args)))
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Every training option in one frozen dataclass, checked up front. Imports nothing heavy (no torch),
+so a command line can build its options from these fields without paying for torch."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cips_edge.config import PRESETS
+
+AUGMENT_MODES = ("auto", "on", "off")
+# Below this many images 'auto' turns DiffAugment on: the StyleGAN2-ADA and DiffAugment papers show D
+# overfitting (and FID rising) at 1k-10k images and still a clear gain at ~30k; at FFHQ's 70k
+# plain StyleGAN2 no longer overfits.
+AUGMENT_AUTO_BELOW = 30_000
+MIN_SIZE, MAX_SIZE = 8, 1024  # the discriminator needs a power of two it can halve down to 4x4
+
+
+class TrainError(ValueError):
+    """A problem the user can fix (options, data, run folder); the message is one line."""
+
+
+def opt(default, help: str):
+    """A field with its help text, so the command line (and --help) reads the same words."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    # -- what to train on, where to write --------------------------------------------------------
+    data: Path | None = opt(None, "folder (subfolders too) or .zip of png/jpg/webp images; on resume, "
+                                  "defaults to the run's own")
+    out: Path | None = opt(None, "run folder to create; default cips-runs/<number>-<data>-<preset>. "
+                                 "With --resume: the run to continue (default: newest under cips-runs)")
+    resume: bool = opt(False, "continue the run in --out from its newest checkpoint, exactly")
+    # -- the model -----------------------------------------------------------------------------
+    preset: str = opt("edge-64", f"generator preset: {', '.join(PRESETS)}")
+    size: int | None = opt(None, f"training size override (power of two, {MIN_SIZE}..{MAX_SIZE}); "
+                                 "default: the preset's")
+    d_channel_multiplier: int = opt(2, "discriminator widths as StyleGAN2: min(16384 * m / res, max)")
+    d_channel_max: int | None = opt(None, "discriminator width cap; default 512 (32 for the tiny preset)")
+    # -- the recipe (the paper's defaults) -------------------------------------------------------
+    batch: int = opt(32, "global batch, split evenly over processes (the paper: 32 = 8 GPUs x 4)")
+    kimg: float = opt(5000.0, "training length in thousands of real images shown to D")
+    lr: float = opt(0.002, "Adam learning rate for G and D (betas 0, 0.99)")
+    r1_gamma: float = opt(10.0, "R1 penalty weight gamma on reals")
+    r1_every: int = opt(16, "apply R1 lazily every this many steps (scaled up by as much)")
+    ema_kimg: float = opt(10.0, "half-life of the EMA generator in thousands of images")
+    augment: str = opt("auto", f"DiffAugment (colour, translation, cutout) on reals and fakes: on, off, "
+                               f"auto = on below {AUGMENT_AUTO_BELOW:,} images")
+    xflip: bool = opt(True, "mirror real images left-right at random (the original does)")
+    g_lazy_correction: bool = opt(True, "scale G's Adam by c = 4/5 (lr * c, betas ** c) like the original, "
+                                        "which keeps StyleGAN2's path-length correction though it has no "
+                                        "path-length term")
+    seed: int = opt(0, "seed for weights, batches, latents and augmentation")
+    # -- what you see and keep -----------------------------------------------------------------
+    checkpoint_kimg: float = opt(100.0, "write a checkpoint every this many kimg (and at the end / Ctrl-C)")
+    keep_checkpoints: int = opt(5, "keep only the newest this many checkpoints")
+    sample_kimg: float = opt(20.0, "write a sample grid of the EMA generator every this many kimg")
+    sample_grid: int = opt(4, "the sample grid shows N x N fixed latents")
+    log_every: int = opt(20, "steps between reading losses off the device (one host sync each)")
+    # -- machine -------------------------------------------------------------------------------
+    device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N; under torchrun: cuda:LOCAL_RANK")
+    bf16: bool = opt(True, "bfloat16 autocast for G and D forward on CUDA (R1 and losses stay fp32); "
+                           "ignored on CPU")
+    compile: bool = opt(False, "torch.compile G and the discriminator's forward (not R1)")
+    workers: int | None = opt(None, "threads decoding images once at start; default min(8, CPUs)")
+    data_cache: bool = opt(True, "keep the decoded, resized images as RUN/data-cache/<fingerprint>.npy "
+                                 "(resumes skip decoding)")
+
+    def __post_init__(self) -> None:
+        for name in ("data", "out"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        problem = self._problem()
+        if problem:
+            raise TrainError(problem)
+
+    def _problem(self) -> str | None:
+        if self.preset not in PRESETS:
+            return f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
+        size = self.training_size
+        if not (MIN_SIZE <= size <= MAX_SIZE and size & (size - 1) == 0):
+            return (f"size {size} cannot be trained: the discriminator needs a power of two from "
+                    f"{MIN_SIZE} to {MAX_SIZE}")
+        positive = {"batch": self.batch, "kimg": self.kimg, "lr": self.lr, "r1_every": self.r1_every,
+                    "ema_kimg": self.ema_kimg, "checkpoint_kimg": self.checkpoint_kimg,
+                    "keep_checkpoints": self.keep_checkpoints, "sample_kimg": self.sample_kimg,
+                    "sample_grid": self.sample_grid, "log_every": self.log_every,
+                    "d_channel_multiplier": self.d_channel_multiplier}
+        for name, value in positive.items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                return f"--{name.replace('_', '-')} must be positive, not {value}"
+        if self.r1_gamma < 0:
+            return f"--r1-gamma must be >= 0, not {self.r1_gamma}"
+        if self.d_channel_max is not None and self.d_channel_max < 1:
+            return f"--d-channel-max must be positive, not {self.d_channel_max}"
+        if self.workers is not None and self.workers < 0:
+            return f"--workers must be >= 0, not {self.workers}"
+        if self.augment not in AUGMENT_MODES:
+            return f"--augment must be one of {', '.join(AUGMENT_MODES)}, not {self.augment!r}"
+        if self.data is None and not self.resume:
+            return "no data: give a folder or .zip of images"
+        return None
+
+    @property
+    def training_size(self) -> int:
+        return self.size if self.size is not None else PRESETS[self.preset].size
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for name in ("data", "out"):
+            d[name] = None if d[name] is None else str(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainOptions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# The fields that define the run's trajectory. On resume they come from the run itself; a value given
+# now that differs from both the default and the run's is an error rather than silently ignored.
+RECIPE_FIELDS = ("preset", "size", "d_channel_multiplier", "d_channel_max", "batch", "lr", "r1_gamma",
+                 "r1_every", "ema_kimg", "augment", "xflip", "g_lazy_correction", "seed")
+
+
+def merge_for_resume(given: TrainOptions, stored: dict) -> TrainOptions:
+    """The run's recipe with this session's settings (length, cadence, machine)."""
+    defaults = TrainOptions(data=Path("."))
+    stored_opts = TrainOptions.from_dict({**stored, "resume": True})
+    changes = {}
+    for name in RECIPE_FIELDS:
+        now, then, default = getattr(given, name), getattr(stored_opts, name), getattr(defaults, name)
+        if now != then and now != default:
+            flag = "--" + name.replace("_", "-")
+            raise TrainError(f"{flag} {now} differs from the run's {then}: a resumed run keeps its recipe "
+                             "(start a new run to change it)")
+        changes[name] = then
+    if given.data is None:
+        changes["data"] = stored_opts.data
+    return dataclasses.replace(given, **changes)
