@@ -1,0 +1,231 @@
+"""Training images: found in a folder or zip, decoded once, centre-cropped, resized and kept as one uint8
+array, from which batches are gathered on the GPU (no per-step decoding, no loader processes).
+
+Why: a CIPS step needs only size x size x 3 bytes per image, so even FFHQ at 256 (70k images) is
+13.8 GB as uint8, which fits in GPU memory next to the models; a batch is then one index_select.
+Sets too large for that stay in host memory (pinned) or, beyond half of RAM, memory-mapped from the
+.npy cache; each batch is gathered on the host and copied asynchronously.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .options import TrainError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+PREPROCESS_VERSION = 1  # bump when decoding/cropping/resizing changes: it invalidates caches
+DEVICE_FRACTION = 0.25  # keep the data on the GPU when it needs at most this share of its memory
+HOST_FRACTION = 0.5  # else in RAM when it needs at most this share, else memory-mapped
+
+
+@dataclass
+class ImageSource:
+    """The image files of a folder or zip, in a fixed (sorted) order."""
+    path: Path
+    names: list[str]  # relative paths (folder) or member names (zip)
+    is_zip: bool
+
+    def __post_init__(self) -> None:
+        self._local = threading.local()  # one open ZipFile per decoding thread
+
+    def read(self, name: str) -> bytes:
+        if self.is_zip:
+            if getattr(self._local, "zip", None) is None:
+                self._local.zip = zipfile.ZipFile(self.path)
+            return self._local.zip.read(name)
+        return (self.path / name).read_bytes()
+
+    def fingerprint(self, size: int) -> str:
+        """Names, sizes and mtimes (folder) or CRCs (zip), plus the preprocessing: keys the cache."""
+        h = hashlib.sha256(f"cips-edge-data v{PREPROCESS_VERSION} size {size}\n".encode())
+        if self.is_zip:
+            with zipfile.ZipFile(self.path) as z:
+                for name in self.names:
+                    info = z.getinfo(name)
+                    h.update(f"{name}\t{info.file_size}\t{info.CRC}\n".encode())
+        else:
+            for name in self.names:
+                st = (self.path / name).stat()
+                h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+
+def _is_image_name(name: str) -> bool:
+    parts = Path(name).parts
+    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)  # ._foo.jpg, .DS_Store, macOS zips
+    return not hidden and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_images(path: Path) -> ImageSource:
+    path = Path(path)
+    if path.is_dir():
+        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+        source = ImageSource(path, [n for n in names if _is_image_name(n)], is_zip=False)
+    elif path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = sorted(i.filename for i in z.infolist() if not i.is_dir())
+        source = ImageSource(path, [n for n in names if _is_image_name(n)], is_zip=True)
+    elif path.exists():
+        raise TrainError(f"{path} is neither a folder nor a zip of images")
+    else:
+        raise TrainError(f"data not found: {path}")
+    if not source.names:
+        raise TrainError(f"no images in {path} (looked for {', '.join(IMAGE_EXTENSIONS)}, subfolders too)")
+    return source
+
+
+def preprocess(data: bytes, size: int) -> np.ndarray:
+    """Image file bytes -> [size, size, 3] uint8: EXIF-upright, alpha composited on white, centre
+    square crop, Lanczos resize."""
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at >= 2x the target (fast, no aliasing)
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        white.alpha_composite(rgba)
+        img = white
+    img = img.convert("RGB")
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    # Crop first: resize(box=...) would let the filter read pixels outside the square.
+    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(img, dtype=np.uint8)
+
+
+@dataclass
+class Decoded:
+    images: np.ndarray  # [N, size, size, 3] uint8 (in memory or a read-only memory map)
+    fingerprint: str
+    skipped: list[tuple[str, str]]  # (name, reason) of files that could not be read
+    from_cache: bool
+
+
+def _decode_one(source: ImageSource, name: str, size: int) -> np.ndarray | str:
+    try:
+        return preprocess(source.read(name), size)
+    except UnidentifiedImageError:
+        return "not an image PIL can read"
+    except Exception as e:  # PIL raises many types for truncated or foreign files
+        return f"{type(e).__name__}: {e}".splitlines()[0][:120]
+
+
+def decode_images(source: ImageSource, size: int, workers: int, out_path: Path | None = None) -> Decoded:
+    """Decode every file once into one array (written to out_path as .npy when given)."""
+    n = len(source.names)
+    shape = (n, size, size, 3)
+    tmp = None
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        images = np.empty(shape, dtype=np.uint8)
+    skipped, kept = [], 0
+    try:
+        # Threads suffice: PIL releases the GIL while decoding and resizing.
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            results = pool.map(lambda name: _decode_one(source, name, size), source.names) if workers > 0 \
+                else (_decode_one(source, name, size) for name in source.names)
+            for name, result in zip(source.names, results):
+                if isinstance(result, str):
+                    skipped.append((name, result))
+                else:
+                    images[kept] = result
+                    kept += 1
+        if tmp is not None:
+            if kept < n:  # the .npy header holds the shape: rewrite the kept rows into a right-sized file
+                compact_tmp = tmp.with_name(tmp.name + ".compact")
+                compact = np.lib.format.open_memmap(compact_tmp, mode="w+", dtype=np.uint8,
+                                                    shape=(kept, size, size, 3))
+                compact[:] = images[:kept]
+                compact.flush()
+                del images, compact
+                os.replace(compact_tmp, tmp)
+            else:
+                images.flush()
+                del images
+            os.replace(tmp, out_path)
+            images = np.load(out_path, mmap_mode="r")
+        else:
+            images = images[:kept]
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    return Decoded(images, source.fingerprint(size), skipped, from_cache=False)
+
+
+def load_images(path: Path, size: int, workers: int, cache_dir: Path | None,
+                decode: bool = True) -> Decoded | None:
+    """The decoded data set, from cache_dir/<fingerprint>.npy when present. decode=False: only the
+    cache (None if absent), for processes that wait for another to decode."""
+    source = find_images(path)
+    fingerprint = source.fingerprint(size)
+    cache = cache_dir / f"{fingerprint}.npy" if cache_dir is not None else None
+    if cache is not None and cache.exists():
+        return Decoded(np.load(cache, mmap_mode="r"), fingerprint, [], from_cache=True)
+    if not decode:
+        return None
+    decoded = decode_images(source, size, workers, cache)
+    if len(decoded.images) == 0:
+        if cache is not None:
+            cache.unlink(missing_ok=True)
+        first = decoded.skipped[0]
+        raise TrainError(f"none of the {len(source.names)} image files in {path} could be read "
+                         f"(e.g. {first[0]}: {first[1]})")
+    return decoded
+
+
+def _total_ram() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+class ImageBank:
+    """The whole data set as uint8 [N, H, W, 3]; gathers batches onto the training device."""
+
+    def __init__(self, images: np.ndarray, device: torch.device):
+        self.device = device
+        self.count = len(images)
+        nbytes = images.nbytes
+        on_device = device.type == "cuda" and nbytes <= DEVICE_FRACTION * torch.cuda.get_device_properties(
+            device).total_memory
+        if on_device:
+            self.store = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        elif device.type == "cpu" or nbytes <= HOST_FRACTION * _total_ram() or not isinstance(images, np.memmap):
+            self.store = torch.from_numpy(np.array(images))  # a private, writable copy in RAM
+        else:
+            self.store = None  # too large for RAM: gather from the memory map
+            self.mapped = images
+        self.location = "device" if on_device else ("host" if self.store is not None else "memory-map")
+
+    @property
+    def index_device(self) -> torch.device:
+        """Where batch indices must be drawn (the generator's device)."""
+        return self.device if self.location == "device" else torch.device("cpu")
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """index [B] (on index_device) -> uint8 [B, H, W, 3] on the training device."""
+        if self.location == "device":
+            return self.store.index_select(0, index)
+        if self.store is not None:
+            batch = self.store.index_select(0, index)
+        else:
+            batch = torch.from_numpy(self.mapped[np.sort(index.numpy())])
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
