@@ -1,0 +1,125 @@
+"""StyleGAN2's residual discriminator (Karras et al. 2020), which CIPS trains against: equalized-lr
+convolutions, [1, 3, 3, 1] blur before every downsampling, residual blocks halving the resolution down
+to 4x4, minibatch standard deviation, and two linear layers to one logit."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cips_edge.model import scaled_leaky_relu
+
+BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    size: int  # input resolution, a power of two >= 8
+    channel_multiplier: int = 2
+    channel_max: int = 512
+    mbstd_group: int = 4  # minibatch-stddev group size (fewer if the batch is not a multiple)
+
+    def channels(self, res: int) -> int:
+        """StyleGAN2's table: 512 up to 32x32, then 16384 * multiplier / res (256x256, m=2: 128)."""
+        return max(1, min(16384 * self.channel_multiplier // res, self.channel_max))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Blur(nn.Module):
+    """Depthwise [1, 3, 3, 1] x [1, 3, 3, 1] / 64 filter with zero padding (upfirdn2d with up = down = 1).
+    stride 2 computes only the samples a following stride-2 1x1 convolution would keep."""
+
+    def __init__(self, channels: int, pad: tuple[int, int], stride: int = 1):
+        super().__init__()
+        taps = torch.tensor(BLUR_TAPS)
+        kernel = torch.outer(taps, taps) / taps.sum() ** 2
+        self.register_buffer("kernel", kernel.expand(channels, 1, 4, 4).contiguous(), persistent=False)
+        self.pad, self.stride = pad, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p0, p1 = self.pad
+        x = F.pad(x, (p0, p1, p0, p1))
+        return F.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=x.shape[1])
+
+
+class EqualConv2d(nn.Module):
+    """Equalized-lr convolution (weights randn, scaled by 1/sqrt(fan_in) at run time); optional bias and
+    fused leaky ReLU (bias added before it, output times sqrt 2)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
+                 bias: bool = True, activate: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
+        self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
+        self.stride, self.padding, self.activate = stride, padding, activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+        return scaled_leaky_relu(out) if self.activate else out
+
+
+class EqualLinear(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, activate: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_dim, in_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        self.scale = 1.0 / math.sqrt(in_dim)
+        self.activate = activate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight * self.scale, self.bias)
+        return scaled_leaky_relu(out) if self.activate else out
+
+
+class ResBlock(nn.Module):
+    """conv3x3 -> blur + conv3x3 stride 2, plus a blur + 1x1 stride-2 skip, summed / sqrt 2."""
+
+    def __init__(self, in_ch: int, out_ch: int):
+        super().__init__()
+        self.conv1 = EqualConv2d(in_ch, in_ch, 3, padding=1)
+        self.blur = Blur(in_ch, pad=(2, 2))  # then 3x3 stride 2, no padding: out = in / 2
+        self.conv2 = EqualConv2d(in_ch, out_ch, 3, stride=2)
+        self.skip_blur = Blur(in_ch, pad=(1, 1), stride=2)  # blur sampled where the 1x1 stride 2 reads
+        self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False, activate=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, R, R] -> [B, C', R/2, R/2]
+        out = self.conv2(self.blur(self.conv1(x)))
+        return (out + self.skip(self.skip_blur(x))) * (1.0 / math.sqrt(2.0))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: DiscriminatorConfig):
+        super().__init__()
+        self.config = c = config
+        log_size = int(math.log2(c.size))
+        assert 2 ** log_size == c.size and c.size >= 8, c.size
+        self.from_rgb = EqualConv2d(3, c.channels(c.size), 1)
+        self.blocks = nn.Sequential(*(ResBlock(c.channels(2 ** i), c.channels(2 ** (i - 1)))
+                                      for i in range(log_size, 2, -1)))
+        top = c.channels(4)
+        self.final_conv = EqualConv2d(top + 1, top, 3, padding=1)
+        self.final_linear = EqualLinear(top * 4 * 4, top, activate=True)
+        self.out = EqualLinear(top, 1, activate=False)
+
+    def minibatch_stddev(self, x: torch.Tensor) -> torch.Tensor:
+        """Append the mean over features of the stddev across a group (samples i, i + B/G, ...)."""
+        batch, ch, h, w = x.shape
+        group = max(g for g in range(1, min(self.config.mbstd_group, batch) + 1) if batch % g == 0)
+        y = x.float().reshape(group, -1, ch, h, w)
+        y = torch.sqrt(y.var(dim=0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # [B/G]
+        y = y.reshape(1, -1, 1, 1, 1).expand(group, -1, 1, h, w).reshape(batch, 1, h, w)
+        return torch.cat([x, y.to(x.dtype)], dim=1)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:  # [B, 3, R, R] in [-1, 1] -> logits [B]
+        assert img.shape[1:] == (3, self.config.size, self.config.size), img.shape
+        x = self.blocks(self.from_rgb(img))  # [B, C, 4, 4]
+        x = self.final_conv(self.minibatch_stddev(x))
+        x = self.final_linear(x.flatten(1))
+        return self.out(x).squeeze(1).float()
