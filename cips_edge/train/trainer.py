@@ -1,0 +1,255 @@
+"""One CIPS training step (the paper's recipe) and the state it changes: G, D, the EMA generator, both
+optimizers. No host syncs inside a step: losses accumulate on the device and are read every few steps.
+
+Randomness: every step draws batch indices, flips, latents and augmentation from generators seeded by
+(seed, rank, step), so a run resumed from any checkpoint replays the uninterrupted run exactly and
+every rank samples different data without any generator state to save.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cips_edge.config import GeneratorConfig
+from cips_edge.coords import pixel_grid
+from cips_edge.model import CIPSGenerator
+
+from . import distributed
+from .augment import diff_augment
+from .data import ImageBank
+from .discriminator import Discriminator, DiscriminatorConfig
+from .losses import d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_settings, r1_penalty
+
+ADAM_BETAS = (0.0, 0.99)
+G_REG_EVERY_ORIGINAL = 4  # the interval the original's G optimizer is corrected for (see TrainOptions)
+STAT_NAMES = ("loss_d", "loss_g", "r1", "real_score", "fake_score")
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The fast-path switches; Speed.plain() is eager fp32, NCHW, TF32 matmuls off (as PyTorch's default)."""
+    bf16: bool = False  # autocast G's per-pixel layers and D's forward to bfloat16
+    channels_last: bool = False  # NHWC activations for D's convolutions
+    fused_adam: bool = False
+    tuned_backends: bool = False  # cuDNN autotuning (shapes never change) and TF32 for fp32 matmuls
+    compile: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device, bf16: bool, compile: bool) -> "Speed":
+        cuda = device.type == "cuda"
+        return cls(bf16=bf16 and cuda, channels_last=cuda, fused_adam=cuda, tuned_backends=cuda, compile=compile)
+
+    def apply_backend_flags(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.tuned_backends
+            torch.backends.cuda.matmul.allow_tf32 = self.tuned_backends
+            torch.backends.cudnn.allow_tf32 = True  # PyTorch's default, which the original code ran with
+
+
+def _seed(seed: int, rank: int, step: int, stream: str) -> int:
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{stream}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    batch: int  # per rank
+    lr: float
+    r1_gamma: float
+    r1_every: int
+    ema_half_life_kimg: float
+    global_batch: int
+    augment: bool
+    xflip: bool
+    g_lazy_correction: bool
+    seed: int
+
+
+class Trainer:
+    def __init__(self, g_config: GeneratorConfig, d_config: DiscriminatorConfig, recipe: Recipe,
+                 device: torch.device, world: distributed.World = distributed.World(), speed: Speed = Speed()):
+        self.recipe, self.device, self.world, self.speed = recipe, device, world, speed
+        self.size = g_config.size
+        torch.manual_seed(recipe.seed)  # the same initial weights on every rank (and broadcast below)
+        self.G = CIPSGenerator(g_config).to(device)
+        self.D = Discriminator(d_config).to(device)
+        if speed.channels_last:
+            self.D = self.D.to(memory_format=torch.channels_last)
+        distributed.broadcast_module(self.G, world)
+        distributed.broadcast_module(self.D, world)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.ema_beta = ema_beta(recipe.global_batch, recipe.ema_half_life_kimg)
+
+        g_lr, g_betas = lazy_adam_settings(recipe.lr, ADAM_BETAS,
+                                           G_REG_EVERY_ORIGINAL if recipe.g_lazy_correction else None)
+        d_lr, d_betas = lazy_adam_settings(recipe.lr, ADAM_BETAS, recipe.r1_every if recipe.r1_gamma > 0 else None)
+        fused = True if speed.fused_adam else None
+        self.g_params = list(self.G.parameters())
+        self.d_params = list(self.D.parameters())
+        self.g_optim = torch.optim.Adam(self.g_params, lr=g_lr, betas=g_betas, fused=fused)
+        self.d_optim = torch.optim.Adam(self.d_params, lr=d_lr, betas=d_betas, fused=fused)
+
+        self.coords = pixel_grid(self.size, self.size, device).unsqueeze(0)  # [1, S*S, 2]
+        self.gen_device = torch.Generator(device=device)
+        self.gen_index = self.gen_device
+        self._stats = torch.zeros(len(STAT_NAMES), device=device)
+        self._steps_in_stats = 0
+        self._r1_in_stats = 0
+        self.generate = self._generate
+        self.discriminate = self._discriminate
+        if speed.compile:
+            self.generate = torch.compile(self._generate)
+            self.discriminate = torch.compile(self._discriminate)
+
+    # -- forward passes ------------------------------------------------------------------------
+    def _generate(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, S] -> images [B, 3, size, size], float32 in about [-1, 1]. The style part (mapping,
+        modulation, demodulation) and the coordinate features run in float32; only the per-pixel
+        matmuls run under bf16 autocast."""
+        g = self.G
+        weights = g.modulated_weights(g.mapping(z))
+        # The coordinate features are the same for every sample: compute them once (cast once) and
+        # broadcast over the batch without copying.
+        e = g.features(self.coords, native=True)  # [1, S*S, 2H]
+        if self.speed.bf16:
+            e = e.to(torch.bfloat16)
+        e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
+            rgb = g.synthesize(e, weights)  # [B, S*S, 3]
+        img = rgb.float().reshape(-1, self.size, self.size, 3).permute(0, 3, 1, 2)  # NCHW view of NHWC
+        return img if self.speed.channels_last else img.contiguous()
+
+    def _discriminate(self, img: torch.Tensor) -> torch.Tensor:
+        if self.speed.channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
+            return self.D(img).float()
+
+    def augment(self, img: torch.Tensor) -> torch.Tensor:
+        return diff_augment(img, self.gen_device) if self.recipe.augment else img
+
+    # -- inputs --------------------------------------------------------------------------------
+    def use_bank(self, bank: ImageBank) -> None:
+        self.bank = bank
+        if bank.index_device != self.device:
+            self.gen_index = torch.Generator(device=bank.index_device)
+
+    def reseed(self, step: int) -> None:
+        r, s = self.world.rank, self.recipe.seed
+        self.gen_device.manual_seed(_seed(s, r, step, "device"))
+        if self.gen_index is not self.gen_device:
+            self.gen_index.manual_seed(_seed(s, r, step, "index"))
+
+    def real_batch(self) -> torch.Tensor:
+        b = self.recipe.batch
+        index = torch.randint(self.bank.count, (b,), generator=self.gen_index, device=self.bank.index_device)
+        u8 = self.bank.gather(index)  # [B, H, W, 3] uint8 on the device
+        img = u8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0  # [B, 3, H, W], channels-last strides
+        if self.recipe.xflip:
+            flip = torch.rand(b, 1, 1, 1, generator=self.gen_device, device=self.device) < 0.5
+            img = torch.where(flip, img.flip(3), img)
+        return img if self.speed.channels_last else img.contiguous()
+
+    def latents(self) -> torch.Tensor:
+        return torch.randn(self.recipe.batch, self.G.config.style_dim, generator=self.gen_device, device=self.device)
+
+    # -- the phases of a step (separate so the benchmark can time each) --------------------------
+    def d_backward(self, reals: torch.Tensor) -> None:
+        with torch.no_grad():
+            fakes = self.generate(self.latents())
+        real_logits = self.discriminate(self.augment(reals))
+        fake_logits = self.discriminate(self.augment(fakes))
+        loss = d_logistic_loss(real_logits, fake_logits)
+        self.d_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self._stats[[0, 3, 4]] += torch.stack([loss.detach(), real_logits.detach().mean(),
+                                              fake_logits.detach().mean()])
+
+    def r1_backward(self, reals: torch.Tensor) -> None:
+        """Lazy R1 in float32 (no autocast, eager D: double backward), scaled by its interval."""
+        reals = reals.detach().requires_grad_(True)
+        with torch.autocast(self.device.type, enabled=False):
+            d_in = self.augment(reals)
+            if self.speed.channels_last:
+                d_in = d_in.contiguous(memory_format=torch.channels_last)
+            logits = self.D(d_in)
+            penalty = r1_penalty(logits, reals)
+            self.d_optim.zero_grad(set_to_none=True)
+            (penalty * (self.recipe.r1_gamma / 2 * self.recipe.r1_every)).backward()
+        self._stats[2] += penalty.detach()
+
+    def g_backward(self) -> None:
+        self.D.requires_grad_(False)  # no weight gradients for D in G's step
+        try:
+            fake_logits = self.discriminate(self.augment(self.generate(self.latents())))
+            loss = g_nonsaturating_loss(fake_logits)
+            self.g_optim.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            self.D.requires_grad_(True)
+        self._stats[1] += loss.detach()
+
+    def d_optimizer_step(self) -> None:
+        distributed.average_gradients(self.d_params, self.world)
+        self.d_optim.step()
+
+    def g_optimizer_step(self) -> None:
+        distributed.average_gradients(self.g_params, self.world)
+        self.g_optim.step()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        torch._foreach_lerp_(list(self.G_ema.parameters()), self.g_params, 1.0 - self.ema_beta)
+
+    def r1_due(self, step: int) -> bool:
+        return self.recipe.r1_gamma > 0 and step % self.recipe.r1_every == 0
+
+    def train_step(self, step: int) -> None:
+        """Step `step` (0-based): D on reals and fakes, lazy R1, G, EMA, as the original orders them."""
+        self.reseed(step)
+        reals = self.real_batch()
+        self.d_backward(reals)
+        self.d_optimizer_step()
+        if self.r1_due(step):
+            self.r1_backward(reals)
+            self.d_optimizer_step()
+            self._r1_in_stats += 1
+        self.g_backward()
+        self.g_optimizer_step()
+        self.update_ema()
+        self._steps_in_stats += 1
+
+    # -- reading out -----------------------------------------------------------------------------
+    def read_stats(self) -> dict[str, float]:
+        """Mean losses since the last call, averaged over ranks (one host sync; all ranks must call)."""
+        values = distributed.mean_over_ranks(self._stats, self.world).tolist()
+        n, n_r1 = max(self._steps_in_stats, 1), self._r1_in_stats
+        out = {name: v / n for name, v in zip(STAT_NAMES, values)}
+        out["r1"] = values[2] / n_r1 if n_r1 else None
+        self._stats.zero_()
+        self._steps_in_stats = self._r1_in_stats = 0
+        return out
+
+    def state_dict(self) -> dict:
+        return {"g": self.G.state_dict(), "d": self.D.state_dict(), "g_ema": self.G_ema.state_dict(),
+                "g_optim": self.g_optim.state_dict(), "d_optim": self.d_optim.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["g"])
+        self.D.load_state_dict(state["d"])
+        self.G_ema.load_state_dict(state["g_ema"])
+        for optim, key in ((self.g_optim, "g_optim"), (self.d_optim, "d_optim")):
+            # Keep this machine's implementation choice (a CUDA run's fused Adam resumed on CPU, say);
+            # it decides where the loaded step counters go, so set it before loading.
+            saved = dict(state[key])
+            saved["param_groups"] = [{**group, **{k: now.get(k) for k in ("fused", "foreach")}}
+                                     for group, now in zip(saved["param_groups"], optim.param_groups)]
+            optim.load_state_dict(saved)
+
+    @property
+    def models(self) -> list[nn.Module]:
+        return [self.G, self.D, self.G_ema]
