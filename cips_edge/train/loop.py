@@ -1,0 +1,330 @@
+"""run(options): a whole training run. Sets up the run folder (or resumes one), loads the data once,
+trains, and keeps the user informed; checkpoints periodically, at the end and on Ctrl-C / SIGTERM."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cips_edge import __version__
+from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torch_save, generator_checkpoint,
+                                  newest_checkpoint, read_checkpoint, run_checkpoints)
+from cips_edge.config import PRESETS
+
+from . import distributed
+from .data import Decoded, ImageBank, load_images
+from .discriminator import DiscriminatorConfig
+from .options import AUGMENT_AUTO_BELOW, TrainError, TrainOptions, merge_for_resume
+from .report import Reporter, atomic_write_json, grid_name, render_images, save_grid, truncate_metrics
+from .trainer import Recipe, Speed, Trainer
+
+TINY_D_CHANNELS = 32  # the tiny preset is for tests: a 512-wide D would dominate its run time
+
+
+def checkpoint_name(images_seen: int) -> str:
+    return f"ckpt-{images_seen:010d}.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    local = os.environ.get("LOCAL_RANK")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not re.fullmatch(r"cuda(:\d+)?", name):
+        raise TrainError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise TrainError(f"device {name} requested but CUDA is not available here")
+    device = torch.device(name if ":" in name or local is None else f"cuda:{local}")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise TrainError(f"{device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    torch.cuda.set_device(device)
+    return device
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def rng_states() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "python": [version, list(internal), gauss]}
+
+
+def restore_rng_states(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks to stop after the current step (then save); a second Ctrl-C quits at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C interrupts
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _count(module: torch.nn.Module) -> str:
+    n = sum(p.numel() for p in module.parameters())
+    return f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _next_run_dir(options: TrainOptions) -> Path:
+    numbers = [int(m.group(1)) for p in (DEFAULT_RUNS_DIR.iterdir() if DEFAULT_RUNS_DIR.is_dir() else [])
+               if (m := re.match(r"(\d+)-", p.name))]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(options.data).stem) or "data"
+    return DEFAULT_RUNS_DIR / f"{max(numbers, default=-1) + 1:05d}-{stem}-{options.preset}"
+
+
+class Run:
+    def __init__(self, options: TrainOptions, device: torch.device, world: distributed.World):
+        self.options, self.device, self.world = options, device, world
+        self.ckpt: dict | None = None
+        self.created_dir = False
+        self.started = False  # the first step has begun
+
+    # -- setting up ----------------------------------------------------------------------------
+    def locate(self) -> None:
+        """The run folder; on resume, its newest checkpoint and the run's own recipe."""
+        o = self.options
+        if o.resume:
+            run_dir = o.out
+            if run_dir is None:
+                newest = newest_checkpoint(DEFAULT_RUNS_DIR)
+                if newest is None:
+                    raise TrainError(f"nothing to resume: no run with checkpoints under {DEFAULT_RUNS_DIR}/")
+                run_dir = newest.parent.parent
+            ckpts = run_checkpoints(run_dir)
+            if not ckpts:
+                what = "does not exist" if not run_dir.exists() else "has no checkpoints"
+                raise TrainError(f"cannot resume: {run_dir} {what}")
+            try:
+                ckpt = read_checkpoint(ckpts[-1])
+            except CheckpointError as e:
+                raise TrainError(str(e)) from None
+            if not {"g", "d", "g_optim", "d_optim", "options"} <= set(ckpt):
+                raise TrainError(f"cannot resume from {ckpts[-1]}: it holds no training state")
+            self.ckpt = ckpt
+            self.options = dataclasses.replace(merge_for_resume(o, ckpt["options"]), out=run_dir)
+        else:
+            run_dir = o.out if o.out is not None else _next_run_dir(o)
+            if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+                raise TrainError(f"run folder {run_dir} already exists: pass --resume to continue it, "
+                                 "or choose another --out")
+            self.options = dataclasses.replace(o, out=run_dir)
+        if self.options.data is not None:  # recorded absolute, so a resume works from any folder
+            self.options = dataclasses.replace(self.options, data=self.options.data.absolute())
+        self.run_dir = run_dir
+
+    def load_data(self) -> Decoded:
+        o, world = self.options, self.world
+        workers = o.workers if o.workers is not None else min(8, os.cpu_count() or 1)
+        cache_dir = self.run_dir / "data-cache" if o.data_cache else None
+        size = o.training_size
+        decoded = load_images(o.data, size, workers, cache_dir) if world.is_main else None
+        distributed.barrier(world)  # other ranks read rank 0's cache when the file system is shared
+        if not world.is_main:
+            decoded = load_images(o.data, size, workers, cache_dir, decode=False) if cache_dir else None
+            decoded = decoded or load_images(o.data, size, workers, None)
+        return decoded
+
+    def check_data(self, decoded: Decoded, reporter: Reporter) -> None:
+        o = self.options
+        n = len(decoded.images)
+        if decoded.skipped:
+            name, reason = decoded.skipped[0]
+            reporter.warn(f"skipped {len(decoded.skipped)} of {n + len(decoded.skipped)} files that could not "
+                          f"be read as images (first: {name}: {reason})")
+        if n < o.batch:
+            raise TrainError(f"{o.data} has {n} usable image{'s' * (n != 1)}, fewer than the batch of "
+                             f"{o.batch}: add images or lower --batch")
+        if self.ckpt is not None:
+            then = self.ckpt.get("data", {}).get("fingerprint")
+            if then and then != decoded.fingerprint:
+                reporter.warn(f"the data in {o.data} differ from the data this run was trained on "
+                              "(names, sizes or dates changed)")
+
+    # -- the run -------------------------------------------------------------------------------
+    def execute(self) -> Path:
+        o, world = self.options, self.world
+        if o.batch % world.size:
+            raise TrainError(f"--batch {o.batch} does not split evenly over {world.size} processes")
+        self.locate()
+        distributed.barrier(world)  # every rank has checked the folder before rank 0 creates it
+        o = self.options
+        if world.is_main and not self.run_dir.exists():
+            self.run_dir.mkdir(parents=True)
+            self.created_dir = self.ckpt is None
+        try:
+            return self._train()
+        except BaseException:
+            # A run that fails or is stopped before its first step leaves nothing behind.
+            if world.is_main and self.created_dir and not self.started:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
+
+    def _train(self) -> Path:
+        world, device = self.world, self.device
+        start_images = self.ckpt["images_seen"] if self.ckpt else 0
+        reporter = Reporter(self.run_dir, round(self.options.kimg * 1000), start_images, world.is_main)
+        decoded = self.load_data()
+        self.check_data(decoded, reporter)
+        o = self.options
+        n_images = len(decoded.images)
+        augment = o.augment == "on" or (o.augment == "auto" and n_images < AUGMENT_AUTO_BELOW)
+        g_config = dataclasses.replace(PRESETS[o.preset], size=o.training_size)
+        d_max = o.d_channel_max or (TINY_D_CHANNELS if o.preset == "tiny" else 512)
+        d_config = DiscriminatorConfig(o.training_size, o.d_channel_multiplier, d_max)
+        recipe = Recipe(batch=o.batch // world.size, lr=o.lr, r1_gamma=o.r1_gamma, r1_every=o.r1_every,
+                        ema_half_life_kimg=o.ema_kimg, global_batch=o.batch, augment=augment, xflip=o.xflip,
+                        g_lazy_correction=o.g_lazy_correction, seed=o.seed)
+        speed = Speed.for_device(device, o.bf16, o.compile)
+        speed.apply_backend_flags(device)
+        trainer = Trainer(g_config, d_config, recipe, device, world, speed)
+        bank = ImageBank(decoded.images, device)
+        trainer.use_bank(bank)
+        step = 0
+        elapsed0 = 0.0
+        if self.ckpt is not None:
+            trainer.load_state_dict(self.ckpt)
+            restore_rng_states(self.ckpt["rng"])
+            step, elapsed0 = self.ckpt["step"], self.ckpt.get("elapsed_s", 0.0)
+            if self.ckpt.get("world_size", 1) != world.size:
+                reporter.warn(f"resuming a {self.ckpt.get('world_size', 1)}-process run with {world.size}: "
+                              "it continues, but no longer replays the uninterrupted run exactly")
+        self.data_info = {"path": str(o.data), "images": n_images, "fingerprint": decoded.fingerprint,
+                          "skipped": len(decoded.skipped), "location": bank.location}
+        self.meta = {"d_config": d_config.to_dict(), "augment_on": augment, "world_size": world.size,
+                     "cips_edge_version": __version__}
+        if world.is_main:
+            atomic_write_json(self.run_dir / "options.json", {
+                "options": o.to_dict(), "generator": g_config.to_dict(), "discriminator": d_config.to_dict(),
+                "augment_on": augment, "data": self.data_info, "world_size": world.size,
+                "batch_per_process": recipe.batch, "device": str(device), "speed": dataclasses.asdict(speed),
+                "torch": torch.__version__, "cips_edge": __version__})
+            if self.ckpt is not None:
+                truncate_metrics(self.run_dir / "metrics.jsonl", start_images)
+        reporter.say(
+            f"{'resuming' if self.ckpt else 'training'} {o.preset} at {o.training_size}x{o.training_size} "
+            f"(G {_count(trainer.G)}, D {_count(trainer.D)} params) on {n_images} images "
+            f"({bank.location}); batch {o.batch} over {world.size} process(es) on {device}; "
+            f"augment {'on' if augment else 'off'}; bf16 {'on' if speed.bf16 else 'off'} -> {self.run_dir}")
+
+        total_images = round(o.kimg * 1000)
+        total_steps = math.ceil(total_images / o.batch)
+        if step >= total_steps:
+            reporter.say(f"nothing to do: the run is at {step * o.batch / 1000:g} kimg, --kimg is {o.kimg:g}")
+            return self.run_dir
+        ckpt_every = max(1, round(o.checkpoint_kimg * 1000))
+        sample_every = max(1, round(o.sample_kimg * 1000))
+        fixed_z = torch.randn(o.sample_grid ** 2, g_config.style_dim,
+                              generator=torch.Generator().manual_seed(o.seed)).to(device)
+        if world.is_main and self.ckpt is None:
+            n = min(o.sample_grid ** 2, n_images)
+            save_grid(np.asarray(decoded.images[:n]), self.run_dir / "samples" / "reals.png", o.sample_grid)
+            self.save_samples(trainer, fixed_z, 0)
+
+        t_start = time.perf_counter()
+        elapsed = lambda: elapsed0 + time.perf_counter() - t_start  # noqa: E731
+        reporter.start(step * o.batch)
+        self.started = True
+        saved_at = None
+        with StopRequest() as stop:
+            try:
+                while step < total_steps:
+                    trainer.train_step(step)
+                    prev_images, step = step * o.batch, step + 1
+                    images = step * o.batch
+                    reporter.advance(images)
+                    at_log = step % o.log_every == 0 or step == total_steps
+                    if at_log:
+                        reporter.log(step, images, elapsed(), trainer.read_stats())
+                    stopping = stop.requested
+                    if world.size > 1:  # ranks agree on stopping where they synchronise anyway
+                        stopping = at_log and distributed.any_rank(stop.requested, device)
+                    if world.is_main and images // sample_every > prev_images // sample_every:
+                        self.save_samples(trainer, fixed_z, images)
+                    if images // ckpt_every > prev_images // ckpt_every or step == total_steps or stopping:
+                        self.save_checkpoint(trainer, step, images, elapsed(), reporter)
+                        saved_at = step
+                    if stopping:
+                        reporter.close()
+                        reporter.say(f"stopped at {images / 1000:g} kimg; checkpoint saved. Continue with "
+                                     f"--resume --out {self.run_dir}")
+                        raise KeyboardInterrupt
+            finally:
+                reporter.close()
+        assert saved_at == total_steps
+        reporter.say(f"done: {total_steps * o.batch / 1000:g} kimg; checkpoints in {self.run_dir / 'checkpoints'}")
+        return self.run_dir
+
+    def save_samples(self, trainer: Trainer, z: torch.Tensor, images_seen: int) -> None:
+        grid = render_images(trainer.G_ema, z, chunk=max(trainer.recipe.batch, 1))
+        save_grid(grid, self.run_dir / "samples" / grid_name(images_seen), self.options.sample_grid)
+
+    def save_checkpoint(self, trainer: Trainer, step: int, images_seen: int, elapsed_s: float,
+                        reporter: Reporter) -> None:
+        distributed.assert_same_weights(trainer.models, self.world)  # collective: every rank calls
+        if not self.world.is_main:
+            return
+        state = _to_cpu(trainer.state_dict())
+        ckpt = generator_checkpoint(trainer.G_ema, step, images_seen, **{k: v for k, v in state.items() if k != "g_ema"},
+                                    options=self.options.to_dict(), rng=rng_states(), data=self.data_info,
+                                    elapsed_s=elapsed_s, **self.meta)
+        path = self.run_dir / "checkpoints" / checkpoint_name(images_seen)
+        atomic_torch_save(ckpt, path)
+        for old in run_checkpoints(self.run_dir)[:-self.options.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+        reporter.advance(images_seen)
+
+
+def run(options: TrainOptions) -> Path:
+    """Train (or resume) a run; returns its folder. Raises TrainError for problems the user can fix, and
+    KeyboardInterrupt after saving a checkpoint when stopped by Ctrl-C or SIGTERM."""
+    device = resolve_device(options.device)
+    world = distributed.init_from_env(device)
+    try:
+        return Run(options, device, world).execute()
+    finally:
+        distributed.shutdown(world)

@@ -1,0 +1,155 @@
+"""What the user watches: a progress bar (images/s, losses), RUN/metrics.jsonl, sample grids, and
+TensorBoard scalars when tensorboard is installed. Only rank 0 reports."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cips_edge.model import CIPSGenerator
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: dict) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_grid(images: np.ndarray, path: Path, columns: int) -> None:
+    """uint8 [N, H, W, 3] -> one PNG, row-major, written atomically."""
+    n, h, w, _ = images.shape
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * h, columns * w, 3), 255, dtype=np.uint8)
+    for k in range(n):
+        r, c = divmod(k, columns)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[k]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(grid).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def render_images(g: CIPSGenerator, z: torch.Tensor, chunk: int) -> np.ndarray:
+    """EMA samples at the training grid: z [N, S] -> uint8 [N, size, size, 3] (fp32, no truncation)."""
+    from cips_edge.coords import pixel_grid
+
+    size = g.config.size
+    coords = pixel_grid(size, size, z.device).unsqueeze(0)
+    out = []
+    for part in z.split(chunk):
+        rgb = g(coords.expand(part.shape[0], -1, -1), part, native=True)  # [b, S*S, 3]
+        u8 = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        out.append(u8.reshape(-1, size, size, 3).cpu().numpy())
+    return np.concatenate(out)
+
+
+def grid_name(images_seen: int) -> str:
+    return f"grid-{images_seen / 1000:010.3f}.png"  # kimg, sortable: grid-000120.000.png
+
+
+class Reporter:
+    """Progress bar, JSON-lines metrics and TensorBoard for the main rank; silent elsewhere."""
+
+    def __init__(self, run_dir: Path, total_images: int, start_images: int, active: bool):
+        self.active = active
+        self.run_dir = run_dir
+        self.total = total_images
+        self._progress = self._task = self._tb = None
+        self._mark = (time.perf_counter(), start_images)
+        if not active:
+            return
+        from rich.console import Console
+
+        self.console = Console(file=sys.stderr)
+
+    def say(self, message: str) -> None:
+        if self.active:
+            self.console.print(message, highlight=False)
+
+    def warn(self, message: str) -> None:
+        if self.active:
+            self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    def start(self, images_seen: int) -> None:
+        if not self.active:
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional
+            self._tb = None
+
+        self._progress = Progress(
+            TextColumn("[bold]train"), BarColumn(),
+            TextColumn("{task.fields[kimg]}"), TextColumn("{task.fields[speed]}"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=self.console, transient=False,
+        )
+        self._progress.start()
+        self._mark = (time.perf_counter(), images_seen)
+        self._task = self._progress.add_task("train", total=self.total, completed=images_seen,
+                                             kimg=self._kimg(images_seen), speed="", losses="")
+
+    def _kimg(self, images: int) -> str:
+        digits = 1 if self.total >= 10_000 else 3
+        return f"{images / 1000:.{digits}f}/{self.total / 1000:g} kimg"
+
+    def advance(self, images_seen: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=images_seen, kimg=self._kimg(images_seen))
+
+    def log(self, step: int, images_seen: int, elapsed_s: float, stats: dict) -> dict:
+        """Record one metrics line (call right after reading stats, which synchronised the device)."""
+        now = time.perf_counter()
+        t0, seen0 = self._mark
+        ips = (images_seen - seen0) / max(now - t0, 1e-9)
+        self._mark = (now, images_seen)
+        record = {"step": step, "images_seen": images_seen, "kimg": images_seen / 1000,
+                  **{k: (None if v is None else round(v, 6)) for k, v in stats.items()},
+                  "images_per_s": round(ips, 2), "time_s": round(elapsed_s, 2)}
+        if not self.active:
+            return record
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k not in ("step", "images_seen", "kimg") and v is not None:
+                    self._tb.add_scalar(k, v, images_seen)
+        if self._progress is not None:
+            r1 = "" if stats["r1"] is None else f" r1 {stats['r1']:.3g}"
+            self._progress.update(self._task, speed=f"{ips:.1f} img/s",
+                                  losses=f"D {stats['loss_d']:.3f} G {stats['loss_g']:.3f}{r1}")
+        return record
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def truncate_metrics(path: Path, images_seen: int) -> None:
+    """On resume, drop lines past the checkpoint (the interrupted session's tail is replayed)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("images_seen", 0) <= images_seen]
+    _atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
