@@ -80,3 +80,35 @@ def torchless_env(tmp_path_factory) -> dict:
     env["PYTHONPATH"] = str(folder)
     return env
 
+
+# -- a small training set for the training tests -----------------------------------------------------
+TRAIN_IMAGES_USABLE = 40
+
+
+@pytest.fixture(scope="session")
+def train_images(tmp_path_factory) -> Path:
+    """40 readable 32x40 images (png, jpg, webp; one RGBA; some in a subfolder) with a gradient and a
+    disc each, plus one corrupt .png, a hidden ._ file and a .txt (both ignored)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("train_images")
+    (root / "sub").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:32, 0:40]
+    for i in range(TRAIN_IMAGES_USABLE):
+        base = rng.uniform(0, 255, 3) * (xx[..., None] / 40) + rng.uniform(0, 255, 3) * (yy[..., None] / 32)
+        cy, cx, r = rng.uniform(8, 24), rng.uniform(8, 32), rng.uniform(4, 10)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        img = np.where(disc[..., None], rng.uniform(0, 255, 3), base / 2).clip(0, 255).astype(np.uint8)
+        ext = {0: "jpg", 1: "webp"}.get(i, "png")
+        folder = root / "sub" if i % 4 == 0 else root
+        if i == 2:
+            alpha = np.where(disc, 255, 0).astype(np.uint8)[..., None]
+            Image.fromarray(np.concatenate([img, alpha], axis=2), "RGBA").save(folder / f"img{i:02d}.png")
+        else:
+            Image.fromarray(img).save(folder / f"img{i:02d}.{ext}")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    (root / "._img03.png").write_bytes(b"macOS metadata")
+    (root / "notes.txt").write_text("not an image")
+    return root

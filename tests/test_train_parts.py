@@ -1,0 +1,240 @@
+"""The training stage's parts, each against numbers: data decoding and caching, augmentation, the
+discriminator, losses and optimizer settings, options checks."""
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cips_edge.config import preset
+from cips_edge.coords import pixel_grid
+from cips_edge.train import TrainError, TrainOptions
+from cips_edge.train.augment import diff_augment
+from cips_edge.train.data import find_images, load_images, preprocess
+from cips_edge.train.discriminator import Discriminator, DiscriminatorConfig
+from cips_edge.train.losses import ema_beta, lazy_adam_settings, r1_penalty
+from cips_edge.train.options import merge_for_resume
+from cips_edge.train.trainer import Recipe, Trainer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and one thread is robust to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_trainer(**recipe) -> Trainer:
+    base = dict(batch=4, lr=0.002, r1_gamma=10.0, r1_every=16, ema_half_life_kimg=10.0, global_batch=4,
+                augment=False, xflip=True, g_lazy_correction=True, seed=0)
+    return Trainer(preset("tiny"), DiscriminatorConfig(16, channel_max=8), Recipe(**{**base, **recipe}),
+                   torch.device("cpu"))
+
+
+def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- data ---------------------------------------------------------------------------------------
+def test_transparent_pixels_become_white_and_opaque_ones_keep_their_colour():
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[:, :4] = (10, 200, 30, 255)  # left half opaque green, right half fully transparent black
+    out = preprocess(png_bytes(rgba, "RGBA"), 8)
+    assert (out[:, :3] == (10, 200, 30)).all() and (out[:, 5:] == 255).all()
+
+
+def test_wide_image_is_centre_cropped_to_a_square_before_resizing():
+    img = np.zeros((30, 60, 3), np.uint8)
+    img[:, :15] = (255, 0, 0)  # bars outside the centre square are cut away
+    img[:, 45:] = (255, 0, 0)
+    img[:, 15:45] = (0, 0, 255)
+    out = preprocess(png_bytes(img), 16)
+    assert out.shape == (16, 16, 3) and (out == (0, 0, 255)).all()
+
+
+def test_folder_listing_recurses_and_skips_hidden_and_non_images(train_images):
+    source = find_images(train_images)
+    assert len(source.names) == 41  # 40 good + broken.png
+    assert any(n.startswith("sub/") for n in source.names)
+    assert not any("._" in n or n.endswith(".txt") for n in source.names)
+
+
+def test_zip_gives_the_same_images_as_the_folder(train_images, tmp_path):
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted(train_images.rglob("*")):
+            if p.is_file():
+                z.write(p, p.relative_to(train_images).as_posix())
+    a = load_images(train_images, 16, workers=2, cache_dir=None)
+    b = load_images(archive, 16, workers=0, cache_dir=None)
+    assert a.images.shape == (40, 16, 16, 3)
+    assert np.array_equal(a.images, b.images)
+    assert [n for n, _ in a.skipped] == [n for n, _ in b.skipped] == ["broken.png"]
+
+
+def test_cache_is_written_once_reused_and_keyed_by_the_data(train_images, tmp_path):
+    cache = tmp_path / "cache"
+    first = load_images(train_images, 16, workers=0, cache_dir=cache)
+    files = list(cache.glob("*.npy"))
+    assert not first.from_cache and [f.stem for f in files] == [first.fingerprint]
+    second = load_images(train_images, 16, workers=0, cache_dir=cache)
+    assert second.from_cache and np.array_equal(first.images, second.images)
+    other_size = load_images(train_images, 8, workers=0, cache_dir=cache)
+    assert other_size.fingerprint != first.fingerprint and len(list(cache.glob("*.npy"))) == 2
+    assert not list(cache.glob(".*"))  # no temporary files left
+
+
+def test_empty_or_unreadable_data_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainError, match="no images in"):
+        load_images(tmp_path / "empty", 16, 0, None)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes(b"junk")
+    (tmp_path / "bad" / "b.jpg").write_bytes(b"junk")
+    with pytest.raises(TrainError, match=r"none of the 2 image files .* could be read") as e:
+        load_images(tmp_path / "bad", 16, 0, None)
+    assert "\n" not in str(e.value)
+    with pytest.raises(TrainError, match="data not found"):
+        load_images(tmp_path / "missing", 16, 0, None)
+
+
+# -- augmentation ---------------------------------------------------------------------------------
+def test_augmentation_replays_from_its_generator_and_passes_gradients():
+    x = torch.rand(6, 3, 16, 16, requires_grad=True)
+    a = diff_augment(x, torch.Generator().manual_seed(3))
+    b = diff_augment(x, torch.Generator().manual_seed(3))
+    c = diff_augment(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_augmentation_translates_whole_pixels_and_cuts_out_a_quarter_or_less():
+    # Constant images: colour ops keep them constant, so what remains zero is the translation's
+    # border plus the cutout, whose area is at most (8 x 8) of 16 x 16 and its shifts at most 2 px.
+    x = torch.full((64, 3, 16, 16), 0.5)
+    out = diff_augment(x, torch.Generator().manual_seed(0))
+    zero = (out == 0).all(dim=1).float().mean(dim=(1, 2))  # [B] share of erased pixels
+    assert float(zero.max()) <= (64 + 2 * 16 * 2 + 2 * 16 * 2) / 256
+    assert float(zero.min()) > 0  # every image loses some pixels (a cutout inside is at least 4x4)
+
+
+# -- discriminator --------------------------------------------------------------------------------
+def test_discriminator_widths_follow_stylegan2():
+    c = DiscriminatorConfig(256)
+    assert [c.channels(r) for r in (256, 128, 64, 32, 16, 8, 4)] == [128, 256, 512, 512, 512, 512, 512]
+    assert DiscriminatorConfig(1024, channel_multiplier=1).channels(1024) == 16
+
+
+@pytest.mark.parametrize("size,batch", [(8, 4), (16, 6), (32, 3)])
+def test_discriminator_takes_power_of_two_sizes_and_any_batch(size, batch):
+    d = Discriminator(DiscriminatorConfig(size, channel_max=16))
+    out = d(torch.randn(batch, 3, size, size))
+    assert out.shape == (batch,) and out.dtype == torch.float32
+
+
+def test_minibatch_stddev_groups_samples_i_and_i_plus_batch_over_group():
+    """Batch 8, group 4: the groups are {0, 2, 4, 6} and {1, 3, 5, 7} (StyleGAN2's layout); changing
+    sample 3 changes the logits of its group only."""
+    torch.manual_seed(0)
+    d = Discriminator(DiscriminatorConfig(8, channel_max=8))
+    x = torch.randn(8, 3, 8, 8)
+    y = x.clone()
+    y[3] += 1.0
+    changed = ~torch.isclose(d(x), d(y), rtol=0, atol=1e-6)
+    assert changed.tolist() == [False, True, False, True, False, True, False, True]
+
+
+# -- losses and settings --------------------------------------------------------------------------
+def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm():
+    a = torch.randn(3, 4, 4)
+    x = torch.randn(5, 3, 4, 4, requires_grad=True)
+    logits = (x * a).sum(dim=(1, 2, 3))
+    assert float(r1_penalty(logits, x)) == pytest.approx(float(a.square().sum()), rel=1e-5)
+
+
+def test_lazy_regularisation_correction_and_ema_half_life():
+    lr, (b1, b2) = lazy_adam_settings(0.002, (0.0, 0.99), 16)
+    assert lr == pytest.approx(0.002 * 16 / 17) and b1 == 0 and b2 == pytest.approx(0.99 ** (16 / 17))
+    assert lazy_adam_settings(0.002, (0.0, 0.99), None) == (0.002, (0.0, 0.99))
+    beta = ema_beta(32, 10.0)
+    assert beta == pytest.approx(0.5 ** (32 / 10_000))  # the original's constant
+    assert beta ** (10_000 / 32) == pytest.approx(0.5)
+
+
+# -- options --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,message", [
+    ({"size": 12}, "size 12 cannot be trained"),
+    ({"size": 4}, "size 4 cannot be trained"),
+    ({"preset": "huge"}, "unknown preset"),
+    ({"batch": 0}, "--batch must be positive"),
+    ({"augment": "maybe"}, "--augment must be one of"),
+    ({"data": None}, "no data"),
+])
+def test_bad_options_are_one_line_errors(kwargs, message):
+    with pytest.raises(TrainError, match=message) as e:
+        TrainOptions(**{"data": "x", **kwargs})
+    assert "\n" not in str(e.value)
+
+
+def test_resume_keeps_the_runs_recipe_and_refuses_a_changed_one():
+    stored = TrainOptions(data="d", preset="tiny", batch=8, lr=0.001).to_dict()
+    merged = merge_for_resume(TrainOptions(resume=True, kimg=2.0), stored)
+    assert (merged.preset, merged.batch, merged.lr, merged.kimg, str(merged.data)) == ("tiny", 8, 0.001, 2.0, "d")
+    with pytest.raises(TrainError, match="--batch 16 differs from the run's 8"):
+        merge_for_resume(TrainOptions(resume=True, batch=16), stored)
+
+
+def test_ema_default_matches_the_original_constant():
+    assert math.isclose(ema_beta(32, TrainOptions(data="x").ema_kimg), 0.5 ** (32 / (10 * 1000)))
+
+
+# -- the training step ------------------------------------------------------------------------------
+def test_training_render_is_the_generators_native_forward():
+    """What D sees is exactly what CIPSGenerator.forward(native=True) renders (and so what export ships)."""
+    trainer = tiny_trainer()
+    z = torch.randn(3, trainer.G.config.style_dim)
+    with torch.no_grad():
+        img = trainer.generate(z)  # [3, 3, 16, 16]
+        ref = trainer.G(pixel_grid(16, 16).unsqueeze(0).expand(3, -1, -1), z, native=True)  # [3, 256, 3]
+    assert img.shape == (3, 3, 16, 16)
+    assert torch.allclose(img.permute(0, 2, 3, 1).reshape(3, -1, 3), ref, atol=1e-6)
+
+
+def test_optimizers_carry_the_lazy_corrections():
+    trainer = tiny_trainer()
+    d, g = trainer.d_optim.param_groups[0], trainer.g_optim.param_groups[0]
+    assert d["lr"] == pytest.approx(0.002 * 16 / 17) and d["betas"][1] == pytest.approx(0.99 ** (16 / 17))
+    assert g["lr"] == pytest.approx(0.002 * 4 / 5) and g["betas"][1] == pytest.approx(0.99 ** (4 / 5))
+    assert tiny_trainer(g_lazy_correction=False).g_optim.param_groups[0]["lr"] == 0.002
+
+
+def test_a_step_moves_g_and_d_and_the_ema_follows_at_its_rate():
+    from cips_edge.train.data import ImageBank
+
+    trainer = tiny_trainer(r1_every=2)
+    trainer.use_bank(ImageBank(np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+                               torch.device("cpu")))
+    g0 = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    d0 = {k: v.clone() for k, v in trainer.D.state_dict().items()}
+    ema0 = {k: v.clone() for k, v in trainer.G_ema.state_dict().items()}
+    for step in range(3):
+        trainer.train_step(step)
+    g1, d1, ema1 = trainer.G.state_dict(), trainer.D.state_dict(), trainer.G_ema.state_dict()
+    assert all(not torch.equal(g0[k], g1[k]) for k in g0)
+    assert sum(not torch.equal(d0[k], d1[k]) for k in d0) == len(d0)
+    # EMA: each step ema <- ema + (1 - beta) (g - ema); three steps move it by at most 3 (1 - beta) |g - ema|.
+    moved = max(float((ema1[k] - ema0[k]).abs().max() / ((g1[k] - ema0[k]).abs().max() + 1e-12)) for k in g0)
+    assert 0 < moved <= 3 * (1 - trainer.ema_beta) * 1.01
+    stats = trainer.read_stats()
+    assert stats["r1"] is not None and stats["r1"] > 0  # steps 0 and 2 applied R1
+    assert trainer.read_stats()["r1"] is None  # and the counters were reset

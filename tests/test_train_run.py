@@ -1,0 +1,188 @@
+"""Whole training runs of the tiny preset on CPU: the run folder, exact resume (after a periodic
+checkpoint and after Ctrl-C), user errors, the `python -m cips_edge.train` entry and a 2-process run."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cips_edge.checkpoint import load_generator, read_checkpoint, run_checkpoints
+from cips_edge.train import TrainError, TrainOptions, run
+from cips_edge.train.trainer import Trainer
+
+BATCH, STEPS = 4, 6
+KIMG = BATCH * STEPS / 1000
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and one thread is robust to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def options(data: Path, out: Path, **kw) -> TrainOptions:
+    """Tiny, CPU, R1 every 2 steps and augmentation on (so both replay across a resume)."""
+    base = dict(data=data, out=out, preset="tiny", batch=BATCH, kimg=KIMG, r1_every=2, augment="on",
+                device="cpu", workers=0, checkpoint_kimg=1.0, sample_kimg=0.008, log_every=2, keep_checkpoints=2)
+    return TrainOptions(**{**base, **kw})
+
+
+def run_quietly(opts: TrainOptions) -> tuple[Path, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        path = run(opts)
+    return path, err.getvalue()
+
+
+def newest(run_dir: Path) -> dict:
+    return read_checkpoint(run_checkpoints(run_dir)[-1])
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert (a["step"], a["images_seen"]) == (b["step"], b["images_seen"])
+    for key in ("g", "d", "g_ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for key in ("g_optim", "d_optim"):
+        sa, sb = a[key]["state"], b[key]["state"]
+        assert sa.keys() == sb.keys()
+        for i in sa:
+            for name in sa[i]:
+                assert torch.equal(sa[i][name], sb[i][name]), f"{key}[{i}].{name} differs"
+
+
+@pytest.fixture(scope="module")
+def straight(train_images, tmp_path_factory) -> tuple[Path, str]:
+    """STEPS steps in one go (the reference for resume and the 2-process run)."""
+    return run_quietly(options(train_images, tmp_path_factory.mktemp("straight") / "run"))
+
+
+def test_run_folder_layout_and_logs(straight):
+    run_dir, err = straight
+    assert [p.name for p in run_checkpoints(run_dir)] == [f"ckpt-{BATCH * STEPS:010d}.pt"]
+    recorded = json.loads((run_dir / "options.json").read_text())
+    assert recorded["options"]["preset"] == "tiny" and recorded["data"]["images"] == 40
+    assert recorded["augment_on"] is True and recorded["generator"]["size"] == 16
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6] and lines[-1]["images_seen"] == BATCH * STEPS
+    assert all(r["images_per_s"] > 0 and r["loss_d"] > 0 and r["loss_g"] > 0 for r in lines)
+    assert lines[0]["r1"] is not None
+    grids = sorted(p.name for p in (run_dir / "samples").iterdir())
+    assert grids == ["grid-000000.000.png", "grid-000000.008.png", "grid-000000.016.png",
+                     "grid-000000.024.png", "reals.png"]
+    assert len(list((run_dir / "data-cache").glob("*.npy"))) == 1
+    # The corrupt file is reported once, in one line.
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "skipped 1 of 41 files" in err and "broken.png" in err
+
+
+def test_checkpoint_loads_as_the_ema_generator(straight):
+    run_dir, _ = straight
+    loaded = load_generator(run_dir)
+    ckpt = newest(run_dir)
+    assert loaded.kind == "cips-edge" and (loaded.step, loaded.images_seen) == (STEPS, BATCH * STEPS)
+    for name, value in loaded.generator.state_dict().items():
+        assert torch.equal(value, ckpt["g_ema"][name])
+    # EMA and G differ (EMA lags) and the EMA moved away from G's initial weights.
+    assert any(not torch.equal(ckpt["g"][k], ckpt["g_ema"][k]) for k in ckpt["g"])
+    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"} and ckpt["data"]["images"] == 40
+
+
+def test_resume_after_a_checkpoint_replays_the_run_bit_for_bit(straight, train_images, tmp_path):
+    out = tmp_path / "run"
+    run_quietly(options(train_images, out, kimg=KIMG / 2))
+    assert newest(out)["step"] == STEPS // 2
+    run_quietly(options(train_images, out, resume=True))
+    assert_same_training_state(newest(out), newest(straight[0]))
+    assert len(run_checkpoints(out)) == 2  # keep_checkpoints
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 3, 4, 6]
+
+
+def test_ctrl_c_saves_then_resume_replays_the_run(straight, train_images, tmp_path, monkeypatch):
+    original = Trainer.train_step
+
+    def interrupted_step(self, step):
+        original(self, step)
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 1
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        run_quietly(options(train_images, out))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert newest(out)["step"] == 2  # finished the step in flight, then saved
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    run_quietly(options(train_images, out, resume=True))
+    assert_same_training_state(newest(out), newest(straight[0]))
+
+
+def test_user_errors_are_one_line_and_leave_no_folder(train_images, tmp_path):
+    empty, bad, few = tmp_path / "empty", tmp_path / "bad", tmp_path / "few"
+    for d in (empty, bad, few):
+        d.mkdir()
+    (bad / "x.png").write_bytes(b"junk")
+    for name in ("img05.png", "img06.png"):
+        (few / name).write_bytes((train_images / name).read_bytes())
+    cases = [(empty, "no images in"), (bad, "none of the 1 image files"),
+             (few, "has 2 usable images, fewer than the batch of 4")]
+    for data, message in cases:
+        out = tmp_path / f"run-{data.name}"
+        with pytest.raises(TrainError, match=message) as e:
+            run_quietly(options(data, out))
+        assert "\n" not in str(e.value)
+        assert not out.exists()
+
+
+def test_existing_run_folder_needs_resume(straight, train_images, tmp_path):
+    run_dir = straight[0]
+    before = sorted(p.name for p in run_checkpoints(run_dir))
+    with pytest.raises(TrainError, match="already exists: pass --resume"):
+        run_quietly(options(train_images, run_dir))
+    assert sorted(p.name for p in run_checkpoints(run_dir)) == before
+    with pytest.raises(TrainError, match="cannot resume: .* does not exist"):
+        run_quietly(options(train_images, tmp_path / "nothing", resume=True))
+    with pytest.raises(TrainError, match="--lr 0.01 differs from the run's 0.002"):
+        run_quietly(options(train_images, run_dir, resume=True, lr=0.01))
+
+
+def test_module_entry_reports_errors_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cips_edge.train", str(tmp_path), "--size", "48"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: size 48 cannot be trained: the discriminator needs a power of two from 8 to 1024"]
+
+
+def test_two_processes_agree_with_one(straight, train_images, tmp_path):
+    """torchrun, 2 CPU processes (gloo), the same global batch: same step count, one checkpoint that
+    every rank agreed on (the run checks that ranks hold identical weights before saving)."""
+    out = tmp_path / "run"
+    o = options(train_images, out)
+    args = [str(train_images), "--out", str(out), "--preset", "tiny", "--batch", str(BATCH), "--kimg", str(KIMG),
+            "--r1-every", "2", "--augment", "on", "--device", "cpu", "--workers", "0",
+            "--checkpoint-kimg", str(o.checkpoint_kimg), "--sample-kimg", str(o.sample_kimg), "--log-every", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "cips_edge.train", *args], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    two, one = newest(out), newest(straight[0])
+    assert [p.name for p in run_checkpoints(out)] == [p.name for p in run_checkpoints(straight[0])]
+    assert (two["step"], two["images_seen"]) == (one["step"], one["images_seen"]) == (STEPS, BATCH * STEPS)
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert json.loads((out / "options.json").read_text())["batch_per_process"] == BATCH // 2
+    assert all(torch.isfinite(v).all() for v in two["g_ema"].values())
+    assert load_generator(out).step == STEPS
