@@ -1,0 +1,163 @@
+"""Training throughput on random data (no data folder needed): images/s, a step-time breakdown (D, R1,
+G, optimizers, EMA) and peak GPU memory, for the plain fp32 path and the fast path in the same process.
+Writes JSON to benchmarks/results/.
+
+    python benchmarks/train.py --preset paper-256 --batch 32 --device cuda             # on a GPU
+    python benchmarks/train.py --preset tiny --batch 8 --device cpu --steps 4 --warmup 1  # smoke check
+
+Paths: plain = eager fp32, NCHW, TF32 matmuls off, no cuDNN autotuning, for-loop Adam (the original
+code's settings); fast = bf16 autocast for G's per-pixel layers and D's forward, channels-last D, cuDNN
+autotuning, TF32, fused Adam; fast+compile = fast with torch.compile (ask with --paths).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cips_edge.config import PRESETS
+from cips_edge.train.data import ImageBank
+from cips_edge.train.discriminator import DiscriminatorConfig
+from cips_edge.train.loop import TINY_D_CHANNELS, resolve_device
+from cips_edge.train.trainer import Recipe, Speed, Trainer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def speed_for(path: str, device: torch.device) -> Speed:
+    if path == "plain":
+        return Speed()
+    if path in ("fast", "fast+compile"):
+        return Speed.for_device(device, bf16=True, compile=path == "fast+compile")
+    raise SystemExit(f"unknown path {path!r}: use plain, fast, fast+compile")
+
+
+def measure(path: str, args, device: torch.device) -> dict:
+    speed = speed_for(path, device)
+    speed.apply_backend_flags(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = speed.tuned_backends
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    g_config = dataclasses.replace(PRESETS[args.preset], size=args.size or PRESETS[args.preset].size)
+    d_max = args.d_channel_max or (TINY_D_CHANNELS if args.preset == "tiny" else 512)
+    d_config = DiscriminatorConfig(g_config.size, 2, d_max)
+    recipe = Recipe(batch=args.batch, lr=0.002, r1_gamma=10.0, r1_every=args.r1_every, ema_half_life_kimg=10.0,
+                    global_batch=args.batch, augment=args.augment, xflip=True, g_lazy_correction=True, seed=0)
+    trainer = Trainer(g_config, d_config, recipe, device, speed=speed)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (max(256, 4 * args.batch), g_config.size, g_config.size, 3), dtype=np.uint8)
+    trainer.use_bank(ImageBank(images, device))
+
+    step = 0
+    for _ in range(args.warmup):  # step 0 includes R1, so its kernels are warm too
+        trainer.train_step(step)
+        step += 1
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.train_step(step)
+        step += 1
+    sync(device)
+    wall = time.perf_counter() - t0
+
+    # Per-phase times, each phase synchronised (so they add up to a little more than a free-running step).
+    phases = {"data": [], "d_fwd_bwd": [], "d_optim": [], "r1_fwd_bwd": [], "r1_optim": [], "g_fwd_bwd": [],
+              "g_optim": [], "ema": []}
+
+    def timed(name, fn, *a):
+        sync(device)
+        t = time.perf_counter()
+        out = fn(*a)
+        sync(device)
+        phases[name].append((time.perf_counter() - t) * 1000)
+        return out
+
+    for _ in range(args.phase_reps):
+        trainer.reseed(step)
+        reals = timed("data", trainer.real_batch)
+        timed("d_fwd_bwd", trainer.d_backward, reals)
+        timed("d_optim", trainer.d_optimizer_step)
+        timed("r1_fwd_bwd", trainer.r1_backward, reals)
+        timed("r1_optim", trainer.d_optimizer_step)
+        timed("g_fwd_bwd", trainer.g_backward)
+        timed("g_optim", trainer.g_optimizer_step)
+        timed("ema", trainer.update_ema)
+        step += 1
+    ms = {k: round(statistics.median(v), 3) for k, v in phases.items()}
+    r1_amortized = (ms["r1_fwd_bwd"] + ms["r1_optim"]) / args.r1_every
+    result = {
+        "images_per_s": round(args.steps * args.batch / wall, 2),
+        "step_ms": round(wall / args.steps * 1000, 3),
+        "phase_ms": ms,
+        "breakdown_ms": {"G step (fwd+bwd)": ms["g_fwd_bwd"], "D step (G fwd, D fwd+bwd)": ms["d_fwd_bwd"],
+                         "R1 step amortized": round(r1_amortized, 3),
+                         "EMA + optimizers": round(ms["ema"] + ms["g_optim"] + ms["d_optim"], 3),
+                         "data": ms["data"]},
+        "speed": dataclasses.asdict(speed),
+        "same_settings_as_plain": speed == Speed(),  # e.g. "fast" on CPU, where bf16 etc. do not apply
+    }
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
+    del trainer
+    gc.collect()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="edge-64", choices=list(PRESETS))
+    parser.add_argument("--size", type=int, default=None, help="override the preset's training size")
+    parser.add_argument("--batch", type=int, default=32, help="batch on this one device")
+    parser.add_argument("--steps", type=int, default=32, help="timed steps (a multiple of --r1-every "
+                                                              "amortises R1 as training does)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--phase-reps", type=int, default=3, help="repetitions of the per-phase timing")
+    parser.add_argument("--r1-every", type=int, default=16)
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--d-channel-max", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--paths", default="plain,fast", help="comma list of plain, fast, fast+compile")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    size = args.size or PRESETS[args.preset].size
+    report = {
+        "benchmark": "train", "preset": args.preset, "size": size, "batch": args.batch, "steps": args.steps,
+        "r1_every": args.r1_every, "augment": args.augment, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        or platform.machine(),
+        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "paths": {},
+    }
+    for path in args.paths.split(","):
+        try:
+            report["paths"][path] = measure(path, args, device)
+        except torch.OutOfMemoryError as e:
+            report["paths"][path] = {"error": f"out of memory: {str(e).splitlines()[0]}"}
+            torch.cuda.empty_cache()
+        print(path, json.dumps(report["paths"][path]))
+    paths = report["paths"]
+    if "images_per_s" in paths.get("plain", {}) and "images_per_s" in paths.get("fast", {}):
+        report["fast_over_plain"] = round(paths["fast"]["images_per_s"] / paths["plain"]["images_per_s"], 3)
+    out = args.out or RESULTS / f"train-{args.preset}-{size}-b{args.batch}-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
