@@ -67,7 +67,8 @@ def prepare_output(path: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFF
         raise UserError(f"cannot write {path}: it is a folder")
     folder = path.parent
     if not folder.is_dir():
-        raise UserError(f"cannot write {path}: folder {folder} does not exist")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"cannot write {path}: {folder} {problem}")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
         os.close(fd)

@@ -1,0 +1,238 @@
+"""The `cips` command: what render, info and export write and print, and a one-line error (no
+traceback, no file) for every kind of bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import cips_edge.cli as cli
+from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, render_points, to_uint8
+
+runner = CliRunner()
+
+
+def cips(*args) -> "object":
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_onnx) -> CIPSModel:
+    return CIPSModel(tiny_onnx, device="cpu")
+
+
+# -- render -------------------------------------------------------------------------------------------
+def test_render_seed_writes_the_documented_pixels(tiny_onnx, tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = ok(cips("render", "--model", tiny_onnx, "--seed", 7, "--size", 24))
+    assert out.startswith("wrote cips-seed7.png (24x24) on CPUExecutionProvider in ") and out.endswith(" ms\n")
+    assert out.count("\n") == 1
+    png = np.asarray(Image.open(tmp_path / "cips-seed7.png"))
+    assert png.shape == (24, 24, 3) and png.dtype == np.uint8
+    assert np.array_equal(png, to_uint8(render_image(tiny, latent_for_seed(7, tiny.style_dim), 24, 24)))
+
+
+def test_non_square_npy_render_is_the_raw_array(tiny_onnx, tiny, tmp_path):
+    ok(cips("render", "--model", tiny_onnx, "--seed", 3, "--width", 20, "--height", 9, "--out", tmp_path / "a.npy",
+            "--truncation", 0.7, "--chunk", 17, "--threads", 1))
+    raw = np.load(tmp_path / "a.npy")
+    assert raw.shape == (9, 20, 3) and raw.dtype == np.float32
+    assert np.array_equal(raw, render_image(tiny, latent_for_seed(3, tiny.style_dim), 9, 20, truncation=0.7))
+
+
+def test_several_seeds_write_one_file_each(tiny_onnx, tmp_path):
+    out = ok(cips("render", "--model", tiny_onnx, "--seed", 1, "--seed", "2,4", "--size", 8, "--out", f"{tmp_path}/"))
+    assert out.startswith("wrote 3 files, ")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["cips-seed1.png", "cips-seed2.png", "cips-seed4.png"]
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / names[0])), np.asarray(Image.open(tmp_path / names[1])))
+    ok(cips("render", "--model", tiny_onnx, "--seeds", "0-2", "--size", 8, "--out", tmp_path / "f-{seed:02d}.npy"))
+    assert all((tmp_path / f"f-0{s}.npy").exists() for s in range(3))
+
+
+def test_latent_file_renders_like_its_seed(tiny_onnx, tmp_path):
+    z = latent_for_seed(5, 16)
+    np.save(tmp_path / "z.npy", z[None])
+    ok(cips("render", "--model", tiny_onnx, "--latent", tmp_path / "z.npy", "--size", 8, "--out", tmp_path / "a.png"))
+    ok(cips("render", "--model", tiny_onnx, "--seed", 5, "--size", 8, "--out", tmp_path / "b.png"))
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_coords_render_keeps_the_leading_shape(tiny_onnx, tiny, tmp_path):
+    pts = np.random.default_rng(0).uniform(-1.3, 1.3, (4, 5, 2))  # float64: cast to float32
+    np.save(tmp_path / "pts.npy", pts)
+    out = ok(cips("render", "--model", tiny_onnx, "--seed", 2, "--coords", tmp_path / "pts.npy", "--out", tmp_path / "rgb.npy"))
+    assert "(20 points)" in out
+    rgb = np.load(tmp_path / "rgb.npy")
+    ref = render_points(tiny, latent_for_seed(2, 16), pts.reshape(-1, 2).astype(np.float32))
+    assert rgb.shape == (4, 5, 3) and np.array_equal(rgb, ref.reshape(4, 5, 3))
+
+
+def test_info_shows_config_metadata_parameters_and_providers(tiny_onnx, tiny_checkpoint):
+    out = ok(cips("info", tiny_onnx))
+    assert "style_dim=16" in out and "synthesis_widths=[32, 32, 32, 32]" in out
+    assert f"parameters  {CIPSModel(tiny_onnx).parameter_count:,}" in out
+    assert f"cips-edge checkpoint {tiny_checkpoint.resolve()} (step 123, images seen 4567)" in out
+    assert "mean of w over 4096 latents" in out and "CPUExecutionProvider" in out
+
+
+def test_without_a_packaged_model_it_says_how_to_pass_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "default_model_path", lambda: tmp_path / "default.onnx")
+    for args in (["render", "--out", tmp_path / "x.png"], ["info"]):
+        r = cips(*args)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1
+        assert "no model is packaged with cips-edge yet" in r.stderr and "--model" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- export -------------------------------------------------------------------------------------------
+def test_export_writes_a_model_that_renders(tiny_checkpoint, tmp_path):
+    out = ok(cips("export", tmp_path / "m.onnx", "--checkpoint", tiny_checkpoint))
+    assert out.startswith(f"wrote {tmp_path / 'm.onnx'} (") and "ONNX Runtime matches torch" in out
+    ok(cips("render", "--model", tmp_path / "m.onnx", "--size", 4, "--out", tmp_path / "x.png"))
+
+
+def test_export_without_checkpoint_takes_the_newest_run(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = cips("export", "m.onnx")
+    assert r.exit_code == 1 and "no --checkpoint given and no checkpoint under cips-runs/" in r.stderr
+    ckpt = tmp_path / "cips-runs" / "00001-x" / "checkpoints" / "ckpt-0000000064.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(tiny_checkpoint.read_bytes())
+    r = cips("export", "m.onnx")
+    ok(r)
+    assert "using the newest checkpoint under cips-runs/: cips-runs/00001-x/checkpoints/ckpt-0000000064.pt" in r.stderr
+
+
+# -- bad input: one line on stderr, exit != 0, no traceback, no file ----------------------------------
+def _no_metadata(src: Path, dst: Path) -> None:
+    model = onnx.load(src)
+    del model.metadata_props[:]
+    onnx.save(model, dst)
+
+
+BAD = {
+    "size-zero": ["--size", "0"],
+    "size-negative": ["--size", "-5"],
+    "size-absurd": ["--size", "20000"],
+    "width-zero": ["--width", "0", "--height", "8"],
+    "height-absurd": ["--width", "8", "--height", "16385"],
+    "model-missing": ["--model", "{tmp}/nope.onnx"],
+    "model-truncated": ["--model", "{tmp}/truncated.onnx"],
+    "model-not-onnx": ["--model", "{tmp}/text.onnx"],
+    "model-without-cips-metadata": ["--model", "{tmp}/plain.onnx"],
+    "coords-last-dim": ["--coords", "{tmp}/c3.npy", "--out", "{tmp}/o.npy"],
+    "coords-strings": ["--coords", "{tmp}/cstr.npy", "--out", "{tmp}/o.npy"],
+    "coords-nan": ["--coords", "{tmp}/cnan.npy", "--out", "{tmp}/o.npy"],
+    "coords-inf": ["--coords", "{tmp}/cinf.npy", "--out", "{tmp}/o.npy"],
+    "coords-to-png": ["--coords", "{tmp}/cgood.npy", "--out", "{tmp}/o.png"],
+    "latent-length": ["--latent", "{tmp}/z15.npy"],
+    "latent-and-seed": ["--latent", "{tmp}/z15.npy", "--seed", "1"],
+    "out-folder-missing": ["--out", "{tmp}/missing/x.png"],
+    "out-under-a-file": ["--out", "{tmp}/text.onnx/x.png"],
+    "out-bad-type": ["--out", "{tmp}/x.jpg"],
+    "out-one-file-several-seeds": ["--seeds", "0-2", "--out", "{tmp}/x.png"],
+    "device-unknown": ["--device", "tpu"],
+    "device-cuda-on-cpu-build": ["--device", "cuda"],
+    "seed-negative": ["--seed", "-3"],
+    "seeds-negative": ["--seeds", "-3"],
+    "seed-not-a-number": ["--seed", "x1"],
+    "chunk-zero": ["--chunk", "0"],
+    "threads-negative": ["--threads", "-1"],
+    "truncation-nan": ["--truncation", "nan"],
+}
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, tiny_onnx) -> Path:
+    (tmp_path / "truncated.onnx").write_bytes(tiny_onnx.read_bytes()[:4000])
+    (tmp_path / "text.onnx").write_text("not a model\n")
+    _no_metadata(tiny_onnx, tmp_path / "plain.onnx")
+    np.save(tmp_path / "c3.npy", np.zeros((5, 3), np.float32))
+    np.save(tmp_path / "cstr.npy", np.array([["a", "b"]]))
+    np.save(tmp_path / "cnan.npy", np.array([[0.0, np.nan]], np.float32))
+    np.save(tmp_path / "cinf.npy", np.array([[np.inf, 0.0]]))
+    np.save(tmp_path / "cgood.npy", np.zeros((2, 2), np.float32))
+    np.save(tmp_path / "z15.npy", np.zeros(15, np.float32))
+    return tmp_path
+
+
+def assert_clean_failure(result, before: set, folder: Path) -> None:
+    assert result.exit_code not in (0, None), result.stdout
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert set(folder.iterdir()) == before  # nothing written, not even a temporary file
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_render_input(case, bad_inputs, tiny_onnx, monkeypatch):
+    monkeypatch.chdir(bad_inputs)
+    args = [a.format(tmp=bad_inputs) for a in BAD[case]]
+    if "--model" not in args:
+        args += ["--model", str(tiny_onnx)]
+    if "--size" not in args and "--width" not in args:
+        args += ["--size", "8"]
+    before = set(bad_inputs.iterdir())
+    assert_clean_failure(cips("render", *args), before, bad_inputs)
+
+
+@pytest.mark.parametrize("case", ["neither-format", "missing", "n-mlp-mismatch"])
+def test_bad_export_input(case, tmp_path, tiny_checkpoint, official_dir):
+    if case == "neither-format":
+        (tmp_path / "junk.pt").write_bytes(b"\x00junk")
+        args = ["--checkpoint", tmp_path / "junk.pt"]
+    elif case == "missing":
+        args = ["--checkpoint", tmp_path / "nope.pt"]
+    else:
+        args = ["--checkpoint", official_dir / "checkpoint.pt", "--n-mlp", "5"]
+    before = set(tmp_path.iterdir())
+    assert_clean_failure(cips("export", tmp_path / "m.onnx", *args), before, tmp_path)
+
+
+def test_force_lifts_the_size_limit(tiny_onnx, tmp_path):
+    ok(cips("render", "--model", tiny_onnx, "--width", 16500, "--height", 1, "--force", "--out", tmp_path / "w.npy"))
+    assert np.load(tmp_path / "w.npy").shape == (1, 16500, 3)
+
+
+# -- real processes: exit codes, click's own errors, and no torch -------------------------------------
+def run_cips(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cips_edge.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_render_and_info_run_where_torch_cannot_be_imported(tiny_onnx, torchless_env, tmp_path):
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], env=torchless_env, capture_output=True)
+    assert blocked.returncode != 0  # the blocker works
+    r = run_cips("render", "--model", tiny_onnx, "--seed", 3, "--size", 16, cwd=tmp_path, env=torchless_env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("wrote cips-seed3.png (16x16) on CPUExecutionProvider")
+    assert run_cips("info", tiny_onnx, cwd=tmp_path, env=torchless_env).returncode == 0
+
+
+@pytest.mark.parametrize("args,message", [
+    (["render", "--size", "abc"], "error: Invalid value for '--size'"),
+    (["render", "--bogus"], "error: No such option: --bogus"),
+    (["export"], "error: Missing argument"),
+    (["render", "--device", "cuda", "--model", "{model}"], "error: --device cuda: "),
+])
+def test_process_errors_are_one_line(args, message, tiny_onnx, tmp_path):
+    r = run_cips(*[a.format(model=tiny_onnx) for a in args], cwd=tmp_path)
+    assert r.returncode != 0 and r.stderr.startswith(message) and r.stderr.count("\n") == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_passes_its_options_to_the_training_entry():
+    r = cips("train", "--help")
+    assert r.exit_code == 0 and "--preset" in r.stdout and "--resume" in r.stdout
