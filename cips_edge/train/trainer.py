@@ -77,10 +77,10 @@ class Trainer:
         torch.manual_seed(recipe.seed)  # the same initial weights on every rank (and broadcast below)
         self.G = CIPSGenerator(g_config).to(device)
         self.D = Discriminator(d_config).to(device)
+        distributed.broadcast_module(self.G, world)
+        distributed.broadcast_module(self.D, world)  # before channels-last: collectives want dense tensors
         if speed.channels_last:
             self.D = self.D.to(memory_format=torch.channels_last)
-        distributed.broadcast_module(self.G, world)
-        distributed.broadcast_module(self.D, world)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.ema_beta = ema_beta(recipe.global_batch, recipe.ema_half_life_kimg)
 
