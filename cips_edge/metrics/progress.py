@@ -1,0 +1,17 @@
+"""Progress bars for the metrics: rich on stderr (stdout stays free for tables and JSON), or nothing."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def track(items: Iterable[T], description: str, enabled: bool, total: int | None = None) -> Iterator[T]:
+    if not enabled:
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import track as rich_track
+    yield from rich_track(items, description=description, total=total, console=Console(stderr=True),
+                          transient=True)
