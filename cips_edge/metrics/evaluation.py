@@ -1,0 +1,182 @@
+"""Evaluate a generator against a data set: render N images from a sample source, load N data images
+at the same size, compute the requested metrics; print them as a table and write them as JSON.
+
+The sample source is any callable seeds -> images, so one code path serves ONNX models (the torch-free
+runtime) and torch checkpoints alike; torch is imported only when FID/KID/precision-recall are asked for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import cache
+from .errors import MetricsError
+from .feature_metrics import fid_from_features, kid, precision_recall
+from .images import ImageSource, load_images
+from .progress import track
+from .sliced_wasserstein import swd
+
+# seeds int64 [B] -> uint8 [B, H, W, 3], one image per seed (its latent drawn from that seed).
+SampleSource = Callable[[np.ndarray], np.ndarray]
+METRICS = ("swd", "fid", "kid", "pr")  # pr: precision and recall
+FEATURE_METRICS = ("fid", "kid", "pr")
+DATA_FIT = "crop"  # data images are centre-cropped to a square, then resized (images.prepare_image)
+
+
+def render(sample_source: SampleSource, seeds: np.ndarray, batch_size: int, progress: bool = False) -> np.ndarray:
+    """All images of the seeds, batch by batch, checked: uint8 [N, H, W, 3]."""
+    batches = []
+    for start in track(range(0, len(seeds), batch_size), "rendering", progress,
+                       total=-(-len(seeds) // batch_size)):
+        chunk = seeds[start:start + batch_size]
+        images = np.asarray(sample_source(chunk))
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(chunk) or images.shape[3] != 3:
+            raise MetricsError(f"the sample source returned {images.dtype} {images.shape} for {len(chunk)} seeds; "
+                               f"expected uint8 [{len(chunk)}, H, W, 3]")
+        if batches and images.shape[1:] != batches[0].shape[1:]:
+            raise MetricsError(f"the sample source changed image size from {batches[0].shape[1:3]} to {images.shape[1:3]}")
+        batches.append(images)
+    return np.concatenate(batches)
+
+
+def evaluate(sample_source: SampleSource, data: str | os.PathLike, num_images: int = 2000,
+             metrics: Sequence[str] | None = None, inception_weights: str | os.PathLike | None = None,
+             batch_size: int = 16, first_seed: int = 0, seed: int = 0, cache_dir: str | os.PathLike | None = None,
+             device: str = "cpu", progress: bool = True, random_init_for_tests: bool = False) -> dict:
+    """Compare min(num_images, data set size) rendered images (seeds first_seed, first_seed + 1, ...)
+    with as many data images (a seeded subset, loaded at the rendered size).
+
+    metrics: any of "swd", "fid", "kid", "pr"; None means SWD, plus FID, KID and precision/recall when
+    inception_weights is given. seed drives everything random in the metrics and the data subset.
+    random_init_for_tests: a randomly initialised Inception instead of the weights file (TESTS ONLY).
+    """
+    has_extractor = inception_weights is not None or random_init_for_tests
+    wanted = list(metrics) if metrics is not None else ["swd"] + (list(FEATURE_METRICS) if has_extractor else [])
+    unknown = sorted(set(wanted) - set(METRICS))
+    if unknown:
+        raise MetricsError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    if num_images < 2:
+        raise MetricsError("num_images must be at least 2")
+    seconds: dict[str, float] = {}
+    extractor = None
+    if any(m in FEATURE_METRICS for m in wanted):
+        from .inception import load_inception  # torch, only when needed
+        extractor = load_inception(inception_weights, device=device, random_init_for_tests=random_init_for_tests)
+
+    with ImageSource(data) as source:
+        names = source.subset(num_images, seed)
+        n = len(names)
+        t = time.perf_counter()
+        fake = render(sample_source, np.arange(first_seed, first_seed + n, dtype=np.int64), batch_size, progress)
+        seconds["render"] = time.perf_counter() - t
+        _, height, width, _ = fake.shape
+        if height != width:
+            raise MetricsError(f"evaluation needs square images; the sample source gives {width}x{height}")
+        size = height
+        result: dict = {"data": str(data), "num_images": n, "size": size, "first_seed": first_seed, "seed": seed}
+
+        real_features, cache_state = None, None
+        if extractor is not None:
+            key = cache.feature_cache_key(source.fingerprint(names), size, DATA_FIT, extractor.identity)
+            cache_root = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
+            real_features = cache.load_features(cache_root, key)
+            cache_state = "hit" if real_features is not None else "miss"
+            result["feature_extractor"] = extractor.identity
+        real = None
+        if "swd" in wanted or real_features is None:
+            t = time.perf_counter()
+            real, skipped = load_images(source, names, size, DATA_FIT, progress)
+            seconds["load_data"] = time.perf_counter() - t
+            if skipped:
+                result["skipped_files"] = [f"{name}: {reason}" for name, reason in skipped]
+                if len(real) < 2:
+                    raise MetricsError(f"fewer than 2 readable images in {data}")
+                # Both sets must be equally large (SWD compares sorted samples): drop the last samples.
+                fake = fake[:len(real)]
+                result["num_images"] = len(real)
+
+    if "swd" in wanted:
+        t = time.perf_counter()
+        result["swd"] = swd(real, fake, seed=seed, progress=progress)
+        seconds["swd"] = time.perf_counter() - t
+    if extractor is not None:
+        t = time.perf_counter()
+        if real_features is None:
+            real_features = _features(extractor, real, "Inception features (data)", progress)
+            cache.save_features(cache_root, key, real_features,
+                                {"data": str(data), "num_images": n, "size": size, "extractor": extractor.identity})
+        fake_features = _features(extractor, fake, "Inception features (samples)", progress)
+        seconds["features"] = time.perf_counter() - t
+        result["feature_cache"] = {"state": cache_state, "path": str(cache.cache_path(cache_root, key))}
+        t = time.perf_counter()
+        if "fid" in wanted:
+            result["fid"] = fid_from_features(real_features, fake_features)
+        if "kid" in wanted:
+            result["kid"] = kid(real_features, fake_features, seed=seed)
+        if "pr" in wanted:
+            result.update(precision_recall(real_features, fake_features))
+        seconds["feature_metrics"] = time.perf_counter() - t
+    result["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
+    return result
+
+
+def _features(extractor, images: np.ndarray, description: str, progress: bool) -> np.ndarray:
+    """Features in slices, so the progress bar moves."""
+    step = extractor.batch_size * 4
+    parts = [extractor(images[i:i + step])
+             for i in track(range(0, len(images), step), description, progress, total=-(-len(images) // step))]
+    return np.concatenate(parts)
+
+
+def report_rows(result: dict) -> list[tuple[str, str]]:
+    """(metric, value) pairs in display order."""
+    rows = []
+    if "swd" in result:
+        for res, value in zip(result["swd"]["resolutions"], result["swd"]["levels"]):
+            rows.append((f"SWD x1e3 @ {res}x{res}", f"{value:.2f}"))
+        rows.append(("SWD x1e3 (mean of levels)", f"{result['swd']['mean']:.2f}"))
+    if "fid" in result:
+        rows.append(("FID", f"{result['fid']:.3f}"))
+    if "kid" in result:
+        rows.append(("KID x1e3", f"{1e3 * result['kid']['mean']:.3f} ± {1e3 * result['kid']['std']:.3f}"))
+    for name in ("precision", "recall"):
+        if name in result:
+            rows.append((name, f"{result[name]:.3f}"))
+    return rows
+
+
+def print_report(result: dict, console=None) -> None:
+    """The metrics as a rich table (to stdout unless a console is given)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['num_images']} samples vs {result['data']} at {result['size']}x{result['size']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in report_rows(result):
+        table.add_row(name, value)
+    if "RANDOM INIT" in result.get("feature_extractor", ""):
+        table.caption = "random-init Inception: feature metrics are NOT FID/KID (tests only)"
+    (console or Console()).print(table)
+
+
+def write_report(result: dict, path: str | os.PathLike) -> Path:
+    """The result as indented JSON, written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
