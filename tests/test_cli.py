@@ -99,8 +99,21 @@ def test_without_a_packaged_model_it_says_how_to_pass_one(monkeypatch, tmp_path)
 # -- export -------------------------------------------------------------------------------------------
 def test_export_writes_a_model_that_renders(tiny_checkpoint, tmp_path):
     out = ok(cips("export", tmp_path / "m.onnx", "--checkpoint", tiny_checkpoint))
-    assert out.startswith(f"wrote {tmp_path / 'm.onnx'} (") and "ONNX Runtime matches torch" in out
+    assert out.startswith(f"wrote {tmp_path / 'm.onnx'} (") and "ONNX Runtime (CPUExecutionProvider) matches torch" in out
     ok(cips("render", "--model", tmp_path / "m.onnx", "--size", 4, "--out", tmp_path / "x.png"))
+
+
+def test_export_refused_by_the_parity_check_exits_non_zero_without_a_file(tiny_checkpoint, tmp_path, monkeypatch):
+    from cips_edge.export import verify
+
+    class Corrupt(CIPSModel):
+        def run(self, z, coords, truncation):
+            return super().run(z, coords, truncation) * np.float32(1.01)
+
+    monkeypatch.setattr(verify, "CIPSModel", Corrupt)
+    r = cips("export", tmp_path / "m.onnx", "--checkpoint", tiny_checkpoint)
+    assert_clean_failure(r, set(), tmp_path)
+    assert "export refused, no file written: ONNX Runtime differs from torch" in r.stderr
 
 
 def test_export_without_checkpoint_takes_the_newest_run(tiny_checkpoint, tmp_path, monkeypatch):
