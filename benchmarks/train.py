@@ -18,6 +18,7 @@ import json
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +68,19 @@ def measure(path: str, args, device: torch.device) -> dict:
         trainer.train_step(step)
         step += 1
     sync(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        trainer.train_step(step)
-        step += 1
-    sync(device)
-    wall = time.perf_counter() - t0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("warn")  # every host sync inside a step becomes a warning
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            trainer.train_step(step)
+            step += 1
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+        sync(device)
+        wall = time.perf_counter() - t0
+    host_syncs = sorted({str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)})
 
     # Per-phase times, each phase synchronised (so they add up to a little more than a free-running step).
     phases = {"data": [], "d_fwd_bwd": [], "d_optim": [], "r1_fwd_bwd": [], "r1_optim": [], "g_fwd_bwd": [],
@@ -108,7 +116,8 @@ def measure(path: str, args, device: torch.device) -> dict:
                          "EMA + optimizers": round(ms["ema"] + ms["g_optim"] + ms["d_optim"], 3),
                          "data": ms["data"]},
         "speed": dataclasses.asdict(speed),
-        "same_settings_as_plain": speed == Speed(),  # e.g. "fast" on CPU, where bf16 etc. do not apply
+        "same_settings_as_plain": speed == Speed(),
+        "host_syncs_in_timed_steps": host_syncs if device.type == "cuda" else "not checked on CPU",  # e.g. "fast" on CPU, where bf16 etc. do not apply
     }
     if device.type == "cuda":
         result["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)

@@ -166,8 +166,10 @@ class Trainer:
         loss = d_logistic_loss(real_logits, fake_logits)
         self.d_optim.zero_grad(set_to_none=True)
         loss.backward()
-        self._stats[[0, 3, 4]] += torch.stack([loss.detach(), real_logits.detach().mean(),
-                                              fake_logits.detach().mean()])
+        # Integer indices are views: indexing with a list would copy the index to the GPU (a host sync).
+        self._stats[0] += loss.detach()
+        self._stats[3] += real_logits.detach().mean()
+        self._stats[4] += fake_logits.detach().mean()
 
     def r1_backward(self, reals: torch.Tensor) -> None:
         """Lazy R1 in float32 (no autocast, eager D: double backward), scaled by its interval."""
