@@ -157,6 +157,9 @@ def test_existing_run_folder_needs_resume(straight, train_images, tmp_path):
         run_quietly(options(train_images, tmp_path / "nothing", resume=True))
     with pytest.raises(TrainError, match="--lr 0.01 differs from the run's 0.002"):
         run_quietly(options(train_images, run_dir, resume=True, lr=0.01))
+    path, err = run_quietly(options(train_images, run_dir, resume=True, kimg=KIMG / 2))
+    assert path == run_dir and "nothing to do" in err
+    assert sorted(p.name for p in run_checkpoints(run_dir)) == before
 
 
 def test_module_entry_reports_errors_in_one_line(tmp_path):

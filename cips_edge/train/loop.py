@@ -208,6 +208,10 @@ class Run:
         world, device = self.world, self.device
         start_images = self.ckpt["images_seen"] if self.ckpt else 0
         reporter = Reporter(self.run_dir, round(self.options.kimg * 1000), start_images, world.is_main)
+        total_steps = math.ceil(round(self.options.kimg * 1000) / self.options.batch)
+        if self.ckpt is not None and self.ckpt["step"] >= total_steps:
+            reporter.say(f"nothing to do: the run is at {start_images / 1000:g} kimg, --kimg is {self.options.kimg:g}")
+            return self.run_dir
         decoded = self.load_data()
         self.check_data(decoded, reporter)
         o = self.options
@@ -251,11 +255,6 @@ class Run:
             f"({bank.location}); batch {o.batch} over {world.size} process(es) on {device}; "
             f"augment {'on' if augment else 'off'}; bf16 {'on' if speed.bf16 else 'off'} -> {self.run_dir}")
 
-        total_images = round(o.kimg * 1000)
-        total_steps = math.ceil(total_images / o.batch)
-        if step >= total_steps:
-            reporter.say(f"nothing to do: the run is at {step * o.batch / 1000:g} kimg, --kimg is {o.kimg:g}")
-            return self.run_dir
         ckpt_every = max(1, round(o.checkpoint_kimg * 1000))
         sample_every = max(1, round(o.sample_kimg * 1000))
         fixed_z = torch.randn(o.sample_grid ** 2, g_config.style_dim,
