@@ -156,7 +156,8 @@ def print_report(result: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result['num_images']} samples vs {result['data']} at {result['size']}x{result['size']}")
+    size = result["size"]
+    table = Table(title=f"{result['num_images']} samples vs {Path(result['data']).name} at {size}x{size}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in report_rows(result):

@@ -8,10 +8,12 @@ T = TypeVar("T")
 
 
 def track(items: Iterable[T], description: str, enabled: bool, total: int | None = None) -> Iterator[T]:
-    if not enabled:
+    console = None
+    if enabled:
+        from rich.console import Console
+        console = Console(stderr=True)
+    if console is None or not console.is_terminal:  # a log file gets no bars (they would leave blank lines)
         yield from items
         return
-    from rich.console import Console
     from rich.progress import track as rich_track
-    yield from rich_track(items, description=description, total=total, console=Console(stderr=True),
-                          transient=True)
+    yield from rich_track(items, description=description, total=total, console=console, transient=True)
