@@ -85,6 +85,17 @@ def torchless_env(tmp_path_factory) -> dict:
 TRAIN_IMAGES_USABLE = 40
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny tensors gain nothing from a second thread, and one thread is robust to a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def train_images(tmp_path_factory) -> Path:
     """40 readable 32x40 images (png, jpg, webp; one RGBA; some in a subfolder) with a gradient and a

@@ -22,13 +22,7 @@ from cips_edge.train.options import merge_for_resume
 from cips_edge.train.trainer import Recipe, Trainer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and one thread is robust to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_trainer(**recipe) -> Trainer:

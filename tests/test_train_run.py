@@ -22,13 +22,7 @@ BATCH, STEPS = 4, 6
 KIMG = BATCH * STEPS / 1000
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second thread, and one thread is robust to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def options(data: Path, out: Path, **kw) -> TrainOptions:
