@@ -15,6 +15,8 @@ from PIL import Image
 
 from cips_edge.model import CIPSGenerator
 
+PLAIN_LINE_EVERY_S = 60.0  # without a terminal, print a progress line at most this often
+
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -67,6 +69,7 @@ class Reporter:
         self.run_dir = run_dir
         self.total = total_images
         self._progress = self._task = self._tb = None
+        self._last_line = -math.inf
         self._mark = (time.perf_counter(), start_images)
         if not active:
             return
@@ -131,10 +134,14 @@ class Reporter:
             for k, v in record.items():
                 if k not in ("step", "images_seen", "kimg") and v is not None:
                     self._tb.add_scalar(k, v, images_seen)
+        r1 = "" if stats["r1"] is None else f" r1 {stats['r1']:.3g}"
+        losses = f"D {stats['loss_d']:.3f} G {stats['loss_g']:.3f}{r1}"
         if self._progress is not None:
-            r1 = "" if stats["r1"] is None else f" r1 {stats['r1']:.3g}"
-            self._progress.update(self._task, speed=f"{ips:.1f} img/s",
-                                  losses=f"D {stats['loss_d']:.3f} G {stats['loss_g']:.3f}{r1}")
+            self._progress.update(self._task, speed=f"{ips:.1f} img/s", losses=losses)
+        if not self.console.is_terminal and now - self._last_line >= PLAIN_LINE_EVERY_S:
+            # Logs of batch jobs get no live bar: a plain line now and then instead.
+            self._last_line = now
+            self.console.print(f"{self._kimg(images_seen)}  {ips:.1f} img/s  {losses}", highlight=False)
         return record
 
     def close(self) -> None:
