@@ -3,13 +3,13 @@ mtimes or CRCs), the evaluation size, the image convention and the feature extra
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from cips_edge.runtime.image import atomic_write
 
 CACHE_ENV = "CIPS_EDGE_CACHE"
 FORMAT_VERSION = 1  # bump when the preprocessing or the file layout changes: old entries are then ignored
@@ -43,14 +43,5 @@ def save_features(cache_dir: str | os.PathLike, key: str, features: np.ndarray, 
     """Write atomically (temporary file, then rename), so a reader never sees half an entry."""
     path = cache_path(cache_dir, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, features=features, meta=np.array(json.dumps(meta)))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, features=features, meta=np.array(json.dumps(meta))))
     return path

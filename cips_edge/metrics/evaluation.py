@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from cips_edge.runtime.image import atomic_write  # torch-free, like this package
 
 from . import cache
 from .errors import MetricsError
@@ -171,13 +172,5 @@ def write_report(result: dict, path: str | os.PathLike) -> Path:
     """The result as indented JSON, written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return path

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ import numpy as np
 from PIL import Image
 
 from cips_edge.metrics.images import on_white, prepare_image
+from cips_edge.runtime.errors import UserError
+from cips_edge.runtime.image import atomic_write
 
 DEFAULT_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 PNG_FORMATS = (17, 18, 19)  # CBDT glyph formats that hold PNG data (small, big, no metrics)
@@ -91,7 +92,7 @@ def emoji_image(image: Image.Image, size: int) -> np.ndarray:
 
 
 def file_name(glyph_name: str) -> str:
-    """The glyph's name (unique in a font, stable across font versions) made safe for any file system."""
+    """The glyph's name (unique in a font, fixed for a font version) made safe for any file system."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", glyph_name) + ".png"
 
 
@@ -102,7 +103,8 @@ def make_dataset(font_path: str | os.PathLike, out_dir: str | os.PathLike, size:
         raise ValueError(f"{out_dir} exists and is not an empty folder")
     # Write everything beside the destination, then rename: an interrupted run leaves no half set.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    tmp.mkdir()  # plain mkdir: the usual permissions (mkdtemp would make it private)
     seen: set[bytes] = set()
     written: list[str] = []
     duplicates = skipped = 0
@@ -128,7 +130,6 @@ def make_dataset(font_path: str | os.PathLike, out_dir: str | os.PathLike, size:
         (tmp / NOTICE_NAME).write_text(NOTICE.format(font_version=font_version(font_path), size=size))
         if zip_path is not None:
             write_zip(tmp, sorted(written) + [NOTICE_NAME], Path(zip_path))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp made it private; the data set is not
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)
@@ -141,26 +142,15 @@ def make_dataset(font_path: str | os.PathLike, out_dir: str | os.PathLike, size:
 def write_zip(folder: Path, names: list[str], zip_path: Path) -> None:
     """The files at the zip's root, stored (PNG is already deflated), in the given order with fixed
     times: the same images give byte-identical zips. Written to a temporary name, then renamed."""
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{zip_path.name}.", suffix=".tmp", dir=zip_path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+    def write(f) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
             for name in names:
                 info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, (folder / name).read_bytes())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it private
-        os.replace(tmp, zip_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(zip_path, write)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     zip_path = args.out_dir.with_name(args.out_dir.name + ".zip") if args.zip else None
     try:
         stats = make_dataset(args.font, args.out_dir, args.size, zip_path)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {stats.written} images of {args.size}x{args.size} to {stats.out_dir} "
