@@ -118,8 +118,10 @@ class ModulatedFC(nn.Module):
         return self.apply_weight(x, self.modulated_weight(w))
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # [B, N, in] @ [B, in, out] -> [B, N, out]; bias then leaky ReLU (gain sqrt 2)
-        return scaled_leaky_relu(torch.matmul(x, weight) + self.bias)
+        # [B, N, in] @ [B, in, out] -> [B, N, out]; bias then leaky ReLU (gain sqrt 2). The bias
+        # follows the matmul's dtype so that autocast keeps activations in bf16 between layers.
+        out = torch.matmul(x, weight)
+        return scaled_leaky_relu(out + self.bias.to(out.dtype))
 
 
 class ToRGB(nn.Module):
@@ -133,7 +135,8 @@ class ToRGB(nn.Module):
         return self.fc.modulated_weight(w)
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(x, weight) + self.fc.bias
+        out = torch.matmul(x, weight)
+        return out + self.fc.bias.to(out.dtype)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.apply_weight(x, self.modulated_weight(w))
