@@ -139,6 +139,7 @@ def test_mode_collapse_keeps_precision_and_loses_recall():
     assert matched["precision"] > 0.9 and matched["recall"] > 0.9, matched
     assert collapsed["precision"] > 0.9 and 0.35 < collapsed["recall"] < 0.6, collapsed
 
+
 def test_precision_recall_counts_each_point_once_across_chunks():
     rng = np.random.default_rng(9)
     real, fake = rng.standard_normal((100, 4)), rng.standard_normal((90, 4)) + 0.3

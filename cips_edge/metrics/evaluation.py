@@ -41,7 +41,8 @@ def render(sample_source: SampleSource, seeds: np.ndarray, batch_size: int, prog
             raise MetricsError(f"the sample source returned {images.dtype} {images.shape} for {len(chunk)} seeds; "
                                f"expected uint8 [{len(chunk)}, H, W, 3]")
         if batches and images.shape[1:] != batches[0].shape[1:]:
-            raise MetricsError(f"the sample source changed image size from {batches[0].shape[1:3]} to {images.shape[1:3]}")
+            raise MetricsError(f"the sample source changed image size from {batches[0].shape[1:3]} "
+                               f"to {images.shape[1:3]}")
         batches.append(images)
     return np.concatenate(batches)
 

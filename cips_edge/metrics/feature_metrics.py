@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import MetricsError
+
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean [D] and covariance [D, D] (unbiased, as in TF-FID) of features [N, D], float64."""
     f = np.asarray(features, np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors [N, D], got shape {f.shape}")
+        raise MetricsError(f"need at least 2 feature vectors [N, D], got shape {f.shape}")
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
@@ -60,7 +62,7 @@ def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
     if min(len(a), len(b)) > a.shape[1]:
         return frechet_distance(*feature_stats(a), *feature_stats(b))
     if min(len(a), len(b)) < 2:
-        raise ValueError("FID needs at least 2 feature vectors in each set")
+        raise MetricsError("FID needs at least 2 feature vectors in each set")
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     a_c, b_c = a - mu_a, b - mu_b
     c = a_c @ b_c.T  # [N1, N2]
@@ -88,7 +90,7 @@ def kid(real: np.ndarray, fake: np.ndarray, n_subsets: int = 100, subset_size: i
     assert real.ndim == fake.ndim == 2 and real.shape[1] == fake.shape[1], (real.shape, fake.shape)
     m = min(subset_size, len(real), len(fake))
     if m < 2:
-        raise ValueError("KID needs at least 2 samples in each set")
+        raise MetricsError("KID needs at least 2 samples in each set")
     z = np.concatenate([fake, real]).astype(np.float32)  # fake rows first, then real
     scale = np.float32(1 / z.shape[1])
     full = (z @ z.T * scale + 1) ** 3 if len(z) <= KID_FULL_KERNEL_MAX else None
@@ -106,6 +108,7 @@ def kid(real: np.ndarray, fake: np.ndarray, n_subsets: int = 100, subset_size: i
                         + kyy.sum(dtype=np.float64) - np.trace(kyy, dtype=np.float64))
         estimates[s] = off_diagonal / (m * (m - 1)) - 2 * kernel(x, y).mean(dtype=np.float64)
     return {"mean": float(estimates.mean()), "std": float(estimates.std())}
+
 
 def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """||a_i - b_j||^2 [len(a), len(b)], float64, clipped at 0."""
@@ -139,6 +142,6 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int 
     real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     assert real.ndim == fake.ndim == 2 and real.shape[1] == fake.shape[1], (real.shape, fake.shape)
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples in each set")
+        raise MetricsError(f"precision/recall with k={k} needs more than {k} samples in each set")
     return {"precision": _coverage(fake, real, _knn_radii(real, k, chunk), chunk),
             "recall": _coverage(real, fake, _knn_radii(fake, k, chunk), chunk)}

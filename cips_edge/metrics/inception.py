@@ -277,7 +277,8 @@ def load_inception(weights: str | os.PathLike | None, device: torch.device | str
     # Older PyTorch versions wrote no batch-norm step counters; those are the only keys that may lack.
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:  # cannot happen for the checked file; a bug in this module if it does
-        raise RuntimeError(f"Inception weights do not fit the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(f"Inception weights do not fit the network: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
     return InceptionFeatures(network, f"inception-v3 {WEIGHTS_FILE} sha256:{WEIGHTS_SHA256}", device, batch_size)
 
 

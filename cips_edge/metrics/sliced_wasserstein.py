@@ -9,13 +9,14 @@ directions, the sorted projections are compared (1-D Wasserstein-1 distance), av
 directions and reported x1e3; `mean` averages the levels.
 
 Random numbers come from `seed` only (patch positions: one stream per set; directions: one per
-level), so a call is reproducible on any machine.
+level), so the same call gives the same numbers (up to floating-point differences between machines).
 """
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .errors import MetricsError
 from .progress import track
 
 BINOMIAL = np.array([1, 4, 6, 4, 1], np.float32) / 16  # 1-D factor of the 5x5 pyramid kernel (cv2.pyrDown)
@@ -42,6 +43,7 @@ def _blur_axis(x: np.ndarray, axis: int, step: int = 1) -> np.ndarray:
     out += BINOMIAL[2] * tap(2)
     return out
 
+
 def pyr_down(x: np.ndarray) -> np.ndarray:
     """Blur and keep even pixels: [N, H, W, C] -> [N, H/2, W/2, C]."""
     return _blur_axis(_blur_axis(x, 1, 2), 2, 2)
@@ -62,6 +64,7 @@ def _upsample_axis(x: np.ndarray, axis: int) -> np.ndarray:
 def pyr_up(x: np.ndarray) -> np.ndarray:
     """Insert zeros between pixels and blur with 4x the kernel (cv2.pyrUp): [N, H, W, C] -> [N, 2H, 2W, C]."""
     return _upsample_axis(_upsample_axis(x, 1), 2)
+
 
 def laplacian_pyramid(images: np.ndarray, levels: int) -> list[np.ndarray]:
     """uint8 [N, H, W, C] -> float32 band-pass levels, finest first; the last is the low-pass residual."""
@@ -118,6 +121,7 @@ def descriptors(images: np.ndarray, levels: int, rng: np.random.Generator, patch
         result.append(d.reshape(n * patches_per_image, -1))  # [N*P, C*7*7]
     return result
 
+
 def sliced_wasserstein(a: np.ndarray, b: np.ndarray, n_directions: int, rng: np.random.Generator) -> float:
     """Mean over random unit directions of the 1-D Wasserstein-1 distance between the projections of two
     equally large point sets a, b [n, d]."""
@@ -145,16 +149,16 @@ def swd(images_a: np.ndarray, images_b: np.ndarray, seed: int = 0, patches_per_i
     """
     for name, x in (("images_a", images_a), ("images_b", images_b)):
         if x.dtype != np.uint8 or x.ndim != 4:
-            raise ValueError(f"{name} must be uint8 [N, H, W, C], got {x.dtype} {x.shape}")
+            raise MetricsError(f"{name} must be uint8 [N, H, W, C], got {x.dtype} {x.shape}")
     if images_a.shape != images_b.shape:
-        raise ValueError(f"SWD needs two sets of the same shape, got {images_a.shape} and {images_b.shape}")
+        raise MetricsError(f"SWD needs two sets of the same shape, got {images_a.shape} and {images_b.shape}")
     n, h, w, _ = images_a.shape
     if min(h, w) < min_resolution:
-        raise ValueError(f"images of {h}x{w} are smaller than the coarsest SWD level ({min_resolution})")
+        raise MetricsError(f"images of {h}x{w} are smaller than the coarsest SWD level ({min_resolution})")
     resolutions = pyramid_resolutions(h, w, min_resolution)
     levels = len(resolutions)
     if h % (1 << (levels - 1)) or w % (1 << (levels - 1)):
-        raise ValueError(f"{h}x{w} does not halve evenly down to {resolutions[-1]} (use a power-of-two size)")
+        raise MetricsError(f"{h}x{w} does not halve evenly down to {resolutions[-1]} (use a power-of-two size)")
     desc_a = descriptors(images_a, levels, np.random.default_rng([seed, 0]), patches_per_image, patch_size,
                          progress=progress)
     desc_b = descriptors(images_b, levels, np.random.default_rng([seed, 1]), patches_per_image, patch_size,
