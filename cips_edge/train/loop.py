@@ -45,7 +45,8 @@ def resolve_device(name: str) -> torch.device:
         raise TrainError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise TrainError(f"device {name} requested but CUDA is not available here")
-    device = torch.device(name if ":" in name or local is None else f"cuda:{local}")
+    # Always carry an index: torch.cuda.set_device and per-device calls reject a bare "cuda".
+    device = torch.device(name if ":" in name else f"cuda:{local or 0}")
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise TrainError(f"{device} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
     torch.cuda.set_device(device)
