@@ -5,11 +5,11 @@ not import torch, so `cips eval` of an ONNX model runs on a torch-free machine (
 from .errors import MetricsError
 from .evaluation import SampleSource, evaluate, print_report, render, report_rows, write_report
 from .feature_metrics import feature_stats, fid_from_features, frechet_distance, kid, precision_recall
-from .images import ImageSource, load_image_folder, load_images, prepare_image
+from .images import ImageSource, decode_image, load_image_folder, load_images, prepare_image
 from .sliced_wasserstein import swd
 
 __all__ = [
     "MetricsError", "SampleSource", "evaluate", "print_report", "render", "report_rows", "write_report",
     "feature_stats", "fid_from_features", "frechet_distance", "kid", "precision_recall",
-    "ImageSource", "load_image_folder", "load_images", "prepare_image", "swd",
+    "ImageSource", "decode_image", "load_image_folder", "load_images", "prepare_image", "swd",
 ]
