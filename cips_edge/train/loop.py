@@ -144,7 +144,9 @@ class Run:
                 ckpt = read_checkpoint(ckpts[-1])
             except CheckpointError as e:
                 raise TrainError(str(e)) from None
-            if not {"g", "d", "g_optim", "d_optim", "options"} <= set(ckpt):
+            # Optimizer moments may be absent (a checkpoint slimmed to move it between machines):
+            # the trainer then starts Adam afresh and says so.
+            if not {"g", "d", "options"} <= set(ckpt):
                 raise TrainError(f"cannot resume from {ckpts[-1]}: it holds no training state")
             self.ckpt = ckpt
             self.options = dataclasses.replace(merge_for_resume(o, ckpt["options"]), out=run_dir)

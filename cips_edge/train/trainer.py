@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -245,6 +246,9 @@ class Trainer:
         self.D.load_state_dict(state["d"])
         self.G_ema.load_state_dict(state["g_ema"])
         for optim, key in ((self.g_optim, "g_optim"), (self.d_optim, "d_optim")):
+            if key not in state:
+                warnings.warn(f"checkpoint has no {key} state: Adam moments start afresh", stacklevel=2)
+                continue
             # Keep this machine's implementation choice (a CUDA run's fused Adam resumed on CPU, say);
             # it decides where the loaded step counters go, so set it before loading.
             saved = dict(state[key])
