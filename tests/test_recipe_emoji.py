@@ -101,3 +101,11 @@ def test_real_font_bitmaps(recipe):
         sizes.add(bitmap.size)
         count += 1
     assert count > 3000 and sizes == {(136, 128)}
+
+
+def test_font_version_without_fonttools_is_unknown(recipe, monkeypatch, tmp_path):
+    """The NOTICE is written even where fonttools is not installed (the recipe's data set tests need
+    no font library)."""
+    monkeypatch.setitem(sys.modules, "fontTools", None)  # `import fontTools...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "fontTools.ttLib", None)
+    assert recipe.font_version(tmp_path / "font.ttf") == "unknown version"

@@ -81,8 +81,11 @@ def font_version(font_path: str | os.PathLike) -> str:
     """The font's version string (name ID 5), for the NOTICE; 'unknown version' if unreadable."""
     try:
         from fontTools.ttLib import TTFont, TTLibError
+    except ImportError:  # a separate step: the except clause below names TTLibError
+        return "unknown version"
+    try:
         return TTFont(font_path, lazy=True)["name"].getDebugName(5) or "unknown version"
-    except (ImportError, OSError, KeyError, TTLibError):
+    except (OSError, KeyError, TTLibError):
         return "unknown version"
 
 
