@@ -45,7 +45,7 @@ def test_swd_only_needs_no_torch(data_dir, torchless_env, tmp_path):
             "write_report(r, sys.argv[2])\n")
     out = tmp_path / "result.json"
     run = subprocess.run([sys.executable, "-c", code, str(data_dir), str(out)], env=torchless_env,
-                         capture_output=True, text=True)
+                         cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
     assert result["num_images"] == 8 and result["size"] == SIZE

@@ -124,9 +124,10 @@ def test_rejects_unequal_or_float_sets(sets):
         swd(a[:, :8, :8], b[:, :8, :8])
 
 
-def test_metrics_package_imports_without_torch(torchless_env):
+def test_metrics_package_imports_without_torch(torchless_env, tmp_path):
     code = ("import numpy as np, cips_edge.metrics as m; x = np.zeros((4, 16, 16, 3), np.uint8); "
             "print(m.swd(x, x, patches_per_image=2, n_directions=4)['mean'])")
-    run = subprocess.run([sys.executable, "-c", code], env=torchless_env, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", code], env=torchless_env, cwd=tmp_path, capture_output=True,
+                         text=True)
     assert run.returncode == 0, run.stderr
     assert float(run.stdout) == 0.0

@@ -157,8 +157,10 @@ def test_existing_run_folder_needs_resume(straight, train_images, tmp_path):
 
 
 def test_module_entry_reports_errors_in_one_line(tmp_path):
+    # cwd away from the checkout: `-m` puts the working directory first on sys.path, where the source
+    # folder cips_edge/ would shadow the installed package.
     result = subprocess.run([sys.executable, "-m", "cips_edge.train", str(tmp_path), "--size", "48"],
-                            capture_output=True, text=True, timeout=60)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: size 48 cannot be trained: the discriminator needs a power of two from 8 to 1024"]
@@ -174,7 +176,8 @@ def test_two_processes_agree_with_one(straight, train_images, tmp_path):
             "--checkpoint-kimg", str(o.checkpoint_kimg), "--sample-kimg", str(o.sample_kimg), "--log-every", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "cips_edge.train", *args], capture_output=True, text=True, timeout=120, env=env)
+                             "-m", "cips_edge.train", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     two, one = newest(out), newest(straight[0])
     assert [p.name for p in run_checkpoints(out)] == [p.name for p in run_checkpoints(straight[0])]
