@@ -21,7 +21,7 @@ from .errors import MetricsError
 from .feature_metrics import fid_from_features, kid, precision_recall
 from .images import ImageSource, load_images
 from .progress import track
-from .sliced_wasserstein import swd
+from .sliced_wasserstein import check_swd_size, swd
 
 # seeds int64 [B] -> uint8 [B, H, W, 3], one image per seed (its latent drawn from that seed).
 SampleSource = Callable[[np.ndarray], np.ndarray]
@@ -47,6 +47,26 @@ def render(sample_source: SampleSource, seeds: np.ndarray, batch_size: int, prog
     return np.concatenate(batches)
 
 
+def check_request(metrics: Sequence[str] | None, num_images: int, batch_size: int = 16,
+                  has_extractor: bool = False, size: int | None = None) -> list[str]:
+    """The metrics an evaluate() call computes (metrics=None: SWD, plus the feature metrics when there
+    is a feature extractor); a MetricsError for a request that cannot work, raised before any work.
+    size: the samples' side in pixels, where the caller knows it up front."""
+    wanted = list(metrics) if metrics is not None else ["swd"] + (list(FEATURE_METRICS) if has_extractor else [])
+    unknown = sorted(set(wanted) - set(METRICS))
+    if unknown:
+        raise MetricsError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    if not wanted:
+        raise MetricsError(f"no metric asked for; choose from {', '.join(METRICS)}")
+    if num_images < 2:
+        raise MetricsError(f"the number of images must be at least 2, got {num_images}")
+    if batch_size < 1:
+        raise MetricsError(f"the batch size must be at least 1 image, got {batch_size}")
+    if size is not None and "swd" in wanted:
+        check_swd_size(size, size)
+    return wanted
+
+
 def evaluate(sample_source: SampleSource, data: str | os.PathLike, num_images: int = 2000,
              metrics: Sequence[str] | None = None, inception_weights: str | os.PathLike | None = None,
              batch_size: int = 16, first_seed: int = 0, seed: int = 0, cache_dir: str | os.PathLike | None = None,
@@ -56,20 +76,18 @@ def evaluate(sample_source: SampleSource, data: str | os.PathLike, num_images: i
 
     metrics: any of "swd", "fid", "kid", "pr"; None means SWD, plus FID, KID and precision/recall when
     inception_weights is given. seed drives everything random in the metrics and the data subset.
+    device: where the Inception network runs: "auto" (CUDA when torch has it), "cpu", "cuda" or "cuda:N".
     random_init_for_tests: a randomly initialised Inception instead of the weights file (TESTS ONLY).
     """
-    has_extractor = inception_weights is not None or random_init_for_tests
-    wanted = list(metrics) if metrics is not None else ["swd"] + (list(FEATURE_METRICS) if has_extractor else [])
-    unknown = sorted(set(wanted) - set(METRICS))
-    if unknown:
-        raise MetricsError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    if num_images < 2:
-        raise MetricsError("num_images must be at least 2")
+    wanted = check_request(metrics, num_images, batch_size,
+                           has_extractor=inception_weights is not None or random_init_for_tests)
     seconds: dict[str, float] = {}
     extractor = None
     if any(m in FEATURE_METRICS for m in wanted):
         from .inception import load_inception  # torch, only when needed
-        extractor = load_inception(inception_weights, device=device, random_init_for_tests=random_init_for_tests)
+        from .sources import torch_device
+        extractor = load_inception(inception_weights, device=torch_device(device),
+                                   random_init_for_tests=random_init_for_tests)
 
     with ImageSource(data) as source:
         names = source.subset(num_images, seed)

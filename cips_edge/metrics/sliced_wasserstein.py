@@ -139,6 +139,18 @@ def sliced_wasserstein(a: np.ndarray, b: np.ndarray, n_directions: int, rng: np.
     return total / (n_directions * a.shape[0])
 
 
+def check_swd_size(h: int, w: int, min_resolution: int = 16) -> list[int]:
+    """The pyramid's resolutions for h x w images; a MetricsError where SWD cannot run on that size
+    (callers check before rendering anything)."""
+    if min(h, w) < min_resolution:
+        raise MetricsError(f"images of {h}x{w} are smaller than the coarsest SWD level ({min_resolution})")
+    resolutions = pyramid_resolutions(h, w, min_resolution)
+    levels = len(resolutions)
+    if h % (1 << (levels - 1)) or w % (1 << (levels - 1)):
+        raise MetricsError(f"{h}x{w} does not halve evenly down to {resolutions[-1]} (use a power-of-two size)")
+    return resolutions
+
+
 def swd(images_a: np.ndarray, images_b: np.ndarray, seed: int = 0, patches_per_image: int = 128,
         patch_size: int = 7, n_directions: int = 512, min_resolution: int = 16,
         progress: bool = False) -> dict:
@@ -153,12 +165,8 @@ def swd(images_a: np.ndarray, images_b: np.ndarray, seed: int = 0, patches_per_i
     if images_a.shape != images_b.shape:
         raise MetricsError(f"SWD needs two sets of the same shape, got {images_a.shape} and {images_b.shape}")
     n, h, w, _ = images_a.shape
-    if min(h, w) < min_resolution:
-        raise MetricsError(f"images of {h}x{w} are smaller than the coarsest SWD level ({min_resolution})")
-    resolutions = pyramid_resolutions(h, w, min_resolution)
+    resolutions = check_swd_size(h, w, min_resolution)
     levels = len(resolutions)
-    if h % (1 << (levels - 1)) or w % (1 << (levels - 1)):
-        raise MetricsError(f"{h}x{w} does not halve evenly down to {resolutions[-1]} (use a power-of-two size)")
     desc_a = descriptors(images_a, levels, np.random.default_rng([seed, 0]), patches_per_image, patch_size,
                          progress=progress)
     desc_b = descriptors(images_b, levels, np.random.default_rng([seed, 1]), patches_per_image, patch_size,
