@@ -126,6 +126,49 @@ def render(
     typer.echo(f"wrote {what} ({shape}) on {m.provider} in {ms:.0f} ms")
 
 
+@app.command()
+@_user_errors
+def grid(
+    seeds: Annotated[Optional[list[str]], typer.Option("--seeds", "--seed", help="seeds, one per cell in this order: "
+                                                       "0-63, 1,2,5 or 7; repeatable (required)")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="the .png to write (written atomically)")] = "cips-grid.png",
+    size: Annotated[int, typer.Option(help="width and height of each cell in pixels")] = 128,
+    columns: Annotated[Optional[int], typer.Option(help="cells per row, at most the number of seeds "
+                                                        "(default: ceil(sqrt(number of seeds)))")] = None,
+    padding: Annotated[int, typer.Option(help="white pixels between cells and around the edge")] = 2,
+    truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    chunk: ChunkOpt = None,
+    threads: ThreadsOpt = 0,
+    force: Annotated[bool, typer.Option(help="allow a grid beyond 16384 pixels per side")] = False,
+) -> None:
+    """Render many seeds into one PNG, a contact sheet: cells fill rows left to right.
+
+    \b
+    cips grid --seeds 0-63 --out grid.png               (8 x 8 cells of 128 x 128 pixels)
+    cips grid --seeds 0-15 --size 256 --columns 8 --truncation 0.7
+
+    Cell k is pixel for pixel what `cips render --seed K --size SIZE` writes for the k-th seed.
+    """
+    from cips_edge import runtime as rt
+    from cips_edge.runtime.grid import grid_layout, render_grid
+
+    specs = [s for s in seeds or [] if s.strip()]
+    seed_list = rt.parse_seeds(specs) if specs else []
+    layout = grid_layout(len(seed_list), size, columns, padding, force)  # fails before any work
+    path = rt.prepare_output(out, (".png",))
+    m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    latents = [rt.latent_for_seed(s, m.style_dim) for s in seed_list]
+    start = time.perf_counter()
+    with _progress(total=len(latents) * size * size, show=True) as advance:
+        sheet = render_grid(m, latents, layout, truncation=truncation, chunk=chunk, progress=advance)
+        rt.write_output(path, sheet)
+    ms = (time.perf_counter() - start) * 1000
+    typer.echo(f"wrote {path} ({layout.rows} x {layout.columns} cells of {size}x{size}, "
+               f"{layout.width}x{layout.height}) on {m.provider} in {ms:.0f} ms")
+
+
 class _progress:
     """A rich progress bar on stderr for long or multi-seed renders; nothing otherwise."""
 
@@ -174,11 +217,31 @@ def info(
         ("cost", f"{2 * c.macs_per_pixel / 1e6:.2f} MFLOP per pixel"),
         ("w_avg", f"{m.style_dim} values, {w_source}"),
         ("source", source),
+        *_training_lines(p),
         ("exported", f"{p.get('exported_at', '?')} with cips-edge {p.get('cips_edge', '?')}, torch {p.get('torch', '?')}"),
         ("providers", f"{', '.join(have)} (--device auto picks {auto})"),
     ]
     for key, value in lines:
         typer.echo(f"{key:<11} {value}")
+
+
+def _training_lines(provenance: dict) -> list[tuple[str, str]]:
+    """The recipe and training facts that recipes write into the provenance, when they are there:
+    ("training", "1x NVIDIA H200, 38.6 min; preset=edge-64, batch=64, ...")."""
+    lines = []
+    if provenance.get("recipe"):
+        lines.append(("recipe", str(provenance["recipe"])))
+    training = provenance.get("training")
+    if isinstance(training, dict) and training:
+        facts = dict(training)
+        where = [str(facts.pop("gpu"))] if "gpu" in facts else []
+        if isinstance(facts.get("wall_s"), (int, float)):
+            where.append(f"{facts.pop('wall_s') / 60:.1f} min")
+        options = ", ".join(f"{k}={v}" for k, v in facts.items())
+        lines.append(("training", "; ".join(part for part in (", ".join(where), options) if part)))
+    elif training:
+        lines.append(("training", str(training)))
+    return lines
 
 
 @app.command()
