@@ -2,20 +2,19 @@
 discriminator, losses and optimizer settings, options checks."""
 from __future__ import annotations
 
-import io
+import hashlib
 import math
 import zipfile
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from cips_edge.config import preset
 from cips_edge.coords import pixel_grid
 from cips_edge.train import TrainError, TrainOptions
 from cips_edge.train.augment import diff_augment
-from cips_edge.train.data import find_images, load_images, preprocess
+from cips_edge.train.data import data_fingerprint, find_images, load_images
 from cips_edge.train.discriminator import Discriminator, DiscriminatorConfig
 from cips_edge.train.losses import ema_beta, lazy_adam_settings, r1_penalty
 from cips_edge.train.options import merge_for_resume
@@ -32,29 +31,7 @@ def tiny_trainer(**recipe) -> Trainer:
                    torch.device("cpu"))
 
 
-def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 # -- data ---------------------------------------------------------------------------------------
-def test_transparent_pixels_become_white_and_opaque_ones_keep_their_colour():
-    rgba = np.zeros((8, 8, 4), np.uint8)
-    rgba[:, :4] = (10, 200, 30, 255)  # left half opaque green, right half fully transparent black
-    out = preprocess(png_bytes(rgba, "RGBA"), 8)
-    assert (out[:, :3] == (10, 200, 30)).all() and (out[:, 5:] == 255).all()
-
-
-def test_wide_image_is_centre_cropped_to_a_square_before_resizing():
-    img = np.zeros((30, 60, 3), np.uint8)
-    img[:, :15] = (255, 0, 0)  # bars outside the centre square are cut away
-    img[:, 45:] = (255, 0, 0)
-    img[:, 15:45] = (0, 0, 255)
-    out = preprocess(png_bytes(img), 16)
-    assert out.shape == (16, 16, 3) and (out == (0, 0, 255)).all()
-
-
 def test_folder_listing_recurses_and_skips_hidden_and_non_images(train_images):
     source = find_images(train_images)
     assert len(source.names) == 41  # 40 good + broken.png
@@ -73,6 +50,27 @@ def test_zip_gives_the_same_images_as_the_folder(train_images, tmp_path):
     assert a.images.shape == (40, 16, 16, 3)
     assert np.array_equal(a.images, b.images)
     assert [n for n, _ in a.skipped] == [n for n, _ in b.skipped] == ["broken.png"]
+
+
+def test_data_fingerprint_is_the_one_existing_runs_stored(train_images, tmp_path):
+    # Checkpoints store it and a resume compares: the definition must not drift (bump PREPROCESS_VERSION
+    # when the pixels change). Folder: name, size, mtime per file; zip: name, size, CRC per member.
+    source = find_images(train_images)
+    expected = hashlib.sha256(b"cips-edge-data v1 size 16\n")
+    for name in source.names:
+        st = (train_images / name).stat()
+        expected.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    assert data_fingerprint(source, 16) == expected.hexdigest()[:16]
+    archive = tmp_path / "images.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in source.names:
+            z.write(train_images / name, name)
+    expected = hashlib.sha256(b"cips-edge-data v1 size 16\n")
+    with zipfile.ZipFile(archive) as z:
+        for name in source.names:
+            info = z.getinfo(name)
+            expected.update(f"{name}\t{info.file_size}\t{info.CRC}\n".encode())
+    assert data_fingerprint(find_images(archive), 16) == expected.hexdigest()[:16]
 
 
 def test_cache_is_written_once_reused_and_keyed_by_the_data(train_images, tmp_path):

@@ -1,5 +1,6 @@
-"""Training images: found in a folder or zip, decoded once, centre-cropped, resized and kept as one uint8
-array, from which batches are gathered on the GPU (no per-step decoding, no loader processes).
+"""Training images: found in a folder or zip and decoded as cips_edge.imagefolder defines (shared with
+evaluation), once, into one uint8 array, from which batches are gathered on the GPU (no per-step
+decoding, no loader processes).
 
 Why: a CIPS step needs only size x size x 3 bytes per image, so even FFHQ at 256 (70k images) is
 13.8 GB as uint8, which fits in GPU memory next to the models; a batch is then one index_select.
@@ -8,101 +9,37 @@ Sets too large for that stay in host memory (pinned) or, beyond half of RAM, mem
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import os
-import threading
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cips_edge.imagefolder import ImageFolder, ImageFolderError
 
 from .options import TrainError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
-PREPROCESS_VERSION = 1  # bump when decoding/cropping/resizing changes: it invalidates caches
+# Bump when decoding/cropping/resizing changes: it is part of the data fingerprint, so it invalidates caches.
+# (Still 1 after moving to cips_edge.imagefolder: that only adds colour-key (tRNS) compositing for RGB/L
+# PNGs, and the cache lives in the run folder, where it should keep the pixels the run was trained on.)
+PREPROCESS_VERSION = 1
 DEVICE_FRACTION = 0.25  # keep the data on the GPU when it needs at most this share of its memory
 HOST_FRACTION = 0.5  # else in RAM when it needs at most this share, else memory-mapped
 
 
-@dataclass
-class ImageSource:
-    """The image files of a folder or zip, in a fixed (sorted) order."""
-    path: Path
-    names: list[str]  # relative paths (folder) or member names (zip)
-    is_zip: bool
-
-    def __post_init__(self) -> None:
-        self._local = threading.local()  # one open ZipFile per decoding thread
-
-    def read(self, name: str) -> bytes:
-        if self.is_zip:
-            if getattr(self._local, "zip", None) is None:
-                self._local.zip = zipfile.ZipFile(self.path)
-            return self._local.zip.read(name)
-        return (self.path / name).read_bytes()
-
-    def fingerprint(self, size: int) -> str:
-        """Names, sizes and mtimes (folder) or CRCs (zip), plus the preprocessing: keys the cache."""
-        h = hashlib.sha256(f"cips-edge-data v{PREPROCESS_VERSION} size {size}\n".encode())
-        if self.is_zip:
-            with zipfile.ZipFile(self.path) as z:
-                for name in self.names:
-                    info = z.getinfo(name)
-                    h.update(f"{name}\t{info.file_size}\t{info.CRC}\n".encode())
-        else:
-            for name in self.names:
-                st = (self.path / name).stat()
-                h.update(f"{name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()[:16]
+def find_images(path: Path) -> ImageFolder:
+    try:
+        return ImageFolder(path)
+    except ImageFolderError as e:
+        raise TrainError(str(e)) from None
 
 
-def _is_image_name(name: str) -> bool:
-    parts = Path(name).parts
-    hidden = any(p.startswith(".") or p == "__MACOSX" for p in parts)  # ._foo.jpg, .DS_Store, macOS zips
-    return not hidden and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def find_images(path: Path) -> ImageSource:
-    path = Path(path)
-    if path.is_dir():
-        names = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
-        source = ImageSource(path, [n for n in names if _is_image_name(n)], is_zip=False)
-    elif path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = sorted(i.filename for i in z.infolist() if not i.is_dir())
-        source = ImageSource(path, [n for n in names if _is_image_name(n)], is_zip=True)
-    elif path.exists():
-        raise TrainError(f"{path} is neither a folder nor a zip of images")
-    else:
-        raise TrainError(f"data not found: {path}")
-    if not source.names:
-        raise TrainError(f"no images in {path} (looked for {', '.join(IMAGE_EXTENSIONS)}, subfolders too)")
-    return source
-
-
-def preprocess(data: bytes, size: int) -> np.ndarray:
-    """Image file bytes -> [size, size, 3] uint8: EXIF-upright, alpha composited on white, centre
-    square crop, Lanczos resize."""
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (2 * size, 2 * size))  # JPEG: decode at >= 2x the target (fast, no aliasing)
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        white.alpha_composite(rgba)
-        img = white
-    img = img.convert("RGB")
-    w, h = img.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    # Crop first: resize(box=...) would let the filter read pixels outside the square.
-    img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
-    return np.asarray(img, dtype=np.uint8)
+def data_fingerprint(source: ImageFolder, size: int) -> str:
+    """Names, sizes and mtimes (folder) or CRCs (zip), plus the size and preprocessing: keys the cache and
+    is stored in checkpoints."""
+    return source.fingerprint(source.names, salt=f"cips-edge-data v{PREPROCESS_VERSION} size {size}\n")[:16]
 
 
 @dataclass
@@ -113,16 +50,7 @@ class Decoded:
     from_cache: bool
 
 
-def _decode_one(source: ImageSource, name: str, size: int) -> np.ndarray | str:
-    try:
-        return preprocess(source.read(name), size)
-    except UnidentifiedImageError:
-        return "not an image PIL can read"
-    except Exception as e:  # PIL raises many types for truncated or foreign files
-        return f"{type(e).__name__}: {e}".splitlines()[0][:120]
-
-
-def decode_images(source: ImageSource, size: int, workers: int, out_path: Path | None = None) -> Decoded:
+def decode_images(source: ImageFolder, size: int, workers: int, out_path: Path | None = None) -> Decoded:
     """Decode every file once into one array (written to out_path as .npy when given)."""
     n = len(source.names)
     shape = (n, size, size, 3)
@@ -137,8 +65,8 @@ def decode_images(source: ImageSource, size: int, workers: int, out_path: Path |
     try:
         # Threads suffice: PIL releases the GIL while decoding and resizing.
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            results = pool.map(lambda name: _decode_one(source, name, size), source.names) if workers > 0 \
-                else (_decode_one(source, name, size) for name in source.names)
+            results = pool.map(lambda name: source.decode(name, size), source.names) if workers > 0 \
+                else (source.decode(name, size) for name in source.names)
             for name, result in zip(source.names, results):
                 if isinstance(result, str):
                     skipped.append((name, result))
@@ -164,28 +92,28 @@ def decode_images(source: ImageSource, size: int, workers: int, out_path: Path |
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-    return Decoded(images, source.fingerprint(size), skipped, from_cache=False)
+    return Decoded(images, data_fingerprint(source, size), skipped, from_cache=False)
 
 
 def load_images(path: Path, size: int, workers: int, cache_dir: Path | None,
                 decode: bool = True) -> Decoded | None:
     """The decoded data set, from cache_dir/<fingerprint>.npy when present. decode=False: only the
     cache (None if absent), for processes that wait for another to decode."""
-    source = find_images(path)
-    fingerprint = source.fingerprint(size)
-    cache = cache_dir / f"{fingerprint}.npy" if cache_dir is not None else None
-    if cache is not None and cache.exists():
-        return Decoded(np.load(cache, mmap_mode="r"), fingerprint, [], from_cache=True)
-    if not decode:
-        return None
-    decoded = decode_images(source, size, workers, cache)
-    if len(decoded.images) == 0:
-        if cache is not None:
-            cache.unlink(missing_ok=True)
-        first = decoded.skipped[0]
-        raise TrainError(f"none of the {len(source.names)} image files in {path} could be read "
-                         f"(e.g. {first[0]}: {first[1]})")
-    return decoded
+    with find_images(path) as source:  # closes the zip handles the decoding threads opened
+        fingerprint = data_fingerprint(source, size)
+        cache = cache_dir / f"{fingerprint}.npy" if cache_dir is not None else None
+        if cache is not None and cache.exists():
+            return Decoded(np.load(cache, mmap_mode="r"), fingerprint, [], from_cache=True)
+        if not decode:
+            return None
+        decoded = decode_images(source, size, workers, cache)
+        if len(decoded.images) == 0:
+            if cache is not None:
+                cache.unlink(missing_ok=True)
+            first = decoded.skipped[0]
+            raise TrainError(f"none of the {len(source.names)} image files in {path} could be read "
+                             f"(e.g. {first[0]}: {first[1]})")
+        return decoded
 
 
 def _total_ram() -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cips_edge.metrics.images import on_white, prepare_image
+from cips_edge.imagefolder import on_white, prepare_image
 from cips_edge.runtime.errors import UserError
 from cips_edge.runtime.image import atomic_write
 
