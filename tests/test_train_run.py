@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,12 +170,14 @@ def test_module_entry_reports_errors_in_one_line(tmp_path):
 
 def test_two_processes_agree_with_one(straight, train_images, tmp_path):
     """torchrun, 2 CPU processes (gloo), the same global batch: same step count, one checkpoint that
-    every rank agreed on (the run checks that ranks hold identical weights before saving)."""
+    every rank agreed on (the run checks that ranks hold identical weights before saving); with
+    --metrics, rank 0 evaluates while the other waits."""
     out = tmp_path / "run"
     o = options(train_images, out)
     args = [str(train_images), "--out", str(out), "--preset", "tiny", "--batch", str(BATCH), "--kimg", str(KIMG),
             "--r1-every", "2", "--augment", "on", "--device", "cpu", "--workers", "0",
-            "--checkpoint-kimg", str(o.checkpoint_kimg), "--sample-kimg", str(o.sample_kimg), "--log-every", "2"]
+            "--checkpoint-kimg", str(o.checkpoint_kimg), "--sample-kimg", str(o.sample_kimg), "--log-every", "2",
+            "--metrics", "swd", "--metrics-kimg", str(2 * BATCH / 1000), "--metrics-samples", "8"]  # rank 0 only
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "cips_edge.train", *args], cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -186,3 +190,112 @@ def test_two_processes_agree_with_one(straight, train_images, tmp_path):
     assert json.loads((out / "options.json").read_text())["batch_per_process"] == BATCH // 2
     assert all(torch.isfinite(v).all() for v in two["g_ema"].values())
     assert load_generator(out).step == STEPS
+    # Only rank 0 evaluated, and the others waited for it without a deadlock.
+    assert [r["images_seen"] for r in metric_lines(out)] == [8, 16, 24]
+
+
+# -- image-quality metrics while training ------------------------------------------------------------
+def metric_lines(run_dir: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in lines if "metric_s" in r]
+
+
+def test_metrics_do_not_disturb_training_and_resume_exactly(straight, train_images, tmp_path):
+    """--metrics swd every 2 steps: half the run, resume, the rest. The training state equals the run
+    without metrics bit for bit, and every evaluation line is finite and complete."""
+    out = tmp_path / "run"
+    quality = dict(metrics="swd", metrics_kimg=2 * BATCH / 1000, metrics_samples=64)
+    _, err = run_quietly(options(train_images, out, kimg=KIMG / 2, **quality))
+    assert "--metrics-samples 64: the data set has 40 images" in err
+    run_quietly(options(train_images, out, resume=True, **quality))
+    assert_same_training_state(newest(out), newest(straight[0]))
+    lines = metric_lines(out)
+    # Every 8 images, plus the first session's end (12); nothing past a checkpoint is duplicated.
+    assert [r["images_seen"] for r in lines] == [8, 12, 16, 24]
+    for r in lines:
+        assert r["metric_samples"] == 40 and r["swd_resolutions"] == [16] and r["metric_s"] >= 0
+        assert len(r["swd_levels"]) == 1 and math.isfinite(r["swd"]) and r["swd"] > 0
+    assert len({r["swd"] for r in lines}) == 4  # the EMA generator moved between evaluations
+
+
+def test_metric_line_is_what_cips_eval_gives_for_the_checkpoint(train_images, tmp_path):
+    """The last line (at the final checkpoint) equals evaluate() of that checkpoint's EMA generator at
+    the training size: same seeds, same data images, same SWD randomness."""
+    from cips_edge.metrics import evaluate, generator_source
+
+    out = tmp_path / "run"
+    run_quietly(options(train_images, out, kimg=2 * BATCH / 1000, metrics="swd", metrics_kimg=1.0,
+                        metrics_samples=64, sample_kimg=1.0))
+    [line] = metric_lines(out)
+    loaded = load_generator(out)
+    assert loaded.images_seen == line["images_seen"] == 2 * BATCH
+    result = evaluate(generator_source(loaded.generator, 16), train_images, num_images=64, metrics=["swd"],
+                      progress=False)
+    assert result["num_images"] == 40  # the corrupt file is skipped there too
+    assert line["swd"] == round(result["swd"]["mean"], 4)
+    assert line["swd_levels"] == [round(v, 4) for v in result["swd"]["levels"]]
+
+
+def test_fid_while_training_uses_the_extractor_and_caches_the_data_features(train_images, tmp_path, monkeypatch):
+    """The FID path end to end with a stand-in feature extractor (the real weights are 95 MB): the data
+    set's features are computed once per session, the samples' at every evaluation."""
+    from cips_edge.metrics import fid_from_features
+    from cips_edge.train import quality
+
+    calls = []
+
+    def extractor(images):  # uint8 [n, 16, 16, 3] -> [n, 8] features, a fixed projection of the pixels
+        calls.append(len(images))
+        return images.reshape(len(images), -1).astype(np.float64) @ np.random.default_rng(0).standard_normal((768, 8))
+
+    monkeypatch.setattr("cips_edge.metrics.inception.load_inception", lambda weights, device: extractor)
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"stand-in")
+    out = tmp_path / "run"
+    run_quietly(options(train_images, out, kimg=2 * BATCH / 1000, metrics="swd,fid", metrics_kimg=BATCH / 1000,
+                        metrics_samples=10, inception_weights=weights, sample_kimg=1.0))
+    lines = metric_lines(out)
+    assert [r["images_seen"] for r in lines] == [4, 8] and all(r["metric_samples"] == 10 for r in lines)
+    assert calls == [10, 10, 10]  # data once, samples twice
+    reals = quality.QualityMetrics(("swd",), 10, np.load(next((out / "data-cache").glob("*.npy"))),
+                                   torch.device("cpu")).reals
+    fakes = render_ema(load_generator(out).generator, 10)
+    assert lines[-1]["fid"] == round(fid_from_features(extractor(reals), extractor(fakes)), 4) > 0
+
+
+def render_ema(generator, n: int) -> np.ndarray:
+    from cips_edge.metrics import generator_source, render
+
+    return render(generator_source(generator, generator.config.size), np.arange(n), 16)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"metrics": "swd,lpips"}, "unknown metric 'lpips' in --metrics; choose from swd, fid"),
+    ({"metrics": "fid"}, "--metrics fid needs --inception-weights PATH"),
+    ({"metrics": "swd", "inception_weights": "/nonexistent/pt_inception.pth"},
+     "--inception-weights /nonexistent/pt_inception.pth: no such file"),
+    ({"metrics": "swd", "metrics_samples": 1}, "--metrics-samples must be at least 2"),
+    ({"metrics": "swd", "metrics_kimg": 0}, "--metrics-kimg must be positive"),
+    ({"metrics": "swd", "size": 8}, "--metrics swd needs a training size of at least 16"),
+])
+def test_bad_metric_options_are_one_line_errors(kwargs, message):
+    with pytest.raises(TrainError) as e:
+        TrainOptions(**{"data": "x", **kwargs})
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_metric_options_parse_round_trip_and_may_change_on_resume(tmp_path):
+    from cips_edge.train.__main__ import build_parser
+    from cips_edge.train.options import merge_for_resume
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    args = build_parser().parse_args(["data", "--metrics", "swd, fid", "--inception-weights", str(weights)])
+    o = TrainOptions(**vars(args))
+    assert o.metrics == ("swd", "fid") and o.inception_weights == weights and o.metrics_samples == 1000
+    assert TrainOptions(**vars(build_parser().parse_args(["data"]))).metrics == ()
+    stored = json.loads(json.dumps(o.to_dict()))  # as options.json and the checkpoint keep it
+    assert stored["metrics"] == ["swd", "fid"] and TrainOptions.from_dict(stored) == o
+    weights.unlink()  # the run's weights file is gone: the run still resumes, measuring what is asked now
+    merged = merge_for_resume(TrainOptions(resume=True, metrics="swd", metrics_kimg=5.0), stored)
+    assert (merged.metrics, merged.metrics_kimg, merged.inception_weights) == (("swd",), 5.0, None)

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         kind = str(f.type).replace(" | None", "")
         if f.name == "data":
             parser.add_argument("data", nargs="?", type=Path, default=None, help=help_text)
+        elif f.name == "metrics":  # a comma-separated list; TrainOptions splits it
+            parser.add_argument("--metrics", dest="metrics", default=None, type=str, help=help_text)
         elif kind == "bool":
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
                                 action=argparse.BooleanOptionalAction, help=help_text)

@@ -25,6 +25,7 @@ from . import distributed
 from .data import Decoded, ImageBank, load_images
 from .discriminator import DiscriminatorConfig
 from .options import AUGMENT_AUTO_BELOW, TrainError, TrainOptions, merge_for_resume
+from .quality import QualityMetrics
 from .report import Reporter, atomic_write_json, grid_name, render_images, save_grid, truncate_metrics
 from .trainer import Recipe, Speed, Trainer
 
@@ -260,6 +261,15 @@ class Run:
 
         ckpt_every = max(1, round(o.checkpoint_kimg * 1000))
         sample_every = max(1, round(o.sample_kimg * 1000))
+        metrics_every = max(1, round(o.metrics_kimg * 1000))
+        # Only rank 0 evaluates; the others go on and wait for it in the next step's all-reduce (the
+        # process group's timeout is 30 minutes), so no rank waits on a collective the others skip.
+        quality = None
+        if o.metrics and world.is_main:
+            quality = QualityMetrics(o.metrics, o.metrics_samples, decoded.images, device, o.inception_weights)
+            if quality.count < o.metrics_samples:
+                reporter.warn(f"--metrics-samples {o.metrics_samples}: the data set has {quality.count} images, "
+                              f"so each evaluation compares {quality.count}")
         fixed_z = torch.randn(o.sample_grid ** 2, g_config.style_dim,
                               generator=torch.Generator().manual_seed(o.seed)).to(device)
         if world.is_main and self.ckpt is None:
@@ -287,6 +297,9 @@ class Run:
                         stopping = at_log and distributed.any_rank(stop.requested, device)
                     if world.is_main and images // sample_every > prev_images // sample_every:
                         self.save_samples(trainer, fixed_z, images)
+                    if quality is not None and (images // metrics_every > prev_images // metrics_every
+                                                or step == total_steps):
+                        reporter.log_quality(step, images, quality(trainer.G_ema))
                     if images // ckpt_every > prev_images // ckpt_every or step == total_steps or stopping:
                         self.save_checkpoint(trainer, step, images, elapsed(), reporter)
                         saved_at = step

@@ -15,10 +15,15 @@ AUGMENT_MODES = ("auto", "on", "off")
 # plain StyleGAN2 no longer overfits.
 AUGMENT_AUTO_BELOW = 30_000
 MIN_SIZE, MAX_SIZE = 8, 1024  # the discriminator needs a power of two it can halve down to 4x4
+TRAIN_METRICS = ("swd", "fid")  # what --metrics can log while training (cips eval has KID and P/R too)
+SWD_MIN_SIZE = 16  # SWD's coarsest pyramid level
 
 
 class TrainError(ValueError):
     """A problem the user can fix (options, data, run folder); the message is one line."""
+
+
+PATH_FIELDS = ("data", "out", "inception_weights")
 
 
 def opt(default, help: str):
@@ -60,6 +65,16 @@ class TrainOptions:
     sample_kimg: float = opt(20.0, "write a sample grid of the EMA generator every this many kimg")
     sample_grid: int = opt(4, "the sample grid shows N x N fixed latents")
     log_every: int = opt(20, "steps between reading losses off the device (one host sync each)")
+    # -- image quality while training (rank 0 evaluates the EMA generator; see docs/training.md) ---
+    metrics: tuple[str, ...] = opt((), f"metrics of the EMA generator to log every --metrics-kimg: "
+                                       f"comma-separated from {', '.join(TRAIN_METRICS)} (fid needs "
+                                       f"--inception-weights); none by default")
+    metrics_kimg: float = opt(200.0, "evaluate --metrics every this many kimg (and at the end of the run)")
+    metrics_samples: int = opt(1000, "images per evaluation: EMA samples of seeds 0..N-1 against as many "
+                                     "training images (a fixed subset; at most the data set); SWD is noisy "
+                                     "below ~1000")
+    inception_weights: Path | None = opt(None, "FID's Inception weights file, "
+                                               "pt_inception-2015-12-05-6726825d.pth (docs/metrics.md)")
     # -- machine -------------------------------------------------------------------------------
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N; under torchrun: cuda:LOCAL_RANK")
     bf16: bool = opt(True, "bfloat16 autocast for G and D forward on CUDA (R1 and losses stay fp32); "
@@ -70,10 +85,13 @@ class TrainOptions:
                                  "(resumes skip decoding)")
 
     def __post_init__(self) -> None:
-        for name in ("data", "out"):
+        for name in PATH_FIELDS:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        # --metrics swd,fid on the command line; a list or tuple from Python or a stored run.
+        names = self.metrics.split(",") if isinstance(self.metrics, str) else (self.metrics or ())
+        object.__setattr__(self, "metrics", tuple(dict.fromkeys(n.strip() for n in names if n.strip())))
         problem = self._problem()
         if problem:
             raise TrainError(problem)
@@ -89,7 +107,8 @@ class TrainOptions:
                     "ema_kimg": self.ema_kimg, "checkpoint_kimg": self.checkpoint_kimg,
                     "keep_checkpoints": self.keep_checkpoints, "sample_kimg": self.sample_kimg,
                     "sample_grid": self.sample_grid, "log_every": self.log_every,
-                    "d_channel_multiplier": self.d_channel_multiplier}
+                    "d_channel_multiplier": self.d_channel_multiplier, "metrics_kimg": self.metrics_kimg,
+                    "metrics_samples": self.metrics_samples}
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 return f"--{name.replace('_', '-')} must be positive, not {value}"
@@ -103,6 +122,22 @@ class TrainOptions:
             return f"--augment must be one of {', '.join(AUGMENT_MODES)}, not {self.augment!r}"
         if self.data is None and not self.resume:
             return "no data: give a folder or .zip of images"
+        return self._metrics_problem()
+
+    def _metrics_problem(self) -> str | None:
+        unknown = [m for m in self.metrics if m not in TRAIN_METRICS]
+        if unknown:
+            return f"unknown metric {unknown[0]!r} in --metrics; choose from {', '.join(TRAIN_METRICS)}"
+        if self.metrics_samples < 2:
+            return f"--metrics-samples must be at least 2, not {self.metrics_samples}"
+        if "fid" in self.metrics and self.inception_weights is None:
+            return ("--metrics fid needs --inception-weights PATH (the file pt_inception-2015-12-05-6726825d.pth, "
+                    "see docs/metrics.md)")
+        if self.inception_weights is not None and not self.inception_weights.is_file():
+            return f"--inception-weights {self.inception_weights}: no such file"
+        if "swd" in self.metrics and self.training_size < SWD_MIN_SIZE:
+            return (f"--metrics swd needs a training size of at least {SWD_MIN_SIZE} (its coarsest level), "
+                    f"not {self.training_size}")
         return None
 
     @property
@@ -111,8 +146,9 @@ class TrainOptions:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for name in ("data", "out"):
+        for name in PATH_FIELDS:
             d[name] = None if d[name] is None else str(d[name])
+        d["metrics"] = list(self.metrics)
         return d
 
     @classmethod
@@ -130,7 +166,8 @@ RECIPE_FIELDS = ("preset", "size", "d_channel_multiplier", "d_channel_max", "bat
 def merge_for_resume(given: TrainOptions, stored: dict) -> TrainOptions:
     """The run's recipe with this session's settings (length, cadence, machine)."""
     defaults = TrainOptions(data=Path("."))
-    stored_opts = TrainOptions.from_dict({**stored, "resume": True})
+    # What to measure is this session's choice: the run's old weights path need not exist any more.
+    stored_opts = TrainOptions.from_dict({**stored, "resume": True, "metrics": (), "inception_weights": None})
     changes = {}
     for name in RECIPE_FIELDS:
         now, then, default = getattr(given, name), getattr(stored_opts, name), getattr(defaults, name)

@@ -144,6 +144,34 @@ class Reporter:
             self.console.print(f"{self._kimg(images_seen)}  {ips:.1f} img/s  {losses}", highlight=False)
         return record
 
+    def log_quality(self, step: int, images_seen: int, record: dict) -> dict:
+        """One metrics line for an evaluation of the EMA generator (quality.QualityMetrics), TensorBoard
+        scalars under metrics/, and a short line above the progress bar. The evaluation's time is left
+        out of the next images/s."""
+        line = {"step": step, "images_seen": images_seen, "kimg": images_seen / 1000, **record}
+        if not self.active:
+            return line
+        t0, seen0 = self._mark
+        self._mark = (t0 + record["metric_s"], seen0)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        parts = []
+        if "swd" in record:
+            levels = "/".join(f"{v:.2f}" for v in record["swd_levels"])
+            parts.append(f"SWD {record['swd']:.2f} ({levels} at {'/'.join(map(str, record['swd_resolutions']))})")
+        if "fid" in record:
+            parts.append(f"FID {record['fid']:.2f}")
+        if self._tb is not None:
+            if "swd" in record:
+                self._tb.add_scalar("metrics/swd", record["swd"], images_seen)
+                for res, v in zip(record["swd_resolutions"], record["swd_levels"]):
+                    self._tb.add_scalar(f"metrics/swd_{res}", v, images_seen)
+            if "fid" in record:
+                self._tb.add_scalar("metrics/fid", record["fid"], images_seen)
+        self.console.print(f"{images_seen / 1000:g} kimg  {'  '.join(parts)}  ({record['metric_samples']} images, "
+                           f"{record['metric_s']:.1f} s)", highlight=False)
+        return line
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
