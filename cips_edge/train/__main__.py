@@ -13,16 +13,19 @@ from .options import AUGMENT_MODES, TrainError, TrainOptions
 _TYPES = {"int": int, "float": float, "str": str, "Path": Path}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m cips_edge.train") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cips_edge.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a CIPS generator on a folder or zip of images (the paper's recipe). "
                     "Several GPUs: torchrun --nproc_per_node N -m cips_edge.train DATA ...")
     for f in dataclasses.fields(TrainOptions):
         help_text = f.metadata.get("help", "")
         kind = str(f.type).replace(" | None", "")
         if f.name == "data":
+            # DATA positional or --data DIR: both spellings are in use (torchrun lines, the issue text)
             parser.add_argument("data", nargs="?", type=Path, default=None, help=help_text)
+            parser.add_argument("--data", dest="data_option", type=Path, default=None, metavar="DATA",
+                                help="same as the positional DATA")
         elif f.name == "metrics":  # a comma-separated list; TrainOptions splits it
             parser.add_argument("--metrics", dest="metrics", default=None, type=str, help=help_text)
         elif kind == "bool":
@@ -35,8 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m cips_edge.train") -> int:
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    given = args.data_option
+    del args.data_option
+    if given is not None:
+        if args.data is not None and args.data != given:
+            parser.error("give the data set once: either DATA or --data")
+        args.data = given
     try:
         from . import run
 
