@@ -375,7 +375,7 @@ def train(ctx: typer.Context) -> None:
         from cips_edge.train.__main__ import main as train_main
     except ImportError as e:
         _fail(f"training needs torch ({e.name} is missing): pip install torch==2.13.0 'cips-edge[train]'")
-    raise typer.Exit(train_main(ctx.args))
+    raise typer.Exit(train_main(ctx.args, prog="cips train"))
 
 
 def main() -> None:
