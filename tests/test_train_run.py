@@ -285,15 +285,14 @@ def test_bad_metric_options_are_one_line_errors(kwargs, message):
 
 
 def test_metric_options_parse_round_trip_and_may_change_on_resume(tmp_path):
-    from cips_edge.train.__main__ import build_parser
+    from cips_edge.train.__main__ import parse_options
     from cips_edge.train.options import merge_for_resume
 
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"x")
-    args = build_parser().parse_args(["data", "--metrics", "swd, fid", "--inception-weights", str(weights)])
-    o = TrainOptions(**vars(args))
+    o = parse_options(["data", "--metrics", "swd, fid", "--inception-weights", str(weights)])
     assert o.metrics == ("swd", "fid") and o.inception_weights == weights and o.metrics_samples == 1000
-    assert TrainOptions(**vars(build_parser().parse_args(["data"]))).metrics == ()
+    assert parse_options(["data"]).metrics == ()
     stored = json.loads(json.dumps(o.to_dict()))  # as options.json and the checkpoint keep it
     assert stored["metrics"] == ["swd", "fid"] and TrainOptions.from_dict(stored) == o
     weights.unlink()  # the run's weights file is gone: the run still resumes, measuring what is asked now

@@ -38,7 +38,8 @@ def build_parser(prog: str = "python -m cips_edge.train") -> argparse.ArgumentPa
     return parser
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m cips_edge.train") -> int:
+def parse_options(argv: list[str] | None = None, prog: str = "python -m cips_edge.train") -> TrainOptions:
+    """Command line -> TrainOptions (argparse exits with a usage error on bad syntax)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     given = args.data_option
@@ -47,10 +48,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m cips_edge.train")
         if args.data is not None and args.data != given:
             parser.error("give the data set once: either DATA or --data")
         args.data = given
+    return TrainOptions(**vars(args))
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m cips_edge.train") -> int:
     try:
+        options = parse_options(argv, prog)
         from . import run
 
-        run(TrainOptions(**vars(args)))
+        run(options)
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
