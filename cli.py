@@ -70,6 +70,10 @@ def render(
     size: Annotated[int, typer.Option(help="width and height in pixels")] = 256,
     width: Annotated[Optional[int], typer.Option(help="width in pixels (default: --size)")] = None,
     height: Annotated[Optional[int], typer.Option(help="height in pixels (default: --size)")] = None,
+    region: Annotated[Optional[tuple[float, float, float, float]], typer.Option(
+        metavar="X0 Y0 X1 Y1", help="the rectangle [X0, X1] x [Y0, Y1] to render, in frame units (the paper's "
+        "coordinates: [-1, 1] is the trained image; may reach outside it; X0 > X1 mirrors) "
+        "(default: the full frame -1 -1 1 1)")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png or .npy; with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
@@ -85,6 +89,7 @@ def render(
     cips render --seeds 0-15 --out faces/             -> faces/cips-seed0.png ... cips-seed15.png
     cips render --seed 3 --width 512 --height 256 --out wide.npy   (raw float32 [H, W, 3])
     cips render --coords pts.npy --out rgb.npy        (raw float32 RGB at your points)
+    cips render --seed 63 --region -0.5 -0.6 0.5 0.4 --size 512   (a crop, rendered at full detail)
 
     A seed's latent is numpy.random.default_rng(seed).standard_normal(style_dim) as float32: the
     same image on every machine and provider.
@@ -97,6 +102,9 @@ def render(
     w = size if width is None else width
     h = size if height is None else height
     rt.check_image_size(w, h, force)
+    if region is not None and coords is not None:
+        raise UserError("give either --region or --coords, not both (--coords points are already in the frame)")
+    frame = rt.FULL_FRAME if region is None else rt.check_region(region, h, w)
     suffixes, default = ((".npy",), "cips-seed{seed}-rgb.npy") if coords else (rt.image.IMAGE_SUFFIXES, "cips-seed{seed}.png")
     if latent is not None:  # one output, named after the latent file
         paths = rt.output_paths(out, [0], default.replace("seed{seed}", latent.stem))
@@ -118,11 +126,14 @@ def render(
                 rgb = rt.render_points(m, z, points.reshape(-1, 2), truncation, chunk, advance)
                 rgb = rgb.reshape(*points.shape[:-1], 3)
             else:
-                rgb = rt.render_image(m, z, h, w, truncation=truncation, chunk=chunk, progress=advance)
+                rgb = rt.render_image(m, z, h, w, region=frame, truncation=truncation, chunk=chunk,
+                                      progress=advance)
             rt.write_output(path, rgb)
     ms = (time.perf_counter() - start) * 1000
     what = f"{len(paths)} files, {paths[0]} ... {paths[-1]}" if len(paths) > 1 else str(paths[0])
     shape = f"{n_points} points" if points is not None else f"{w}x{h}"
+    if region is not None:
+        shape += ", region " + " ".join(f"{v:g}" for v in frame)
     typer.echo(f"wrote {what} ({shape}) on {m.provider} in {ms:.0f} ms")
 
 

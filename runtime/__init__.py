@@ -7,7 +7,7 @@
 Nothing here imports torch, directly or through cips_edge.model (tests check it in a subprocess
 where `import torch` fails).
 """
-from .coords import FULL_FRAME, grid_chunks, load_coords, pixel_grid, region_grid
+from .coords import FULL_FRAME, check_region, grid_chunks, load_coords, pixel_grid, region_grid
 from .errors import UserError
 from .format import FORMAT, FORMAT_VERSION, ModelInfo
 from .image import MAX_SIDE, check_image_size, output_paths, prepare_output, to_uint8, write_output
@@ -16,7 +16,7 @@ from .model import DEVICES, CIPSModel, available_providers, count_parameters
 from .render import render_image, render_points, run_chunks
 
 __all__ = [
-    "FULL_FRAME", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
+    "FULL_FRAME", "check_region", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
     "FORMAT_VERSION", "ModelInfo", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
     "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES", "CIPSModel",
     "available_providers", "count_parameters", "render_image", "render_points", "run_chunks",

@@ -23,6 +23,25 @@ def region_grid(x0: float, y0: float, x1: float, y1: float, height: int, width: 
     return grid.reshape(-1, 2).astype(np.float32)
 
 
+def check_region(region, height: int, width: int) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) -> floats, or UserError: every value finite (also as float32), and the
+    region wide and tall enough for the image: x0 == x1 only for one column, y0 == y1 only for one
+    row. x0 > x1 or y0 > y1 is allowed (the image is mirrored); the region may leave [-1, 1]."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in region)
+    except (TypeError, ValueError):
+        raise UserError(f"--region takes four numbers X0 Y0 X1 Y1, got {region!r}") from None
+    with np.errstate(over="ignore"):
+        as32 = np.asarray([x0, y0, x1, y1], dtype=np.float64).astype(np.float32)
+    if not np.isfinite(as32).all():
+        raise UserError(f"--region values must be finite numbers within float32, got {x0:g} {y0:g} {x1:g} {y1:g}")
+    if width > 1 and as32[0] == as32[2]:
+        raise UserError(f"--region has zero width (X0 = X1 = {x0:g}) for an image {width} pixels wide")
+    if height > 1 and as32[1] == as32[3]:
+        raise UserError(f"--region has zero height (Y0 = Y1 = {y0:g}) for an image {height} pixels tall")
+    return x0, y0, x1, y1
+
+
 def pixel_grid(height: int, width: int) -> np.ndarray:
     """The full image frame: x' = 2x/(W-1) - 1, y' = 2y/(H-1) - 1: [H*W, 2] float32."""
     return region_grid(*FULL_FRAME, height, width)
