@@ -31,6 +31,46 @@ class DiscriminatorConfig:
         return dataclasses.asdict(self)
 
 
+class _ConstDepthwiseConv(torch.autograd.Function):
+    """conv2d(x, kernel, stride, groups=C) for a constant kernel, with gradients of any order.
+
+    Autograd's own double backward of a convolution (aten::_convolution_double_backward) always computes
+    the kernel's gradient, even for a kernel that needs none, and for groups > 1 it does so one group at a
+    time: a depthwise blur over C channels becomes C tiny convolutions plus copies in every R1 step. Here
+    the backward is the same input-gradient call autograd makes, and its backward is this convolution
+    again (the op is linear in x), so no kernel gradient is ever formed. Same math, same kernels."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(x, kernel)
+        ctx.stride = stride
+        with torch.autocast(x.device.type, enabled=False):  # run in x's dtype (what autocast would pick)
+            return F.conv2d(x, kernel.to(x.dtype), stride=stride, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, kernel = ctx.saved_tensors
+        return _ConstDepthwiseConvInputGrad.apply(grad_out, x, kernel, ctx.stride), None, None
+
+
+class _ConstDepthwiseConvInputGrad(torch.autograd.Function):
+    """grad_x of _ConstDepthwiseConv (x only gives the shape and layout; no gradient flows to it)."""
+
+    @staticmethod
+    def forward(ctx, grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(kernel)
+        ctx.stride = stride
+        kernel = kernel.to(x.dtype)
+        return torch.ops.aten.convolution_backward(
+            grad_out.to(x.dtype), x, kernel, None, [stride, stride], [0, 0], [1, 1], False, [0, 0],
+            x.shape[1], [True, False, False])[0]
+
+    @staticmethod
+    def backward(ctx, grad_grad_x: torch.Tensor):
+        (kernel,) = ctx.saved_tensors
+        return _ConstDepthwiseConv.apply(grad_grad_x, kernel, ctx.stride), None, None, None
+
+
 class Blur(nn.Module):
     """Depthwise [1, 3, 3, 1] x [1, 3, 3, 1] / 64 filter with zero padding (upfirdn2d with up = down = 1).
     stride 2 computes only the samples a following stride-2 1x1 convolution would keep."""
@@ -45,7 +85,7 @@ class Blur(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p0, p1 = self.pad
         x = F.pad(x, (p0, p1, p0, p1))
-        return F.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=x.shape[1])
+        return _ConstDepthwiseConv.apply(x, self.kernel, self.stride)
 
 
 class EqualConv2d(nn.Module):

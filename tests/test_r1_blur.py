@@ -1,0 +1,60 @@
+"""The discriminator's blur runs through a custom autograd Function (so R1's double backward does not
+form the blur kernel's gradient one channel group at a time). It must give the same R1 penalty and the
+same gradients as the plain grouped conv2d it replaces."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cips_edge.train import discriminator as dmod
+from cips_edge.train.augment import diff_augment
+from cips_edge.train.discriminator import Discriminator, DiscriminatorConfig
+from cips_edge.train.losses import r1_penalty
+
+
+def plain_blur_forward(self, x):  # the implementation before the custom Function
+    p0, p1 = self.pad
+    x = F.pad(x, (p0, p1, p0, p1))
+    return F.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=x.shape[1])
+
+
+def r1_and_grads(D, reals, augment):
+    reals = reals.detach().clone().requires_grad_(True)
+    x = diff_augment(reals, torch.Generator().manual_seed(3)) if augment else reals
+    penalty = r1_penalty(D(x), reals)
+    D.zero_grad(set_to_none=True)
+    penalty.backward()
+    return penalty.detach(), {n: p.grad.clone() for n, p in D.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_r1_penalty_and_gradients_match_plain_grouped_conv(monkeypatch, augment):
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(16, 2, 32))
+    with torch.no_grad():  # nonzero biases and a larger output so every path carries signal
+        for p in D.parameters():
+            if p.ndim == 1:
+                p.normal_(0, 0.1)
+    reals = torch.rand(4, 3, 16, 16) * 2 - 1
+    new_penalty, new_grads = r1_and_grads(D, reals, augment)
+    D_old = copy.deepcopy(D)
+    monkeypatch.setattr(dmod.Blur, "forward", plain_blur_forward)
+    old_penalty, old_grads = r1_and_grads(D_old, reals, augment)
+    assert old_penalty > 0
+    assert new_grads.keys() == old_grads.keys() and len(old_grads) >= len(list(D.parameters())) - 1
+    torch.testing.assert_close(new_penalty, old_penalty, rtol=1e-5, atol=0)
+    for name, g in old_grads.items():
+        assert g.abs().max() > 0 or not name.endswith("weight"), name  # biases: 0 (piecewise-linear D)
+        torch.testing.assert_close(new_grads[name], g, rtol=1e-4, atol=1e-6 * max(g.abs().max().item(), 1e-6), msg=name)
+
+
+@pytest.mark.parametrize("stride,pad", [(1, (2, 2)), (2, (1, 1))])
+def test_blur_grads_of_every_order_match_conv2d(stride, pad):
+    torch.manual_seed(1)
+    blur = dmod.Blur(5, pad=pad, stride=stride).double()
+    ref = copy.deepcopy(blur)
+    x = torch.randn(2, 5, 8, 8, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(blur(x), plain_blur_forward(ref, x), rtol=0, atol=1e-12)
+    torch.autograd.gradcheck(blur, (x,))
+    torch.autograd.gradgradcheck(blur, (x,))
