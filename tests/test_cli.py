@@ -10,21 +10,10 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import cips_edge.cli as cli
+from cli_helpers import cips, ok
 from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, render_points, to_uint8
-
-runner = CliRunner()
-
-
-def cips(*args) -> "object":
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,20 @@ import numpy as np
 import pytest
 import typer
 from PIL import Image
-from typer.testing import CliRunner
 
 import cips_edge.cli as cli
+import cli_helpers
+from cli_helpers import ok
 from cips_edge.checkpoint import load_generator
 from cips_edge.metrics import evaluate, generator_source, onnx_source
 from cips_edge.runtime import CIPSModel
 
-runner = CliRunner()
 TINY_SIZE = 16  # the tiny preset's training size: --size's default
 
 
 def cips(*args):
-    return runner.invoke(cli.app, ["eval", *map(str, args)])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result.stdout
+    """`cips eval ARGS...`"""
+    return cli_helpers.cips("eval", *args)
 
 
 @pytest.fixture(scope="module")

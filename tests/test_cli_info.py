@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 import onnx
-from typer.testing import CliRunner
 
 import cips_edge.cli as cli
+from cli_helpers import runner
 from cips_edge.runtime.format import KEY_PROVENANCE
-
-runner = CliRunner()
 
 
 def with_provenance(src: Path, dst: Path, **extra) -> Path:

@@ -9,22 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-import cips_edge.cli as cli
+from cli_helpers import cips, ok
 from cips_edge.runtime import UserError
 from cips_edge.runtime.grid import grid_layout
-
-runner = CliRunner()
-
-
-def cips(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result.stdout
 
 
 def png(path: Path) -> np.ndarray:

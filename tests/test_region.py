@@ -4,22 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 import cips_edge.cli as cli
+from cli_helpers import cips, ok
 from cips_edge.runtime import CIPSModel, check_region, latent_for_seed, region_grid, render_image
 from cips_edge.runtime.errors import UserError
-
-runner = CliRunner()
-
-
-def cips(*args):
-    return runner.invoke(cli.app, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
-    return result.stdout
 
 
 def render_npy(tiny_onnx, path, *args) -> np.ndarray:
