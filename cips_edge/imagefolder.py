@@ -24,6 +24,14 @@ WHITE = (255, 255, 255)
 Fit = Literal["crop", "pad"]
 
 
+def subset_indices(count: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """All of range(count), or a seeded random `limit` of them in increasing order: the one rule by
+    which evaluation (a file list) and training (a decoded array) pick the same data subset."""
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
 class ImageFolderError(ValueError):
     """A data path that cannot be used (missing, not a folder or zip, no images); the message is one line.
     Training and metrics re-raise it as their own error type."""
@@ -122,10 +130,7 @@ class ImageFolder:
 
     def subset(self, limit: int | None, seed: int = 0) -> list[str]:
         """All names, or a seeded random `limit` of them (kept in sorted order)."""
-        if limit is None or limit >= len(self.names):
-            return list(self.names)
-        picked = np.random.default_rng(seed).choice(len(self.names), size=limit, replace=False)
-        return [self.names[i] for i in sorted(picked)]
+        return [self.names[i] for i in subset_indices(len(self.names), limit, seed)]
 
     def fingerprint(self, names: list[str], salt: str | None = None) -> str:
         """SHA-256 (hex) of `salt` (default: the resolved path) followed by what identifies each named

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from cips_edge.imagefolder import subset_indices
 from cips_edge.metrics.errors import MetricsError
 from cips_edge.metrics.evaluation import render
 from cips_edge.metrics.feature_metrics import fid_from_features
@@ -25,14 +26,6 @@ from .options import TrainError
 
 SUBSET_SEED = 0  # the data subset and SWD's random patches and directions: cips eval's default --seed
 RENDER_BATCH = 16  # seeds per sample-source call (cips eval's batch)
-
-
-def subset_indices(count: int, limit: int, seed: int = SUBSET_SEED) -> np.ndarray:
-    """All indices, or a seeded random `limit` of them in increasing order: the rule of
-    cips_edge.metrics' ImageSource.subset, applied to the decoded array."""
-    if limit >= count:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
 
 
 @contextlib.contextmanager
@@ -57,7 +50,7 @@ class QualityMetrics:
         """reals: the decoded training set, uint8 [N, size, size, 3]. extractor: an Inception feature
         extractor to use instead of loading inception_weights (tests)."""
         self.names, self.device = names, device
-        index = subset_indices(len(reals), samples)
+        index = subset_indices(len(reals), samples, SUBSET_SEED)
         self.reals = np.ascontiguousarray(reals[index])  # [n, size, size, 3], a copy (reals may be a memmap)
         self.seeds = np.arange(len(index), dtype=np.int64)
         self.extractor = extractor
