@@ -2,11 +2,13 @@
 (installed as cips_edge.export; needs torch and onnx, i.e. the [train] extra).
 
     export_checkpoint("model.onnx", "cips-runs/00001-ffhq")      # what `cips export` does
-    export_generator(generator, "model.onnx")                      # from a CIPSGenerator in memory
+    export_generator(generator, "model.onnx", precision="fp16")    # from a CIPSGenerator in memory
 """
 from .exporter import ExportError, ExportReport, export_checkpoint, export_generator
-from .graph import OPSET, OnnxGenerator, build_onnx
+from .graph import OPSET, build_onnx
+from .pixels import pixel_graph
+from .style import StyleGraph
 from .verify import check_parity
 
-__all__ = ["ExportError", "ExportReport", "export_checkpoint", "export_generator", "OPSET", "OnnxGenerator",
-           "build_onnx", "check_parity"]
+__all__ = ["ExportError", "ExportReport", "export_checkpoint", "export_generator", "OPSET", "build_onnx",
+           "pixel_graph", "StyleGraph", "check_parity"]

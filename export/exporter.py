@@ -19,10 +19,11 @@ import cips_edge
 from cips_edge.checkpoint import DEFAULT_RUNS_DIR, CheckpointError, load_generator, newest_checkpoint
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime.errors import UserError
-from cips_edge.runtime.format import metadata_props
+from cips_edge.runtime.format import PRECISIONS, metadata_props
 from cips_edge.runtime.image import atomic_write, prepare_output
 
 from .graph import OPSET, build_onnx
+from .pixels import pixel_graph
 from .verify import verify_file
 
 MEAN_W_LATENTS = 4096  # latents averaged for w_avg (truncation's centre)
@@ -39,17 +40,30 @@ class ExportReport:
     rel_error: float  # worst ||ort - torch|| / ||torch|| of the verification
     max_abs_error: float
     opset: int
+    precision: str = "fp32"
+    precision_error: float = 0.0  # relative error of the file's own precision against torch (0 for fp32)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg: torch.Tensor | None = None,
-                     provenance: dict | None = None, opset: int = OPSET) -> ExportReport:
+                     provenance: dict | None = None, opset: int = OPSET, precision: str = "fp32") -> ExportReport:
     """Write `generator` as a verified cips-edge ONNX file.
+
+    precision: the pixel graph a renderer runs by default: fp32, fp16 (float16 GEMM chain, float32
+    style part, features and final RGB sum) or int8 (int8 GEMMs, dynamically quantized activations,
+    for CPUs). Every file also holds the fp32 pixel graph, which the export checks against torch.
 
     w_avg: the mean mapped latent for truncation, [1, S] or [S]; default: generator.mean_w over
     MEAN_W_LATENTS latents (pass one to reproduce a reference that used its own). provenance: JSON-able
     facts about the source, stored with export time and versions added.
     """
     path = prepare_output(path, suffixes=(".onnx",))
+    precisions = tuple(dict.fromkeys(("fp32", check_precision(precision))))
     generator = generator.cpu().eval().requires_grad_(False)
     if w_avg is None:
         w_avg, w_avg_source = generator.mean_w(MEAN_W_LATENTS), {"latents": MEAN_W_LATENTS, "seed": 0}
@@ -58,25 +72,26 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
     if w_avg.shape != (1, generator.config.style_dim):
         raise ExportError(f"w_avg has shape {tuple(w_avg.shape)}, expected (1, {generator.config.style_dim})")
 
-    model = build_onnx(generator, w_avg, opset)
+    model = build_onnx(generator, w_avg, precisions, opset)
+    graphs = {p: pixel_graph(generator, p).SerializeToString() for p in precisions}
     facts = dict(provenance or {})
     facts.update(exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  cips_edge=cips_edge.__version__, torch=torch.__version__, onnx=onnx.__version__,
                  python=platform.python_version(), w_avg=w_avg_source)
-    for key, value in metadata_props(generator.config, w_avg.numpy(), facts).items():
+    for key, value in metadata_props(generator.config, w_avg.numpy(), facts, precision, graphs).items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)  # in memory: the file holds all weights (< 2 GB)
     data = model.SerializeToString()
 
     # Write under a temporary name, verify that file, then rename: refusal leaves nothing behind.
-    verified: list[tuple[float, float]] = []
+    verified: list[tuple[float, float, float]] = []
     try:
         atomic_write(path, lambda f: f.write(data),
                      check=lambda tmp: verified.append(verify_file(tmp, generator, w_avg)))
     except UserError as e:
         raise ExportError(f"export refused, no file written: {e}") from None
-    rel, max_abs = verified[0]
-    return ExportReport(path, len(data), rel, max_abs, opset)
+    rel, max_abs, precision_error = verified[0]
+    return ExportReport(path, len(data), rel, max_abs, opset, precision, precision_error)
 
 
 def default_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
@@ -89,13 +104,15 @@ def default_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
 
 
 def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
-                      n_mlp: int | None = None, lr_mlp: float | None = None,
+                      n_mlp: int | None = None, lr_mlp: float | None = None, precision: str = "fp32",
                       runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
                       say: Callable[[str], None] = lambda line: None) -> ExportReport:
     """Export a project checkpoint, a run folder (its newest checkpoint) or an original-format
     checkpoint (detected from its contents). With no checkpoint, the newest one under runs_dir.
-    n_mlp / lr_mlp: what an original-format checkpoint's shapes cannot tell. say: progress lines."""
+    n_mlp / lr_mlp: what an original-format checkpoint's shapes cannot tell. precision: see
+    export_generator. say: progress lines."""
     prepare_output(out, suffixes=(".onnx",))  # fail on a bad output path before any work
+    check_precision(precision)
     if checkpoint is None:
         checkpoint = default_checkpoint(runs_dir)
         say(f"no --checkpoint given: using the newest checkpoint under {runs_dir}/: {checkpoint}")
@@ -111,4 +128,4 @@ def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | No
         say(loaded.notice)
     provenance = {"source": str(Path(loaded.source).resolve()), "kind": loaded.kind, "step": loaded.step,
                   "images_seen": loaded.images_seen}
-    return export_generator(loaded.generator, out, provenance=provenance)
+    return export_generator(loaded.generator, out, provenance=provenance, precision=precision)

@@ -1,5 +1,5 @@
-"""The exported graph: CIPSGenerator's forward with dynamic batch and points, per-sample truncation
-and w_avg baked in, traced by torch's TorchScript ONNX exporter into one self-contained file."""
+"""The file's own graph: the style graph (export/style.py) traced by torch's TorchScript ONNX exporter
+with a dynamic batch, w_avg baked in, all weights inside the file."""
 from __future__ import annotations
 
 import io
@@ -7,28 +7,13 @@ import warnings
 
 import onnx
 import torch
-from torch import nn
 
 from cips_edge.model import CIPSGenerator
-from cips_edge.runtime.format import INPUTS, OUTPUT
+from cips_edge.runtime.format import STYLE_INPUTS
+
+from .style import StyleGraph
 
 OPSET = 17  # GridSample needs 16; 17 is the oldest opset every maintained onnxruntime runs well
-
-
-class OnnxGenerator(nn.Module):
-    """z [B, S], coords [B, N, 2], truncation [B] -> rgb [B, N, 3], through the generator's own parts:
-    mapping -> truncation towards w_avg in W space -> modulated weights (once per sample) -> features
-    (bilinear embedding path: the graph must take any points) -> synthesize (per point)."""
-
-    def __init__(self, generator: CIPSGenerator, w_avg: torch.Tensor):
-        super().__init__()
-        self.generator = generator
-        self.register_buffer("w_avg", w_avg.detach().reshape(1, -1).float().cpu())  # [1, S]
-
-    def forward(self, z: torch.Tensor, coords: torch.Tensor, truncation: torch.Tensor) -> torch.Tensor:
-        g = self.generator
-        w = g.truncate(g.mapping(z), truncation[:, None], self.w_avg)  # [B, S]; psi = 1 leaves w as is
-        return g.synthesize(g.features(coords), g.modulated_weights(w))  # [B, N, 3]
 
 
 def _drop_identities(graph: onnx.GraphProto) -> None:
@@ -49,27 +34,37 @@ def _drop_identities(graph: onnx.GraphProto) -> None:
     graph.node.extend(nodes)
 
 
-def build_onnx(generator: CIPSGenerator, w_avg: torch.Tensor, opset: int = OPSET) -> onnx.ModelProto:
-    """Trace the generator into an in-memory ONNX model (no metadata yet), weights inside the file."""
-    module = OnnxGenerator(generator, w_avg).eval()
-    style_dim = generator.config.style_dim
-    example = (torch.zeros(2, style_dim), torch.zeros(2, 5, 2), torch.ones(2))
-    batch_points = {0: "batch", 1: "points"}
+def _name_constant_outputs(graph: onnx.GraphProto, names: list[str]) -> None:
+    """The exporter names an output that constant folding turned into an initializer after the
+    initializer (e.g. the embedding table); give it its name back through an Identity."""
+    for output, name in zip(graph.output, names):
+        if output.name != name:
+            graph.node.append(onnx.helper.make_node("Identity", [output.name], [name], name=f"output_{name}"))
+            output.name = name
+
+
+def build_onnx(generator: CIPSGenerator, w_avg: torch.Tensor, precisions: tuple[str, ...] = ("fp32",),
+               opset: int = OPSET) -> onnx.ModelProto:
+    """Trace the style graph into an in-memory ONNX model (no metadata yet), weights inside the file."""
+    module = StyleGraph(generator, w_avg, precisions).eval()
+    names = module.output_names()
+    example = (torch.zeros(2, generator.config.style_dim), torch.ones(2))
+    batch = {name: {0: "batch"} for name in names if name != "embedding"}
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # the TorchScript exporter announces its deprecation; it remains the simplest way to get
-        # dynamic axes and a plain MatMul/Add/LeakyRelu chain, and the result is checked numerically
+        # dynamic axes from the generator's own code, and the result is checked numerically
         warnings.simplefilter("ignore", category=DeprecationWarning)
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=UserWarning)
         with torch.no_grad():
             torch.onnx.export(
                 module, example, buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
-                input_names=list(INPUTS), output_names=[OUTPUT],
-                dynamic_axes={"z": {0: "batch"}, "coords": batch_points, "truncation": {0: "batch"},
-                              OUTPUT: batch_points},
+                input_names=list(STYLE_INPUTS), output_names=names,
+                dynamic_axes={"z": {0: "batch"}, "truncation": {0: "batch"}, **batch},
             )
     model = onnx.load_from_string(buffer.getvalue())
+    _name_constant_outputs(model.graph, names)
     _drop_identities(model.graph)
     external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert not external, f"exporter wrote external data: {external[:3]}"

@@ -4,8 +4,10 @@ One module holds both sides so that writer and reader cannot drift; docs/onnx-fo
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,9 +16,16 @@ from cips_edge.config import GeneratorConfig  # plain dataclass, no torch
 from .errors import UserError
 
 FORMAT = "cips-edge-onnx"
-FORMAT_VERSION = 1
-INPUTS = ("z", "coords", "truncation")  # [B, style_dim], [B, N, 2], [B]; all float32
-OUTPUT = "rgb"  # [B, N, 3] float32, raw generator values (about [-1, 1])
+FORMAT_VERSION = 2
+# Version 1: one graph, z [B, style_dim], coords [B, N, 2], truncation [B] -> rgb [B, N, 3] (still read).
+INPUTS = ("z", "coords", "truncation")
+OUTPUT = "rgb"
+# Version 2: the file's graph is the style graph, z [B, style_dim], truncation [B] -> the per-latent
+# weights; the pixel graphs (coords [N, 2] plus those weights -> rgb [N, 3]) are in the metadata.
+STYLE_INPUTS = ("z", "truncation")
+COORDS = "coords"
+RGB = "rgb"  # float32, raw generator values (about [-1, 1])
+PRECISIONS = ("fp32", "fp16", "int8")
 
 KEY_FORMAT = "cips.format"
 KEY_VERSION = "cips.format_version"
@@ -24,6 +33,8 @@ KEY_CONFIG = "cips.config"
 KEY_STYLE_DIM = "cips.style_dim"
 KEY_W_AVG = "cips.w_avg"
 KEY_PROVENANCE = "cips.provenance"
+KEY_PRECISION = "cips.precision"  # v2: the pixel graph a renderer runs by default
+KEY_PIXEL_GRAPH = "cips.pixel_graph."  # v2: + precision -> base64 of a serialized ONNX model
 
 
 @dataclass(frozen=True)
@@ -35,9 +46,12 @@ class ModelInfo:
     w_avg: np.ndarray  # [style_dim] float32, the mean mapped latent that truncation pulls towards
     provenance: dict  # source checkpoint, kind, step, images_seen, exported_at, versions
     format_version: int
+    precision: str = "fp32"  # the file's default pixel precision (v1 files: fp32)
+    pixel_graphs: dict[str, bytes] = field(default_factory=dict)  # v2: precision -> ONNX model bytes
 
 
-def metadata_props(config: GeneratorConfig, w_avg: np.ndarray, provenance: dict) -> dict[str, str]:
+def metadata_props(config: GeneratorConfig, w_avg: np.ndarray, provenance: dict, precision: str = "fp32",
+                   pixel_graphs: dict[str, bytes] | None = None) -> dict[str, str]:
     """The metadata_props that export writes (string values, as ONNX requires)."""
     w_avg = np.asarray(w_avg, dtype=np.float32).reshape(-1)
     assert w_avg.shape == (config.style_dim,), w_avg.shape
@@ -49,6 +63,8 @@ def metadata_props(config: GeneratorConfig, w_avg: np.ndarray, provenance: dict)
         # float32 -> Python float is exact, and repr round-trips: the list reads back bit-identical.
         KEY_W_AVG: json.dumps([float(v) for v in w_avg]),
         KEY_PROVENANCE: json.dumps(provenance),
+        KEY_PRECISION: precision,
+        **{KEY_PIXEL_GRAPH + name: base64.b64encode(data).decode("ascii") for name, data in (pixel_graphs or {}).items()},
     }
 
 
@@ -66,11 +82,18 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
         style_dim = int(meta[KEY_STYLE_DIM])
         w_avg = np.asarray(json.loads(meta[KEY_W_AVG]), dtype=np.float32)
         provenance = json.loads(meta.get(KEY_PROVENANCE, "{}"))
+        precision = meta.get(KEY_PRECISION, "fp32")
+        graphs = {key[len(KEY_PIXEL_GRAPH):]: base64.b64decode(value, validate=True)
+                  for key, value in meta.items() if key.startswith(KEY_PIXEL_GRAPH)}
     except UserError:
         raise
-    except (KeyError, ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+    except (KeyError, ValueError, TypeError, binascii.Error) as e:  # json.JSONDecodeError is a ValueError
         raise UserError(f"{source} has damaged cips metadata ({type(e).__name__}: {e})") from None
     if style_dim != config.style_dim or w_avg.shape != (style_dim,):
         raise UserError(f"{source} has inconsistent cips metadata (style_dim {style_dim}, config "
                         f"{config.style_dim}, w_avg shape {w_avg.shape})")
-    return ModelInfo(config, style_dim, w_avg, provenance if isinstance(provenance, dict) else {}, version)
+    if version >= 2 and (precision not in PRECISIONS or "fp32" not in graphs or precision not in graphs):
+        raise UserError(f"{source} has damaged cips metadata (precision {precision!r}, pixel graphs "
+                        f"{sorted(graphs)})")
+    return ModelInfo(config, style_dim, w_avg, provenance if isinstance(provenance, dict) else {}, version,
+                     precision, graphs)

@@ -1,4 +1,6 @@
-"""A cips-edge ONNX file opened in ONNX Runtime: metadata checked, provider chosen and reported."""
+"""A cips-edge ONNX file opened in ONNX Runtime: metadata checked, provider and precision chosen and
+reported. Format 2 files run as a style graph once per latent and a pixel graph per chunk (split.py);
+format 1 files (one graph, z + coords -> rgb) run as they are, the style part redone per chunk."""
 from __future__ import annotations
 
 import os
@@ -9,15 +11,22 @@ import numpy as np
 from cips_edge.config import GeneratorConfig
 
 from .errors import UserError
-from .format import INPUTS, OUTPUT, ModelInfo, parse_metadata
+from .format import INPUTS, OUTPUT, STYLE_INPUTS, ModelInfo, parse_metadata
+from .split import SplitEngine, auto_cuda_chunk, band_size
 
-DEVICES = ("auto", "cuda", "cpu")
+DEVICES = ("auto", "cuda", "cpu", "tensorrt")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 # Points per session call when --chunk is not given. On CPU, chunks whose activations stay near the
-# caches run as fast as larger ones (measured: 4k-16k points best on 2 cores, 64k ~20% slower); on
-# CUDA, large chunks keep the GPU busy (see docs: 262,144 points ~ unchunked speed) at bounded memory.
+# caches run as fast as larger ones (measured: 4k-16k points best on 2 cores, 64k ~20% slower). On
+# CUDA, format-2 files pick the largest power of two whose activations fit a memory budget
+# (split.auto_cuda_chunk); format-1 files use 262,144 points.
 DEFAULT_CHUNK = {CPU: 16_384, CUDA: 262_144}
+# CUDA provider: float32 matmuls in float32 (ONNX Runtime may default to TF32), and an arena that grows
+# by what is asked rather than to the next power of two (bounded memory for big images).
+CUDA_OPTIONS = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
+TRT_CACHE = Path(os.environ.get("CIPS_TRT_CACHE", Path.home() / ".cache" / "cips-edge" / "tensorrt"))
 
 
 def _onnxruntime():
@@ -60,10 +69,14 @@ def default_threads() -> int:
 
 
 class CIPSModel:
-    """One ONNX Runtime session over a cips-edge file.
+    """A cips-edge file in ONNX Runtime sessions.
 
     device: "auto" (CUDA when this onnxruntime has it and it loads, else CPU), "cuda" (an error when
-    CUDA cannot run: never a silent CPU run), or "cpu". `provider` is the provider that actually runs.
+    CUDA cannot run: never a silent CPU run), "cpu", or "tensorrt" (the pixel graph on ONNX Runtime's
+    TensorRT provider, an error where it does not load). `provider` is the provider that actually runs.
+
+    precision (format 2): the pixel graph to run, "fp32", "fp16" or "int8"; None: the file's own where
+    the provider suits it (fp16 on a GPU, int8 on the CPU), else fp32. `precision` says what runs.
 
     threads (CPU): how many chunks run at once (None or 0: the cores this process may use). Each call
     runs on one thread: ONNX Runtime's multi-threaded matmul splits small and large calls differently,
@@ -71,8 +84,9 @@ class CIPSModel:
     point's result independent of the chunk size and of the thread count, at the same speed.
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
-        ort = _onnxruntime()
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 precision: str | None = None):
+        ort = self.ort = _onnxruntime()
         self.path = Path(path)
         if device not in DEVICES:
             raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
@@ -82,43 +96,92 @@ class CIPSModel:
             what = "a folder, not an ONNX file" if self.path.is_dir() else "not found"
             raise UserError(f"model {what}: {self.path}")
         have = ort.get_available_providers()
-        if device == "cuda" and CUDA not in have:
-            raise UserError(f"--device cuda: this onnxruntime ({ort.__version__}) has no CUDA provider "
+        if device in ("cuda", "tensorrt") and CUDA not in have:
+            raise UserError(f"--device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "
                             f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]")
-        self.session = self._session(ort, cuda=device == "cuda" or (device == "auto" and CUDA in have))
+        cuda = device in ("cuda", "tensorrt") or (device == "auto" and CUDA in have)
+        self.session = self._session(str(self.path), cuda=cuda)
         self.providers = list(self.session.get_providers())
-        if device == "cuda" and self.providers[0] != CUDA:
-            raise UserError("--device cuda: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
+        if device in ("cuda", "tensorrt") and self.providers[0] != CUDA:
+            raise UserError(f"--device {device}: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
                             "libraries missing or no GPU); use --device cpu or fix the CUDA install")
         if self.providers[0] == CPU and len(self.providers) > 1:  # auto: CUDA did not load
-            self.session = self._session(ort, cuda=False)
+            self.session = self._session(str(self.path), cuda=False)
             self.providers = list(self.session.get_providers())
-        self.workers = 1 if self.provider == CUDA else (threads or default_threads())
-        self._check_graph()
         self.info: ModelInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+        self.workers = 1 if self.providers[0] == CUDA else (threads or default_threads())
+        self.engine: SplitEngine | None = None
+        if self.info.format_version >= 2:
+            self._check_graph(STYLE_INPUTS, None)
+            self.precision = self._precision(precision)
+            pixels = self._session(self.info.pixel_graphs[self.precision], cuda=self.providers[0] == CUDA,
+                                   tensorrt=device == "tensorrt")
+            self.providers = list(pixels.get_providers())
+            if device == "tensorrt" and self.providers[0] != TENSORRT:
+                raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
+                                "(TensorRT libraries missing?); use --device cuda")
+            self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
+                                      cuda=self.providers[0] != CPU)
+        else:
+            self._check_graph(INPUTS, (OUTPUT,))
+            if precision not in (None, "fp32"):
+                raise UserError(f"{self.path} is a format-1 file: it holds only fp32; re-export it with "
+                                f"--precision {precision}")
+            self.precision = "fp32"
 
-    def _session(self, ort, cuda: bool):
+    def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False):
+        ort = self.ort
         options = ort.SessionOptions()
         options.intra_op_num_threads = 0 if cuda else 1  # CPU: parallel over chunks (see the class doc)
         options.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
         options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        providers: list = [CPU]
+        if cuda:
+            providers = [(CUDA, dict(CUDA_OPTIONS)), CPU]
+        if tensorrt:
+            providers.insert(0, (TENSORRT, self._tensorrt_options()))
         try:
-            return ort.InferenceSession(str(self.path), options, providers=[CUDA, CPU] if cuda else [CPU])
+            try:
+                return ort.InferenceSession(source, options, providers=providers)
+            except Exception as e:
+                if not cuda or "use_tf32" not in str(e):
+                    raise
+                providers[-2] = (CUDA, {k: v for k, v in CUDA_OPTIONS.items() if k != "use_tf32"})  # older builds
+                return ort.InferenceSession(source, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise UserError(f"{self.path} is not a loadable ONNX model (truncated or another format?): "
                             f"{_first_line(e)}") from None
 
-    def _check_graph(self) -> None:
+    def _tensorrt_options(self) -> dict:
+        chunk = auto_cuda_chunk(self.info, self.precision)
+        TRT_CACHE.mkdir(parents=True, exist_ok=True)
+        return {"trt_fp16_enable": "1" if self.precision == "fp16" else "0",
+                "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(TRT_CACHE),
+                "trt_profile_min_shapes": "coords:1x2", "trt_profile_opt_shapes": f"coords:{chunk}x2",
+                "trt_profile_max_shapes": f"coords:{chunk}x2"}
+
+    def _precision(self, requested: str | None) -> str:
+        graphs = self.info.pixel_graphs
+        if requested is not None:
+            if requested not in graphs:
+                raise UserError(f"{self.path} holds no {requested} pixel graph (it has {', '.join(sorted(graphs))}); "
+                                f"export it with --precision {requested}")
+            return requested
+        on_cpu = self.providers[0] == CPU
+        suits = {"fp32": True, "fp16": not on_cpu, "int8": on_cpu}
+        return self.info.precision if suits.get(self.info.precision, False) else "fp32"
+
+    def _check_graph(self, inputs: tuple[str, ...], outputs: tuple[str, ...] | None) -> None:
         names = tuple(i.name for i in self.session.get_inputs())
-        outputs = tuple(o.name for o in self.session.get_outputs())
-        if names != INPUTS or outputs != (OUTPUT,):
-            raise UserError(f"{self.path} is not a cips-edge graph (inputs {names}, outputs {outputs}; "
-                            f"expected {INPUTS} -> {OUTPUT})")
+        have = tuple(o.name for o in self.session.get_outputs())
+        if names != inputs or (outputs is not None and have != outputs):
+            raise UserError(f"{self.path} is not a cips-edge graph of format {self.info.format_version} "
+                            f"(inputs {names}, outputs {have})")
 
     # -- what the file says --------------------------------------------------------------------
     @property
     def provider(self) -> str:
-        """The execution provider that runs the graph (the first one the session kept)."""
+        """The execution provider that runs the pixels (the first one the session kept)."""
         return self.providers[0]
 
     @property
@@ -142,16 +205,41 @@ class CIPSModel:
         return count_parameters(self.config)
 
     @property
+    def on_device(self) -> bool:
+        """Format 2 on a GPU: weights and chunks stay on the device (I/O binding)."""
+        return self.engine is not None and self.engine.cuda
+
+    @property
     def default_chunk(self) -> int:
-        return DEFAULT_CHUNK.get(self.provider, DEFAULT_CHUNK[CPU])
+        if self.on_device:
+            return auto_cuda_chunk(self.info, self.precision)
+        return DEFAULT_CHUNK.get(self.provider, DEFAULT_CHUNK[CUDA])
+
+    def piece_size(self, chunk: int, total: int) -> int:
+        """Points the renderer hands over at once: a chunk, or on the GPU a band of chunks."""
+        return band_size(chunk, total) if self.on_device else chunk
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, z: np.ndarray, coords: np.ndarray, truncation: np.ndarray) -> np.ndarray:
-        """One session call: z [B, S], coords [B, N, 2], truncation [B] (float32) -> rgb [B, N, 3].
-        Thread-safe (onnxruntime sessions are), so several chunks may run at once."""
-        assert z.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (z.shape, coords.shape, truncation.shape)
-        n = coords.shape[1]
+    def styles(self, z: np.ndarray, truncation: np.ndarray) -> list:
+        """z [B, S], truncation [B] (float32) -> one opaque style per latent, for pixels()."""
+        if self.engine is not None:
+            return self.engine.styles(z, truncation)
+        return [(z[b:b + 1], truncation[b:b + 1]) for b in range(z.shape[0])]
+
+    def pixels(self, style, coords: np.ndarray) -> np.ndarray:
+        """One latent's colours at coords [n, 2] -> [n, 3], one session call (CPU; thread-safe)."""
+        if self.engine is not None:
+            return self.engine.pixels(style, coords)
+        n = coords.shape[0]
         if n == 1:  # a single row takes the CPU matmul's GEMV path, which rounds differently: pad to two
-            coords = np.concatenate([coords, coords], axis=1)
-        rgb = self.session.run([OUTPUT], {"z": z, "coords": coords, "truncation": truncation})[0]
-        return rgb[:, :n]
+            coords = np.concatenate([coords, coords])
+        z, psi = style
+        return self.session.run([OUTPUT], {"z": z, "coords": coords[None], "truncation": psi})[0][0, :n]
+
+    def run(self, z: np.ndarray, coords: np.ndarray, truncation: np.ndarray) -> np.ndarray:
+        """All at once: z [B, S], coords [B, N, 2], truncation [B] (float32) -> rgb [B, N, 3]."""
+        assert z.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (z.shape, coords.shape, truncation.shape)
+        styles = self.styles(z, truncation)
+        if self.on_device:
+            return np.stack([self.engine.render_band(s, c, self.default_chunk) for s, c in zip(styles, coords)])
+        return np.stack([self.pixels(s, np.ascontiguousarray(c)) for s, c in zip(styles, coords)])

@@ -1,8 +1,9 @@
 """Rendering through a CIPSModel in chunks of points; the result does not depend on the chunk size.
 
 Every pixel is independent of every other, so any set of points can be rendered in any order and in
-pieces; the per-latent style work (mapping network, modulated weights) is redone per chunk, which
-costs about as much as one or two points.
+pieces. The style work (mapping network, modulated weights) runs once per latent (format-2 files);
+the pixel work runs per chunk: on the CPU several chunks at once, one thread each; on CUDA in bands of
+chunks queued on the GPU (runtime/split.py).
 """
 from __future__ import annotations
 
@@ -19,18 +20,21 @@ from .model import CIPSModel
 Progress = Callable[[int], None]  # called with the number of points just finished
 
 
-def run_chunks(model: CIPSModel, z: np.ndarray, truncation: np.ndarray,
-               chunks: Iterable[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
-    """(start, coords [B, n, 2]) pieces -> (start, rgb [B, n, 3]) in the same order, model.workers
-    pieces at a time, with at most 2 x workers pieces in flight (memory stays bounded)."""
+def run_chunks(model: CIPSModel, style, pieces: Iterable[tuple[int, np.ndarray]],
+               chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, coords [n, 2]) pieces of one latent -> (start, rgb [n, 3]) in the same order. On the
+    CPU model.workers pieces run at a time, at most 2 x workers in flight (memory stays bounded)."""
+    if model.on_device:
+        yield from model.engine.render_pieces(style, pieces, chunk)
+        return
     if model.workers == 1:
-        for start, coords in chunks:
-            yield start, model.run(z, coords, truncation)
+        for start, coords in pieces:
+            yield start, model.pixels(style, coords)
         return
     with ThreadPoolExecutor(model.workers) as pool:
         pending: deque = deque()
-        for start, coords in chunks:
-            pending.append((start, pool.submit(model.run, z, coords, truncation)))
+        for start, coords in pieces:
+            pending.append((start, pool.submit(model.pixels, style, coords)))
             if len(pending) >= 2 * model.workers:
                 start, future = pending.popleft()
                 yield start, future.result()
@@ -73,7 +77,7 @@ def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncatio
 
     z: [S] or [B, S]. coords: [N, 2] (the same points for every latent) or [B, N, 2]; x' first, in the
     paper's frame ([-1, 1] is the image; points outside are allowed). truncation: psi, a number or [B]
-    (1 = none). chunk: points per session call (default: model.default_chunk). Returns [B, N, 3] float32.
+    (1 = none). chunk: points per pixel-graph call (default: model.default_chunk). Returns [B, N, 3] float32.
     """
     z = _latents(model, z)
     batch = z.shape[0]
@@ -83,14 +87,16 @@ def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncatio
     if coords.ndim != 3 or coords.shape[0] != batch:
         raise UserError(f"coords must be [N, 2] or [{batch}, N, 2] for {batch} latent(s); got {coords.shape}")
     psi = _truncation(truncation, batch)
-    per_call = max(1, _check_chunk(model, chunk) // batch)  # the chunk counts points of all latents
+    per_call = _check_chunk(model, chunk)
     n = coords.shape[1]
+    piece = model.piece_size(per_call, n)
     out = np.empty((batch, n, 3), dtype=np.float32)
-    pieces = ((start, np.ascontiguousarray(coords[:, start:start + per_call])) for start in range(0, n, per_call))
-    for start, rgb in run_chunks(model, z, psi, pieces):
-        out[:, start:start + rgb.shape[1]] = rgb
-        if progress is not None:
-            progress(rgb.shape[0] * rgb.shape[1])
+    for b, style in enumerate(model.styles(z, psi)):
+        pieces = ((start, np.ascontiguousarray(coords[b, start:start + piece])) for start in range(0, n, piece))
+        for start, rgb in run_chunks(model, style, pieces, per_call):
+            out[b, start:start + rgb.shape[0]] = rgb
+            if progress is not None:
+                progress(rgb.shape[0])
     return out
 
 
@@ -100,7 +106,7 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
     """Raw RGB of one latent on a height x width pixel grid over region (x0, y0, x1, y1): [H, W, 3].
 
     Pixel (row i, column j) is the point (linspace(x0, x1, W)[j], linspace(y0, y1, H)[i]); the
-    coordinates are made chunk by chunk, so only the output grows with the image.
+    coordinates are made piece by piece, so only the output grows with the image.
     """
     z = _latents(model, z)
     if z.shape[0] != 1:
@@ -110,9 +116,10 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
     psi = _truncation(truncation, 1)
     per_call = _check_chunk(model, chunk)
     out = np.empty((height * width, 3), dtype=np.float32)
-    pieces = ((start, points[None]) for start, points in grid_chunks(height, width, per_call, region))
-    for start, rgb in run_chunks(model, z, psi, pieces):
-        out[start:start + rgb.shape[1]] = rgb[0]
+    style = model.styles(z, psi)[0]
+    pieces = grid_chunks(height, width, model.piece_size(per_call, height * width), region)
+    for start, rgb in run_chunks(model, style, pieces, per_call):
+        out[start:start + rgb.shape[0]] = rgb
         if progress is not None:
-            progress(rgb.shape[1])
+            progress(rgb.shape[0])
     return out.reshape(height, width, 3)

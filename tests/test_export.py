@@ -1,7 +1,9 @@
-"""Export: one self-contained ONNX file with a clean per-point graph and the metadata the runtime needs,
-verified against torch before it is kept, from any checkpoint format."""
+"""Export: one self-contained ONNX file (format 2: the style graph, with the weight-free pixel graphs in
+its metadata) with clean per-point graphs and the metadata the runtime needs, verified against torch
+before it is kept, from any checkpoint format."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -23,12 +25,14 @@ from cips_edge.export import ExportError, check_parity, export_checkpoint, expor
 from cips_edge.export import verify
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, render_points
-from cips_edge.runtime.format import FORMAT, INPUTS, OUTPUT
+from cips_edge.export.style import weight_names
+from cips_edge.runtime.format import FORMAT, RGB, STYLE_INPUTS
 
-# Node types of the exported graph. Per point: MatMul, Add, LeakyRelu, Mul (the sqrt 2 gain), Sin,
-# GridSample, Concat, Transpose/Reshape of the sampled embedding; per sample: the rest.
-ALLOWED_OPS = {"MatMul", "Add", "Mul", "LeakyRelu", "Sin", "GridSample", "Concat", "Transpose", "Reshape",
-               "Sub", "Div", "Sqrt", "Pow", "ReduceMean", "ReduceSum", "Unsqueeze", "Shape", "Gather", "Constant"}
+# Node types of the fp32 pixel graph: features (Gemm + Sin, Reshape + GridSample), then Gemm + LeakyRelu
+# per modulated layer and one last Gemm. Nothing else runs per point.
+PIXEL_OPS = {"Gemm", "Sin", "Reshape", "GridSample", "LeakyRelu"}
+# The style graph (per latent) never touches points.
+PER_POINT_OPS = {"GridSample", "Sin"}
 
 
 def metadata(path: Path) -> dict[str, str]:
@@ -37,7 +41,9 @@ def metadata(path: Path) -> dict[str, str]:
 
 def test_metadata_holds_what_the_runtime_needs(tiny_onnx, tiny_checkpoint):
     meta = metadata(tiny_onnx)
-    assert meta["cips.format"] == FORMAT and meta["cips.format_version"] == "1"
+    assert meta["cips.format"] == FORMAT and meta["cips.format_version"] == "2"
+    assert meta["cips.precision"] == "fp32" and [k for k in meta if k.startswith("cips.pixel_graph.")] == [
+        "cips.pixel_graph.fp32"]
     assert json.loads(meta["cips.config"]) == preset("tiny").to_dict()
     assert meta["cips.style_dim"] == str(preset("tiny").style_dim)
     prov = json.loads(meta["cips.provenance"])
@@ -55,29 +61,50 @@ def test_w_avg_is_the_mean_w_of_4096_latents_in_metadata_and_graph(tiny_onnx, ti
     assert np.array_equal(graph["w_avg"].reshape(-1), expected)
 
 
+def pixel_model(path: Path, precision: str = "fp32") -> onnx.ModelProto:
+    return onnx.load_from_string(base64.b64decode(metadata(path)[f"cips.pixel_graph.{precision}"]))
+
+
 def test_graph_is_one_clean_file_with_dynamic_batch_and_points(tiny_onnx):
     model = onnx.load(tiny_onnx, load_external_data=False)
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
-    ops = [n.op_type for n in model.graph.node]
-    assert set(ops) <= ALLOWED_OPS, set(ops) - ALLOWED_OPS
-    assert ops.count("GridSample") == 1 and ops.count("Sin") == 1
     c = preset("tiny")
-    # one LeakyRelu per mapping layer and per modulated layer: nothing else runs per point
-    assert ops.count("LeakyRelu") == c.n_mlp + len(c.layer_shapes)
+    style_ops = {n.op_type for n in model.graph.node}
+    assert not style_ops & PER_POINT_OPS, style_ops & PER_POINT_OPS
+    assert tuple(i.name for i in model.graph.input) == STYLE_INPUTS
+    assert [o.name for o in model.graph.output] == ["embedding", *weight_names(c)]
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in [*model.graph.input, *model.graph.output]}
-    assert dims == {"z": ["batch", c.style_dim], "coords": ["batch", "points", 2], "truncation": ["batch"],
-                    "rgb": ["batch", "points", 3]}
-    assert tuple(i.name for i in model.graph.input) == INPUTS and model.graph.output[0].name == OUTPUT
+    assert dims["z"] == ["batch", c.style_dim] and dims["truncation"] == ["batch"]
+    assert dims["embedding"] == [1, c.hidden_size, c.size, c.size]
+    assert all(dims[name][0] == "batch" for name in weight_names(c))
+
+    pixels = pixel_model(tiny_onnx)
+    ops = [n.op_type for n in pixels.graph.node]
+    assert set(ops) <= PIXEL_OPS, set(ops) - PIXEL_OPS
+    assert ops.count("GridSample") == 1 and ops.count("Sin") == 1
+    # one LeakyRelu and one Gemm per modulated layer (two for the input layer's two halves), plus the
+    # Fourier Gemm and the final 3-column Gemm: no bias, gain or ToRGB passes of their own
+    assert ops.count("LeakyRelu") == len(c.layer_shapes)
+    assert ops.count("Gemm") == len(c.layer_shapes) + 3
+    assert sum(t.ByteSize() for t in pixels.graph.initializer) < 2000  # the weights come from the style graph
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*pixels.graph.input, *pixels.graph.output]}
+    assert dims["coords"] == ["points", 2] and dims[RGB] == ["points", 3]
 
 
 def test_any_batch_and_number_of_points_run(tiny_onnx, tiny_checkpoint):
-    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    style = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+    pixels = ort.InferenceSession(pixel_model(tiny_onnx).SerializeToString(), providers=["CPUExecutionProvider"])
     g = load_generator(tiny_checkpoint).generator
+    names = [i.name for i in pixels.get_inputs() if i.name != "coords"]
     for batch, n in [(1, 1), (3, 517)]:
         z, coords = torch.randn(batch, g.config.style_dim), torch.rand(batch, n, 2) * 4 - 2
-        out = session.run(None, {"z": z.numpy(), "coords": coords.numpy(), "truncation": np.ones(batch, np.float32)})[0]
+        weights = dict(zip(names, style.run(names, {"z": z.numpy(), "truncation": np.ones(batch, np.float32)})))
+        out = np.stack([pixels.run(None, {"coords": coords[b].numpy(), "embedding": weights["embedding"],
+                                          **{k: v[b] for k, v in weights.items() if k != "embedding"}})[0]
+                        for b in range(batch)])
         with torch.no_grad():
             ref = g(coords, z).numpy()
         assert out.shape == (batch, n, 3) and np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5

@@ -1,0 +1,149 @@
+"""The pixel graphs: coords [n, 2] and one latent's weights (the style graph's outputs) -> rgb [n, 3].
+
+Per point: Fourier features (Gemm, Sin) and the bilinear coordinate embedding (GridSample), then per
+modulated layer one Gemm and one LeakyRelu, then one 3-column Gemm. Written with onnx.helper rather
+than traced: it has no weights of its own beyond the Fourier layer, so each file holds it as a few KB.
+Precisions: fp32; fp16 (features and the last GEMM in float32, the chain in float16); int8 (the plain
+layout, com.microsoft.DynamicQuantizeMatMul per layer: activations quantized per call, weights per column).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from cips_edge.config import GeneratorConfig
+from cips_edge.model import CIPSGenerator, LRELU_SLOPE
+from cips_edge.runtime.format import COORDS, RGB
+
+from .style import extended_width, fourier_width, fp16_name, rgb_sources, weight_names
+
+PIXEL_OPSET = 17
+MS_DOMAIN = "com.microsoft"
+
+
+def fourier_constants(generator: CIPSGenerator) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier weight [2, F] and bias [F]: the layer's own, then a column with weight 0 and bias pi/2
+    (sin(pi/2) = 1: the constant column that carries the biases), then zero padding."""
+    c = generator.config
+    lin = generator.fourier.linear
+    weight = np.zeros((2, fourier_width(c)), np.float32)
+    bias = np.zeros(fourier_width(c), np.float32)
+    weight[:, :c.hidden_size] = lin.weight.detach().cpu().numpy().T
+    bias[:c.hidden_size] = lin.bias.detach().cpu().numpy()
+    bias[c.hidden_size] = math.pi / 2
+    return weight, bias
+
+
+class _Graph:
+    """A small helper to add nodes with fresh names."""
+
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self._count = 0
+
+    def op(self, op_type: str, inputs: list[str], domain: str = "", **attrs) -> str:
+        self._count += 1
+        out = f"{op_type.lower()}_{self._count}"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
+        return out
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(array, name))
+        return name
+
+    def input(self, name: str, elem: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+
+def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray, np.ndarray]) -> tuple[str, str]:
+    """(Fourier block [n, F], embedding [H, n]) in float32."""
+    h, size = config.hidden_size, config.size
+    coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
+    table = graph.input("embedding", TensorProto.FLOAT, [1, h, size, size])
+    fo = graph.op("Sin", [graph.op("Gemm", [coords, graph.const("fourier_weight", fourier[0]),
+                                            graph.const("fourier_bias", fourier[1])])])
+    grid = graph.op("Reshape", [coords, graph.const("grid_shape", np.array([1, 1, -1, 2], np.int64))])
+    sampled = graph.op("GridSample", [table, grid], align_corners=1, mode="bilinear", padding_mode="border")
+    co = graph.op("Reshape", [sampled, graph.const("embedding_shape", np.array([h, -1], np.int64))])  # [H, n]
+    return fo, co
+
+
+def _shapes(config: GeneratorConfig) -> dict[str, list[int]]:
+    """Shapes of the folded weights (export/style.py) of one latent."""
+    shapes = config.layer_shapes
+    out = {"w0_fo": [fourier_width(config), extended_width(shapes[0][1])],
+           "w0_co": [config.hidden_size, extended_width(shapes[0][1])]}
+    for i, (k, m) in enumerate(shapes[1:], start=1):
+        out[f"w{i}"] = [extended_width(k), extended_width(m)]
+    out["rgb_weight"] = [extended_width(shapes[-1][1]), 3]
+    return out
+
+
+def pixel_graph(generator: CIPSGenerator, precision: str) -> onnx.ModelProto:
+    """The pixel graph of one precision (fp32, fp16 or int8); inputs named like the style outputs."""
+    config = generator.config
+    graph = _Graph()
+    fo, co = _features(graph, config, fourier_constants(generator))
+    shapes = _shapes(config)
+    names = weight_names(config)
+    half = precision == "fp16"
+    elem = TensorProto.FLOAT16 if half else TensorProto.FLOAT
+
+    def weight(name: str) -> str:
+        if half and name != "rgb_weight":
+            return graph.input(fp16_name(name), elem, shapes[name])
+        return graph.input(name, TensorProto.FLOAT, shapes[name])
+
+    if half:
+        fo, co = graph.op("Cast", [fo], to=elem), graph.op("Cast", [co], to=elem)
+    x = graph.op("Gemm", [fo, weight("w0_fo")])  # the input layer: [fo | co] @ W0, bias in the constant row
+    x = graph.op("LeakyRelu", [graph.op("Gemm", [co, weight("w0_co"), x], transA=1)], alpha=LRELU_SLOPE)
+    if precision == "int8":
+        _int8_chain(graph, generator, x)
+    else:
+        for name in names[2:-1]:
+            x = graph.op("LeakyRelu", [graph.op("Gemm", [x, weight(name)])], alpha=LRELU_SLOPE)
+        if half:
+            x = graph.op("Cast", [x], to=TensorProto.FLOAT)
+        graph.op("Gemm", [x, weight("rgb_weight")])
+    graph.nodes[-1].output[0] = RGB  # the last node's output is the graph's
+    outputs = [helper.make_tensor_value_info(RGB, TensorProto.FLOAT, ["points", 3])]
+    onnx_graph = helper.make_graph(graph.nodes, f"cips_pixels_{precision}", graph.inputs, outputs, graph.initializers)
+    opsets = [helper.make_opsetid("", PIXEL_OPSET)]
+    if precision == "int8":
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+    model = helper.make_model(onnx_graph, opset_imports=opsets, producer_name="cips-edge")
+    model.ir_version = 8  # read by every onnxruntime since 1.10
+    onnx.checker.check_model(model)
+    return model
+
+
+def _int8_chain(graph: _Graph, generator: CIPSGenerator, x: str) -> str:
+    """Layers 1..L-1 as DynamicQuantizeMatMul (int8 weights, bias) + LeakyRelu; ToRGB in float32."""
+    config = generator.config
+    shapes = config.layer_shapes
+    sources = rgb_sources(config)
+    layers = [generator.input_layer, *generator.layers]
+    parts = []
+    for i, (k, m) in enumerate(shapes[1:], start=1):
+        rows = extended_width(shapes[0][1]) if i == 1 else k
+        q = graph.input(f"q{i}", TensorProto.INT8, [rows, m])
+        scale = graph.input(f"qscale{i}", TensorProto.FLOAT, [m])
+        bias = graph.const(f"bias{i}", layers[i].bias.detach().cpu().numpy().astype(np.float32))
+        x = graph.op("DynamicQuantizeMatMul", [x, q, scale, "", bias], domain=MS_DOMAIN)
+        x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
+        if i in sources:
+            k_rgb = sources.index(i)
+            t = graph.input(f"t{k_rgb}", TensorProto.FLOAT, [m, 3])
+            parts.append(graph.op("MatMul", [x, t]))
+    rgb_bias = sum(t.fc.bias.detach().cpu().numpy() for t in generator.to_rgbs).astype(np.float32)
+    total = parts[0]
+    for part in parts[1:]:
+        total = graph.op("Add", [total, part])
+    return graph.op("Add", [total, graph.const("rgb_bias", rgb_bias)])

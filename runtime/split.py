@@ -1,0 +1,126 @@
+"""Format-2 files: the style graph runs once per latent, the pixel graph per chunk of points.
+
+On the CPU the weights a style run returns are numpy arrays, fed to every pixel call. On CUDA they stay
+on the GPU (I/O binding): a band of points is copied up once, every chunk of it binds slices of the band
+and of one output buffer, the chunks are queued without waiting, and only the band's end waits and
+copies the colours back. GPU memory is then the weights, the band and one chunk's activations, whatever
+the image size.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .format import COORDS, RGB, STYLE_INPUTS, ModelInfo
+
+BAND_POINTS = 1 << 22  # points per upload / download on CUDA: 4M points = 80 MB of coords and colours
+CUDA_CHUNK_BUDGET = 2 << 30  # bytes of one chunk's activations on CUDA (estimate), for the automatic chunk
+MIN_CUDA_CHUNK, MAX_CUDA_CHUNK = 1 << 14, 1 << 20
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
+
+
+@dataclass
+class DeviceStyle:
+    """One latent's weights on the GPU: (name, OrtValue of the whole batch, byte offset, shape, dtype)."""
+
+    slices: list[tuple[str, object, int, list[int], type]]
+
+
+def chunk_bytes_per_point(info: ModelInfo, precision: str) -> int:
+    """A rough upper estimate of the pixel graph's live activation bytes per point."""
+    c = info.config
+    features = 4 * (2 * (c.hidden_size + 8) + c.hidden_size) * 2  # Fourier block, sin, embedding (float32)
+    widest = max(c.synthesis_widths) + 8
+    per_value = {"fp16": 2, "fp32": 4, "int8": 4}[precision]
+    return features + 3 * widest * per_value + 64
+
+
+def auto_cuda_chunk(info: ModelInfo, precision: str, budget: int = CUDA_CHUNK_BUDGET) -> int:
+    """The largest power of two of points whose activations fit the budget, within [16k, 1M]."""
+    points = max(1, budget // chunk_bytes_per_point(info, precision))
+    return int(min(MAX_CUDA_CHUNK, max(MIN_CUDA_CHUNK, 1 << (points.bit_length() - 1))))
+
+
+class SplitEngine:
+    """The style session (the file's graph) and one pixel session of the chosen precision."""
+
+    def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, cuda: bool):
+        self.ort = ort
+        self.style_session = style_session
+        self.pixel_session = pixel_session
+        self.info = info
+        self.precision = precision
+        self.cuda = cuda
+        self.pixel_inputs = {i.name: i for i in pixel_session.get_inputs()}
+        self.weight_names = [n for n in self.pixel_inputs if n not in (COORDS, "embedding")]
+        self.dtypes = {n: _DTYPES[i.type] for n, i in self.pixel_inputs.items()}
+        table = self._style_outputs(np.zeros((1, info.style_dim), np.float32), np.ones(1, np.float32),
+                                    ["embedding"])[0]
+        self.table = ort.OrtValue.ortvalue_from_numpy(table, "cuda", 0) if cuda else table
+        if cuda:
+            self.sync_options = ort.RunOptions()
+            self.async_options = ort.RunOptions()
+            self.async_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+
+    def _style_outputs(self, z: np.ndarray, psi: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        return self.style_session.run(names, dict(zip(STYLE_INPUTS, (z, psi))))
+
+    # -- style: once per latent --------------------------------------------------------------------
+    def styles(self, z: np.ndarray, psi: np.ndarray) -> list:
+        """Per latent: {name: array} on the CPU, a DeviceStyle on CUDA."""
+        if not self.cuda:
+            arrays = self._style_outputs(z, psi, self.weight_names)
+            return [{n: a[b] for n, a in zip(self.weight_names, arrays)} for b in range(z.shape[0])]
+        binding = self.style_session.io_binding()
+        binding.bind_cpu_input(STYLE_INPUTS[0], z)
+        binding.bind_cpu_input(STYLE_INPUTS[1], psi)
+        for name in self.weight_names:
+            binding.bind_output(name, "cuda", 0)
+        self.style_session.run_with_iobinding(binding, self.sync_options)
+        values = binding.get_outputs()
+        styles = []
+        for b in range(z.shape[0]):
+            slices = []
+            for name, value in zip(self.weight_names, values):
+                shape = list(value.shape())[1:]
+                nbytes = int(np.prod(shape)) * np.dtype(self.dtypes[name]).itemsize
+                slices.append((name, value, b * nbytes, shape, self.dtypes[name]))
+            styles.append(DeviceStyle(slices))
+        return styles
+
+    # -- pixels: per chunk -------------------------------------------------------------------------
+    def pixels(self, style: dict, coords: np.ndarray) -> np.ndarray:
+        """CPU: coords [n, 2] -> rgb [n, 3] (thread-safe: sessions are)."""
+        n = coords.shape[0]
+        if n == 1:  # a single row takes the CPU matmul's GEMV path, which rounds differently: pad to two
+            coords = np.concatenate([coords, coords])
+        return self.pixel_session.run([RGB], {COORDS: coords, "embedding": self.table, **style})[0][:n]
+
+    def render_band(self, style: DeviceStyle, coords: np.ndarray, chunk: int) -> np.ndarray:
+        """CUDA: coords [n, 2] (one band) -> rgb [n, 3], in chunks queued back to back."""
+        ort, n = self.ort, coords.shape[0]
+        points = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(coords), "cuda", 0)
+        out = ort.OrtValue.ortvalue_from_shape_and_type([n, 3], np.float32, "cuda", 0)
+        binding = self.pixel_session.io_binding()
+        binding.bind_ortvalue_input("embedding", self.table)
+        for name, value, offset, shape, dtype in style.slices:
+            binding.bind_input(name, "cuda", 0, dtype, shape, value.data_ptr() + offset)
+        starts = range(0, n, chunk)
+        for k, start in enumerate(starts):
+            m = min(chunk, n - start)
+            binding.bind_input(COORDS, "cuda", 0, np.float32, [m, 2], points.data_ptr() + 8 * start)
+            binding.bind_output(RGB, "cuda", 0, np.float32, [m, 3], out.data_ptr() + 12 * start)
+            last = k == len(starts) - 1  # the last call waits for the queue: then the band is done
+            self.pixel_session.run_with_iobinding(binding, self.sync_options if last else self.async_options)
+        return out.numpy()
+
+    def render_pieces(self, style, pieces: Iterable[tuple[int, np.ndarray]], chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+        for start, coords in pieces:
+            yield start, self.render_band(style, coords, chunk)
+
+
+def band_size(chunk: int, total: int) -> int:
+    """Points per band on CUDA: a whole number of chunks, at most BAND_POINTS unless one chunk is larger."""
+    return max(chunk, min(total, BAND_POINTS) // chunk * chunk) if total > chunk else max(total, 1)
