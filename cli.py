@@ -55,8 +55,13 @@ def _model_path(model: Optional[Path]) -> Path:
 
 
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="cips-edge ONNX file (default: the packaged model)")]
-DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when it loads, else CPU), cuda (error if it cannot run) or cpu")]
-ChunkOpt = Annotated[Optional[int], typer.Option(help="points per ONNX Runtime call (default: 16384 on CPU, 262144 on CUDA)")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when it loads, else CPU), cuda (error if it cannot run), cpu, "
+                                             "or tensorrt (ONNX Runtime's TensorRT provider; error if it cannot load)")]
+ChunkOpt = Annotated[Optional[int], typer.Option(help="points per ONNX Runtime call (default: 16384 on CPU; on CUDA the "
+                                                      "largest power of two whose activations fit ~2 GB, 16384-1048576)")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(help="pixel precision: fp32, fp16 or int8, if the model holds it "
+                                                          "(default: the model's own where the device suits it - fp16 "
+                                                          "on a GPU, int8 on a CPU - else fp32)")]
 ThreadsOpt = Annotated[int, typer.Option(help="CPU threads, each running whole chunks; 0 = the cores this process may use")]
 
 
@@ -78,6 +83,7 @@ def render(
     model: ModelOpt = None,
     truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
     device: DeviceOpt = "auto",
+    precision: PrecisionOpt = None,
     chunk: ChunkOpt = None,
     threads: ThreadsOpt = 0,
     force: Annotated[bool, typer.Option(help="allow images beyond the per-side limit")] = False,
@@ -113,7 +119,7 @@ def render(
     paths = [rt.prepare_output(p, suffixes) for p in paths]  # fail before any work
     points = rt.load_coords(coords) if coords is not None else None
 
-    m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    m = rt.CIPSModel(_model_path(model), device=device, threads=threads, precision=precision)
     if latent is not None:
         latents = [rt.load_latent(latent, m.style_dim)]
     else:
@@ -134,7 +140,7 @@ def render(
     shape = f"{n_points} points" if points is not None else f"{w}x{h}"
     if region is not None:
         shape += ", region " + " ".join(f"{v:g}" for v in frame)
-    typer.echo(f"wrote {what} ({shape}) on {m.provider} in {ms:.0f} ms")
+    typer.echo(f"wrote {what} ({shape}) on {m.provider} ({m.precision}) in {ms:.0f} ms")
 
 
 @app.command()
@@ -223,6 +229,7 @@ def info(
     auto = "CUDAExecutionProvider" if "CUDAExecutionProvider" in have else "CPUExecutionProvider"
     lines = [
         ("model", f"{m.path} ({m.path.stat().st_size / 1e6:.1f} MB, {rt.FORMAT} v{m.info.format_version})"),
+        ("precision", _precision_line(m.info)),
         ("config", ", ".join(f"{k}={v}" for k, v in c.to_dict().items())),
         ("parameters", f"{m.parameter_count:,}"),
         ("cost", f"{2 * c.macs_per_pixel / 1e6:.2f} MFLOP per pixel"),
@@ -234,6 +241,13 @@ def info(
     ]
     for key, value in lines:
         typer.echo(f"{key:<11} {value}")
+
+
+def _precision_line(info) -> str:
+    """"fp16 (pixel graphs fp16, fp32)", or for format-1 files "fp32 (format 1: one graph)"."""
+    if info.format_version < 2:
+        return "fp32 (format 1: one graph; re-export for the faster format-2 layout)"
+    return f"{info.precision} (pixel graphs {', '.join(sorted(info.pixel_graphs))})"
 
 
 def _training_lines(provenance: dict) -> list[tuple[str, str]]:
@@ -262,6 +276,8 @@ def export(
     checkpoint: Annotated[Optional[Path], typer.Option(help="checkpoint file, run folder, or original CIPS checkpoint (default: newest under cips-runs/)")] = None,
     n_mlp: Annotated[Optional[int], typer.Option(help="mapping layers (original-format checkpoints)")] = None,
     lr_mlp: Annotated[Optional[float], typer.Option(help="mapping lr multiplier (original-format checkpoints; default 0.01)")] = None,
+    precision: Annotated[str, typer.Option(help="default pixel precision of the file: fp32, fp16 (float16 GEMMs; for "
+                                                "GPUs) or int8 (int8 GEMMs; for CPUs); every file also holds fp32")] = "fp32",
 ) -> None:
     """Export a generator checkpoint to a cips-edge ONNX file, verified against torch before it is kept.
 
@@ -269,6 +285,7 @@ def export(
     cips export model.onnx                                  (newest checkpoint under cips-runs/)
     cips export model.onnx --checkpoint cips-runs/00003-ffhq
     cips export ffhq.onnx --checkpoint 550000.pt            (original CIPS code's format, detected)
+    cips export fast.onnx --precision fp16                  (float16 pixel graph for GPUs)
     """
     try:
         from cips_edge.export import export_checkpoint
@@ -277,10 +294,14 @@ def export(
                         "'cips-edge[train]'") from None
 
     start = time.perf_counter()
-    report = export_checkpoint(out, checkpoint, n_mlp=n_mlp, lr_mlp=lr_mlp, say=lambda s: typer.echo(s, err=True))
+    report = export_checkpoint(out, checkpoint, n_mlp=n_mlp, lr_mlp=lr_mlp, precision=precision,
+                               say=lambda s: typer.echo(s, err=True))
     ms = (time.perf_counter() - start) * 1000
-    typer.echo(f"wrote {report.path} ({report.bytes / 1e6:.1f} MB, opset {report.opset}) in {ms:.0f} ms; "
-               f"ONNX Runtime (CPUExecutionProvider) matches torch (relative error {report.rel_error:.1e}, max abs {report.max_abs_error:.1e})")
+    typer.echo(f"wrote {report.path} ({report.bytes / 1e6:.1f} MB, opset {report.opset}, {report.precision}) in "
+               f"{ms:.0f} ms; ONNX Runtime (CPUExecutionProvider) matches torch (relative error "
+               f"{report.rel_error:.1e}, max abs {report.max_abs_error:.1e})" + (
+                   f"; its {report.precision} pixel graph differs by {report.precision_error:.1e} (relative)"
+                   if report.precision != "fp32" else ""))
 
 
 @app.command("eval")

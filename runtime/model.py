@@ -11,7 +11,7 @@ import numpy as np
 from cips_edge.config import GeneratorConfig
 
 from .errors import UserError
-from .format import INPUTS, OUTPUT, STYLE_INPUTS, ModelInfo, parse_metadata
+from .format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
 from .split import SplitEngine, auto_cuda_chunk, band_size
 
 DEVICES = ("auto", "cuda", "cpu", "tensorrt")
@@ -124,7 +124,7 @@ class CIPSModel:
                                       cuda=self.providers[0] != CPU)
         else:
             self._check_graph(INPUTS, (OUTPUT,))
-            if precision not in (None, "fp32"):
+            if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
                 raise UserError(f"{self.path} is a format-1 file: it holds only fp32; re-export it with "
                                 f"--precision {precision}")
             self.precision = "fp32"
@@ -163,6 +163,8 @@ class CIPSModel:
     def _precision(self, requested: str | None) -> str:
         graphs = self.info.pixel_graphs
         if requested is not None:
+            if requested not in PRECISIONS:
+                raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
             if requested not in graphs:
                 raise UserError(f"{self.path} holds no {requested} pixel graph (it has {', '.join(sorted(graphs))}); "
                                 f"export it with --precision {requested}")

@@ -171,6 +171,7 @@ def test_runtime_runs_where_torch_cannot_be_imported(tiny_onnx, torchless_env, t
         f"m = CIPSModel({str(tiny_onnx)!r}, device='cpu')\n"
         "write_output('x.png', render_image(m, latent_for_seed(1, m.style_dim), 8, 8))\n"
         "assert not any(k == 'torch' or k.startswith('torch.') for k in sys.modules)\n"
+        "assert m.engine is not None and 'cips_edge.runtime.split' in sys.modules  # the format-2 path ran\n"
         "print(m.provider)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=torchless_env, capture_output=True, text=True)

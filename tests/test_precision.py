@@ -1,0 +1,117 @@
+"""Precisions of the pixel graph: `cips export --precision fp16|int8` files hold their own pixel graph
+and the fp32 one, render transparently (fp32 where the provider does not suit the file's precision),
+stay close to fp32 (PSNR), and say what they are; bad requests are one-line errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cips_edge.cli as cli
+from cips_edge.runtime import CIPSModel, UserError, latent_for_seed, psnr, render_image
+from cips_edge.runtime.split import BAND_POINTS, MAX_CUDA_CHUNK, MIN_CUDA_CHUNK, auto_cuda_chunk, band_size
+from cli_helpers import runner
+
+SIZE = 24
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
+    from cips_edge.export import export_checkpoint
+
+    folder = tmp_path_factory.mktemp("precision")
+    return {p: export_checkpoint(folder / f"{p}.onnx", tiny_checkpoint, precision=p).path for p in ("fp16", "int8")}
+
+
+def image(model: CIPSModel, seed: int = 3) -> np.ndarray:
+    return render_image(model, latent_for_seed(seed, model.style_dim), SIZE, SIZE)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_onnx) -> np.ndarray:
+    return image(CIPSModel(tiny_onnx, device="cpu"))
+
+
+def test_fp16_file_runs_its_fp32_graph_on_the_cpu_bit_for_bit(exported, reference):
+    model = CIPSModel(exported["fp16"], device="cpu")
+    assert model.info.precision == "fp16" and sorted(model.info.pixel_graphs) == ["fp16", "fp32"]
+    assert model.precision == "fp32"  # float16 GEMMs are slow on CPUs: auto takes the fp32 graph
+    assert np.array_equal(image(model), reference)
+
+
+def test_fp16_pixel_graph_is_within_40_db_of_fp32(exported, reference):
+    model = CIPSModel(exported["fp16"], device="cpu", precision="fp16")
+    assert model.precision == "fp16"
+    quality = psnr(image(model), reference)
+    assert 40 <= quality < float("inf"), quality  # close, and really computed in float16
+
+
+def test_int8_file_runs_int8_on_the_cpu(exported, reference):
+    model = CIPSModel(exported["int8"], device="cpu")
+    assert model.precision == "int8" and sorted(model.info.pixel_graphs) == ["fp32", "int8"]
+    quality = psnr(image(model), reference)
+    assert 20 <= quality < 60, quality  # the same image, with int8's rounding
+    exact = CIPSModel(exported["int8"], device="cpu", precision="fp32")
+    assert np.array_equal(image(exact), reference)
+
+
+def test_int8_result_is_the_same_for_any_thread_count(exported):
+    one, two = (CIPSModel(exported["int8"], device="cpu", threads=t) for t in (1, 2))
+    z = latent_for_seed(5, one.style_dim)
+    assert np.array_equal(render_image(one, z, SIZE, SIZE, chunk=100), render_image(two, z, SIZE, SIZE, chunk=100))
+
+
+@pytest.mark.parametrize("precision,match", [("fp16", "holds no fp16 pixel graph"), ("fp8", "must be one of")])
+def test_a_precision_the_file_lacks_is_an_error(tiny_onnx, precision, match):
+    with pytest.raises(UserError, match=match):
+        CIPSModel(tiny_onnx, device="cpu", precision=precision)
+
+
+def test_format_1_files_render_and_refuse_other_precisions():
+    path = cli.default_model_path()  # the packaged model is a format-1 file
+    model = CIPSModel(path, device="cpu")
+    assert model.info.format_version == 1 and model.precision == "fp32"
+    z = latent_for_seed(1, model.style_dim)
+    assert np.array_equal(render_image(model, z, 20, 20, chunk=7), render_image(model, z, 20, 20, chunk=400))
+    with pytest.raises(UserError, match="format-1 file"):
+        CIPSModel(path, device="cpu", precision="int8")
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+def test_cli_export_precision_info_and_render(tiny_checkpoint, tmp_path):
+    out = tmp_path / "m.onnx"
+    r = runner.invoke(cli.app, ["export", str(out), "--checkpoint", str(tiny_checkpoint), "--precision", "fp16"])
+    assert r.exit_code == 0, r.stderr
+    assert ", fp16) in" in r.stdout and "its fp16 pixel graph differs by" in r.stdout
+    r = runner.invoke(cli.app, ["info", str(out)])
+    assert "\nprecision   fp16 (pixel graphs fp16, fp32)\n" in r.stdout
+    r = runner.invoke(cli.app, ["render", "--model", str(out), "--size", "8", "--precision", "fp16", "--device", "cpu",
+                                "--out", str(tmp_path / "x.npy")])
+    assert r.exit_code == 0, r.stderr
+    assert "on CPUExecutionProvider (fp16) in" in r.stdout and np.load(tmp_path / "x.npy").shape == (8, 8, 3)
+
+
+def test_cli_bad_precision_is_one_line_and_no_file(tiny_checkpoint, tiny_onnx, tmp_path):
+    r = runner.invoke(cli.app, ["export", str(tmp_path / "m.onnx"), "--checkpoint", str(tiny_checkpoint),
+                                "--precision", "fp8"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "--precision must be one of fp32, fp16, int8" in r.stderr
+    r = runner.invoke(cli.app, ["render", "--model", str(tiny_onnx), "--precision", "int8", "--out", str(tmp_path / "x.png")])
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and "holds no int8 pixel graph" in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_info_says_a_format_1_file_is_fp32():
+    r = runner.invoke(cli.app, ["info"])
+    assert "\nprecision   fp32 (format 1: one graph" in r.stdout
+
+
+# -- the GPU path's arithmetic (the GPU itself is measured by benchmarks/render.py) -----------------
+def test_cuda_chunk_and_band_sizes(exported):
+    info = CIPSModel(exported["fp16"], device="cpu").info
+    chunk = auto_cuda_chunk(info, "fp16")
+    assert MIN_CUDA_CHUNK <= chunk <= MAX_CUDA_CHUNK and chunk & (chunk - 1) == 0
+    assert auto_cuda_chunk(info, "fp16", budget=1) == MIN_CUDA_CHUNK
+    assert auto_cuda_chunk(info, "fp32", budget=1 << 24) <= auto_cuda_chunk(info, "fp16", budget=1 << 24)
+    assert band_size(1000, 50) == 50 and band_size(1000, 1000) == 1000 and band_size(1 << 18, 1 << 30) == BAND_POINTS
+    assert band_size(3000, 10_000) == 9000  # whole chunks
