@@ -51,7 +51,8 @@ def check_precision(precision: str) -> str:
 
 
 def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg: torch.Tensor | None = None,
-                     provenance: dict | None = None, opset: int = OPSET, precision: str = "fp32") -> ExportReport:
+                     provenance: dict | None = None, opset: int = OPSET, precision: str = "fp32",
+                     include: tuple[str, ...] = ()) -> ExportReport:
     """Write `generator` as a verified cips-edge ONNX file.
 
     precision: the pixel graph a renderer runs by default: fp32, fp16 (float16 GEMM chain, float32
@@ -63,7 +64,7 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
     facts about the source, stored with export time and versions added.
     """
     path = prepare_output(path, suffixes=(".onnx",))
-    precisions = tuple(dict.fromkeys(("fp32", check_precision(precision))))
+    precisions = tuple(dict.fromkeys(("fp32", check_precision(precision), *map(check_precision, include))))
     generator = generator.cpu().eval().requires_grad_(False)
     if w_avg is None:
         w_avg, w_avg_source = generator.mean_w(MEAN_W_LATENTS), {"latents": MEAN_W_LATENTS, "seed": 0}

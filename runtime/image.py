@@ -26,7 +26,7 @@ def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of raw generator values against a reference, with the colour
     range [-1, 1] as the peak (so the same as for 8-bit images with peak 255, up to rounding)."""
     mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(4.0 / mse)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(4.0 / mse))
 
 
 def check_image_size(width: int, height: int, force: bool = False) -> None:
