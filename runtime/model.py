@@ -121,7 +121,7 @@ class CIPSModel:
                 raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
                                 "(TensorRT libraries missing?); use --device cuda")
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
-                                      cuda=self.providers[0] != CPU)
+                                      bound=None if self.providers[0] == CPU else "cuda")
         else:
             self._check_graph(INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
@@ -209,7 +209,7 @@ class CIPSModel:
     @property
     def on_device(self) -> bool:
         """Format 2 on a GPU: weights and chunks stay on the device (I/O binding)."""
-        return self.engine is not None and self.engine.cuda
+        return self.engine is not None and self.engine.bound is not None
 
     @property
     def default_chunk(self) -> int:

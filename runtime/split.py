@@ -44,22 +44,25 @@ def auto_cuda_chunk(info: ModelInfo, precision: str, budget: int = CUDA_CHUNK_BU
 
 
 class SplitEngine:
-    """The style session (the file's graph) and one pixel session of the chosen precision."""
+    """The style session (the file's graph) and one pixel session of the chosen precision.
 
-    def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, cuda: bool):
+    bound: None for plain numpy calls (CPU), or the device ("cuda") whose memory keeps the weights and
+    the chunks (I/O binding). "cpu" runs the bound path on the CPU, which tests use to check it."""
+
+    def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, bound: str | None):
         self.ort = ort
         self.style_session = style_session
         self.pixel_session = pixel_session
         self.info = info
         self.precision = precision
-        self.cuda = cuda
+        self.bound = bound
         self.pixel_inputs = {i.name: i for i in pixel_session.get_inputs()}
         self.weight_names = [n for n in self.pixel_inputs if n not in (COORDS, "embedding")]
         self.dtypes = {n: _DTYPES[i.type] for n, i in self.pixel_inputs.items()}
         table = self._style_outputs(np.zeros((1, info.style_dim), np.float32), np.ones(1, np.float32),
                                     ["embedding"])[0]
-        self.table = ort.OrtValue.ortvalue_from_numpy(table, "cuda", 0) if cuda else table
-        if cuda:
+        self.table = ort.OrtValue.ortvalue_from_numpy(table, bound, 0) if bound else table
+        if bound:
             self.sync_options = ort.RunOptions()
             self.async_options = ort.RunOptions()
             self.async_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
@@ -69,15 +72,15 @@ class SplitEngine:
 
     # -- style: once per latent --------------------------------------------------------------------
     def styles(self, z: np.ndarray, psi: np.ndarray) -> list:
-        """Per latent: {name: array} on the CPU, a DeviceStyle on CUDA."""
-        if not self.cuda:
+        """Per latent: {name: array} for plain calls, a DeviceStyle for bound ones."""
+        if not self.bound:
             arrays = self._style_outputs(z, psi, self.weight_names)
             return [{n: a[b] for n, a in zip(self.weight_names, arrays)} for b in range(z.shape[0])]
         binding = self.style_session.io_binding()
         binding.bind_cpu_input(STYLE_INPUTS[0], z)
         binding.bind_cpu_input(STYLE_INPUTS[1], psi)
         for name in self.weight_names:
-            binding.bind_output(name, "cuda", 0)
+            binding.bind_output(name, self.bound, 0)
         self.style_session.run_with_iobinding(binding, self.sync_options)
         values = binding.get_outputs()
         styles = []
@@ -99,19 +102,19 @@ class SplitEngine:
         return self.pixel_session.run([RGB], {COORDS: coords, "embedding": self.table, **style})[0][:n]
 
     def render_band(self, style: DeviceStyle, coords: np.ndarray, chunk: int) -> np.ndarray:
-        """CUDA: coords [n, 2] (one band) -> rgb [n, 3], in chunks queued back to back."""
-        ort, n = self.ort, coords.shape[0]
-        points = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(coords), "cuda", 0)
-        out = ort.OrtValue.ortvalue_from_shape_and_type([n, 3], np.float32, "cuda", 0)
+        """Bound: coords [n, 2] (one band) -> rgb [n, 3], in chunks queued back to back."""
+        ort, n, device = self.ort, coords.shape[0], self.bound
+        points = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(coords, dtype=np.float32), device, 0)
+        out = ort.OrtValue.ortvalue_from_shape_and_type([n, 3], np.float32, device, 0)
         binding = self.pixel_session.io_binding()
         binding.bind_ortvalue_input("embedding", self.table)
         for name, value, offset, shape, dtype in style.slices:
-            binding.bind_input(name, "cuda", 0, dtype, shape, value.data_ptr() + offset)
+            binding.bind_input(name, device, 0, dtype, shape, value.data_ptr() + offset)
         starts = range(0, n, chunk)
         for k, start in enumerate(starts):
             m = min(chunk, n - start)
-            binding.bind_input(COORDS, "cuda", 0, np.float32, [m, 2], points.data_ptr() + 8 * start)
-            binding.bind_output(RGB, "cuda", 0, np.float32, [m, 3], out.data_ptr() + 12 * start)
+            binding.bind_input(COORDS, device, 0, np.float32, [m, 2], points.data_ptr() + 8 * start)
+            binding.bind_output(RGB, device, 0, np.float32, [m, 3], out.data_ptr() + 12 * start)
             last = k == len(starts) - 1  # the last call waits for the queue: then the band is done
             self.pixel_session.run_with_iobinding(binding, self.sync_options if last else self.async_options)
         return out.numpy()

@@ -115,3 +115,25 @@ def test_cuda_chunk_and_band_sizes(exported):
     assert auto_cuda_chunk(info, "fp32", budget=1 << 24) <= auto_cuda_chunk(info, "fp16", budget=1 << 24)
     assert band_size(1000, 50) == 50 and band_size(1000, 1000) == 1000 and band_size(1 << 18, 1 << 30) == BAND_POINTS
     assert band_size(3000, 10_000) == 9000  # whole chunks
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_bound_path_gives_the_plain_paths_pixels(exported, tiny_onnx, precision):
+    """The GPU's I/O-binding path (weights kept where the style graph left them, chunks bound as slices of
+    one band, queued without waiting) run on the CPU: the same numbers as plain calls, for a batch of
+    latents and a band that is not a whole number of chunks."""
+    from cips_edge.runtime.split import SplitEngine
+
+    plain = CIPSModel(exported["int8"] if precision == "int8" else tiny_onnx, device="cpu", precision=precision)
+    e = plain.engine
+    bound = SplitEngine(plain.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu")
+    z = np.stack([latent_for_seed(s, plain.style_dim) for s in (1, 2, 3)])
+    psi = np.array([1.0, 0.7, 1.0], np.float32)
+    coords = np.random.default_rng(0).uniform(-1.2, 1.2, (250, 2)).astype(np.float32)
+    for style_plain, style_bound in zip(plain.styles(z, psi), bound.styles(z, psi)):
+        expected = plain.pixels(style_plain, coords)  # one call for all points
+        got = bound.render_band(style_bound, coords, chunk=64)  # four calls of 64, 64, 64, 58
+        if precision == "fp32":
+            assert np.array_equal(got, expected)
+        else:  # int8: each chunk quantizes its activations with its own scale
+            assert 0 < np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.05
