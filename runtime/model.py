@@ -4,6 +4,7 @@ format 1 files (one graph, z + coords -> rgb) run as they are, the style part re
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -239,9 +240,16 @@ class CIPSModel:
         return self.session.run([OUTPUT], {"z": z, "coords": coords[None], "truncation": psi})[0][0, :n]
 
     def run(self, z: np.ndarray, coords: np.ndarray, truncation: np.ndarray) -> np.ndarray:
-        """All at once: z [B, S], coords [B, N, 2], truncation [B] (float32) -> rgb [B, N, 3]."""
+        """All at once: z [B, S], coords [B, N, 2], truncation [B] (float32) -> rgb [B, N, 3]; on the CPU
+        in default_chunk pieces over the worker threads (the result does not depend on them)."""
         assert z.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (z.shape, coords.shape, truncation.shape)
         styles = self.styles(z, truncation)
         if self.on_device:
             return np.stack([self.engine.render_band(s, c, self.default_chunk) for s, c in zip(styles, coords)])
-        return np.stack([self.pixels(s, np.ascontiguousarray(c)) for s, c in zip(styles, coords)])
+        n, chunk = coords.shape[1], self.default_chunk
+        jobs = [(s, np.ascontiguousarray(c[i:i + chunk])) for s, c in zip(styles, coords) for i in range(0, n, chunk)]
+        with ThreadPoolExecutor(self.workers) as pool:
+            parts = list(pool.map(lambda job: self.pixels(*job), jobs))
+        per_latent = max(1, -(-n // chunk))
+        return np.stack([np.concatenate(parts[b * per_latent:(b + 1) * per_latent] or [np.zeros((0, 3), np.float32)])
+                         for b in range(len(styles))])
