@@ -71,7 +71,7 @@ def trained_like(g: CIPSGenerator, seed: int = 0, rgb_std: float = 0.5) -> dict:
 class PeakMemory:
     """Samples resident host memory (and the GPU's used memory) in a thread; peaks above the start."""
 
-    def __init__(self, gpu: bool, interval: float = 0.005):
+    def __init__(self, gpu: bool, interval: float = 0.01):
         self.gpu, self.interval = gpu, interval
 
     @staticmethod
@@ -279,8 +279,7 @@ def run(args) -> dict:
 
     from cips_edge.export import export_generator
 
-    folder = Path(tempfile.mkdtemp(prefix="cips-render-bench-"))
-    path = folder / "model.onnx"
+    path = args.save_model or Path(tempfile.mkdtemp(prefix="cips-render-bench-")) / "model.onnx"
     t = time.perf_counter()
     precision = "fp16" if cuda else "fp32"
     exported = export_generator(g, path, precision=precision, include=("fp16", "int8"))
@@ -324,6 +323,22 @@ def chunk_sweep(path: Path, peak: float, mflop: float) -> list[dict]:
     return rows
 
 
+def single(args) -> None:
+    """One render in a fresh process, for whole-process timers: eager torch on the benchmark's weights
+    (--preset, seed 0, trained-like), or the runtime on a model file (--single ort --model M.onnx)."""
+    side = args.side
+    if args.single == "eager":
+        torch.manual_seed(0)
+        g = CIPSGenerator(preset(args.preset or "edge-64")).eval().requires_grad_(False)
+        trained_like(g)
+        z = torch.from_numpy(latent_for_seed(0, g.config.style_dim))[None]
+        rgb = render_original_style(g, z, side, side)[0].permute(1, 2, 0).numpy()
+    else:
+        model = CIPSModel(args.model, device="cpu", precision=args.precision if args.precision != "auto" else None)
+        rgb = render_image(model, latent_for_seed(0, model.style_dim), side, side)
+    print(f"{args.single}: {side}x{side}, mean {float(rgb.mean()):.4f}")
+
+
 def child_tensorrt(args) -> None:
     spec = json.loads(args.child_args)
     out = runtime_cases(Path(args.child_tensorrt), "tensorrt", args.precision, [tuple(c) for c in spec["cases"]],
@@ -359,12 +374,19 @@ def main(argv=None) -> None:
     p.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT provider")
     p.add_argument("--tensorrt-timeout", type=int, default=120, help="seconds for the TensorRT child (default 120)")
     p.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/render-<machine>.json)")
+    p.add_argument("--save-model", type=Path, help="keep the exported model (fp32, fp16 and int8 pixel graphs) here")
+    p.add_argument("--single", choices=("eager", "ort"), help="one render of --side pixels in this process, nothing "
+                   "written: for whole-process timers (eager: --preset's benchmark weights; ort: --model)")
+    p.add_argument("--side", type=int, default=256, help="--single: image side in pixels (default 256)")
+    p.add_argument("--model", type=Path, help="--single ort: the model file")
     p.add_argument("--child-tensorrt", help=argparse.SUPPRESS)
     p.add_argument("--child-args", help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="fp16", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="auto", help="--single ort: fp32, fp16, int8 (default: the file's own)")
     args = p.parse_args(argv)
     if args.child_tensorrt:
         return child_tensorrt(args)
+    if args.single:
+        return single(args)
     result = run(args)
     out = args.out or RESULTS / f"render-{result['machine']}{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
