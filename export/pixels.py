@@ -1,10 +1,14 @@
 """The pixel graphs: coords [n, 2] and one latent's weights (the style graph's outputs) -> rgb [n, 3].
 
 Per point: Fourier features (Gemm, Sin) and the bilinear coordinate embedding (GridSample), then per
-modulated layer one Gemm and one LeakyRelu, then one 3-column Gemm. Written with onnx.helper rather
-than traced: it has no weights of its own beyond the Fourier layer, so each file holds it as a few KB.
-Precisions: fp32; fp16 (features and the last GEMM in float32, the chain in float16); int8 (the plain
-layout, com.microsoft.DynamicQuantizeMatMul per layer: activations quantized per call, weights per column).
+modulated layer one Gemm and one LeakyRelu, and the RGB. Written with onnx.helper rather than traced:
+it has no weights of its own beyond the Fourier layer and the biases, so each file holds it as a few KB.
+Precisions (layouts: export/style.py):
+- fp32: plain layout, Gemm with the bias + LeakyRelu per layer (one FusedGemm on ONNX Runtime's CPU
+  provider), ToRGB as 3-column MatMuls summed with their biases;
+- fp16: folded layout, features and the last GEMM in float32, the chain in float16;
+- int8: plain layout with com.microsoft.DynamicQuantizeMatMul per layer after the input layer
+  (activations quantized per call, weights per column, bias inside), ToRGB in float32.
 """
 from __future__ import annotations
 
@@ -74,7 +78,7 @@ def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray,
     return fo, co
 
 
-def _shapes(config: GeneratorConfig) -> dict[str, list[int]]:
+def _folded_shapes(config: GeneratorConfig) -> dict[str, list[int]]:
     """Shapes of the folded weights (export/style.py) of one latent."""
     shapes = config.layer_shapes
     out = {"w0_fo": [fourier_width(config), extended_width(shapes[0][1])],
@@ -90,28 +94,10 @@ def pixel_graph(generator: CIPSGenerator, precision: str) -> onnx.ModelProto:
     config = generator.config
     graph = _Graph()
     fo, co = _features(graph, config, fourier_constants(generator))
-    shapes = _shapes(config)
-    names = weight_names(config)
-    half = precision == "fp16"
-    elem = TensorProto.FLOAT16 if half else TensorProto.FLOAT
-
-    def weight(name: str) -> str:
-        if half and name != "rgb_weight":
-            return graph.input(fp16_name(name), elem, shapes[name])
-        return graph.input(name, TensorProto.FLOAT, shapes[name])
-
-    if half:
-        fo, co = graph.op("Cast", [fo], to=elem), graph.op("Cast", [co], to=elem)
-    x = graph.op("Gemm", [fo, weight("w0_fo")])  # the input layer: [fo | co] @ W0, bias in the constant row
-    x = graph.op("LeakyRelu", [graph.op("Gemm", [co, weight("w0_co"), x], transA=1)], alpha=LRELU_SLOPE)
-    if precision == "int8":
-        _int8_chain(graph, generator, x)
+    if precision == "fp16":
+        _folded_chain(graph, config, fo, co)
     else:
-        for name in names[2:-1]:
-            x = graph.op("LeakyRelu", [graph.op("Gemm", [x, weight(name)])], alpha=LRELU_SLOPE)
-        if half:
-            x = graph.op("Cast", [x], to=TensorProto.FLOAT)
-        graph.op("Gemm", [x, weight("rgb_weight")])
+        _plain_chain(graph, generator, fo, co, int8=precision == "int8")
     graph.nodes[-1].output[0] = RGB  # the last node's output is the graph's
     outputs = [helper.make_tensor_value_info(RGB, TensorProto.FLOAT, ["points", 3])]
     onnx_graph = helper.make_graph(graph.nodes, f"cips_pixels_{precision}", graph.inputs, outputs, graph.initializers)
@@ -124,26 +110,46 @@ def pixel_graph(generator: CIPSGenerator, precision: str) -> onnx.ModelProto:
     return model
 
 
-def _int8_chain(graph: _Graph, generator: CIPSGenerator, x: str) -> str:
-    """Layers 1..L-1 as DynamicQuantizeMatMul (int8 weights, bias) + LeakyRelu; ToRGB in float32."""
+def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str) -> None:
+    """float16: one Gemm + LeakyRelu per layer on the folded weights, the last Gemm in float32."""
+    shapes, half = _folded_shapes(config), TensorProto.FLOAT16
+
+    def weight(name: str) -> str:
+        return graph.input(fp16_name(name), half, shapes[name])
+
+    fo, co = graph.op("Cast", [fo], to=half), graph.op("Cast", [co], to=half)
+    x = graph.op("Gemm", [fo, weight("w0_fo")])  # the input layer: [fo | co] @ W0, bias in the constant row
+    x = graph.op("LeakyRelu", [graph.op("Gemm", [co, weight("w0_co"), x], transA=1)], alpha=LRELU_SLOPE)
+    for name in weight_names(config)[2:-1]:
+        x = graph.op("LeakyRelu", [graph.op("Gemm", [x, weight(name)])], alpha=LRELU_SLOPE)
+    x = graph.op("Cast", [x], to=TensorProto.FLOAT)
+    graph.op("Gemm", [x, graph.input("rgb_weight", TensorProto.FLOAT, shapes["rgb_weight"])])
+
+
+def _plain_chain(graph: _Graph, generator: CIPSGenerator, fo: str, co: str, int8: bool) -> None:
+    """Bias-free Gemm (float32) or DynamicQuantizeMatMul (int8, bias and constant column added exactly)
+    + LeakyRelu per layer; the ToRGB MatMuls (biases in their last row) summed."""
     config = generator.config
     shapes = config.layer_shapes
     sources = rgb_sources(config)
     layers = [generator.input_layer, *generator.layers]
-    parts = []
+    f32 = TensorProto.FLOAT
+    m0 = shapes[0][1] + 1
+    x = graph.op("Gemm", [fo, graph.input("p0_fo", f32, [fourier_width(config), m0])])  # bias in the constant row
+    x = graph.op("Gemm", [co, graph.input("p0_co", f32, [config.hidden_size, m0]), x], transA=1)
+    x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
+    total = None
     for i, (k, m) in enumerate(shapes[1:], start=1):
-        rows = extended_width(shapes[0][1]) if i == 1 else k
-        q = graph.input(f"q{i}", TensorProto.INT8, [rows, m])
-        scale = graph.input(f"qscale{i}", TensorProto.FLOAT, [m])
-        bias = graph.const(f"bias{i}", layers[i].bias.detach().cpu().numpy().astype(np.float32))
-        x = graph.op("DynamicQuantizeMatMul", [x, q, scale, "", bias], domain=MS_DOMAIN)
+        if int8:
+            bias = np.append(layers[i].bias.detach().cpu().numpy(), 1.0).astype(np.float32)  # and the constant 1
+            q = graph.input(f"q{i}", TensorProto.INT8, [k + 1, m + 1])
+            scale = graph.input(f"qscale{i}", f32, [m + 1])
+            x = graph.op("DynamicQuantizeMatMul", [x, q, scale, "", graph.const(f"bias{i}", bias)], domain=MS_DOMAIN)
+        else:
+            x = graph.op("Gemm", [x, graph.input(f"p{i}", f32, [k + 1, m + 1])])
         x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
         if i in sources:
             k_rgb = sources.index(i)
-            t = graph.input(f"t{k_rgb}", TensorProto.FLOAT, [m, 3])
-            parts.append(graph.op("MatMul", [x, t]))
-    rgb_bias = sum(t.fc.bias.detach().cpu().numpy() for t in generator.to_rgbs).astype(np.float32)
-    total = parts[0]
-    for part in parts[1:]:
-        total = graph.op("Add", [total, part])
-    return graph.op("Add", [total, graph.const("rgb_bias", rgb_bias)])
+            part = graph.op("MatMul", [x, graph.input(f"t{k_rgb}", f32, [m + 1, 3])])
+            total = part if total is None else graph.op("Add", [total, part])
+    assert graph.nodes[-1].output[0] == total  # the sum is the last node: it becomes the output

@@ -1,23 +1,24 @@
-"""The style graph: z and psi -> the per-latent weights of the pixel graph (export/pixels.py), in torch.
+"""The style graph: z and psi -> the per-latent weights of the pixel graphs (export/pixels.py), in torch.
 
 For a fixed latent every modulated layer is a plain dense layer, so everything that depends on the
 latent (mapping network, truncation, modulation, demodulation) runs here once per latent, in float32,
-and the weights come out already arranged for a chain of bare GEMMs:
+and the weights come out arranged for a chain of bare GEMMs. In every layout the sqrt(2) gain of each
+layer is folded into the next layer's rows (leaky(a x) = a leaky(x), a > 0). Two layouts:
 
-- the bias rides in a constant column: every activation carries a column of ones (leaky(1) = 1), and
-  each weight matrix has one more row holding the bias;
-- the sqrt(2) gain of each layer is folded into the next layer's rows (leaky(a x) = a leaky(x), a > 0);
-- the ToRGB skips ride along as the column pair (+v, -v): leaky(v) - leaky(-v) = (1 + slope) v for every
-  v, so the running RGB survives each LeakyRelu and the next GEMM recombines it with weights +-1
-  (exact in any precision); its scale grows by (1 + slope) a layer and the last GEMM divides it out.
-
-Widths are padded to multiples of 8 (tensor-core friendly). Per layer the pixel graph then runs one
-GEMM and one LeakyRelu; the final GEMM has 3 columns. int8 files also get the plain layout (bias apart,
-ToRGB apart) with per-column int8 weights, since a per-tensor quantized activation cannot carry the RGB.
+- plain (the fp32 and int8 pixel graphs; suits CPUs): every activation carries one constant column
+  (leaky(1) = 1) and each weight one more row holding the bias, so a layer is a bias-free Gemm +
+  LeakyRelu, which ONNX Runtime's CPU provider fuses into one FusedGemm (a Gemm with a bias input costs
+  ~20% more there: it first broadcasts the bias into the output); ToRGB as separate 3-column products
+  whose extra row holds their bias;
+- folded (the fp16 pixel graph; suits GPUs, where every extra pass over the activations costs as much
+  as a GEMM): the bias rides in a constant column (every activation carries a column of ones,
+  leaky(1) = 1, and each weight has one more row holding the bias), and the ToRGB skips ride along as
+  the column pair (+v, -v): leaky(v) - leaky(-v) = (1 + slope) v for every v, so the running RGB
+  survives each LeakyRelu and the next GEMM recombines it with weights +-1 (exact in any precision);
+  its scale grows by (1 + slope) a layer and the last GEMM divides it out. Widths are padded to
+  multiples of 8 (tensor cores). Per layer: one GEMM, one LeakyRelu; then one 3-column GEMM.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +49,26 @@ def rgb_sources(config: GeneratorConfig) -> list[int]:
     return [(k + 1) * config.to_rgb_every for k in range(config.n_to_rgb)]
 
 
+def plain_names(config: GeneratorConfig) -> list[str]:
+    """The plain per-latent weights: p0_fo, p0_co (the input layer's halves), p1 ... p{L-1}, t0 ... (ToRGB)."""
+    n_conv = len(config.layer_shapes)
+    return ["p0_fo", "p0_co", *(f"p{i}" for i in range(1, n_conv)), *(f"t{k}" for k in range(config.n_to_rgb))]
+
+
 def weight_names(config: GeneratorConfig) -> list[str]:
     """The folded per-latent weights, in chain order: w0_fo, w0_co, w1 ... w{L-1}, rgb_weight."""
     n_conv = len(config.layer_shapes)
     return ["w0_fo", "w0_co", *(f"w{i}" for i in range(1, n_conv)), "rgb_weight"]
 
 
+def fp16_names(config: GeneratorConfig) -> list[str]:
+    """What the fp16 pixel graph reads: the folded weights in float16, the last one in float32."""
+    return [fp16_name(n) for n in weight_names(config)[:-1]] + ["rgb_weight"]
+
+
 def int8_names(config: GeneratorConfig) -> list[str]:
     n_conv = len(config.layer_shapes)
-    return ([f"q{i}" for i in range(1, n_conv)] + [f"qscale{i}" for i in range(1, n_conv)]
-            + [f"t{k}" for k in range(config.n_to_rgb)])
+    return [f"q{i}" for i in range(1, n_conv)] + [f"qscale{i}" for i in range(1, n_conv)]
 
 
 def fp16_name(name: str) -> str:
@@ -80,8 +91,8 @@ def carry_scales(config: GeneratorConfig) -> list[float]:
 class StyleGraph(nn.Module):
     """z [B, S], truncation [B] -> embedding table (constant) and the per-latent weights [B, ...].
 
-    precisions: which pixel graphs the file holds ("fp32" always; "fp16" adds float16 copies of the
-    GEMM weights, "int8" the plain-layout int8 weights with per-column scales and the ToRGB weights).
+    precisions: which pixel graphs the file holds ("fp32" always: the plain weights; "fp16" adds the
+    folded weights in float16; "int8" the plain weights in int8 with per-column scales).
     Each folded weight is the modulated weight, zero-padded into place, plus a constant matrix
     (bias row, constant-column 1, RGB carry) made here once."""
 
@@ -95,9 +106,9 @@ class StyleGraph(nn.Module):
 
     def output_names(self) -> list[str]:
         c = self.generator.config
-        names = ["embedding", *weight_names(c)]
+        names = ["embedding", *plain_names(c)]
         if "fp16" in self.precisions:
-            names += [fp16_name(n) for n in weight_names(c)[:-1]]  # the last GEMM stays float32
+            names += fp16_names(c)
         if "int8" in self.precisions:
             names += int8_names(c)
         return names
@@ -108,13 +119,26 @@ class StyleGraph(nn.Module):
         mods = g.modulated_weights(w)  # [B, in, out] per modulated layer, then per ToRGB
         n_conv = len(g.config.layer_shapes)
         convs, rgbs = mods[:n_conv], mods[n_conv:]
-        folded = self.fold(convs, rgbs)
-        outputs = [g.embedding.table.unsqueeze(0), *folded]  # [1, H, size, size]
+        plain = self.plain(convs, rgbs)
+        outputs = [g.embedding.table.unsqueeze(0), *plain]  # [1, H, size, size]
         if "fp16" in self.precisions:
-            outputs += [t.half() for t in folded[:-1]]
+            folded = self.fold(convs, rgbs)
+            outputs += [t.half() for t in folded[:-1]] + [folded[-1]]  # the last GEMM stays float32
         if "int8" in self.precisions:
-            outputs += self.quantized(convs, rgbs)
+            outputs += self.quantized(plain[2:len(convs) + 1])  # layers 1 .. L-1
         return tuple(outputs)
+
+    # -- the plain layout (fp32 and int8 pixel graphs) ----------------------------------------------
+    def plain(self, convs: list[torch.Tensor], rgbs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """[B, in + 1, out + 1] weights with sqrt 2 folded in, the bias (and the 1 that passes the constant
+        column on) in the last row; the input layer's Fourier half reads the Fourier block's constant
+        column; ToRGB [B, in + 1, 3] with its bias in the last row."""
+        c = self.generator.config
+        hidden = c.hidden_size
+        p0_fo = F.pad(convs[0][:, :hidden], (0, 1, 0, fourier_width(c) - hidden)) + self.const_p0_fo
+        layers = [F.pad(LRELU_GAIN * w, (0, 1, 0, 1)) + getattr(self, f"const_p{i}") for i, w in enumerate(convs[1:], 1)]
+        to_rgb = [F.pad(LRELU_GAIN * t, (0, 0, 0, 1)) + getattr(self, f"const_t{k}") for k, t in enumerate(rgbs)]
+        return [p0_fo, F.pad(convs[0][:, hidden:], (0, 1)), *layers, *to_rgb]
 
     # -- the folded layout (fp32 and fp16 pixel graphs) --------------------------------------------
     def _constants(self) -> dict[str, torch.Tensor]:
@@ -125,6 +149,15 @@ class StyleGraph(nn.Module):
         hidden, widths = c.hidden_size, [m for _, m in c.layer_shapes]
         out = {}
         with torch.no_grad():
+            for i, layer in enumerate(layers):
+                rows = fourier_width(c) if i == 0 else widths[i - 1] + 1
+                block = torch.zeros(rows, widths[i] + 1)
+                block[hidden if i == 0 else rows - 1] = torch.cat([layer.bias, torch.ones(1)])
+                out["p0_fo" if i == 0 else f"p{i}"] = block
+            for k, (source, t) in enumerate(zip(rgb_sources(c), g.to_rgbs)):
+                block = torch.zeros(widths[source] + 1, 3)
+                block[-1] = t.fc.bias
+                out[f"t{k}"] = block
             w0 = torch.zeros(fourier_width(c), extended_width(widths[0]))
             w0[hidden, :widths[0]] = layers[0].bias
             w0[hidden, widths[0]] = 1.0
@@ -171,23 +204,16 @@ class StyleGraph(nn.Module):
         final = F.pad(LRELU_GAIN * rgbs[-1], (0, 0, 0, extended_width(last) - last)) + self.const_rgb_weight
         return [w0_fo, w0_co, *chain, final]
 
-    # -- the plain layout with int8 weights (int8 pixel graph) -------------------------------------
-    def quantized(self, convs: list[torch.Tensor], rgbs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-column symmetric int8 weights (sqrt 2 folded in) and their scales for layers 1..L-1,
-        then the ToRGB weights (sqrt 2 folded in). Layer 1 reads the folded layer 0's output, whose
-        extra columns get zero rows."""
+    # -- int8 weights (int8 pixel graph) -----------------------------------------------------------
+    @staticmethod
+    def quantized(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Plain weights of layers 1..L-1 as per-column symmetric int8, then their scales [B, out + 1].
+        The bias row and the constant column are zero here: the int8 pixel graph adds the biases and
+        the constant 1 exactly, in float32 (a per-tensor quantized 1 would be off by up to 2%)."""
         qs, scales = [], []
-        shapes = self.generator.config.layer_shapes
-        for i in range(1, len(convs)):
-            weight = LRELU_GAIN * convs[i]
-            if i == 1:
-                weight = F.pad(weight, (0, 0, 0, extended_width(shapes[0][1]) - shapes[1][0]))
+        for weight in weights:
+            weight = F.pad(weight[:, :-1, :-1], (0, 1, 0, 1))
             scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / INT8_MAX  # [B, 1, out]
             qs.append(torch.round(weight / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8))
             scales.append(scale[:, 0])
-        return [*qs, *scales, *(LRELU_GAIN * t for t in rgbs)]
-
-
-def gain_check() -> None:
-    """The folding relies on the activation's gain being sqrt(2) and its slope positive."""
-    assert math.isclose(LRELU_GAIN, math.sqrt(2.0)) and 0 < LRELU_SLOPE < 1
+        return [*qs, *scales]

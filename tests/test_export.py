@@ -25,12 +25,12 @@ from cips_edge.export import ExportError, check_parity, export_checkpoint, expor
 from cips_edge.export import verify
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, render_points
-from cips_edge.export.style import weight_names
+from cips_edge.export.style import fourier_width, plain_names
 from cips_edge.runtime.format import FORMAT, RGB, STYLE_INPUTS
 
-# Node types of the fp32 pixel graph: features (Gemm + Sin, Reshape + GridSample), then Gemm + LeakyRelu
-# per modulated layer and one last Gemm. Nothing else runs per point.
-PIXEL_OPS = {"Gemm", "Sin", "Reshape", "GridSample", "LeakyRelu"}
+# Node types of the fp32 pixel graph: features (Gemm + Sin, Reshape + GridSample), then Gemm (bias
+# inside) + LeakyRelu per modulated layer, ToRGB MatMuls and their sum. Nothing else runs per point.
+PIXEL_OPS = {"Gemm", "Sin", "Reshape", "GridSample", "LeakyRelu", "MatMul", "Add"}
 # The style graph (per latent) never touches points.
 PER_POINT_OPS = {"GridSample", "Sin"}
 
@@ -73,22 +73,24 @@ def test_graph_is_one_clean_file_with_dynamic_batch_and_points(tiny_onnx):
     style_ops = {n.op_type for n in model.graph.node}
     assert not style_ops & PER_POINT_OPS, style_ops & PER_POINT_OPS
     assert tuple(i.name for i in model.graph.input) == STYLE_INPUTS
-    assert [o.name for o in model.graph.output] == ["embedding", *weight_names(c)]
+    assert [o.name for o in model.graph.output] == ["embedding", *plain_names(c)]
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in [*model.graph.input, *model.graph.output]}
     assert dims["z"] == ["batch", c.style_dim] and dims["truncation"] == ["batch"]
     assert dims["embedding"] == [1, c.hidden_size, c.size, c.size]
-    assert all(dims[name][0] == "batch" for name in weight_names(c))
+    assert all(dims[name][0] == "batch" for name in plain_names(c))
 
     pixels = pixel_model(tiny_onnx)
     ops = [n.op_type for n in pixels.graph.node]
     assert set(ops) <= PIXEL_OPS, set(ops) - PIXEL_OPS
     assert ops.count("GridSample") == 1 and ops.count("Sin") == 1
-    # one LeakyRelu and one Gemm per modulated layer (two for the input layer's two halves), plus the
-    # Fourier Gemm and the final 3-column Gemm: no bias, gain or ToRGB passes of their own
+    # one LeakyRelu and one bias-free Gemm per modulated layer (two for the input layer's two halves)
+    # plus the Fourier Gemm; a MatMul per ToRGB, summed: no bias or gain passes of their own
     assert ops.count("LeakyRelu") == len(c.layer_shapes)
-    assert ops.count("Gemm") == len(c.layer_shapes) + 3
-    assert sum(t.ByteSize() for t in pixels.graph.initializer) < 2000  # the weights come from the style graph
+    assert ops.count("Gemm") == len(c.layer_shapes) + 2
+    assert ops.count("MatMul") == c.n_to_rgb and ops.count("Add") == c.n_to_rgb - 1
+    # the weights come from the style graph: no initializer beyond the Fourier layer's size
+    assert max(np.prod(t.dims) for t in pixels.graph.initializer) <= 2 * fourier_width(c)
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in [*pixels.graph.input, *pixels.graph.output]}
     assert dims["coords"] == ["points", 2] and dims[RGB] == ["points", 3]

@@ -40,6 +40,21 @@ def test_fp16_file_runs_its_fp32_graph_on_the_cpu_bit_for_bit(exported, referenc
     assert np.array_equal(image(model), reference)
 
 
+def test_fp16_pixel_graph_is_the_folded_chain(exported):
+    """float16 graph: one Gemm + LeakyRelu per layer, bias, gain and ToRGB folded into the weights."""
+    import onnx
+
+    from cips_edge.config import preset
+
+    model = CIPSModel(exported["fp16"], device="cpu")
+    graph = onnx.load_from_string(model.info.pixel_graphs["fp16"]).graph
+    ops = [n.op_type for n in graph.node]
+    c = preset("tiny")
+    assert set(ops) == {"Gemm", "Sin", "Reshape", "GridSample", "LeakyRelu", "Cast"}
+    assert ops.count("LeakyRelu") == len(c.layer_shapes) and ops.count("Gemm") == len(c.layer_shapes) + 3
+    assert ops.count("Cast") == 3  # features to float16, the last activation back to float32
+
+
 def test_fp16_pixel_graph_is_within_40_db_of_fp32(exported, reference):
     model = CIPSModel(exported["fp16"], device="cpu", precision="fp16")
     assert model.precision == "fp16"
