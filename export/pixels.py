@@ -127,29 +127,31 @@ def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str) -> N
 
 
 def _plain_chain(graph: _Graph, generator: CIPSGenerator, fo: str, co: str, int8: bool) -> None:
-    """Bias-free Gemm (float32) or DynamicQuantizeMatMul (int8, bias and constant column added exactly)
-    + LeakyRelu per layer; the ToRGB MatMuls (biases in their last row) summed."""
+    """Gemm (float32) or DynamicQuantizeMatMul (int8), bias inside, + LeakyRelu per layer; the ToRGB
+    MatMuls summed with their biases."""
     config = generator.config
     shapes = config.layer_shapes
     sources = rgb_sources(config)
     layers = [generator.input_layer, *generator.layers]
     f32 = TensorProto.FLOAT
-    m0 = shapes[0][1] + 1
+    m0 = shapes[0][1]
     x = graph.op("Gemm", [fo, graph.input("p0_fo", f32, [fourier_width(config), m0])])  # bias in the constant row
     x = graph.op("Gemm", [co, graph.input("p0_co", f32, [config.hidden_size, m0]), x], transA=1)
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
-    total = None
+    parts = []
     for i, (k, m) in enumerate(shapes[1:], start=1):
+        bias = graph.const(f"bias{i}", layers[i].bias.detach().cpu().numpy().astype(np.float32))
         if int8:
-            bias = np.append(layers[i].bias.detach().cpu().numpy(), 1.0).astype(np.float32)  # and the constant 1
-            q = graph.input(f"q{i}", TensorProto.INT8, [k + 1, m + 1])
-            scale = graph.input(f"qscale{i}", f32, [m + 1])
-            x = graph.op("DynamicQuantizeMatMul", [x, q, scale, "", graph.const(f"bias{i}", bias)], domain=MS_DOMAIN)
+            q = graph.input(f"q{i}", TensorProto.INT8, [k, m])
+            scale = graph.input(f"qscale{i}", f32, [m])
+            x = graph.op("DynamicQuantizeMatMul", [x, q, scale, "", bias], domain=MS_DOMAIN)
         else:
-            x = graph.op("Gemm", [x, graph.input(f"p{i}", f32, [k + 1, m + 1])])
+            x = graph.op("Gemm", [x, graph.input(f"p{i}", f32, [k, m]), bias])
         x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
         if i in sources:
-            k_rgb = sources.index(i)
-            part = graph.op("MatMul", [x, graph.input(f"t{k_rgb}", f32, [m + 1, 3])])
-            total = part if total is None else graph.op("Add", [total, part])
-    assert graph.nodes[-1].output[0] == total  # the sum is the last node: it becomes the output
+            parts.append(graph.op("MatMul", [x, graph.input(f"t{sources.index(i)}", f32, [m, 3])]))
+    rgb_bias = sum(t.fc.bias.detach().cpu().numpy() for t in generator.to_rgbs).astype(np.float32)
+    total = parts[0]
+    for part in parts[1:]:
+        total = graph.op("Add", [total, part])
+    graph.op("Add", [total, graph.const("rgb_bias", rgb_bias)])

@@ -5,11 +5,10 @@ latent (mapping network, truncation, modulation, demodulation) runs here once pe
 and the weights come out arranged for a chain of bare GEMMs. In every layout the sqrt(2) gain of each
 layer is folded into the next layer's rows (leaky(a x) = a leaky(x), a > 0). Two layouts:
 
-- plain (the fp32 and int8 pixel graphs; suits CPUs): every activation carries one constant column
-  (leaky(1) = 1) and each weight one more row holding the bias, so a layer is a bias-free Gemm +
-  LeakyRelu, which ONNX Runtime's CPU provider fuses into one FusedGemm (a Gemm with a bias input costs
-  ~20% more there: it first broadcasts the bias into the output); ToRGB as separate 3-column products
-  whose extra row holds their bias;
+- plain (the fp32 and int8 pixel graphs; suits CPUs): the real widths, the biases in the pixel graph
+  (a Gemm's bias input; ONNX Runtime's CPU provider fuses Gemm + LeakyRelu into one FusedGemm), ToRGB
+  as separate 3-column products. (A constant bias column, as below, measured ~10% slower on the CPU:
+  odd widths waste part of MLAS's 16-column panels.)
 - folded (the fp16 pixel graph; suits GPUs, where every extra pass over the activations costs as much
   as a GEMM): the bias rides in a constant column (every activation carries a column of ones,
   leaky(1) = 1, and each weight has one more row holding the bias), and the ToRGB skips ride along as
@@ -130,15 +129,12 @@ class StyleGraph(nn.Module):
 
     # -- the plain layout (fp32 and int8 pixel graphs) ----------------------------------------------
     def plain(self, convs: list[torch.Tensor], rgbs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """[B, in + 1, out + 1] weights with sqrt 2 folded in, the bias (and the 1 that passes the constant
-        column on) in the last row; the input layer's Fourier half reads the Fourier block's constant
-        column; ToRGB [B, in + 1, 3] with its bias in the last row."""
+        """[B, in, out] weights with sqrt 2 folded in; the input layer's Fourier half carries its bias in
+        the row that reads the Fourier block's constant column; ToRGB [B, in, 3]."""
         c = self.generator.config
         hidden = c.hidden_size
-        p0_fo = F.pad(convs[0][:, :hidden], (0, 1, 0, fourier_width(c) - hidden)) + self.const_p0_fo
-        layers = [F.pad(LRELU_GAIN * w, (0, 1, 0, 1)) + getattr(self, f"const_p{i}") for i, w in enumerate(convs[1:], 1)]
-        to_rgb = [F.pad(LRELU_GAIN * t, (0, 0, 0, 1)) + getattr(self, f"const_t{k}") for k, t in enumerate(rgbs)]
-        return [p0_fo, F.pad(convs[0][:, hidden:], (0, 1)), *layers, *to_rgb]
+        p0_fo = F.pad(convs[0][:, :hidden], (0, 0, 0, fourier_width(c) - hidden)) + self.const_p0_fo
+        return [p0_fo, convs[0][:, hidden:], *(LRELU_GAIN * w for w in convs[1:]), *(LRELU_GAIN * t for t in rgbs)]
 
     # -- the folded layout (fp32 and fp16 pixel graphs) --------------------------------------------
     def _constants(self) -> dict[str, torch.Tensor]:
@@ -149,15 +145,9 @@ class StyleGraph(nn.Module):
         hidden, widths = c.hidden_size, [m for _, m in c.layer_shapes]
         out = {}
         with torch.no_grad():
-            for i, layer in enumerate(layers):
-                rows = fourier_width(c) if i == 0 else widths[i - 1] + 1
-                block = torch.zeros(rows, widths[i] + 1)
-                block[hidden if i == 0 else rows - 1] = torch.cat([layer.bias, torch.ones(1)])
-                out["p0_fo" if i == 0 else f"p{i}"] = block
-            for k, (source, t) in enumerate(zip(rgb_sources(c), g.to_rgbs)):
-                block = torch.zeros(widths[source] + 1, 3)
-                block[-1] = t.fc.bias
-                out[f"t{k}"] = block
+            p0 = torch.zeros(fourier_width(c), widths[0])
+            p0[hidden] = layers[0].bias
+            out["p0_fo"] = p0
             w0 = torch.zeros(fourier_width(c), extended_width(widths[0]))
             w0[hidden, :widths[0]] = layers[0].bias
             w0[hidden, widths[0]] = 1.0
@@ -207,12 +197,9 @@ class StyleGraph(nn.Module):
     # -- int8 weights (int8 pixel graph) -----------------------------------------------------------
     @staticmethod
     def quantized(weights: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Plain weights of layers 1..L-1 as per-column symmetric int8, then their scales [B, out + 1].
-        The bias row and the constant column are zero here: the int8 pixel graph adds the biases and
-        the constant 1 exactly, in float32 (a per-tensor quantized 1 would be off by up to 2%)."""
+        """Plain weights of layers 1..L-1 as per-column symmetric int8, then their scales [B, out]."""
         qs, scales = [], []
         for weight in weights:
-            weight = F.pad(weight[:, :-1, :-1], (0, 1, 0, 1))
             scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / INT8_MAX  # [B, 1, out]
             qs.append(torch.round(weight / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8))
             scales.append(scale[:, 0])

@@ -84,13 +84,14 @@ def test_graph_is_one_clean_file_with_dynamic_batch_and_points(tiny_onnx):
     ops = [n.op_type for n in pixels.graph.node]
     assert set(ops) <= PIXEL_OPS, set(ops) - PIXEL_OPS
     assert ops.count("GridSample") == 1 and ops.count("Sin") == 1
-    # one LeakyRelu and one bias-free Gemm per modulated layer (two for the input layer's two halves)
-    # plus the Fourier Gemm; a MatMul per ToRGB, summed: no bias or gain passes of their own
+    # one LeakyRelu and one Gemm (bias inside) per modulated layer (two for the input layer's two
+    # halves) plus the Fourier Gemm; a MatMul per ToRGB, summed with their biases: no passes of their own
+    # for biases or gains
     assert ops.count("LeakyRelu") == len(c.layer_shapes)
     assert ops.count("Gemm") == len(c.layer_shapes) + 2
-    assert ops.count("MatMul") == c.n_to_rgb and ops.count("Add") == c.n_to_rgb - 1
-    # the weights come from the style graph: no initializer beyond the Fourier layer's size
-    assert max(np.prod(t.dims) for t in pixels.graph.initializer) <= 2 * fourier_width(c)
+    assert ops.count("MatMul") == ops.count("Add") == c.n_to_rgb
+    # the weights come from the style graph: no initializer beyond the Fourier layer's size (and biases)
+    assert max(np.prod(t.dims) for t in pixels.graph.initializer) <= max(2 * fourier_width(c), *c.synthesis_widths)
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in [*pixels.graph.input, *pixels.graph.output]}
     assert dims["coords"] == ["points", 2] and dims[RGB] == ["points", 3]
