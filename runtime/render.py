@@ -43,9 +43,16 @@ def run_chunks(model: CIPSModel, style, pieces: Iterable[tuple[int, np.ndarray]]
             yield start, future.result()
 
 
-def _check_chunk(model: CIPSModel, chunk: int | None) -> int:
+MIN_SPLIT = 256  # points: below this a CPU image is not split further to keep every thread busy
+
+
+def _check_chunk(model: CIPSModel, chunk: int | None, points: int) -> int:
+    """--chunk, or the model's default; on the CPU an image smaller than workers x default is split
+    evenly over the threads (the result does not depend on the chunk)."""
     if chunk is None:
-        return model.default_chunk
+        if model.on_device or model.workers == 1:
+            return model.default_chunk
+        return min(model.default_chunk, max(MIN_SPLIT, -(-points // model.workers)))
     if chunk < 1:
         raise UserError(f"--chunk must be at least 1 point, got {chunk}")
     return chunk
@@ -87,8 +94,8 @@ def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncatio
     if coords.ndim != 3 or coords.shape[0] != batch:
         raise UserError(f"coords must be [N, 2] or [{batch}, N, 2] for {batch} latent(s); got {coords.shape}")
     psi = _truncation(truncation, batch)
-    per_call = _check_chunk(model, chunk)
     n = coords.shape[1]
+    per_call = _check_chunk(model, chunk, n)
     piece = model.piece_size(per_call, n)
     out = np.empty((batch, n, 3), dtype=np.float32)
     for b, style in enumerate(model.styles(z, psi)):
@@ -114,7 +121,7 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
     if height < 1 or width < 1:
         raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
     psi = _truncation(truncation, 1)
-    per_call = _check_chunk(model, chunk)
+    per_call = _check_chunk(model, chunk, height * width)
     out = np.empty((height * width, 3), dtype=np.float32)
     style = model.styles(z, psi)[0]
     pieces = grid_chunks(height, width, model.piece_size(per_call, height * width), region)
