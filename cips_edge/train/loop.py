@@ -227,7 +227,7 @@ class Run:
         recipe = Recipe(batch=o.batch // world.size, lr=o.lr, r1_gamma=o.r1_gamma, r1_every=o.r1_every,
                         ema_half_life_kimg=o.ema_kimg, global_batch=o.batch, augment=augment, xflip=o.xflip,
                         g_lazy_correction=o.g_lazy_correction, seed=o.seed)
-        speed = Speed.for_device(device, o.bf16, o.compile)
+        speed = Speed() if o.plain else Speed.for_device(device, o.bf16, o.compile)
         speed.apply_backend_flags(device)
         trainer = Trainer(g_config, d_config, recipe, device, world, speed)
         bank = ImageBank(decoded.images, device)

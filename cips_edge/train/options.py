@@ -80,6 +80,8 @@ class TrainOptions:
     bf16: bool = opt(True, "bfloat16 autocast for G and D forward on CUDA (R1 and losses stay fp32); "
                            "ignored on CPU")
     compile: bool = opt(False, "torch.compile G and the discriminator's forward (not R1)")
+    plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
+                             "for-loop Adam (overrides --bf16 and --compile); slower, same recipe")
     workers: int | None = opt(None, "threads decoding images once at start; default min(8, CPUs)")
     data_cache: bool = opt(True, "keep the decoded, resized images as RUN/data-cache/<fingerprint>.npy "
                                  "(resumes skip decoding)")
