@@ -136,7 +136,7 @@ def worker(args) -> None:
 
 def driver(args) -> None:
     gpus = [int(g) for g in args.gpus.split(",")]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
            # NVLink multicast (NVLS) is off on the lent machines (see the device notes)
            "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
     for item in args.configs.split(","):
