@@ -24,8 +24,9 @@ MIN_STEP_ULPS = 8  # the deepest frame's pixel step must span this many float32 
 def zoom_regions(center: tuple[float, float], factor: float, frames: int, width: int, height: int) -> list[Region]:
     """The (x0, y0, x1, y1) of every frame; one-line UserErrors for values that cannot make a zoom."""
     x, y = (float(v) for v in center)
-    if not (math.isfinite(x) and math.isfinite(y)):
-        raise UserError(f"--center must be two finite numbers, got {x:g} {y:g}")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(np.asarray([x, y], dtype=np.float32)).all():
+            raise UserError(f"--center must be two finite numbers within float32, got {x:g} {y:g}")
     if not math.isfinite(factor) or factor <= 0:
         raise UserError(f"--factor must be a positive number (above 1 zooms in, below 1 out), got {factor:g}")
     if frames < 2:
@@ -45,13 +46,14 @@ def _check_depth(regions: list[Region], width: int, height: int) -> None:
     """Refuse zooms whose pixels would be closer than float32 coordinates can place them: neighbouring
     pixels would share or jitter between coordinates, and the frame would break into blocks."""
     for x0, y0, x1, y1 in regions:
-        check_region((x0, y0, x1, y1), height, width)  # finite as float32
         step = abs(x1 - x0) / (width - 1)
-        ulp = float(np.spacing(np.float32(max(abs(x0), abs(x1), abs(y0), abs(y1)))))
+        with np.errstate(over="ignore"):
+            ulp = float(np.spacing(np.float32(max(abs(x0), abs(x1), abs(y0), abs(y1)))))
         if step < MIN_STEP_ULPS * ulp:
             raise UserError(f"the zoom is too deep for float32 coordinates: the last frame's pixels would be "
                             f"{step:.2g} apart, below {MIN_STEP_ULPS} steps of float32 ({ulp:.2g}) there; "
                             "use a smaller --factor or a centre nearer 0 0")
+        check_region((x0, y0, x1, y1), height, width)  # finite as float32 (a centre beyond float32)
 
 
 def zoom_frames(model: CIPSModel, z: np.ndarray, regions: list[Region], width: int, height: int,

@@ -103,6 +103,7 @@ def test_mp4_without_pyav_names_the_install_command(tiny_onnx, tmp_path, monkeyp
     (["--factor", "nan"], "--factor must be a positive number"),
     (["--frames", 1], "--frames must be at least 2"),
     (["--center", "inf", 0], "--center must be two finite numbers"),
+    (["--center", 0, 1e39], "--center must be two finite numbers"),
     (["--factor", 1e6, "--center", 0.5, 0.5], "too deep for float32"),
     (["--size", 1], "at least 2 x 2 pixels"),
     (["--size", 0], "image size must be at least 1 x 1"),
@@ -208,3 +209,23 @@ def test_walk_in_w_without_onnx_names_the_install_command(tiny_onnx, tmp_path, m
     monkeypatch.setitem(__import__("sys").modules, "onnx", None)
     r = cips("interpolate", "--model", tiny_onnx, "--seeds", "1,2", "--space", "w", "--size", 4, "--out", tmp_path / "w.gif")
     assert_fails(r, "pip install onnx", tmp_path)
+
+
+def test_zoom_walks_fovea_and_video_run_where_torch_cannot_be_imported(tiny_onnx, torchless_env, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cips_edge import runtime as rt\n"
+        f"m = rt.CIPSModel({str(tiny_onnx)!r}, device='cpu')\n"
+        "z = [rt.latent_for_seed(s, m.style_dim) for s in (1, 2)]\n"
+        "rt.write_video('z.gif', rt.zoom_frames(m, z[0], rt.zoom_regions((0, 0), 2, 2, 6, 6), 6, 6), 2, 6, 6, 10)\n"
+        "for space in 'zw':\n"
+        "    rt.write_video(space + '.npy', rt.walk_frames(m, z, 3, 6, 6, space=space), 3, 6, 6, 10)\n"
+        "rt.render_foveated(m, z[0], rt.fovea_plan(8, 8, (0, 0), 0.3))\n"
+        "assert not any(k == 'torch' or k.startswith('torch.') for k in sys.modules)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=torchless_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.npy", "z.gif", "z.npy"]
