@@ -313,9 +313,9 @@ def interpolate(
     The first frame is the image of the first seed; without --loop the last frame is the last seed's.
     """
     from cips_edge import runtime as rt
-    from cips_edge.runtime.walk import check_space, walk_stops
+    from cips_edge.runtime.walk import check_space, parse_keys, walk_stops
 
-    keys = [s for spec in seeds or [] for part in spec.split(",") if part.strip() for s in rt.parse_seeds([part])]
+    keys = parse_keys(seeds or [])
     w, h = _frame_size(size, width, height, force)
     walk_stops(len(keys), frames, loop)  # fail before any work
     check_space(space)

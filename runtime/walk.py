@@ -16,10 +16,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .errors import UserError
+from .latents import parse_seeds
 from .model import CIPSModel
 from .render import render_image
 
 SPACES = ("z", "w")
+
+
+def parse_keys(specs: Sequence[str]) -> list[int]:
+    """Key seeds in the order given, repeats kept (a walk may return to a seed): '1,2,1', '0-4'."""
+    return [seed for spec in specs for part in str(spec).split(",") if part.strip() for seed in parse_seeds([part])]
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
@@ -29,8 +35,8 @@ def lerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """Spherical interpolation between a and b (norms interpolated along with the direction); lerp when
-    the two point the same way, where the angle is too small to divide by."""
+    """Spherical interpolation between a and b, applied to the vectors as they are (not normalised), as
+    usual for GAN latents; lerp when the two point the same way (no angle to divide by)."""
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
     cos = np.dot(a64, b64) / (np.linalg.norm(a64) * np.linalg.norm(b64))
     angle = float(np.arccos(np.clip(cos, -1.0, 1.0)))
