@@ -50,7 +50,7 @@ def _check_depth(regions: list[Region], width: int, height: int) -> None:
         with np.errstate(over="ignore"):
             ulp = float(np.spacing(np.float32(max(abs(x0), abs(x1), abs(y0), abs(y1)))))
         if step < MIN_STEP_ULPS * ulp:
-            raise UserError(f"the zoom is too deep for float32 coordinates: the last frame's pixels would be "
+            raise UserError(f"the zoom is too deep for float32 coordinates: the deepest frame's pixels would be "
                             f"{step:.2g} apart, below {MIN_STEP_ULPS} steps of float32 ({ulp:.2g}) there; "
                             "use a smaller --factor or a centre nearer 0 0")
         check_region((x0, y0, x1, y1), height, width)  # finite as float32 (a centre beyond float32)
