@@ -74,6 +74,8 @@ def render(
         metavar="X0 Y0 X1 Y1", help="the rectangle [X0, X1] x [Y0, Y1] to render, in frame units (the paper's "
         "coordinates: [-1, 1] is the trained image; may reach outside it; X0 > X1 mirrors) "
         "(default: the full frame -1 -1 1 1)")] = None,
+    panorama: Annotated[bool, typer.Option(help="the whole 360 degrees of a panorama model, the right edge joining "
+        "the left: --size or --height is the height, --width defaults to the model's frames x height (default: off)")] = False,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png or .npy; with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
@@ -90,6 +92,7 @@ def render(
     cips render --seed 3 --width 512 --height 256 --out wide.npy   (raw float32 [H, W, 3])
     cips render --coords pts.npy --out rgb.npy        (raw float32 RGB at your points)
     cips render --seed 63 --region -0.5 -0.6 0.5 0.4 --size 512   (a crop, rendered at full detail)
+    cips render --seed 2 --panorama --width 1024 --height 256 --model pano.onnx   (all 360 degrees)
 
     A seed's latent is numpy.random.default_rng(seed).standard_normal(style_dim) as float32: the
     same image on every machine and provider.
@@ -104,6 +107,9 @@ def render(
     rt.check_image_size(w, h, force)
     if region is not None and coords is not None:
         raise UserError("give either --region or --coords, not both (--coords points are already in the frame)")
+    if panorama and (region is not None or coords is not None):
+        raise UserError("--panorama renders the whole circle: for part of it use --region alone (a panorama "
+                        "model's x' wraps around every 2 x its frames), and --coords on its own")
     frame = rt.FULL_FRAME if region is None else rt.check_region(region, h, w)
     suffixes, default = ((".npy",), "cips-seed{seed}-rgb.npy") if coords else (rt.image.IMAGE_SUFFIXES, "cips-seed{seed}.png")
     if latent is not None:  # one output, named after the latent file
@@ -114,6 +120,9 @@ def render(
     points = rt.load_coords(coords) if coords is not None else None
 
     m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    if panorama:
+        w, frame = rt.panorama_view(m.config, h, width, str(m.path))
+        rt.check_image_size(w, h, force)
     if latent is not None:
         latents = [rt.load_latent(latent, m.style_dim)]
     else:
@@ -134,6 +143,8 @@ def render(
     shape = f"{n_points} points" if points is not None else f"{w}x{h}"
     if region is not None:
         shape += ", region " + " ".join(f"{v:g}" for v in frame)
+    if panorama:
+        shape += ", 360-degree panorama"
     typer.echo(f"wrote {what} ({shape}) on {m.provider} in {ms:.0f} ms")
 
 
