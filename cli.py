@@ -75,7 +75,7 @@ def render(
         "coordinates: [-1, 1] is the trained image; may reach outside it; X0 > X1 mirrors) "
         "(default: the full frame -1 -1 1 1)")] = None,
     panorama: Annotated[bool, typer.Option(help="the whole 360 degrees of a panorama model, the right edge joining "
-        "the left: --size or --height is the height, --width defaults to the model's frames x height (default: off)")] = False,
+        "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png or .npy; with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
