@@ -74,6 +74,8 @@ def render(
         metavar="X0 Y0 X1 Y1", help="the rectangle [X0, X1] x [Y0, Y1] to render, in frame units (the paper's "
         "coordinates: [-1, 1] is the trained image; may reach outside it; X0 > X1 mirrors) "
         "(default: the full frame -1 -1 1 1)")] = None,
+    panorama: Annotated[bool, typer.Option(help="the whole 360 degrees of a panorama model, the right edge joining "
+        "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png or .npy; with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
@@ -98,6 +100,7 @@ def render(
     cips render --coords pts.npy --out rgb.npy        (raw float32 RGB at your points)
     cips render --seed 63 --region -0.5 -0.6 0.5 0.4 --size 512   (a crop, rendered at full detail)
     cips render --seed 63 --size 1024 --fovea 0 -0.1 --fovea-radius 0.25   (foveated: ~7x fewer points)
+    cips render --seed 2 --panorama --width 1024 --height 256 --model pano.onnx   (all 360 degrees)
 
     A seed's latent is numpy.random.default_rng(seed).standard_normal(style_dim) as float32: the
     same image on every machine and provider.
@@ -110,6 +113,9 @@ def render(
     w, h = _frame_size(size, width, height, force)
     if region is not None and coords is not None:
         raise UserError("give either --region or --coords, not both (--coords points are already in the frame)")
+    if panorama and (region is not None or coords is not None):
+        raise UserError("--panorama renders the whole circle: for part of it use --region alone (a panorama "
+                        "model's x' wraps around every 2 x its frames), and --coords on its own")
     frame = rt.FULL_FRAME if region is None else rt.check_region(region, h, w)
     suffixes, default = ((".npy",), "cips-seed{seed}-rgb.npy") if coords else (rt.image.IMAGE_SUFFIXES, "cips-seed{seed}.png")
     if latent is not None:  # one output, named after the latent file
@@ -121,6 +127,9 @@ def render(
     plan = _fovea_plan(fovea, fovea_radius, fovea_map, coords, len(paths), h, w, frame)
 
     m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    if panorama:
+        w, frame = rt.panorama_view(m.config, h, width, str(m.path))
+        rt.check_image_size(w, h, force)
     if latent is not None:
         latents = [rt.load_latent(latent, m.style_dim)]
     else:
@@ -149,6 +158,8 @@ def render(
     if plan is not None:
         shape += (f", fovea {fovea[0]:g} {fovea[1]:g} radius {fovea_radius:g}: {plan.points} of {w * h} points, "
                   f"{w * h / plan.points:.1f}x fewer")
+    if panorama:
+        shape += ", 360-degree panorama"
     typer.echo(f"wrote {what} ({shape}) on {m.provider} in {ms:.0f} ms")
 
 

@@ -7,7 +7,8 @@
 Nothing here imports torch, directly or through cips_edge.model (tests check it in a subprocess
 where `import torch` fails).
 """
-from .coords import FULL_FRAME, check_region, grid_chunks, load_coords, pixel_grid, region_grid
+from .coords import (FULL_FRAME, check_region, grid_chunks, load_coords, panorama_region, panorama_view, pixel_grid,
+                     region_grid)
 from .errors import UserError
 from .format import FORMAT, FORMAT_VERSION, ModelInfo
 from .image import MAX_SIDE, check_image_size, output_paths, prepare_output, to_uint8, write_output
@@ -26,4 +27,5 @@ __all__ = [
     "available_providers", "count_parameters", "render_image", "render_points", "run_chunks",
     "FoveaPlan", "fovea_plan", "render_foveated", "VIDEO_SUFFIXES", "prepare_video", "write_video", "lerp", "slerp",
     "walk_frames", "walk_latents", "zoom_frames", "zoom_regions",
+    "panorama_region", "panorama_view",
 ]
