@@ -7,17 +7,25 @@
 Nothing here imports torch, directly or through cips_edge.model (tests check it in a subprocess
 where `import torch` fails).
 """
-from .coords import FULL_FRAME, check_region, grid_chunks, load_coords, pixel_grid, region_grid
+from .coords import (FULL_FRAME, check_region, grid_chunks, load_coords, panorama_region, panorama_view, pixel_grid,
+                     region_grid)
 from .errors import UserError
 from .format import FORMAT, FORMAT_VERSION, PRECISIONS, ModelInfo
 from .image import MAX_SIDE, check_image_size, output_paths, prepare_output, psnr, to_uint8, write_output
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .model import DEVICES, CIPSModel, available_providers, count_parameters
 from .render import render_image, render_points, run_chunks
+from .fovea import FoveaPlan, fovea_plan, render_foveated
+from .video import VIDEO_SUFFIXES, prepare_video, write_video
+from .walk import lerp, slerp, walk_frames, walk_latents
+from .zoom import zoom_frames, zoom_regions
 
 __all__ = [
     "FULL_FRAME", "check_region", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
     "FORMAT_VERSION", "PRECISIONS", "ModelInfo", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
     "psnr", "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES", "CIPSModel",
     "available_providers", "count_parameters", "render_image", "render_points", "run_chunks",
+    "FoveaPlan", "fovea_plan", "render_foveated", "VIDEO_SUFFIXES", "prepare_video", "write_video", "lerp", "slerp",
+    "walk_frames", "walk_latents", "zoom_frames", "zoom_regions",
+    "panorama_region", "panorama_view",
 ]
