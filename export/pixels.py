@@ -29,11 +29,11 @@ MS_DOMAIN = "com.microsoft"
 
 
 def fourier_constants(generator: CIPSGenerator) -> tuple[np.ndarray, np.ndarray]:
-    """Fourier weight [2, F] and bias [F]: the layer's own, then a column with weight 0 and bias pi/2
-    (sin(pi/2) = 1: the constant column that carries the biases), then zero padding."""
+    """Fourier weight [inputs, F] and bias [F]: the layer's own, then a column with weight 0 and bias
+    pi/2 (sin(pi/2) = 1: the constant column that carries the input layer's bias), then zero padding."""
     c = generator.config
     lin = generator.fourier.linear
-    weight = np.zeros((2, fourier_width(c)), np.float32)
+    weight = np.zeros((c.coord_inputs, fourier_width(c)), np.float32)
     bias = np.zeros(fourier_width(c), np.float32)
     weight[:, :c.hidden_size] = lin.weight.detach().cpu().numpy().T
     bias[:c.hidden_size] = lin.bias.detach().cpu().numpy()
@@ -66,13 +66,30 @@ class _Graph:
 
 
 def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray, np.ndarray]) -> tuple[str, str]:
-    """(Fourier block [n, F], embedding [H, n]) in float32."""
-    h, size = config.hidden_size, config.size
+    """(Fourier block [n, F], embedding [H, n]) in float32. A panorama's x' goes round a cylinder: the
+    Fourier layer reads (R cos theta, R sin theta, y'), theta = pi x' / N, and the table lookup wraps x'
+    (the style graph's embedding output repeats the first column after the last), as cips_edge/model.py."""
+    h, size, frames = config.hidden_size, config.size, config.panorama
     coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
-    table = graph.input("embedding", TensorProto.FLOAT, [1, h, size, size])
+    table = graph.input("embedding", TensorProto.FLOAT, [1, h, size, config.table_width + (1 if frames else 0)])
+    points = coords
+    if frames:
+        f32 = np.float32
+        x = graph.op("Slice", [coords, graph.const("x_start", np.array([0], np.int64)),
+                               graph.const("x_end", np.array([1], np.int64)), graph.const("axis", np.array([1], np.int64))])
+        y = graph.op("Slice", [coords, "x_end", graph.const("y_end", np.array([2], np.int64)), "axis"])
+        theta = graph.op("Mul", [x, graph.const("angle", f32(math.pi / frames))])
+        radius = graph.const("radius", f32(frames / math.pi))
+        cylinder = graph.op("Concat", [graph.op("Mul", [graph.op("Cos", [theta]), radius]),
+                                       graph.op("Mul", [graph.op("Sin", [theta]), radius]), y], axis=1)
+        turns = graph.op("Div", [graph.op("Add", [x, graph.const("frames", f32(frames))]),
+                                 graph.const("circle", f32(2 * frames))])
+        turns = graph.op("Sub", [turns, graph.op("Floor", [turns])])
+        across = graph.op("Sub", [graph.op("Mul", [turns, graph.const("two", f32(2))]), graph.const("one", f32(1))])
+        points, coords = graph.op("Concat", [across, y], axis=1), cylinder
     fo = graph.op("Sin", [graph.op("Gemm", [coords, graph.const("fourier_weight", fourier[0]),
                                             graph.const("fourier_bias", fourier[1])])])
-    grid = graph.op("Reshape", [coords, graph.const("grid_shape", np.array([1, 1, -1, 2], np.int64))])
+    grid = graph.op("Reshape", [points, graph.const("grid_shape", np.array([1, 1, -1, 2], np.int64))])
     sampled = graph.op("GridSample", [table, grid], align_corners=1, mode="bilinear", padding_mode="border")
     co = graph.op("Reshape", [sampled, graph.const("embedding_shape", np.array([h, -1], np.int64))])  # [H, n]
     return fo, co

@@ -119,7 +119,10 @@ class StyleGraph(nn.Module):
         n_conv = len(g.config.layer_shapes)
         convs, rgbs = mods[:n_conv], mods[n_conv:]
         plain = self.plain(convs, rgbs)
-        outputs = [g.embedding.table.unsqueeze(0), *plain]  # [1, H, size, size]
+        table = g.embedding.table  # [H, size, table width]
+        if g.config.panorama:  # the first column again after the last, for the wrapped lookup
+            table = torch.cat([table, table[:, :, :1]], dim=2)
+        outputs = [table.unsqueeze(0), *plain]
         if "fp16" in self.precisions:
             folded = self.fold(convs, rgbs)
             outputs += [t.half() for t in folded[:-1]] + [folded[-1]]  # the last GEMM stays float32

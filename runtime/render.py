@@ -18,23 +18,42 @@ from .errors import UserError
 from .model import CIPSModel
 
 Progress = Callable[[int], None]  # called with the number of points just finished
+# The model may be a CIPSModel (or runtime/wspace.py's WSpaceModel), or any object with style_dim,
+# workers, default_chunk and run(z [B, S], coords [B, N, 2], truncation [B]) -> rgb [B, N, 3].
+
+
+def _styles(model, z: np.ndarray, psi: np.ndarray) -> list:
+    if hasattr(model, "styles"):
+        return model.styles(z, psi)
+    return [(z[b:b + 1], psi[b:b + 1]) for b in range(z.shape[0])]
+
+
+def _pixels(model, style, coords: np.ndarray) -> np.ndarray:
+    if hasattr(model, "pixels"):
+        return model.pixels(style, coords)
+    z, psi = style
+    return model.run(z, coords[None], psi)[0]
+
+
+def _on_device(model) -> bool:
+    return getattr(model, "on_device", False)
 
 
 def run_chunks(model: CIPSModel, style, pieces: Iterable[tuple[int, np.ndarray]],
                chunk: int) -> Iterator[tuple[int, np.ndarray]]:
     """(start, coords [n, 2]) pieces of one latent -> (start, rgb [n, 3]) in the same order. On the
     CPU model.workers pieces run at a time, at most 2 x workers in flight (memory stays bounded)."""
-    if model.on_device:
+    if _on_device(model):
         yield from model.engine.render_pieces(style, pieces, chunk)
         return
     if model.workers == 1:
         for start, coords in pieces:
-            yield start, model.pixels(style, coords)
+            yield start, _pixels(model, style, coords)
         return
     with ThreadPoolExecutor(model.workers) as pool:
         pending: deque = deque()
         for start, coords in pieces:
-            pending.append((start, pool.submit(model.pixels, style, coords)))
+            pending.append((start, pool.submit(_pixels, model, style, coords)))
             if len(pending) >= 2 * model.workers:
                 start, future = pending.popleft()
                 yield start, future.result()
@@ -50,7 +69,7 @@ def _check_chunk(model: CIPSModel, chunk: int | None, points: int) -> int:
     """--chunk, or the model's default; on the CPU an image smaller than workers x default is split
     evenly over the threads (the result does not depend on the chunk)."""
     if chunk is None:
-        if model.on_device or model.workers == 1:
+        if _on_device(model) or model.workers == 1:
             return model.default_chunk
         return min(model.default_chunk, max(MIN_SPLIT, -(-points // model.workers)))
     if chunk < 1:
@@ -96,9 +115,9 @@ def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncatio
     psi = _truncation(truncation, batch)
     n = coords.shape[1]
     per_call = _check_chunk(model, chunk, n)
-    piece = model.piece_size(per_call, n)
+    piece = model.piece_size(per_call, n) if _on_device(model) else per_call
     out = np.empty((batch, n, 3), dtype=np.float32)
-    for b, style in enumerate(model.styles(z, psi)):
+    for b, style in enumerate(_styles(model, z, psi)):
         pieces = ((start, np.ascontiguousarray(coords[b, start:start + piece])) for start in range(0, n, piece))
         for start, rgb in run_chunks(model, style, pieces, per_call):
             out[b, start:start + rgb.shape[0]] = rgb
@@ -123,8 +142,9 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
     psi = _truncation(truncation, 1)
     per_call = _check_chunk(model, chunk, height * width)
     out = np.empty((height * width, 3), dtype=np.float32)
-    style = model.styles(z, psi)[0]
-    pieces = grid_chunks(height, width, model.piece_size(per_call, height * width), region)
+    style = _styles(model, z, psi)[0]
+    piece = model.piece_size(per_call, height * width) if _on_device(model) else per_call
+    pieces = grid_chunks(height, width, piece, region)
     for start, rgb in run_chunks(model, style, pieces, per_call):
         out[start:start + rgb.shape[0]] = rgb
         if progress is not None:

@@ -67,18 +67,20 @@ class SplitEngine:
             self.async_options = ort.RunOptions()
             self.async_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
-    def _style_outputs(self, z: np.ndarray, psi: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        return self.style_session.run(names, dict(zip(STYLE_INPUTS, (z, psi))))
+    def _style_outputs(self, z: np.ndarray, psi: np.ndarray, names: list[str],
+                       extra: dict | None = None) -> list[np.ndarray]:
+        return self.style_session.run(names, {**dict(zip(STYLE_INPUTS, (z, psi))), **(extra or {})})
 
     # -- style: once per latent --------------------------------------------------------------------
-    def styles(self, z: np.ndarray, psi: np.ndarray) -> list:
-        """Per latent: {name: array} for plain calls, a DeviceStyle for bound ones."""
+    def styles(self, z: np.ndarray, psi: np.ndarray, extra: dict | None = None) -> list:
+        """Per latent: {name: array} for plain calls, a DeviceStyle for bound ones. extra: further
+        inputs of the style session (runtime/wspace.py feeds w_avg)."""
         if not self.bound:
-            arrays = self._style_outputs(z, psi, self.weight_names)
+            arrays = self._style_outputs(z, psi, self.weight_names, extra)
             return [{n: a[b] for n, a in zip(self.weight_names, arrays)} for b in range(z.shape[0])]
         binding = self.style_session.io_binding()
-        binding.bind_cpu_input(STYLE_INPUTS[0], z)
-        binding.bind_cpu_input(STYLE_INPUTS[1], psi)
+        for name, value in {**dict(zip(STYLE_INPUTS, (z, psi))), **(extra or {})}.items():
+            binding.bind_cpu_input(name, value)
         for name in self.weight_names:
             binding.bind_output(name, self.bound, 0)
         self.style_session.run_with_iobinding(binding, self.sync_options)

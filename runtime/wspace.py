@@ -1,8 +1,9 @@
 """The generator addressed by its mapped latent w instead of z, from any existing cips-edge file.
 
-The file's graph takes z and computes w = mapping(z) inside, then truncates it,
-w' = w_avg + psi (w - w_avg), with w_avg a named initializer (docs/onnx-format.md). A second session
-over the same file, with two declarations added and no node changed, opens both ends:
+The file's graph (format 2: the style graph; format 1: the whole generator) takes z and computes
+w = mapping(z) inside, then truncates it, w' = w_avg + psi (w - w_avg), with w_avg a named initializer
+(docs/onnx-format.md). A second session over the same file, with two declarations added and no node
+changed, opens both ends:
 - the mapped w (the first input of the truncation's Sub node) becomes an extra graph output;
 - w_avg becomes a graph input whose default is the stored value (ONNX IR >= 4 allows that).
 Feeding w_avg := w' and truncation := 0 then gives w_avg + 0 (w - w_avg) = w' exactly, so the pixel part
@@ -16,6 +17,7 @@ import numpy as np
 from .errors import UserError
 from .format import OUTPUT
 from .model import CIPSModel
+from .split import SplitEngine
 
 W_AVG = "w_avg"  # the initializer name export gives the mean mapped latent (docs/onnx-format.md)
 
@@ -59,6 +61,10 @@ class WSpaceModel:
         # the same session options and providers as the model's session (one thread per call on CPU)
         self.session = ort.InferenceSession(data, base.get_session_options(), providers=base.get_providers())
         self._w_avg = np.asarray(model.w_avg, dtype=np.float32)
+        self.engine = None
+        if model.engine is not None:  # format 2: this style session, the model's pixel session
+            e = model.engine
+            self.engine = SplitEngine(ort, self.session, e.pixel_session, e.info, e.precision, e.bound)
 
     # what render_image / render_points read from a model
     @property
@@ -77,10 +83,19 @@ class WSpaceModel:
     def provider(self) -> str:
         return self.model.provider
 
+    @property
+    def on_device(self) -> bool:
+        return self.model.on_device
+
+    def piece_size(self, chunk: int, total: int) -> int:
+        return self.model.piece_size(chunk, total)
+
     def mapped(self, z: np.ndarray) -> np.ndarray:
         """w = mapping(z), before truncation: [S] -> [S] float32 (one latent per call, as the model runs)."""
         z = np.asarray(z, dtype=np.float32).reshape(1, self.style_dim)
-        feeds = {"z": z, "coords": np.zeros((1, 2, 2), np.float32), "truncation": np.ones(1, np.float32)}
+        feeds = {"z": z, "truncation": np.ones(1, np.float32)}
+        if self.engine is None:
+            feeds["coords"] = np.zeros((1, 2, 2), np.float32)
         return self.session.run([self._w_name], feeds)[0][0]
 
     def truncate(self, w: np.ndarray, psi: float) -> np.ndarray:
@@ -88,14 +103,33 @@ class WSpaceModel:
         psi = np.float32(psi)
         return self._w_avg + psi * (np.asarray(w, dtype=np.float32) - self._w_avg)
 
+    def styles(self, w: np.ndarray, truncation: np.ndarray) -> list:
+        """One style per mapped latent: the graph run with w_avg := w' and psi 0, which gives w' exactly.
+        w_avg is [1, S], so one latent per call."""
+        zero_z, zero_psi = np.zeros((1, self.style_dim), np.float32), np.zeros(1, np.float32)
+        out = []
+        for w_b, psi in zip(w, truncation):
+            target = self.truncate(w_b, psi)[None]
+            if self.engine is None:
+                out.append(target)
+            else:
+                out += self.engine.styles(zero_z, zero_psi, extra={W_AVG: target})
+        return out
+
+    def pixels(self, style, coords: np.ndarray) -> np.ndarray:
+        """One latent's colours at coords [n, 2] -> [n, 3] (CPU), as CIPSModel.pixels."""
+        if self.engine is not None:
+            return self.engine.pixels(style, coords)
+        n = coords.shape[0]
+        points = coords[None] if n > 1 else np.repeat(coords[None], 2, axis=1)  # as CIPSModel.pixels
+        feeds = {"z": np.zeros((1, self.style_dim), np.float32), "coords": points,
+                 "truncation": np.zeros(1, np.float32), W_AVG: style}
+        return self.session.run([OUTPUT], feeds)[0][0, :n]
+
     def run(self, w: np.ndarray, coords: np.ndarray, truncation: np.ndarray) -> np.ndarray:
         """CIPSModel.run with mapped latents: w [B, S], coords [B, N, 2], truncation [B] -> rgb [B, N, 3]."""
         assert w.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (w.shape, coords.shape, truncation.shape)
-        out = []
-        for w_b, coords_b, psi in zip(w, coords, truncation):  # w_avg is [1, S]: one latent per call
-            n = coords_b.shape[0]
-            points = coords_b[None] if n > 1 else np.repeat(coords_b[None], 2, axis=1)  # as CIPSModel.run
-            feeds = {"z": np.zeros((1, self.style_dim), np.float32), "coords": points,
-                     "truncation": np.zeros(1, np.float32), W_AVG: self.truncate(w_b, psi)[None]}
-            out.append(self.session.run([OUTPUT], feeds)[0][:, :n])
-        return np.concatenate(out, axis=0)
+        if self.on_device:
+            return np.stack([self.engine.render_band(s, c, self.default_chunk)
+                             for s, c in zip(self.styles(w, truncation), coords)])
+        return np.stack([self.pixels(s, np.ascontiguousarray(c)) for s, c in zip(self.styles(w, truncation), coords)])
