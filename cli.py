@@ -167,7 +167,8 @@ def render(
                   f"{w * h / plan.points:.1f}x fewer")
     if panorama:
         shape += ", 360-degree panorama"
-    typer.echo(f"wrote {what} ({shape}) on {m.provider} ({m.precision}) in {ms:.0f} ms")
+    precision = "" if m.precision == "fp32" else f" ({m.precision})"  # fp32: the line as it always was
+    typer.echo(f"wrote {what} ({shape}) on {m.provider}{precision} in {ms:.0f} ms")
 
 
 @app.command()
