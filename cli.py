@@ -34,6 +34,10 @@ def _user_errors(command):
             _fail(str(e))
         except MemoryError:
             _fail("out of memory: render fewer points at once (--chunk) or a smaller image")
+        except KeyboardInterrupt as e:  # a streamed render says what it kept (runtime/stream.py)
+            if not str(e):
+                raise
+            _fail(str(e), 130)
     return wrapper
 
 
@@ -80,7 +84,11 @@ def render(
     device: DeviceOpt = "auto",
     chunk: ChunkOpt = None,
     threads: ThreadsOpt = 0,
-    force: Annotated[bool, typer.Option(help="allow images beyond the per-side limit")] = False,
+    force: Annotated[bool, typer.Option(help="allow images beyond the per-side limit (16384 pixels)")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted render kept in OUT.partial (same options "
+                                              "needed), or start one; .png/.tif only")] = False,
+    devices: Annotated[Optional[str], typer.Option(help="GPUs to spread a .png/.tif render over: 0,1 or 0-3 or all, "
+                                                        "one CUDA session each (default: one device)")] = None,
 ) -> None:
     """Render images (or raw RGB at given points) from a cips-edge ONNX model.
 
@@ -90,6 +98,7 @@ def render(
     cips render --seed 3 --width 512 --height 256 --out wide.npy   (raw float32 [H, W, 3])
     cips render --coords pts.npy --out rgb.npy        (raw float32 RGB at your points)
     cips render --seed 63 --region -0.5 -0.6 0.5 0.4 --size 512   (a crop, rendered at full detail)
+    cips render --seed 7 --size 32768 --force --out big.png --resume   (streamed to disk band by band)
 
     A seed's latent is numpy.random.default_rng(seed).standard_normal(style_dim) as float32: the
     same image on every machine and provider.
@@ -105,23 +114,32 @@ def render(
     if region is not None and coords is not None:
         raise UserError("give either --region or --coords, not both (--coords points are already in the frame)")
     frame = rt.FULL_FRAME if region is None else rt.check_region(region, h, w)
-    suffixes, default = ((".npy",), "cips-seed{seed}-rgb.npy") if coords else (rt.image.IMAGE_SUFFIXES, "cips-seed{seed}.png")
+    suffixes, default = (((".npy",), "cips-seed{seed}-rgb.npy") if coords
+                         else ((*rt.image.IMAGE_SUFFIXES, *rt.STREAM_SUFFIXES[1:]), "cips-seed{seed}.png"))
     if latent is not None:  # one output, named after the latent file
         paths = rt.output_paths(out, [0], default.replace("seed{seed}", latent.stem))
     else:
         paths = rt.output_paths(out, seed_list, default)
     paths = [rt.prepare_output(p, suffixes) for p in paths]  # fail before any work
+    stream = rt.streams(paths[0], w * h, resume, devices is not None, coords is not None)
+    gpus = rt.parse_devices(devices) if devices is not None else None
     points = rt.load_coords(coords) if coords is not None else None
 
-    m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    models = rt.open_models(_model_path(model), device, gpus, threads)
+    m = models[0]
     if latent is not None:
         latents = [rt.load_latent(latent, m.style_dim)]
     else:
         latents = [rt.latent_for_seed(s, m.style_dim) for s in seed_list]
     n_points = points.size // 2 if points is not None else w * h
+    jobs = [rt.StreamRender.open(p, m, z, w, h, frame, truncation, resume) for z, p in zip(latents, paths)] if stream else []
+    total = sum(j.remaining_pixels for j in jobs) if stream else n_points * len(latents)
     start = time.perf_counter()
-    with _progress(total=n_points * len(latents), show=len(latents) > 1 or n_points >= 1 << 20) as advance:
-        for z, path in zip(latents, paths):
+    with _progress(total=total, show=stream or len(latents) > 1 or n_points >= 1 << 20) as advance:
+        for z, path, job in zip(latents, paths, jobs or [None] * len(paths)):
+            if job is not None:
+                job.run(models, chunk, advance)
+                continue
             if points is not None:
                 rgb = rt.render_points(m, z, points.reshape(-1, 2), truncation, chunk, advance)
                 rgb = rgb.reshape(*points.shape[:-1], 3)
@@ -134,7 +152,10 @@ def render(
     shape = f"{n_points} points" if points is not None else f"{w}x{h}"
     if region is not None:
         shape += ", region " + " ".join(f"{v:g}" for v in frame)
-    typer.echo(f"wrote {what} ({shape}) on {m.provider} in {ms:.0f} ms")
+    if stream:
+        shape += ", streamed" + (", resumed" if any(j.resumed for j in jobs) else "")
+    where = m.provider + (f" x{len(models)} (GPUs {devices})" if len(models) > 1 else "")
+    typer.echo(f"wrote {what} ({shape}) on {where} in {ms:.0f} ms")
 
 
 @app.command()

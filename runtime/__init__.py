@@ -14,10 +14,13 @@ from .image import MAX_SIDE, check_image_size, output_paths, prepare_output, to_
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .model import DEVICES, CIPSModel, available_providers, count_parameters
 from .render import render_image, render_points, run_chunks
+from .devices import open_models, parse_devices
+from .stream import STREAM_SUFFIXES, StreamRender, streams
 
 __all__ = [
     "FULL_FRAME", "check_region", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
     "FORMAT_VERSION", "ModelInfo", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
     "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES", "CIPSModel",
     "available_providers", "count_parameters", "render_image", "render_points", "run_chunks",
+    "open_models", "parse_devices", "STREAM_SUFFIXES", "StreamRender", "streams",
 ]

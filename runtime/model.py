@@ -69,11 +69,15 @@ class CIPSModel:
     runs on one thread: ONNX Runtime's multi-threaded matmul splits small and large calls differently,
     which changes float32 rounding with the chunk size (~3e-6 measured); one thread per call keeps every
     point's result independent of the chunk size and of the thread count, at the same speed.
+
+    device_id (CUDA): which GPU, in CUDA's numbering (runtime/devices.py opens one session per GPU).
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
+                 device_id: int = 0):
         ort = _onnxruntime()
         self.path = Path(path)
+        self.device_id = device_id
         if device not in DEVICES:
             raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
         if threads is not None and threads < 0:
@@ -103,7 +107,8 @@ class CIPSModel:
         options.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
         options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
         try:
-            return ort.InferenceSession(str(self.path), options, providers=[CUDA, CPU] if cuda else [CPU])
+            providers = [(CUDA, {"device_id": self.device_id}), CPU] if cuda else [CPU]
+            return ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise UserError(f"{self.path} is not a loadable ONNX model (truncated or another format?): "
                             f"{_first_line(e)}") from None
