@@ -78,7 +78,7 @@ def render(
         metavar="X0 Y0 X1 Y1", help="the rectangle [X0, X1] x [Y0, Y1] to render, in frame units (the paper's "
         "coordinates: [-1, 1] is the trained image; may reach outside it; X0 > X1 mirrors) "
         "(default: the full frame -1 -1 1 1)")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png or .npy; with several seeds a folder or a pattern with {seed}")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png, .tif (tiled BigTIFF) or .npy; with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
     device: DeviceOpt = "auto",

@@ -77,13 +77,14 @@ def open_models(path, device: str = "auto", devices: list[int] | None = None, th
     return [CIPSModel(path, device="cuda", device_id=i) for i in devices]
 
 
-def run_ordered(models: list[CIPSModel], task: Callable[[CIPSModel, Item], Result],
-                items: Iterable[Item]) -> Iterator[Result]:
+def run_ordered(models: list[CIPSModel], task: Callable[[CIPSModel, Item], Result], items: Iterable[Item],
+                workers: Callable[[CIPSModel], int] = lambda m: m.workers) -> Iterator[Result]:
     """task(model, item) for every item, results in the items' order.
 
-    Each session gets model.workers threads; a thread takes the next item when it is free, so faster
-    devices do more. At most two items per thread are in flight, so memory stays bounded."""
-    slots = [m for m in models for _ in range(m.workers)]
+    Each session gets workers(model) threads (default: model.workers); a thread takes the next item
+    when it is free, so faster devices do more. At most two items per thread are in flight, so memory
+    stays bounded."""
+    slots = [m for m in models for _ in range(workers(m))]
     if len(slots) == 1:
         for item in items:
             yield task(slots[0], item)

@@ -79,12 +79,12 @@ def filter_rows(pixels: np.ndarray) -> np.ndarray:
     b[1:] = x[:-1]  # above
     c = np.zeros_like(x)
     c[:, 3:] = b[:, :-3]  # above-left
-    candidates = (x, x - a, x - b, x - ((a + b) >> 1), x - _paeth(a, b, c))  # None, Sub, Up, Average, Paeth
-    best = candidates[0] & 0xFF
+    candidates = (lambda: x - a, lambda: x - b, lambda: x - ((a + b) >> 1), lambda: x - _paeth(a, b, c))
+    best = x.copy()  # filter 0, None
     kind = np.zeros(h, dtype=np.uint8)
     score = np.minimum(best, 256 - best).sum(axis=1)
-    for k, f in enumerate(candidates[1:], start=1):
-        f = f & 0xFF
+    for k, make in enumerate(candidates, start=1):  # one at a time: a band's temporaries stay a few copies
+        f = make() & 0xFF
         s = np.minimum(f, 256 - f).sum(axis=1)
         if k >= 2:
             s[0] = np.iinfo(s.dtype).max  # the row above belongs to another band

@@ -32,12 +32,16 @@ STREAM_SUFFIXES = (".png", ".tif", ".tiff")
 # PNGs from 2048 x 2048 up are streamed: in memory they would take ~36 bytes a pixel (float32 output and
 # the 8-bit conversion), 150 MB at that size, 38 GB at 32768 x 32768. TIFFs are always streamed.
 STREAM_MIN_PIXELS = 1 << 22
-BLOCK_PIXELS = 1 << 20  # pixels per block: 3 MB of 8-bit RGB, ~40 MB while being encoded
+BLOCK_PIXELS = 1 << 18  # pixels per block: 0.8 MB of 8-bit RGB, ~10 MB while being encoded
 # CPU: the chunks running at once hold about 32 bytes x the widest layer of activations per point
 # (measured 7.3 KB a point for edge-64, widest 256), so with many threads the chunk shrinks to keep
-# all of them within this; the result does not depend on the chunk size.
-ACTIVATION_BYTES = 512 << 20
+# all of them within this; the result does not depend on the chunk size, and on 2 cores 1k-4k-point
+# chunks ran as fast as 16k (0.96x-0.89x the time).
+ACTIVATION_BYTES = 128 << 20
 MIN_CHUNK = 1024
+# Threads per GPU session: while the GPU runs one chunk, others make their coordinates and 8-bit
+# pixels on the CPU (ONNX Runtime sessions take concurrent calls). CPU sessions use their own threads.
+THREADS_PER_GPU = 4
 STATE_VERSION = 1
 
 
@@ -120,7 +124,7 @@ class PNGBands:
 
 
 class TIFFTiles:
-    """TIFF blocks: up to 16 tiles side by side in one tile row (runtime/tiffstream.py)."""
+    """TIFF blocks: a few tiles (BLOCK_PIXELS of them) side by side in one tile row (runtime/tiffstream.py)."""
 
     kind, unit = "tiff", "block"
 
@@ -249,10 +253,9 @@ class StreamRender:
         if chunk is not None and chunk < 1:
             raise UserError(f"--chunk must be at least 1 point, got {chunk}")
         chunk = chunk or stream_chunk(models)
-        encoders = encoders or min(4, default_threads())
-        f = self._open_partial()
+        encoders = encoders or min(8, default_threads())
         try:
-            with f, ThreadPoolExecutor(encoders) as pool:
+            with self._open_partial() as f, ThreadPoolExecutor(encoders) as pool:
                 pending: deque = deque()
                 last = len(self.blocks) - 1
                 for index, pixels in self._render(models, chunk, progress):
@@ -264,12 +267,17 @@ class StreamRender:
                 self.layout.finish(f, self.state)
                 f.flush()
                 os.fsync(f.fileno())
+            os.replace(self.partial, self.path)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: {self.blocks_done} of {len(self.blocks)} {self.layout.unit}s of "
-                              f"{self.path} are kept in {self.partial}; the same command with --resume "
-                              "continues") from None
-        os.replace(self.partial, self.path)
+            raise Interrupted(f"interrupted: {self._kept()}; the same command with --resume continues") from None
+        except OSError as e:
+            raise UserError(f"cannot write {self.partial}: {e.strerror or e}; {self._kept()}, to continue with "
+                            "--resume") from None
         self.state_path.unlink(missing_ok=True)
+
+    def _kept(self) -> str:
+        return (f"{self.blocks_done} of {len(self.blocks)} {self.layout.unit}s of {self.path} are kept in "
+                f"{self.partial}")
 
     def _open_partial(self):
         if self.state is None:
@@ -322,7 +330,10 @@ class StreamRender:
             return piece, to_uint8(model.run(z, coords[None], psi)[0])
 
         pixels = None
-        for (index, block, start, stop), rgb in run_ordered(models, render, pieces()):
+        def workers(m: CIPSModel) -> int:
+            return m.workers if m.provider == CPU else THREADS_PER_GPU
+
+        for (index, block, start, stop), rgb in run_ordered(models, render, pieces(), workers):
             if start == 0:
                 pixels = np.empty((block.pixels, 3), dtype=np.uint8)
             pixels[start:stop] = rgb

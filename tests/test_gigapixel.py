@@ -191,6 +191,26 @@ def test_resuming_with_other_parameters_is_a_one_line_error(tiny, tmp_path, smal
         StreamRender.open(path, tiny, latent_for_seed(2, tiny.style_dim), 40, 20)
 
 
+def test_a_full_disk_is_a_one_line_error_that_keeps_the_finished_blocks(tiny, tmp_path, small_blocks, monkeypatch):
+    import errno
+
+    path, writes = tmp_path / "x.png", [0]
+    fsync = stream.os.fsync
+
+    def fsync_until_full(fd):
+        writes[0] += 1
+        if writes[0] == 4:  # the header, then three blocks
+            raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+    monkeypatch.setattr(stream.os, "fsync", fsync_until_full)
+    with pytest.raises(UserError) as e:
+        stream_render(path, tiny, 2, 20, 40)
+    assert "No space left on device; 2 of 20 bands" in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.setattr(stream.os, "fsync", fsync)
+    stream_render(path, tiny, 2, 20, 40, resume=True)
+    assert np.array_equal(read(path), expected(tiny, 2, 20, 40))
+
+
 def test_resume_without_a_partial_file_starts_the_render(tiny, tmp_path, small_blocks):
     stream_render(tmp_path / "x.png", tiny, 5, 12, 9, resume=True)
     assert np.array_equal(read(tmp_path / "x.png"), expected(tiny, 5, 12, 9))
