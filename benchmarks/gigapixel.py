@@ -1,7 +1,8 @@
 """Gigapixel renders with bounded memory: `cips render --seed 7 --size N --force --resume` streamed to a
 .png (or .tif) with the packaged default model, in a child process whose wall time and peak resident
 memory (getrusage of the child: the kernel's own high-water mark) are recorded.
-Writes benchmarks/results/gigapixel-<machine>-<size>.json (-<width>x<height> with --height).
+Writes benchmarks/results/gigapixel-<machine>-<size>.json (<width>x<height> with --height, -t<N> with
+--threads N).
 
     python benchmarks/gigapixel.py --size 4096 --machine dev-2core
     python benchmarks/gigapixel.py --size 32768 --device cpu --threads 64 --time-limit 540 --work /root/giga
@@ -146,7 +147,8 @@ def main() -> None:
         "segments": segments,
     }
     RESULTS.mkdir(exist_ok=True)
-    name = f"gigapixel-{args.machine}-{shape}" + ("-memory" if args.mode == "memory" else "")
+    name = (f"gigapixel-{args.machine}-{shape}" + (f"-t{args.threads}" if args.threads else "")
+            + ("-memory" if args.mode == "memory" else ""))
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "segments"}, indent=1))
     log.unlink(missing_ok=True)

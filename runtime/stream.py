@@ -10,6 +10,7 @@ one writes. The finished file is renamed to OUT, so nothing half-written ever ha
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,8 +30,9 @@ from .image import atomic_write, to_uint8
 from .model import CPU, CIPSModel, default_threads
 
 STREAM_SUFFIXES = (".png", ".tif", ".tiff")
-# PNGs from 2048 x 2048 up are streamed: in memory they would take ~36 bytes a pixel (float32 output and
-# the 8-bit conversion), 150 MB at that size, 38 GB at 32768 x 32768. TIFFs are always streamed.
+# PNGs from 2048 x 2048 up are streamed: in memory a render peaks at ~70 bytes a pixel (float32 output,
+# the float64 steps of the 8-bit conversion; measured 1.3 GB at 4096 x 4096), 300 MB at that size, 75 GB
+# at 32768 x 32768. TIFFs are always streamed.
 STREAM_MIN_PIXELS = 1 << 22
 BLOCK_PIXELS = 1 << 18  # pixels per block: 0.8 MB of 8-bit RGB, ~10 MB while being encoded
 # CPU: the chunks running at once hold about 32 bytes x the widest layer of activations per point
@@ -161,6 +163,12 @@ class TIFFTiles:
 
 
 def _file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # once per model file, not once per seed
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for piece in iter(lambda: f.read(1 << 20), b""):
