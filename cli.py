@@ -78,6 +78,8 @@ def render(
         metavar="X0 Y0 X1 Y1", help="the rectangle [X0, X1] x [Y0, Y1] to render, in frame units (the paper's "
         "coordinates: [-1, 1] is the trained image; may reach outside it; X0 > X1 mirrors) "
         "(default: the full frame -1 -1 1 1)")] = None,
+    panorama: Annotated[bool, typer.Option(help="the whole 360 degrees of a panorama model, the right edge joining "
+        "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png, .tif (tiled BigTIFF) or .npy; with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
@@ -89,6 +91,13 @@ def render(
                                               "needed), or start one; .png/.tif only")] = False,
     devices: Annotated[Optional[str], typer.Option(help="GPUs to spread a .png/.tif render over: 0,1 or 0-3 or all, "
                                                         "one CUDA session each (default: one device)")] = None,
+    fovea: Annotated[Optional[tuple[float, float]], typer.Option(
+        metavar="X Y", help="foveated rendering around the gaze point (X, Y), in frame units: every pixel within "
+        "--fovea-radius, sparser grids further out, interpolated (default: off)")] = None,
+    fovea_radius: Annotated[float, typer.Option(help="radius of the fully rendered disc around --fovea, in frame "
+                                                     "units (2 = the frame's width)")] = 0.25,
+    fovea_map: Annotated[Optional[Path], typer.Option(help="with --fovea and one seed: also write this .png of the "
+                                                           "pixels the model computed, black elsewhere (default: none)")] = None,
 ) -> None:
     """Render images (or raw RGB at given points) from a cips-edge ONNX model.
 
@@ -98,6 +107,8 @@ def render(
     cips render --seed 3 --width 512 --height 256 --out wide.npy   (raw float32 [H, W, 3])
     cips render --coords pts.npy --out rgb.npy        (raw float32 RGB at your points)
     cips render --seed 63 --region -0.5 -0.6 0.5 0.4 --size 512   (a crop, rendered at full detail)
+    cips render --seed 63 --size 1024 --fovea 0 -0.1 --fovea-radius 0.25   (foveated: ~7x fewer points)
+    cips render --seed 2 --panorama --width 1024 --height 256 --model pano.onnx   (all 360 degrees)
     cips render --seed 7 --size 32768 --force --out big.png --resume   (streamed to disk band by band)
 
     A seed's latent is numpy.random.default_rng(seed).standard_normal(style_dim) as float32: the
@@ -108,11 +119,12 @@ def render(
     if latent is not None and (seed or seeds):
         raise UserError("give either --latent or seeds (--seed/--seeds), not both")
     seed_list = [] if latent is not None else rt.parse_seeds([*(seed or []), *([seeds] if seeds else [])] or ["0"])
-    w = size if width is None else width
-    h = size if height is None else height
-    rt.check_image_size(w, h, force)
+    w, h = _frame_size(size, width, height, force)
     if region is not None and coords is not None:
         raise UserError("give either --region or --coords, not both (--coords points are already in the frame)")
+    if panorama and (region is not None or coords is not None):
+        raise UserError("--panorama renders the whole circle: for part of it use --region alone (a panorama "
+                        "model's x' wraps around every 2 x its frames), and --coords on its own")
     frame = rt.FULL_FRAME if region is None else rt.check_region(region, h, w)
     suffixes, default = (((".npy",), "cips-seed{seed}-rgb.npy") if coords
                          else ((*rt.image.IMAGE_SUFFIXES, *rt.STREAM_SUFFIXES[1:]), "cips-seed{seed}.png"))
@@ -121,21 +133,27 @@ def render(
     else:
         paths = rt.output_paths(out, seed_list, default)
     paths = [rt.prepare_output(p, suffixes) for p in paths]  # fail before any work
-    stream = rt.streams(paths[0], w * h, resume, devices is not None, coords is not None)
-    gpus = rt.parse_devices(devices) if devices is not None else None
     points = rt.load_coords(coords) if coords is not None else None
+    plan = _fovea_plan(fovea, fovea_radius, fovea_map, coords, len(paths), h, w, frame)
+    stream = rt.streams(paths[0], w * h, resume, devices is not None, coords is not None or plan is not None)
+    gpus = rt.parse_devices(devices) if devices is not None else None
 
     models = rt.open_models(_model_path(model), device, gpus, threads)
     m = models[0]
+    if panorama:
+        w, frame = rt.panorama_view(m.config, h, width, str(m.path))
+        rt.check_image_size(w, h, force)
+        stream = rt.streams(paths[0], w * h, resume, devices is not None, plan is not None)
     if latent is not None:
         latents = [rt.load_latent(latent, m.style_dim)]
     else:
         latents = [rt.latent_for_seed(s, m.style_dim) for s in seed_list]
     n_points = points.size // 2 if points is not None else w * h
     jobs = [rt.StreamRender.open(p, m, z, w, h, frame, truncation, resume) for z, p in zip(latents, paths)] if stream else []
-    total = sum(j.remaining_pixels for j in jobs) if stream else n_points * len(latents)
     start = time.perf_counter()
-    with _progress(total=total, show=stream or len(latents) > 1 or n_points >= 1 << 20) as advance:
+    work = n_points if plan is None else plan.points
+    total = sum(j.remaining_pixels for j in jobs) if stream else work * len(latents)
+    with _progress(total=total, show=stream or len(latents) > 1 or work >= 1 << 20) as advance:
         for z, path, job in zip(latents, paths, jobs or [None] * len(paths)):
             if job is not None:
                 job.run(models, chunk, advance)
@@ -143,6 +161,10 @@ def render(
             if points is not None:
                 rgb = rt.render_points(m, z, points.reshape(-1, 2), truncation, chunk, advance)
                 rgb = rgb.reshape(*points.shape[:-1], 3)
+            elif plan is not None:
+                rgb = rt.render_foveated(m, z, plan, truncation, chunk, advance)
+                if fovea_map is not None:
+                    rt.write_output(fovea_map, rt.fovea.sample_map(plan, rgb))
             else:
                 rgb = rt.render_image(m, z, h, w, region=frame, truncation=truncation, chunk=chunk,
                                       progress=advance)
@@ -152,6 +174,11 @@ def render(
     shape = f"{n_points} points" if points is not None else f"{w}x{h}"
     if region is not None:
         shape += ", region " + " ".join(f"{v:g}" for v in frame)
+    if plan is not None:
+        shape += (f", fovea {fovea[0]:g} {fovea[1]:g} radius {fovea_radius:g}: {plan.points} of {w * h} points, "
+                  f"{w * h / plan.points:.1f}x fewer")
+    if panorama:
+        shape += ", 360-degree panorama"
     if stream:
         shape += ", streamed" + (", resumed" if any(j.resumed for j in jobs) else "")
     where = m.provider + (f" x{len(models)} (GPUs {devices})" if len(models) > 1 else "")
@@ -199,6 +226,139 @@ def grid(
     ms = (time.perf_counter() - start) * 1000
     typer.echo(f"wrote {path} ({layout.rows} x {layout.columns} cells of {size}x{size}, "
                f"{layout.width}x{layout.height}) on {m.provider} in {ms:.0f} ms")
+
+
+def _fovea_plan(fovea, radius, fovea_map, coords, outputs, h, w, frame):
+    """render's foveation plan (None without --fovea), its options checked before any work."""
+    from cips_edge import runtime as rt
+
+    if fovea is None:
+        if fovea_map is not None:
+            raise UserError("--fovea-map needs --fovea X Y")
+        return None
+    if coords is not None:
+        raise UserError("give either --fovea or --coords, not both (--fovea renders an image)")
+    if fovea_map is not None:
+        if outputs > 1:
+            raise UserError("--fovea-map writes one picture: give one seed")
+        rt.prepare_output(fovea_map, (".png",))
+    return rt.fovea_plan(h, w, fovea, radius, frame)
+
+
+def _frame_size(size: int, width: Optional[int], height: Optional[int], force: bool) -> tuple[int, int]:
+    from cips_edge import runtime as rt
+
+    w, h = size if width is None else width, size if height is None else height
+    rt.check_image_size(w, h, force)
+    return w, h
+
+
+def _write_frames(path: Path, frames, count: int, w: int, h: int, fps: float) -> float:
+    """Write a sequence with a progress bar over its frames; returns the milliseconds taken."""
+    from cips_edge import runtime as rt
+
+    start = time.perf_counter()
+    with _progress(total=count, show=True) as advance:
+        def counted():
+            for frame in frames:
+                yield frame
+                if advance is not None:
+                    advance(1)
+        rt.write_video(path, counted(), count, w, h, fps)
+    return (time.perf_counter() - start) * 1000
+
+
+FpsOpt = Annotated[float, typer.Option(help="frames per second of the .gif/.mp4 (GIF rounds the delay to 1/100 s; "
+                                            "at most 50)")]
+SeqOutHelp = ".gif, .mp4 (needs the [video] extra) or .npy (raw float32 [frames, H, W, 3]), written atomically"
+
+
+@app.command()
+@_user_errors
+def zoom(
+    seed: Annotated[int, typer.Option(help="seed of the latent")] = 0,
+    center: Annotated[tuple[float, float], typer.Option(
+        metavar="X Y", help="the point zoomed into, in frame units ([-1, 1] is the trained image)")] = (0.0, 0.0),
+    factor: Annotated[float, typer.Option(help="magnification of the last frame over the first: the half-width "
+                                               "shrinks geometrically from 1 to 1/F (F < 1 zooms out)")] = 8.0,
+    frames: Annotated[int, typer.Option(help="number of frames, at least 2")] = 48,
+    fps: FpsOpt = 24.0,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help=f"{SeqOutHelp} (default: cips-zoom-seed<seed>.gif)")] = None,
+    size: Annotated[int, typer.Option(help="width and height of a frame in pixels")] = 256,
+    width: Annotated[Optional[int], typer.Option(help="frame width in pixels (default: --size)")] = None,
+    height: Annotated[Optional[int], typer.Option(help="frame height in pixels (default: --size); the half-height "
+                                                       "is the half-width x (H-1)/(W-1): square pixels")] = None,
+    truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    chunk: ChunkOpt = None,
+    threads: ThreadsOpt = 0,
+    force: Annotated[bool, typer.Option(help="allow frames beyond the per-side limit")] = False,
+) -> None:
+    """Zoom into a point of one latent's image: every frame rendered at full detail, no upscaling.
+
+    \b
+    cips zoom --seed 63 --center 0.2 -0.1 --factor 16 --frames 48 --out zoom.gif
+    cips zoom --seed 7 --factor 100 --frames 240 --fps 30 --size 512 --out zoom.mp4
+
+    Frame k of N renders the region centred at (X, Y) with half-width F^(-k/(N-1)) (frame units).
+    """
+    from cips_edge import runtime as rt
+
+    w, h = _frame_size(size, width, height, force)
+    regions = rt.zoom_regions(center, factor, frames, w, h)
+    path = rt.prepare_video(out or f"cips-zoom-seed{seed}.gif", w, h, fps)
+    m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    z = rt.latent_for_seed(seed, m.style_dim)
+    ms = _write_frames(path, rt.zoom_frames(m, z, regions, w, h, truncation, chunk), frames, w, h, fps)
+    typer.echo(f"wrote {path} ({frames} frames of {w}x{h}, x{factor:g} into {center[0]:g} {center[1]:g}) "
+               f"on {m.provider} in {ms:.0f} ms")
+
+
+@app.command()
+@_user_errors
+def interpolate(
+    seeds: Annotated[Optional[list[str]], typer.Option("--seeds", "--seed", help="key seeds, visited in this order: "
+                                                       "1,2,3 or 0-4; repeats allowed; repeatable (at least 2)")] = None,
+    frames: Annotated[int, typer.Option(help="number of frames, at least 2; keys fall on frames when frames - 1 "
+                                             "(with --loop: frames) is a multiple of the number of steps")] = 60,
+    space: Annotated[str, typer.Option(help="z: slerp between the seeds' latents z; w: lerp between their mapped "
+                                            "latents w, truncation applied after (needs the onnx package)")] = "z",
+    loop: Annotated[bool, typer.Option(help="walk on from the last seed back to the first (a seamless loop)")] = False,
+    fps: FpsOpt = 24.0,
+    out: Annotated[str, typer.Option("--out", "-o", help=SeqOutHelp)] = "cips-walk.gif",
+    size: Annotated[int, typer.Option(help="width and height of a frame in pixels")] = 256,
+    width: Annotated[Optional[int], typer.Option(help="frame width in pixels (default: --size)")] = None,
+    height: Annotated[Optional[int], typer.Option(help="frame height in pixels (default: --size)")] = None,
+    truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
+    model: ModelOpt = None,
+    device: DeviceOpt = "auto",
+    chunk: ChunkOpt = None,
+    threads: ThreadsOpt = 0,
+    force: Annotated[bool, typer.Option(help="allow frames beyond the per-side limit")] = False,
+) -> None:
+    """A latent walk: frames that pass through the images of several seeds in turn.
+
+    \b
+    cips interpolate --seeds 1,2,3 --frames 60 --out walk.gif          (slerp in z)
+    cips interpolate --seeds 7,63,12 --frames 96 --space w --loop --out walk.mp4
+
+    The first frame is the image of the first seed; without --loop the last frame is the last seed's.
+    """
+    from cips_edge import runtime as rt
+    from cips_edge.runtime.walk import check_space, parse_keys, walk_stops
+
+    keys = parse_keys(seeds or [])
+    w, h = _frame_size(size, width, height, force)
+    walk_stops(len(keys), frames, loop)  # fail before any work
+    check_space(space)
+    path = rt.prepare_video(out, w, h, fps)
+    m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    zs = [rt.latent_for_seed(s, m.style_dim) for s in keys]
+    walk = rt.walk_frames(m, zs, frames, w, h, loop=loop, space=space, truncation=truncation, chunk=chunk)
+    ms = _write_frames(path, walk, frames, w, h, fps)
+    typer.echo(f"wrote {path} ({frames} frames of {w}x{h}, seeds {','.join(map(str, keys))}{' and back' if loop else ''}, "
+               f"{'slerp in z' if space == 'z' else 'lerp in w'}) on {m.provider} in {ms:.0f} ms")
 
 
 class _progress:

@@ -18,6 +18,11 @@ class GeneratorConfig:
     # has width synthesis_widths[0]. Paper: 512 x 10, then 256, 256, 128, 128.
     synthesis_widths: tuple[int, ...] = (512,) * 10 + (256, 256, 128, 128)
     to_rgb_every: int = 2  # a ToRGB skip after every this many modulated layers
+    # 0: a flat image. N >= 1: a 360-degree panorama N frames around. The frame [-1, 1]^2 is then 1/N of
+    # the circle: x' is arc length on a cylinder of circumference 2N (x' and x' + 2N are one point), the
+    # Fourier features see (cos, sin) of the angle pi x' / N, and the coordinate table is size x N*size
+    # texels wrapping around horizontally (cips_edge/model.py).
+    panorama: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "synthesis_widths", tuple(int(c) for c in self.synthesis_widths))
@@ -28,12 +33,23 @@ class GeneratorConfig:
             (len(self.synthesis_widths) >= 1, "synthesis_widths must not be empty"),
             (all(c >= 1 for c in self.synthesis_widths), "synthesis widths must be positive"),
             (self.to_rgb_every >= 1, "to_rgb_every must be at least 1"),
+            (type(self.panorama) is int and self.panorama >= 0, "panorama must be 0 (flat) or a number of frames >= 1"),
             (len(self.synthesis_widths) % self.to_rgb_every == 0,
              "the number of synthesis widths must be a multiple of to_rgb_every"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid generator config: {message}")
+
+    @property
+    def coord_inputs(self) -> int:
+        """Inputs of the Fourier features: (x', y'), or (R cos theta, R sin theta, y') on a cylinder."""
+        return 3 if self.panorama else 2
+
+    @property
+    def table_width(self) -> int:
+        """Texels of the coordinate table per row: size, or N*size around a panorama of N frames."""
+        return self.size * max(1, self.panorama)
 
     @property
     def n_to_rgb(self) -> int:
@@ -52,11 +68,16 @@ class GeneratorConfig:
         """Multiply-adds of the per-pixel matmuls (Fourier features, modulated layers, ToRGBs)."""
         layers = sum(i * o for i, o in self.layer_shapes)
         rgb = sum(self.synthesis_widths[(k + 1) * self.to_rgb_every - 1] * 3 for k in range(self.n_to_rgb))
-        return 2 * self.hidden_size + layers + rgb
+        return self.coord_inputs * self.hidden_size + layers + rgb
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["synthesis_widths"] = list(self.synthesis_widths)
+        # Fields added since the first files were written appear only when set, so that a flat model's
+        # checkpoint and ONNX metadata stay what earlier cips-edge versions read.
+        for name, default in LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -67,6 +88,8 @@ class GeneratorConfig:
             raise ValueError(f"unknown generator config keys: {sorted(unknown)}")
         return cls(**d)
 
+
+LATER_FIELDS = {"panorama": 0}  # field -> the default that to_dict leaves out
 
 PRESETS: dict[str, GeneratorConfig] = {
     # The paper's CIPSskip for 256x256 (44.3 M parameters, 6.8 MFLOP per pixel).

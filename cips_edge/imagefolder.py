@@ -4,7 +4,8 @@
 A data set is a folder (searched recursively) or a .zip of .png/.jpg/.jpeg/.webp files; hidden files (.*, ._*,
 __MACOSX/) are ignored; names are sorted, so the order, and any seeded subset of it, is the same on every
 machine. An image is EXIF-upright, its transparency (alpha, palette or colour-key) composited on white, made
-square (centre crop, or padding with white), Lanczos-resized to size x size: uint8 [size, size, 3].
+square (centre crop, or padding with white), Lanczos-resized to size x size: uint8 [size, size, 3]. A 360-degree
+panorama (training with --panorama) is never cropped: the whole image is resized to width x size.
 """
 from __future__ import annotations
 
@@ -75,12 +76,21 @@ def prepare_image(image: Image.Image, size: int, fit: Fit = "crop") -> np.ndarra
     return np.asarray(square, dtype=np.uint8)
 
 
-def decode_image(data: bytes, size: int, fit: Fit = "crop") -> np.ndarray:
-    """Image file bytes -> uint8 [size, size, 3]. JPEGs are decoded at >= 2x the target size (DCT
-    scaling: fast, and still low-passed by the Lanczos resize)."""
+def prepare_panorama(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """A 360-degree panorama -> uint8 [height, width, 3]: the whole image, EXIF-upright, on white, Lanczos-resized
+    (stretched where its aspect differs). Cropping would cut the circle: its left and right edges are the seam."""
+    image = on_white(ImageOps.exif_transpose(image))
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(data: bytes, size: int, fit: Fit = "crop", width: int | None = None) -> np.ndarray:
+    """Image file bytes -> uint8 [size, size, 3], or a panorama's [size, width, 3] when width is given. JPEGs
+    are decoded at >= 2x the target size (DCT scaling: fast, and still low-passed by the Lanczos resize)."""
     image = Image.open(io.BytesIO(data))
-    image.draft("RGB", (2 * size, 2 * size))
-    return prepare_image(image, size, fit)
+    image.draft("RGB", (2 * (width or size), 2 * size))
+    return prepare_image(image, size, fit) if width is None else prepare_panorama(image, size, width)
 
 
 def is_image_name(name: str) -> bool:
@@ -146,10 +156,11 @@ class ImageFolder:
             digest.update(item.encode() + b"\n")
         return digest.hexdigest()
 
-    def decode(self, name: str, size: int, fit: Fit = "crop") -> np.ndarray | str:
-        """The named file as uint8 [size, size, 3], or a one-line reason why it cannot be decoded."""
+    def decode(self, name: str, size: int, fit: Fit = "crop", width: int | None = None) -> np.ndarray | str:
+        """The named file as uint8 [size, size, 3] (a panorama: [size, width, 3]), or a one-line reason why
+        it cannot be decoded."""
         try:
-            return decode_image(self.read(name), size, fit)
+            return decode_image(self.read(name), size, fit, width)
         except UnidentifiedImageError:
             return "not an image PIL can read"
         except Exception as e:  # Pillow raises many types for truncated or foreign files

@@ -60,14 +60,30 @@ class MappingNetwork(nn.Module):
 class FourierFeatures(nn.Module):
     """e_fo = sin(B (x', y') + b), initialised like SIREN's first layer."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, in_features: int = 2):
         super().__init__()
-        self.linear = nn.Linear(2, hidden_size)
-        bound = math.sqrt(9.0 / 2.0)
+        self.linear = nn.Linear(in_features, hidden_size)
+        bound = math.sqrt(9.0 / 2.0)  # per coordinate, so a cylinder's features have the flat frequencies
         nn.init.uniform_(self.linear.weight, -bound, bound)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:  # [B, N, 2] -> [B, N, H]
         return torch.sin(self.linear(coords))
+
+
+class CylinderFourierFeatures(FourierFeatures):
+    """Panorama e_fo = sin(B (R cos theta, R sin theta, y') + b), theta = pi x' / frames: periodic in x'
+    with period 2 * frames. The radius R = frames / pi makes arc length equal x', so locally the cylinder
+    is the flat frame and B has the flat model's scale."""
+
+    def __init__(self, hidden_size: int, frames: int):
+        super().__init__(hidden_size, in_features=3)
+        self.frames = frames
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:  # [B, N, 2] -> [B, N, H]
+        theta = coords[..., 0] * (math.pi / self.frames)
+        radius = self.frames / math.pi
+        cylinder = torch.stack([radius * torch.cos(theta), radius * torch.sin(theta), coords[..., 1]], dim=-1)
+        return torch.sin(self.linear(cylinder))
 
 
 class CoordinateEmbedding(nn.Module):
@@ -89,10 +105,42 @@ class CoordinateEmbedding(nn.Module):
                             padding_mode="border", align_corners=True)  # [1, H, 1, B*N]
         return out.reshape(-1, batch, n).permute(1, 2, 0)
 
-    def native(self, batch: int) -> torch.Tensor:
-        """The table itself as points of the native size x size grid, row-major: [B, S*S, H]."""
+    def native(self, coords: torch.Tensor) -> torch.Tensor:
+        """The table itself, for coords that are the native size x size grid, row-major: [B, S*S, H]."""
         hidden = self.table.shape[0]
-        return self.table.reshape(hidden, -1).t().unsqueeze(0).expand(batch, -1, -1)
+        return self.table.reshape(hidden, -1).t().unsqueeze(0).expand(coords.shape[0], -1, -1)
+
+
+class CylinderEmbedding(nn.Module):
+    """Panorama e_co: a learned (hidden, size, frames * size) table around the cylinder. Column c sits at
+    x' = -frames + 2c / size; x' wraps every 2 * frames, so the last column blends into the first.
+    Vertically as the flat table (rows at linspace(-1, 1, size), border beyond)."""
+
+    def __init__(self, hidden_size: int, size: int, frames: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(hidden_size, size, size * frames))
+        self.frames = frames
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:  # [B, N, 2] -> [B, N, H]
+        batch, n, _ = coords.shape
+        turns = (coords[..., 0] + self.frames) / (2 * self.frames)
+        turns = turns - torch.floor(turns)  # [0, 1]: 1 only where rounding lands on the wrap
+        # The first column again after the last: grid_sample's align_corners maps turns 0..1 onto columns
+        # 0..W of this (W + 1)-column table, so a point between the last column and the wrap blends the two.
+        table = torch.cat([self.table, self.table[:, :, :1]], dim=2)  # [H, S, W + 1]
+        grid = torch.stack([2 * turns - 1, coords[..., 1]], dim=-1)  # [B, N, 2]
+        out = F.grid_sample(table.unsqueeze(0), grid.reshape(1, 1, batch * n, 2), mode="bilinear",
+                            padding_mode="border", align_corners=True)  # [1, H, 1, B*N]
+        return out.reshape(-1, batch, n).permute(1, 2, 0)
+
+    def native(self, coords: torch.Tensor) -> torch.Tensor:
+        """The texels under coords that lie on the table's own grid (training's crops), read directly
+        rather than sampled: [B, N, 2] -> [B, N, H]."""
+        hidden, size, width = self.table.shape
+        column = torch.remainder(torch.round((coords[..., 0] + self.frames) * (size / 2)), width)
+        row = torch.round((coords[..., 1] + 1) * ((size - 1) / 2)).clamp(0, size - 1)
+        index = (row * width + column).long().reshape(-1)  # [B*N]
+        return self.table.reshape(hidden, -1)[:, index].reshape(hidden, *coords.shape[:2]).permute(1, 2, 0)
 
 
 class ModulatedFC(nn.Module):
@@ -151,8 +199,12 @@ class CIPSGenerator(nn.Module):
         self.config = config
         c = config
         self.mapping = MappingNetwork(c.style_dim, c.n_mlp, c.lr_mlp)
-        self.fourier = FourierFeatures(c.hidden_size)
-        self.embedding = CoordinateEmbedding(c.hidden_size, c.size)
+        if c.panorama:
+            self.fourier = CylinderFourierFeatures(c.hidden_size, c.panorama)
+            self.embedding = CylinderEmbedding(c.hidden_size, c.size, c.panorama)
+        else:
+            self.fourier = FourierFeatures(c.hidden_size)
+            self.embedding = CoordinateEmbedding(c.hidden_size, c.size)
         shapes = c.layer_shapes
         self.input_layer = ModulatedFC(*shapes[0], c.style_dim)
         self.layers = nn.ModuleList(ModulatedFC(i, o, c.style_dim) for i, o in shapes[1:])
@@ -174,9 +226,10 @@ class CIPSGenerator(nn.Module):
 
     # -- the per-pixel part ----------------------------------------------------------------------
     def features(self, coords: torch.Tensor, native: bool = False) -> torch.Tensor:
-        """e(x, y) = [e_fo, e_co]: [B, N, 2] -> [B, N, 2H]. native: coords are the size x size grid."""
+        """e(x, y) = [e_fo, e_co]: [B, N, 2] -> [B, N, 2H]. native: coords lie on the table's texels (the
+        size x size grid; for a panorama any points of cips_edge.coords.native_grid), read directly."""
         e_fo = self.fourier(coords)
-        e_co = self.embedding.native(coords.shape[0]) if native else self.embedding(coords)
+        e_co = self.embedding.native(coords) if native else self.embedding(coords)
         return torch.cat([e_fo, e_co], dim=2)
 
     def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:

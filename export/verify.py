@@ -1,5 +1,6 @@
 """Does the ONNX file compute what the torch generator computes? ONNX Runtime (CPU) against torch
-on random latents, at random points inside and outside [-1, 1] and on the native grid, psi 1 and 0.7."""
+on random latents, at random points inside and outside [-1, 1] (for a panorama: round the circle and
+past it) and on the native grid, psi 1 and 0.7."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ import os
 import numpy as np
 import torch
 
-from cips_edge.coords import pixel_grid
+from cips_edge.coords import native_grid
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime.errors import UserError
 from cips_edge.runtime.model import CIPSModel
@@ -45,10 +46,11 @@ def verify_file(path: str | os.PathLike, generator: CIPSGenerator, w_avg: torch.
     """Worst (relative, max abs) error over all checks; ParityError at the first one that fails."""
     model = CIPSModel(path, device="cpu")
     gen = torch.Generator().manual_seed(seed)
-    style_dim, size = generator.config.style_dim, generator.config.size
+    style_dim = generator.config.style_dim
     z = torch.randn(n_latents, style_dim, generator=gen)
     scattered = torch.rand(n_latents, n_points, 2, generator=gen) * 3.0 - 1.5  # [-1.5, 1.5]^2
-    native = pixel_grid(size, size)[None]  # [1, size^2, 2]
+    scattered[..., 0] *= max(1, generator.config.panorama)  # a panorama's x' wraps at +-N
+    native = native_grid(generator.config)[0][None]  # [1, size^2 (a panorama: size x N*size), 2]
     generator = generator.cpu().eval()
     w_avg = w_avg.reshape(1, -1).float().cpu()
     worst = (0.0, 0.0)

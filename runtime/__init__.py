@@ -7,7 +7,8 @@
 Nothing here imports torch, directly or through cips_edge.model (tests check it in a subprocess
 where `import torch` fails).
 """
-from .coords import FULL_FRAME, check_region, grid_chunks, load_coords, pixel_grid, region_grid
+from .coords import (FULL_FRAME, check_region, grid_chunks, load_coords, panorama_region, panorama_view, pixel_grid,
+                     region_grid)
 from .errors import UserError
 from .format import FORMAT, FORMAT_VERSION, ModelInfo
 from .image import MAX_SIDE, check_image_size, output_paths, prepare_output, to_uint8, write_output
@@ -16,6 +17,10 @@ from .model import DEVICES, CIPSModel, available_providers, count_parameters
 from .render import render_image, render_points, run_chunks
 from .devices import open_models, parse_devices
 from .stream import STREAM_SUFFIXES, StreamRender, streams
+from .fovea import FoveaPlan, fovea_plan, render_foveated
+from .video import VIDEO_SUFFIXES, prepare_video, write_video
+from .walk import lerp, slerp, walk_frames, walk_latents
+from .zoom import zoom_frames, zoom_regions
 
 __all__ = [
     "FULL_FRAME", "check_region", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
@@ -23,4 +28,7 @@ __all__ = [
     "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES", "CIPSModel",
     "available_providers", "count_parameters", "render_image", "render_points", "run_chunks",
     "open_models", "parse_devices", "STREAM_SUFFIXES", "StreamRender", "streams",
+    "FoveaPlan", "fovea_plan", "render_foveated", "VIDEO_SUFFIXES", "prepare_video", "write_video", "lerp", "slerp",
+    "walk_frames", "walk_latents", "zoom_frames", "zoom_regions",
+    "panorama_region", "panorama_view",
 ]

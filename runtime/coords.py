@@ -42,6 +42,23 @@ def check_region(region, height: int, width: int) -> tuple[float, float, float, 
     return x0, y0, x1, y1
 
 
+def panorama_region(frames: int, width: int) -> tuple[float, float, float, float]:
+    """The region (x0, y0, x1, y1) of a whole panorama N = frames frames around, `width` pixels wide:
+    x' from -N in steps of 2N / width, the last column one step before the wrap back to the first
+    (a panorama model's x' wraps every 2N)."""
+    return (-float(frames), -1.0, frames - 2.0 * frames / width, 1.0)
+
+
+def panorama_view(config, height: int, width: int | None, source: str) -> tuple[int, tuple[float, float, float, float]]:
+    """(width, region) of `cips render --panorama`: the whole circle of a panorama model, `width`
+    defaulting to frames x height (square pixels, the training data's shape). UserError for a flat model."""
+    if not config.panorama:
+        raise UserError(f"--panorama needs a 360-degree panorama model (trained with `cips train --panorama N`); "
+                        f"{source} is a flat model")
+    width = config.panorama * height if width is None else width
+    return width, panorama_region(config.panorama, width)
+
+
 def pixel_grid(height: int, width: int) -> np.ndarray:
     """The full image frame: x' = 2x/(W-1) - 1, y' = 2y/(H-1) - 1: [H*W, 2] float32."""
     return region_grid(*FULL_FRAME, height, width)

@@ -37,8 +37,8 @@ def count_parameters(config: GeneratorConfig) -> int:
     """Trainable parameters of the generator a config describes (what torch's numel sum gives)."""
     s, h = config.style_dim, config.hidden_size
     mapping = config.n_mlp * (s * s + s)
-    fourier = 2 * h + h
-    table = h * config.size * config.size
+    fourier = config.coord_inputs * h + h
+    table = h * config.size * config.table_width
     # modulated layer (in -> out): weight, modulation (style -> in, with bias), output bias
     layers = sum(o * i + s * i + i + o for i, o in config.layer_shapes)
     rgb_in = [config.synthesis_widths[(k + 1) * config.to_rgb_every - 1] for k in range(config.n_to_rgb)]

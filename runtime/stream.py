@@ -52,15 +52,16 @@ class Interrupted(KeyboardInterrupt):
 
 
 def streams(path: str | os.PathLike, pixels: int, resume: bool = False, devices: bool = False,
-            coords: bool = False) -> bool:
+            not_a_grid: bool = False) -> bool:
     """Whether `cips render` writes this output block by block: .tif always, .png when large, when
     --resume or --devices asks for it, or when an unfinished streamed render of it exists (so that it
-    is not silently left behind). Those two options need a .png or .tif image."""
+    is not silently left behind). Those two options need a .png or .tif image of the plain pixel grid
+    (not_a_grid: --coords or --fovea)."""
     path = Path(path)
-    streamable = not coords and path.suffix.lower() in STREAM_SUFFIXES
+    streamable = not not_a_grid and path.suffix.lower() in STREAM_SUFFIXES
     if (resume or devices) and not streamable:
         option = "--resume" if resume else "--devices"
-        raise UserError(f"{option} works for .png and .tif images only (not .npy outputs or --coords)")
+        raise UserError(f"{option} works for .png and .tif images only (not .npy outputs, --coords or --fovea)")
     return streamable and (path.suffix.lower() != ".png" or pixels >= STREAM_MIN_PIXELS or resume or devices
                            or partial_paths(path)[1].exists())
 

@@ -36,24 +36,27 @@ def find_images(path: Path) -> ImageFolder:
         raise TrainError(str(e)) from None
 
 
-def data_fingerprint(source: ImageFolder, size: int) -> str:
+def data_fingerprint(source: ImageFolder, size: int, width: int | None = None) -> str:
     """Names, sizes and mtimes (folder) or CRCs (zip), plus the size and preprocessing: keys the cache and
-    is stored in checkpoints."""
-    return source.fingerprint(source.names, salt=f"cips-edge-data v{PREPROCESS_VERSION} size {size}\n")[:16]
+    is stored in checkpoints. width: a panorama's (flat data keep the fingerprints they always had)."""
+    shape = f"size {size}" if width is None else f"size {size} panorama width {width}"
+    return source.fingerprint(source.names, salt=f"cips-edge-data v{PREPROCESS_VERSION} {shape}\n")[:16]
 
 
 @dataclass
 class Decoded:
-    images: np.ndarray  # [N, size, size, 3] uint8 (in memory or a read-only memory map)
+    images: np.ndarray  # [N, size, size, 3] uint8, a panorama's [N, size, width, 3] (in memory or a read-only memory map)
     fingerprint: str
     skipped: list[tuple[str, str]]  # (name, reason) of files that could not be read
     from_cache: bool
 
 
-def decode_images(source: ImageFolder, size: int, workers: int, out_path: Path | None = None) -> Decoded:
-    """Decode every file once into one array (written to out_path as .npy when given)."""
+def decode_images(source: ImageFolder, size: int, workers: int, out_path: Path | None = None,
+                  width: int | None = None) -> Decoded:
+    """Decode every file once into one array (written to out_path as .npy when given); width: panoramas,
+    each resized whole to size x width."""
     n = len(source.names)
-    shape = (n, size, size, 3)
+    shape = (n, size, width or size, 3)
     tmp = None
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +68,8 @@ def decode_images(source: ImageFolder, size: int, workers: int, out_path: Path |
     try:
         # Threads suffice: PIL releases the GIL while decoding and resizing.
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            results = pool.map(lambda name: source.decode(name, size), source.names) if workers > 0 \
-                else (source.decode(name, size) for name in source.names)
+            results = pool.map(lambda name: source.decode(name, size, width=width), source.names) if workers > 0 \
+                else (source.decode(name, size, width=width) for name in source.names)
             for name, result in zip(source.names, results):
                 if isinstance(result, str):
                     skipped.append((name, result))
@@ -77,7 +80,7 @@ def decode_images(source: ImageFolder, size: int, workers: int, out_path: Path |
             if kept < n:  # the .npy header holds the shape: rewrite the kept rows into a right-sized file
                 compact_tmp = tmp.with_name(tmp.name + ".compact")
                 compact = np.lib.format.open_memmap(compact_tmp, mode="w+", dtype=np.uint8,
-                                                    shape=(kept, size, size, 3))
+                                                    shape=(kept, *shape[1:]))
                 compact[:] = images[:kept]
                 compact.flush()
                 del images, compact
@@ -92,21 +95,21 @@ def decode_images(source: ImageFolder, size: int, workers: int, out_path: Path |
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
-    return Decoded(images, data_fingerprint(source, size), skipped, from_cache=False)
+    return Decoded(images, data_fingerprint(source, size, width), skipped, from_cache=False)
 
 
 def load_images(path: Path, size: int, workers: int, cache_dir: Path | None,
-                decode: bool = True) -> Decoded | None:
+                decode: bool = True, width: int | None = None) -> Decoded | None:
     """The decoded data set, from cache_dir/<fingerprint>.npy when present. decode=False: only the
-    cache (None if absent), for processes that wait for another to decode."""
+    cache (None if absent), for processes that wait for another to decode. width: panoramas'."""
     with find_images(path) as source:  # closes the zip handles the decoding threads opened
-        fingerprint = data_fingerprint(source, size)
+        fingerprint = data_fingerprint(source, size, width)
         cache = cache_dir / f"{fingerprint}.npy" if cache_dir is not None else None
         if cache is not None and cache.exists():
             return Decoded(np.load(cache, mmap_mode="r"), fingerprint, [], from_cache=True)
         if not decode:
             return None
-        decoded = decode_images(source, size, workers, cache)
+        decoded = decode_images(source, size, workers, cache, width)
         if len(decoded.images) == 0:
             if cache is not None:
                 cache.unlink(missing_ok=True)

@@ -166,11 +166,12 @@ class Run:
         workers = o.workers if o.workers is not None else min(8, os.cpu_count() or 1)
         cache_dir = self.run_dir / "data-cache" if o.data_cache else None
         size = o.training_size
-        decoded = load_images(o.data, size, workers, cache_dir) if world.is_main else None
+        width = size * o.panorama if o.panorama else None  # a panorama is decoded whole, N frames wide
+        decoded = load_images(o.data, size, workers, cache_dir, width=width) if world.is_main else None
         distributed.barrier(world)  # other ranks read rank 0's cache when the file system is shared
         if not world.is_main:
-            decoded = load_images(o.data, size, workers, cache_dir, decode=False) if cache_dir else None
-            decoded = decoded or load_images(o.data, size, workers, None)
+            decoded = load_images(o.data, size, workers, cache_dir, decode=False, width=width) if cache_dir else None
+            decoded = decoded or load_images(o.data, size, workers, None, width=width)
         return decoded
 
     def check_data(self, decoded: Decoded, reporter: Reporter) -> None:
@@ -221,13 +222,13 @@ class Run:
         o = self.options
         n_images = len(decoded.images)
         augment = o.augment == "on" or (o.augment == "auto" and n_images < AUGMENT_AUTO_BELOW)
-        g_config = dataclasses.replace(PRESETS[o.preset], size=o.training_size)
+        g_config = dataclasses.replace(PRESETS[o.preset], size=o.training_size, panorama=o.panorama)
         d_max = o.d_channel_max or (TINY_D_CHANNELS if o.preset == "tiny" else 512)
         d_config = DiscriminatorConfig(o.training_size, o.d_channel_multiplier, d_max)
         recipe = Recipe(batch=o.batch // world.size, lr=o.lr, r1_gamma=o.r1_gamma, r1_every=o.r1_every,
                         ema_half_life_kimg=o.ema_kimg, global_batch=o.batch, augment=augment, xflip=o.xflip,
                         g_lazy_correction=o.g_lazy_correction, seed=o.seed)
-        speed = Speed.for_device(device, o.bf16, o.compile)
+        speed = Speed() if o.plain else Speed.for_device(device, o.bf16, o.compile)
         speed.apply_backend_flags(device)
         trainer = Trainer(g_config, d_config, recipe, device, world, speed)
         bank = ImageBank(decoded.images, device)
@@ -253,8 +254,9 @@ class Run:
                 "torch": torch.__version__, "cips_edge": __version__})
             if self.ckpt is not None:
                 truncate_metrics(self.run_dir / "metrics.jsonl", start_images)
+        pano = f" crops of {o.panorama}-frame 360-degree panoramas" if o.panorama else ""
         reporter.say(
-            f"{'resuming' if self.ckpt else 'training'} {o.preset} at {o.training_size}x{o.training_size} "
+            f"{'resuming' if self.ckpt else 'training'} {o.preset} at {o.training_size}x{o.training_size}{pano} "
             f"(G {_count(trainer.G)}, D {_count(trainer.D)} params) on {n_images} images "
             f"({bank.location}); batch {o.batch} over {world.size} process(es) on {device}; "
             f"augment {'on' if augment else 'off'}; bf16 {'on' if speed.bf16 else 'off'} -> {self.run_dir}")
@@ -266,7 +268,9 @@ class Run:
         # process group's timeout is 30 minutes), so no rank waits on a collective the others skip.
         quality = None
         if o.metrics and world.is_main:
-            quality = QualityMetrics(o.metrics, o.metrics_samples, decoded.images, device, o.inception_weights)
+            # A panorama model is measured on square views: its frame [-1, 1]^2 against each image's first crop.
+            reals = decoded.images[:, :, :o.training_size]
+            quality = QualityMetrics(o.metrics, o.metrics_samples, reals, device, o.inception_weights)
             if quality.count < o.metrics_samples:
                 reporter.warn(f"--metrics-samples {o.metrics_samples}: the data set has {quality.count} images, "
                               f"so each evaluation compares {quality.count}")
@@ -316,7 +320,7 @@ class Run:
 
     def save_samples(self, trainer: Trainer, z: torch.Tensor, images_seen: int) -> None:
         # ~262k points per forward keeps the extra memory next to training at about 1 GB (paper-256).
-        grid = render_images(trainer.G_ema, z, chunk=max(1, 2 ** 18 // trainer.size ** 2))
+        grid = render_images(trainer.G_ema, z, chunk=max(1, 2 ** 18 // (trainer.size * trainer.width)))
         save_grid(grid, self.run_dir / "samples" / grid_name(images_seen), self.options.sample_grid)
 
     def save_checkpoint(self, trainer: Trainer, step: int, images_seen: int, elapsed_s: float,

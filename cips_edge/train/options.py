@@ -17,6 +17,7 @@ AUGMENT_AUTO_BELOW = 30_000
 MIN_SIZE, MAX_SIZE = 8, 1024  # the discriminator needs a power of two it can halve down to 4x4
 TRAIN_METRICS = ("swd", "fid")  # what --metrics can log while training (cips eval has KID and P/R too)
 SWD_MIN_SIZE = 16  # SWD's coarsest pyramid level
+MAX_PANORAMA = 64  # frames around a panorama: a 64:1 strip, beyond any panorama photo (they run about 2:1 to 8:1)
 
 
 class TrainError(ValueError):
@@ -43,6 +44,9 @@ class TrainOptions:
     preset: str = opt("edge-64", f"generator preset: {', '.join(PRESETS)}")
     size: int | None = opt(None, f"training size override (power of two, {MIN_SIZE}..{MAX_SIZE}); "
                                  "default: the preset's")
+    panorama: int = opt(0, "N > 0 trains a 360-degree panorama model N frames around: each image is the whole "
+                           "circle, resized to N*size x size, and G and D work on size x size crops at random "
+                           "angles (docs/training.md); 0 = flat images")
     d_channel_multiplier: int = opt(2, "discriminator widths as StyleGAN2: min(16384 * m / res, max)")
     d_channel_max: int | None = opt(None, "discriminator width cap; default 512 (32 for the tiny preset)")
     # -- the recipe (the paper's defaults) -------------------------------------------------------
@@ -80,6 +84,8 @@ class TrainOptions:
     bf16: bool = opt(True, "bfloat16 autocast for G and D forward on CUDA (R1 and losses stay fp32); "
                            "ignored on CPU")
     compile: bool = opt(False, "torch.compile G and the discriminator's forward (not R1)")
+    plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
+                             "for-loop Adam (overrides --bf16 and --compile); slower, same recipe")
     workers: int | None = opt(None, "threads decoding images once at start; default min(8, CPUs)")
     data_cache: bool = opt(True, "keep the decoded, resized images as RUN/data-cache/<fingerprint>.npy "
                                  "(resumes skip decoding)")
@@ -112,6 +118,8 @@ class TrainOptions:
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 return f"--{name.replace('_', '-')} must be positive, not {value}"
+        if not (type(self.panorama) is int and 0 <= self.panorama <= MAX_PANORAMA):
+            return f"--panorama must be 0 (flat images) or a number of frames from 1 to {MAX_PANORAMA}, not {self.panorama}"
         if self.r1_gamma < 0:
             return f"--r1-gamma must be >= 0, not {self.r1_gamma}"
         if self.d_channel_max is not None and self.d_channel_max < 1:
@@ -159,7 +167,7 @@ class TrainOptions:
 
 # The fields that define the run's trajectory. On resume they come from the run itself; a value given
 # now that differs from both the default and the run's is an error rather than silently ignored.
-RECIPE_FIELDS = ("preset", "size", "d_channel_multiplier", "d_channel_max", "batch", "lr", "r1_gamma",
+RECIPE_FIELDS = ("preset", "size", "panorama", "d_channel_multiplier", "d_channel_max", "batch", "lr", "r1_gamma",
                  "r1_every", "ema_kimg", "augment", "xflip", "g_lazy_correction", "seed")
 
 

@@ -44,16 +44,17 @@ def save_grid(images: np.ndarray, path: Path, columns: int) -> None:
 
 @torch.no_grad()
 def render_images(g: CIPSGenerator, z: torch.Tensor, chunk: int) -> np.ndarray:
-    """EMA samples at the training grid: z [N, S] -> uint8 [N, size, size, 3] (fp32, no truncation)."""
-    from cips_edge.coords import pixel_grid
+    """EMA samples at the training grid (a panorama: its whole circle): z [N, S] -> uint8 [N, H, W, 3]
+    (fp32, no truncation)."""
+    from cips_edge.coords import native_grid
 
-    size = g.config.size
-    coords = pixel_grid(size, size, z.device).unsqueeze(0)
+    coords, height, width = native_grid(g.config, z.device)
+    coords = coords.unsqueeze(0)
     out = []
     for part in z.split(chunk):
-        rgb = g(coords.expand(part.shape[0], -1, -1), part, native=True)  # [b, S*S, 3]
+        rgb = g(coords.expand(part.shape[0], -1, -1), part, native=True)  # [b, H*W, 3]
         u8 = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        out.append(u8.reshape(-1, size, size, 3).cpu().numpy())
+        out.append(u8.reshape(-1, height, width, 3).cpu().numpy())
     return np.concatenate(out)
 
 

@@ -4,6 +4,10 @@ optimizers. No host syncs inside a step: losses accumulate on the device and are
 Randomness: every step draws batch indices, flips, latents and augmentation from generators seeded by
 (seed, rank, step), so a run resumed from any checkpoint replays the uninterrupted run exactly and
 every rank samples different data without any generator state to save.
+
+Panoramas (config.panorama = N frames): the data are whole circles, size x N*size; D sees size x size
+crops at random whole-column angles of them, and G renders crops at other random angles, each on its
+own columns of the circle's native grid (so G reads its wrapping coordinate table texel for texel).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import torch
 from torch import nn
 
 from cips_edge.config import GeneratorConfig
-from cips_edge.coords import pixel_grid
+from cips_edge.coords import native_grid
 from cips_edge.model import CIPSGenerator
 
 from . import distributed
@@ -75,6 +79,8 @@ class Trainer:
                  device: torch.device, world: distributed.World = distributed.World(), speed: Speed = Speed()):
         self.recipe, self.device, self.world, self.speed = recipe, device, world, speed
         self.size = g_config.size
+        self.width = g_config.table_width  # of the training images: size, or a panorama's N*size
+        self.panorama = g_config.panorama
         torch.manual_seed(recipe.seed)  # the same initial weights on every rank (and broadcast below)
         self.G = CIPSGenerator(g_config).to(device)
         self.D = Discriminator(d_config).to(device)
@@ -94,7 +100,9 @@ class Trainer:
         self.g_optim = torch.optim.Adam(self.g_params, lr=g_lr, betas=g_betas, fused=fused)
         self.d_optim = torch.optim.Adam(self.d_params, lr=d_lr, betas=d_betas, fused=fused)
 
-        self.coords = pixel_grid(self.size, self.size, device).unsqueeze(0)  # [1, S*S, 2]
+        grid, _, _ = native_grid(g_config, device)
+        self.grid = grid.reshape(self.size, self.width, 2)  # [S, W, 2]: the frame, or a whole panorama
+        self.coords = self.grid[:, :self.size].reshape(1, -1, 2)  # [1, S*S, 2]: the frame (a panorama's first crop)
         self.gen_device = torch.Generator(device=device)
         self.gen_index = self.gen_device
         self._stats = torch.zeros(len(STAT_NAMES), device=device)
@@ -107,15 +115,16 @@ class Trainer:
             self.discriminate = torch.compile(self._discriminate)
 
     # -- forward passes ------------------------------------------------------------------------
-    def _generate(self, z: torch.Tensor) -> torch.Tensor:
-        """z [B, S] -> images [B, 3, size, size], float32 in about [-1, 1]. The style part (mapping,
-        modulation, demodulation) and the coordinate features run in float32; only the per-pixel
-        matmuls run under bf16 autocast."""
+    def _generate(self, z: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
+        """z [B, S] -> images [B, 3, size, size], float32 in about [-1, 1]. coords: texels of the native grid,
+        [1, S*S, 2] for the whole batch (default: self.coords) or [B, S*S, 2] (panorama crops). The style
+        part (mapping, modulation, demodulation) and the coordinate features run in float32; only the
+        per-pixel matmuls run under bf16 autocast."""
         g = self.G
         weights = g.modulated_weights(g.mapping(z))
-        # The coordinate features are the same for every sample: compute them once (cast once) and
-        # broadcast over the batch without copying.
-        e = g.features(self.coords, native=True)  # [1, S*S, 2H]
+        # Coordinate features the same for every sample are computed once (cast once) and broadcast
+        # over the batch without copying.
+        e = g.features(self.coords if coords is None else coords, native=True)  # [1 or B, S*S, 2H]
         if self.speed.bf16:
             e = e.to(torch.bfloat16)
         e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
@@ -145,10 +154,28 @@ class Trainer:
         if self.gen_index is not self.gen_device:
             self.gen_index.manual_seed(_seed(s, r, step, "index"))
 
+    def crop_columns(self) -> torch.Tensor | None:
+        """Panoramas: the columns of a size-wide crop at a random angle for each sample, [B, size] (the
+        crop wraps around past the last column); None for flat images."""
+        if not self.panorama:
+            return None
+        start = torch.randint(self.width, (self.recipe.batch, 1), generator=self.gen_device, device=self.device)
+        return (start + torch.arange(self.size, device=self.device)) % self.width
+
+    def fake_coords(self) -> torch.Tensor | None:
+        """What G renders: None (the frame, shared) or, for panoramas, a crop per sample [B, S*S, 2]."""
+        columns = self.crop_columns()
+        if columns is None:
+            return None
+        return self.grid[:, columns].transpose(0, 1).reshape(len(columns), -1, 2)  # [S, B, S, 2] -> [B, S*S, 2]
+
     def real_batch(self) -> torch.Tensor:
         b = self.recipe.batch
         index = torch.randint(self.bank.count, (b,), generator=self.gen_index, device=self.bank.index_device)
         u8 = self.bank.gather(index)  # [B, H, W, 3] uint8 on the device
+        columns = self.crop_columns()
+        if columns is not None:  # [B, S, N*S, 3] -> [B, S, S, 3]
+            u8 = u8.gather(2, columns[:, None, :, None].expand(-1, self.size, -1, 3))
         img = u8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0  # [B, 3, H, W], channels-last strides
         if self.recipe.xflip:
             flip = torch.rand(b, 1, 1, 1, generator=self.gen_device, device=self.device) < 0.5
@@ -161,7 +188,7 @@ class Trainer:
     # -- the phases of a step (separate so the benchmark can time each) --------------------------
     def d_backward(self, reals: torch.Tensor) -> None:
         with torch.no_grad():
-            fakes = self.generate(self.latents())
+            fakes = self.generate(self.latents(), self.fake_coords())
         real_logits = self.discriminate(self.augment(reals))
         fake_logits = self.discriminate(self.augment(fakes))
         loss = d_logistic_loss(real_logits, fake_logits)
@@ -188,7 +215,7 @@ class Trainer:
     def g_backward(self) -> None:
         self.D.requires_grad_(False)  # no weight gradients for D in G's step
         try:
-            fake_logits = self.discriminate(self.augment(self.generate(self.latents())))
+            fake_logits = self.discriminate(self.augment(self.generate(self.latents(), self.fake_coords())))
             loss = g_nonsaturating_loss(fake_logits)
             self.g_optim.zero_grad(set_to_none=True)
             loss.backward()

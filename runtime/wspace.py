@@ -1,0 +1,101 @@
+"""The generator addressed by its mapped latent w instead of z, from any existing cips-edge file.
+
+The file's graph takes z and computes w = mapping(z) inside, then truncates it,
+w' = w_avg + psi (w - w_avg), with w_avg a named initializer (docs/onnx-format.md). A second session
+over the same file, with two declarations added and no node changed, opens both ends:
+- the mapped w (the first input of the truncation's Sub node) becomes an extra graph output;
+- w_avg becomes a graph input whose default is the stored value (ONNX IR >= 4 allows that).
+Feeding w_avg := w' and truncation := 0 then gives w_avg + 0 (w - w_avg) = w' exactly, so the pixel part
+runs on any w' we choose. Editing the declarations needs the `onnx` package (not a dependency of the
+renderer: only walks in w need it).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UserError
+from .format import OUTPUT
+from .model import CIPSModel
+
+W_AVG = "w_avg"  # the initializer name export gives the mean mapped latent (docs/onnx-format.md)
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise UserError("walks in w need the onnx package to open the mapped latent of the model: "
+                        "pip install onnx (or use --space z)") from None
+    return onnx
+
+
+def _open_w(model_bytes: bytes, style_dim: int) -> tuple[bytes, str]:
+    """The file with w_avg declared as an input and the mapped w as an output: (bytes, name of w)."""
+    onnx = _onnx()
+    proto = onnx.load_from_string(model_bytes)
+    graph = proto.graph
+    subs = [n for n in graph.node if n.op_type == "Sub" and list(n.input[1:]) == [W_AVG]]
+    if len(subs) != 1 or W_AVG not in {t.name for t in graph.initializer}:
+        raise UserError("this model's graph has no single truncation step (w - w_avg): cannot find its "
+                        "mapped latent w for a walk in w; use --space z")
+    w_name = subs[0].input[0]
+    float32 = onnx.TensorProto.FLOAT
+    graph.input.append(onnx.helper.make_tensor_value_info(W_AVG, float32, [1, style_dim]))
+    graph.output.append(onnx.helper.make_tensor_value_info(w_name, float32, ["batch", style_dim]))
+    proto.ir_version = max(proto.ir_version, 4)  # initializers as optional inputs
+    return proto.SerializeToString(), w_name
+
+
+class WSpaceModel:
+    """A CIPSModel whose latents are mapped latents w [S] instead of z: render_image / render_points
+    accept it in place of the model, and give for w = mapped(z) what the model gives for z (tested)."""
+
+    def __init__(self, model: CIPSModel):
+        import onnxruntime as ort  # present: model is open
+
+        self.model = model
+        data, self._w_name = _open_w(model.path.read_bytes(), model.style_dim)
+        base = model.session
+        # the same session options and providers as the model's session (one thread per call on CPU)
+        self.session = ort.InferenceSession(data, base.get_session_options(), providers=base.get_providers())
+        self._w_avg = np.asarray(model.w_avg, dtype=np.float32)
+
+    # what render_image / render_points read from a model
+    @property
+    def style_dim(self) -> int:
+        return self.model.style_dim
+
+    @property
+    def workers(self) -> int:
+        return self.model.workers
+
+    @property
+    def default_chunk(self) -> int:
+        return self.model.default_chunk
+
+    @property
+    def provider(self) -> str:
+        return self.model.provider
+
+    def mapped(self, z: np.ndarray) -> np.ndarray:
+        """w = mapping(z), before truncation: [S] -> [S] float32 (one latent per call, as the model runs)."""
+        z = np.asarray(z, dtype=np.float32).reshape(1, self.style_dim)
+        feeds = {"z": z, "coords": np.zeros((1, 2, 2), np.float32), "truncation": np.ones(1, np.float32)}
+        return self.session.run([self._w_name], feeds)[0][0]
+
+    def truncate(self, w: np.ndarray, psi: float) -> np.ndarray:
+        """w' = w_avg + psi (w - w_avg) in float32, the graph's own operations in the graph's order."""
+        psi = np.float32(psi)
+        return self._w_avg + psi * (np.asarray(w, dtype=np.float32) - self._w_avg)
+
+    def run(self, w: np.ndarray, coords: np.ndarray, truncation: np.ndarray) -> np.ndarray:
+        """CIPSModel.run with mapped latents: w [B, S], coords [B, N, 2], truncation [B] -> rgb [B, N, 3]."""
+        assert w.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (w.shape, coords.shape, truncation.shape)
+        out = []
+        for w_b, coords_b, psi in zip(w, coords, truncation):  # w_avg is [1, S]: one latent per call
+            n = coords_b.shape[0]
+            points = coords_b[None] if n > 1 else np.repeat(coords_b[None], 2, axis=1)  # as CIPSModel.run
+            feeds = {"z": np.zeros((1, self.style_dim), np.float32), "coords": points,
+                     "truncation": np.zeros(1, np.float32), W_AVG: self.truncate(w_b, psi)[None]}
+            out.append(self.session.run([OUTPUT], feeds)[0][:, :n])
+        return np.concatenate(out, axis=0)
