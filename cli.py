@@ -34,6 +34,10 @@ def _user_errors(command):
             _fail(str(e))
         except MemoryError:
             _fail("out of memory: render fewer points at once (--chunk) or a smaller image")
+        except KeyboardInterrupt as e:  # a streamed render says what it kept (runtime/stream.py)
+            if not str(e):
+                raise
+            _fail(str(e), 130)
     return wrapper
 
 
@@ -82,14 +86,18 @@ def render(
         "(default: the full frame -1 -1 1 1)")] = None,
     panorama: Annotated[bool, typer.Option(help="the whole 360 degrees of a panorama model, the right edge joining "
         "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png or .npy; with several seeds a folder or a pattern with {seed}")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png, .tif (tiled BigTIFF) or .npy; with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     chunk: ChunkOpt = None,
     threads: ThreadsOpt = 0,
-    force: Annotated[bool, typer.Option(help="allow images beyond the per-side limit")] = False,
+    force: Annotated[bool, typer.Option(help="allow images beyond the per-side limit (16384 pixels)")] = False,
+    resume: Annotated[bool, typer.Option(help="continue the interrupted render kept in OUT.partial (same options "
+                                              "needed), or start one; .png/.tif only")] = False,
+    devices: Annotated[Optional[str], typer.Option(help="GPUs to spread a .png/.tif render over: 0,1 or 0-3 or all, "
+                                                        "one CUDA session each (default: one device)")] = None,
     fovea: Annotated[Optional[tuple[float, float]], typer.Option(
         metavar="X Y", help="foveated rendering around the gaze point (X, Y), in frame units: every pixel within "
         "--fovea-radius, sparser grids further out, interpolated (default: off)")] = None,
@@ -108,6 +116,7 @@ def render(
     cips render --seed 63 --region -0.5 -0.6 0.5 0.4 --size 512   (a crop, rendered at full detail)
     cips render --seed 63 --size 1024 --fovea 0 -0.1 --fovea-radius 0.25   (foveated: ~7x fewer points)
     cips render --seed 2 --panorama --width 1024 --height 256 --model pano.onnx   (all 360 degrees)
+    cips render --seed 7 --size 32768 --force --out big.png --resume   (streamed to disk band by band)
 
     A seed's latent is numpy.random.default_rng(seed).standard_normal(style_dim) as float32: the
     same image on every machine and provider.
@@ -124,7 +133,8 @@ def render(
         raise UserError("--panorama renders the whole circle: for part of it use --region alone (a panorama "
                         "model's x' wraps around every 2 x its frames), and --coords on its own")
     frame = rt.FULL_FRAME if region is None else rt.check_region(region, h, w)
-    suffixes, default = ((".npy",), "cips-seed{seed}-rgb.npy") if coords else (rt.image.IMAGE_SUFFIXES, "cips-seed{seed}.png")
+    suffixes, default = (((".npy",), "cips-seed{seed}-rgb.npy") if coords
+                         else ((*rt.image.IMAGE_SUFFIXES, *rt.STREAM_SUFFIXES[1:]), "cips-seed{seed}.png"))
     if latent is not None:  # one output, named after the latent file
         paths = rt.output_paths(out, [0], default.replace("seed{seed}", latent.stem))
     else:
@@ -132,20 +142,29 @@ def render(
     paths = [rt.prepare_output(p, suffixes) for p in paths]  # fail before any work
     points = rt.load_coords(coords) if coords is not None else None
     plan = _fovea_plan(fovea, fovea_radius, fovea_map, coords, len(paths), h, w, frame)
+    stream = rt.streams(paths[0], w * h, resume, devices is not None, coords is not None or plan is not None)
+    gpus = rt.parse_devices(devices) if devices is not None else None
 
-    m = rt.CIPSModel(_model_path(model), device=device, threads=threads, precision=precision)
+    models = rt.open_models(_model_path(model), device, gpus, threads, precision)
+    m = models[0]
     if panorama:
         w, frame = rt.panorama_view(m.config, h, width, str(m.path))
         rt.check_image_size(w, h, force)
+        stream = rt.streams(paths[0], w * h, resume, devices is not None, plan is not None)
     if latent is not None:
         latents = [rt.load_latent(latent, m.style_dim)]
     else:
         latents = [rt.latent_for_seed(s, m.style_dim) for s in seed_list]
     n_points = points.size // 2 if points is not None else w * h
+    jobs = [rt.StreamRender.open(p, m, z, w, h, frame, truncation, resume) for z, p in zip(latents, paths)] if stream else []
     start = time.perf_counter()
     work = n_points if plan is None else plan.points
-    with _progress(total=work * len(latents), show=len(latents) > 1 or work >= 1 << 20) as advance:
-        for z, path in zip(latents, paths):
+    total = sum(j.remaining_pixels for j in jobs) if stream else work * len(latents)
+    with _progress(total=total, show=stream or len(latents) > 1 or work >= 1 << 20) as advance:
+        for z, path, job in zip(latents, paths, jobs or [None] * len(paths)):
+            if job is not None:
+                job.run(models, chunk, advance)
+                continue
             if points is not None:
                 rgb = rt.render_points(m, z, points.reshape(-1, 2), truncation, chunk, advance)
                 rgb = rgb.reshape(*points.shape[:-1], 3)
@@ -167,8 +186,11 @@ def render(
                   f"{w * h / plan.points:.1f}x fewer")
     if panorama:
         shape += ", 360-degree panorama"
-    precision = "" if m.precision == "fp32" else f" ({m.precision})"  # fp32: the line as it always was
-    typer.echo(f"wrote {what} ({shape}) on {m.provider}{precision} in {ms:.0f} ms")
+    if stream:
+        shape += ", streamed" + (", resumed" if any(j.resumed for j in jobs) else "")
+    where = m.provider + (f" x{len(models)} (GPUs {devices})" if len(models) > 1 else "")
+    where += "" if m.precision == "fp32" else f" ({m.precision})"  # fp32: the line as it always was
+    typer.echo(f"wrote {what} ({shape}) on {where} in {ms:.0f} ms")
 
 
 @app.command()

@@ -15,6 +15,8 @@ from .image import MAX_SIDE, check_image_size, output_paths, prepare_output, psn
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .model import DEVICES, CIPSModel, available_providers, count_parameters
 from .render import render_image, render_points, run_chunks
+from .devices import open_models, parse_devices
+from .stream import STREAM_SUFFIXES, StreamRender, streams
 from .fovea import FoveaPlan, fovea_plan, render_foveated
 from .video import VIDEO_SUFFIXES, prepare_video, write_video
 from .walk import lerp, slerp, walk_frames, walk_latents
@@ -25,6 +27,7 @@ __all__ = [
     "FORMAT_VERSION", "PRECISIONS", "ModelInfo", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
     "psnr", "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES", "CIPSModel",
     "available_providers", "count_parameters", "render_image", "render_points", "run_chunks",
+    "open_models", "parse_devices", "STREAM_SUFFIXES", "StreamRender", "streams",
     "FoveaPlan", "fovea_plan", "render_foveated", "VIDEO_SUFFIXES", "prepare_video", "write_video", "lerp", "slerp",
     "walk_frames", "walk_latents", "zoom_frames", "zoom_regions",
     "panorama_region", "panorama_view",

@@ -83,12 +83,15 @@ class CIPSModel:
     runs on one thread: ONNX Runtime's multi-threaded matmul splits small and large calls differently,
     which changes float32 rounding with the chunk size (~3e-6 measured); one thread per call keeps every
     point's result independent of the chunk size and of the thread count, at the same speed.
+
+    device_id (CUDA): which GPU, in CUDA's numbering (runtime/devices.py opens one session per GPU).
     """
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, device_id: int = 0):
         ort = self.ort = _onnxruntime()
         self.path = Path(path)
+        self.device_id = device_id
         if device not in DEVICES:
             raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
         if threads is not None and threads < 0:
@@ -122,7 +125,7 @@ class CIPSModel:
                 raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
                                 "(TensorRT libraries missing?); use --device cuda")
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
-                                      bound=None if self.providers[0] == CPU else "cuda")
+                                      bound=None if self.providers[0] == CPU else "cuda", device_id=device_id)
         else:
             self._check_graph(INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
@@ -138,7 +141,7 @@ class CIPSModel:
         options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
         providers: list = [CPU]
         if cuda:
-            providers = [(CUDA, dict(CUDA_OPTIONS)), CPU]
+            providers = [(CUDA, self._cuda_options()), CPU]
         if tensorrt:
             providers.insert(0, (TENSORRT, self._tensorrt_options()))
         try:
@@ -147,16 +150,19 @@ class CIPSModel:
             except Exception as e:
                 if not cuda or "use_tf32" not in str(e):
                     raise
-                providers[-2] = (CUDA, {k: v for k, v in CUDA_OPTIONS.items() if k != "use_tf32"})  # older builds
+                providers[-2] = (CUDA, {k: v for k, v in self._cuda_options().items() if k != "use_tf32"})  # older builds
                 return ort.InferenceSession(source, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise UserError(f"{self.path} is not a loadable ONNX model (truncated or another format?): "
                             f"{_first_line(e)}") from None
 
+    def _cuda_options(self) -> dict:
+        return {"device_id": str(self.device_id), **CUDA_OPTIONS}
+
     def _tensorrt_options(self) -> dict:
         chunk = auto_cuda_chunk(self.info, self.precision)
         TRT_CACHE.mkdir(parents=True, exist_ok=True)
-        return {"trt_fp16_enable": "1" if self.precision == "fp16" else "0",
+        return {"device_id": str(self.device_id), "trt_fp16_enable": "1" if self.precision == "fp16" else "0",
                 "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(TRT_CACHE),
                 "trt_profile_min_shapes": "coords:1x2", "trt_profile_opt_shapes": f"coords:{chunk}x2",
                 "trt_profile_max_shapes": f"coords:{chunk}x2"}
@@ -239,11 +245,22 @@ class CIPSModel:
         z, psi = style
         return self.session.run([OUTPUT], {"z": z, "coords": coords[None], "truncation": psi})[0][0, :n]
 
+    def _cached_styles(self, z: np.ndarray, truncation: np.ndarray) -> list:
+        """styles() of the latest (z, truncation) again when asked again: callers that hand run() one
+        piece of an image at a time (runtime/stream.py) pay the style part once per latent."""
+        key = (z.tobytes(), truncation.tobytes())
+        cached = getattr(self, "_last_styles", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        styles = self.styles(z, truncation)
+        self._last_styles = (key, styles)  # one assignment: safe for the threads that share the model
+        return styles
+
     def run(self, z: np.ndarray, coords: np.ndarray, truncation: np.ndarray) -> np.ndarray:
         """All at once: z [B, S], coords [B, N, 2], truncation [B] (float32) -> rgb [B, N, 3]; on the CPU
         in default_chunk pieces over the worker threads (the result does not depend on them)."""
         assert z.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (z.shape, coords.shape, truncation.shape)
-        styles = self.styles(z, truncation)
+        styles = self._cached_styles(z, truncation)
         if self.on_device:
             return np.stack([self.engine.render_band(s, c, self.default_chunk) for s, c in zip(styles, coords)])
         n, chunk = coords.shape[1], self.default_chunk

@@ -47,21 +47,24 @@ class SplitEngine:
     """The style session (the file's graph) and one pixel session of the chosen precision.
 
     bound: None for plain numpy calls (CPU), or the device ("cuda") whose memory keeps the weights and
-    the chunks (I/O binding). "cpu" runs the bound path on the CPU, which tests use to check it."""
+    the chunks (I/O binding), GPU number device_id. "cpu" runs the bound path on the CPU, which tests use
+    to check it."""
 
-    def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, bound: str | None):
+    def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, bound: str | None,
+                 device_id: int = 0):
         self.ort = ort
         self.style_session = style_session
         self.pixel_session = pixel_session
         self.info = info
         self.precision = precision
         self.bound = bound
+        self.device_id = device_id
         self.pixel_inputs = {i.name: i for i in pixel_session.get_inputs()}
         self.weight_names = [n for n in self.pixel_inputs if n not in (COORDS, "embedding")]
         self.dtypes = {n: _DTYPES[i.type] for n, i in self.pixel_inputs.items()}
         table = self._style_outputs(np.zeros((1, info.style_dim), np.float32), np.ones(1, np.float32),
                                     ["embedding"])[0]
-        self.table = ort.OrtValue.ortvalue_from_numpy(table, bound, 0) if bound else table
+        self.table = ort.OrtValue.ortvalue_from_numpy(table, bound, device_id) if bound else table
         if bound:
             self.sync_options = ort.RunOptions()
             self.async_options = ort.RunOptions()
@@ -82,7 +85,7 @@ class SplitEngine:
         for name, value in {**dict(zip(STYLE_INPUTS, (z, psi))), **(extra or {})}.items():
             binding.bind_cpu_input(name, value)
         for name in self.weight_names:
-            binding.bind_output(name, self.bound, 0)
+            binding.bind_output(name, self.bound, self.device_id)
         self.style_session.run_with_iobinding(binding, self.sync_options)
         values = binding.get_outputs()
         styles = []
@@ -105,18 +108,18 @@ class SplitEngine:
 
     def render_band(self, style: DeviceStyle, coords: np.ndarray, chunk: int) -> np.ndarray:
         """Bound: coords [n, 2] (one band) -> rgb [n, 3], in chunks queued back to back."""
-        ort, n, device = self.ort, coords.shape[0], self.bound
-        points = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(coords, dtype=np.float32), device, 0)
-        out = ort.OrtValue.ortvalue_from_shape_and_type([n, 3], np.float32, device, 0)
+        ort, n, device, index = self.ort, coords.shape[0], self.bound, self.device_id
+        points = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(coords, dtype=np.float32), device, index)
+        out = ort.OrtValue.ortvalue_from_shape_and_type([n, 3], np.float32, device, index)
         binding = self.pixel_session.io_binding()
         binding.bind_ortvalue_input("embedding", self.table)
         for name, value, offset, shape, dtype in style.slices:
-            binding.bind_input(name, device, 0, dtype, shape, value.data_ptr() + offset)
+            binding.bind_input(name, device, index, dtype, shape, value.data_ptr() + offset)
         starts = range(0, n, chunk)
         for k, start in enumerate(starts):
             m = min(chunk, n - start)
-            binding.bind_input(COORDS, device, 0, np.float32, [m, 2], points.data_ptr() + 8 * start)
-            binding.bind_output(RGB, device, 0, np.float32, [m, 3], out.data_ptr() + 12 * start)
+            binding.bind_input(COORDS, device, index, np.float32, [m, 2], points.data_ptr() + 8 * start)
+            binding.bind_output(RGB, device, index, np.float32, [m, 3], out.data_ptr() + 12 * start)
             last = k == len(starts) - 1  # the last call waits for the queue: then the band is done
             self.pixel_session.run_with_iobinding(binding, self.sync_options if last else self.async_options)
         return out.numpy()

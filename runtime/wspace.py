@@ -64,7 +64,7 @@ class WSpaceModel:
         self.engine = None
         if model.engine is not None:  # format 2: this style session, the model's pixel session
             e = model.engine
-            self.engine = SplitEngine(ort, self.session, e.pixel_session, e.info, e.precision, e.bound)
+            self.engine = SplitEngine(ort, self.session, e.pixel_session, e.info, e.precision, e.bound, e.device_id)
 
     # what render_image / render_points read from a model
     @property

@@ -151,6 +151,17 @@ def test_cli_panorama_is_the_whole_circle_at_frames_times_the_height(pano_onnx, 
     assert np.array_equal(np.load(out), whole_circle(pano_model, 3, 6, 40))
 
 
+def test_cli_panorama_streams_to_a_tiff_with_the_same_pixels(pano_onnx, pano_model, tmp_path):
+    import tifffile
+
+    from cips_edge.runtime import to_uint8
+
+    out = tmp_path / "p.tif"  # .tif is always streamed (runtime/stream.py)
+    assert "360-degree panorama, streamed" in ok(cips("render", "--seed", 3, "--panorama", "--size", 7,
+                                                      "--model", pano_onnx, "--out", out))
+    assert np.array_equal(tifffile.imread(out), to_uint8(whole_circle(pano_model, 3, 7, 7 * FRAMES)))
+
+
 @pytest.mark.parametrize("extra,message", [
     ((), "--panorama needs a 360-degree panorama model"),
     (("--region", -1, -1, 1, 1), "--panorama renders the whole circle"),
