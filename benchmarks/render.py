@@ -145,14 +145,19 @@ def matmul_peak(device: str) -> dict:
     return out
 
 
+def figure(x: float) -> float:
+    """Four significant digits."""
+    return float(f"{x:.4g}")
+
+
 def report(name: str, side: int, batch: int, times: list[float], mflop_per_pixel: float, peak: float | None,
            memory: dict, **extra) -> dict:
     ms = statistics.median(times) * 1000 / batch
     pixels = side * side
     tflops = mflop_per_pixel * 1e6 * pixels / (ms / 1000) / 1e12
-    row = {"case": f"{side}x{side} b{batch}", "side": side, "batch": batch, "ms_per_image": round(ms, 3),
-           "mpixel_per_s": round(pixels / (ms / 1000) / 1e6, 2), "achieved_tflops": round(tflops, 3),
-           "share_of_peak": round(tflops / peak, 3) if peak else None, "runs": len(times), **memory, **extra}
+    row = {"case": f"{side}x{side} b{batch}", "side": side, "batch": batch, "ms_per_image": figure(ms),
+           "mpixel_per_s": figure(pixels / (ms / 1000) / 1e6), "achieved_tflops": figure(tflops),
+           "share_of_peak": figure(tflops / peak) if peak else None, "runs": len(times), **memory, **extra}
     print(f"  {name:<28} {row['case']:<14} {ms:10.2f} ms/image {row['mpixel_per_s']:9.2f} Mpx/s "
           f"{tflops:8.3f} TFLOP/s" + (f" ({100 * row['share_of_peak']:.0f}% of peak)" if peak else ""), flush=True)
     return row
