@@ -147,10 +147,11 @@ class CIPSModel:
         try:
             try:
                 return ort.InferenceSession(source, options, providers=providers)
-            except Exception as e:
-                if not cuda or "use_tf32" not in str(e):
+            except Exception:
+                if not cuda:
                     raise
-                providers[-2] = (CUDA, {k: v for k, v in self._cuda_options().items() if k != "use_tf32"})  # older builds
+                # an onnxruntime-gpu older than the use_tf32 option refuses it: the rest still holds
+                providers[-2] = (CUDA, {k: v for k, v in self._cuda_options().items() if k != "use_tf32"})
                 return ort.InferenceSession(source, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise UserError(f"{self.path} is not a loadable ONNX model (truncated or another format?): "
