@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cips_edge.cli as cli
-from cips_edge.runtime import CIPSModel, UserError, latent_for_seed, psnr, render_image
+from cips_edge.runtime import CIPSModel, UserError, latent_for_seed, psnr, render_image, render_points
 from cips_edge.runtime.split import BAND_POINTS, MAX_CUDA_CHUNK, MIN_CUDA_CHUNK, auto_cuda_chunk, band_size
 from cli_helpers import runner
 
@@ -152,3 +152,23 @@ def test_the_bound_path_gives_the_plain_paths_pixels(exported, tiny_onnx, precis
             assert np.array_equal(got, expected)
         else:  # int8: each chunk quantizes its activations with its own scale
             assert 0 < np.linalg.norm(got - expected) / np.linalg.norm(expected) < 0.05
+
+
+def test_renders_through_the_bound_path_equal_plain_renders(tiny_onnx, monkeypatch):
+    """render_image and render_points as they run on a GPU (bands of whole chunks, a batch of latents'
+    weights sliced from one style run), here on the CPU: bit-identical to the plain path in fp32."""
+    from cips_edge.runtime import split
+    from cips_edge.runtime.split import SplitEngine
+
+    plain = CIPSModel(tiny_onnx, device="cpu", threads=1)
+    bound = CIPSModel(tiny_onnx, device="cpu", threads=1)
+    e = bound.engine
+    bound.engine = SplitEngine(bound.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu")
+    assert bound.on_device
+    monkeypatch.setattr(split, "BAND_POINTS", 150)  # several bands: 150 points = 3 chunks of 50
+    z = np.stack([latent_for_seed(s, plain.style_dim) for s in (4, 5)])
+    assert bound.piece_size(50, 19 * 23) == 150
+    assert np.array_equal(render_image(bound, z[0], 19, 23, chunk=50), render_image(plain, z[0], 19, 23))
+    coords = np.random.default_rng(1).uniform(-1, 1, (2, 333, 2)).astype(np.float32)
+    assert np.array_equal(render_points(bound, z, coords, truncation=np.array([1.0, 0.6]), chunk=64),
+                          render_points(plain, z, coords, truncation=np.array([1.0, 0.6])))
