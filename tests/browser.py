@@ -67,7 +67,8 @@ def screenshot(driver) -> np.ndarray:
 
 
 def main(out: str) -> None:
-    """The README's picture: `cips view` of the packaged model, seed 63, zoomed in once on the face."""
+    """The README's picture: `cips view` of the packaged model, seed 63, at zoom 1 (the trained frame
+    512 pixels wide, the dashed square) with the model's extrapolation around it."""
     import subprocess
 
     server = subprocess.Popen([sys.executable, "-m", "cips_edge.cli", "view", "--port", "0", "--device", "cpu"],
@@ -76,9 +77,8 @@ def main(out: str) -> None:
         url = server.stdout.readline().split()[2]
         driver = chromium(960, 640)
         try:
-            driver.get(url + "#seed=63&psi=1&x=0&y=0&z=1")
+            driver.get(url + "#seed=63&psi=1&x=-0.3&y=0&z=1")
             wait_for_tiles(driver, timeout=300)
-            driver.find_element("id", "save-size").send_keys("1024")
             driver.save_screenshot(out)
         finally:
             driver.quit()

@@ -56,8 +56,12 @@ async function main() {
   }
 
   function showStatus(message) {
-    const c = map.getCenter();
-    const text = message || `zoom ${map.getZoom()}, centre (${c.lng.toPrecision(6)}, ${c.lat.toPrecision(6)})` +
+    const c = map.getCenter(), z = map.getZoom();
+    // a pixel is 2^-(7 + z) frame units: enough decimals to tell neighbouring pixels apart
+    const f = (v) => v.toFixed(Math.max(2, Math.min(12, Math.ceil((z + 7) * 0.302))));
+    const scale = (info.tile_size * 2 ** z) / info.train_size;  // screen pixels per trained pixel
+    const text = message || `zoom ${z} (${scale >= 1 ? scale : scale.toPrecision(2)}x the trained ` +
+      `${info.train_size} px), centre (${f(c.lng)}, ${f(c.lat)})` +
       (document.body.dataset.tiles === "loading" ? ", rendering..." : "") +
       (failed ? `, ${failed} tiles failed` : "");
     $("status").textContent = text;
