@@ -31,7 +31,7 @@ from ..model import CIPSModel
 from . import tiles as t
 
 STATIC = Path(__file__).resolve().parent / "static"
-CACHE_BYTES = 256 << 20  # tiles are 40-120 kB as PNG: 2,000-6,000 tiles
+CACHE_BYTES = 256 << 20  # PNG tiles of the default model: ~50 kB at zoom 0, ~7 kB at zoom 5
 RENDER_SLOTS = 2  # tiles rendered at once; each render already uses every CPU thread of the model
 CLIENT_GONE = 499  # the status nginx logs for a request whose client left; nobody reads it
 

@@ -29,9 +29,11 @@ async function main() {
   const outline = L.rectangle(FRAME, { color: "#3388ff", weight: 1.5, dashArray: "6 4", fill: false, interactive: false });
 
   const state = readHash();
-  const seed = () => Math.max(0, Math.floor(Number($("seed").value) || 0));
+  // seeds beyond 2^53 exist on the server but not as exact JavaScript numbers
+  const seed = () => Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.floor(Number($("seed").value) || 0)));
   const psi = () => Number($("psi").value);
-  if (state.seed !== null) $("seed").value = Math.max(0, Math.floor(state.seed));
+  if (state.seed !== null) $("seed").value = state.seed;
+  $("seed").value = seed();  // normalised: an integer from 0
   if (state.psi !== null) $("psi").value = state.psi;
   $("psi-value").textContent = psi();
 
@@ -70,12 +72,13 @@ async function main() {
 
   function saveHash() {
     const c = map.getCenter();
-    const h = `seed=${seed()}&psi=${psi()}&x=${c.lng.toPrecision(8)}&y=${c.lat.toPrecision(8)}&z=${map.getZoom()}`;
+    const h = `seed=${seed()}&psi=${psi()}&x=${c.lng}&y=${c.lat}&z=${map.getZoom()}`;  // every digit: deep zooms
     history.replaceState(null, "", "#" + h);
     showStatus();
   }
 
   function redraw() {
+    $("seed").value = seed();
     layer.setUrl(tileUrl());
     saveHash();
   }
