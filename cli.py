@@ -1,4 +1,4 @@
-"""The `cips` command: render, info, eval, export and train. Wiring only: each command checks its
+"""The `cips` command: render, grid, view, info, eval, export and train. Wiring only: each command checks its
 options and calls cips_edge.runtime or cips_edge.metrics (torch-free), or cips_edge.export /
 cips_edge.checkpoint (imported lazily: they need torch)."""
 from __future__ import annotations
@@ -367,6 +367,44 @@ def interpolate(
     ms = _write_frames(path, walk, frames, w, h, fps)
     typer.echo(f"wrote {path} ({frames} frames of {w}x{h}, seeds {','.join(map(str, keys))}{' and back' if loop else ''}, "
                f"{'slerp in z' if space == 'z' else 'lerp in w'}) on {m.provider} in {ms:.0f} ms")
+@app.command()
+@_user_errors
+def view(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option(help="address to listen on; anything but a loopback address lets other "
+                                           "machines in (the viewer has no login)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one")] = 8000,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = 0,
+    cache_mb: Annotated[int, typer.Option(help="memory for rendered tiles in MiB (least recently used go first)")] = 256,
+) -> None:
+    """Explore a model in the browser: pan and zoom its endless image, tiles rendered live.
+
+    \b
+    cips view                          -> open the printed URL, http://127.0.0.1:8000/
+    cips view --model m.onnx --port 8080
+    cips view --device cpu --cache-mb 64
+
+    Zoom 0 shows the trained frame [-1, 1]^2 in one 256 x 256 tile; every zoom level halves a tile's
+    side; the plane goes on past the frame. "save view" renders the view server-side as
+    `cips render --region` does, and the page shows that command. Ctrl-C stops the server.
+    """
+    from cips_edge import runtime as rt
+    from cips_edge.runtime.view import check_installed
+
+    check_installed()
+    if cache_mb < 0:
+        raise UserError(f"--cache-mb must be 0 or more, got {cache_mb}")
+    from cips_edge.runtime.view.app import create_app
+    from cips_edge.runtime.view.server import bind, is_loopback, serve, url_of
+
+    m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    app_ = create_app(m, cache_bytes=cache_mb << 20)
+    sock = bind(host, port)
+    typer.echo(f"cips view: {url_of(sock)} (model {m.path.name} on {m.provider}; Ctrl-C stops)")
+    if not is_loopback(sock):
+        typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the viewer", err=True)
+    serve(app_, sock)
 
 
 class _progress:

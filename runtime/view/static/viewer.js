@@ -1,0 +1,130 @@
+// cips view: Leaflet over the model's plane. A map coordinate is a point of the paper's frame
+// (lat = y', down; lng = x', right), so [-1, 1]^2 is the trained image, shown by zoom 0 in one tile.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+// Frame point (x', y') -> pixel (128 (x' + 1), 128 (y' + 1)) at zoom 0: tile (0, 0) of zoom 0 is the
+// frame, and tile (x, y) of zoom z covers 2 / 2^z frame units from -1 + x 2 / 2^z (the server's scheme).
+const FrameCRS = L.extend({}, L.CRS.Simple, { transformation: new L.Transformation(128, 128, 128, 128) });
+const FRAME = L.latLngBounds([-1, -1], [1, 1]);
+
+function readHash() {
+  const h = new URLSearchParams(location.hash.slice(1));
+  const num = (k) => (h.has(k) && isFinite(parseFloat(h.get(k))) ? parseFloat(h.get(k)) : null);
+  return { seed: num("seed"), psi: num("psi"), x: num("x"), y: num("y"), z: num("z") };
+}
+
+async function main() {
+  const info = await (await fetch("api/info")).json();
+  $("model").textContent = `${info.model}, ${info.provider.replace("ExecutionProvider", "")}`;
+  $("psi").min = info.psi_range[0];
+  $("psi").max = info.psi_range[1];
+
+  const map = L.map("map", {
+    crs: FrameCRS, minZoom: info.min_zoom, maxZoom: info.max_zoom, zoomControl: false,
+    attributionControl: false, zoomSnap: 1,
+  });
+  L.control.zoom({ position: "bottomright" }).addTo(map);
+  const outline = L.rectangle(FRAME, { color: "#3388ff", weight: 1.5, dashArray: "6 4", fill: false, interactive: false });
+
+  const state = readHash();
+  // seeds beyond 2^53 exist on the server but not as exact JavaScript numbers
+  const seed = () => Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.floor(Number($("seed").value) || 0)));
+  const psi = () => Number($("psi").value);
+  if (state.seed !== null) $("seed").value = state.seed;
+  $("seed").value = seed();  // normalised: an integer from 0
+  if (state.psi !== null) $("psi").value = state.psi;
+  $("psi-value").textContent = psi();
+
+  const tileUrl = () => `tiles/${seed()}/{z}/{x}/{y}.png?psi=${psi()}&m=${info.model_id}`;
+  const layer = L.tileLayer(tileUrl(), {
+    tileSize: info.tile_size, noWrap: true, keepBuffer: 1, updateWhenZooming: false,
+    minNativeZoom: info.min_zoom, maxNativeZoom: info.max_zoom,
+  });
+  // Leaflet cancels the request of a tile that leaves the view (it resets the image's src), and
+  // the server then drops it unrendered. These flags let tests and people see the loading state.
+  let failed = 0;
+  layer.on("loading", () => { document.body.dataset.tiles = "loading"; failed = 0; showStatus(); });
+  layer.on("load", () => { document.body.dataset.tiles = "loaded"; showStatus(); });
+  layer.on("tileerror", () => { failed += 1; showStatus(); });
+  layer.addTo(map);
+  outline.addTo(map);
+
+  if (state.x !== null && state.y !== null && state.z !== null) {
+    map.setView([state.y, state.x], state.z);
+  } else {
+    map.fitBounds(FRAME);
+  }
+
+  function showStatus(message) {
+    const c = map.getCenter(), z = map.getZoom();
+    // a pixel is 2^-(7 + z) frame units: enough decimals to tell neighbouring pixels apart
+    const f = (v) => v.toFixed(Math.max(2, Math.min(12, Math.ceil((z + 7) * 0.302))));
+    const scale = (info.tile_size * 2 ** z) / info.train_size;  // screen pixels per trained pixel
+    const text = message || `zoom ${z} (${scale >= 1 ? scale : scale.toPrecision(2)}x the trained ` +
+      `${info.train_size} px), centre (${f(c.lng)}, ${f(c.lat)})` +
+      (document.body.dataset.tiles === "loading" ? ", rendering..." : "") +
+      (failed ? `, ${failed} tiles failed` : "");
+    $("status").textContent = text;
+    $("status").className = message && message.startsWith("error") ? "error" : "";
+  }
+
+  function saveHash() {
+    const c = map.getCenter();
+    const h = `seed=${seed()}&psi=${psi()}&x=${c.lng}&y=${c.lat}&z=${map.getZoom()}`;  // every digit: deep zooms
+    history.replaceState(null, "", "#" + h);
+    showStatus();
+  }
+
+  function redraw() {
+    $("seed").value = seed();
+    layer.setUrl(tileUrl());
+    saveHash();
+  }
+
+  map.on("moveend", saveHash);
+  $("seed").addEventListener("change", redraw);
+  $("prev").addEventListener("click", () => { $("seed").value = Math.max(0, seed() - 1); redraw(); });
+  $("next").addEventListener("click", () => { $("seed").value = seed() + 1; redraw(); });
+  $("random").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e6); redraw(); });
+  $("psi").addEventListener("input", () => { $("psi-value").textContent = psi(); });
+  $("psi").addEventListener("change", redraw);
+  $("outline").addEventListener("change", () => (
+    $("outline").checked ? outline.addTo(map) : outline.remove()));
+  $("home").addEventListener("click", () => map.fitBounds(FRAME));
+  $("save").addEventListener("click", () => saveView(map, seed(), psi(), showStatus));
+
+  window.cipsView = { map, layer };  // for the browser test and the console
+  saveHash();
+}
+
+async function saveView(map, seed, psi, showStatus) {
+  // The saved image spans exactly what the map shows; its pixels are cell centres, like the tiles'.
+  const b = map.getBounds(), size = map.getSize(), choice = Number($("save-size").value);
+  const width = choice <= 4 ? Math.round(size.x * choice) : choice;
+  const height = Math.max(1, Math.round(width * size.y / size.x));
+  const q = new URLSearchParams({
+    seed, psi, x0: b.getWest(), y0: b.getSouth(), x1: b.getEast(), y1: b.getNorth(), width, height,
+  });
+  showStatus(`rendering ${width} x ${height}...`);
+  $("save").disabled = true;
+  try {
+    const r = await fetch(`api/view.png?${q}`);
+    if (!r.ok) throw new Error(await r.text());
+    const url = URL.createObjectURL(await r.blob());
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `cips-seed${seed}-view-${width}x${height}.png`;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    $("command").textContent = r.headers.get("X-Cips-Command") || "";
+    showStatus(`saved ${a.download}`);
+  } catch (e) {
+    showStatus(`error: ${e.message}`);
+  } finally {
+    $("save").disabled = false;
+  }
+}
+
+main().catch((e) => { $("status").textContent = `error: ${e.message}`; $("status").className = "error"; });

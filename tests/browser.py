@@ -1,0 +1,92 @@
+"""Headless Chromium for the viewer: a driver, waiting for tiles, screenshots as arrays. Used by
+tests/test_view_browser.py, and run as a script it makes the README's picture of the viewer:
+
+    python tests/browser.py docs/images/viewer.png      # `cips view` of the packaged model, seed 63
+
+Needs selenium (the [dev] extra) and Debian's `chromium` and `chromium-driver` (apt-get install);
+selenium is pointed at those binaries, so it downloads nothing.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+INSTALL = "apt-get install chromium chromium-driver"
+REQUIRED = os.environ.get("CIPS_BROWSER_TESTS") == "required"  # set by .ci/run once it installed Chromium
+
+
+def missing() -> str | None:
+    """Why no headless browser can run here, or None."""
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (pip install 'cips-edge[dev]')"
+    if not any(shutil.which(b) for b in BROWSERS) or not shutil.which("chromedriver"):
+        return f"Chromium and its driver are not installed ({INSTALL})"
+    return None
+
+
+def chromium(width: int, height: int):
+    """A headless Chromium (no sandbox: CI runs as root) whose page is exactly width x height CSS
+    pixels at one device pixel each."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = next(shutil.which(b) for b in BROWSERS if shutil.which(b))
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--force-color-profile=srgb", f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    return driver
+
+
+def wait_for_tiles(driver, timeout: float = 60.0) -> None:
+    """Until the page's tile layer says every tile in view has loaded (viewer.js sets the flag)."""
+    deadline = time.monotonic() + timeout
+    time.sleep(0.2)  # let a just-started move or zoom begin loading
+    while driver.execute_script("return document.body.dataset.tiles") != "loaded":
+        if time.monotonic() > deadline:
+            raise TimeoutError("tiles did not finish loading: " + driver.find_element("id", "status").text)
+        time.sleep(0.05)
+    time.sleep(0.3)  # Leaflet fades new tiles in over 0.2 s
+
+
+def screenshot(driver) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"))
+
+
+def main(out: str) -> None:
+    """The README's picture: `cips view` of the packaged model, seed 63, at zoom 1 (the trained frame
+    512 pixels wide, the dashed square) with the model's extrapolation around it."""
+    import subprocess
+
+    server = subprocess.Popen([sys.executable, "-m", "cips_edge.cli", "view", "--port", "0", "--device", "cpu"],
+                              stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        url = server.stdout.readline().split()[2]
+        driver = chromium(960, 640)
+        try:
+            driver.get(url + "#seed=63&psi=1&x=-0.3&y=0&z=1")
+            wait_for_tiles(driver, timeout=300)
+            driver.save_screenshot(out)
+        finally:
+            driver.quit()
+    finally:
+        server.terminate()
+        server.wait(30)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "viewer.png")
