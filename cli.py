@@ -68,6 +68,7 @@ PrecisionOpt = Annotated[Optional[str], typer.Option(help="pixel precision: fp32
                                                           "(default: the model's own where the device suits it - fp16 "
                                                           "on a GPU, int8 on a CPU - else fp32)")]
 ThreadsOpt = Annotated[int, typer.Option(help="CPU threads, each running whole chunks; 0 = the cores this process may use")]
+TruncationOpt = Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")]
 
 
 @app.command()
@@ -88,7 +89,7 @@ def render(
         "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png, .tif (tiled BigTIFF) or .npy; with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
-    truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
+    truncation: TruncationOpt = 1.0,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = None,
     chunk: ChunkOpt = None,
@@ -203,7 +204,7 @@ def grid(
     columns: Annotated[Optional[int], typer.Option(help="cells per row, at most the number of seeds "
                                                         "(default: ceil(sqrt(number of seeds)))")] = None,
     padding: Annotated[int, typer.Option(help="white pixels between cells and around the edge")] = 2,
-    truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
+    truncation: TruncationOpt = 1.0,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     chunk: ChunkOpt = None,
@@ -296,7 +297,7 @@ def zoom(
     width: Annotated[Optional[int], typer.Option(help="frame width in pixels (default: --size)")] = None,
     height: Annotated[Optional[int], typer.Option(help="frame height in pixels (default: --size); the half-height "
                                                        "is the half-width x (H-1)/(W-1): square pixels")] = None,
-    truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
+    truncation: TruncationOpt = 1.0,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     chunk: ChunkOpt = None,
@@ -338,7 +339,7 @@ def interpolate(
     size: Annotated[int, typer.Option(help="width and height of a frame in pixels")] = 256,
     width: Annotated[Optional[int], typer.Option(help="frame width in pixels (default: --size)")] = None,
     height: Annotated[Optional[int], typer.Option(help="frame height in pixels (default: --size)")] = None,
-    truncation: Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")] = 1.0,
+    truncation: TruncationOpt = 1.0,
     model: ModelOpt = None,
     device: DeviceOpt = "auto",
     chunk: ChunkOpt = None,
