@@ -73,8 +73,13 @@ def grid_chunks(height: int, width: int, chunk: int,
     ys = np.linspace(y0, y1, height, dtype=np.float64).astype(np.float32)
     total = height * width
     for start in range(0, total, chunk):
-        index = np.arange(start, min(start + chunk, total))
-        yield start, np.stack([xs[index % width], ys[index // width]], axis=-1)
+        stop = min(start + chunk, total)
+        first, last = start // width, (stop - 1) // width + 1  # the rows the run touches
+        rows = np.empty((last - first, width, 2), dtype=np.float32)  # whole rows: broadcasts, no index maths
+        rows[..., 0] = xs
+        rows[..., 1] = ys[first:last, None]
+        skip = start - first * width
+        yield start, rows.reshape(-1, 2)[skip:skip + stop - start]
 
 
 def check_coords(coords: np.ndarray, what: str = "coords") -> np.ndarray:
