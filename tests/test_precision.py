@@ -77,6 +77,11 @@ def test_int8_result_is_the_same_for_any_thread_count(exported):
     assert np.array_equal(render_image(one, z, SIZE, SIZE, chunk=100), render_image(two, z, SIZE, SIZE, chunk=100))
 
 
+# The default model packaged until session 3, a format-1 file (the same bytes as that commit's
+# cips_edge/models/default.onnx, so git stores it once).
+FORMAT_1_FILE = Path(__file__).parent / "data" / "format1-emoji-1052kimg.onnx"
+
+
 @pytest.mark.parametrize("precision,match", [("fp16", "holds no fp16 pixel graph"), ("fp8", "must be one of")])
 def test_a_precision_the_file_lacks_is_an_error(tiny_onnx, precision, match):
     with pytest.raises(UserError, match=match):
@@ -84,7 +89,7 @@ def test_a_precision_the_file_lacks_is_an_error(tiny_onnx, precision, match):
 
 
 def test_format_1_files_render_and_refuse_other_precisions():
-    path = cli.default_model_path()  # the packaged model is a format-1 file
+    path = FORMAT_1_FILE
     model = CIPSModel(path, device="cpu")
     assert model.info.format_version == 1 and model.precision == "fp32"
     z = latent_for_seed(1, model.style_dim)
@@ -117,8 +122,15 @@ def test_cli_bad_precision_is_one_line_and_no_file(tiny_checkpoint, tiny_onnx, t
 
 
 def test_info_says_a_format_1_file_is_fp32():
-    r = runner.invoke(cli.app, ["info"])
+    r = runner.invoke(cli.app, ["info", str(FORMAT_1_FILE)])
+    assert r.exit_code == 0, r.stderr
     assert "\nprecision   fp32 (format 1: one graph" in r.stdout
+
+
+def test_info_lists_the_packaged_models_pixel_graphs():
+    r = runner.invoke(cli.app, ["info"])
+    assert r.exit_code == 0, r.stderr
+    assert "\nprecision   fp32 (pixel graphs fp32, int8)" in r.stdout
 
 
 # -- the GPU path's arithmetic (the GPU itself is measured by benchmarks/render.py) -----------------
