@@ -1,6 +1,6 @@
 """The pixel graphs: coords [n, 2] and one latent's weights (the style graph's outputs) -> rgb [n, 3].
 
-Per point: Fourier features (Gemm, Sin) and the bilinear coordinate embedding (GridSample), then per
+Per point: Fourier features (Gemm, Sin) and the bilinear coordinate embedding (four Gathers), then per
 modulated layer one Gemm and one LeakyRelu, and the RGB. Written with onnx.helper rather than traced:
 it has no weights of its own beyond the Fourier layer and the biases, so each file holds it as a few KB.
 Precisions (layouts: export/style.py):
@@ -65,13 +65,16 @@ class _Graph:
         return name
 
 
-def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray, np.ndarray]) -> tuple[str, str]:
-    """(Fourier block [n, F], embedding [H, n]) in float32. A panorama's x' goes round a cylinder: the
-    Fourier layer reads (R cos theta, R sin theta, y'), theta = pi x' / N, and the table lookup wraps x'
-    (the style graph's embedding output repeats the first column after the last), as cips_edge/model.py."""
+def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray, np.ndarray],
+              half: bool = False) -> tuple[str, str]:
+    """(Fourier block [n, F] in float32, embedding [n, H] in float32, or float16 with half). A
+    panorama's x' goes round a cylinder: the Fourier layer reads (R cos theta, R sin theta, y'),
+    theta = pi x' / N, and the table lookup wraps x' (the style graph's embedding output repeats the
+    first column after the last), as cips_edge/model.py."""
     h, size, frames = config.hidden_size, config.size, config.panorama
+    width = config.table_width + (1 if frames else 0)
     coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
-    table = graph.input("embedding", TensorProto.FLOAT, [1, h, size, config.table_width + (1 if frames else 0)])
+    table = graph.input("embedding", TensorProto.FLOAT, [size * width, h])  # texel rows (runtime/split.py)
     points = coords
     if frames:
         f32 = np.float32
@@ -89,10 +92,45 @@ def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray,
         points, coords = graph.op("Concat", [across, y], axis=1), cylinder
     fo = graph.op("Sin", [graph.op("Gemm", [coords, graph.const("fourier_weight", fourier[0]),
                                             graph.const("fourier_bias", fourier[1])])])
-    grid = graph.op("Reshape", [points, graph.const("grid_shape", np.array([1, 1, -1, 2], np.int64))])
-    sampled = graph.op("GridSample", [table, grid], align_corners=1, mode="bilinear", padding_mode="border")
-    co = graph.op("Reshape", [sampled, graph.const("embedding_shape", np.array([h, -1], np.int64))])  # [H, n]
-    return fo, co
+    return fo, _bilinear(graph, table, points, size, width, half)
+
+
+def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int, half: bool) -> str:
+    """The table [height * width, H] sampled at points [n, 2] in [-1, 1] (x' first): bilinear, corners
+    aligned, clamped at the border, i.e. GridSample(align_corners=1, padding_mode="border") of the
+    [1, H, height, width] table, done as four row gathers and a weighted sum. ONNX Runtime's GridSample
+    kernels are slow (measured: 19% of a CPU pixel call, 8.7 of 49 ms on an H200); the rows come out
+    [n, H], which the input layer's Gemm reads without a transpose."""
+    f32 = np.float32
+    span = np.array([width - 1, height - 1], f32)
+    # texel coordinates, clamped to the table (GridSample's border padding)
+    p = graph.op("Mul", [graph.op("Add", [points, graph.const("bl_one", f32(1))]), graph.const("bl_half_span", span / 2)])
+    p = graph.op("Max", [graph.op("Min", [p, graph.const("bl_span", span)]), graph.const("bl_zero", np.zeros(2, f32))])
+    # the lower corner, at most one texel before the last so that the upper one exists (its weight is
+    # then exactly 1 at the last texel); a table one texel wide or tall keeps 0 (both corners the same)
+    low = graph.op("Min", [graph.op("Floor", [p]), graph.const("bl_last", np.maximum(span - 1, 0))])
+    frac = graph.op("Sub", [p, low])  # [n, 2]: (fx, fy)
+    step = np.array([1 if width > 1 else 0, width if height > 1 else 0], np.int64)
+    # the row of the lower corner, y * width + x: exact in float32 (tables have far fewer than 2^24 texels)
+    base = graph.op("ReduceSum", [graph.op("Mul", [low, graph.const("bl_stride", np.array([1, width], f32))]),
+                                  graph.const("bl_axis", np.array([1], np.int64))], keepdims=0)
+    base = graph.op("Cast", [base], to=TensorProto.INT64)  # [n]
+    if half:
+        table = graph.op("Cast", [table], to=TensorProto.FLOAT16)
+        frac = graph.op("Cast", [frac], to=TensorProto.FLOAT16)
+    elem = np.float16 if half else f32
+    fx = graph.op("Slice", [frac, graph.const("bl_0", np.array([0], np.int64)), graph.const("bl_1", np.array([1], np.int64)),
+                            "bl_1"])
+    fy = graph.op("Slice", [frac, "bl_1", graph.const("bl_2", np.array([2], np.int64)), "bl_1"])
+    one = graph.const("bl_one_elem", np.array(1, elem))
+    gx, gy = graph.op("Sub", [one, fx]), graph.op("Sub", [one, fy])
+    total = None
+    for (dx, dy), (wx, wy) in (((0, 0), (gx, gy)), ((1, 0), (fx, gy)), ((0, 1), (gx, fy)), ((1, 1), (fx, fy))):
+        offset = int(dx * step[0] + dy * step[1])
+        rows = base if offset == 0 else graph.op("Add", [base, graph.const(f"bl_off{dx}{dy}", np.array(offset, np.int64))])
+        term = graph.op("Mul", [graph.op("Gather", [table, rows], axis=0), graph.op("Mul", [wx, wy])])
+        total = term if total is None else graph.op("Add", [total, term])
+    return total
 
 
 def _folded_shapes(config: GeneratorConfig) -> dict[str, list[int]]:
@@ -110,7 +148,7 @@ def pixel_graph(generator: CIPSGenerator, precision: str) -> onnx.ModelProto:
     """The pixel graph of one precision (fp32, fp16 or int8); inputs named like the style outputs."""
     config = generator.config
     graph = _Graph()
-    fo, co = _features(graph, config, fourier_constants(generator))
+    fo, co = _features(graph, config, fourier_constants(generator), half=precision == "fp16")
     if precision == "fp16":
         _folded_chain(graph, config, fo, co)
     else:
@@ -134,9 +172,9 @@ def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str) -> N
     def weight(name: str) -> str:
         return graph.input(fp16_name(name), half, shapes[name])
 
-    fo, co = graph.op("Cast", [fo], to=half), graph.op("Cast", [co], to=half)
+    fo = graph.op("Cast", [fo], to=half)
     x = graph.op("Gemm", [fo, weight("w0_fo")])  # the input layer: [fo | co] @ W0, bias in the constant row
-    x = graph.op("LeakyRelu", [graph.op("Gemm", [co, weight("w0_co"), x], transA=1)], alpha=LRELU_SLOPE)
+    x = graph.op("LeakyRelu", [graph.op("Gemm", [co, weight("w0_co"), x])], alpha=LRELU_SLOPE)
     for name in weight_names(config)[2:-1]:
         x = graph.op("LeakyRelu", [graph.op("Gemm", [x, weight(name)])], alpha=LRELU_SLOPE)
     x = graph.op("Cast", [x], to=TensorProto.FLOAT)
@@ -153,7 +191,7 @@ def _plain_chain(graph: _Graph, generator: CIPSGenerator, fo: str, co: str, int8
     f32 = TensorProto.FLOAT
     m0 = shapes[0][1]
     x = graph.op("Gemm", [fo, graph.input("p0_fo", f32, [fourier_width(config), m0])])  # bias in the constant row
-    x = graph.op("Gemm", [co, graph.input("p0_co", f32, [config.hidden_size, m0]), x], transA=1)
+    x = graph.op("Gemm", [co, graph.input("p0_co", f32, [config.hidden_size, m0]), x])
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
     parts = []
     for i, (k, m) in enumerate(shapes[1:], start=1):

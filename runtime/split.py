@@ -28,6 +28,13 @@ class DeviceStyle:
     slices: list[tuple[str, object, int, list[int], type]]
 
 
+def texel_rows(table: np.ndarray) -> np.ndarray:
+    """The style graph's coordinate table [1, H, rows, columns] as the pixel graph reads it: one row
+    of H values per texel, [rows * columns, H] (export/pixels.py gathers four rows per point). Pixel
+    graphs of files exported before session 3 take the table as it is (GridSample)."""
+    return np.ascontiguousarray(table[0].reshape(table.shape[1], -1).T)
+
+
 def chunk_bytes_per_point(info: ModelInfo, precision: str) -> int:
     """A rough upper estimate of the pixel graph's live activation bytes per point."""
     c = info.config
@@ -63,7 +70,9 @@ class SplitEngine:
         self.weight_names = [n for n in self.pixel_inputs if n not in (COORDS, "embedding")]
         self.dtypes = {n: _DTYPES[i.type] for n, i in self.pixel_inputs.items()}
         table = self._style_outputs(np.zeros((1, info.style_dim), np.float32), np.ones(1, np.float32),
-                                    ["embedding"])[0]
+                                    ["embedding"])[0]  # [1, H, rows, columns]
+        if len(self.pixel_inputs["embedding"].shape) == 2:  # pixel graphs that gather texel rows
+            table = texel_rows(table)
         self.table = ort.OrtValue.ortvalue_from_numpy(table, bound, device_id) if bound else table
         if bound:
             self.sync_options = ort.RunOptions()

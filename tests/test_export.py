@@ -27,12 +27,15 @@ from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, render_points
 from cips_edge.export.style import fourier_width, plain_names
 from cips_edge.runtime.format import FORMAT, RGB, STYLE_INPUTS
+from cips_edge.runtime.split import texel_rows
 
 # Node types of the fp32 pixel graph: features (Gemm + Sin, Reshape + GridSample), then Gemm (bias
 # inside) + LeakyRelu per modulated layer, ToRGB MatMuls and their sum. Nothing else runs per point.
-PIXEL_OPS = {"Gemm", "Sin", "Reshape", "GridSample", "LeakyRelu", "MatMul", "Add"}
+# the bilinear table lookup (export/pixels.py _bilinear): texel coordinates, four row Gathers, weights
+LOOKUP_OPS = {"Min", "Max", "Floor", "Sub", "Mul", "ReduceSum", "Cast", "Slice", "Gather"}
+PIXEL_OPS = {"Gemm", "Sin", "LeakyRelu", "MatMul", "Add", *LOOKUP_OPS}
 # The style graph (per latent) never touches points.
-PER_POINT_OPS = {"GridSample", "Sin"}
+PER_POINT_OPS = {"Gather", "Sin"}
 
 
 def metadata(path: Path) -> dict[str, str]:
@@ -83,13 +86,14 @@ def test_graph_is_one_clean_file_with_dynamic_batch_and_points(tiny_onnx):
     pixels = pixel_model(tiny_onnx)
     ops = [n.op_type for n in pixels.graph.node]
     assert set(ops) <= PIXEL_OPS, set(ops) - PIXEL_OPS
-    assert ops.count("GridSample") == 1 and ops.count("Sin") == 1
+    assert ops.count("Gather") == 4 and ops.count("Sin") == 1
     # one LeakyRelu and one Gemm (bias inside) per modulated layer (two for the input layer's two
     # halves) plus the Fourier Gemm; a MatMul per ToRGB, summed with their biases: no passes of their own
     # for biases or gains
     assert ops.count("LeakyRelu") == len(c.layer_shapes)
     assert ops.count("Gemm") == len(c.layer_shapes) + 2
-    assert ops.count("MatMul") == ops.count("Add") == c.n_to_rgb
+    # (the lookup has 7 Adds of its own: x' + 1, three corner offsets, the sum of the four corners)
+    assert ops.count("MatMul") == ops.count("Add") - 7 == c.n_to_rgb
     # the weights come from the style graph: no initializer beyond the Fourier layer's size (and biases)
     assert max(np.prod(t.dims) for t in pixels.graph.initializer) <= max(2 * fourier_width(c), *c.synthesis_widths)
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
@@ -105,7 +109,7 @@ def test_any_batch_and_number_of_points_run(tiny_onnx, tiny_checkpoint):
     for batch, n in [(1, 1), (3, 517)]:
         z, coords = torch.randn(batch, g.config.style_dim), torch.rand(batch, n, 2) * 4 - 2
         weights = dict(zip(names, style.run(names, {"z": z.numpy(), "truncation": np.ones(batch, np.float32)})))
-        out = np.stack([pixels.run(None, {"coords": coords[b].numpy(), "embedding": weights["embedding"],
+        out = np.stack([pixels.run(None, {"coords": coords[b].numpy(), "embedding": texel_rows(weights["embedding"]),
                                           **{k: v[b] for k, v in weights.items() if k != "embedding"}})[0]
                         for b in range(batch)])
         with torch.no_grad():
