@@ -187,3 +187,23 @@ def test_renders_through_the_bound_path_equal_plain_renders(tiny_onnx, monkeypat
     coords = np.random.default_rng(1).uniform(-1, 1, (2, 333, 2)).astype(np.float32)
     assert np.array_equal(render_points(bound, z, coords, truncation=np.array([1.0, 0.6]), chunk=64),
                           render_points(plain, z, coords, truncation=np.array([1.0, 0.6])))
+
+
+# A format-2 file from before the Gather lookup (session 3): its pixel graphs sample the table with
+# GridSample and take it as [1, H, rows, columns]. Made by commit 16058c2's export_generator from the
+# tiny generator of torch.manual_seed(0) (the weights of the tiny_checkpoint fixture), precision fp16,
+# with int8 included.
+GRIDSAMPLE_FILE = Path(__file__).parent / "data" / "format2-gridsample-tiny.onnx"
+
+
+def test_format_2_files_with_gridsample_pixel_graphs_still_render(tiny_onnx):
+    old = CIPSModel(GRIDSAMPLE_FILE, device="cpu", precision="fp32")
+    new = CIPSModel(tiny_onnx, device="cpu", precision="fp32")
+    assert old.engine.table.ndim == 4 and new.engine.table.ndim == 2  # as it is / as texel rows
+    z = latent_for_seed(3, old.style_dim)
+    reference = render_image(new, z, 24, 24)
+    rgb = render_image(old, z, 24, 24)
+    assert np.linalg.norm(rgb - reference) / np.linalg.norm(reference) < 1e-5
+    for precision, low in (("fp16", 40), ("int8", 20)):
+        reduced = render_image(CIPSModel(GRIDSAMPLE_FILE, device="cpu", precision=precision), z, 24, 24)
+        assert low <= psnr(reduced, reference) < float("inf"), precision
