@@ -7,7 +7,9 @@ Writes JSON to benchmarks/results/.
 
 Paths: plain = eager fp32, NCHW, TF32 matmuls off, no cuDNN autotuning, for-loop Adam (the original
 code's settings); fast = bf16 autocast for G's per-pixel layers and D's forward, channels-last D, cuDNN
-autotuning, TF32, fused Adam; fast+compile = fast with torch.compile (ask with --paths).
+autotuning, TF32, fused Adam; fast+compile = fast with torch.compile (ask with --paths); +fold = G's
+sqrt(2) activation gains folded into the next layer's weights (one elementwise pass fewer per layer;
+not in `cips train` until a GPU run shows it wins).
 """
 from __future__ import annotations
 
@@ -41,9 +43,11 @@ def sync(device: torch.device) -> None:
 def speed_for(path: str, device: torch.device) -> Speed:
     if path == "plain":
         return Speed()
-    if path in ("fast", "fast+compile"):
-        return Speed.for_device(device, bf16=True, compile=path == "fast+compile")
-    raise SystemExit(f"unknown path {path!r}: use plain, fast, fast+compile")
+    parts = path.split("+")
+    if parts[0] == "fast" and set(parts[1:]) <= {"compile", "fold"}:
+        speed = Speed.for_device(device, bf16=True, compile="compile" in parts)
+        return dataclasses.replace(speed, fold_gain="fold" in parts)
+    raise SystemExit(f"unknown path {path!r}: use plain, fast, fast+compile, fast+fold, fast+compile+fold")
 
 
 def measure(path: str, args, device: torch.device) -> dict:
@@ -139,7 +143,9 @@ def main() -> None:
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--d-channel-max", type=int, default=None)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--paths", default="plain,fast", help="comma list of plain, fast, fast+compile")
+    parser.add_argument("--paths", default="plain,fast",
+                        help="comma list of plain, fast, fast+compile, fast+fold (gains folded into the weights), "
+                             "fast+compile+fold")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     args = parser.parse_args()
     device = resolve_device(args.device)

@@ -165,10 +165,13 @@ class ModulatedFC(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.apply_weight(x, self.modulated_weight(w))
 
-    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        # [B, N, in] @ [B, in, out] -> [B, N, out]; bias then leaky ReLU (gain sqrt 2). The bias
-        # follows the matmul's dtype so that autocast keeps activations in bf16 between layers.
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, gain: bool = True) -> torch.Tensor:
+        # [B, N, in] @ [B, in, out] -> [B, N, out]; bias then leaky ReLU (gain sqrt 2; gain=False leaves
+        # it to the consumer's weights). The bias follows the matmul's dtype so that autocast keeps
+        # activations in bf16 between layers.
         out = torch.matmul(x, weight)
+        if not gain:
+            return F.leaky_relu(out + self.bias.to(out.dtype), LRELU_SLOPE)
         return scaled_leaky_relu(out + self.bias.to(out.dtype))
 
 
@@ -232,14 +235,21 @@ class CIPSGenerator(nn.Module):
         e_co = self.embedding.native(coords) if native else self.embedding(coords)
         return torch.cat([e_fo, e_co], dim=2)
 
-    def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-        """[B, N, 2H] features and baked per-sample weights -> raw RGB [B, N, 3]."""
+    def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False) -> torch.Tensor:
+        """[B, N, 2H] features and baked per-sample weights -> raw RGB [B, N, 3].
+
+        fold_gain: the same function with the activations' sqrt(2) gain moved into the weights that
+        read them (leaky(x) @ (g W) = (g leaky(x)) @ W): one elementwise pass fewer per layer, forward
+        and backward, on the [B, N, width] activations; the per-sample weights are small."""
         n_conv = 1 + len(self.layers)
-        x = self.input_layer.apply_weight(e, weights[0])
+        if fold_gain:
+            weights = [weights[0], *(wt * LRELU_GAIN for wt in weights[1:])]
+        gain = not fold_gain
+        x = self.input_layer.apply_weight(e, weights[0], gain)
         rgb = None
         every = self.config.to_rgb_every
         for i, layer in enumerate(self.layers):
-            x = layer.apply_weight(x, weights[1 + i])
+            x = layer.apply_weight(x, weights[1 + i], gain)
             if (i + 1) % every == 0:
                 k = (i + 1) // every - 1
                 out = self.to_rgbs[k].apply_weight(x, weights[n_conv + k])

@@ -253,3 +253,21 @@ def test_fast_path_numerics_stay_close_to_fp32():
         fast.train_step(step)
     stats = fast.read_stats()
     assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_folded_gains_compute_the_same_function_and_gradients():
+    """Speed.fold_gain moves G's sqrt(2) activation gains into the next weights: the same images and
+    the same parameter gradients, to float32 rounding (the benchmark's fast+fold path)."""
+    from cips_edge.train.trainer import Speed
+
+    plain, folded = tiny_trainer(), tiny_trainer()
+    folded.speed = Speed(fold_gain=True)
+    folded.G.load_state_dict(plain.G.state_dict())
+    z = torch.randn(3, plain.G.config.style_dim)
+    a, b = plain.generate(z), folded.generate(z)
+    assert float((a - b).detach().norm() / a.detach().norm()) < 1e-6 and not torch.equal(a, b)  # computed differently
+    (a * torch.linspace(-1, 1, a.numel()).reshape(a.shape)).sum().backward()
+    (b * torch.linspace(-1, 1, b.numel()).reshape(b.shape)).sum().backward()
+    for (name, p), q in zip(plain.G.named_parameters(), folded.G.parameters()):
+        if p.grad is not None:
+            assert float((p.grad - q.grad).norm() / (p.grad.norm() + 1e-12)) < 1e-5, name

@@ -42,6 +42,7 @@ class Speed:
     fused_adam: bool = False
     tuned_backends: bool = False  # cuDNN autotuning (shapes never change) and TF32 for fp32 matmuls
     compile: bool = False
+    fold_gain: bool = False  # G's sqrt(2) activation gains folded into the next weights (synthesize)
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool) -> "Speed":
@@ -129,7 +130,7 @@ class Trainer:
             e = e.to(torch.bfloat16)
         e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
-            rgb = g.synthesize(e, weights)  # [B, S*S, 3]
+            rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain)  # [B, S*S, 3]
         img = rgb.float().reshape(-1, self.size, self.size, 3).permute(0, 3, 1, 2)  # NCHW view of NHWC
         return img if self.speed.channels_last else img.contiguous()
 
