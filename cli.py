@@ -61,9 +61,10 @@ def _model_path(model: Optional[Path]) -> Path:
 ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="cips-edge ONNX file (default: the packaged model)")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when it loads, else CPU), cuda (error if it cannot run), cpu, "
                                              "or tensorrt (ONNX Runtime's TensorRT provider; error if it cannot load)")]
-ChunkOpt = Annotated[Optional[int], typer.Option(help="points per ONNX Runtime call (default: 16384 on CPU, smaller images "
-                                                      "split evenly over the threads; on CUDA the largest power of two "
-                                                      "whose activations fit ~2 GB, 16384-1048576)")]
+ChunkOpt = Annotated[Optional[int], typer.Option(help="points per ONNX Runtime call (default: 1024 on CPU (16384 for "
+                                                      "format-1 files), smaller images split evenly over the threads; "
+                                                      "on CUDA the largest power of two whose activations fit ~2 GB, "
+                                                      "16384-1048576)")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(help="pixel precision: fp32, fp16 or int8, if the model holds it "
                                                           "(default: the model's own where the device suits it - fp16 "
                                                           "on a GPU, int8 on a CPU - else fp32)")]

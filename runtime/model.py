@@ -19,11 +19,14 @@ DEVICES = ("auto", "cuda", "cpu", "tensorrt")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-# Points per session call when --chunk is not given. On CPU, chunks whose activations stay near the
-# caches run as fast as larger ones (measured: 4k-16k points best on 2 cores, 64k ~20% slower). On
-# CUDA, format-2 files pick the largest power of two whose activations fit a memory budget
-# (split.auto_cuda_chunk); format-1 files use 262,144 points.
-DEFAULT_CHUNK = {CPU: 16_384, CUDA: 262_144}
+# Points per session call when --chunk is not given. On CPU small chunks keep the activations in the
+# caches: format-2 files use 1,024 (measured in session 3 on 2 cores, whole `cips render` runs against
+# 16,384: the default model at 1024^2 0.68x the time fp32 and 0.63x int8, the paper config at 256^2
+# 0.72x, and about half the peak memory; 512 was no faster). Format-1 files redo the style part in every
+# call, so they keep 16,384 (4k-16k were best for them). On CUDA, format-2 files pick the largest power
+# of two whose activations fit a memory budget (split.auto_cuda_chunk); format-1 files use 262,144.
+DEFAULT_CHUNK = {CPU: 1_024, CUDA: 262_144}
+FORMAT_1_CPU_CHUNK = 16_384
 # CUDA provider: float32 matmuls in float32 (ONNX Runtime may default to TF32), and an arena that grows
 # by what is asked rather than to the next power of two (bounded memory for big images).
 CUDA_OPTIONS = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
@@ -223,6 +226,8 @@ class CIPSModel:
     def default_chunk(self) -> int:
         if self.on_device:
             return auto_cuda_chunk(self.info, self.precision)
+        if self.provider == CPU and self.engine is None:
+            return FORMAT_1_CPU_CHUNK
         return DEFAULT_CHUNK.get(self.provider, DEFAULT_CHUNK[CUDA])
 
     def piece_size(self, chunk: int, total: int) -> int:
