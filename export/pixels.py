@@ -74,7 +74,8 @@ def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray,
     h, size, frames = config.hidden_size, config.size, config.panorama
     width = config.table_width + (1 if frames else 0)
     coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
-    table = graph.input("embedding", TensorProto.FLOAT, [size * width, h])  # texel rows (runtime/split.py)
+    # texel rows, in the lookup's precision (runtime/split.py converts the table once per session)
+    table = graph.input("embedding", TensorProto.FLOAT16 if half else TensorProto.FLOAT, [size * width, h])
     points = coords
     if frames:
         f32 = np.float32
@@ -96,7 +97,7 @@ def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray,
 
 
 def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int, half: bool) -> str:
-    """The table [height * width, H] sampled at points [n, 2] in [-1, 1] (x' first): bilinear, corners
+    """The table [height * width, H] (float16 with half) sampled at points [n, 2] in [-1, 1] (x' first): bilinear, corners
     aligned, clamped at the border, i.e. GridSample(align_corners=1, padding_mode="border") of the
     [1, H, height, width] table, done as four row gathers and a weighted sum. ONNX Runtime's GridSample
     kernels are slow (measured: 19% of a CPU pixel call, 8.7 of 49 ms on an H200); the rows come out
@@ -116,7 +117,6 @@ def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int, h
                                   graph.const("bl_axis", np.array([1], np.int64))], keepdims=0)
     base = graph.op("Cast", [base], to=TensorProto.INT64)  # [n]
     if half:
-        table = graph.op("Cast", [table], to=TensorProto.FLOAT16)
         frac = graph.op("Cast", [frac], to=TensorProto.FLOAT16)
     elem = np.float16 if half else f32
     fx = graph.op("Slice", [frac, graph.const("bl_0", np.array([0], np.int64)), graph.const("bl_1", np.array([1], np.int64)),
