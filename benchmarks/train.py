@@ -9,7 +9,8 @@ Paths: plain = eager fp32, NCHW, TF32 matmuls off, no cuDNN autotuning, for-loop
 code's settings); fast = bf16 autocast for G's per-pixel layers and D's forward, channels-last D, cuDNN
 autotuning, TF32, fused Adam; fast+compile = fast with torch.compile (ask with --paths); +fold = G's
 sqrt(2) activation gains folded into the next layer's weights (one elementwise pass fewer per layer;
-not in `cips train` until a GPU run shows it wins).
+not in `cips train` until a GPU run shows it wins); +autotune = compile in max-autotune mode (Triton
+GEMM templates that can take the bias and leaky ReLU into their epilogue; minutes of tuning first).
 """
 from __future__ import annotations
 
@@ -44,13 +45,14 @@ def speed_for(path: str, device: torch.device) -> Speed:
     if path == "plain":
         return Speed()
     parts = path.split("+")
-    if parts[0] == "fast" and set(parts[1:]) <= {"compile", "fold"}:
-        speed = Speed.for_device(device, bf16=True, compile="compile" in parts)
-        return dataclasses.replace(speed, fold_gain="fold" in parts)
-    raise SystemExit(f"unknown path {path!r}: use plain, fast, fast+compile, fast+fold, fast+compile+fold")
+    if parts[0] == "fast" and set(parts[1:]) <= {"compile", "fold", "autotune"}:
+        speed = Speed.for_device(device, bf16=True, compile="compile" in parts or "autotune" in parts)
+        return dataclasses.replace(speed, fold_gain="fold" in parts, autotune="autotune" in parts)
+    raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune")
 
 
-def measure(path: str, args, device: torch.device) -> dict:
+def build_trainer(path: str, args, device: torch.device) -> Trainer:
+    """A trainer for `path` on random images (args: preset, size, batch, r1_every, augment, d_channel_max)."""
     speed = speed_for(path, device)
     speed.apply_backend_flags(device)
     if device.type == "cuda":
@@ -66,6 +68,12 @@ def measure(path: str, args, device: torch.device) -> dict:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(256, 4 * args.batch), g_config.size, g_config.size, 3), dtype=np.uint8)
     trainer.use_bank(ImageBank(images, device))
+    return trainer
+
+
+def measure(path: str, args, device: torch.device) -> dict:
+    trainer = build_trainer(path, args, device)
+    speed = trainer.speed
 
     step = 0
     for _ in range(args.warmup):  # step 0 includes R1, so its kernels are warm too
@@ -145,7 +153,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--paths", default="plain,fast",
                         help="comma list of plain, fast, fast+compile, fast+fold (gains folded into the weights), "
-                             "fast+compile+fold")
+                             "fast+compile+fold, fast+autotune (compile, max-autotune), fast+autotune+fold")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     args = parser.parse_args()
     device = resolve_device(args.device)

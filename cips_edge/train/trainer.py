@@ -43,6 +43,7 @@ class Speed:
     tuned_backends: bool = False  # cuDNN autotuning (shapes never change) and TF32 for fp32 matmuls
     compile: bool = False
     fold_gain: bool = False  # G's sqrt(2) activation gains folded into the next weights (synthesize)
+    autotune: bool = False  # compile with max-autotune: Triton GEMMs with the activation in their epilogue
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool) -> "Speed":
@@ -112,8 +113,9 @@ class Trainer:
         self.generate = self._generate
         self.discriminate = self._discriminate
         if speed.compile:
-            self.generate = torch.compile(self._generate)
-            self.discriminate = torch.compile(self._discriminate)
+            mode = "max-autotune-no-cudagraphs" if speed.autotune else None
+            self.generate = torch.compile(self._generate, mode=mode)
+            self.discriminate = torch.compile(self._discriminate, mode=mode)
 
     # -- forward passes ------------------------------------------------------------------------
     def _generate(self, z: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
