@@ -1,6 +1,6 @@
-"""The discriminator's blur runs through a custom autograd Function (so R1's double backward does not
-form the blur kernel's gradient one channel group at a time). It must give the same R1 penalty and the
-same gradients as the plain grouped conv2d it replaces."""
+"""The discriminator's blur runs as three 2x2 average pools (fast native kernels in every layout and
+derivative order). It must give the same outputs, R1 penalty and gradients as the upfirdn2d-style
+depthwise conv2d with the [1, 3, 3, 1] taps that it replaces."""
 import copy
 
 import pytest
@@ -13,10 +13,12 @@ from cips_edge.train.discriminator import Discriminator, DiscriminatorConfig
 from cips_edge.train.losses import r1_penalty
 
 
-def plain_blur_forward(self, x):  # the implementation before the custom Function
+def plain_blur_forward(self, x):  # the filter as a depthwise convolution, as the original's upfirdn2d
+    taps = torch.tensor(dmod.BLUR_TAPS, dtype=x.dtype)
+    kernel = (torch.outer(taps, taps) / taps.sum() ** 2).expand(x.shape[1], 1, 4, 4)
     p0, p1 = self.pad
     x = F.pad(x, (p0, p1, p0, p1))
-    return F.conv2d(x, self.kernel.to(x.dtype), stride=self.stride, groups=x.shape[1])
+    return F.conv2d(x, kernel, stride=self.stride, groups=x.shape[1])
 
 
 def r1_and_grads(D, reals, augment):
@@ -29,7 +31,7 @@ def r1_and_grads(D, reals, augment):
 
 
 @pytest.mark.parametrize("augment", [False, True])
-def test_r1_penalty_and_gradients_match_plain_grouped_conv(monkeypatch, augment):
+def test_r1_penalty_and_gradients_match_depthwise_conv(monkeypatch, augment):
     torch.manual_seed(0)
     D = Discriminator(DiscriminatorConfig(16, 2, 32))
     with torch.no_grad():  # nonzero biases and a larger output so every path carries signal
@@ -44,9 +46,12 @@ def test_r1_penalty_and_gradients_match_plain_grouped_conv(monkeypatch, augment)
     assert old_penalty > 0
     assert new_grads.keys() == old_grads.keys() and len(old_grads) >= len(list(D.parameters())) - 1
     torch.testing.assert_close(new_penalty, old_penalty, rtol=1e-5, atol=0)
+    # R1's bias gradients are zero in exact arithmetic (D is piecewise linear): float32 noise, judged
+    # against the scale of the whole gradient.
+    scale = max(g.abs().max().item() for g in old_grads.values())
     for name, g in old_grads.items():
-        assert g.abs().max() > 0 or not name.endswith("weight"), name  # biases: 0 (piecewise-linear D)
-        torch.testing.assert_close(new_grads[name], g, rtol=1e-4, atol=1e-6 * max(g.abs().max().item(), 1e-6), msg=name)
+        assert g.abs().max() > 0 or not name.endswith("weight"), name
+        torch.testing.assert_close(new_grads[name], g, rtol=1e-4, atol=1e-6 * scale, msg=name)
 
 
 @pytest.mark.parametrize("stride,pad", [(1, (2, 2)), (2, (1, 1))])
