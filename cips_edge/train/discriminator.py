@@ -13,7 +13,7 @@ from torch import nn
 
 from cips_edge.model import scaled_leaky_relu
 
-BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)  # per axis, / 8: Blur is their outer product, as three 2x2 average pools
+BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)  # per axis, / 8 ([1, 1] / 2 three times); Blur is their outer product
 
 
 @dataclass(frozen=True)
@@ -31,25 +31,79 @@ class DiscriminatorConfig:
         return dataclasses.asdict(self)
 
 
+class _ConstDepthwiseConv(torch.autograd.Function):
+    """conv2d(x, kernel, stride, groups=C) for a constant kernel, with gradients of any order.
+
+    Autograd's own double backward of a convolution (aten::_convolution_double_backward) always computes
+    the kernel's gradient, even for a kernel that needs none, and for groups > 1 it does so one group at a
+    time: a depthwise blur over C channels becomes C tiny convolutions plus copies in every R1 step. Here
+    the backward is the same input-gradient call autograd makes, and its backward is this convolution
+    again (the op is linear in x), so no kernel gradient is ever formed. Same math, same kernels."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(x, kernel)
+        ctx.stride = stride
+        with torch.autocast(x.device.type, enabled=False):  # run in x's dtype (what autocast would pick)
+            return F.conv2d(x, kernel.to(x.dtype), stride=stride, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, kernel = ctx.saved_tensors
+        return _ConstDepthwiseConvInputGrad.apply(grad_out, x, kernel, ctx.stride), None, None
+
+
+class _ConstDepthwiseConvInputGrad(torch.autograd.Function):
+    """grad_x of _ConstDepthwiseConv (x only gives the shape and layout; no gradient flows to it)."""
+
+    @staticmethod
+    def forward(ctx, grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.save_for_backward(kernel)
+        ctx.stride = stride
+        kernel = kernel.to(x.dtype)
+        return torch.ops.aten.convolution_backward(
+            grad_out.to(x.dtype), x, kernel, None, [stride, stride], [0, 0], [1, 1], False, [0, 0],
+            x.shape[1], [True, False, False])[0]
+
+    @staticmethod
+    def backward(ctx, grad_grad_x: torch.Tensor):
+        (kernel,) = ctx.saved_tensors
+        return _ConstDepthwiseConv.apply(grad_grad_x, kernel, ctx.stride), None, None, None
+
+
+def _taps(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The [1, 3, 3, 1] / 8 filter along one dimension, valid part only (4 shifted slices)."""
+    n = x.shape[dim] - 3
+    return (x.narrow(dim, 0, n) + x.narrow(dim, 3, n) + 3.0 * (x.narrow(dim, 1, n) + x.narrow(dim, 2, n))) * 0.125
+
+
 class Blur(nn.Module):
     """Depthwise [1, 3, 3, 1] x [1, 3, 3, 1] / 64 filter with zero padding (upfirdn2d with up = down = 1).
     stride 2 computes only the samples a following stride-2 1x1 convolution would keep.
 
-    [1, 3, 3, 1] / 8 is [1, 1] / 2 applied three times, so the 2-D filter is three 2x2 average pools
-    (stride 1, the last one at the output's stride): the same function, with native kernels for every
-    layout and derivative order. As a depthwise convolution it cost ~45% of a paper-256 D step on an
-    H200 (cuDNN's NHWC layout transforms and its depthwise data-gradient kernel; benchmarks/results/
-    train-profile-paper-256-h200-s4-conv-blur.json), and R1's double backward went through it again."""
+    Two implementations of the same function, picked by what runs fastest (H200 profiles in
+    benchmarks/results/train-profile-paper-256-h200-*.json):
+    - eager (the plain and fast paths, and R1's double backward, which is never compiled): a depthwise
+      convolution through _ConstDepthwiseConv.
+    - under torch.compile: the filter is separable, so it is the 1-D taps along columns then rows, as
+      sums of shifted slices, which Inductor fuses into one kernel. The convolution there cost ~45% of a
+      paper-256 D step (cuDNN's NHWC layout transforms and its depthwise data-gradient kernel). Eager,
+      the same filter as three 2x2 average pools was slower than the convolution (39 vs 50 img/s)."""
 
     def __init__(self, channels: int, pad: tuple[int, int], stride: int = 1):
         super().__init__()
-        self.channels, self.pad, self.stride = channels, pad, stride
+        taps = torch.tensor(BLUR_TAPS)
+        kernel = torch.outer(taps, taps) / taps.sum() ** 2
+        self.register_buffer("kernel", kernel.expand(channels, 1, 4, 4).contiguous(), persistent=False)
+        self.pad, self.stride = pad, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p0, p1 = self.pad
         x = F.pad(x, (p0, p1, p0, p1))
-        x = F.avg_pool2d(F.avg_pool2d(x, 2, 1), 2, 1)
-        return F.avg_pool2d(x, 2, self.stride)
+        if torch.compiler.is_compiling():
+            x = _taps(_taps(x, 3), 2)
+            return x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        return _ConstDepthwiseConv.apply(x, self.kernel, self.stride)
 
 
 class EqualConv2d(nn.Module):
