@@ -82,3 +82,20 @@ def test_compiled_blur_average_pools_match_conv2d(stride, pad):
     (g_new,) = torch.autograd.grad(out, x, grad)
     (g_ref,) = torch.autograd.grad(ref, x, grad)
     torch.testing.assert_close(g_new, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_discriminator_matches_nchw_with_r1():
+    """Channels-last D runs its 1x1 convolutions as GEMMs over the channels (NCHW D as convolutions); logits, the R1 penalty and its
+    gradients must equal the NCHW (convolution) path's."""
+    torch.manual_seed(4)
+    D = Discriminator(DiscriminatorConfig(16, 2, 32))
+    reals = torch.rand(4, 3, 16, 16) * 2 - 1
+    nchw_penalty, nchw_grads = r1_and_grads(D, reals, False)
+    D_cl = copy.deepcopy(D).to(memory_format=torch.channels_last)
+    cl_penalty, cl_grads = r1_and_grads(D_cl, reals.contiguous(memory_format=torch.channels_last), False)
+    assert D_cl.from_rgb.weight.grad is not None and nchw_penalty > 0
+    torch.testing.assert_close(D_cl(reals.contiguous(memory_format=torch.channels_last)), D(reals), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cl_penalty, nchw_penalty, rtol=1e-5, atol=0)
+    scale = max(g.abs().max().item() for g in nchw_grads.values())
+    for name, g in nchw_grads.items():
+        torch.testing.assert_close(cl_grads[name], g, rtol=1e-4, atol=1e-6 * scale, msg=name)

@@ -119,7 +119,14 @@ class EqualConv2d(nn.Module):
         self.stride, self.padding, self.activate = stride, padding, activate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(x, self.weight * self.scale, self.bias, stride=self.stride, padding=self.padding)
+        weight = self.weight * self.scale
+        if weight.shape[2] == 1 and self.stride == 1 and self.padding == 0 and not x.is_contiguous():
+            # A 1x1 convolution of channels-last activations is a GEMM over the channels. As convolutions,
+            # from_rgb and the skips (7 calls) took 79 of R1's 240 ms in its float32 double backward on an
+            # H200: cuDNN picked an "analytic" tf32 kernel (benchmarks/results/train-profile-*.json).
+            out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        else:
+            out = F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
         return scaled_leaky_relu(out) if self.activate else out
 
 
