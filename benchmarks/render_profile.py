@@ -92,9 +92,11 @@ def torch_chain(path: Path, side: int):
     consts = pixel_constants(cpu)
     dev = DEVICE
     w = {n: torch.from_numpy(np.ascontiguousarray(style[n])).to(dev) for n in cpu.engine.weight_names}
-    # the engine holds the table as float16 texel rows [rows * columns, H]; grid_sample wants [1, H, rows, columns]
-    rows = cpu.engine.table.astype(np.float32)
-    table = torch.from_numpy(rows.T.reshape(1, rows.shape[1], cpu.config.size, -1)).to(dev)
+    # grid_sample wants [1, H, rows, columns]: the fp16 graph's table as it is, or older files' texel rows
+    table = cpu.engine.table.astype(np.float32)
+    if table.ndim == 2:  # [rows * columns, H]
+        table = table.T.reshape(1, table.shape[1], cpu.config.size, -1)
+    table = torch.from_numpy(np.ascontiguousarray(table)).to(dev)
     fw = torch.from_numpy(consts["fourier_weight"]).to(dev)
     fb = torch.from_numpy(consts["fourier_bias"]).to(dev)
     folded = weight_names(cpu.config)  # w0_fo, w0_co, w1 ... w{L-1}, rgb_weight

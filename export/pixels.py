@@ -1,7 +1,7 @@
 """The pixel graphs: coords [n, 2] and one latent's weights (the style graph's outputs) -> rgb [n, 3].
 
-Per point: Fourier features (Gemm, Sin) and the bilinear coordinate embedding (four Gathers), then per
-modulated layer one Gemm and one LeakyRelu, and the RGB. Written with onnx.helper rather than traced:
+Per point: Fourier features (Gemm, Sin) and the bilinear coordinate embedding (four Gathers; GridSample
+in the fp16 graph), then per modulated layer one Gemm and one LeakyRelu, and the RGB. Written with onnx.helper rather than traced:
 it has no weights of its own beyond the Fourier layer and the biases, so each file holds it as a few KB.
 Precisions (layouts: export/style.py):
 - fp32: plain layout, Gemm with the bias + LeakyRelu per layer (one FusedGemm on ONNX Runtime's CPU
@@ -66,16 +66,17 @@ class _Graph:
 
 
 def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray, np.ndarray],
-              half: bool = False) -> tuple[str, str]:
-    """(Fourier block [n, F] in float32, embedding [n, H] in float32, or float16 with half). A
-    panorama's x' goes round a cylinder: the Fourier layer reads (R cos theta, R sin theta, y'),
+              grid_sample: bool = False) -> tuple[str, str]:
+    """(Fourier block [n, F], embedding) in float32: [n, H] from four row Gathers, or [H, n] from
+    GridSample with grid_sample (the fp16 graph, for the GPU: measured faster there, see _bilinear).
+    A panorama's x' goes round a cylinder: the Fourier layer reads (R cos theta, R sin theta, y'),
     theta = pi x' / N, and the table lookup wraps x' (the style graph's embedding output repeats the
     first column after the last), as cips_edge/model.py."""
     h, size, frames = config.hidden_size, config.size, config.panorama
     width = config.table_width + (1 if frames else 0)
     coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
-    # texel rows, in the lookup's precision (runtime/split.py converts the table once per session)
-    table = graph.input("embedding", TensorProto.FLOAT16 if half else TensorProto.FLOAT, [size * width, h])
+    # the style graph's [1, H, rows, columns] table, or its texel rows (runtime/split.py reshapes once per session)
+    table = graph.input("embedding", TensorProto.FLOAT, [1, h, size, width] if grid_sample else [size * width, h])
     points = coords
     if frames:
         f32 = np.float32
@@ -93,15 +94,21 @@ def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray,
         points, coords = graph.op("Concat", [across, y], axis=1), cylinder
     fo = graph.op("Sin", [graph.op("Gemm", [coords, graph.const("fourier_weight", fourier[0]),
                                             graph.const("fourier_bias", fourier[1])])])
-    return fo, _bilinear(graph, table, points, size, width, half)
+    if grid_sample:
+        grid = graph.op("Reshape", [points, graph.const("grid_shape", np.array([1, 1, -1, 2], np.int64))])
+        sampled = graph.op("GridSample", [table, grid], align_corners=1, mode="bilinear", padding_mode="border")
+        return fo, graph.op("Reshape", [sampled, graph.const("embedding_shape", np.array([h, -1], np.int64))])
+    return fo, _bilinear(graph, table, points, size, width)
 
 
-def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int, half: bool) -> str:
-    """The table [height * width, H] (float16 with half) sampled at points [n, 2] in [-1, 1] (x' first): bilinear, corners
+def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int) -> str:
+    """The table [height * width, H] sampled at points [n, 2] in [-1, 1] (x' first): bilinear, corners
     aligned, clamped at the border, i.e. GridSample(align_corners=1, padding_mode="border") of the
-    [1, H, height, width] table, done as four row gathers and a weighted sum. ONNX Runtime's GridSample
-    kernels are slow (measured: 19% of a CPU pixel call, 8.7 of 49 ms on an H200); the rows come out
-    [n, H], which the input layer's Gemm reads without a transpose."""
+    [1, H, height, width] table, done as four row gathers and a weighted sum; the rows come out [n, H],
+    which the input layer's Gemm reads without a transpose. On the CPU ONNX Runtime's GridSample was
+    19% of a pixel call and this takes a 1024^2 render to 0.89x the time. On an H200 it was the other
+    way round (1024^2 fp16: Gathers and their weighting 14.2 ms of kernels, GridSample 8.7 ms; 53.0 vs
+    50.6 ms a render, benchmarks/results/render-profile-h200*.json), so the fp16 graph keeps GridSample."""
     f32 = np.float32
     span = np.array([width - 1, height - 1], f32)
     # texel coordinates, clamped to the table (GridSample's border padding)
@@ -116,13 +123,10 @@ def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int, h
     base = graph.op("ReduceSum", [graph.op("Mul", [low, graph.const("bl_stride", np.array([1, width], f32))]),
                                   graph.const("bl_axis", np.array([1], np.int64))], keepdims=0)
     base = graph.op("Cast", [base], to=TensorProto.INT64)  # [n]
-    if half:
-        frac = graph.op("Cast", [frac], to=TensorProto.FLOAT16)
-    elem = np.float16 if half else f32
     fx = graph.op("Slice", [frac, graph.const("bl_0", np.array([0], np.int64)), graph.const("bl_1", np.array([1], np.int64)),
                             "bl_1"])
     fy = graph.op("Slice", [frac, "bl_1", graph.const("bl_2", np.array([2], np.int64)), "bl_1"])
-    one = graph.const("bl_one_elem", np.array(1, elem))
+    one = graph.const("bl_one_elem", np.array(1, f32))
     gx, gy = graph.op("Sub", [one, fx]), graph.op("Sub", [one, fy])
     total = None
     for (dx, dy), (wx, wy) in (((0, 0), (gx, gy)), ((1, 0), (fx, gy)), ((0, 1), (gx, fy)), ((1, 1), (fx, fy))):
@@ -148,7 +152,7 @@ def pixel_graph(generator: CIPSGenerator, precision: str) -> onnx.ModelProto:
     """The pixel graph of one precision (fp32, fp16 or int8); inputs named like the style outputs."""
     config = generator.config
     graph = _Graph()
-    fo, co = _features(graph, config, fourier_constants(generator), half=precision == "fp16")
+    fo, co = _features(graph, config, fourier_constants(generator), grid_sample=precision == "fp16")
     if precision == "fp16":
         _folded_chain(graph, config, fo, co)
     else:
@@ -172,9 +176,9 @@ def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str) -> N
     def weight(name: str) -> str:
         return graph.input(fp16_name(name), half, shapes[name])
 
-    fo = graph.op("Cast", [fo], to=half)
+    fo, co = graph.op("Cast", [fo], to=half), graph.op("Cast", [co], to=half)  # co: [H, n] from GridSample
     x = graph.op("Gemm", [fo, weight("w0_fo")])  # the input layer: [fo | co] @ W0, bias in the constant row
-    x = graph.op("LeakyRelu", [graph.op("Gemm", [co, weight("w0_co"), x])], alpha=LRELU_SLOPE)
+    x = graph.op("LeakyRelu", [graph.op("Gemm", [co, weight("w0_co"), x], transA=1)], alpha=LRELU_SLOPE)
     for name in weight_names(config)[2:-1]:
         x = graph.op("LeakyRelu", [graph.op("Gemm", [x, weight(name)])], alpha=LRELU_SLOPE)
     x = graph.op("Cast", [x], to=TensorProto.FLOAT)

@@ -73,7 +73,7 @@ class SplitEngine:
                                     ["embedding"])[0]  # [1, H, rows, columns]
         if len(self.pixel_inputs["embedding"].shape) == 2:  # pixel graphs that gather texel rows
             table = texel_rows(table)
-        table = table.astype(self.dtypes["embedding"], copy=False)  # fp16 graphs look up in float16
+        table = table.astype(self.dtypes["embedding"], copy=False)  # float16 in fp16 graphs exported in session 3
         self.table = ort.OrtValue.ortvalue_from_numpy(table, bound, device_id) if bound else table
         if bound:
             self.sync_options = ort.RunOptions()
