@@ -67,7 +67,7 @@ def test_blur_grads_of_every_order_match_conv2d(stride, pad):
 
 
 @pytest.mark.parametrize("stride,pad", [(1, (2, 2)), (2, (1, 1))])
-def test_compiled_blur_average_pools_match_conv2d(stride, pad):
+def test_compiled_blur_shifted_sums_match_conv2d(stride, pad):
     """Under torch.compile the blur is shifted sums (the separable taps); outputs and input gradients must match the
     depthwise convolution (Inductor on the CPU here; the GPU benchmarks run the same code)."""
     torch.manual_seed(2)

@@ -82,7 +82,7 @@ class Blur(nn.Module):
     stride 2 computes only the samples a following stride-2 1x1 convolution would keep.
 
     Two implementations of the same function, picked by what runs fastest (H200 profiles in
-    benchmarks/results/train-profile-paper-256-h200-*.json):
+    benchmarks/results/train-profile-paper-256-h200*.json):
     - eager (the plain and fast paths, and R1's double backward, which is never compiled): a depthwise
       convolution through _ConstDepthwiseConv.
     - under torch.compile: the filter is separable, so it is the 1-D taps along columns then rows, as

@@ -83,7 +83,9 @@ class TrainOptions:
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N; under torchrun: cuda:LOCAL_RANK")
     bf16: bool = opt(True, "bfloat16 autocast for G and D forward on CUDA (R1 and losses stay fp32); "
                            "ignored on CPU")
-    compile: bool = opt(False, "torch.compile G and the discriminator's forward (not R1)")
+    compile: bool = opt(True, "torch.compile G and the discriminator's forward on CUDA (R1 stays eager): "
+                              "about a minute of compiling at start, then 2.3x the images/s of eager for "
+                              "paper-256 on an H200; ignored on CPU")
     plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
                              "for-loop Adam (overrides --bf16 and --compile); slower, same recipe")
     workers: int | None = opt(None, "threads decoding images once at start; default min(8, CPUs)")

@@ -48,7 +48,8 @@ class Speed:
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool) -> "Speed":
         cuda = device.type == "cuda"
-        return cls(bf16=bf16 and cuda, channels_last=cuda, fused_adam=cuda, tuned_backends=cuda, compile=compile)
+        return cls(bf16=bf16 and cuda, channels_last=cuda, fused_adam=cuda, tuned_backends=cuda,
+                   compile=compile and cuda)
 
     def apply_backend_flags(self, device: torch.device) -> None:
         if device.type == "cuda":
