@@ -1,8 +1,9 @@
 """The pixel graphs: coords [n, 2] and one latent's weights (the style graph's outputs) -> rgb [n, 3].
 
 Per point: Fourier features (Gemm, Sin) and the bilinear coordinate embedding (four Gathers; GridSample
-in the fp16 graph), then per modulated layer one Gemm and one LeakyRelu, and the RGB. Written with onnx.helper rather than traced:
-it has no weights of its own beyond the Fourier layer and the biases, so each file holds it as a few KB.
+in the fp16 graph), then per modulated layer one Gemm and one LeakyRelu, and the RGB. Written with
+onnx.helper rather than traced: it has no weights of its own beyond the Fourier layer and the biases,
+so each file holds it as a few KB.
 Precisions (layouts: export/style.py):
 - fp32: plain layout, Gemm with the bias + LeakyRelu per layer (one FusedGemm on ONNX Runtime's CPU
   provider), ToRGB as 3-column MatMuls summed with their biases;
@@ -107,8 +108,8 @@ def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int) -
     [1, H, height, width] table, done as four row gathers and a weighted sum; the rows come out [n, H],
     which the input layer's Gemm reads without a transpose. On the CPU ONNX Runtime's GridSample was
     19% of a pixel call and this takes a 1024^2 render to 0.89x the time. On an H200 it was the other
-    way round (1024^2 fp16: Gathers and their weighting 14.2 ms of kernels, GridSample 8.7 ms; 53.0 vs
-    50.6 ms a render, benchmarks/results/render-profile-h200*.json), so the fp16 graph keeps GridSample."""
+    way round (1024^2 fp16: Gathers and their weighting 14.2 ms of kernels, GridSample 8.7 ms; 52.9 vs
+    49.4 ms a render, benchmarks/results/render-h200*.json), so the fp16 graph keeps GridSample."""
     f32 = np.float32
     span = np.array([width - 1, height - 1], f32)
     # texel coordinates, clamped to the table (GridSample's border padding)

@@ -279,3 +279,17 @@ def test_panorama_training_runs_exports_and_resumes_exactly(panoramas, tmp_path)
             assert torch.equal(value, resumed[key][name]), f"{key}.{name} differs after resume"
     export_checkpoint(tmp_path / "m.onnx", tmp_path / "straight")
     assert CIPSModel(tmp_path / "m.onnx", device="cpu").config.panorama == FRAMES
+
+
+def test_fp16_graph_wraps_the_panorama_like_torch(generator, tmp_path):
+    """The fp16 pixel graph looks the table up with GridSample (the others with Gathers); past the wrap it
+    must still be torch's panorama, to float16 rounding."""
+    path = tmp_path / "pano16.onnx"
+    export_generator(generator, path, precision="fp16")
+    model = CIPSModel(path, device="cpu", precision="fp16", threads=1)
+    assert model.precision == "fp16"
+    points = torch.rand(2, 400, 2, generator=torch.Generator().manual_seed(3)) * 16 - 8  # x' past +-N
+    z = torch.randn(2, CONFIG.style_dim, generator=torch.Generator().manual_seed(4))
+    ort = render_points(model, z.numpy(), points.numpy())
+    ref = generator(points, z).numpy()
+    assert 0 < np.abs(ort - ref).max() < 5e-3 * max(1.0, float(np.abs(ref).max()))  # 4e-4 here; a broken wrap: 0.7

@@ -43,7 +43,7 @@ class Speed:
     tuned_backends: bool = False  # cuDNN autotuning (shapes never change) and TF32 for fp32 matmuls
     compile: bool = False
     fold_gain: bool = False  # G's sqrt(2) activation gains folded into the next weights (synthesize)
-    autotune: bool = False  # compile with max-autotune: Triton GEMMs with the activation in their epilogue
+    autotune: bool = False  # benchmarks only: compile in max-autotune mode (did not finish tuning in 9 min)
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool) -> "Speed":
