@@ -138,19 +138,24 @@ def measure(path: str, args, device: torch.device) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="edge-64", choices=list(PRESETS))
+def add_trainer_args(parser: argparse.ArgumentParser, preset: str, batch: int, warmup: int) -> None:
+    """The options build_trainer reads, and --device (shared with train_profile.py)."""
+    parser.add_argument("--preset", default=preset, choices=list(PRESETS))
     parser.add_argument("--size", type=int, default=None, help="override the preset's training size")
-    parser.add_argument("--batch", type=int, default=32, help="batch on this one device")
-    parser.add_argument("--steps", type=int, default=32, help="timed steps (a multiple of --r1-every "
-                                                              "amortises R1 as training does)")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--phase-reps", type=int, default=3, help="repetitions of the per-phase timing")
+    parser.add_argument("--batch", type=int, default=batch, help="batch on this one device")
+    parser.add_argument("--warmup", type=int, default=warmup, help="whole steps before measuring")
     parser.add_argument("--r1-every", type=int, default=16)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--d-channel-max", type=int, default=None)
     parser.add_argument("--device", default="auto")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_trainer_args(parser, preset="edge-64", batch=32, warmup=5)
+    parser.add_argument("--steps", type=int, default=32, help="timed steps (a multiple of --r1-every "
+                                                              "amortises R1 as training does)")
+    parser.add_argument("--phase-reps", type=int, default=3, help="repetitions of the per-phase timing")
     parser.add_argument("--paths", default="plain,fast",
                         help="comma list of plain, fast, fast+compile, fast+fold (gains folded into the weights), "
                              "fast+compile+fold, fast+autotune (compile, max-autotune), fast+autotune+fold")

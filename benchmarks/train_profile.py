@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import build_trainer, sync  # noqa: E402
+from train import add_trainer_args, build_trainer, sync  # noqa: E402
 
 from cips_edge.config import PRESETS  # noqa: E402
 from cips_edge.train.loop import resolve_device  # noqa: E402
@@ -118,15 +118,8 @@ def profile_path(path: str, args, device: torch.device) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="paper-256", choices=list(PRESETS))
-    parser.add_argument("--size", type=int, default=None, help="override the preset's training size")
-    parser.add_argument("--batch", type=int, default=16, help="batch on this one device")
-    parser.add_argument("--warmup", type=int, default=3, help="whole steps before profiling")
+    add_trainer_args(parser, preset="paper-256", batch=16, warmup=3)
     parser.add_argument("--reps", type=int, default=3, help="profiled calls of each phase")
-    parser.add_argument("--r1-every", type=int, default=16)
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--d-channel-max", type=int, default=None)
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--paths", default="fast", help="comma list of benchmarks/train.py paths")
     parser.add_argument("--out", type=Path, required=True, help="JSON file")
     args = parser.parse_args()
