@@ -112,7 +112,6 @@ def profile_path(path: str, args, device: torch.device) -> dict:
             print(f"    {k['ms']:8.3f} ms x{k['launches']:<4} {k['kernel']}", flush=True)
     if device.type == "cuda":
         out["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
-    del trainer
     return out
 
 
