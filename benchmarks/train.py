@@ -9,8 +9,9 @@ Paths: plain = eager fp32, NCHW, TF32 matmuls off, no cuDNN autotuning, for-loop
 code's settings); fast = bf16 autocast for G's per-pixel layers and D's forward, channels-last D, cuDNN
 autotuning, TF32, fused Adam; fast+compile = fast with torch.compile (ask with --paths); +fold = G's
 sqrt(2) activation gains folded into the next layer's weights (one elementwise pass fewer per layer;
-not in `cips train` until a GPU run shows it wins); +autotune = compile in max-autotune mode (Triton
-GEMM templates that can take the bias and leaky ReLU into their epilogue; minutes of tuning first).
+H200: +6% eager, nothing compiled, so not in `cips train`); +autotune = compile in max-autotune mode
+(Triton GEMM templates that can take the bias and leaky ReLU into their epilogue; on paper-256 it was
+still tuning after 9 minutes).
 """
 from __future__ import annotations
 

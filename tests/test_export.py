@@ -29,7 +29,7 @@ from cips_edge.export.style import fourier_width, plain_names
 from cips_edge.runtime.format import FORMAT, RGB, STYLE_INPUTS
 from cips_edge.runtime.split import texel_rows
 
-# Node types of the fp32 pixel graph: features (Gemm + Sin, Reshape + GridSample), then Gemm (bias
+# Node types of the fp32 pixel graph: features (Gemm + Sin, the table lookup), then Gemm (bias
 # inside) + LeakyRelu per modulated layer, ToRGB MatMuls and their sum. Nothing else runs per point.
 # the bilinear table lookup (export/pixels.py _bilinear): texel coordinates, four row Gathers, weights
 LOOKUP_OPS = {"Min", "Max", "Floor", "Sub", "Mul", "ReduceSum", "Cast", "Slice", "Gather"}

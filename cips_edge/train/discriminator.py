@@ -121,9 +121,10 @@ class EqualConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight * self.scale
         if weight.shape[2] == 1 and self.stride == 1 and self.padding == 0 and not x.is_contiguous():
-            # A 1x1 convolution of channels-last activations is a GEMM over the channels. As convolutions,
-            # from_rgb and the skips (7 calls) took 79 of R1's 240 ms in its float32 double backward on an
-            # H200: cuDNN picked an "analytic" tf32 kernel (benchmarks/results/train-profile-*.json).
+            # A 1x1 convolution of channels-last activations is a GEMM over the channels. As GEMMs, from_rgb
+            # and the skips took R1's float32 double backward from 244 to 205 ms on an H200; as
+            # convolutions cuDNN ran part of their work in a slow "analytic" tf32 kernel
+            # (benchmarks/results/train-profile-paper-256-h200*.json).
             out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), self.bias).permute(0, 3, 1, 2)
         else:
             out = F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
