@@ -11,8 +11,10 @@ import numpy as np
 
 from cips_edge.config import GeneratorConfig
 
+from . import graphcut
 from .errors import UserError
 from .format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
+from .graphcut import FastPaths
 from .split import SplitEngine, auto_cuda_chunk, band_size
 
 DEVICES = ("auto", "cuda", "cpu", "tensorrt")
@@ -107,22 +109,43 @@ class CIPSModel:
             raise UserError(f"--device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "
                             f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]")
         cuda = device in ("cuda", "tensorrt") or (device == "auto" and CUDA in have)
-        self.session = self._session(str(self.path), cuda=cuda)
+        main = graphcut.load(str(self.path), str(self.path))
+        self.info: ModelInfo = parse_metadata({p.key: p.value for p in main.metadata_props}, str(self.path))
+        self.engine: SplitEngine | None = None
+        fast: FastPaths | None = None  # version 3: the fast paths cut from the file's graph
+        if self.info.format_version >= 3:
+            graphcut.check_against_graph(main, self.info, str(self.path))
+            if not self._check_graph_proto(main):
+                raise UserError(f"{self.path} is not a cips-edge graph of format 3 (inputs "
+                                f"{tuple(i.name for i in main.graph.input)})")
+            self.precision = self._precision(precision, cuda)
+            fast = FastPaths(main, self.info, self.precision, str(self.path))
+            style_source = fast.style
+        else:
+            style_source = str(self.path)
+        del main
+        self.session = self._session(style_source, cuda=cuda)
         self.providers = list(self.session.get_providers())
         if device in ("cuda", "tensorrt") and self.providers[0] != CUDA:
             raise UserError(f"--device {device}: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
                             "libraries missing or no GPU); use --device cpu or fix the CUDA install")
         if self.providers[0] == CPU and len(self.providers) > 1:  # auto: CUDA did not load
-            self.session = self._session(str(self.path), cuda=False)
+            self.session = self._session(style_source, cuda=False)
             self.providers = list(self.session.get_providers())
-        self.info: ModelInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+            if fast is not None and precision is None and self.precision != self._precision(None, False):
+                self.precision = self._precision(None, False)  # the CPU's choice, now that it runs there
+                fast = FastPaths(graphcut.load(str(self.path), str(self.path)), self.info, self.precision,
+                                 str(self.path))
+                self.session = self._session(fast.style, cuda=False)
         self.workers = 1 if self.providers[0] == CUDA else (threads or default_threads())
-        self.engine: SplitEngine | None = None
         if self.info.format_version >= 2:
-            self._check_graph(STYLE_INPUTS, None)
-            self.precision = self._precision(precision)
-            pixels = self._session(self.info.pixel_graphs[self.precision], cuda=self.providers[0] == CUDA,
-                                   tensorrt=device == "tensorrt")
+            if fast is None:  # version 2: the file's graph is the style part
+                self._check_graph(STYLE_INPUTS, None)
+                self.precision = self._precision(precision, self.providers[0] != CPU)
+                pixel_source = self.info.pixel_graphs[self.precision]
+            else:
+                pixel_source = fast.pixel
+            pixels = self._session(pixel_source, cuda=self.providers[0] == CUDA, tensorrt=device == "tensorrt")
             self.providers = list(pixels.get_providers())
             if device == "tensorrt" and self.providers[0] != TENSORRT:
                 raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
@@ -135,6 +158,11 @@ class CIPSModel:
                 raise UserError(f"{self.path} is a format-1 file: it holds only fp32; re-export it with "
                                 f"--precision {precision}")
             self.precision = "fp32"
+
+    @staticmethod
+    def _check_graph_proto(main) -> bool:
+        return (tuple(i.name for i in main.graph.input) == INPUTS
+                and tuple(o.name for o in main.graph.output) == (OUTPUT,))
 
     def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False):
         ort = self.ort
@@ -171,7 +199,7 @@ class CIPSModel:
                 "trt_profile_min_shapes": "coords:1x2", "trt_profile_opt_shapes": f"coords:{chunk}x2",
                 "trt_profile_max_shapes": f"coords:{chunk}x2"}
 
-    def _precision(self, requested: str | None) -> str:
+    def _precision(self, requested: str | None, gpu: bool) -> str:
         graphs = self.info.pixel_graphs
         if requested is not None:
             if requested not in PRECISIONS:
@@ -180,8 +208,7 @@ class CIPSModel:
                 raise UserError(f"{self.path} holds no {requested} pixel graph (it has {', '.join(sorted(graphs))}); "
                                 f"export it with --precision {requested}")
             return requested
-        on_cpu = self.providers[0] == CPU
-        suits = {"fp32": True, "fp16": not on_cpu, "int8": on_cpu}
+        suits = {"fp32": True, "fp16": gpu, "int8": not gpu}
         return self.info.precision if suits.get(self.info.precision, False) else "fp32"
 
     def _check_graph(self, inputs: tuple[str, ...], outputs: tuple[str, ...] | None) -> None:
