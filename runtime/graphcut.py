@@ -14,27 +14,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
+from . import onnxproto
 from .errors import UserError
 from .format import COORDS, EMBEDDING, STYLE_INPUTS, ModelInfo
+from .onnxproto import FLOAT, to_array, value_info
 
-def load(path: str, source: str) -> onnx.ModelProto:
-    try:
-        return onnx.load(path)
-    except Exception as e:  # protobuf's DecodeError, or a truncated file
-        text = str(e).strip().splitlines()
-        raise UserError(f"{source} is not a loadable ONNX model (truncated or another format?): "
-                        f"{(text[0] if text else type(e).__name__)[:200]}") from None
+load = onnxproto.load
 
 
-def _initializers(*graphs: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+def _initializers(*graphs) -> dict:
     return {t.name: t for g in graphs for t in g.initializer}
 
 
-def cut(main: onnx.ModelProto, extension: onnx.ModelProto | None, inputs: Iterable[str],
-        outputs: Iterable[str], output_types: dict[str, int] | None = None) -> onnx.ModelProto:
+def cut(main, extension, inputs: Iterable[str], outputs: Iterable[str], output_types: dict[str, int] | None = None):
     """The nodes of main's graph (then extension's) that compute outputs from inputs, as a model of its
     own. inputs may be graph inputs, inner tensors or initializers (those become inputs: a caller can
     feed its own value). output_types: element types of outputs the graphs do not declare (default float)."""
@@ -53,31 +46,32 @@ def cut(main: onnx.ModelProto, extension: onnx.ModelProto | None, inputs: Iterab
     missing = needed - produced - set(inits) - set(inputs)
     if missing:
         raise UserError(f"the model's graph cannot compute {sorted(missing)[:3]}: damaged file")
-    graph_inputs = []
+    model = onnxproto.messages().ModelProto(ir_version=max(main.ir_version, 4),  # 4: initializers need not be inputs
+                                            producer_name="cips-edge")
+    graph = model.graph
+    graph.name = "cips_style"
     for name in inputs:
         if name in inits:
             t = inits[name]
-            graph_inputs.append(helper.make_tensor_value_info(name, t.data_type, list(t.dims)))
+            graph.input.append(value_info(name, t.data_type, list(t.dims)))
         elif name in declared:
-            graph_inputs.append(declared[name])
+            graph.input.append(declared[name])
         else:
             raise UserError(f"the model's graph has no tensor {name!r}: damaged file")
-    graph_outputs = [declared[n] if n in declared and declared[n].type.tensor_type.elem_type else
-                     helper.make_tensor_value_info(n, (output_types or {}).get(n, TensorProto.FLOAT), None)
-                     for n in outputs]
-    graph = helper.make_graph(keep, "cips_style", graph_inputs, graph_outputs,
-                              [inits[n] for n in sorted(needed & set(inits)) if n not in inputs])
-    model = helper.make_model(graph, opset_imports=_opsets(main, extension), producer_name="cips-edge")
-    model.ir_version = max(main.ir_version, 4)  # 4: initializers need not be inputs
-    return model
-
-
-def _opsets(*models: onnx.ModelProto | None) -> list:
+    for n in outputs:
+        if n in declared and declared[n].type.tensor_type.elem_type:
+            graph.output.append(declared[n])
+        else:
+            graph.output.append(value_info(n, (output_types or {}).get(n, FLOAT), None))
+    graph.node.extend(keep)
+    graph.initializer.extend(inits[n] for n in sorted(needed & set(inits)) if n not in inputs)
     versions: dict[str, int] = {}
-    for model in models:
-        for o in (model.opset_import if model is not None else []):
+    for m in (main, extension):
+        for o in (m.opset_import if m is not None else []):
             versions[o.domain] = max(versions.get(o.domain, 0), o.version)
-    return [helper.make_opsetid(domain, version) for domain, version in versions.items()]
+    for domain, version in versions.items():
+        model.opset_import.add(domain=domain, version=version)
+    return model
 
 
 class FastPaths:
@@ -85,10 +79,10 @@ class FastPaths:
     -> one latent's weights, named as the pixel graph's inputs) and `pixel` (coords and those weights ->
     rgb). inputs / extra_outputs: more cut points of the style model (runtime/wspace.py opens w)."""
 
-    def __init__(self, main: onnx.ModelProto, info: ModelInfo, precision: str, source: str,
+    def __init__(self, main, info: ModelInfo, precision: str, source: str,
                  inputs: Iterable[str] = STYLE_INPUTS, extra_outputs: Iterable[str] = ()):
-        extension = onnx.load_from_string(info.style_extension) if info.style_extension else None
-        pixel = onnx.load_from_string(info.pixel_graphs[precision])
+        extension = onnxproto.parse(info.style_extension) if info.style_extension else None
+        pixel = onnxproto.parse(info.pixel_graphs[precision])
         shared = _initializers(main.graph)
         names = [i.name for i in pixel.graph.input if i.name != COORDS and i.name not in shared]
         kept = []
@@ -103,23 +97,23 @@ class FastPaths:
         self.pixel = pixel.SerializeToString()
 
 
-def _fit(tensor: onnx.TensorProto, wanted: onnx.ValueInfoProto, info: ModelInfo, source: str) -> onnx.TensorProto:
+def _fit(tensor, wanted, info: ModelInfo, source: str):
     """A shared initializer as a pixel graph reads it: as it is, or the coordinate table's texel rows
     [rows * columns, H] as the [1, H, rows, columns] image that GridSample reads (the fp16 graph)."""
     dims = [d.dim_value for d in wanted.type.tensor_type.shape.dim]
     if list(tensor.dims) == dims:
         return tensor
     if tensor.name == EMBEDDING and len(dims) == 4 and len(tensor.dims) == 2:
-        rows = numpy_helper.to_array(tensor)
+        rows = to_array(tensor)
         c = info.config
         if rows.shape[0] == dims[2] * dims[3] and rows.shape[1] == dims[1] == c.hidden_size:
             image = np.ascontiguousarray(rows.T.reshape(dims))
-            return numpy_helper.from_array(image, EMBEDDING)
+            return onnxproto.from_array(image, EMBEDDING)
     raise UserError(f"{source}: its pixel graph reads {tensor.name} as {dims}, but the file's graph holds "
                     f"{list(tensor.dims)}: damaged file")
 
 
-def check_against_graph(main: onnx.ModelProto, info: ModelInfo, source: str) -> None:
+def check_against_graph(main, info: ModelInfo, source: str) -> None:
     """The metadata agrees with the graph it describes: latent width, coordinate table, Fourier inputs
     (a flat model's config cannot claim a panorama, nor the reverse) and w_avg."""
     c = info.config
@@ -136,7 +130,7 @@ def check_against_graph(main: onnx.ModelProto, info: ModelInfo, source: str) -> 
     if fourier is None or fourier.dims[0] != c.coord_inputs:
         problems.append(f"the Fourier layer reads {fourier.dims[0] if fourier is not None else None} coordinates, "
                         f"the config says {c.coord_inputs} ({'panorama' if c.panorama else 'flat'})")
-    if not problems and not np.array_equal(numpy_helper.to_array(inits["w_avg"]).reshape(-1), info.w_avg):
+    if not problems and not np.array_equal(to_array(inits["w_avg"]).reshape(-1), info.w_avg):
         problems.append("w_avg differs between the metadata and the graph")
     if problems:
         raise UserError(f"{source} has metadata that does not match its graph ({problems[0]}): damaged file")

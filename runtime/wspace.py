@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import onnx
-
-from . import graphcut
+from . import graphcut, onnxproto
 from .errors import UserError
 from .format import OUTPUT, STYLE_INPUTS
 from .model import CIPSModel
@@ -24,7 +22,7 @@ from .split import SplitEngine
 W_AVG = "w_avg"  # the initializer name export gives the mean mapped latent (docs/onnx-format.md)
 
 
-def _mapped_w(graph: onnx.GraphProto) -> str:
+def _mapped_w(graph) -> str:
     """The name of the mapped latent w: the first input of the truncation's Sub(w, w_avg)."""
     subs = [n for n in graph.node if n.op_type == "Sub" and list(n.input[1:]) == [W_AVG]]
     if len(subs) != 1 or W_AVG not in {t.name for t in graph.initializer}:
@@ -35,12 +33,11 @@ def _mapped_w(graph: onnx.GraphProto) -> str:
 
 def _open_w(model_bytes: bytes, style_dim: int) -> tuple[bytes, str]:
     """A format-1 or -2 file with w_avg declared as an input and the mapped w as an output: (bytes, name of w)."""
-    proto = onnx.load_from_string(model_bytes)
+    proto = onnxproto.parse(model_bytes)
     graph = proto.graph
     w_name = _mapped_w(graph)
-    float32 = onnx.TensorProto.FLOAT
-    graph.input.append(onnx.helper.make_tensor_value_info(W_AVG, float32, [1, style_dim]))
-    graph.output.append(onnx.helper.make_tensor_value_info(w_name, float32, ["batch", style_dim]))
+    graph.input.append(onnxproto.value_info(W_AVG, onnxproto.FLOAT, [1, style_dim]))
+    graph.output.append(onnxproto.value_info(w_name, onnxproto.FLOAT, ["batch", style_dim]))
     proto.ir_version = max(proto.ir_version, 4)  # initializers as optional inputs
     return proto.SerializeToString(), w_name
 
