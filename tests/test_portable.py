@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -118,3 +119,34 @@ def test_any_precision_flat_or_panorama_is_a_standard_graph_every_runtime_render
 def stored_w_avg(model: onnx.ModelProto) -> list:
     """The mean mapped latent the export computed, as its metadata holds it."""
     return [json.loads(p.value) for p in model.metadata_props if p.key == "cips.w_avg"][0]
+
+
+def readme_example() -> str:
+    """The README's plain-ONNX-Runtime example: the python block that follows its marker line."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("<!-- example: plain onnxruntime -->")
+    block = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    return block
+
+
+def test_readme_example_renders_what_cips_renders(tiny_onnx, tmp_path):
+    """The README's ~15 lines of plain ONNX Runtime (no cips import) give `cips render`'s picture."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, to_uint8
+
+    code = readme_example()
+    assert "cips_edge" not in code and "import cips" not in code, "the example must not use cips"
+    assert len(code.strip().splitlines()) <= 16
+    (tmp_path / "model.onnx").write_bytes(tiny_onnx.read_bytes())
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    picture = np.asarray(Image.open(tmp_path / "seed7.png"))
+    model = CIPSModel(tiny_onnx, device="cpu", precision="fp32")
+    expected = to_uint8(render_image(model, latent_for_seed(7, model.style_dim), *picture.shape[:2]))
+    assert picture.shape == expected.shape
+    assert np.abs(picture.astype(int) - expected).max() <= 1  # two float32 roundings of one value may differ by 1
+    assert np.mean(picture == expected) > 0.99
