@@ -1,6 +1,8 @@
 """A cips-edge ONNX file opened in ONNX Runtime: metadata checked, provider and precision chosen and
-reported. Format 2 files run as a style graph once per latent and a pixel graph per chunk (split.py);
-format 1 files (one graph, z + coords -> rgb) run as they are, the style part redone per chunk."""
+reported. Format 3 files run their fast paths, cut out of the file's graph (graphcut.py): the style
+part once per latent and a pixel graph per chunk (split.py); format 2 files the same from their style
+graph and metadata; format 1 files (one graph, z + coords -> rgb) run as they are, the style part
+redone per chunk."""
 from __future__ import annotations
 
 import os
@@ -22,11 +24,11 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 # Points per session call when --chunk is not given. On CPU small chunks keep the activations in the
-# caches: format-2 files use 1,024 (measured in session 3 on 2 cores, whole `cips render` runs against
-# 16,384: the default model at 1024^2 0.68x the time fp32 and 0.63x int8, the paper config at 256^2
-# 0.72x, and about half the peak memory; 512 was no faster). Format-1 files redo the style part in every
-# call, so they keep 16,384 (4k-16k were best for them). On CUDA, format-2 files pick the largest power
-# of two whose activations fit a memory budget (split.auto_cuda_chunk); format-1 files use 262,144.
+# caches: files with fast paths (formats 2 and 3) use 1,024 (on 2 cores, whole `cips render` runs
+# against 16,384 took 0.63-0.72x the time at about half the peak memory; 512 was no faster). Format-1
+# files redo the style part in every call, so they keep 16,384. On CUDA, files with fast paths pick the
+# largest power of two whose activations fit a memory budget (split.auto_cuda_chunk); format-1 files
+# use 262,144.
 DEFAULT_CHUNK = {CPU: 1_024, CUDA: 262_144}
 FORMAT_1_CPU_CHUNK = 16_384
 # CUDA provider: float32 matmuls in float32 (ONNX Runtime may default to TF32), and an arena that grows
@@ -81,7 +83,7 @@ class CIPSModel:
     CUDA cannot run: never a silent CPU run), "cpu", or "tensorrt" (the pixel graph on ONNX Runtime's
     TensorRT provider, an error where it does not load). `provider` is the provider that actually runs.
 
-    precision (format 2): the pixel graph to run, "fp32", "fp16" or "int8"; None: the file's own where
+    precision (formats 2 and 3): the pixel graph to run, "fp32", "fp16" or "int8"; None: the file's own where
     the provider suits it (fp16 on a GPU, int8 on the CPU), else fp32. `precision` says what runs.
 
     threads (CPU): how many chunks run at once (None or 0: the cores this process may use). Each call
@@ -246,7 +248,7 @@ class CIPSModel:
 
     @property
     def on_device(self) -> bool:
-        """Format 2 on a GPU: weights and chunks stay on the device (I/O binding)."""
+        """Fast paths on a GPU: weights and chunks stay on the device (I/O binding)."""
         return self.engine is not None and self.engine.bound is not None
 
     @property

@@ -80,8 +80,7 @@ def test_int8_result_is_the_same_for_any_thread_count(exported):
     assert np.array_equal(render_image(one, z, SIZE, SIZE, chunk=100), render_image(two, z, SIZE, SIZE, chunk=100))
 
 
-# The default model packaged until session 3, a format-1 file (the same bytes as that commit's
-# cips_edge/models/default.onnx, so git stores it once).
+# A format-1 file: an earlier packaged default model (the emoji recipe at 1,052 kimg).
 FORMAT_1_FILE = Path(__file__).parent / "data" / "format1-emoji-1052kimg.onnx"
 
 
@@ -189,10 +188,9 @@ def test_renders_through_the_bound_path_equal_plain_renders(tiny_onnx, monkeypat
                           render_points(plain, z, coords, truncation=np.array([1.0, 0.6])))
 
 
-# A format-2 file from before the Gather lookup (session 3): its pixel graphs sample the table with
-# GridSample and take it as [1, H, rows, columns]. Made by commit 16058c2's export_generator from the
-# tiny generator of torch.manual_seed(0) (the weights of the tiny_checkpoint fixture), precision fp16,
-# with int8 included.
+# Format-2 files of the tiny generator of torch.manual_seed(0) (the weights of the tiny_checkpoint
+# fixture), precision fp16 with int8 included. The first's pixel graphs sample the table with
+# GridSample and take it as [1, H, rows, columns]; the second's gather texel rows.
 GRIDSAMPLE_FILE = Path(__file__).parent / "data" / "format2-gridsample-tiny.onnx"
 FORMAT_2_FILE = Path(__file__).parent / "data" / "format2-tiny.onnx"  # fp32, fp16 and int8 pixel graphs
 
