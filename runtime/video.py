@@ -44,9 +44,10 @@ def prepare_video(path: str | os.PathLike, width: int, height: int, fps: float) 
     if kind == ".gif" and fps > GIF_MAX_FPS:
         raise UserError(f"--fps {fps:g} is beyond what GIF players show ({GIF_MAX_FPS:g}); use .mp4 for more")
     if kind == ".mp4":
-        _av()
+        # the options first: the same answer for them whether or not PyAV is installed
         if width % 2 or height % 2:
             raise UserError(f"an .mp4 (H.264, yuv420p) needs an even width and height, got {width} x {height}")
+        _av()
     return path
 
 

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-FIXTURE_DIR = Path(os.environ.get("CIPS_FIXTURES", REPO.parent / "shared" / "fixtures" / "official_cips"))
+# The official-code fixture travels with the repository (tests/data/official_cips/README.md says what
+# it holds); CIPS_FIXTURES may point at another copy of the same folder.
+FIXTURE_DIR = Path(os.environ.get("CIPS_FIXTURES") or Path(__file__).resolve().parent / "data" / "official_cips")
 
 
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
     d = FIXTURE_DIR / "skip16"
-    assert (d / "checkpoint.pt").exists(), f"official fixture missing at {d} (set CIPS_FIXTURES)"
+    assert (d / "checkpoint.pt").exists(), f"official fixture missing at {d} (CIPS_FIXTURES is {FIXTURE_DIR})"
     return d
 
 

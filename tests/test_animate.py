@@ -74,7 +74,7 @@ def test_zoom_gif_holds_every_frame_at_its_size_and_rate(tiny_onnx, tmp_path):
 
 
 def test_mp4_holds_every_frame_at_its_size(tiny_onnx, tmp_path):
-    av = pytest.importorskip("av")
+    av = pytest.importorskip("av", reason="writing .mp4 needs the [video] extra (PyAV)")
     ok(cips("zoom", "--model", tiny_onnx, "--width", 16, "--height", 10, "--frames", 6, "--fps", 30,
             "--out", tmp_path / "z.mp4"))
     raw = frames_npy(tiny_onnx, tmp_path / "z.npy", "zoom", "--width", 16, "--height", 10, "--frames", 6)

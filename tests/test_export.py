@@ -117,6 +117,7 @@ def test_any_batch_and_number_of_points_run(tiny_onnx, tiny_checkpoint):
             assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
 
 
+@pytest.mark.slow  # a full-width preset through export and verification
 def test_random_edge_preset_exports_and_matches_torch(tmp_path):
     torch.manual_seed(1)
     g = CIPSGenerator(preset("edge-64"))

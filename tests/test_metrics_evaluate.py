@@ -52,6 +52,7 @@ def test_swd_only_needs_no_torch(data_dir, torchless_env, tmp_path):
     assert set(result["swd"]) == {"resolutions", "levels", "mean"} and "fid" not in result
 
 
+@pytest.mark.slow
 def test_random_init_for_tests_end_to_end_with_feature_cache(data_dir, tmp_path):
     cache = tmp_path / "cache"
     kwargs = dict(num_images=8, cache_dir=cache, progress=False, random_init_for_tests=True)  # NOT FID

@@ -63,6 +63,7 @@ def test_blur_grads_of_every_order_match_conv2d(stride, pad):
     torch.autograd.gradgradcheck(blur, (x,))
 
 
+@pytest.mark.slow  # Inductor compiles on the CPU
 @pytest.mark.parametrize("stride,pad", [(1, (2, 2)), (2, (1, 1))])
 def test_compiled_blur_shifted_sums_match_conv2d(stride, pad):
     """Under torch.compile the blur is shifted sums (the separable taps); outputs and input gradients must

@@ -273,6 +273,7 @@ def test_folded_gains_compute_the_same_function_and_gradients():
             assert float((p.grad - q.grad).norm() / (p.grad.norm() + 1e-12)) < 1e-5, name
 
 
+@pytest.mark.slow  # Inductor compiles on the CPU: about a minute
 @pytest.mark.parametrize("panorama", [0, 2])
 def test_compiled_training_steps_track_eager_ones(panorama):
     """`cips train` compiles G and D's forward on CUDA by default; the compiled step (the blur as shifted

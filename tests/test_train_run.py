@@ -168,6 +168,7 @@ def test_module_entry_reports_errors_in_one_line(tmp_path):
         "error: size 48 cannot be trained: the discriminator needs a power of two from 8 to 1024"]
 
 
+@pytest.mark.slow  # torchrun starts two Python processes that import torch
 def test_two_processes_agree_with_one(straight, train_images, tmp_path):
     """torchrun, 2 CPU processes (gloo), the same global batch: same step count, one checkpoint that
     every rank agreed on (the run checks that ranks hold identical weights before saving); with

@@ -14,6 +14,7 @@ from PIL import Image
 
 import browser
 
+pytestmark = pytest.mark.browser
 pytest.importorskip("fastapi", reason="the viewer's tests need the [view] extra (fastapi, uvicorn)")
 if browser.missing() and not browser.REQUIRED:
     pytest.skip(f"no headless browser: {browser.missing()}", allow_module_level=True)
