@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from cips_edge.runtime.image import clean_stale_temporaries, temporary_prefix  # torch-free
+
 from . import legacy
 from .config import GeneratorConfig
 from .model import CIPSGenerator
@@ -39,19 +41,39 @@ class LoadedGenerator:
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over the final name."""
+    """Write to a temporary file in the same folder, fsync, then rename over the final name. A failed
+    write (disk full, say) leaves nothing behind and raises CheckpointError with the system's reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temporaries(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        os_error = _os_error(e)
+        if os_error is None:
+            raise
+        raise CheckpointError(f"cannot write {path}: {os_error.strerror or os_error}") from None
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e`: torch.save reports a failed write of its file as a RuntimeError whose
+    context is the OSError the file raised."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def generator_checkpoint(generator: CIPSGenerator, step: int = 0, images_seen: int = 0, **extra) -> dict:

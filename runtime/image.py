@@ -1,8 +1,13 @@
 """From raw generator values to files: 8-bit conversion, output names, atomic PNG / .npy writes."""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import socket
+import string
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -13,6 +18,11 @@ from .errors import UserError
 
 MAX_SIDE = 16_384  # pixels per side without --force: 16384^2 already takes ~4 GB of float32 output
 IMAGE_SUFFIXES = (".png", ".npy")
+# Room kept in a file name for what is added beside an output (a streamed render's OUT.partial.json).
+NAME_RESERVE = len(".partial.json")
+# {seed}'s format spec: fill and align (no path separator as fill), sign, #, 0, a width of at most
+# three digits, grouping and an integer type; "04d", ">6", "x" pass, "{seed:.2f}" or nested fields do not.
+_SEED_SPEC = re.compile(r"(?:[^/\\\0]?[<>=^])?[-+ ]?#?0?\d{0,3}[,_]?[bdnoxX]?")
 
 
 def to_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -40,49 +50,156 @@ def check_image_size(width: int, height: int, force: bool = False) -> None:
 def output_paths(out: str | None, seeds: Sequence[int], default: str) -> list[Path]:
     """Where each seed's output goes.
 
-    Rule: --out with "{seed}" is a pattern (str.format, e.g. "faces/img-{seed:04d}.png"); --out that is
-    an existing folder or ends in "/" puts the default names (`default`, e.g. "cips-seed{seed}.png")
-    there; any other --out is one file, allowed only with one seed. No --out: the default names here.
+    Rule: --out with "{seed}" is a pattern (e.g. "faces/img-{seed:04d}.png": {seed} with an optional
+    integer format spec, nothing else); --out that is an existing folder or ends in "/" puts the default
+    names (`default`, e.g. "cips-seed{seed}.png") there, creating the folder if needed; any other --out
+    is one file, allowed only with one seed. No --out: the default names here.
     """
     if out is None:
         pattern = default
-    elif "{" in out:
+    elif "{" in out or "}" in out:
         pattern = out
-    elif out.endswith(("/", os.sep)) or Path(out).is_dir():
-        pattern = str(Path(out) / default)
+    elif out.endswith(("/", os.sep)) or _is_dir(Path(out), out):
+        folder = Path(out)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the folder {shown(folder)}: {e.strerror or e}") from None
+        pattern = str(folder / default)
     elif len(seeds) == 1:
         return [Path(out)]
     else:
         raise UserError(f"with {len(seeds)} seeds, --out must be a folder or a pattern with {{seed}} "
-                        f"(e.g. --out 'img-{{seed}}.png'), not one file name: {out}")
-    try:
-        paths = [Path(pattern.format(seed=s)) for s in seeds]
-    except (KeyError, IndexError, ValueError) as e:
-        raise UserError(f"bad --out pattern {pattern!r}: only {{seed}} may be used ({e})") from None
+                        f"(e.g. --out 'img-{{seed}}.png'), not one file name: {shown(out)}")
+    check_seed_pattern(pattern)
+    paths = [Path(pattern.format(seed=s)) for s in seeds]
     if len(set(paths)) != len(paths):
-        raise UserError(f"--out pattern {pattern!r} gives the same file for several seeds; put {{seed}} in it")
+        raise UserError(f"--out pattern {shown(pattern)!r} gives the same file for several seeds; put {{seed}} in it")
     return paths
+
+
+def check_seed_pattern(pattern: str) -> None:
+    """UserError unless every replacement field of `pattern` is {seed} or {seed:SPEC} for an integer
+    SPEC such as 04d: no attributes, indexes, conversions, other names or nested fields."""
+    bad = f"bad --out pattern {shown(pattern)!r}: only {{seed}} or {{seed:FORMAT}} (e.g. {{seed:04d}}) may be used"
+    try:
+        fields = [(name, conversion, spec) for _, name, spec, conversion in string.Formatter().parse(pattern)
+                  if name is not None]
+    except ValueError as e:  # an unmatched brace
+        raise UserError(f"{bad} ({e}; write {{{{ and }}}} for literal braces)") from None
+    for name, conversion, spec in fields:
+        field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        if name != "seed" or conversion is not None or not _SEED_SPEC.fullmatch(spec or ""):
+            raise UserError(f"{bad}, not {shown(field)}")
+        try:
+            format(0, spec)
+        except ValueError:
+            raise UserError(f"{bad}, not {shown(field)}") from None
+
+
+def shown(text: str | os.PathLike, limit: int = 120) -> str:
+    """A path or pattern short enough for a one-line message: its start and end around '...'."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit - 40]}...{text[-37:]}"
+
+
+def _is_dir(path: Path, what: str | os.PathLike) -> bool:
+    try:
+        return path.is_dir()
+    except OSError as e:  # a name too long for the file system, say
+        raise UserError(f"cannot write {shown(what)}: {e.strerror or e}") from None
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def prepare_output(path: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> Path:
     """Check, before any work, that `path` has a supported type and can be written (by creating and
-    removing a temporary file beside it: permission bits alone say nothing when running as root)."""
+    removing a temporary file beside it: permission bits alone say nothing when running as root).
+    Stale temporary files of earlier, killed writes in that folder are removed (clean_stale_temporaries)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
-        raise UserError(f"cannot write {path}: the output must end in {' or '.join(suffixes)}")
-    if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a folder")
+        raise UserError(f"cannot write {shown(path)}: the output must end in {' or '.join(suffixes)}")
+    if _is_dir(path, path):
+        raise UserError(f"cannot write {shown(path)}: it is a folder")
     folder = path.parent
-    if not folder.is_dir():
+    if not _is_dir(folder, path):
         problem = "is not a folder" if folder.exists() else "does not exist"
-        raise UserError(f"cannot write {path}: {folder} {problem}")
+        raise UserError(f"cannot write {shown(path)}: {shown(folder)} {problem}")
+    limit = _name_max(folder) - NAME_RESERVE
+    if len(os.fsencode(path.name)) > limit:
+        raise UserError(f"cannot write {shown(path)}: its name is {len(os.fsencode(path.name))} bytes long; "
+                        f"at most {limit} fit this folder's file system")
+    clean_stale_temporaries(folder)
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
     return path
+
+
+# -- temporary files ---------------------------------------------------------------------------------
+# Every file is written under a temporary name beside its final one, ".NAME.HOST-PID.RANDOM.tmp", and
+# renamed when complete. A process killed mid-write leaves that file behind; the name says whose it was,
+# so the next write into the folder removes it once that process is gone (or, for files from another
+# machine sharing the folder, once nothing has touched it for STALE_AFTER_S).
+HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+STALE_AFTER_S = 24 * 3600
+_TEMPORARY = re.compile(r"\..*\.([0-9a-f]{6})-(\d+)\.[A-Za-z0-9_]+\.tmp")
+_cleaned: set[str] = set()  # folders already cleaned by this process
+
+
+def temporary_prefix(path: str | os.PathLike) -> str:
+    """mkstemp's prefix for a temporary file of `path` (use suffix=".tmp"): the start of its name, the
+    host and this process. The name is cut short so that the temporary name fits where `path` fits."""
+    return f".{Path(path).name[:64]}.{HOST_TAG}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, another user's
+        return True
+    return True
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, force: bool = False) -> list[Path]:
+    """Remove the temporary files of writes that were killed in `folder` (our naming only: those of a
+    process of this host that no longer runs, or untouched for STALE_AFTER_S); returns what went. Once
+    per folder and process unless force."""
+    folder = Path(folder)
+    key = os.path.abspath(folder)
+    if key in _cleaned and not force:
+        return []
+    _cleaned.add(key)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name) if entry.name.endswith(".tmp") else None
+        if match is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            ours_and_dead = match.group(1) == HOST_TAG and not _alive(int(match.group(2)))
+            if ours_and_dead or now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
 
 
 def _umask() -> int:
@@ -96,10 +213,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
     """write(f) into a temporary file in the same folder, check(temporary path) if given, then rename
     it over `path`: readers never see a half-written file, and a failure leaves nothing behind."""
     path = Path(path)
+    clean_stale_temporaries(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -109,7 +227,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

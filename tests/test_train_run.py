@@ -299,3 +299,136 @@ def test_metric_options_parse_round_trip_and_may_change_on_resume(tmp_path):
     weights.unlink()  # the run's weights file is gone: the run still resumes, measuring what is asked now
     merged = merge_for_resume(TrainOptions(resume=True, metrics="swd", metrics_kimg=5.0), stored)
     assert (merged.metrics, merged.metrics_kimg, merged.inception_weights) == (("swd",), 5.0, None)
+
+
+# -- the command line: resume keeps the run's options; faults leave a folder that restarts -----------
+def command_line(data: Path, out: Path, **kw) -> list[str]:
+    """`python -m cips_edge.train` arguments for options(data, out, **kw)."""
+    o = options(data, out, **kw)
+    args = [str(data), "--out", str(out)]
+    for name in ("preset", "batch", "kimg", "r1_every", "augment", "device", "workers", "checkpoint_kimg",
+                 "sample_kimg", "log_every", "keep_checkpoints"):
+        args += [f"--{name.replace('_', '-')}", str(getattr(o, name))]
+    return args
+
+
+def train_main(args: list[str], capsys) -> tuple[int, str]:
+    from cips_edge.train.__main__ import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_resume_keeps_the_runs_own_options_unless_one_is_given(train_images, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = command_line(train_images, out, kimg=3 * BATCH / 1000, checkpoint_kimg=BATCH / 1000, keep_checkpoints=5)
+    assert train_main(args, capsys)[0] == 0
+    assert [newest_step(p) for p in run_checkpoints(out)] == [1, 2, 3]
+    # Nothing repeated: the run's length (not the default 5000 kimg) is reached already.
+    code, err = train_main(["--resume", "--out", out], capsys)
+    assert code == 0 and "nothing to do: the run is at 0.012 kimg, --kimg is 0.012" in err
+    assert "resuming with" not in err
+    # Longer, as asked; the checkpoint interval is still the run's own (not the default 100 kimg).
+    code, err = train_main(["--resume", "--out", out, "--kimg", 5 * BATCH / 1000], capsys)
+    assert code == 0, err
+    assert [newest_step(p) for p in run_checkpoints(out)] == [1, 2, 3, 4, 5]
+    notes = [line for line in err.splitlines() if line.startswith("resuming with")]
+    assert notes == ["resuming with --kimg 0.02 (the run had 0.012); every other option as the run had it"]
+    recorded = json.loads((out / "options.json").read_text())["options"]
+    assert (recorded["kimg"], recorded["checkpoint_kimg"], recorded["keep_checkpoints"]) == (0.02, 0.004, 5)
+
+
+def newest_step(path: Path) -> int:
+    return read_checkpoint(path)["step"]
+
+
+class FullDisk:
+    """A file whose writes fail with ENOSPC once `room` more bytes have gone through."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if n > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= n
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_disk_full_while_caching_the_data_is_one_line_and_the_folder_restarts(train_images, tmp_path, capsys,
+                                                                               monkeypatch):
+    from cips_edge.train import data
+
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(data.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode), 20_000))
+    out = tmp_path / "run"
+    args = command_line(train_images, out)
+    code, err = train_main(args, capsys)
+    assert code == 2 and err.splitlines() == [
+        f"error: cannot write the data cache {out / 'data-cache'}/{err.split('data-cache/')[1].split(':')[0]}: "
+        "No space left on device (free some space, or train with --no-data-cache)"]
+    assert not out.exists()  # nothing of the failed start is left
+    monkeypatch.undo()
+    assert train_main(args, capsys)[0] == 0 and newest(out)["step"] == STEPS
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(straight, train_images, tmp_path, capsys):
+    """What a kill -9 before the first checkpoint leaves (options, samples, log lines, a data cache and a
+    temporary file of the killed process, no checkpoint): --resume starts the run again in place, and it
+    ends as the uninterrupted run."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(straight[0], out)
+    shutil.rmtree(out / "checkpoints")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    from cips_edge.runtime.image import HOST_TAG
+
+    stale = out / "data-cache" / f".abc.npy.{HOST_TAG}-{int(dead.stdout)}.x1y2z3w4.tmp"
+    stale.write_bytes(b"half a data cache")
+    code, err = train_main(command_line(train_images, out), capsys)
+    assert code == 2 and err.splitlines() == [
+        f"error: run folder {out} already exists: it has no checkpoint yet: --resume starts it again in place, "
+        "or choose another --out"]
+    code, err = train_main(["--resume", "--out", out], capsys)
+    assert code == 0, err
+    assert f"{out} has no checkpoint yet: starting it from the beginning" in err.splitlines()
+    assert_same_training_state(newest(out), newest(straight[0]))
+    assert not stale.exists()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
+
+
+def test_disk_full_while_writing_a_checkpoint_is_one_line_and_resumes(straight, train_images, tmp_path, capsys,
+                                                                       monkeypatch):
+    """The second checkpoint's write fails as on a full disk (torch reports it as a RuntimeError): one
+    line, no temporary file, the first checkpoint kept, and --resume then ends as the uninterrupted run."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step") == STEPS:
+            f = FullDisk(f, 50_000)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    out = tmp_path / "run"
+    code, err = train_main(command_line(train_images, out, checkpoint_kimg=KIMG / 2), capsys)
+    last = f"ckpt-{BATCH * STEPS // 2:010d}.pt"
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if "error" in line] == [
+        f"error: cannot write {out / 'checkpoints' / f'ckpt-{BATCH * STEPS:010d}.pt'}: No space left on device; "
+        f"the run is kept at {last}: once there is space, continue with --resume --out {out}"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [last]
+    monkeypatch.undo()
+    assert train_main(["--resume", "--out", out], capsys)[0] == 0
+    assert_same_training_state(newest(out), newest(straight[0]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from .options import AUGMENT_MODES, TrainError, TrainOptions
 _TYPES = {"int": int, "float": float, "str": str, "Path": Path}
 
 
-def build_parser(prog: str = "python -m cips_edge.train") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m cips_edge.train", defaults: bool = True) -> argparse.ArgumentParser:
+    """The command line of TrainOptions; defaults=False leaves options that are not given out of the result."""
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
         prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a CIPS generator on a folder or zip of images (the paper's recipe). "
@@ -23,17 +26,18 @@ def build_parser(prog: str = "python -m cips_edge.train") -> argparse.ArgumentPa
         kind = str(f.type).replace(" | None", "")
         if f.name == "data":
             # DATA positional or --data DIR: both spellings are in use (torchrun lines, the issue text)
+            # (an absent optional positional is always set, to its default: None stands for not given)
             parser.add_argument("data", nargs="?", type=Path, default=None, help=help_text)
-            parser.add_argument("--data", dest="data_option", type=Path, default=None, metavar="DATA",
+            parser.add_argument("--data", dest="data_option", type=Path, default=default(None), metavar="DATA",
                                 help="same as the positional DATA")
         elif f.name == "metrics":  # a comma-separated list; TrainOptions splits it
-            parser.add_argument("--metrics", dest="metrics", default=None, type=str, help=help_text)
+            parser.add_argument("--metrics", dest="metrics", default=default(None), type=str, help=help_text)
         elif kind == "bool":
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default(f.default),
                                 action=argparse.BooleanOptionalAction, help=help_text)
         else:
             choices = AUGMENT_MODES if f.name == "augment" else None
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=f.default,
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default(f.default),
                                 type=_TYPES[kind], choices=choices, help=help_text)
     return parser
 
@@ -51,14 +55,30 @@ def parse_options(argv: list[str] | None = None, prog: str = "python -m cips_edg
     return TrainOptions(**vars(args))
 
 
+def given_options(argv: list[str] | None = None) -> set[str]:
+    """The TrainOptions fields named on the command line (a resume takes these instead of the run's)."""
+    given = {name for name, value in vars(build_parser(defaults=False).parse_args(argv)).items()
+             if not (name == "data" and value is None)}
+    if "data_option" in given:
+        given = (given - {"data_option"}) | {"data"}
+    return given
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m cips_edge.train") -> int:
     try:
         options = parse_options(argv, prog)
         from . import run
 
-        run(options)
+        run(options, explicit=given_options(argv))
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A full disk (or quota) while writing samples, logs or options: one line, not a traceback.
+        # The run keeps its newest checkpoint (checkpoints themselves report through TrainError).
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: cannot write {e.filename or 'a file of the run'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -9,7 +9,10 @@ Sets too large for that stay in host memory (pinned) or, beyond half of RAM, mem
 """
 from __future__ import annotations
 
+import io
 import os
+import struct
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 
 from cips_edge.imagefolder import ImageFolder, ImageFolderError
+from cips_edge.runtime.image import clean_stale_temporaries, temporary_prefix
 
 from .options import TrainError
 
@@ -55,53 +59,86 @@ def decode_images(source: ImageFolder, size: int, workers: int, out_path: Path |
                   width: int | None = None) -> Decoded:
     """Decode every file once into one array (written to out_path as .npy when given); width: panoramas,
     each resized whole to size x width."""
-    n = len(source.names)
-    shape = (n, size, width or size, 3)
-    tmp = None
-    if out_path is not None:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    else:
-        images = np.empty(shape, dtype=np.uint8)
-    skipped, kept = [], 0
-    try:
-        # Threads suffice: PIL releases the GIL while decoding and resizing.
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            results = pool.map(lambda name: source.decode(name, size, width=width), source.names) if workers > 0 \
-                else (source.decode(name, size, width=width) for name in source.names)
+    shape = (len(source.names), size, width or size, 3)
+    skipped: list[tuple[str, str]] = []
+    # Threads suffice: PIL releases the GIL while decoding and resizing. Results come in file order.
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(lambda name: source.decode(name, size, width=width), source.names) if workers > 0 \
+            else (source.decode(name, size, width=width) for name in source.names)
+
+        def readable():
             for name, result in zip(source.names, results):
                 if isinstance(result, str):
                     skipped.append((name, result))
                 else:
-                    images[kept] = result
+                    yield result
+
+        try:
+            if out_path is None:
+                images = np.empty(shape, dtype=np.uint8)
+                kept = 0
+                for image in readable():
+                    images[kept] = image
                     kept += 1
-        if tmp is not None:
-            if kept < n:  # the .npy header holds the shape: rewrite the kept rows into a right-sized file
-                compact_tmp = tmp.with_name(tmp.name + ".compact")
-                compact = np.lib.format.open_memmap(compact_tmp, mode="w+", dtype=np.uint8,
-                                                    shape=(kept, *shape[1:]))
-                compact[:] = images[:kept]
-                compact.flush()
-                del images, compact
-                os.replace(compact_tmp, tmp)
+                images = images[:kept]
             else:
-                images.flush()
-                del images
-            os.replace(tmp, out_path)
-            images = np.load(out_path, mmap_mode="r")
-        else:
-            images = images[:kept]
-    finally:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+                kept = write_npy_rows(out_path, shape, readable())
+                images = np.load(out_path, mmap_mode="r") if kept else np.empty((0, *shape[1:]), np.uint8)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # no decoding for a write that failed
+            raise
     return Decoded(images, data_fingerprint(source, size, width), skipped, from_cache=False)
+
+
+def _npy_header(shape: tuple[int, ...], length: int | None = None) -> bytes:
+    """The .npy (version 1.0) header of a C-order uint8 array; padded with spaces to `length` bytes."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    header = buffer.getvalue()
+    if length is not None and length != len(header):
+        assert length > len(header), (length, len(header))
+        pad = length - len(header)
+        header = header[:8] + struct.pack("<H", length - 10) + header[10:-1] + b" " * pad + b"\n"
+    return header
+
+
+def write_npy_rows(path: Path, shape: tuple[int, ...], rows) -> int:
+    """Write uint8 rows of shape[1:] (at most shape[0] of them) to `path` as one .npy, atomically;
+    returns how many came. Plain write() calls, not a memory map: on a full disk a write into a mapped
+    sparse file kills the process (SIGBUS), where write() raises, which becomes a one-line TrainError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    header = _npy_header(shape)
+    count = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            for row in rows:
+                assert row.shape == shape[1:] and row.dtype == np.uint8, (row.shape, row.dtype)
+                f.write(np.ascontiguousarray(row).data)
+                count += 1
+            if count < shape[0]:  # the header holds the count: rewrite it, as long as before
+                f.seek(0)
+                f.write(_npy_header((count, *shape[1:]), len(header)))
+                f.truncate(len(header) + count * int(np.prod(shape[1:])))
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise TrainError(f"cannot write the data cache {path}: {e.strerror or e} (free some space, or train "
+                         "with --no-data-cache)") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
 
 
 def load_images(path: Path, size: int, workers: int, cache_dir: Path | None,
                 decode: bool = True, width: int | None = None) -> Decoded | None:
     """The decoded data set, from cache_dir/<fingerprint>.npy when present. decode=False: only the
     cache (None if absent), for processes that wait for another to decode. width: panoramas'."""
+    if decode and cache_dir is not None and cache_dir.is_dir():
+        clean_stale_temporaries(cache_dir)  # of a decoding that was killed
     with find_images(path) as source:  # closes the zip handles the decoding threads opened
         fingerprint = data_fingerprint(source, size, width)
         cache = cache_dir / f"{fingerprint}.npy" if cache_dir is not None else None

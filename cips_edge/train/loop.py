@@ -3,6 +3,7 @@ trains, and keeps the user informed; checkpoints periodically, at the end and on
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import random
@@ -24,7 +25,7 @@ from cips_edge.config import PRESETS
 from . import distributed
 from .data import Decoded, ImageBank, load_images
 from .discriminator import DiscriminatorConfig
-from .options import AUGMENT_AUTO_BELOW, TrainError, TrainOptions, merge_for_resume
+from .options import AUGMENT_AUTO_BELOW, TrainError, TrainOptions, merge_for_resume, resume_changes
 from .quality import QualityMetrics
 from .report import Reporter, atomic_write_json, grid_name, render_images, save_grid, truncate_metrics
 from .trainer import Recipe, Speed, Trainer
@@ -119,12 +120,23 @@ def _next_run_dir(options: TrainOptions) -> Path:
     return DEFAULT_RUNS_DIR / f"{max(numbers, default=-1) + 1:05d}-{stem}-{options.preset}"
 
 
+def _started_options(run_dir: Path) -> dict | None:
+    """The options a run folder without checkpoints was started with (its options.json), if readable."""
+    try:
+        return json.loads((run_dir / "options.json").read_text())["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 class Run:
-    def __init__(self, options: TrainOptions, device: torch.device, world: distributed.World):
+    def __init__(self, options: TrainOptions, device: torch.device, world: distributed.World,
+                 explicit: set[str] | None = None):
         self.options, self.device, self.world = options, device, world
+        self.explicit = explicit  # the options the user gave (None: those that differ from the defaults)
         self.ckpt: dict | None = None
         self.created_dir = False
         self.started = False  # the first step has begun
+        self.notes: list[str] = []  # lines to show once the reporter exists
 
     # -- setting up ----------------------------------------------------------------------------
     def locate(self) -> None:
@@ -139,27 +151,45 @@ class Run:
                 run_dir = newest.parent.parent
             ckpts = run_checkpoints(run_dir)
             if not ckpts:
-                what = "does not exist" if not run_dir.exists() else "has no checkpoints"
-                raise TrainError(f"cannot resume: {run_dir} {what}")
-            try:
-                ckpt = read_checkpoint(ckpts[-1])
-            except CheckpointError as e:
-                raise TrainError(str(e)) from None
-            # Optimizer moments may be absent (a checkpoint slimmed to move it between machines):
-            # the trainer then starts Adam afresh and says so.
-            if not {"g", "d", "options"} <= set(ckpt):
-                raise TrainError(f"cannot resume from {ckpts[-1]}: it holds no training state")
-            self.ckpt = ckpt
-            self.options = dataclasses.replace(merge_for_resume(o, ckpt["options"]), out=run_dir)
+                self.options = self._restart(o, run_dir)
+            else:
+                try:
+                    ckpt = read_checkpoint(ckpts[-1])
+                except CheckpointError as e:
+                    raise TrainError(str(e)) from None
+                # Optimizer moments may be absent (a checkpoint slimmed to move it between machines):
+                # the trainer then starts Adam afresh and says so.
+                if not {"g", "d", "options"} <= set(ckpt):
+                    raise TrainError(f"cannot resume from {ckpts[-1]}: it holds no training state")
+                self.ckpt = ckpt
+                self.options = dataclasses.replace(merge_for_resume(o, ckpt["options"], self.explicit), out=run_dir)
+                changes = resume_changes(self.options, ckpt["options"])
+                if changes:
+                    self.notes.append(f"resuming with {', '.join(changes)}; every other option as the run had it")
         else:
             run_dir = o.out if o.out is not None else _next_run_dir(o)
             if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-                raise TrainError(f"run folder {run_dir} already exists: pass --resume to continue it, "
-                                 "or choose another --out")
+                hint = ("it has no checkpoint yet: --resume starts it again in place"
+                        if run_dir.is_dir() and not run_checkpoints(run_dir) else "pass --resume to continue it")
+                raise TrainError(f"run folder {run_dir} already exists: {hint}, or choose another --out")
             self.options = dataclasses.replace(o, out=run_dir)
         if self.options.data is not None:  # recorded absolute, so a resume works from any folder
             self.options = dataclasses.replace(self.options, data=self.options.data.absolute())
         self.run_dir = run_dir
+
+    def _restart(self, o: TrainOptions, run_dir: Path) -> TrainOptions:
+        """--resume of a run stopped (killed, disk full) before its first checkpoint: nothing to continue,
+        so it starts again in the same folder, with the options it was started with where it recorded them."""
+        if not run_dir.is_dir():
+            raise TrainError(f"cannot resume: {run_dir} does not exist")
+        stored = _started_options(run_dir)
+        if stored is not None:
+            o = merge_for_resume(o, stored, self.explicit)
+        elif o.data is None:
+            raise TrainError(f"cannot resume: {run_dir} has no checkpoint and no options.json to start it again "
+                             "from; give the data set too (DATA --out RUN --resume)")
+        self.notes.append(f"{run_dir} has no checkpoint yet: starting it from the beginning")
+        return dataclasses.replace(o, out=run_dir, resume=False)
 
     def load_data(self) -> Decoded:
         o, world = self.options, self.world
@@ -213,6 +243,8 @@ class Run:
         world, device = self.world, self.device
         start_images = self.ckpt["images_seen"] if self.ckpt else 0
         reporter = Reporter(self.run_dir, round(self.options.kimg * 1000), start_images, world.is_main)
+        for note in self.notes:
+            reporter.say(note)
         total_steps = math.ceil(round(self.options.kimg * 1000) / self.options.batch)
         if self.ckpt is not None and self.ckpt["step"] >= total_steps:
             reporter.say(f"nothing to do: the run is at {start_images / 1000:g} kimg, --kimg is {self.options.kimg:g}")
@@ -252,8 +284,8 @@ class Run:
                 "augment_on": augment, "data": self.data_info, "world_size": world.size,
                 "batch_per_process": recipe.batch, "device": str(device), "speed": dataclasses.asdict(speed),
                 "torch": torch.__version__, "cips_edge": __version__})
-            if self.ckpt is not None:
-                truncate_metrics(self.run_dir / "metrics.jsonl", start_images)
+            # A resume (or a restart after an early stop) replays what follows its checkpoint (or the start).
+            truncate_metrics(self.run_dir / "metrics.jsonl", start_images)
         pano = f" crops of {o.panorama}-frame 360-degree panoramas" if o.panorama else ""
         reporter.say(
             f"{'resuming' if self.ckpt else 'training'} {o.preset} at {o.training_size}x{o.training_size}{pano} "
@@ -333,18 +365,25 @@ class Run:
                                     options=self.options.to_dict(), rng=rng_states(), data=self.data_info,
                                     elapsed_s=elapsed_s, **self.meta)
         path = self.run_dir / "checkpoints" / checkpoint_name(images_seen)
-        atomic_torch_save(ckpt, path)
+        try:
+            atomic_torch_save(ckpt, path)
+        except CheckpointError as e:  # disk full, say: nothing half-written, the older checkpoints stay
+            kept = run_checkpoints(self.run_dir)
+            where = f"the run is kept at {kept[-1].name}" if kept else "the run has no checkpoint yet"
+            raise TrainError(f"{e}; {where}: once there is space, continue with --resume --out {self.run_dir}") from None
         for old in run_checkpoints(self.run_dir)[:-self.options.keep_checkpoints]:
             old.unlink(missing_ok=True)
         reporter.advance(images_seen)
 
 
-def run(options: TrainOptions) -> Path:
-    """Train (or resume) a run; returns its folder. Raises TrainError for problems the user can fix, and
-    KeyboardInterrupt after saving a checkpoint when stopped by Ctrl-C or SIGTERM."""
+def run(options: TrainOptions, explicit: set[str] | None = None) -> Path:
+    """Train (or resume) a run; returns its folder. explicit: the names of the options the user gave,
+    which a resume takes instead of the run's own (default: those that differ from their defaults).
+    Raises TrainError for problems the user can fix, and KeyboardInterrupt after saving a checkpoint when
+    stopped by Ctrl-C or SIGTERM."""
     device = resolve_device(options.device)
     world = distributed.init_from_env(device)
     try:
-        return Run(options, device, world).execute()
+        return Run(options, device, world, explicit).execute()
     finally:
         distributed.shutdown(world)

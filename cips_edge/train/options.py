@@ -167,25 +167,56 @@ class TrainOptions:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-# The fields that define the run's trajectory. On resume they come from the run itself; a value given
-# now that differs from both the default and the run's is an error rather than silently ignored.
+# The fields that define the run's trajectory: a resumed run keeps them, and one given now that differs
+# from the run's is an error rather than silently ignored.
 RECIPE_FIELDS = ("preset", "size", "panorama", "d_channel_multiplier", "d_channel_max", "batch", "lr", "r1_gamma",
                  "r1_every", "ema_kimg", "augment", "xflip", "g_lazy_correction", "seed")
+# Never taken from the run: where it is, that this is a resume, and the device of this machine.
+SESSION_FIELDS = ("out", "resume", "device")
 
 
-def merge_for_resume(given: TrainOptions, stored: dict) -> TrainOptions:
-    """The run's recipe with this session's settings (length, cadence, machine)."""
-    defaults = TrainOptions(data=Path("."))
-    # What to measure is this session's choice: the run's old weights path need not exist any more.
-    stored_opts = TrainOptions.from_dict({**stored, "resume": True, "metrics": (), "inception_weights": None})
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def explicit_fields(given: "TrainOptions") -> set[str]:
+    """The options set in `given` when the caller cannot say which were given (Python callers): those
+    that differ from their defaults."""
+    return {f.name for f in dataclasses.fields(TrainOptions) if getattr(given, f.name) != f.default}
+
+
+def merge_for_resume(given: TrainOptions, stored: dict, explicit: set[str] | None = None) -> TrainOptions:
+    """The run's own options (`stored`, as its checkpoint or options.json keeps them), except those given
+    explicitly now (`explicit`: field names; default explicit_fields(given)). The recipe cannot change."""
+    explicit = explicit_fields(given) if explicit is None else set(explicit)
+    # Validated without the run's metrics: its weights file need not exist any more (checked below, if used).
+    then = TrainOptions.from_dict({**stored, "resume": True, "metrics": (), "inception_weights": None})
     changes = {}
-    for name in RECIPE_FIELDS:
-        now, then, default = getattr(given, name), getattr(stored_opts, name), getattr(defaults, name)
-        if now != then and now != default:
-            flag = "--" + name.replace("_", "-")
-            raise TrainError(f"{flag} {now} differs from the run's {then}: a resumed run keeps its recipe "
-                             "(start a new run to change it)")
-        changes[name] = then
-    if given.data is None:
-        changes["data"] = stored_opts.data
+    for f in dataclasses.fields(TrainOptions):
+        name = f.name
+        if name in SESSION_FIELDS:
+            continue
+        now = getattr(given, name)
+        if name == "data" and now is None:  # a resume without DATA trains on the run's own
+            explicit.discard(name)
+        run_value = stored.get(name, f.default) if name in ("metrics", "inception_weights") else getattr(then, name)
+        if name in explicit:
+            if name in RECIPE_FIELDS and now != run_value:
+                raise TrainError(f"{flag(name)} {now} differs from the run's {run_value}: a resumed run keeps its "
+                                 "recipe (start a new run to change it)")
+            continue
+        changes[name] = run_value
+    metrics = changes.get("metrics", given.metrics)
+    if "inception_weights" in changes and "fid" not in (metrics or ()):
+        changes["inception_weights"] = None  # only FID reads them
     return dataclasses.replace(given, **changes)
+
+
+def resume_changes(merged: TrainOptions, stored: dict) -> list[str]:
+    """What a resumed run does differently from its own options: ["--kimg 10 (the run had 5)", ...]."""
+    then = TrainOptions.from_dict({**stored, "resume": True, "metrics": (), "inception_weights": None}).to_dict()
+    then.update(metrics=list(stored.get("metrics") or []), inception_weights=stored.get("inception_weights"))
+    now = merged.to_dict()
+    shown = lambda v: ",".join(v) if isinstance(v, list) else v  # noqa: E731
+    return [f"{flag(name)} {shown(now[name])} (the run had {shown(then[name])})" for name in now
+            if name not in (*SESSION_FIELDS, "data") and now[name] != then[name]]

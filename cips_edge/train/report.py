@@ -6,6 +6,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,14 +15,27 @@ import torch
 from PIL import Image
 
 from cips_edge.model import CIPSGenerator
+from cips_edge.runtime.image import clean_stale_temporaries, temporary_prefix
 
 PLAIN_LINE_EVERY_S = 60.0  # without a terminal, print a progress line at most this often
 
 
+def _atomic_write(path: Path, write) -> None:
+    """write(temporary path), then rename it to `path`; a failure leaves nothing behind (its OSError
+    propagates). Temporary names follow cips_edge.runtime.image, so killed writes are cleaned up later."""
+    clean_stale_temporaries(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
@@ -37,9 +51,8 @@ def save_grid(images: np.ndarray, path: Path, columns: int) -> None:
         r, c = divmod(k, columns)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[k]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    image = Image.fromarray(grid)
+    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 @torch.no_grad()
@@ -79,12 +92,12 @@ class Reporter:
         self.console = Console(file=sys.stderr)
 
     def say(self, message: str) -> None:
-        if self.active:
-            self.console.print(message, highlight=False)
+        if self.active:  # soft_wrap: a line stays one line in a log (commands and paths copy whole)
+            self.console.print(message, highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         if self.active:
-            self.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+            self.console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
     def start(self, images_seen: int) -> None:
         if not self.active:
