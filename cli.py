@@ -127,6 +127,7 @@ def render(
 
     if latent is not None and (seed or seeds):
         raise UserError("give either --latent or seeds (--seed/--seeds), not both")
+    rt.check_truncation(truncation)
     seed_list = [] if latent is not None else rt.parse_seeds([*(seed or []), *([seeds] if seeds else [])] or ["0"])
     w, h = _frame_size(size, width, height, force)
     if region is not None and coords is not None:
@@ -162,7 +163,8 @@ def render(
     start = time.perf_counter()
     work = n_points if plan is None else plan.points
     total = sum(j.remaining_pixels for j in jobs) if stream else work * len(latents)
-    with _progress(total=total, show=stream or len(latents) > 1 or work >= 1 << 20) as advance:
+    unit = "points" if points is not None or plan is not None else "pixels"
+    with _progress(total=total, show=stream or len(latents) > 1 or work >= 1 << 20, unit=unit) as advance:
         for z, path, job in zip(latents, paths, jobs or [None] * len(paths)):
             if job is not None:
                 job.run(models, chunk, advance)
@@ -223,6 +225,7 @@ def grid(
     from cips_edge import runtime as rt
     from cips_edge.runtime.grid import grid_layout, render_grid
 
+    rt.check_truncation(truncation)
     specs = [s for s in seeds or [] if s.strip()]
     seed_list = rt.parse_seeds(specs) if specs else []
     layout = grid_layout(len(seed_list), size, columns, padding, force)  # fails before any work
@@ -268,7 +271,7 @@ def _write_frames(path: Path, frames, count: int, w: int, h: int, fps: float) ->
     from cips_edge import runtime as rt
 
     start = time.perf_counter()
-    with _progress(total=count, show=True) as advance:
+    with _progress(total=count, show=True, unit="frames") as advance:
         def counted():
             for frame in frames:
                 yield frame
@@ -315,6 +318,7 @@ def zoom(
     """
     from cips_edge import runtime as rt
 
+    rt.check_truncation(truncation)
     w, h = _frame_size(size, width, height, force)
     regions = rt.zoom_regions(center, factor, frames, w, h)
     path = rt.prepare_video(out or f"cips-zoom-seed{seed}.gif", w, h, fps)
@@ -358,6 +362,7 @@ def interpolate(
     from cips_edge import runtime as rt
     from cips_edge.runtime.walk import check_space, parse_keys, walk_stops
 
+    rt.check_truncation(truncation)
     keys = parse_keys(seeds or [])
     w, h = _frame_size(size, width, height, force)
     walk_stops(len(keys), frames, loop)  # fail before any work
@@ -410,23 +415,43 @@ def view(
 
 
 class _progress:
-    """A rich progress bar on stderr for long or multi-seed renders; nothing otherwise."""
+    """Progress of long or multi-seed renders on stderr: a rich bar on a terminal; elsewhere (a pipe, a
+    log file) a start line, then a plain line whenever another tenth is done, at most one every
+    PLAIN_LINE_EVERY_S. Nothing when not `show`."""
 
-    def __init__(self, total: int, show: bool):
-        self.total, self.show, self.bar = total, show, None
+    PLAIN_LINE_EVERY_S = 30.0
+
+    def __init__(self, total: int, show: bool, unit: str = "pixels"):
+        self.total, self.show, self.unit, self.bar = total, show, unit, None
 
     def __enter__(self):
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+        if not self.show:
+            return None
         console = Console(stderr=True)
-        if self.show and console.is_terminal:
+        if console.is_terminal:
             self.bar = Progress(TextColumn("rendering"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                                 TimeRemainingColumn(), console=console, transient=True)
             self.bar.start()
             task = self.bar.add_task("render", total=self.total)
             return lambda n: self.bar.advance(task, n)
-        return None
+        typer.echo(f"rendering {self.total:,} {self.unit}", err=True)
+        self.start = self.last_line = time.perf_counter()
+        self.done, self.tenths = 0, 0
+        return self._plain
+
+    def _plain(self, n: int) -> None:
+        self.done += n
+        tenths = self.done * 10 // max(self.total, 1)
+        now = time.perf_counter()
+        if tenths > self.tenths and self.done < self.total and now - self.last_line >= self.PLAIN_LINE_EVERY_S:
+            self.tenths, self.last_line = tenths, now
+            elapsed = now - self.start
+            left = elapsed * (self.total - self.done) / self.done
+            typer.echo(f"rendering: {tenths * 10}% of {self.total:,} {self.unit} after {elapsed:.0f} s, "
+                       f"about {left:.0f} s left", err=True)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -571,6 +596,7 @@ def eval_(
         wanted = None if metrics is None else [m.strip().lower() for m in metrics.split(",") if m.strip()]
         has_extractor = inception_weights is not None
         chosen = cm.check_request(wanted, num, batch, has_extractor, size)  # fail before any work
+        rt.check_truncation(truncation)
         if set(chosen) & set(FEATURE_METRICS):
             _require_torch("fid, kid and pr need")
         if model is not None and checkpoint is not None:

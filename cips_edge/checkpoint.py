@@ -126,6 +126,13 @@ def load_generator(path: str | os.PathLike, n_mlp: int | None = None, lr_mlp: fl
         if ckpt.get("version", 0) > VERSION:
             raise CheckpointError(f"{file} was written by a newer cips-edge (format {ckpt['version']})")
         config = GeneratorConfig.from_dict(ckpt["config"])
+        # The file states its config: an option that says otherwise is a mistake, not an override.
+        if n_mlp is not None and n_mlp != config.n_mlp:
+            raise CheckpointError(f"--n-mlp {n_mlp} but {file} holds {config.n_mlp} mapping layers (its config is "
+                                  "stored in the file: leave --n-mlp out)")
+        if lr_mlp is not None and lr_mlp != config.lr_mlp:
+            raise CheckpointError(f"--lr-mlp {lr_mlp:g} but {file} was trained with {config.lr_mlp:g} (its config "
+                                  "is stored in the file: leave --lr-mlp out)")
         state, kind, notice = ckpt["g_ema"], FORMAT, None
         step, seen = ckpt.get("step"), ckpt.get("images_seen")
     elif legacy.is_original_checkpoint(ckpt):

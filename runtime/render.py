@@ -90,11 +90,21 @@ def _latents(model: CIPSModel, z: np.ndarray) -> np.ndarray:
     return z
 
 
-def _truncation(truncation: float | np.ndarray, batch: int) -> np.ndarray:
-    psi = np.broadcast_to(np.asarray(truncation, dtype=np.float32), (batch,)).copy()
-    if not np.isfinite(psi).all():
-        raise UserError(f"truncation must be a finite number, got {truncation}")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_truncation(truncation: float | np.ndarray) -> np.ndarray:
+    """psi as float64, or UserError unless every value is finite and within float32 (what the graphs take):
+    checked before the cast, so 1e39 is an error rather than an overflow warning and infinity."""
+    psi = np.asarray(truncation, dtype=np.float64)
+    if not (np.isfinite(psi).all() and (np.abs(psi) <= FLOAT32_MAX).all()):
+        shown = f"{float(psi):g}" if psi.ndim == 0 else str(truncation)
+        raise UserError(f"truncation must be a finite number within float32, got {shown}")
     return psi
+
+
+def _truncation(truncation: float | np.ndarray, batch: int) -> np.ndarray:
+    return np.broadcast_to(check_truncation(truncation).astype(np.float32), (batch,)).copy()
 
 
 def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncation: float | np.ndarray = 1.0,

@@ -2,8 +2,10 @@
 traceback, no file) for every kind of bad input."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +155,24 @@ BAD = {
     "chunk-zero": ["--chunk", "0"],
     "threads-negative": ["--threads", "-1"],
     "truncation-nan": ["--truncation", "nan"],
+    "truncation-beyond-float32": ["--truncation", "1e39"],
+    "truncation-beyond-float32-streamed": ["--truncation", "-1e39", "--out", "{tmp}/big.tif"],
+    # --out patterns: {seed} with an integer format, nothing else; names the file system can hold
+    "out-pattern-attribute": ["--seeds", "0-1", "--out", "{tmp}/{{seed.__class__.__init__.__globals__}}.png"],
+    "out-pattern-class": ["--seeds", "0-1", "--out", "{tmp}/{{seed.__class__}}.png"],
+    "out-pattern-index": ["--seeds", "0-1", "--out", "{tmp}/{{seed[0]}}.png"],
+    "out-pattern-conversion": ["--seeds", "0-1", "--out", "{tmp}/{{seed!r}}.png"],
+    "out-pattern-other-name": ["--seeds", "0-1", "--out", "{tmp}/{{seed}}-{{model}}.png"],
+    "out-pattern-positional": ["--seeds", "0-1", "--out", "{tmp}/{{0}}.png"],
+    "out-pattern-nested": ["--seeds", "0-1", "--out", "{tmp}/{{seed:{{seed}}}}.png"],
+    "out-pattern-float-format": ["--seeds", "0-1", "--out", "{tmp}/{{seed:.2f}}.png"],
+    "out-pattern-huge-width": ["--seeds", "0-1", "--out", "{tmp}/{{seed:999999999}}.png"],
+    "out-pattern-slash-fill": ["--seeds", "0-1", "--out", "{tmp}/{{seed:/>5}}.png"],
+    "out-pattern-unbalanced": ["--seeds", "0-1", "--out", "{tmp}/{{seed.png"],
+    "out-pattern-long-names": ["--seeds", "0-1", "--out", "{tmp}/{{seed:0300d}}.png"],
+    "out-name-too-long": ["--out", "{tmp}/" + "a" * 300 + ".png"],
+    "out-folder-name-too-long": ["--out", "{tmp}/" + "a" * 5000 + "/x.png"],
+    "out-folder-too-long": ["--seeds", "0-1", "--out", "{tmp}/" + "a" * 5000 + "/"],
 }
 
 
@@ -190,17 +210,121 @@ def test_bad_render_input(case, bad_inputs, tiny_onnx, monkeypatch):
     assert_clean_failure(cips("render", *args), before, bad_inputs)
 
 
-@pytest.mark.parametrize("case", ["neither-format", "missing", "n-mlp-mismatch"])
+@pytest.mark.parametrize("case", ["neither-format", "missing", "n-mlp-mismatch", "n-mlp-contradicts-config",
+                                  "lr-mlp-contradicts-config"])
 def test_bad_export_input(case, tmp_path, tiny_checkpoint, official_dir):
     if case == "neither-format":
         (tmp_path / "junk.pt").write_bytes(b"\x00junk")
         args = ["--checkpoint", tmp_path / "junk.pt"]
     elif case == "missing":
         args = ["--checkpoint", tmp_path / "nope.pt"]
-    else:
+    elif case == "n-mlp-mismatch":
         args = ["--checkpoint", official_dir / "checkpoint.pt", "--n-mlp", "5"]
+    elif case == "n-mlp-contradicts-config":  # a cips-edge checkpoint states its config (the tiny preset: 2)
+        args = ["--checkpoint", tiny_checkpoint, "--n-mlp", "7"]
+    else:
+        args = ["--checkpoint", tiny_checkpoint, "--lr-mlp", "0.5"]
     before = set(tmp_path.iterdir())
     assert_clean_failure(cips("export", tmp_path / "m.onnx", *args), before, tmp_path)
+
+
+def test_export_options_that_agree_with_the_checkpoint_are_accepted(tmp_path, tiny_checkpoint):
+    r = cips("export", tmp_path / "m.onnx", "--checkpoint", tiny_checkpoint, "--n-mlp", 2, "--lr-mlp", 0.01)
+    assert r.exit_code == 0, r.stderr
+    r = cips("export", tmp_path / "n.onnx", "--checkpoint", tiny_checkpoint, "--n-mlp", 7)
+    assert r.stderr == f"error: --n-mlp 7 but {tiny_checkpoint} holds 2 mapping layers (its config is stored in the " \
+                       "file: leave --n-mlp out)\n"
+
+
+def test_a_trailing_slash_out_is_a_folder_made_as_needed(tiny_onnx, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ok(cips("render", "--model", tiny_onnx, "--seeds", "0-2", "--size", 8, "--out", "faces/"))
+    assert sorted(p.name for p in (tmp_path / "faces").iterdir()) == [f"cips-seed{s}.png" for s in range(3)]
+    ok(cips("render", "--model", tiny_onnx, "--seed", 5, "--size", 8, "--out", "a/b/"))
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["cips-seed5.png"]
+
+
+@pytest.mark.parametrize("pattern, names", [
+    ("f-{seed:04d}.png", ["f-0009.png", "f-0010.png"]),
+    ("{seed:>3}.png", ["  9.png", " 10.png"]),
+    ("{seed:x}-{seed}.png", ["9-9.png", "a-10.png"]),
+    ("{{seed}}-{seed}.png", ["{seed}-9.png", "{seed}-10.png"]),
+])
+def test_out_pattern_takes_seed_with_a_format(tiny_onnx, tmp_path, pattern, names):
+    ok(cips("render", "--model", tiny_onnx, "--seeds", "9,10", "--size", 8, "--out", tmp_path / pattern))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+def test_truncation_beyond_float32_is_an_error_without_warnings(tiny_onnx, tmp_path):
+    """numpy's overflow warning used to come before the error (and a streamed render wrote an image)."""
+    import warnings
+
+    commands = [["render", "--size", 8], ["render", "--size", 8, "--out", tmp_path / "x.tif"],
+                ["grid", "--seeds", "0-1", "--size", 8, "--out", tmp_path / "g.png"],
+                ["zoom", "--size", 8, "--frames", 2, "--out", tmp_path / "z.gif"],
+                ["interpolate", "--seeds", "1,2", "--frames", 2, "--size", 8, "--space", "w",
+                 "--out", tmp_path / "w.gif"]]
+    for args in commands:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = cips(*args, "--model", tiny_onnx, "--truncation", 1e39)
+        assert r.exit_code == 1 and r.stderr == "error: truncation must be a finite number within float32, got " \
+                                                 "1e+39\n", (args, r.stderr, r.exception)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporary_files_of_killed_writes_are_removed(tiny_onnx, tmp_path):
+    """Only ours (.NAME.HOST-PID.RANDOM.tmp) and only stale: of a process of this host that is gone, or
+    untouched for a day; a live process's file, a recent one of another host and other files stay."""
+    from cips_edge.runtime.image import HOST_TAG
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other_host = "0" * 6 if HOST_TAG != "0" * 6 else "1" * 6
+    files = {
+        f".a.png.{HOST_TAG}-{int(dead.stdout)}.k2j3h4g5.tmp": False,  # killed: removed
+        f".b.onnx.{other_host}-{int(dead.stdout)}.k2j3h4g5.tmp": True,  # another machine's, recent: kept
+        f".c.png.{other_host}-1.abcdefgh.tmp": False,  # another machine's, a day old: removed
+        f".d.png.{HOST_TAG}-{os.getpid()}.abcdefgh.tmp": True,  # a live process's: kept
+        ".e.png.tmp": True, "f.tmp": True, "notes.txt": True,  # not ours: kept
+    }
+    for name in files:
+        (tmp_path / name).write_bytes(b"x")
+    day_ago = time.time() - 25 * 3600
+    os.utime(tmp_path / f".c.png.{other_host}-1.abcdefgh.tmp", (day_ago, day_ago))
+    ok(cips("render", "--model", tiny_onnx, "--size", 8, "--out", tmp_path / "x.png"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([n for n, kept in files.items() if kept] + ["x.png"])
+
+
+def test_temporary_files_are_named_for_their_process(tmp_path):
+    """What a write in progress looks like, so that a killed one is recognised later."""
+    from cips_edge.runtime.image import HOST_TAG, atomic_write
+
+    seen = []
+    atomic_write(tmp_path / ("n" * 200 + ".png"), lambda f: seen.extend(p.name for p in tmp_path.iterdir()))
+    [name] = seen
+    assert name.startswith("." + "n" * 64 + f".{HOST_TAG}-{os.getpid()}.") and name.endswith(".tmp")
+
+
+def test_progress_without_a_terminal_is_plain_lines_on_stderr(tiny_onnx, tmp_path, monkeypatch):
+    """Piped or logged (CliRunner is not a terminal): a start line and a line per tenth done (at most one
+    every PLAIN_LINE_EVERY_S, here 0); stdout keeps its one result line. A small single render says nothing."""
+    import cips_edge.cli as cli
+
+    monkeypatch.setattr(cli._progress, "PLAIN_LINE_EVERY_S", 0.0)
+    r = cips("render", "--model", tiny_onnx, "--seeds", "0-1", "--size", 8, "--chunk", 16, "--threads", 1,
+             "--out", f"{tmp_path}/")
+    assert r.exit_code == 0 and r.stdout.startswith("wrote 2 files")
+    lines = r.stderr.splitlines()
+    assert lines[0] == "rendering 128 pixels"
+    assert [line.split("%")[0] for line in lines[1:]] == ["rendering: 10", "rendering: 20", "rendering: 30",
+                                                          "rendering: 50", "rendering: 60", "rendering: 70",
+                                                          "rendering: 80"]
+    assert all(" of 128 pixels after " in line and line.endswith(" s left") for line in lines[1:])
+    r = cips("zoom", "--model", tiny_onnx, "--size", 8, "--frames", 2, "--out", tmp_path / "z.gif")
+    [start, half] = r.stderr.splitlines()
+    assert start == "rendering 2 frames" and half.startswith("rendering: 50% of 2 frames after ")
+    r = cips("render", "--model", tiny_onnx, "--size", 8, "--out", tmp_path / "one.png")
+    assert r.exit_code == 0 and r.stderr == ""
 
 
 def test_force_lifts_the_size_limit(tiny_onnx, tmp_path):
