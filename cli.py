@@ -403,11 +403,12 @@ def view(
     if cache_mb < 0:
         raise UserError(f"--cache-mb must be 0 or more, got {cache_mb}")
     from cips_edge.runtime.view.app import create_app
-    from cips_edge.runtime.view.server import bind, is_loopback, serve, url_of
+    from cips_edge.runtime.view.server import bind, is_loopback, serve, served_hosts, url_of
 
     m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
-    app_ = create_app(m, cache_bytes=cache_mb << 20)
     sock = bind(host, port)
+    hosts, any_address = served_hosts(sock, host)
+    app_ = create_app(m, cache_bytes=cache_mb << 20, hosts=hosts, any_address=any_address)
     typer.echo(f"cips view: {url_of(sock)} (model {m.path.name} on {m.provider}; Ctrl-C stops)")
     if not is_loopback(sock):
         typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the viewer", err=True)

@@ -30,6 +30,9 @@ from cips_edge.runtime.view import tiles  # noqa: E402
 from cips_edge.runtime.view.server import running  # noqa: E402
 
 
+LOCAL = "http://127.0.0.1"  # TestClient's own default host, "testserver", is not one the viewer serves
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_onnx) -> CIPSModel:
     return CIPSModel(tiny_onnx, device="cpu")
@@ -37,7 +40,7 @@ def tiny(tiny_onnx) -> CIPSModel:
 
 @pytest.fixture
 def client(tiny):
-    with TestClient(view_app.create_app(tiny)) as c:
+    with TestClient(view_app.create_app(tiny), base_url=LOCAL) as c:
         yield c
 
 
@@ -151,7 +154,7 @@ def test_cache_is_lru_within_its_byte_bound():
 def test_the_tile_cache_stays_under_its_bound_after_many_tiles(tiny):
     one = len(tiles.render_tile(tiny, tiles.TileKey(0, 1.0, 2, 0, 0)))
     limit = int(one * 3.5)  # room for about three tiles
-    with TestClient(view_app.create_app(tiny, cache_bytes=limit)) as c:
+    with TestClient(view_app.create_app(tiny, cache_bytes=limit), base_url=LOCAL) as c:
         cache = c.app.state.service.cache
         for i in range(16):
             assert c.get(f"/tiles/0/2/{i % 4}/{i // 4}.png").status_code == 200
@@ -168,7 +171,7 @@ def test_a_tile_whose_client_left_is_not_rendered(tiny):
     app = view_app.create_app(tiny)
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
              "path": "/tiles/1/0/0/0.png", "raw_path": b"/tiles/1/0/0/0.png", "root_path": "", "query_string": b"",
-             "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+             "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
     sent = []
 
     async def receive():
@@ -210,7 +213,7 @@ def test_the_server_answers_while_rendering_and_drops_requests_whose_client_left
         assert started.wait(30)
         host, port = url[len("http://"):-1].split(":")
         queued = socket.create_connection((host, int(port)))
-        queued.sendall(b"GET /tiles/2/0/0/0.png HTTP/1.1\r\nHost: x\r\n\r\n")
+        queued.sendall(b"GET /tiles/2/0/0/0.png HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert get(url + "api/info", timeout=5)[0] == 200  # the event loop is free
         assert get(url, timeout=5)[0] == 200
         time.sleep(0.3)  # the queued request reached the server; now its client leaves
@@ -223,6 +226,77 @@ def test_the_server_answers_while_rendering_and_drops_requests_whose_client_left
             time.sleep(0.05)
         report = json.loads(get(url + "api/stats")[1])
     assert report["dropped"] == 1 and report["rendered"] == 1
+
+
+def test_a_saved_view_whose_client_left_stops_between_chunks(tiny, monkeypatch):
+    """A 512 x 512 save in 64-point chunks (4096 of them, slowed to ~10 ms each): its client hangs up
+    after the first chunks, and the render stops within a few chunks instead of running on for nobody."""
+    chunks = []
+    render = tiles.render_image
+
+    def slow_render(*args, progress=None, **kwargs):
+        def counted(points):
+            chunks.append(points)
+            time.sleep(0.01)
+            progress(points)
+        return render(*args, chunk=64, progress=counted, **kwargs)
+
+    monkeypatch.setattr(tiles, "render_image", slow_render)
+    with running(view_app.create_app(tiny)) as url:
+        host, port = url[len("http://"):-1].split(":")
+        client = socket.create_connection((host, int(port)))
+        client.sendall(b"GET /api/view.png?seed=1&x0=-1&y0=-1&x1=1&y1=1&width=512&height=512 HTTP/1.1\r\n"
+                       b"Host: 127.0.0.1\r\n\r\n")
+        deadline = time.monotonic() + 30
+        while len(chunks) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.close()
+        while json.loads(get(url + "api/stats")[1])["cancelled"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped_at = len(chunks)
+        time.sleep(0.3)
+        report = json.loads(get(url + "api/stats")[1])
+    assert report["cancelled"] == 1 and report["saved"] == 0
+    assert len(chunks) == stopped_at < 4096 // 4, len(chunks)  # nothing after the stop, most never rendered
+
+
+@pytest.mark.parametrize("host, status", [
+    ("127.0.0.1", 200), ("127.0.0.1:8000", 200), ("localhost:8000", 200), ("LocalHost", 200), ("[::1]:8000", 200),
+    ("evil.example", 400), ("evil.example:8000", 400), ("localhost.evil.example", 400), ("127.0.0.1.nip.io", 400),
+    ("", 400), ("192.168.1.7", 400),
+])
+def test_requests_must_name_a_host_the_viewer_serves(client, host, status):
+    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1 sends Host: evil.example."""
+    for path in ("/", "/api/info", "/tiles/0/0/0/0.png"):
+        r = client.get(path, headers={"host": host})
+        assert r.status_code == status, (path, host, r.status_code)
+    if status == 400:
+        assert r.text.startswith("unknown host") and "\n" not in r.text
+    assert stats(client)["rendered"] == (1 if status == 200 else 0)
+
+
+def test_served_hosts_follow_the_bound_address():
+    from cips_edge.runtime.view.server import bind, served_hosts
+
+    with bind("127.0.0.1", 0) as sock:
+        hosts, everywhere = served_hosts(sock, "127.0.0.1")
+    assert hosts == {"localhost", "127.0.0.1", "::1"} and not everywhere
+    with bind("0.0.0.0", 0) as sock:
+        hosts, everywhere = served_hosts(sock, "0.0.0.0")
+    assert {"localhost", socket.gethostname().lower()} <= hosts and everywhere
+    check = view_app.HostCheck(None, hosts, any_address=everywhere)
+    assert check.allowed("192.168.1.7") and check.allowed("::1") and not check.allowed("evil.example")
+
+
+def test_a_real_server_refuses_a_rebound_host_and_renders_nothing(tiny):
+    with running(view_app.create_app(tiny)) as url:
+        host, port = url[len("http://"):-1].split(":")
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"GET /tiles/0/0/0/0.png HTTP/1.1\r\nHost: evil.example:" + port.encode() + b"\r\n"
+                      b"Connection: close\r\n\r\n")
+            answer = b"".join(iter(lambda: s.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 400 ") and b"unknown host" in answer
+        assert json.loads(get(url + "api/stats")[1])["rendered"] == 0
 
 
 # -- the command, the package -----------------------------------------------------------------------
@@ -291,7 +365,7 @@ def test_the_viewer_runs_where_torch_cannot_be_imported(tiny_onnx, torchless_env
         "from cips_edge.runtime import CIPSModel\n"
         "from cips_edge.runtime.view.app import create_app\n"
         "import cips_edge.runtime.view.server\n"
-        f"with TestClient(create_app(CIPSModel({str(tiny_onnx)!r}, device='cpu'))) as c:\n"
+        f"with TestClient(create_app(CIPSModel({str(tiny_onnx)!r}, device='cpu')), base_url='http://localhost') as c:\n"
         "    assert c.get('/tiles/1/0/0/0.png').status_code == 200\n"
         "assert not any(k == 'torch' or k.startswith('torch.') for k in sys.modules)\n"
     )

@@ -11,14 +11,21 @@ Rendering runs in a bounded thread pool so that the event loop always answers. A
 for one of `slots` render slots; when it gets one and its client has gone (the browser cancels the
 requests of tiles that left the view), it is dropped unrendered. Requests for the same tile wait for
 one render; finished tiles go to a byte-bounded LRU cache. Saved views have a slot of their own, so a
-large save does not stop the tiles.
+large save does not stop the tiles, and a save whose client leaves stops between chunks.
+
+Every request must name the server by one of the host names it serves (localhost and the loopback
+addresses, or what server.served_hosts gives): a web page that points its own domain at 127.0.0.1 (DNS
+rebinding) sends its own name as Host and gets a 400, so it can neither read nor load the viewer.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
+import threading
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +41,47 @@ STATIC = Path(__file__).resolve().parent / "static"
 CACHE_BYTES = 256 << 20  # PNG tiles of the default model: ~50 kB at zoom 0, ~7 kB at zoom 5
 RENDER_SLOTS = 2  # tiles rendered at once; each render already uses every CPU thread of the model
 CLIENT_GONE = 499  # the status nginx logs for a request whose client left; nobody reads it
+WATCH_S = 0.1  # how often a saved view in progress checks that its client is still there
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_of(header: str) -> str:
+    """The host name of a Host header, as compared: '[::1]:8000' -> '::1', 'LocalHost.:80' -> 'localhost'."""
+    header = header.strip().lower()
+    if header.startswith("["):  # an IPv6 literal, maybe with a port
+        return header[1:header.find("]")] if "]" in header else ""
+    return header.rsplit(":", 1)[0].rstrip(".") if header.count(":") <= 1 else header
+
+
+class HostCheck:
+    """ASGI middleware: a 400 for any request whose Host is not one of `hosts` (names or addresses) or,
+    with any_address, an IP address literal (which no other site's page can send: it would be that
+    address's origin, not the page's)."""
+
+    def __init__(self, app, hosts: Iterable[str], any_address: bool = False):
+        self.app, self.hosts, self.any_address = app, frozenset(h.lower() for h in hosts), any_address
+
+    def allowed(self, host: str) -> bool:
+        if host in self.hosts:
+            return True
+        if not self.any_address:
+            return False
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return True
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not self.allowed(host_of(header)):
+                names = ", ".join(sorted(self.hosts))
+                response = PlainTextResponse(f"unknown host {header[:60]!r}: this viewer answers to {names}",
+                                             status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class TileService:
@@ -45,7 +93,7 @@ class TileService:
         assert slots >= 1, slots
         self.model, self.slots = model, slots
         self.cache = t.TileCache(cache_bytes)
-        self.stats: Counter = Counter(rendered=0, cache_hits=0, dropped=0, saved=0)
+        self.stats: Counter = Counter(rendered=0, cache_hits=0, dropped=0, saved=0, cancelled=0)
         self.pool: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
@@ -86,11 +134,24 @@ class TileService:
             return png
 
     async def view(self, view: t.ViewRequest, request: Request) -> bytes | None:
+        """The view's PNG, or None when its client left: before it started, or while it rendered (then
+        the render stops between chunks instead of running on for nobody)."""
         async with self._save_slot:
             if await request.is_disconnected():
                 return None
-            png = await asyncio.get_running_loop().run_in_executor(
-                self.pool, t.render_region, self.model, view.seed, view.psi, view.region, view.height, view.width)
+            cancel = threading.Event()
+            render = asyncio.get_running_loop().run_in_executor(
+                self.pool, t.render_region, self.model, view.seed, view.psi, view.region, view.height, view.width,
+                cancel)
+            while not (await asyncio.wait({render}, timeout=WATCH_S))[0]:
+                if await request.is_disconnected():
+                    cancel.set()
+                    break
+            try:
+                png = await render
+            except t.Cancelled:
+                self.stats["cancelled"] += 1
+                return None
         self.stats["saved"] += 1
         return png
 
@@ -115,7 +176,10 @@ def command_for(view: t.ViewRequest) -> str:
             f"--width {view.width} --height {view.height}")
 
 
-def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS) -> FastAPI:
+def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS,
+               hosts: Iterable[str] = LOOPBACK_HOSTS, any_address: bool = False) -> FastAPI:
+    """The viewer of `model`, answering requests whose Host is one of `hosts` (or, with any_address,
+    an IP address): server.served_hosts says which for a socket."""
     service = TileService(model, cache_bytes, slots)
 
     @contextlib.asynccontextmanager
@@ -173,4 +237,5 @@ def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RE
             "Content-Disposition": f'attachment; filename="{name}"', "X-Cips-Command": command_for(view)})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(HostCheck, hosts=hosts, any_address=any_address)
     return app

@@ -41,6 +41,20 @@ def is_loopback(sock: socket.socket) -> bool:
     return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
 
 
+def served_hosts(sock: socket.socket, host: str) -> tuple[frozenset[str], bool]:
+    """(host names, any_address) for create_app: what a browser may call the server listening on `sock`
+    (bound from --host `host`). Always localhost and the loopback addresses, the bound address and the
+    --host name; bound to every address (0.0.0.0, ::), also this machine's names and any IP address."""
+    from .app import LOOPBACK_HOSTS
+
+    address = sock.getsockname()[0]
+    names = set(LOOPBACK_HOSTS) | {address.lower(), host.strip("[]").lower()}
+    everywhere = ipaddress.ip_address(address).is_unspecified
+    if everywhere:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(n.rstrip(".") for n in names if n), everywhere
+
+
 def _server(app):
     import uvicorn
 

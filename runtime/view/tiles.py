@@ -149,10 +149,19 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+class Cancelled(Exception):
+    """A render stopped between chunks because nobody waits for it any more."""
+
+
 def render_region(model: CIPSModel, seed: int, psi: float, region: tuple[float, float, float, float],
-                  height: int, width: int) -> bytes:
-    """What `cips render --seed SEED --truncation PSI --region ... --width W --height H` writes, as PNG bytes."""
-    rgb = render_image(model, latent_for_seed(seed, model.style_dim), height, width, region=region, truncation=psi)
+                  height: int, width: int, cancel: threading.Event | None = None) -> bytes:
+    """What `cips render --seed SEED --truncation PSI --region ... --width W --height H` writes, as PNG bytes.
+    Once `cancel` is set, the render stops after the chunks in flight and raises Cancelled."""
+    def check(_points: int) -> None:
+        if cancel.is_set():
+            raise Cancelled
+    rgb = render_image(model, latent_for_seed(seed, model.style_dim), height, width, region=region, truncation=psi,
+                       progress=check if cancel is not None else None)
     return png_bytes(rgb)
 
 
