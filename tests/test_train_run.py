@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -432,3 +433,36 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line_and_resumes(straight, 
     monkeypatch.undo()
     assert train_main(["--resume", "--out", out], capsys)[0] == 0
     assert_same_training_state(newest(out), newest(straight[0]))
+
+
+@pytest.mark.slow  # two torchrun agents and their workers start Python and import torch
+def test_two_nodes_train_the_model_one_process_trains_with_their_whole_batch(train_images, tmp_path):
+    """Multi-node training as the docs describe it (torchrun, c10d rendezvous, gloo), with two "nodes" of
+    one process each on this machine: every rank draws for the global batch and trains on its share, so
+    the two train, up to float rounding, the model one process trains on the whole batch."""
+    batch = 8  # 4 per node: a whole minibatch-stddev group on each, as in one process
+    kw = dict(batch=batch, kimg=3 * batch / 1000, r1_every=2, xflip=True)
+    one, _ = run_quietly(options(train_images, tmp_path / "one", **kw))
+    out = tmp_path / "two"
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "cips-two-nodes",
+                "--local_addr", "127.0.0.1", "--max_restarts", "0", "-m", "cips_edge.train",
+                *command_line(train_images, out, **kw)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    nodes = [subprocess.Popen(launcher, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    try:
+        results = [node.communicate(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    for node, (_, err) in zip(nodes, results):
+        assert node.returncode == 0, err[-3000:]
+    two, single = newest(out), newest(one)
+    assert two["world_size"] == 2 and single["world_size"] == 1 and two["step"] == single["step"] == 3
+    for key in ("g", "d", "g_ema"):
+        for name, value in single[key].items():
+            torch.testing.assert_close(two[key][name], value, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")

@@ -10,10 +10,13 @@ TRANSLATE_RATIO = 0.125  # shift by up to 1/8 of the side, zero filled
 CUTOUT_RATIO = 0.5  # erase one square of half the side
 
 
-def diff_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """[B, 3, H, W] in [-1, 1] -> same shape; differentiable w.r.t. x."""
+def diff_augment(x: torch.Tensor, gen: torch.Generator, share: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> same shape; differentiable w.r.t. x. share = (k, n): x is share k of a
+    batch of n * B split over n processes (its samples k, k + n, ...); the random parameters are drawn
+    for the whole batch and this share's are used, so the split does not change them."""
     batch, _, h, w = x.shape
-    r = torch.rand(batch, 7, 1, 1, 1, device=x.device, generator=gen, dtype=torch.float32)
+    k, n = share
+    r = torch.rand(batch * n, 7, 1, 1, 1, device=x.device, generator=gen, dtype=torch.float32)[k::n].contiguous()
     # Colour: brightness, saturation, contrast (DiffAugment's ranges).
     x = x + (r[:, 0] - 0.5)
     mean = x.mean(dim=1, keepdim=True)

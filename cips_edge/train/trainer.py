@@ -2,8 +2,11 @@
 optimizers. No host syncs inside a step: losses accumulate on the device and are read every few steps.
 
 Randomness: every step draws batch indices, flips, latents and augmentation from generators seeded by
-(seed, rank, step), so a run resumed from any checkpoint replays the uninterrupted run exactly and
-every rank samples different data without any generator state to save.
+(seed, step), so a run resumed from any checkpoint replays the uninterrupted run exactly without any
+generator state to save. Every rank draws for the whole global batch and keeps its share, samples
+rank, rank + N, rank + 2N, ... of N processes: so N processes train, up to float rounding, the model one
+process trains with the whole batch (D's minibatch-stddev groups, samples i, i + B/G, ..., come out the
+same when each rank's batch is a multiple of the group size).
 
 Panoramas (config.panorama = N frames): the data are whole circles, size x N*size; D sees size x size
 crops at random whole-column angles of them, and G renders crops at other random angles, each on its
@@ -58,8 +61,9 @@ class Speed:
             torch.backends.cudnn.allow_tf32 = True  # PyTorch's default, which the original code ran with
 
 
-def _seed(seed: int, rank: int, step: int, stream: str) -> int:
-    digest = hashlib.blake2b(f"{seed}/{rank}/{step}/{stream}".encode(), digest_size=8).digest()
+def _seed(seed: int, step: int, stream: str) -> int:
+    # key "seed/0/step/stream": fixed, since changing it would change every run's random numbers
+    digest = hashlib.blake2b(f"{seed}/0/{step}/{stream}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
@@ -144,7 +148,12 @@ class Trainer:
             return self.D(img).float()
 
     def augment(self, img: torch.Tensor) -> torch.Tensor:
-        return diff_augment(img, self.gen_device) if self.recipe.augment else img
+        share = (self.world.rank, self.world.size)
+        return diff_augment(img, self.gen_device, share) if self.recipe.augment else img
+
+    def share(self, drawn: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a draw for the whole global batch: rows rank, rank + N, ... of N processes."""
+        return drawn[self.world.rank::self.world.size] if self.world.size > 1 else drawn
 
     # -- inputs --------------------------------------------------------------------------------
     def use_bank(self, bank: ImageBank) -> None:
@@ -153,17 +162,18 @@ class Trainer:
             self.gen_index = torch.Generator(device=bank.index_device)
 
     def reseed(self, step: int) -> None:
-        r, s = self.world.rank, self.recipe.seed
-        self.gen_device.manual_seed(_seed(s, r, step, "device"))
+        s = self.recipe.seed
+        self.gen_device.manual_seed(_seed(s, step, "device"))
         if self.gen_index is not self.gen_device:
-            self.gen_index.manual_seed(_seed(s, r, step, "index"))
+            self.gen_index.manual_seed(_seed(s, step, "index"))
 
     def crop_columns(self) -> torch.Tensor | None:
         """Panoramas: the columns of a size-wide crop at a random angle for each sample, [B, size] (the
         crop wraps around past the last column); None for flat images."""
         if not self.panorama:
             return None
-        start = torch.randint(self.width, (self.recipe.batch, 1), generator=self.gen_device, device=self.device)
+        start = self.share(torch.randint(self.width, (self.recipe.global_batch, 1), generator=self.gen_device,
+                                         device=self.device))
         return (start + torch.arange(self.size, device=self.device)) % self.width
 
     def fake_coords(self) -> torch.Tensor | None:
@@ -174,20 +184,22 @@ class Trainer:
         return self.grid[:, columns].transpose(0, 1).reshape(len(columns), -1, 2)  # [S, B, S, 2] -> [B, S*S, 2]
 
     def real_batch(self) -> torch.Tensor:
-        b = self.recipe.batch
-        index = torch.randint(self.bank.count, (b,), generator=self.gen_index, device=self.bank.index_device)
+        b, total = self.recipe.batch, self.recipe.global_batch
+        index = self.share(torch.randint(self.bank.count, (total,), generator=self.gen_index,
+                                         device=self.bank.index_device)).contiguous()
         u8 = self.bank.gather(index)  # [B, H, W, 3] uint8 on the device
         columns = self.crop_columns()
         if columns is not None:  # [B, S, N*S, 3] -> [B, S, S, 3]
             u8 = u8.gather(2, columns[:, None, :, None].expand(-1, self.size, -1, 3))
         img = u8.permute(0, 3, 1, 2).float() * (2.0 / 255.0) - 1.0  # [B, 3, H, W], channels-last strides
         if self.recipe.xflip:
-            flip = torch.rand(b, 1, 1, 1, generator=self.gen_device, device=self.device) < 0.5
+            flip = self.share(torch.rand(total, 1, 1, 1, generator=self.gen_device, device=self.device)) < 0.5
             img = torch.where(flip, img.flip(3), img)
         return img if self.speed.channels_last else img.contiguous()
 
     def latents(self) -> torch.Tensor:
-        return torch.randn(self.recipe.batch, self.G.config.style_dim, generator=self.gen_device, device=self.device)
+        return self.share(torch.randn(self.recipe.global_batch, self.G.config.style_dim, generator=self.gen_device,
+                                      device=self.device))
 
     # -- the phases of a step (separate so the benchmark can time each) --------------------------
     def d_backward(self, reals: torch.Tensor) -> None:
