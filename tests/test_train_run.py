@@ -410,6 +410,14 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(straigh
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
 
 
+def test_resume_does_not_start_a_run_in_a_folder_that_is_not_one(train_images, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, err = train_main([train_images, "--resume", "--out", tmp_path], capsys)
+    assert code == 2 and err == (f"error: cannot resume: {tmp_path} has no checkpoints, and notes.txt in it is not "
+                                 "part of a run folder\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
 def test_disk_full_while_writing_a_checkpoint_is_one_line_and_resumes(straight, train_images, tmp_path, capsys,
                                                                        monkeypatch):
     """The second checkpoint's write fails as on a full disk (torch reports it as a RuntimeError): one

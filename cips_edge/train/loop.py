@@ -21,6 +21,7 @@ from cips_edge import __version__
 from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torch_save, generator_checkpoint,
                                   newest_checkpoint, read_checkpoint, run_checkpoints)
 from cips_edge.config import PRESETS
+from cips_edge.runtime.image import clean_stale_temporaries
 
 from . import distributed
 from .data import Decoded, ImageBank, load_images
@@ -120,6 +121,10 @@ def _next_run_dir(options: TrainOptions) -> Path:
     return DEFAULT_RUNS_DIR / f"{max(numbers, default=-1) + 1:05d}-{stem}-{options.preset}"
 
 
+# What a run writes into its folder; a folder holding only these (and no checkpoint) may be started again.
+RUN_ENTRIES = frozenset({"options.json", "metrics.jsonl", "checkpoints", "samples", "data-cache", "tensorboard"})
+
+
 def _started_options(run_dir: Path) -> dict | None:
     """The options a run folder without checkpoints was started with (its options.json), if readable."""
     try:
@@ -182,6 +187,11 @@ class Run:
         so it starts again in the same folder, with the options it was started with where it recorded them."""
         if not run_dir.is_dir():
             raise TrainError(f"cannot resume: {run_dir} does not exist")
+        clean_stale_temporaries(run_dir)  # of writes that were killed with the run
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_ENTRIES)
+        if foreign:
+            raise TrainError(f"cannot resume: {run_dir} has no checkpoints, and {foreign[0]} in it is not part of "
+                             "a run folder")
         stored = _started_options(run_dir)
         if stored is not None:
             o = merge_for_resume(o, stored, self.explicit)
