@@ -159,7 +159,7 @@ BAD = {
     "truncation-beyond-float32-streamed": ["--truncation", "-1e39", "--out", "{tmp}/big.tif"],
     # --out patterns: {seed} with an integer format, nothing else; names the file system can hold
     "out-pattern-attribute": ["--seeds", "0-1", "--out", "{tmp}/{{seed.__class__.__init__.__globals__}}.png"],
-    "out-pattern-class": ["--seeds", "0-1", "--out", "{tmp}/{{seed.__class__}}.png"],
+    "out-pattern-class": ["--seed", "0", "--out", "{tmp}/{{seed.__class__}}.png"],  # not "<class 'int'>.png"
     "out-pattern-index": ["--seeds", "0-1", "--out", "{tmp}/{{seed[0]}}.png"],
     "out-pattern-conversion": ["--seeds", "0-1", "--out", "{tmp}/{{seed!r}}.png"],
     "out-pattern-other-name": ["--seeds", "0-1", "--out", "{tmp}/{{seed}}-{{model}}.png"],
