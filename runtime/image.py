@@ -171,13 +171,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(folder: str | os.PathLike, force: bool = False) -> list[Path]:
+def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files of writes that were killed in `folder` (our naming only: those of a
     process of this host that no longer runs, or untouched for STALE_AFTER_S); returns what went. Once
-    per folder and process unless force."""
+    per folder and process: a command writing many files into one folder lists it once."""
     folder = Path(folder)
     key = os.path.abspath(folder)
-    if key in _cleaned and not force:
+    if key in _cleaned:
         return []
     _cleaned.add(key)
     removed = []
