@@ -256,7 +256,8 @@ def test_out_pattern_takes_seed_with_a_format(tiny_onnx, tmp_path, pattern, name
 
 
 def test_truncation_beyond_float32_is_an_error_without_warnings(tiny_onnx, tmp_path):
-    """numpy's overflow warning used to come before the error (and a streamed render wrote an image)."""
+    """1e39 does not fit float32: one error line before any work, no numpy overflow warning, and no
+    streamed image of NaNs."""
     import warnings
 
     commands = [["render", "--size", 8], ["render", "--size", 8, "--out", tmp_path / "x.tif"],
