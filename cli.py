@@ -1,4 +1,4 @@
-"""The `cips` command: render, grid, view, info, eval, export and train. Wiring only: each command checks its
+"""The `cips` command: render, grid, view, web, info, eval, export and train. Wiring only: each command checks its
 options and calls cips_edge.runtime or cips_edge.metrics (torch-free), or cips_edge.export /
 cips_edge.checkpoint (imported lazily: they need torch)."""
 from __future__ import annotations
@@ -407,6 +407,34 @@ def view(
     if not is_loopback(sock):
         typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the viewer", err=True)
     serve(app_, sock)
+
+
+@app.command()
+@_user_errors
+def web(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="folder for the site: new, empty, or an earlier "
+                                                                    "`cips web` site (replaced)")],
+    model: ModelOpt = None,
+    webgpu: Annotated[bool, typer.Option(help="include onnxruntime-web's WebGPU build (the page uses the GPU where "
+                                              "the browser offers WebGPU; --no-webgpu makes the site 29 MB smaller)")] = True,
+) -> None:
+    """Write a static site that renders the model in the visitor's browser: the viewer of `cips view`
+    (pan, zoom, seed, truncation, save view), with tiles rendered on the visitor's machine by
+    onnxruntime-web (WebAssembly, or WebGPU where the browser has it). No server work: serve the
+    folder with any static file server.
+
+    \b
+    cips web site/                          -> site/index.html, the model, onnxruntime-web
+    python -m http.server -d site 8000      -> open http://127.0.0.1:8000/
+    cips web site/ --model m.onnx --no-webgpu
+    """
+    from cips_edge.runtime.view.web import write_site
+
+    files = write_site(out_dir, _model_path(model), webgpu=webgpu)
+    total = sum(files.values())
+    runtime = sum(size for name, size in files.items() if "onnxruntime-web" in name)
+    typer.echo(f"wrote {out_dir}: {len(files)} files, {total / 1e6:.1f} MB (model {files['model.onnx'] / 1e6:.1f} MB, "
+               f"onnxruntime-web {runtime / 1e6:.1f} MB); serve it with: python -m http.server -d {out_dir} 8000")
 
 
 class _progress:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -99,15 +98,6 @@ class TileService:
                 "cache_limit_bytes": self.cache.max_bytes, "slots": self.slots}
 
 
-def model_id(path: Path) -> str:
-    """A short digest of the model file: tile URLs carry it, so a browser never shows another model's tiles."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 def command_for(view: t.ViewRequest) -> str:
     """The `cips render` command that writes the same pixels as a saved view (repr keeps every digit)."""
     region = " ".join(repr(v) for v in view.region)
@@ -126,11 +116,7 @@ def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RE
 
     app = FastAPI(title="cips view", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    info = {
-        "model": model.path.name, "model_id": model_id(model.path), "provider": model.provider,
-        "train_size": model.config.size, "tile_size": t.TILE_SIZE, "min_zoom": t.MIN_ZOOM, "max_zoom": t.MAX_ZOOM,
-        "psi_range": t.PSI_RANGE, "max_seed": t.MAX_SEED, "max_save_side": t.MAX_SAVE_SIDE,
-    }
+    info = {**t.page_info(model.path, model.config.size), "provider": model.provider}
     png_headers = {"Cache-Control": "public, max-age=86400"}  # a tile never changes for one model_id
 
     @app.exception_handler(t.BadRequest)
