@@ -62,9 +62,9 @@ async function main() {
   $("psi-value").textContent = psi();
 
   const tileUrl = () => `tiles/${seed()}/{z}/{x}/{y}.png?psi=${psi()}&m=${info.model_id}`;
-  const options = {
+  const options = {  // the layer's own zoom range too: Leaflet's default (0 to 18) would leave the rest blank
     tileSize: info.tile_size, noWrap: true, keepBuffer: 1, updateWhenZooming: false,
-    minNativeZoom: info.min_zoom, maxNativeZoom: info.max_zoom,
+    minZoom: info.min_zoom, maxZoom: info.max_zoom, minNativeZoom: info.min_zoom, maxNativeZoom: info.max_zoom,
   };
   const layer = local ? local.tiles.browserLayer(local.pool, () => ({ seed: seed(), psi: psi() }), options)
     : L.tileLayer(tileUrl(), options);
