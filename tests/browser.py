@@ -8,11 +8,17 @@ selenium is pointed at those binaries, so it downloads nothing.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import io
 import os
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -32,16 +38,16 @@ def missing() -> str | None:
     return None
 
 
-def chromium(width: int, height: int):
+def chromium(width: int, height: int, extra_args: tuple[str, ...] = ()):
     """A headless Chromium (no sandbox: CI runs as root) whose page is exactly width x height CSS
-    pixels at one device pixel each."""
+    pixels at one device pixel each; extra_args are more command-line switches."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = next(shutil.which(b) for b in BROWSERS if shutil.which(b))
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--force-color-profile=srgb", f"--window-size={width},{height}"):
+                "--force-color-profile=srgb", f"--window-size={width},{height}", *extra_args):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
@@ -58,6 +64,32 @@ def wait_for_tiles(driver, timeout: float = 60.0) -> None:
             raise TimeoutError("tiles did not finish loading: " + driver.find_element("id", "status").text)
         time.sleep(0.05)
     time.sleep(0.3)  # Leaflet fades new tiles in over 0.2 s
+
+
+@contextlib.contextmanager
+def static_server(folder: Path, headers: dict[str, str] | None = None) -> Iterator[tuple[str, list[str]]]:
+    """Python's http.server serving `folder` on 127.0.0.1 in a thread, as `python -m http.server` would
+    (plus `headers` on every answer); yields (URL, the paths asked for so far)."""
+    asked: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # quiet; the paths go to `asked`
+            asked.append(self.path)
+
+        def end_headers(self):
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            super().end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(30)
 
 
 def screenshot(driver) -> np.ndarray:
