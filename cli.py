@@ -379,6 +379,8 @@ def view(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = 0,
     cache_mb: Annotated[int, typer.Option(help="memory for rendered tiles in MiB (least recently used go first)")] = 256,
+    browser: Annotated[bool, typer.Option(help="render the tiles in the browser (onnxruntime-web), as the site of "
+                                               "`cips web` does: the server only hands the page its files")] = False,
 ) -> None:
     """Explore a model in the browser: pan and zoom its endless image, tiles rendered live.
 
@@ -386,10 +388,12 @@ def view(
     cips view                          -> open the printed URL, http://127.0.0.1:8000/
     cips view --model m.onnx --port 8080
     cips view --device cpu --cache-mb 64
+    cips view --browser                (tiles rendered by the browser's own CPU or GPU)
 
     Zoom 0 shows the trained frame [-1, 1]^2 in one 256 x 256 tile; every zoom level halves a tile's
-    side; the plane goes on past the frame. "save view" renders the view server-side as
-    `cips render --region` does, and the page shows that command. Ctrl-C stops the server.
+    side; the plane goes on past the frame. "save view" renders the view as `cips render --region`
+    does (server-side; with --browser in the browser), and the page shows that command. Ctrl-C stops
+    the server.
     """
     from cips_edge import runtime as rt
     from cips_edge.runtime.view import check_installed
@@ -401,9 +405,10 @@ def view(
     from cips_edge.runtime.view.server import bind, is_loopback, serve, url_of
 
     m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
-    app_ = create_app(m, cache_bytes=cache_mb << 20)
+    app_ = create_app(m, cache_bytes=cache_mb << 20, browser=browser)
     sock = bind(host, port)
-    typer.echo(f"cips view: {url_of(sock)} (model {m.path.name} on {m.provider}; Ctrl-C stops)")
+    where = "rendered in the browser" if browser else f"on {m.provider}"
+    typer.echo(f"cips view: {url_of(sock)} (model {m.path.name} {where}; Ctrl-C stops)")
     if not is_loopback(sock):
         typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the viewer", err=True)
     serve(app_, sock)

@@ -179,3 +179,27 @@ def test_missing_model_and_missing_parent_are_one_line_errors(tmp_path):
     result = cips("web", tmp_path / "no" / "site", "--model", FORMAT_1)
     assert result.exit_code == 1 and "does not exist" in result.stderr and result.stderr.count("\n") == 1
 
+
+
+def test_cips_view_browser_hands_the_page_the_model_and_the_runtime():
+    pytest.importorskip("fastapi", reason="the viewer's tests need the [view] extra (fastapi, uvicorn)")
+    from fastapi.testclient import TestClient
+
+    from cips_edge.runtime import CIPSModel
+    from cips_edge.runtime.errors import UserError
+    from cips_edge.runtime.view.app import create_app
+
+    hashes = vendored_sha256()
+    with TestClient(create_app(CIPSModel(FORMAT_1, device="cpu"), browser=True)) as client:
+        info = client.get("/api/info").json()
+        assert info["renderer"] == "browser" and info["style_dim"] == 256
+        assert client.get("/" + info["model_url"]).content == FORMAT_1.read_bytes()
+        for backend in ("wasm", "webgpu"):
+            loader, wasm = BACKEND_FILES[backend][1:]
+            r = client.get(f"/{info['vendor']}{wasm}")  # sent gzipped, unpacked by the client
+            assert r.headers["content-encoding"] == "gzip" and r.headers["content-type"] == "application/wasm"
+            assert hashlib.sha256(r.content).hexdigest() == hashes[wasm]
+            assert client.get(f"/{info['vendor']}{loader}").content == (STATIC / "vendor/onnxruntime-web" / loader).read_bytes()
+        assert client.get(f"/{info['vendor']}other.wasm").status_code == 404
+    with pytest.raises(UserError, match="cannot render in a browser"):
+        create_app(CIPSModel(FORMAT_2, device="cpu"), browser=True)

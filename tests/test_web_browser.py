@@ -176,3 +176,16 @@ def test_tiles_that_leave_the_view_are_cancelled(driver, server):
     assert sorted(loaded_tiles(driver)) == ["2/1/1", "2/1/2", "2/2/1", "2/2/2"]
     assert stats["dropped"] + stats["stopped"] >= 4, stats  # at least one earlier view's worth
     assert stats["rendered"] < 4 + 1 + 4 + 4, stats  # fewer than every tile of the four views
+
+
+def test_cips_view_browser_renders_the_same_page_in_the_browser(driver, tmp_path):
+    pytest.importorskip("fastapi", reason="the viewer's tests need the [view] extra (fastapi, uvicorn)")
+    from cips_edge.runtime import CIPSModel
+    from cips_edge.runtime.view.app import create_app
+    from cips_edge.runtime.view.server import running
+
+    with running(create_app(CIPSModel(MODEL, device="cpu"), browser=True)) as url:
+        driver.get(url + "#seed=5&x=0&y=0&z=0")
+        browser.wait_for_tiles(driver, TIMEOUT)
+        assert driver.execute_script("return document.body.dataset.backend") == "wasm"
+        assert_close(tile_pixels(driver, "0/0/0"), tile_render(tmp_path, 5, "0/0/0"))

@@ -31,6 +31,8 @@ export class Pool {
     this.backend = null;
     this.threads = 1;
     this.chunk = info.chunk;
+    // jobs finished; stopped at a chunk after their cancel; cancelled before a worker took them
+    this.stats = { rendered: 0, stopped: 0, dropped: 0 };
   }
 
   async _open(model, backends) {
@@ -84,6 +86,7 @@ export class Pool {
       job.worker.postMessage({ type: "cancel", id: job.id });
     } else {
       this.queue.splice(this.queue.indexOf(job), 1);
+      this.stats.dropped += 1;
     }
   }
 
@@ -101,6 +104,8 @@ export class Pool {
     const job = worker.job;
     worker.job = null;
     this.idle.push(worker);
+    if (data.type === "cancelled") this.stats.stopped += 1;
+    if (data.type === "done") this.stats.rendered += 1;
     if (data.type === "done" && !job.cancelled) {
       this.onTile(data.ms);
       job.resolve(data);
