@@ -502,7 +502,7 @@ def info(
 def _precision_line(info) -> str:
     """"fp16 (pixel graphs fp16, fp32)", or for format-1 files "fp32 (format 1: one graph)"."""
     if info.format_version < 2:
-        return "fp32 (format 1: one graph; re-export for the faster format-2 layout)"
+        return "fp32 (format 1: one graph; re-export for the faster format-3 layout)"
     return f"{info.precision} (pixel graphs {', '.join(sorted(info.pixel_graphs))})"
 
 

@@ -22,7 +22,7 @@ from cips_edge.runtime.errors import UserError
 from cips_edge.runtime.format import PRECISIONS, metadata_props
 from cips_edge.runtime.image import atomic_write, prepare_output
 
-from .graph import OPSET, build_onnx
+from .graph import OPSET, build_onnx, build_style_extension
 from .pixels import pixel_graph
 from .verify import verify_file
 
@@ -55,9 +55,11 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
                      include: tuple[str, ...] = ()) -> ExportReport:
     """Write `generator` as a verified cips-edge ONNX file.
 
-    precision: the pixel graph a renderer runs by default: fp32, fp16 (float16 GEMM chain, float32
-    style part, features and final RGB sum) or int8 (int8 GEMMs, dynamically quantized activations,
-    for CPUs). Every file also holds the fp32 pixel graph, which the export checks against torch.
+    The file's own graph is the whole generator in float32 (z, coords, truncation -> rgb), whatever the
+    precision. precision: the fast pixel graph cips' runtime runs by default: fp32, fp16 (float16 GEMM
+    chain, float32 style part, features and final RGB sum) or int8 (int8 GEMMs, dynamically quantized
+    activations, for CPUs). Every file also holds the fp32 pixel graph; export checks the file's graph
+    and each pixel graph against torch.
 
     w_avg: the mean mapped latent for truncation, [1, S] or [S]; default: generator.mean_w over
     MEAN_W_LATENTS latents (pass one to reproduce a reference that used its own). provenance: JSON-able
@@ -73,15 +75,18 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
     if w_avg.shape != (1, generator.config.style_dim):
         raise ExportError(f"w_avg has shape {tuple(w_avg.shape)}, expected (1, {generator.config.style_dim})")
 
-    model = build_onnx(generator, w_avg, precisions, opset)
+    model = build_onnx(generator, w_avg, opset)
     graphs = {p: pixel_graph(generator, p).SerializeToString() for p in precisions}
+    extension = build_style_extension(generator, precisions, opset)
     facts = dict(provenance or {})
     facts.update(exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  cips_edge=cips_edge.__version__, torch=torch.__version__, onnx=onnx.__version__,
                  python=platform.python_version(), w_avg=w_avg_source)
-    for key, value in metadata_props(generator.config, w_avg.numpy(), facts, precision, graphs).items():
+    props = metadata_props(generator.config, w_avg.numpy(), facts, precision, graphs,
+                           extension.SerializeToString() if extension is not None else None)
+    for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.checker.check_model(model)  # in memory: the file holds all weights (< 2 GB)
+    onnx.checker.check_model(model, full_check=True)  # in memory: the file holds all weights (< 2 GB)
     data = model.SerializeToString()
 
     # Write under a temporary name, verify that file, then rename: refusal leaves nothing behind.

@@ -1,15 +1,19 @@
-"""The pixel graphs: coords [n, 2] and one latent's weights (the style graph's outputs) -> rgb [n, 3].
+"""The per-point graphs, written with onnx.helper: coords and one latent's weights -> rgb.
 
-Per point: Fourier features (Gemm, Sin) and the bilinear coordinate embedding (four Gathers; GridSample
-in the fp16 graph), then per modulated layer one Gemm and one LeakyRelu, and the RGB. Written with
-onnx.helper rather than traced: it has no weights of its own beyond the Fourier layer and the biases,
-so each file holds it as a few KB.
-Precisions (layouts: export/style.py):
-- fp32: plain layout, Gemm with the bias + LeakyRelu per layer (one FusedGemm on ONNX Runtime's CPU
-  provider), ToRGB as 3-column MatMuls summed with their biases;
-- fp16: folded layout, features and the last GEMM in float32, the chain in float16;
-- int8: plain layout with com.microsoft.DynamicQuantizeMatMul per layer after the input layer
-  (activations quantized per call, weights per column, bias inside), ToRGB in float32.
+Two uses of the same builders:
+- the portable part of the file's own graph (`portable_pixels`): coords [B, N, 2] and the style part's
+  plain weights [B, ...] -> rgb [B, N, 3], batched MatMul + Add + LeakyRelu, standard operators only;
+- cips' fast pixel graphs (`pixel_graph`, serialized into the metadata): coords [n, 2] and one latent's
+  weights -> rgb [n, 3], per precision:
+  - fp32: plain layout, Gemm with the bias + LeakyRelu per layer (one FusedGemm on ONNX Runtime's CPU
+    provider), ToRGB as 3-column MatMuls summed with their biases;
+  - fp16: folded layout (export/style.py), features and the last GEMM in float32, the chain in float16;
+  - int8: plain layout with com.microsoft.DynamicQuantizeMatMul per layer after the input layer
+    (activations quantized per call, weights per column, bias inside), ToRGB in float32.
+
+The weights every point reads (Fourier layer, coordinate table, biases) are initializers of the file's
+graph only: a fast graph declares them as inputs of the same name, which the runtime fills from the
+file's graph when it opens the file (runtime/graphcut.py), so the file holds each weight once.
 """
 from __future__ import annotations
 
@@ -21,12 +25,21 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cips_edge.config import GeneratorConfig
 from cips_edge.model import CIPSGenerator, LRELU_SLOPE
-from cips_edge.runtime.format import COORDS, RGB
+from cips_edge.runtime.format import COORDS, EMBEDDING, RGB
 
-from .style import extended_width, fourier_width, fp16_name, rgb_sources, weight_names
+from .style import biases, extended_width, fourier_width, fp16_name, rgb_sources, weight_names
 
 PIXEL_OPSET = 17
 MS_DOMAIN = "com.microsoft"
+
+
+def shared_weights(generator: CIPSGenerator) -> dict[str, np.ndarray]:
+    """The per-point weights, by the initializer name the file's graph gives them: the Fourier layer
+    (with the constant column, below), the coordinate table as texel rows, the layer biases."""
+    weight, bias = fourier_constants(generator)
+    out = {"fourier_weight": weight, "fourier_bias": bias, EMBEDDING: embedding_rows(generator)}
+    out.update({name: value.numpy() for name, value in biases(generator).items()})
+    return out
 
 
 def fourier_constants(generator: CIPSGenerator) -> tuple[np.ndarray, np.ndarray]:
@@ -42,74 +55,111 @@ def fourier_constants(generator: CIPSGenerator) -> tuple[np.ndarray, np.ndarray]
     return weight, bias
 
 
-class _Graph:
-    """A small helper to add nodes with fresh names."""
+def embedding_rows(generator: CIPSGenerator) -> np.ndarray:
+    """The coordinate table [H, rows, columns] as one row of H values per texel, [rows * columns, H]
+    (row y * columns + x); a panorama's table has its first column again after the last, so that the
+    wrapped lookup's upper corner always exists."""
+    table = generator.embedding.table.detach().float().cpu().numpy()  # [H, size, table width]
+    if generator.config.panorama:
+        table = np.concatenate([table, table[:, :, :1]], axis=2)
+    return np.ascontiguousarray(table.reshape(table.shape[0], -1).T)
 
-    def __init__(self):
+
+def table_columns(config: GeneratorConfig) -> int:
+    return config.table_width + (1 if config.panorama else 0)
+
+
+class _Graph:
+    """Nodes with fresh names (prefix keeps them apart from the traced style part's), the graph's own
+    small constants, and its inputs. shared: the file's per-point weights; as_inputs declares them as
+    graph inputs (fast graphs) instead of initializers (the file's graph)."""
+
+    def __init__(self, shared: dict[str, np.ndarray], as_inputs: bool, prefix: str):
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
+        self.shared, self.as_inputs, self.prefix = shared, as_inputs, prefix
+        self._used: set[str] = set()
+        self._consts: set[str] = set()
         self._count = 0
 
     def op(self, op_type: str, inputs: list[str], domain: str = "", **attrs) -> str:
         self._count += 1
-        out = f"{op_type.lower()}_{self._count}"
+        out = f"{self.prefix}{op_type.lower()}_{self._count}"
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, domain=domain, **attrs))
         return out
 
     def const(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(array, name))
+        """A small constant of this graph's own; the same name twice is the same constant."""
+        name = self.prefix + name
+        if name not in self._consts:
+            self._consts.add(name)
+            self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
         return name
 
     def input(self, name: str, elem: int, shape: list) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
         return name
 
+    def weight(self, name: str) -> str:
+        """One of the file's per-point weights, by its name."""
+        if name not in self._used:
+            self._used.add(name)
+            array = self.shared[name]
+            if self.as_inputs:
+                self.input(name, helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape))
+            else:
+                self.initializers.append(numpy_helper.from_array(array, name))
+        return name
 
-def _features(graph: _Graph, config: GeneratorConfig, fourier: tuple[np.ndarray, np.ndarray],
-              grid_sample: bool = False) -> tuple[str, str]:
-    """(Fourier block [n, F], embedding) in float32: [n, H] from four row Gathers, or [H, n] from
-    GridSample with grid_sample (the fp16 graph, for the GPU: measured faster there, see _bilinear).
+
+def _last(graph: _Graph, x: str, start: int, end: int) -> str:
+    """x[..., start:end]"""
+    return graph.op("Slice", [x, graph.const(f"s{start}", np.array([start], np.int64)),
+                              graph.const(f"e{end}", np.array([end], np.int64)), graph.const("last_axis", np.array([-1], np.int64))])
+
+
+def _affine(graph: _Graph, x: str, weight: str, bias: str, batched: bool) -> str:
+    if batched:
+        return graph.op("Add", [graph.op("MatMul", [x, weight]), bias])
+    return graph.op("Gemm", [x, weight, bias])
+
+
+def _features(graph: _Graph, config: GeneratorConfig, coords: str, batched: bool,
+              table4d: str | None = None) -> tuple[str, str]:
+    """(Fourier block [..., F], embedding) in float32 for points [..., 2]: the embedding [..., H] from
+    four texel-row Gathers, or [H, n] from GridSample over table4d (the fp16 graph, for the GPU).
     A panorama's x' goes round a cylinder: the Fourier layer reads (R cos theta, R sin theta, y'),
-    theta = pi x' / N, and the table lookup wraps x' (the style graph's embedding output repeats the
-    first column after the last), as cips_edge/model.py."""
-    h, size, frames = config.hidden_size, config.size, config.panorama
-    width = config.table_width + (1 if frames else 0)
-    coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
-    # the style graph's [1, H, rows, columns] table, or its texel rows (runtime/split.py reshapes once per session)
-    table = graph.input("embedding", TensorProto.FLOAT, [1, h, size, width] if grid_sample else [size * width, h])
+    theta = pi x' / N, and the table lookup wraps x' (the table repeats its first column after the
+    last), as cips_edge/model.py."""
+    frames = config.panorama
     points = coords
     if frames:
         f32 = np.float32
-        x = graph.op("Slice", [coords, graph.const("x_start", np.array([0], np.int64)),
-                               graph.const("x_end", np.array([1], np.int64)), graph.const("axis", np.array([1], np.int64))])
-        y = graph.op("Slice", [coords, "x_end", graph.const("y_end", np.array([2], np.int64)), "axis"])
+        x, y = _last(graph, coords, 0, 1), _last(graph, coords, 1, 2)
         theta = graph.op("Mul", [x, graph.const("angle", f32(math.pi / frames))])
         radius = graph.const("radius", f32(frames / math.pi))
         cylinder = graph.op("Concat", [graph.op("Mul", [graph.op("Cos", [theta]), radius]),
-                                       graph.op("Mul", [graph.op("Sin", [theta]), radius]), y], axis=1)
+                                       graph.op("Mul", [graph.op("Sin", [theta]), radius]), y], axis=-1)
         turns = graph.op("Div", [graph.op("Add", [x, graph.const("frames", f32(frames))]),
                                  graph.const("circle", f32(2 * frames))])
         turns = graph.op("Sub", [turns, graph.op("Floor", [turns])])
         across = graph.op("Sub", [graph.op("Mul", [turns, graph.const("two", f32(2))]), graph.const("one", f32(1))])
-        points, coords = graph.op("Concat", [across, y], axis=1), cylinder
-    fo = graph.op("Sin", [graph.op("Gemm", [coords, graph.const("fourier_weight", fourier[0]),
-                                            graph.const("fourier_bias", fourier[1])])])
-    if grid_sample:
+        points, coords = graph.op("Concat", [across, y], axis=-1), cylinder
+    fo = graph.op("Sin", [_affine(graph, coords, graph.weight("fourier_weight"), graph.weight("fourier_bias"), batched)])
+    if table4d is not None:
+        h = config.hidden_size
         grid = graph.op("Reshape", [points, graph.const("grid_shape", np.array([1, 1, -1, 2], np.int64))])
-        sampled = graph.op("GridSample", [table, grid], align_corners=1, mode="bilinear", padding_mode="border")
+        sampled = graph.op("GridSample", [table4d, grid], align_corners=1, mode="bilinear", padding_mode="border")
         return fo, graph.op("Reshape", [sampled, graph.const("embedding_shape", np.array([h, -1], np.int64))])
-    return fo, _bilinear(graph, table, points, size, width)
+    return fo, _bilinear(graph, graph.weight(EMBEDDING), points, config.size, table_columns(config))
 
 
 def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int) -> str:
-    """The table [height * width, H] sampled at points [n, 2] in [-1, 1] (x' first): bilinear, corners
+    """The table [height * width, H] sampled at points [..., 2] in [-1, 1] (x' first): bilinear, corners
     aligned, clamped at the border, i.e. GridSample(align_corners=1, padding_mode="border") of the
-    [1, H, height, width] table, done as four row gathers and a weighted sum; the rows come out [n, H],
-    which the input layer's Gemm reads without a transpose. On the CPU ONNX Runtime's GridSample was
-    19% of a pixel call and this takes a 1024^2 render to 0.89x the time. On an H200 it was the other
-    way round (1024^2 fp16: Gathers and their weighting 14.2 ms of kernels, GridSample 8.7 ms; 52.9 vs
-    49.4 ms a render, benchmarks/results/render-h200*.json), so the fp16 graph keeps GridSample."""
+    [1, H, height, width] table, done as four row Gathers and a weighted sum: [..., H], which the input
+    layer reads without a transpose, in operators every ONNX runtime has."""
     f32 = np.float32
     span = np.array([width - 1, height - 1], f32)
     # texel coordinates, clamped to the table (GridSample's border padding)
@@ -118,15 +168,13 @@ def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int) -
     # the lower corner, at most one texel before the last so that the upper one exists (its weight is
     # then exactly 1 at the last texel); a table one texel wide or tall keeps 0 (both corners the same)
     low = graph.op("Min", [graph.op("Floor", [p]), graph.const("bl_last", np.maximum(span - 1, 0))])
-    frac = graph.op("Sub", [p, low])  # [n, 2]: (fx, fy)
+    frac = graph.op("Sub", [p, low])  # [..., 2]: (fx, fy)
     step = np.array([1 if width > 1 else 0, width if height > 1 else 0], np.int64)
     # the row of the lower corner, y * width + x: exact in float32 (tables have far fewer than 2^24 texels)
     base = graph.op("ReduceSum", [graph.op("Mul", [low, graph.const("bl_stride", np.array([1, width], f32))]),
-                                  graph.const("bl_axis", np.array([1], np.int64))], keepdims=0)
-    base = graph.op("Cast", [base], to=TensorProto.INT64)  # [n]
-    fx = graph.op("Slice", [frac, graph.const("bl_0", np.array([0], np.int64)), graph.const("bl_1", np.array([1], np.int64)),
-                            "bl_1"])
-    fy = graph.op("Slice", [frac, "bl_1", graph.const("bl_2", np.array([2], np.int64)), "bl_1"])
+                                  graph.const("bl_axis", np.array([-1], np.int64))], keepdims=0)
+    base = graph.op("Cast", [base], to=TensorProto.INT64)  # [...]
+    fx, fy = _last(graph, frac, 0, 1), _last(graph, frac, 1, 2)
     one = graph.const("bl_one_elem", np.array(1, f32))
     gx, gy = graph.op("Sub", [one, fx]), graph.op("Sub", [one, fy])
     total = None
@@ -136,6 +184,28 @@ def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int) -
         term = graph.op("Mul", [graph.op("Gather", [table, rows], axis=0), graph.op("Mul", [wx, wy])])
         total = term if total is None else graph.op("Add", [total, term])
     return total
+
+
+def portable_pixels(generator: CIPSGenerator, coords: str, rgb: str) -> _Graph:
+    """The per-point half of the file's graph: coords [B, N, 2] and the style part's plain weights
+    (tensors named as export/style.py plain_names) -> rgb [B, N, 3]. MatMul + Add + LeakyRelu per layer,
+    float32 throughout, the weights the generator's (every initializer once)."""
+    config = generator.config
+    graph = _Graph(shared_weights(generator), as_inputs=False, prefix="pixels/")
+    fo, co = _features(graph, config, coords, batched=True)
+    x = graph.op("Add", [graph.op("MatMul", [fo, "p0_fo"]), graph.op("MatMul", [co, "p0_co"])])  # bias: p0_fo's row
+    x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
+    sources, parts = rgb_sources(config), []
+    for i in range(1, len(config.layer_shapes)):
+        x = graph.op("LeakyRelu", [_affine(graph, x, f"p{i}", graph.weight(f"bias{i}"), batched=True)], alpha=LRELU_SLOPE)
+        if i in sources:
+            parts.append(graph.op("MatMul", [x, f"t{sources.index(i)}"]))
+    total = parts[0]
+    for part in parts[1:]:
+        total = graph.op("Add", [total, part])
+    graph.op("Add", [total, graph.weight("rgb_bias")])
+    graph.nodes[-1].output[0] = rgb
+    return graph
 
 
 def _folded_shapes(config: GeneratorConfig) -> dict[str, list[int]]:
@@ -150,14 +220,20 @@ def _folded_shapes(config: GeneratorConfig) -> dict[str, list[int]]:
 
 
 def pixel_graph(generator: CIPSGenerator, precision: str) -> onnx.ModelProto:
-    """The pixel graph of one precision (fp32, fp16 or int8); inputs named like the style outputs."""
+    """cips' fast pixel graph of one precision (fp32, fp16 or int8): coords [n, 2], one latent's weights
+    (named like the style part's tensors) and the file's per-point weights (named like its initializers)
+    -> rgb [n, 3]."""
     config = generator.config
-    graph = _Graph()
-    fo, co = _features(graph, config, fourier_constants(generator), grid_sample=precision == "fp16")
+    graph = _Graph(shared_weights(generator), as_inputs=True, prefix="")
+    coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
     if precision == "fp16":
+        # GridSample reads the table as [1, H, rows, columns]: the runtime hands it over in that layout
+        table = graph.input(EMBEDDING, TensorProto.FLOAT, [1, config.hidden_size, config.size, table_columns(config)])
+        fo, co = _features(graph, config, coords, batched=False, table4d=table)
         _folded_chain(graph, config, fo, co)
     else:
-        _plain_chain(graph, generator, fo, co, int8=precision == "int8")
+        fo, co = _features(graph, config, coords, batched=False)
+        _plain_chain(graph, config, fo, co, int8=precision == "int8")
     graph.nodes[-1].output[0] = RGB  # the last node's output is the graph's
     outputs = [helper.make_tensor_value_info(RGB, TensorProto.FLOAT, ["points", 3])]
     onnx_graph = helper.make_graph(graph.nodes, f"cips_pixels_{precision}", graph.inputs, outputs, graph.initializers)
@@ -186,13 +262,11 @@ def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str) -> N
     graph.op("Gemm", [x, graph.input("rgb_weight", TensorProto.FLOAT, shapes["rgb_weight"])])
 
 
-def _plain_chain(graph: _Graph, generator: CIPSGenerator, fo: str, co: str, int8: bool) -> None:
+def _plain_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str, int8: bool) -> None:
     """Gemm (float32) or DynamicQuantizeMatMul (int8), bias inside, + LeakyRelu per layer; the ToRGB
     MatMuls summed with their biases."""
-    config = generator.config
     shapes = config.layer_shapes
     sources = rgb_sources(config)
-    layers = [generator.input_layer, *generator.layers]
     f32 = TensorProto.FLOAT
     m0 = shapes[0][1]
     x = graph.op("Gemm", [fo, graph.input("p0_fo", f32, [fourier_width(config), m0])])  # bias in the constant row
@@ -200,7 +274,7 @@ def _plain_chain(graph: _Graph, generator: CIPSGenerator, fo: str, co: str, int8
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
     parts = []
     for i, (k, m) in enumerate(shapes[1:], start=1):
-        bias = graph.const(f"bias{i}", layers[i].bias.detach().cpu().numpy().astype(np.float32))
+        bias = graph.weight(f"bias{i}")
         if int8:
             q = graph.input(f"q{i}", TensorProto.INT8, [k, m])
             scale = graph.input(f"qscale{i}", f32, [m])
@@ -210,8 +284,7 @@ def _plain_chain(graph: _Graph, generator: CIPSGenerator, fo: str, co: str, int8
         x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
         if i in sources:
             parts.append(graph.op("MatMul", [x, graph.input(f"t{sources.index(i)}", f32, [m, 3])]))
-    rgb_bias = sum(t.fc.bias.detach().cpu().numpy() for t in generator.to_rgbs).astype(np.float32)
     total = parts[0]
     for part in parts[1:]:
         total = graph.op("Add", [total, part])
-    graph.op("Add", [total, graph.const("rgb_bias", rgb_bias)])
+    graph.op("Add", [total, graph.weight("rgb_bias")])

@@ -87,117 +87,142 @@ def carry_scales(config: GeneratorConfig) -> list[float]:
     return scales
 
 
+def bias_names(config: GeneratorConfig) -> list[str]:
+    """The layer biases the per-point part adds (layers 1 .., not the input layer: its bias is a row of
+    p0_fo), then the summed ToRGB biases: initializers of the file's graph."""
+    return [f"bias{i}" for i in range(1, len(config.layer_shapes))] + ["rgb_bias"]
+
+
+def biases(generator: CIPSGenerator) -> dict[str, torch.Tensor]:
+    """bias_names -> the generator's values (float32, detached)."""
+    out = {f"bias{i}": layer.bias for i, layer in enumerate(generator.layers, start=1)}
+    out["rgb_bias"] = sum(t.fc.bias for t in generator.to_rgbs)
+    return {name: value.detach().float().cpu().clone() for name, value in out.items()}
+
+
 class StyleGraph(nn.Module):
-    """z [B, S], truncation [B] -> embedding table (constant) and the per-latent weights [B, ...].
+    """z [B, S], truncation [B] -> the plain per-latent weights [B, ...] (plain_names): the mapping
+    network, truncation, modulation and demodulation, in float32, traced into the file's graph."""
 
-    precisions: which pixel graphs the file holds ("fp32" always: the plain weights; "fp16" adds the
-    folded weights in float16; "int8" the plain weights in int8 with per-column scales).
-    Each folded weight is the modulated weight, zero-padded into place, plus a constant matrix
-    (bias row, constant-column 1, RGB carry) made here once."""
-
-    def __init__(self, generator: CIPSGenerator, w_avg: torch.Tensor, precisions: tuple[str, ...]):
+    def __init__(self, generator: CIPSGenerator, w_avg: torch.Tensor):
         super().__init__()
         self.generator = generator
-        self.precisions = precisions
         self.register_buffer("w_avg", w_avg.detach().reshape(1, -1).float().cpu())  # [1, S]
+
+    def output_names(self) -> list[str]:
+        return plain_names(self.generator.config)
+
+    def forward(self, z: torch.Tensor, truncation: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        g, c = self.generator, self.generator.config
+        w = g.truncate(g.mapping(z), truncation[:, None], self.w_avg)  # [B, S]
+        mods = g.modulated_weights(w)  # [B, in, out] per modulated layer, then per ToRGB
+        n_conv = len(c.layer_shapes)
+        convs, rgbs = mods[:n_conv], mods[n_conv:]
+        hidden, m0 = c.hidden_size, c.layer_shapes[0][1]
+        batch = z.shape[0]
+        # the input layer's Fourier half, with its bias in the row that reads the constant column
+        bias_row = g.input_layer.bias.reshape(1, 1, m0).expand(batch, 1, m0)
+        pad = z.new_zeros(1, fourier_width(c) - hidden - 1, m0).expand(batch, -1, -1)
+        p0_fo = torch.cat([convs[0][:, :hidden], bias_row, pad], dim=1)
+        return (p0_fo, convs[0][:, hidden:], *(LRELU_GAIN * w for w in convs[1:]), *(LRELU_GAIN * t for t in rgbs))
+
+
+class FastStyle(nn.Module):
+    """The plain weights and the biases -> the weights of cips' fast pixel graphs (metadata: the style
+    extension): the folded layout in float16 (fp16) and layers 1.. in int8 with per-column scales (int8).
+
+    Inputs, in order: plain_names, then bias_names (initializers of the file's graph, found by name).
+    Each folded weight is the plain one with its extra rows and columns concatenated: the bias row, the
+    constant column's 1, the carried RGB's +-1 blocks and the ToRGB columns, then zero padding."""
+
+    def __init__(self, config: GeneratorConfig, precisions: tuple[str, ...]):
+        super().__init__()
+        self.config = config
+        self.precisions = tuple(p for p in precisions if p in ("fp16", "int8"))
         for name, block in self._constants().items():
             self.register_buffer(f"const_{name}", block)
 
+    def input_names(self) -> list[str]:
+        return plain_names(self.config) + bias_names(self.config)
+
     def output_names(self) -> list[str]:
-        c = self.generator.config
-        names = ["embedding", *plain_names(c)]
+        names = []
         if "fp16" in self.precisions:
-            names += fp16_names(c)
+            names += fp16_names(self.config)
         if "int8" in self.precisions:
-            names += int8_names(c)
+            names += int8_names(self.config)
         return names
 
-    def forward(self, z: torch.Tensor, truncation: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        g = self.generator
-        w = g.truncate(g.mapping(z), truncation[:, None], self.w_avg)  # [B, S]
-        mods = g.modulated_weights(w)  # [B, in, out] per modulated layer, then per ToRGB
-        n_conv = len(g.config.layer_shapes)
-        convs, rgbs = mods[:n_conv], mods[n_conv:]
-        plain = self.plain(convs, rgbs)
-        table = g.embedding.table  # [H, size, table width]
-        if g.config.panorama:  # the first column again after the last, for the wrapped lookup
-            table = torch.cat([table, table[:, :, :1]], dim=2)
-        outputs = [table.unsqueeze(0), *plain]
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        c = self.config
+        n_conv, n_plain = len(c.layer_shapes), len(plain_names(c))
+        plain, bias = list(tensors[:n_plain]), list(tensors[n_plain:])
+        outputs = []
         if "fp16" in self.precisions:
-            folded = self.fold(convs, rgbs)
+            folded = self.fold(plain[:n_conv + 1], plain[n_conv + 1:], bias)
             outputs += [t.half() for t in folded[:-1]] + [folded[-1]]  # the last GEMM stays float32
         if "int8" in self.precisions:
-            outputs += self.quantized(plain[2:len(convs) + 1])  # layers 1 .. L-1
+            outputs += self.quantized(plain[2:n_conv + 1])  # layers 1 .. L-1
         return tuple(outputs)
 
-    # -- the plain layout (fp32 and int8 pixel graphs) ----------------------------------------------
-    def plain(self, convs: list[torch.Tensor], rgbs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """[B, in, out] weights with sqrt 2 folded in; the input layer's Fourier half carries its bias in
-        the row that reads the Fourier block's constant column; ToRGB [B, in, 3]."""
-        c = self.generator.config
-        hidden = c.hidden_size
-        p0_fo = F.pad(convs[0][:, :hidden], (0, 0, 0, fourier_width(c) - hidden)) + self.const_p0_fo
-        return [p0_fo, convs[0][:, hidden:], *(LRELU_GAIN * w for w in convs[1:]), *(LRELU_GAIN * t for t in rgbs)]
-
-    # -- the folded layout (fp32 and fp16 pixel graphs) --------------------------------------------
     def _constants(self) -> dict[str, torch.Tensor]:
-        """The latent-independent part of every folded weight: [rows, columns] each."""
-        g, c = self.generator, self.generator.config
-        layers = [g.input_layer, *g.layers]
+        """The latent-independent rows and columns of the folded weights: small blocks, no weights."""
+        c = self.config
         scales = carry_scales(c)
         hidden, widths = c.hidden_size, [m for _, m in c.layer_shapes]
         out = {}
-        with torch.no_grad():
-            p0 = torch.zeros(fourier_width(c), widths[0])
-            p0[hidden] = layers[0].bias
-            out["p0_fo"] = p0
-            w0 = torch.zeros(fourier_width(c), extended_width(widths[0]))
-            w0[hidden, :widths[0]] = layers[0].bias
-            w0[hidden, widths[0]] = 1.0
-            out["w0_fo"] = w0
-            for i in range(1, len(widths)):
-                k, m = widths[i - 1], widths[i]
-                block = torch.zeros(extended_width(k), extended_width(m))
-                block[k, :m] = layers[i].bias  # the bias row, read through the constant column
-                block[k, m] = 1.0  # passes the constant column on
-                if scales[i - 1]:  # recombine the carried pair: leaky(v) - leaky(-v) = (1 + slope) v
-                    for sign_in, row in ((1.0, k + 1), (-1.0, k + 4)):
-                        block[row:row + 3, m + 1:m + 4] = sign_in * torch.eye(3)
-                        block[row:row + 3, m + 4:m + 7] = -sign_in * torch.eye(3)
-                out[f"w{i}"] = block
-            last = widths[-1]
-            final = torch.zeros(extended_width(last), 3)
-            final[last] = sum(t.fc.bias for t in g.to_rgbs)  # the ToRGB biases, once
-            if scales[-1]:
-                undo = 1.0 / ((1.0 + LRELU_SLOPE) * scales[-1])
-                final[last + 1:last + 4] = undo * torch.eye(3)
-                final[last + 4:last + 7] = -undo * torch.eye(3)
-            out["rgb_weight"] = final
-        return {name: block.detach().clone() for name, block in out.items()}
+        e0 = extended_width(widths[0])
+        column = torch.zeros(fourier_width(c), e0 - widths[0])
+        column[hidden, 0] = 1.0  # the constant column passes on
+        out["w0_fo"] = column
+        for i in range(1, len(widths)):
+            k, m = widths[i - 1], widths[i]
+            em = extended_width(m)
+            tail = torch.zeros(1, em - m)  # the bias row after the bias: the constant column's 1
+            tail[0, 0] = 1.0
+            rest = torch.zeros(extended_width(k) - k - 1, em)
+            if scales[i - 1]:  # recombine the carried pair: leaky(v) - leaky(-v) = (1 + slope) v
+                for sign_in, row in ((1.0, 0), (-1.0, 3)):
+                    rest[row:row + 3, m + 1:m + 4] = sign_in * torch.eye(3)
+                    rest[row:row + 3, m + 4:m + 7] = -sign_in * torch.eye(3)
+            out[f"w{i}_tail"], out[f"w{i}_rest"] = tail, rest
+        last = widths[-1]
+        rest = torch.zeros(extended_width(last) - last - 1, 3)
+        if scales[-1]:
+            undo = 1.0 / ((1.0 + LRELU_SLOPE) * scales[-1])
+            rest[0:3] = undo * torch.eye(3)
+            rest[3:6] = -undo * torch.eye(3)
+        out["rgb_rest"] = rest
+        return out
 
-    def fold(self, convs: list[torch.Tensor], rgbs: list[torch.Tensor]) -> list[torch.Tensor]:
-        c = self.generator.config
+    def fold(self, convs: list[torch.Tensor], rgbs: list[torch.Tensor], bias: list[torch.Tensor]) -> list[torch.Tensor]:
+        """convs: p0_fo, p0_co, p1 ... (plain, gain folded in); rgbs: t0 ... (plain); bias: bias1 ..., rgb_bias."""
+        c = self.config
         sources, scales = rgb_sources(c), carry_scales(c)
-        hidden = c.hidden_size
         shapes = c.layer_shapes  # static ints: traced tensor shapes would turn this arithmetic into graph ops
+        batch = convs[0].shape[0]
+
+        def expand(block: torch.Tensor) -> torch.Tensor:
+            return block.unsqueeze(0).expand(batch, -1, -1)
+
         m0 = shapes[0][1]
-        e0 = extended_width(m0)
-        w0_fo = F.pad(convs[0][:, :hidden], (0, e0 - m0, 0, fourier_width(c) - hidden)) + self.const_w0_fo
-        w0_co = F.pad(convs[0][:, hidden:], (0, e0 - m0))
+        w0_fo = torch.cat([convs[0], expand(self.const_w0_fo)], dim=2)
+        w0_co = F.pad(convs[1], (0, extended_width(m0) - m0))
         chain = []
-        for i in range(1, len(convs)):
+        for i in range(1, len(shapes)):
             k, m = shapes[i]
-            ek, em = extended_width(k), extended_width(m)
-            weight = F.pad(LRELU_GAIN * convs[i], (0, em - m, 0, ek - k))
+            em = extended_width(m)
+            columns = [convs[i + 1], convs[i + 1].new_zeros(1, 1, 1).expand(batch, k, 1)]
             if i - 1 in sources:  # this layer's input is a ToRGB's input: add it to the carried RGB
-                t = LRELU_GAIN * scales[i] * rgbs[sources.index(i - 1)]  # [B, k, 3]
-                weight = weight + F.pad(t, (m + 1, em - m - 4, 0, ek - k)) - F.pad(t, (m + 4, em - m - 7, 0, ek - k))
-            chain.append(weight + getattr(self, f"const_w{i}"))
-        last = shapes[-1][1]
-        final = F.pad(LRELU_GAIN * rgbs[-1], (0, 0, 0, extended_width(last) - last)) + self.const_rgb_weight
+                t = scales[i] * rgbs[sources.index(i - 1)]  # [B, k, 3]
+                columns += [t, -t]
+            top = F.pad(torch.cat(columns, dim=2), (0, em - sum(x.shape[2] for x in columns)))
+            bias_row = torch.cat([bias[i - 1], getattr(self, f"const_w{i}_tail")[0]]).reshape(1, em)
+            bottom = torch.cat([bias_row, getattr(self, f"const_w{i}_rest")], dim=0)
+            chain.append(torch.cat([top, expand(bottom)], dim=1))
+        final = torch.cat([rgbs[-1], expand(torch.cat([bias[-1].reshape(1, 3), self.const_rgb_rest], dim=0))], dim=1)
         return [w0_fo, w0_co, *chain, final]
 
-    # -- int8 weights (int8 pixel graph) -----------------------------------------------------------
     @staticmethod
     def quantized(weights: list[torch.Tensor]) -> list[torch.Tensor]:
         """Plain weights of layers 1..L-1 as per-column symmetric int8, then their scales [B, out]."""

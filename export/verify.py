@@ -1,7 +1,7 @@
 """Does the ONNX file compute what the torch generator computes? ONNX Runtime (CPU) against torch
 on random latents, at random points inside and outside [-1, 1] (for a panorama: round the circle and
-past it) and on the native grid, psi 1 and 0.7: the fp32 pixel graph to float32 rounding; an fp16 or
-int8 pixel graph within its precision's error.
+past it) and on the native grid, psi 1 and 0.7: the file's own graph (a plain InferenceSession) and
+the fp32 pixel graph to float32 rounding; an fp16 or int8 pixel graph within its precision's error.
 
 The torch side runs in float64 (a copy of the generator): its float32 CPU forward is not repeatable
 between processes (measured on the emoji model: in ~2 of 16 fresh processes one point of 6,000 came out
@@ -13,11 +13,13 @@ import copy
 import os
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from cips_edge.coords import native_grid
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime.errors import UserError
+from cips_edge.runtime.format import OUTPUT
 from cips_edge.runtime.model import CIPSModel
 
 REL_TOL = 1e-5  # ||ort - torch|| / ||torch||: float32 rounding lands around 1e-6
@@ -69,9 +71,14 @@ def verify_file(path: str | os.PathLike, generator: CIPSGenerator, w_avg: torch.
     generator = copy.deepcopy(generator).cpu().eval().double()
     w_avg = w_avg.reshape(1, -1).double().cpu()
     worst = (0.0, 0.0)
+    # the file's own graph, as any ONNX runtime runs it: all latents and points in one call
+    graph = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     for psi in PSIS:
-        ort_out = model.run(z.numpy(), scattered.numpy(), _psis(n_latents, psi))
         torch_out = _torch_rgb(generator, z, scattered, psi, w_avg)
+        feeds = {"z": z.numpy(), "coords": scattered.numpy(), "truncation": _psis(n_latents, psi)}
+        errors = check_parity(graph.run([OUTPUT], feeds)[0], torch_out, f"in the file's graph (psi {psi})")
+        worst = tuple(map(max, worst, errors))
+        ort_out = model.run(z.numpy(), scattered.numpy(), _psis(n_latents, psi))
         errors = check_parity(ort_out, torch_out, f"at random points (psi {psi})")
         worst = tuple(map(max, worst, errors))
     # native grid: one latent twice in one batch, psi differing per sample

@@ -16,15 +16,17 @@ from cips_edge.config import GeneratorConfig  # plain dataclass, no torch
 from .errors import UserError
 
 FORMAT = "cips-edge-onnx"
-FORMAT_VERSION = 2
-# Version 1: one graph, z [B, style_dim], coords [B, N, 2], truncation [B] -> rgb [B, N, 3] (still read).
+FORMAT_VERSION = 3
+# Versions 1 and 3: the file's graph is the whole generator, z [B, style_dim], coords [B, N, 2],
+# truncation [B] -> rgb [B, N, 3]. Version 3 also carries cips' fast paths (below, and
+# docs/onnx-format.md). Version 2 (still read): the file's graph is only the style part, z [B, style_dim],
+# truncation [B] -> the per-latent weights; its pixel graphs are in the metadata.
 INPUTS = ("z", "coords", "truncation")
 OUTPUT = "rgb"
-# Version 2: the file's graph is the style graph, z [B, style_dim], truncation [B] -> the per-latent
-# weights; the pixel graphs (coords [N, 2] plus those weights -> rgb [N, 3]) are in the metadata.
 STYLE_INPUTS = ("z", "truncation")
 COORDS = "coords"
 RGB = "rgb"  # float32, raw generator values (about [-1, 1])
+EMBEDDING = "embedding"  # the coordinate table: v3 an initializer [rows * columns, H]; v2 a style output
 PRECISIONS = ("fp32", "fp16", "int8")
 
 KEY_FORMAT = "cips.format"
@@ -33,8 +35,9 @@ KEY_CONFIG = "cips.config"
 KEY_STYLE_DIM = "cips.style_dim"
 KEY_W_AVG = "cips.w_avg"
 KEY_PROVENANCE = "cips.provenance"
-KEY_PRECISION = "cips.precision"  # v2: the pixel graph a renderer runs by default
-KEY_PIXEL_GRAPH = "cips.pixel_graph."  # v2: + precision -> base64 of a serialized ONNX model
+KEY_PRECISION = "cips.precision"  # v2, v3: the pixel graph a renderer runs by default
+KEY_PIXEL_GRAPH = "cips.pixel_graph."  # v2, v3: + precision -> base64 of a serialized ONNX model
+KEY_STYLE_EXTENSION = "cips.style_extension"  # v3 with fp16 or int8: base64 of the graph that derives their weights
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,12 @@ class ModelInfo:
     provenance: dict  # source checkpoint, kind, step, images_seen, exported_at, versions
     format_version: int
     precision: str = "fp32"  # the file's default pixel precision (v1 files: fp32)
-    pixel_graphs: dict[str, bytes] = field(default_factory=dict)  # v2: precision -> ONNX model bytes
+    pixel_graphs: dict[str, bytes] = field(default_factory=dict)  # v2, v3: precision -> ONNX model bytes
+    style_extension: bytes | None = None  # v3: ONNX model bytes, when the file has fp16 or int8
 
 
 def metadata_props(config: GeneratorConfig, w_avg: np.ndarray, provenance: dict, precision: str = "fp32",
-                   pixel_graphs: dict[str, bytes] | None = None) -> dict[str, str]:
+                   pixel_graphs: dict[str, bytes] | None = None, style_extension: bytes | None = None) -> dict[str, str]:
     """The metadata_props that export writes (string values, as ONNX requires)."""
     w_avg = np.asarray(w_avg, dtype=np.float32).reshape(-1)
     assert w_avg.shape == (config.style_dim,), w_avg.shape
@@ -64,8 +68,13 @@ def metadata_props(config: GeneratorConfig, w_avg: np.ndarray, provenance: dict,
         KEY_W_AVG: json.dumps([float(v) for v in w_avg]),
         KEY_PROVENANCE: json.dumps(provenance),
         KEY_PRECISION: precision,
-        **{KEY_PIXEL_GRAPH + name: base64.b64encode(data).decode("ascii") for name, data in (pixel_graphs or {}).items()},
+        **{KEY_PIXEL_GRAPH + name: _b64(data) for name, data in (pixel_graphs or {}).items()},
+        **({KEY_STYLE_EXTENSION: _b64(style_extension)} if style_extension else {}),
     }
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
@@ -85,6 +94,7 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
         precision = meta.get(KEY_PRECISION, "fp32")
         graphs = {key[len(KEY_PIXEL_GRAPH):]: base64.b64decode(value, validate=True)
                   for key, value in meta.items() if key.startswith(KEY_PIXEL_GRAPH)}
+        extension = base64.b64decode(meta[KEY_STYLE_EXTENSION], validate=True) if KEY_STYLE_EXTENSION in meta else None
     except UserError:
         raise
     except (KeyError, ValueError, TypeError, binascii.Error) as e:  # json.JSONDecodeError is a ValueError
@@ -92,8 +102,14 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     if style_dim != config.style_dim or w_avg.shape != (style_dim,):
         raise UserError(f"{source} has inconsistent cips metadata (style_dim {style_dim}, config "
                         f"{config.style_dim}, w_avg shape {w_avg.shape})")
-    if version >= 2 and (precision not in PRECISIONS or "fp32" not in graphs or precision not in graphs):
+    if not np.isfinite(w_avg).all():
+        raise UserError(f"{source} has damaged cips metadata (w_avg holds NaN or infinite values)")
+    if version >= 2 and (precision not in PRECISIONS or "fp32" not in graphs or precision not in graphs
+                         or set(graphs) - set(PRECISIONS)):
         raise UserError(f"{source} has damaged cips metadata (precision {precision!r}, pixel graphs "
                         f"{sorted(graphs)})")
+    if version >= 3 and set(graphs) != {"fp32"} and extension is None:
+        raise UserError(f"{source} has damaged cips metadata (pixel graphs {sorted(graphs)} but no "
+                        f"{KEY_STYLE_EXTENSION})")
     return ModelInfo(config, style_dim, w_avg, provenance if isinstance(provenance, dict) else {}, version,
-                     precision, graphs)
+                     precision, graphs, extension)

@@ -1,6 +1,8 @@
 """A cips-edge ONNX file opened in ONNX Runtime: metadata checked, provider and precision chosen and
-reported. Format 2 files run as a style graph once per latent and a pixel graph per chunk (split.py);
-format 1 files (one graph, z + coords -> rgb) run as they are, the style part redone per chunk."""
+reported. Format 3 files run their fast paths, cut out of the file's graph (graphcut.py): the style
+part once per latent and a pixel graph per chunk (split.py); format 2 files the same from their style
+graph and metadata; format 1 files (one graph, z + coords -> rgb) run as they are, the style part
+redone per chunk."""
 from __future__ import annotations
 
 import os
@@ -11,8 +13,10 @@ import numpy as np
 
 from cips_edge.config import GeneratorConfig
 
+from . import graphcut
 from .errors import UserError
 from .format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
+from .graphcut import FastPaths
 from .split import SplitEngine, auto_cuda_chunk, band_size
 
 DEVICES = ("auto", "cuda", "cpu", "tensorrt")
@@ -20,11 +24,11 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 # Points per session call when --chunk is not given. On CPU small chunks keep the activations in the
-# caches: format-2 files use 1,024 (measured in session 3 on 2 cores, whole `cips render` runs against
-# 16,384: the default model at 1024^2 0.68x the time fp32 and 0.63x int8, the paper config at 256^2
-# 0.72x, and about half the peak memory; 512 was no faster). Format-1 files redo the style part in every
-# call, so they keep 16,384 (4k-16k were best for them). On CUDA, format-2 files pick the largest power
-# of two whose activations fit a memory budget (split.auto_cuda_chunk); format-1 files use 262,144.
+# caches: files with fast paths (formats 2 and 3) use 1,024 (on 2 cores, whole `cips render` runs
+# against 16,384 took 0.63-0.72x the time at about half the peak memory; 512 was no faster). Format-1
+# files redo the style part in every call, so they keep 16,384. On CUDA, files with fast paths pick the
+# largest power of two whose activations fit a memory budget (split.auto_cuda_chunk); format-1 files
+# use 262,144.
 DEFAULT_CHUNK = {CPU: 1_024, CUDA: 262_144}
 FORMAT_1_CPU_CHUNK = 16_384
 # CUDA provider: float32 matmuls in float32 (ONNX Runtime may default to TF32), and an arena that grows
@@ -79,7 +83,7 @@ class CIPSModel:
     CUDA cannot run: never a silent CPU run), "cpu", or "tensorrt" (the pixel graph on ONNX Runtime's
     TensorRT provider, an error where it does not load). `provider` is the provider that actually runs.
 
-    precision (format 2): the pixel graph to run, "fp32", "fp16" or "int8"; None: the file's own where
+    precision (formats 2 and 3): the pixel graph to run, "fp32", "fp16" or "int8"; None: the file's own where
     the provider suits it (fp16 on a GPU, int8 on the CPU), else fp32. `precision` says what runs.
 
     threads (CPU): how many chunks run at once (None or 0: the cores this process may use). Each call
@@ -107,22 +111,43 @@ class CIPSModel:
             raise UserError(f"--device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "
                             f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]")
         cuda = device in ("cuda", "tensorrt") or (device == "auto" and CUDA in have)
-        self.session = self._session(str(self.path), cuda=cuda)
+        main = graphcut.load(str(self.path), str(self.path))
+        self.info: ModelInfo = parse_metadata({p.key: p.value for p in main.metadata_props}, str(self.path))
+        self.engine: SplitEngine | None = None
+        fast: FastPaths | None = None  # version 3: the fast paths cut from the file's graph
+        if self.info.format_version >= 3:
+            graphcut.check_against_graph(main, self.info, str(self.path))
+            if not self._check_graph_proto(main):
+                raise UserError(f"{self.path} is not a cips-edge graph of format 3 (inputs "
+                                f"{tuple(i.name for i in main.graph.input)})")
+            self.precision = self._precision(precision, cuda)
+            fast = FastPaths(main, self.info, self.precision, str(self.path))
+            style_source = fast.style
+        else:
+            style_source = str(self.path)
+        del main
+        self.session = self._session(style_source, cuda=cuda)
         self.providers = list(self.session.get_providers())
         if device in ("cuda", "tensorrt") and self.providers[0] != CUDA:
             raise UserError(f"--device {device}: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
                             "libraries missing or no GPU); use --device cpu or fix the CUDA install")
         if self.providers[0] == CPU and len(self.providers) > 1:  # auto: CUDA did not load
-            self.session = self._session(str(self.path), cuda=False)
+            self.session = self._session(style_source, cuda=False)
             self.providers = list(self.session.get_providers())
-        self.info: ModelInfo = parse_metadata(self.session.get_modelmeta().custom_metadata_map, str(self.path))
+            if fast is not None and precision is None and self.precision != self._precision(None, False):
+                self.precision = self._precision(None, False)  # the CPU's choice, now that it runs there
+                fast = FastPaths(graphcut.load(str(self.path), str(self.path)), self.info, self.precision,
+                                 str(self.path))
+                self.session = self._session(fast.style, cuda=False)
         self.workers = 1 if self.providers[0] == CUDA else (threads or default_threads())
-        self.engine: SplitEngine | None = None
         if self.info.format_version >= 2:
-            self._check_graph(STYLE_INPUTS, None)
-            self.precision = self._precision(precision)
-            pixels = self._session(self.info.pixel_graphs[self.precision], cuda=self.providers[0] == CUDA,
-                                   tensorrt=device == "tensorrt")
+            if fast is None:  # version 2: the file's graph is the style part
+                self._check_graph(STYLE_INPUTS, None)
+                self.precision = self._precision(precision, self.providers[0] != CPU)
+                pixel_source = self.info.pixel_graphs[self.precision]
+            else:
+                pixel_source = fast.pixel
+            pixels = self._session(pixel_source, cuda=self.providers[0] == CUDA, tensorrt=device == "tensorrt")
             self.providers = list(pixels.get_providers())
             if device == "tensorrt" and self.providers[0] != TENSORRT:
                 raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
@@ -135,6 +160,11 @@ class CIPSModel:
                 raise UserError(f"{self.path} is a format-1 file: it holds only fp32; re-export it with "
                                 f"--precision {precision}")
             self.precision = "fp32"
+
+    @staticmethod
+    def _check_graph_proto(main) -> bool:
+        return (tuple(i.name for i in main.graph.input) == INPUTS
+                and tuple(o.name for o in main.graph.output) == (OUTPUT,))
 
     def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False):
         ort = self.ort
@@ -171,7 +201,7 @@ class CIPSModel:
                 "trt_profile_min_shapes": "coords:1x2", "trt_profile_opt_shapes": f"coords:{chunk}x2",
                 "trt_profile_max_shapes": f"coords:{chunk}x2"}
 
-    def _precision(self, requested: str | None) -> str:
+    def _precision(self, requested: str | None, gpu: bool) -> str:
         graphs = self.info.pixel_graphs
         if requested is not None:
             if requested not in PRECISIONS:
@@ -180,8 +210,7 @@ class CIPSModel:
                 raise UserError(f"{self.path} holds no {requested} pixel graph (it has {', '.join(sorted(graphs))}); "
                                 f"export it with --precision {requested}")
             return requested
-        on_cpu = self.providers[0] == CPU
-        suits = {"fp32": True, "fp16": not on_cpu, "int8": on_cpu}
+        suits = {"fp32": True, "fp16": gpu, "int8": not gpu}
         return self.info.precision if suits.get(self.info.precision, False) else "fp32"
 
     def _check_graph(self, inputs: tuple[str, ...], outputs: tuple[str, ...] | None) -> None:
@@ -219,7 +248,7 @@ class CIPSModel:
 
     @property
     def on_device(self) -> bool:
-        """Format 2 on a GPU: weights and chunks stay on the device (I/O binding)."""
+        """Fast paths on a GPU: weights and chunks stay on the device (I/O binding)."""
         return self.engine is not None and self.engine.bound is not None
 
     @property

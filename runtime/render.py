@@ -1,7 +1,7 @@
 """Rendering through a CIPSModel in chunks of points; the result does not depend on the chunk size.
 
 Every pixel is independent of every other, so any set of points can be rendered in any order and in
-pieces. The style work (mapping network, modulated weights) runs once per latent (format-2 files);
+pieces. The style work (mapping network, modulated weights) runs once per latent (files with fast paths: formats 2 and 3);
 the pixel work runs per chunk: on the CPU several chunks at once, one thread each; on CUDA in bands of
 chunks queued on the GPU (runtime/split.py).
 """

@@ -1,4 +1,5 @@
-"""Format-2 files: the style graph runs once per latent, the pixel graph per chunk of points.
+"""The fast paths of version-2 and -3 files: the style model runs once per latent, the pixel graph per
+chunk of points.
 
 On the CPU the weights a style run returns are numpy arrays, fed to every pixel call. On CUDA they stay
 on the GPU (I/O binding): a band of points is copied up once, every chunk of it binds slices of the band
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .format import COORDS, RGB, STYLE_INPUTS, ModelInfo
+from .format import COORDS, EMBEDDING, RGB, STYLE_INPUTS, ModelInfo
 
 BAND_POINTS = 1 << 22  # points per upload / download on CUDA: 4M points = 80 MB of coords and colours
 CUDA_CHUNK_BUDGET = 2 << 30  # bytes of one chunk's activations on CUDA (estimate), for the automatic chunk
@@ -29,9 +30,9 @@ class DeviceStyle:
 
 
 def texel_rows(table: np.ndarray) -> np.ndarray:
-    """The style graph's coordinate table [1, H, rows, columns] as the pixel graph reads it: one row
-    of H values per texel, [rows * columns, H] (export/pixels.py gathers four rows per point). Pixel
-    graphs of files exported before session 3 take the table as it is (GridSample)."""
+    """A version-2 style graph's coordinate table [1, H, rows, columns] as its pixel graph reads it:
+    one row of H values per texel, [rows * columns, H]; older version-2 pixel graphs take the table as
+    it is (GridSample)."""
     return np.ascontiguousarray(table[0].reshape(table.shape[1], -1).T)
 
 
@@ -67,14 +68,16 @@ class SplitEngine:
         self.bound = bound
         self.device_id = device_id
         self.pixel_inputs = {i.name: i for i in pixel_session.get_inputs()}
-        self.weight_names = [n for n in self.pixel_inputs if n not in (COORDS, "embedding")]
+        self.weight_names = [n for n in self.pixel_inputs if n not in (COORDS, EMBEDDING)]
         self.dtypes = {n: _DTYPES[i.type] for n, i in self.pixel_inputs.items()}
-        table = self._style_outputs(np.zeros((1, info.style_dim), np.float32), np.ones(1, np.float32),
-                                    ["embedding"])[0]  # [1, H, rows, columns]
-        if len(self.pixel_inputs["embedding"].shape) == 2:  # pixel graphs that gather texel rows
-            table = texel_rows(table)
-        table = table.astype(self.dtypes["embedding"], copy=False)  # float16 in fp16 graphs exported in session 3
-        self.table = ort.OrtValue.ortvalue_from_numpy(table, bound, device_id) if bound else table
+        self.table = None  # version 3: the table is inside the pixel graph (runtime/graphcut.py)
+        if EMBEDDING in self.pixel_inputs:  # version 2: the style graph hands it over, once per session
+            table = self._style_outputs(np.zeros((1, info.style_dim), np.float32), np.ones(1, np.float32),
+                                        [EMBEDDING])[0]  # [1, H, rows, columns]
+            if len(self.pixel_inputs[EMBEDDING].shape) == 2:  # pixel graphs that gather texel rows
+                table = texel_rows(table)
+            table = table.astype(self.dtypes[EMBEDDING], copy=False)
+            self.table = ort.OrtValue.ortvalue_from_numpy(table, bound, device_id) if bound else table
         if bound:
             self.sync_options = ort.RunOptions()
             self.async_options = ort.RunOptions()
@@ -114,7 +117,8 @@ class SplitEngine:
         n = coords.shape[0]
         if n == 1:  # a single row takes the CPU matmul's GEMV path, which rounds differently: pad to two
             coords = np.concatenate([coords, coords])
-        return self.pixel_session.run([RGB], {COORDS: coords, "embedding": self.table, **style})[0][:n]
+        feeds = {COORDS: coords, **style} if self.table is None else {COORDS: coords, EMBEDDING: self.table, **style}
+        return self.pixel_session.run([RGB], feeds)[0][:n]
 
     def render_band(self, style: DeviceStyle, coords: np.ndarray, chunk: int) -> np.ndarray:
         """Bound: coords [n, 2] (one band) -> rgb [n, 3], in chunks queued back to back."""
@@ -122,7 +126,8 @@ class SplitEngine:
         points = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(coords, dtype=np.float32), device, index)
         out = ort.OrtValue.ortvalue_from_shape_and_type([n, 3], np.float32, device, index)
         binding = self.pixel_session.io_binding()
-        binding.bind_ortvalue_input("embedding", self.table)
+        if self.table is not None:
+            binding.bind_ortvalue_input(EMBEDDING, self.table)
         for name, value, offset, shape, dtype in style.slices:
             binding.bind_input(name, device, index, dtype, shape, value.data_ptr() + offset)
         starts = range(0, n, chunk)

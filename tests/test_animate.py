@@ -205,12 +205,6 @@ def test_bad_walk_input_is_one_line_and_no_file(tiny_onnx, tmp_path, args, messa
     assert_fails(cips("interpolate", "--model", tiny_onnx, "--size", 4, "--frames", 3, *args, *out), message, tmp_path)
 
 
-def test_walk_in_w_without_onnx_names_the_install_command(tiny_onnx, tmp_path, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "onnx", None)
-    r = cips("interpolate", "--model", tiny_onnx, "--seeds", "1,2", "--space", "w", "--size", 4, "--out", tmp_path / "w.gif")
-    assert_fails(r, "pip install onnx", tmp_path)
-
-
 def test_zoom_walks_fovea_and_video_run_where_torch_cannot_be_imported(tiny_onnx, torchless_env, tmp_path):
     import subprocess
     import sys

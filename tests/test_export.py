@@ -1,6 +1,6 @@
-"""Export: one self-contained ONNX file (format 2: the style graph, with the weight-free pixel graphs in
-its metadata) with clean per-point graphs and the metadata the runtime needs, verified against torch
-before it is kept, from any checkpoint format."""
+"""Export: one self-contained ONNX file (format 3: the whole generator as its graph, with the weight-free
+fast pixel graphs in its metadata) with clean per-point graphs and the metadata the runtime needs,
+verified against torch before it is kept, from any checkpoint format."""
 from __future__ import annotations
 
 import base64
@@ -25,17 +25,14 @@ from cips_edge.export import ExportError, check_parity, export_checkpoint, expor
 from cips_edge.export import verify
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, render_points
-from cips_edge.export.style import fourier_width, plain_names
-from cips_edge.runtime.format import FORMAT, RGB, STYLE_INPUTS
-from cips_edge.runtime.split import texel_rows
+from cips_edge.export.style import plain_names
+from cips_edge.runtime.format import FORMAT, INPUTS, RGB
 
 # Node types of the fp32 pixel graph: features (Gemm + Sin, the table lookup), then Gemm (bias
 # inside) + LeakyRelu per modulated layer, ToRGB MatMuls and their sum. Nothing else runs per point.
 # the bilinear table lookup (export/pixels.py _bilinear): texel coordinates, four row Gathers, weights
 LOOKUP_OPS = {"Min", "Max", "Floor", "Sub", "Mul", "ReduceSum", "Cast", "Slice", "Gather"}
 PIXEL_OPS = {"Gemm", "Sin", "LeakyRelu", "MatMul", "Add", *LOOKUP_OPS}
-# The style graph (per latent) never touches points.
-PER_POINT_OPS = {"Gather", "Sin"}
 
 
 def metadata(path: Path) -> dict[str, str]:
@@ -44,9 +41,10 @@ def metadata(path: Path) -> dict[str, str]:
 
 def test_metadata_holds_what_the_runtime_needs(tiny_onnx, tiny_checkpoint):
     meta = metadata(tiny_onnx)
-    assert meta["cips.format"] == FORMAT and meta["cips.format_version"] == "2"
+    assert meta["cips.format"] == FORMAT and meta["cips.format_version"] == "3"
     assert meta["cips.precision"] == "fp32" and [k for k in meta if k.startswith("cips.pixel_graph.")] == [
         "cips.pixel_graph.fp32"]
+    assert "cips.style_extension" not in meta  # fp32 only: the style part's own tensors suffice
     assert json.loads(meta["cips.config"]) == preset("tiny").to_dict()
     assert meta["cips.style_dim"] == str(preset("tiny").style_dim)
     prov = json.loads(meta["cips.provenance"])
@@ -68,20 +66,22 @@ def pixel_model(path: Path, precision: str = "fp32") -> onnx.ModelProto:
     return onnx.load_from_string(base64.b64decode(metadata(path)[f"cips.pixel_graph.{precision}"]))
 
 
+def dims_of(values) -> dict[str, list]:
+    return {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in values}
+
+
 def test_graph_is_one_clean_file_with_dynamic_batch_and_points(tiny_onnx):
     model = onnx.load(tiny_onnx, load_external_data=False)
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
     c = preset("tiny")
-    style_ops = {n.op_type for n in model.graph.node}
-    assert not style_ops & PER_POINT_OPS, style_ops & PER_POINT_OPS
-    assert tuple(i.name for i in model.graph.input) == STYLE_INPUTS
-    assert [o.name for o in model.graph.output] == ["embedding", *plain_names(c)]
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in [*model.graph.input, *model.graph.output]}
+    assert tuple(i.name for i in model.graph.input) == INPUTS and [o.name for o in model.graph.output] == [RGB]
+    dims = dims_of([*model.graph.input, *model.graph.output, *model.graph.value_info])
     assert dims["z"] == ["batch", c.style_dim] and dims["truncation"] == ["batch"]
-    assert dims["embedding"] == [1, c.hidden_size, c.size, c.size]
-    assert all(dims[name][0] == "batch" for name in plain_names(c))
+    assert dims["coords"] == ["batch", "points", 2] and dims[RGB] == ["batch", "points", 3]
+    assert all(dims[name][0] == "batch" for name in plain_names(c))  # the style part's named tensors
+    inits = {t.name: list(t.dims) for t in model.graph.initializer}
+    assert inits["embedding"] == [c.size * c.size, c.hidden_size]  # texel rows, stored once
 
     pixels = pixel_model(tiny_onnx)
     ops = [n.op_type for n in pixels.graph.node]
@@ -94,27 +94,27 @@ def test_graph_is_one_clean_file_with_dynamic_batch_and_points(tiny_onnx):
     assert ops.count("Gemm") == len(c.layer_shapes) + 2
     # (the lookup has 7 Adds of its own: x' + 1, three corner offsets, the sum of the four corners)
     assert ops.count("MatMul") == ops.count("Add") - 7 == c.n_to_rgb
-    # the weights come from the style graph: no initializer beyond the Fourier layer's size (and biases)
-    assert max(np.prod(t.dims) for t in pixels.graph.initializer) <= max(2 * fourier_width(c), *c.synthesis_widths)
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in [*pixels.graph.input, *pixels.graph.output]}
+    # the fast graph holds no weights: the per-point ones are inputs named like the file's initializers
+    assert max(np.prod(t.dims) for t in pixels.graph.initializer) <= 2
+    shared = {i.name for i in pixels.graph.input} & set(inits)
+    assert shared == {"embedding", "fourier_weight", "fourier_bias", "rgb_bias",
+                      *(f"bias{i}" for i in range(1, len(c.layer_shapes)))}
+    dims = dims_of([*pixels.graph.input, *pixels.graph.output])
     assert dims["coords"] == ["points", 2] and dims[RGB] == ["points", 3]
 
 
 def test_any_batch_and_number_of_points_run(tiny_onnx, tiny_checkpoint):
-    style = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
-    pixels = ort.InferenceSession(pixel_model(tiny_onnx).SerializeToString(), providers=["CPUExecutionProvider"])
+    """The file's graph with a plain InferenceSession, as anyone would run it."""
+    session = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
     g = load_generator(tiny_checkpoint).generator
-    names = [i.name for i in pixels.get_inputs() if i.name != "coords"]
-    for batch, n in [(1, 1), (3, 517)]:
+    for batch, n in [(1, 1), (3, 517), (2, 0)]:
         z, coords = torch.randn(batch, g.config.style_dim), torch.rand(batch, n, 2) * 4 - 2
-        weights = dict(zip(names, style.run(names, {"z": z.numpy(), "truncation": np.ones(batch, np.float32)})))
-        out = np.stack([pixels.run(None, {"coords": coords[b].numpy(), "embedding": texel_rows(weights["embedding"]),
-                                          **{k: v[b] for k, v in weights.items() if k != "embedding"}})[0]
-                        for b in range(batch)])
-        with torch.no_grad():
-            ref = g(coords, z).numpy()
-        assert out.shape == (batch, n, 3) and np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
+        out = session.run(None, {"z": z.numpy(), "coords": coords.numpy(), "truncation": np.ones(batch, np.float32)})[0]
+        assert out.shape == (batch, n, 3)
+        if n:
+            with torch.no_grad():
+                ref = g(coords, z).numpy()
+            assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-5
 
 
 def test_random_edge_preset_exports_and_matches_torch(tmp_path):

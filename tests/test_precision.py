@@ -80,8 +80,7 @@ def test_int8_result_is_the_same_for_any_thread_count(exported):
     assert np.array_equal(render_image(one, z, SIZE, SIZE, chunk=100), render_image(two, z, SIZE, SIZE, chunk=100))
 
 
-# The default model packaged until session 3, a format-1 file (the same bytes as that commit's
-# cips_edge/models/default.onnx, so git stores it once).
+# A format-1 file: an earlier packaged default model (the emoji recipe at 1,052 kimg).
 FORMAT_1_FILE = Path(__file__).parent / "data" / "format1-emoji-1052kimg.onnx"
 
 
@@ -189,21 +188,25 @@ def test_renders_through_the_bound_path_equal_plain_renders(tiny_onnx, monkeypat
                           render_points(plain, z, coords, truncation=np.array([1.0, 0.6])))
 
 
-# A format-2 file from before the Gather lookup (session 3): its pixel graphs sample the table with
-# GridSample and take it as [1, H, rows, columns]. Made by commit 16058c2's export_generator from the
-# tiny generator of torch.manual_seed(0) (the weights of the tiny_checkpoint fixture), precision fp16,
-# with int8 included.
+# Format-2 files of the tiny generator of torch.manual_seed(0) (the weights of the tiny_checkpoint
+# fixture), precision fp16 with int8 included. The first's pixel graphs sample the table with
+# GridSample and take it as [1, H, rows, columns]; the second's gather texel rows.
 GRIDSAMPLE_FILE = Path(__file__).parent / "data" / "format2-gridsample-tiny.onnx"
+FORMAT_2_FILE = Path(__file__).parent / "data" / "format2-tiny.onnx"  # fp32, fp16 and int8 pixel graphs
 
 
-def test_format_2_files_with_gridsample_pixel_graphs_still_render(tiny_onnx):
-    old = CIPSModel(GRIDSAMPLE_FILE, device="cpu", precision="fp32")
+@pytest.mark.parametrize("path,table_rank", [(GRIDSAMPLE_FILE, 4), (FORMAT_2_FILE, 2)])
+def test_format_2_files_still_render(tiny_onnx, path, table_rank):
+    """Format-2 files of the same tiny generator (GridSample or texel-row lookups) render what a
+    format-3 export of it renders, in all three precisions."""
+    old = CIPSModel(path, device="cpu", precision="fp32")
     new = CIPSModel(tiny_onnx, device="cpu", precision="fp32")
-    assert old.engine.table.ndim == 4 and new.engine.table.ndim == 2  # as it is / as texel rows
+    assert old.info.format_version == 2 and new.info.format_version == 3
+    assert old.engine.table.ndim == table_rank and new.engine.table is None  # v3: the table is in the pixel graph
     z = latent_for_seed(3, old.style_dim)
     reference = render_image(new, z, 24, 24)
     rgb = render_image(old, z, 24, 24)
     assert np.linalg.norm(rgb - reference) / np.linalg.norm(reference) < 1e-5
     for precision, low in (("fp16", 40), ("int8", 20)):
-        reduced = render_image(CIPSModel(GRIDSAMPLE_FILE, device="cpu", precision=precision), z, 24, 24)
+        reduced = render_image(CIPSModel(path, device="cpu", precision=precision), z, 24, 24)
         assert low <= psnr(reduced, reference) < float("inf"), precision

@@ -1,0 +1,136 @@
+"""cips' fast paths out of a version-3 file, by name: the style part cut from the file's graph, and the
+fast pixel graphs with the file's per-point weights filled in (docs/onnx-format.md).
+
+The file's graph computes every latent's plain weights (named tensors p0_fo, p0_co, p1 ..., t0 ...) and
+then every point's colour from them. A fast pixel graph declares as inputs the weights it reads per
+latent (those tensors, or the style extension's fp16 / int8 outputs) and the per-point weights it shares
+with the file's graph (initializers: fourier_weight, embedding, bias1 ...). Opening a file therefore
+(1) cuts the file's graph, plus the extension, down to the nodes that compute the per-latent tensors the
+chosen pixel graph needs: run once per latent; (2) moves the shared initializers into the pixel graph:
+run per chunk of points. Nothing is stored twice in the file.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from . import onnxproto
+from .errors import UserError
+from .format import COORDS, EMBEDDING, STYLE_INPUTS, ModelInfo
+from .onnxproto import FLOAT, to_array, value_info
+
+load = onnxproto.load
+
+
+def _initializers(*graphs) -> dict:
+    return {t.name: t for g in graphs for t in g.initializer}
+
+
+def cut(main, extension, inputs: Iterable[str], outputs: Iterable[str], output_types: dict[str, int] | None = None):
+    """The nodes of main's graph (then extension's) that compute outputs from inputs, as a model of its
+    own. inputs may be graph inputs, inner tensors or initializers (those become inputs: a caller can
+    feed its own value). output_types: element types of outputs the graphs do not declare (default float)."""
+    graphs = [main.graph] + ([extension.graph] if extension is not None else [])
+    nodes = [n for g in graphs for n in g.node]
+    inits = _initializers(*graphs)
+    declared = {v.name: v for g in graphs for v in [*g.input, *g.value_info, *g.output]}
+    inputs, outputs = list(inputs), list(outputs)
+    needed, keep = set(outputs), []
+    for node in reversed(nodes):  # both graphs are topologically sorted, the extension after main
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i and i not in inputs)
+    keep.reverse()
+    produced = {o for n in keep for o in n.output}
+    missing = needed - produced - set(inits) - set(inputs)
+    if missing:
+        raise UserError(f"the model's graph cannot compute {sorted(missing)[:3]}: damaged file")
+    model = onnxproto.messages().ModelProto(ir_version=max(main.ir_version, 4),  # 4: initializers need not be inputs
+                                            producer_name="cips-edge")
+    graph = model.graph
+    graph.name = "cips_style"
+    for name in inputs:
+        if name in inits:
+            t = inits[name]
+            graph.input.append(value_info(name, t.data_type, list(t.dims)))
+        elif name in declared:
+            graph.input.append(declared[name])
+        else:
+            raise UserError(f"the model's graph has no tensor {name!r}: damaged file")
+    for n in outputs:
+        if n in declared and declared[n].type.tensor_type.elem_type:
+            graph.output.append(declared[n])
+        else:
+            graph.output.append(value_info(n, (output_types or {}).get(n, FLOAT), None))
+    graph.node.extend(keep)
+    graph.initializer.extend(inits[n] for n in sorted(needed & set(inits)) if n not in inputs)
+    versions: dict[str, int] = {}
+    for m in (main, extension):
+        for o in (m.opset_import if m is not None else []):
+            versions[o.domain] = max(versions.get(o.domain, 0), o.version)
+    for domain, version in versions.items():
+        model.opset_import.add(domain=domain, version=version)
+    return model
+
+
+class FastPaths:
+    """A version-3 file's fast paths for one precision, as serialized ONNX models: `style` (z, truncation
+    -> one latent's weights, named as the pixel graph's inputs) and `pixel` (coords and those weights ->
+    rgb). inputs / extra_outputs: more cut points of the style model (runtime/wspace.py opens w)."""
+
+    def __init__(self, main, info: ModelInfo, precision: str, source: str,
+                 inputs: Iterable[str] = STYLE_INPUTS, extra_outputs: Iterable[str] = ()):
+        extension = onnxproto.parse(info.style_extension) if info.style_extension else None
+        pixel = onnxproto.parse(info.pixel_graphs[precision])
+        shared = _initializers(main.graph)
+        names = [i.name for i in pixel.graph.input if i.name != COORDS and i.name not in shared]
+        kept = []
+        for value in pixel.graph.input:
+            if value.name in shared:
+                pixel.graph.initializer.append(_fit(shared[value.name], value, info, source))
+            else:
+                kept.append(value)
+        del pixel.graph.input[:]
+        pixel.graph.input.extend(kept)
+        self.style = cut(main, extension, inputs, [*extra_outputs, *names]).SerializeToString()
+        self.pixel = pixel.SerializeToString()
+
+
+def _fit(tensor, wanted, info: ModelInfo, source: str):
+    """A shared initializer as a pixel graph reads it: as it is, or the coordinate table's texel rows
+    [rows * columns, H] as the [1, H, rows, columns] image that GridSample reads (the fp16 graph)."""
+    dims = [d.dim_value for d in wanted.type.tensor_type.shape.dim]
+    if list(tensor.dims) == dims:
+        return tensor
+    if tensor.name == EMBEDDING and len(dims) == 4 and len(tensor.dims) == 2:
+        rows = to_array(tensor)
+        c = info.config
+        if rows.shape[0] == dims[2] * dims[3] and rows.shape[1] == dims[1] == c.hidden_size:
+            image = np.ascontiguousarray(rows.T.reshape(dims))
+            return onnxproto.from_array(image, EMBEDDING)
+    raise UserError(f"{source}: its pixel graph reads {tensor.name} as {dims}, but the file's graph holds "
+                    f"{list(tensor.dims)}: damaged file")
+
+
+def check_against_graph(main, info: ModelInfo, source: str) -> None:
+    """The metadata agrees with the graph it describes: latent width, coordinate table, Fourier inputs
+    (a flat model's config cannot claim a panorama, nor the reverse) and w_avg."""
+    c = info.config
+    inits = _initializers(main.graph)
+    z = [d.dim_value for d in main.graph.input[0].type.tensor_type.shape.dim]
+    expected = {EMBEDDING: [c.size * (c.table_width + (1 if c.panorama else 0)), c.hidden_size],
+                "w_avg": [1, c.style_dim]}
+    found = {name: list(inits[name].dims) if name in inits else None for name in expected}
+    fourier = inits.get("fourier_weight")
+    problems = [f"{name} is {found[name]}, the config says {want}" for name, want in expected.items()
+                if found[name] != want]
+    if z[-1:] != [c.style_dim]:
+        problems.append(f"z is {z}, the config says style_dim {c.style_dim}")
+    if fourier is None or fourier.dims[0] != c.coord_inputs:
+        problems.append(f"the Fourier layer reads {fourier.dims[0] if fourier is not None else None} coordinates, "
+                        f"the config says {c.coord_inputs} ({'panorama' if c.panorama else 'flat'})")
+    if not problems and not np.array_equal(to_array(inits["w_avg"]).reshape(-1), info.w_avg):
+        problems.append("w_avg differs between the metadata and the graph")
+    if problems:
+        raise UserError(f"{source} has metadata that does not match its graph ({problems[0]}): damaged file")
