@@ -130,14 +130,14 @@ def vendored_sha256() -> dict[str, str]:
     return dict(re.findall(r"^\| `([^`]+)`.*\| ([0-9a-f]{64}) \|$", text, flags=re.M))
 
 
-def test_cips_web_writes_a_site_with_the_model_and_onnxruntime_web(tmp_path):
-    out = ok(cips("web", tmp_path / "site", "--model", FORMAT_1))
+def test_cips_web_writes_a_site_with_the_model_and_onnxruntime_web(tmp_path, tiny_onnx):
+    out = ok(cips("web", tmp_path / "site", "--model", tiny_onnx))
     site = tmp_path / "site"
     assert f"wrote {site}: " in out and "python -m http.server -d" in out
     info = json.loads((site / "info.json").read_text())
-    assert info["renderer"] == "browser" and info["style_dim"] == 256 and info["train_size"] == 64
-    assert info["model"] == FORMAT_1.name and info["backends"] == ["wasm", "webgpu"]
-    assert (site / info["model_url"]).read_bytes() == FORMAT_1.read_bytes()
+    assert info["renderer"] == "browser" and info["style_dim"] == 16 and info["train_size"] == 16  # the tiny preset
+    assert info["model"] == tiny_onnx.name and info["backends"] == ["wasm", "webgpu"]
+    assert (site / info["model_url"]).read_bytes() == tiny_onnx.read_bytes()
     assert 'data-info="info.json"' in (site / "index.html").read_text()
     for name in ("viewer.js", "browser-tiles.mjs", "tile-worker.mjs", "latent.mjs", "vendor/leaflet/leaflet.js"):
         assert (site / "static" / name).read_bytes() == (STATIC / name).read_bytes(), name
@@ -149,12 +149,12 @@ def test_cips_web_writes_a_site_with_the_model_and_onnxruntime_web(tmp_path):
         assert hashlib.sha256((vendor / name).read_bytes()).hexdigest() == hashes[name], name
 
 
-def test_no_webgpu_ships_the_wasm_build_only_and_an_earlier_site_is_replaced(tmp_path):
+def test_no_webgpu_ships_the_wasm_build_only_and_an_earlier_site_is_replaced(tmp_path, tiny_onnx):
     site = tmp_path / "site"
-    ok(cips("web", site, "--model", FORMAT_1))
-    ok(cips("web", site, "--model", FORMAT_1, "--no-webgpu"))
+    ok(cips("web", site, "--model", tiny_onnx))
+    ok(cips("web", site, "--model", FORMAT_1, "--no-webgpu"))  # format-1 files render in a browser too
     info = json.loads((site / "info.json").read_text())
-    assert info["backends"] == ["wasm"]
+    assert info["backends"] == ["wasm"] and info["style_dim"] == 256
     assert sorted(p.name for p in (site / info["vendor"]).iterdir()) == sorted(["LICENSE", *BACKEND_FILES["wasm"]])
     assert [p.name for p in tmp_path.iterdir()] == ["site"]  # nothing left beside it
 
@@ -181,7 +181,7 @@ def test_missing_model_and_missing_parent_are_one_line_errors(tmp_path):
 
 
 
-def test_cips_view_browser_hands_the_page_the_model_and_the_runtime():
+def test_cips_view_browser_hands_the_page_the_model_and_the_runtime(tiny_onnx):
     pytest.importorskip("fastapi", reason="the viewer's tests need the [view] extra (fastapi, uvicorn)")
     from fastapi.testclient import TestClient
 
@@ -190,10 +190,10 @@ def test_cips_view_browser_hands_the_page_the_model_and_the_runtime():
     from cips_edge.runtime.view.app import create_app
 
     hashes = vendored_sha256()
-    with TestClient(create_app(CIPSModel(FORMAT_1, device="cpu"), browser=True)) as client:
+    with TestClient(create_app(CIPSModel(tiny_onnx, device="cpu"), browser=True)) as client:
         info = client.get("/api/info").json()
-        assert info["renderer"] == "browser" and info["style_dim"] == 256
-        assert client.get("/" + info["model_url"]).content == FORMAT_1.read_bytes()
+        assert info["renderer"] == "browser" and info["style_dim"] == 16
+        assert client.get("/" + info["model_url"]).content == tiny_onnx.read_bytes()
         for backend in ("wasm", "webgpu"):
             loader, wasm = BACKEND_FILES[backend][1:]
             r = client.get(f"/{info['vendor']}{wasm}")  # sent gzipped, unpacked by the client
