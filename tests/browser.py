@@ -2,6 +2,7 @@
 tests/test_view_browser.py, and run as a script it makes the README's picture of the viewer:
 
     python tests/browser.py docs/images/viewer.png      # `cips view` of the packaged model, seed 63
+    python tests/browser.py --web docs/images/web.png   # the same view in the page of `cips web`
 
 Needs selenium (the [dev] extra) and Debian's `chromium` and `chromium-driver` (apt-get install);
 selenium is pointed at those binaries, so it downloads nothing.
@@ -120,5 +121,37 @@ def main(out: str) -> None:
     print(f"wrote {out}")
 
 
+def main_web(out: str, model: str | None = None) -> None:
+    """The README's picture of `cips web`: the same view as main()'s, rendered by the page in the browser.
+    The model: the packaged one where its own graph renders pixels, else the emoji file of tests/data
+    (the same model, format 1)."""
+    import tempfile
+
+    from cips_edge.cli import default_model_path
+    from cips_edge.runtime.errors import UserError
+    from cips_edge.runtime.view.web import browser_info, write_site
+
+    if model is None:
+        model = default_model_path()
+        try:
+            browser_info(model)
+        except UserError:
+            model = Path(__file__).resolve().parent / "data" / "format1-emoji-1052kimg.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        write_site(Path(tmp) / "site", model)
+        with static_server(Path(tmp) / "site") as (url, _):
+            driver = chromium(960, 640)
+            try:
+                driver.get(url + "#seed=63&psi=1&x=-0.3&y=0&z=1")
+                wait_for_tiles(driver, timeout=600)
+                driver.save_screenshot(out)
+            finally:
+                driver.quit()
+    print(f"wrote {out}")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "viewer.png")
+    if sys.argv[1:2] == ["--web"]:
+        main_web(*sys.argv[2:4])
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "viewer.png")
