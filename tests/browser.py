@@ -99,32 +99,35 @@ def screenshot(driver) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB"))
 
 
+def save_picture(url: str, out: str, timeout: float) -> None:
+    """The README's view (seed 63, zoom 1: the trained frame 512 pixels wide, the dashed square, with the
+    model's extrapolation around it) of the viewer at url, as a 960 x 640 PNG."""
+    driver = chromium(960, 640)
+    try:
+        driver.get(url + "#seed=63&psi=1&x=-0.3&y=0&z=1")
+        wait_for_tiles(driver, timeout=timeout)
+        driver.save_screenshot(out)
+    finally:
+        driver.quit()
+    print(f"wrote {out}")
+
+
 def main(out: str) -> None:
-    """The README's picture: `cips view` of the packaged model, seed 63, at zoom 1 (the trained frame
-    512 pixels wide, the dashed square) with the model's extrapolation around it."""
+    """The README's picture of `cips view` of the packaged model."""
     import subprocess
 
     server = subprocess.Popen([sys.executable, "-m", "cips_edge.cli", "view", "--port", "0", "--device", "cpu"],
                               stdout=subprocess.PIPE, text=True, cwd="/")
     try:
-        url = server.stdout.readline().split()[2]
-        driver = chromium(960, 640)
-        try:
-            driver.get(url + "#seed=63&psi=1&x=-0.3&y=0&z=1")
-            wait_for_tiles(driver, timeout=300)
-            driver.save_screenshot(out)
-        finally:
-            driver.quit()
+        save_picture(server.stdout.readline().split()[2], out, timeout=300)
     finally:
         server.terminate()
         server.wait(30)
-    print(f"wrote {out}")
 
 
 def main_web(out: str, model: str | None = None) -> None:
-    """The README's picture of `cips web`: the same view as main()'s, rendered by the page in the browser.
-    The model: the packaged one where its own graph renders pixels, else the emoji file of tests/data
-    (the same model, format 1)."""
+    """The README's picture of `cips web`: the page renders the view in the browser. The model: the
+    packaged one where its own graph renders pixels, else tests/data's format-1 emoji model."""
     import tempfile
 
     from cips_edge.cli import default_model_path
@@ -140,14 +143,7 @@ def main_web(out: str, model: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_site(Path(tmp) / "site", model)
         with static_server(Path(tmp) / "site") as (url, _):
-            driver = chromium(960, 640)
-            try:
-                driver.get(url + "#seed=63&psi=1&x=-0.3&y=0&z=1")
-                wait_for_tiles(driver, timeout=600)
-                driver.save_screenshot(out)
-            finally:
-                driver.quit()
-    print(f"wrote {out}")
+            save_picture(url, out, timeout=600)
 
 
 if __name__ == "__main__":

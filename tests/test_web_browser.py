@@ -196,3 +196,22 @@ def test_cips_view_browser_renders_the_same_page_in_the_browser(driver, model, t
         browser.wait_for_tiles(driver, TIMEOUT)
         assert driver.execute_script("return document.body.dataset.backend") == "wasm"
         assert_close(tile_pixels(driver, "0/0/0"), tile_render(model, tmp_path, 5, "0/0/0"))
+
+
+def test_webgpu_renders_the_same_tile_where_the_browser_offers_it(site, model, tmp_path):
+    """Chromium's WebGPU on SwiftShader (its software Vulkan): the page picks WebGPU by itself and
+    renders what `cips render` does. Skips where this Chromium offers no WebGPU adapter."""
+    software_gpu = ("--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--use-webgpu-adapter=swiftshader",
+                    "--enable-features=Vulkan")
+    driver = browser.chromium(SIDE, SIDE, OFFLINE + software_gpu)
+    try:
+        with browser.static_server(site) as (url, _):
+            driver.get(url + "#seed=5&x=0&y=0&z=0")
+            browser.wait_for_tiles(driver, TIMEOUT)
+            if driver.execute_script("return document.body.dataset.backend") != "webgpu":
+                pytest.skip("this Chromium offers no WebGPU adapter, not even SwiftShader's")
+            assert re.fullmatch(r"rendered here: webgpu, 1 worker, last tile \d+ ms",
+                                driver.find_element("id", "renderer").text)
+            assert_close(tile_pixels(driver, "0/0/0"), tile_render(model, tmp_path, 5, "0/0/0"))
+    finally:
+        driver.quit()

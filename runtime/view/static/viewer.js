@@ -26,7 +26,9 @@ async function browserRenderer(info, state) {
   const tiles = await import("./browser-tiles.mjs");
   const vendor = new URL(info.vendor, location.href).href;
   $("renderer").textContent = `loading ${info.model} (${(info.model_bytes / 1e6).toFixed(1)} MB)...`;
-  const model = await (await fetch(info.model_url)).arrayBuffer();
+  const response = await fetch(info.model_url);
+  if (!response.ok) throw new Error(`${info.model_url}: HTTP ${response.status}`);
+  const model = await response.arrayBuffer();
   let last = null;
   const show = () => {
     $("renderer").textContent = `rendered here: ${pool.description}` + (last === null ? "" : `, last tile ${last.toFixed(0)} ms`);
