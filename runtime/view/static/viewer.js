@@ -137,6 +137,9 @@ async function renderOnServer(q) {
 }
 
 async function renderHere({ tiles, pool }, info, q) {
+  if (Math.max(q.width, q.height) > info.max_save_side) {  // the limit the server has too
+    throw new Error(`a saved view is at most ${info.max_save_side} pixels a side, not ${q.width} x ${q.height}`);
+  }
   const { blob, region } = await tiles.renderView(pool, q.seed, q.psi, [q.x0, q.y0, q.x1, q.y1], q.width, q.height);
   // String(number) is the shortest text that reads back as the same double, as Python's repr is
   const command = `cips render --model ${info.model} --seed ${q.seed} --truncation ${q.psi} ` +
