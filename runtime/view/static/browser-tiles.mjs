@@ -44,6 +44,7 @@ export class Pool {
                            style_dim: this.info.style_dim });
     });
     worker.onmessage = ({ data }) => this._reply(worker, data);
+    worker.onerror = (e) => worker.job && this._reply(worker, { type: "error", message: e.message || "the worker failed" });
     this.workers.push(worker);
     this.idle.push(worker);
     return ready.backend;
@@ -57,10 +58,10 @@ export class Pool {
         if (await navigator.gpu.requestAdapter()) backends = ["webgpu", "wasm"];
       } catch { /* no adapter: wasm */ }
     }
-    this.threads = crossOriginIsolated ? Math.max(1, threads || 1) : 1;
+    this.threads = crossOriginIsolated ? Math.max(1, Math.floor(threads || 1)) : 1;
     this.backend = await this._open(model, backends);
     const cores = navigator.hardwareConcurrency || 2;
-    const count = this.backend === "webgpu" ? 1 : Math.max(1, workers || Math.min(MAX_WORKERS, cores));
+    const count = this.backend === "webgpu" ? 1 : Math.max(1, Math.floor(workers || Math.min(MAX_WORKERS, cores)));
     await Promise.all(Array.from({ length: count - 1 }, () => this._open(model, [this.backend])));
     return this;
   }
