@@ -1,4 +1,4 @@
-"""The `cips` command: render, grid, view, info, eval, export and train. Wiring only: each command checks its
+"""The `cips` command: render, grid, view, web, info, eval, export and train. Wiring only: each command checks its
 options and calls cips_edge.runtime or cips_edge.metrics (torch-free), or cips_edge.export /
 cips_edge.checkpoint (imported lazily: they need torch)."""
 from __future__ import annotations
@@ -384,6 +384,8 @@ def view(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = 0,
     cache_mb: Annotated[int, typer.Option(help="memory for rendered tiles in MiB (least recently used go first)")] = 256,
+    browser: Annotated[bool, typer.Option(help="render the tiles in the browser (onnxruntime-web), as the site of "
+                                               "`cips web` does: the server only hands the page its files")] = False,
 ) -> None:
     """Explore a model in the browser: pan and zoom its endless image, tiles rendered live.
 
@@ -391,10 +393,12 @@ def view(
     cips view                          -> open the printed URL, http://127.0.0.1:8000/
     cips view --model m.onnx --port 8080
     cips view --device cpu --cache-mb 64
+    cips view --browser                (tiles rendered by the browser's own CPU or GPU)
 
     Zoom 0 shows the trained frame [-1, 1]^2 in one 256 x 256 tile; every zoom level halves a tile's
-    side; the plane goes on past the frame. "save view" renders the view server-side as
-    `cips render --region` does, and the page shows that command. Ctrl-C stops the server.
+    side; the plane goes on past the frame. "save view" renders the view as `cips render --region`
+    does (server-side; with --browser in the browser), and the page shows that command. Ctrl-C stops
+    the server.
     """
     from cips_edge import runtime as rt
     from cips_edge.runtime.view import check_installed
@@ -408,11 +412,40 @@ def view(
     m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
     sock = bind(host, port)
     hosts, any_address = served_hosts(sock, host)
-    app_ = create_app(m, cache_bytes=cache_mb << 20, hosts=hosts, any_address=any_address)
-    typer.echo(f"cips view: {url_of(sock)} (model {m.path.name} on {m.provider}; Ctrl-C stops)")
+    app_ = create_app(m, cache_bytes=cache_mb << 20, hosts=hosts, any_address=any_address, browser=browser)
+    where = "rendered in the browser" if browser else f"on {m.provider}"
+    typer.echo(f"cips view: {url_of(sock)} (model {m.path.name} {where}; Ctrl-C stops)")
     if not is_loopback(sock):
         typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the viewer", err=True)
     serve(app_, sock)
+
+
+@app.command()
+@_user_errors
+def web(
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="folder for the site: new, empty, or an earlier "
+                                                                    "`cips web` site (replaced)")],
+    model: ModelOpt = None,
+    webgpu: Annotated[bool, typer.Option(help="include onnxruntime-web's WebGPU build (the page uses the GPU where "
+                                              "the browser offers WebGPU; --no-webgpu makes the site 29 MB smaller)")] = True,
+) -> None:
+    """Write a static site that renders the model in the visitor's browser: the viewer of `cips view`
+    (pan, zoom, seed, truncation, save view), with tiles rendered on the visitor's machine by
+    onnxruntime-web (WebAssembly, or WebGPU where the browser has it). No server work: serve the
+    folder with any static file server.
+
+    \b
+    cips web site/                          -> site/index.html, the model, onnxruntime-web
+    python -m http.server -d site 8000      -> open http://127.0.0.1:8000/
+    cips web site/ --model m.onnx --no-webgpu
+    """
+    from cips_edge.runtime.view.web import write_site
+
+    files = write_site(out_dir, _model_path(model), webgpu=webgpu)
+    total = sum(files.values())
+    runtime = sum(size for name, size in files.items() if "onnxruntime-web" in name)
+    typer.echo(f"wrote {out_dir}: {len(files)} files, {total / 1e6:.1f} MB (model {files['model.onnx'] / 1e6:.1f} MB, "
+               f"onnxruntime-web {runtime / 1e6:.1f} MB); serve it with: python -m http.server -d {out_dir} 8000")
 
 
 class _progress:

@@ -6,6 +6,8 @@
                                                the view [x0, x1] x [y0, y1] at width x height, as
                                                `cips render --region` renders it (header X-Cips-Command)
     GET /api/info, /api/stats                  what the page needs; what the server has done
+    GET /model.onnx                            with browser=True: the model, for the page to render the
+                                               tiles itself with onnxruntime-web, as `cips web`'s site does
 
 Rendering runs in a bounded thread pool so that the event loop always answers. A tile request waits
 for one of `slots` render slots; when it gets one and its client has gone (the browser cancels the
@@ -36,8 +38,8 @@ from fastapi.staticfiles import StaticFiles
 
 from ..model import CIPSModel
 from . import tiles as t
+from .web import BACKEND_FILES, STATIC, VENDOR, browser_info
 
-STATIC = Path(__file__).resolve().parent / "static"
 CACHE_BYTES = 256 << 20  # PNG tiles of the default model: ~50 kB at zoom 0, ~7 kB at zoom 5
 RENDER_SLOTS = 2  # tiles rendered at once; each render already uses every CPU thread of the model
 CLIENT_GONE = 499  # the status nginx logs for a request whose client left; nobody reads it
@@ -160,15 +162,6 @@ class TileService:
                 "cache_limit_bytes": self.cache.max_bytes, "slots": self.slots}
 
 
-def model_id(path: Path) -> str:
-    """A short digest of the model file: tile URLs carry it, so a browser never shows another model's tiles."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
-
-
 def command_for(view: t.ViewRequest) -> str:
     """The `cips render` command that writes the same pixels as a saved view (repr keeps every digit)."""
     region = " ".join(repr(v) for v in view.region)
@@ -177,9 +170,13 @@ def command_for(view: t.ViewRequest) -> str:
 
 
 def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS,
-               hosts: Iterable[str] = LOOPBACK_HOSTS, any_address: bool = False) -> FastAPI:
+               hosts: Iterable[str] = LOOPBACK_HOSTS, any_address: bool = False, browser: bool = False) -> FastAPI:
     """The viewer of `model`, answering requests whose Host is one of `hosts` (or, with any_address,
-    an IP address): server.served_hosts says which for a socket."""
+    an IP address): server.served_hosts says which for a socket. browser=True: the page renders the
+    tiles (the model must be one whose own graph renders pixels; UserError otherwise), the server only
+    hands it files."""
+    info = ({**browser_info(model.path), "provider": "browser"} if browser
+            else {**t.page_info(model.path, model.config.size), "provider": model.provider})
     service = TileService(model, cache_bytes, slots)
 
     @contextlib.asynccontextmanager
@@ -190,11 +187,6 @@ def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RE
 
     app = FastAPI(title="cips view", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
-    info = {
-        "model": model.path.name, "model_id": model_id(model.path), "provider": model.provider,
-        "train_size": model.config.size, "tile_size": t.TILE_SIZE, "min_zoom": t.MIN_ZOOM, "max_zoom": t.MAX_ZOOM,
-        "psi_range": t.PSI_RANGE, "max_seed": t.MAX_SEED, "max_save_side": t.MAX_SAVE_SIDE,
-    }
     png_headers = {"Cache-Control": "public, max-age=86400"}  # a tile never changes for one model_id
 
     @app.exception_handler(t.BadRequest)
@@ -236,6 +228,25 @@ def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RE
         return Response(png, media_type="image/png", headers={
             "Content-Disposition": f'attachment; filename="{name}"', "X-Cips-Command": command_for(view)})
 
+    if browser:
+        _browser_files(app, model.path)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(HostCheck, hosts=hosts, any_address=any_address)
     return app
+
+
+def _browser_files(app: FastAPI, model_path: Path) -> None:
+    """The model, and onnxruntime-web's .wasm files, which the package keeps gzipped: sent as they are,
+    with Content-Encoding: gzip (the browser unpacks them)."""
+    wasm = {name for files in BACKEND_FILES.values() for name in files if name.endswith(".wasm")}
+
+    @app.get("/model.onnx")
+    async def get_model():
+        return FileResponse(model_path, media_type="application/octet-stream")
+
+    @app.get(f"/{VENDOR}{{name}}.wasm")  # the other files of the folder are static/'s
+    async def get_wasm(name: str):
+        if f"{name}.wasm" not in wasm:
+            return PlainTextResponse("not found", status_code=404)
+        return FileResponse(STATIC / VENDOR.removeprefix("static/") / f"{name}.wasm.gz", media_type="application/wasm",
+                            headers={"Content-Encoding": "gzip"})

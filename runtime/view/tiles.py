@@ -10,11 +10,13 @@ of `cips render --region` with the region `tile_region` gives.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -68,6 +70,22 @@ def tile_edges(z: int, x: int, y: int) -> tuple[float, float, float, float]:
 def tile_region(z: int, x: int, y: int) -> tuple[float, float, float, float]:
     """The --region of a tile: its pixels' centres, first and last (x0, y0, x1, y1)."""
     return cell_centres(tile_edges(z, x, y), TILE_SIZE, TILE_SIZE)
+
+
+def model_id(path: Path) -> str:
+    """A short digest of the model file: tile URLs carry it, so a browser never shows another model's tiles."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def page_info(path: Path, train_size: int) -> dict:
+    """The viewer page's settings for a model file, whoever renders the tiles (static/viewer.js reads them)."""
+    return {"model": path.name, "model_id": model_id(path), "train_size": train_size, "tile_size": TILE_SIZE,
+            "min_zoom": MIN_ZOOM, "max_zoom": MAX_ZOOM, "psi_range": PSI_RANGE, "max_seed": MAX_SEED,
+            "max_save_side": MAX_SAVE_SIDE}
 
 
 def parse_int(text: str, what: str, lo: int, hi: int) -> int:
