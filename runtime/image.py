@@ -37,6 +37,21 @@ def check_image_size(width: int, height: int, force: bool = False) -> None:
                         "pass --force if you mean it")
 
 
+def output_pattern(out: str | None, count: int, default: str) -> str | None:
+    """The str.format pattern (with {seed}) that names each seed's output, or None when --out is one
+    file (allowed only for one seed). The rule is output_paths'."""
+    if out is None:
+        return default
+    if "{" in out:
+        return out
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        return str(Path(out) / default)
+    if count == 1:
+        return None
+    raise UserError(f"with {count} seeds, --out must be a folder or a pattern with {{seed}} "
+                    f"(e.g. --out 'img-{{seed}}.png'), not one file name: {out}")
+
+
 def output_paths(out: str | None, seeds: Sequence[int], default: str) -> list[Path]:
     """Where each seed's output goes.
 
@@ -44,17 +59,9 @@ def output_paths(out: str | None, seeds: Sequence[int], default: str) -> list[Pa
     an existing folder or ends in "/" puts the default names (`default`, e.g. "cips-seed{seed}.png")
     there; any other --out is one file, allowed only with one seed. No --out: the default names here.
     """
-    if out is None:
-        pattern = default
-    elif "{" in out:
-        pattern = out
-    elif out.endswith(("/", os.sep)) or Path(out).is_dir():
-        pattern = str(Path(out) / default)
-    elif len(seeds) == 1:
+    pattern = output_pattern(out, len(seeds), default)
+    if pattern is None:
         return [Path(out)]
-    else:
-        raise UserError(f"with {len(seeds)} seeds, --out must be a folder or a pattern with {{seed}} "
-                        f"(e.g. --out 'img-{{seed}}.png'), not one file name: {out}")
     try:
         paths = [Path(pattern.format(seed=s)) for s in seeds]
     except (KeyError, IndexError, ValueError) as e:
