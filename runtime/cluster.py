@@ -36,6 +36,7 @@ from .stream import Interrupted, _file_sha256
 GPU_TASK_THREADS = 2  # tasks at once on a GPU worker: one renders while the other compresses and writes
 SEED_BATCH_PIXELS = 1 << 22  # pixels a seed task renders (whole images; at least one)
 SEED_BATCH_MAX = 256  # seeds in a task at most: a lost worker loses little
+CONNECT_TIMEOUT = "20s"  # to reach a --scheduler (Dask retries a refused connection until then)
 RETRIES = 1  # a task that raised (an I/O hiccup) runs once more; a lost worker's tasks are rerun by Dask anyway
 
 
@@ -209,7 +210,7 @@ def connect(scheduler: str | None, plan: Plan | None) -> Iterator[Client]:
     """A client of the running scheduler at `scheduler`, or of a LocalCluster made by `plan`."""
     if scheduler is not None:
         try:
-            client = Client(scheduler, timeout="20s")
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as e:
             raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         with client:
@@ -218,7 +219,7 @@ def connect(scheduler: str | None, plan: Plan | None) -> Iterator[Client]:
             yield client
         return
     with LocalCluster(n_workers=plan.workers, threads_per_worker=plan.task_threads, processes=True,
-                      dashboard_address=None, host="127.0.0.1") as cluster, Client(cluster) as client:
+                      host="127.0.0.1", scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
         yield client
 
 
