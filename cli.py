@@ -505,6 +505,8 @@ def view(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = 0,
     cache_mb: Annotated[int, typer.Option(help="memory for rendered tiles in MiB (least recently used go first)")] = 256,
+    zarr: Annotated[Optional[Path], typer.Option(help="show this OME-Zarr pyramid (`cips render --out big.zarr`): "
+                                                      "tiles read from it, nothing rendered (default: the model)")] = None,
 ) -> None:
     """Explore a model in the browser: pan and zoom its endless image, tiles rendered live.
 
@@ -512,6 +514,7 @@ def view(
     cips view                          -> open the printed URL, http://127.0.0.1:8000/
     cips view --model m.onnx --port 8080
     cips view --device cpu --cache-mb 64
+    cips view --zarr big.zarr          (a rendered pyramid, served without rendering)
 
     Zoom 0 shows the trained frame [-1, 1]^2 in one 256 x 256 tile; every zoom level halves a tile's
     side; the plane goes on past the frame. "save view" renders the view server-side as
@@ -526,10 +529,19 @@ def view(
     from cips_edge.runtime.view.app import create_app
     from cips_edge.runtime.view.server import bind, is_loopback, serve, url_of
 
-    m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    if zarr is not None:
+        if model is not None:
+            raise UserError("give either --model or --zarr, not both (a pyramid is shown as rendered)")
+        from cips_edge.runtime.view.stored import StoredPyramid
+
+        m = StoredPyramid(zarr)
+        what = f"pyramid {m.path.name}, {m.width}x{m.height}, read from disk"
+    else:
+        m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+        what = f"model {m.path.name} on {m.provider}"
     app_ = create_app(m, cache_bytes=cache_mb << 20)
     sock = bind(host, port)
-    typer.echo(f"cips view: {url_of(sock)} (model {m.path.name} on {m.provider}; Ctrl-C stops)")
+    typer.echo(f"cips view: {url_of(sock)} ({what}; Ctrl-C stops)")
     if not is_loopback(sock):
         typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the viewer", err=True)
     serve(app_, sock)

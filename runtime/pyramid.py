@@ -3,8 +3,8 @@ writing one chunk, and reading pixels back. Needs zarr (the `[cluster]` extra); 
 
 A pyramid of a W x H render is arrays "0", "1", ... of shape (3, H_k, W_k) uint8 (channel, y, x; the
 8-bit pixels of every cips-edge PNG), each level half the size of the one above (rounded up) until
-the image fits one SMALLEST-pixel tile. Every level is cut into CHUNK x CHUNK chunks of all three
-channels; level 0's chunks are rendered, the others are 2 x 2 box means of the level above
+the image fits one SMALLEST-pixel tile. Every level is cut into square chunks (CHUNK pixels a side by
+default) of all three channels; level 0's chunks are rendered, the others are 2 x 2 box means of the level above
 (antialiased, as a viewer expects a zoomed-out level to be; rendering them from coordinates would
 point-sample the image and alias). Zarr's LocalStore writes each chunk to a temporary file and
 renames it, so a chunk on disk is always whole, and its presence is what a resumed render skips.
@@ -43,7 +43,7 @@ def _zarr():
         import zarr
         from zarr.storage import LocalStore
     except ImportError:
-        raise UserError("OME-Zarr output needs zarr: pip install 'cips-edge[cluster]'") from None
+        raise UserError("OME-Zarr pyramids need zarr: pip install 'cips-edge[cluster]'") from None
     return zarr, LocalStore
 
 
@@ -171,6 +171,8 @@ class Pyramid:
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
         zarr, LocalStore = _zarr()
         self.path = Path(path)
+        if not self.path.is_dir():
+            raise UserError(f"no OME-Zarr pyramid at {self.path}")
         try:
             self.group = zarr.open_group(LocalStore(self.path, read_only=mode == "r"), mode=mode, zarr_format=3)
             multiscale = self.group.attrs["ome"]["multiscales"][0]

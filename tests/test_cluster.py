@@ -191,3 +191,34 @@ def test_seeds_on_a_running_scheduler_are_the_files_a_plain_render_writes(tmp_pa
         name = f"cips-seed{seed}.png"
         assert (shards / name).read_bytes() == (alone / name).read_bytes()
     assert (shards / "cips-seed2.png").read_bytes() == b"kept as it is"
+
+
+def test_only_the_cluster_module_imports_dask(tmp_path):
+    import cips_edge
+
+    package = Path(cips_edge.__file__).parent  # installed layout (not resolved: editable installs link files)
+    importers = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")
+                       if any(line.lstrip().startswith(("import dask", "from dask", "import distributed", "from distributed"))
+                              for line in p.read_text().splitlines()))
+    assert importers == ["runtime/cluster.py"]
+    code = ("import sys\n"
+            "import cips_edge.cli, cips_edge.runtime, cips_edge.runtime.pyramid, cips_edge.runtime.view.app\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'dask', 'distributed', 'zarr', 'torch'}))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+
+
+def test_without_the_extra_a_cluster_render_names_the_install_command(tmp_path, tiny_onnx):
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoDask:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('dask', 'distributed'):\n"
+        "            raise ImportError(f'{name} is blocked for this test', name=name)\n"
+        "sys.meta_path.insert(0, _NoDask())\n")
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "cips_edge.cli", "render", "--model", str(tiny_onnx), "--out",
+                        str(tmp_path / "a.zarr")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "needs the [cluster] extra" in r.stderr and "pip install 'cips-edge[cluster]'" in r.stderr
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "a.zarr.partial").exists()

@@ -7,6 +7,9 @@
                                                `cips render --region` renders it (header X-Cips-Command)
     GET /api/info, /api/stats                  what the page needs; what the server has done
 
+`cips view --zarr big.zarr` serves a rendered pyramid instead (stored.py): the same routes, tiles read
+from the file, not rendered.
+
 Rendering runs in a bounded thread pool so that the event loop always answers. A tile request waits
 for one of `slots` render slots; when it gets one and its client has gone (the browser cancels the
 requests of tiles that left the view), it is dropped unrendered. Requests for the same tile wait for
@@ -29,6 +32,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ..model import CIPSModel
 from . import tiles as t
+from .stored import StoredPyramid
 
 STATIC = Path(__file__).resolve().parent / "static"
 CACHE_BYTES = 256 << 20  # PNG tiles of the default model: ~50 kB at zoom 0, ~7 kB at zoom 5
@@ -41,9 +45,14 @@ class TileService:
 
     The asyncio parts are made in start() (the app's lifespan), inside the loop that uses them."""
 
-    def __init__(self, model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS):
+    def __init__(self, model: CIPSModel | StoredPyramid, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS):
         assert slots >= 1, slots
         self.model, self.slots = model, slots
+        if isinstance(model, StoredPyramid):
+            self.render_tile, self.render_view = model.render_tile, model.render_view
+        else:
+            self.render_tile = lambda key: t.render_tile(model, key)
+            self.render_view = lambda v: t.render_region(model, v.seed, v.psi, v.region, v.height, v.width)
         self.cache = t.TileCache(cache_bytes)
         self.stats: Counter = Counter(rendered=0, cache_hits=0, dropped=0, saved=0)
         self.pool: ThreadPoolExecutor | None = None
@@ -80,7 +89,7 @@ class TileService:
                 if await request.is_disconnected():
                     self.stats["dropped"] += 1
                     return None
-                png = await asyncio.get_running_loop().run_in_executor(self.pool, t.render_tile, self.model, key)
+                png = await asyncio.get_running_loop().run_in_executor(self.pool, self.render_tile, key)
             self.stats["rendered"] += 1
             self.cache.put(key, png)
             return png
@@ -89,8 +98,7 @@ class TileService:
         async with self._save_slot:
             if await request.is_disconnected():
                 return None
-            png = await asyncio.get_running_loop().run_in_executor(
-                self.pool, t.render_region, self.model, view.seed, view.psi, view.region, view.height, view.width)
+            png = await asyncio.get_running_loop().run_in_executor(self.pool, self.render_view, view)
         self.stats["saved"] += 1
         return png
 
@@ -115,7 +123,8 @@ def command_for(view: t.ViewRequest) -> str:
             f"--width {view.width} --height {view.height}")
 
 
-def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS) -> FastAPI:
+def create_app(model: CIPSModel | StoredPyramid, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS) -> FastAPI:
+    """The viewer of a model, or of a rendered pyramid (a StoredPyramid: its tiles are read, not rendered)."""
     service = TileService(model, cache_bytes, slots)
 
     @contextlib.asynccontextmanager
@@ -127,10 +136,16 @@ def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RE
     app = FastAPI(title="cips view", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
     info = {
-        "model": model.path.name, "model_id": model_id(model.path), "provider": model.provider,
-        "train_size": model.config.size, "tile_size": t.TILE_SIZE, "min_zoom": t.MIN_ZOOM, "max_zoom": t.MAX_ZOOM,
-        "psi_range": t.PSI_RANGE, "max_seed": t.MAX_SEED, "max_save_side": t.MAX_SAVE_SIDE,
+        "tile_size": t.TILE_SIZE, "min_zoom": t.MIN_ZOOM, "max_zoom": t.MAX_ZOOM, "psi_range": t.PSI_RANGE,
+        "max_seed": t.MAX_SEED, "max_save_side": t.MAX_SAVE_SIDE,
     }
+    if isinstance(model, StoredPyramid):  # train_size: the pyramid's level-0 pixels across the frame
+        info |= {"model": model.path.name, "model_id": model.id, "provider": "OME-Zarr",
+                 "train_size": 2 / min(abs(s) for s in model.step if s) if any(model.step) else model.width,
+                 "pyramid": model.info()}
+    else:
+        info |= {"model": model.path.name, "model_id": model_id(model.path), "provider": model.provider,
+                 "train_size": model.config.size}
     png_headers = {"Cache-Control": "public, max-age=86400"}  # a tile never changes for one model_id
 
     @app.exception_handler(t.BadRequest)
@@ -168,6 +183,9 @@ def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RE
         png = await service.view(view, request)
         if png is None:
             return Response(status_code=CLIENT_GONE)
+        if isinstance(model, StoredPyramid):  # read from the file: no command renders it from a seed
+            name = f"{model.path.stem}-view-{view.width}x{view.height}.png"
+            return Response(png, media_type="image/png", headers={"Content-Disposition": f'attachment; filename="{name}"'})
         name = f"cips-seed{view.seed}-view-{view.width}x{view.height}.png"
         return Response(png, media_type="image/png", headers={
             "Content-Disposition": f'attachment; filename="{name}"', "X-Cips-Command": command_for(view)})
