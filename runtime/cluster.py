@@ -13,6 +13,7 @@ and the same command skips them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.resources
 import os
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from dask.distributed import Client, LocalCluster, as_completed, get_worker
+from distributed.scheduler import KilledWorker
 
 from . import pyramid as pz
 from .devices import visible_gpus
@@ -140,7 +142,8 @@ def _reduce_chunk(path: str, index: int, row: int, column: int, *after) -> tuple
     pyramid = _pyramid(path)
     level = pyramid.levels[index]
     pyramid.reduce(level, row, column)
-    return None, level.block(row, column)[2] * level.block(row, column)[3]
+    _, _, h, w = level.block(row, column)
+    return None, h * w
 
 
 def _render_seeds(spec: ModelSpec, pattern: str, seeds: list[int], width: int, height: int,
@@ -212,7 +215,7 @@ def connect(scheduler: str | None, plan: Plan | None) -> Iterator[Client]:
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as e:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {_first_line(e)}") from None
         with client:
             if not client.scheduler_info().get("workers"):
                 client.wait_for_workers(1, timeout=60)
@@ -229,10 +232,10 @@ def agree(client: Client, spec: ModelSpec) -> tuple[ModelSpec, list[str]]:
     Workers that would choose different precisions (fp16 on a GPU, int8 on a CPU) are an error."""
     try:
         seen = client.run(_probe, spec)
-    except UserError:
+    except UserError:  # the model is missing or differs on a worker: the message says so
         raise
     except Exception as e:  # noqa: BLE001 - a worker's error from ONNX Runtime and the like
-        raise UserError(f"a worker could not open the model: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise UserError(f"a worker could not open the model: {type(e).__name__}: {_first_line(e)}") from None
     if not seen:
         raise UserError("the Dask cluster has no workers")
     precisions = sorted({p for _, p in seen.values()})
@@ -252,8 +255,6 @@ class Report:
 
 
 def _params(spec: ModelSpec, z: np.ndarray, width: int, height: int, region, truncation: float, chunk: int) -> dict:
-    import hashlib
-
     return {"version": pz.STATE_VERSION, "width": width, "height": height, "region": [float(v) for v in region],
             "truncation": float(np.float32(truncation)), "latent": hashlib.sha256(z.tobytes()).hexdigest(),
             "model": spec.sha256, "precision": spec.precision, "chunk": chunk}
@@ -325,11 +326,29 @@ def render_pyramid(client: Client, spec: ModelSpec, out: Path, z: np.ndarray, wi
         kept = sum(len(pyramid.done(lv)) for lv in levels)
         raise Interrupted(f"interrupted: {kept} of {total} chunks of {out} are kept in {partial}; the same command "
                           "continues") from None
+    except KilledWorker as e:
+        kept = sum(len(pyramid.done(lv)) for lv in levels)
+        raise UserError(f"a task ended every worker that ran it ({_first_line(e)}; out of memory?); {kept} of {total} "
+                        f"chunks of {out} are kept in {partial}, and the same command continues") from None
     finally:
         for future in wanted:
             future.cancel()
+    _remove_strays(partial)
     os.replace(partial, out)
     return report
+
+
+def _remove_strays(path: Path) -> None:
+    """Temporary chunk files of writes that a killed worker never finished (zarr names them *.partial)."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".partial"):
+                Path(folder, name).unlink(missing_ok=True)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
 
 
 def seed_batches(seeds: list[int], width: int, height: int) -> list[list[int]]:
@@ -357,6 +376,9 @@ def render_files(client: Client, spec: ModelSpec, pattern: str, seeds: list[int]
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: {report.done + report.skipped} of {len(seeds)} images are written; the same "
                           "command renders the rest") from None
+    except KilledWorker as e:
+        raise UserError(f"a task ended every worker that ran it ({_first_line(e)}; out of memory?); the same command "
+                        "renders the images not yet written") from None
     finally:
         for future in wanted:
             future.cancel()
