@@ -13,32 +13,12 @@ pytest.importorskip("zarr")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from cli_helpers import cips  # noqa: E402
-from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, to_uint8  # noqa: E402
 from cips_edge.runtime import pyramid as pz  # noqa: E402
 from cips_edge.runtime.view import app as view_app  # noqa: E402
 from cips_edge.runtime.view import tiles  # noqa: E402
 from cips_edge.runtime.view.stored import StoredPyramid  # noqa: E402
 
-SIDE = 512  # two levels: 512 and 256
-
-
-@pytest.fixture(scope="module")
-def pyramid_path(tmp_path_factory, tiny_onnx):
-    """The frame [-1, 1]^2 at 512 x 512 (pixels at cell centres, like the viewer's) in a pyramid
-    written without a cluster: level 0 rendered here, level 1 reduced from it."""
-    m = CIPSModel(tiny_onnx, device="cpu")
-    region = tiles.cell_centres(tiles.tile_edges(0, 0, 0), SIDE, SIDE)
-    path = tmp_path_factory.mktemp("pyramid") / "frame.zarr"
-    levels = pz.plan_levels(SIDE, SIDE, 256)
-    pz.create(path, levels, {"region": list(region), "width": SIDE, "height": SIDE})
-    pixels = to_uint8(render_image(m, latent_for_seed(5, m.style_dim), SIDE, SIDE, region=region))
-    p = pz.Pyramid(path, mode="r+")
-    for r, c in levels[0].chunks():
-        top, left, h, w = levels[0].block(r, c)
-        p.write(levels[0], r, c, pixels[top:top + h, left:left + w])
-    for r, c in levels[1].chunks():
-        p.reduce(levels[1], r, c)
-    return path
+SIDE = 512  # conftest.pyramid_path: the frame at 512 x 512, levels 512 and 256
 
 
 def _rgba(png: bytes) -> np.ndarray:
