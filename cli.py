@@ -89,7 +89,7 @@ def render(
         "(default: the full frame -1 -1 1 1)")] = None,
     panorama: Annotated[bool, typer.Option(help="the whole 360 degrees of a panorama model, the right edge joining "
         "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png, .tif (tiled BigTIFF) or .npy; with several seeds a folder or a pattern with {seed}")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png, .tif (tiled BigTIFF), .npy or .zarr (an OME-Zarr pyramid, rendered on Dask); with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: TruncationOpt = 1.0,
     device: DeviceOpt = "auto",
@@ -98,7 +98,7 @@ def render(
     threads: ThreadsOpt = 0,
     force: Annotated[bool, typer.Option(help="allow images beyond the per-side limit (16384 pixels)")] = False,
     resume: Annotated[bool, typer.Option(help="continue the interrupted render kept in OUT.partial (same options "
-                                              "needed), or start one; .png/.tif only")] = False,
+                                              "needed), or start one; .png/.tif only (a .zarr always continues its .partial)")] = False,
     devices: Annotated[Optional[str], typer.Option(help="GPUs to spread a .png/.tif render over: 0,1 or 0-3 or all, "
                                                         "one CUDA session each (default: one device)")] = None,
     fovea: Annotated[Optional[tuple[float, float]], typer.Option(
@@ -271,7 +271,10 @@ def _render_on_cluster(o: ClusterRender) -> None:
         if o.region is not None:
             raise UserError("--panorama renders the whole circle: for part of it use --region alone")
         w, frame = rt.panorama_view(meta.config, h, o.width, str(model_path))
-    pz.check_size(w, h, o.zarr_chunk) if to_zarr else rt.check_image_size(w, h, o.force)
+    if to_zarr:  # never held in memory whole: no --force needed
+        pz.check_size(w, h, o.zarr_chunk)
+    else:
+        rt.check_image_size(w, h, o.force)
     if o.region is not None:
         frame = rt.check_region(o.region, h, w)
     if to_zarr:  # one pyramid per image, checked before any work
