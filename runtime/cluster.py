@@ -39,6 +39,7 @@ GPU_TASK_THREADS = 2  # tasks at once on a GPU worker: one renders while the oth
 SEED_BATCH_PIXELS = 1 << 22  # pixels a seed task renders (whole images; at least one)
 SEED_BATCH_MAX = 256  # seeds in a task at most: a lost worker loses little
 CONNECT_TIMEOUT = "20s"  # to reach a --scheduler (Dask retries a refused connection until then)
+KEPT_PYRAMIDS = 4  # open pyramids a worker keeps between tasks
 RETRIES = 1  # a task that raised (an I/O hiccup) runs once more; a lost worker's tasks are rerun by Dask anyway
 
 
@@ -97,8 +98,15 @@ def _model(spec: ModelSpec) -> CIPSModel:
     return _kept_open(("model", spec), spec.open)
 
 
-def _pyramid(path: str) -> pz.Pyramid:
-    return _kept_open(("pyramid", path), lambda: pz.Pyramid(path, mode="r+"))
+def _pyramid(job: "ImageJob") -> pz.Pyramid:
+    """The pyramid of this run of a job (a pyramid made again at the same path is another run: its
+    arrays are opened afresh); a worker keeps the latest few."""
+    pyramid = _kept_open(("pyramid", job.path, job.run), lambda: pz.Pyramid(job.path, mode="r+"))
+    with _kept_lock:
+        old = [k for k in _kept if k[0] == "pyramid"][:-KEPT_PYRAMIDS]
+        for key in old:
+            del _kept[key]
+    return pyramid
 
 
 def _probe(spec: ModelSpec) -> tuple[str, str]:
@@ -112,6 +120,7 @@ class ImageJob:
     """One image: latent z [S] float32, width x height pixels over region, in the pyramid at `path`."""
 
     path: str
+    run: str  # this call of render_pyramid
     z: np.ndarray = field(repr=False)
     width: int
     height: int
@@ -122,7 +131,7 @@ class ImageJob:
 
 def _render_chunk(spec: ModelSpec, job: ImageJob, row: int, column: int) -> tuple[str, int]:
     """Render chunk (row, column) of level 0 and write it: (provider, pixels)."""
-    model, pyramid = _model(spec), _pyramid(job.path)
+    model, pyramid = _model(spec), _pyramid(job)
     level = pyramid.levels[0]
     top, left, h, w = level.block(row, column)
     x0, y0, x1, y1 = job.region
@@ -137,9 +146,9 @@ def _render_chunk(spec: ModelSpec, job: ImageJob, row: int, column: int) -> tupl
     return model.provider, h * w
 
 
-def _reduce_chunk(path: str, index: int, row: int, column: int, *after) -> tuple[None, int]:
+def _reduce_chunk(job: ImageJob, index: int, row: int, column: int, *after) -> tuple[None, int]:
     """Chunk (row, column) of level `index` from the level above (`after`: the tasks that wrote it)."""
-    pyramid = _pyramid(path)
+    pyramid = _pyramid(job)
     level = pyramid.levels[index]
     pyramid.reduce(level, row, column)
     _, _, h, w = level.block(row, column)
@@ -292,8 +301,9 @@ def render_pyramid(client: Client, spec: ModelSpec, out: Path, z: np.ndarray, wi
     z = np.asarray(z, dtype=np.float32).reshape(-1)
     _open_partial(partial, levels, _params(spec, z, width, height, region, truncation, zarr_chunk))
     pyramid = pz.Pyramid(partial)
-    job = ImageJob(str(partial), z, width, height, tuple(float(v) for v in region), float(truncation), chunk)
-    report, run = Report(), uuid.uuid4().hex[:8]
+    run = uuid.uuid4().hex[:8]
+    job = ImageJob(str(partial), run, z, width, height, tuple(float(v) for v in region), float(truncation), chunk)
+    report = Report()
     futures: dict = {}
     wanted = []
     for level in levels:
@@ -310,7 +320,7 @@ def render_pyramid(client: Client, spec: ModelSpec, out: Path, z: np.ndarray, wi
             else:
                 after = [futures[k] for k in ((level.index - 1, *rc) for rc in pz.children(level, levels[level.index - 1], r, c))
                          if k in futures]
-                futures[level.index, r, c] = client.submit(_reduce_chunk, job.path, level.index, r, c, *after, key=key,
+                futures[level.index, r, c] = client.submit(_reduce_chunk, job, level.index, r, c, *after, key=key,
                                                            retries=RETRIES)
             wanted.append(futures[level.index, r, c])
     total = sum(len(lv.chunks()) for lv in levels)

@@ -135,7 +135,9 @@ def ome_metadata(levels: list[Level], name: str) -> dict:
     return {"version": NGFF_VERSION, "multiscales": [{
         "name": name, "axes": [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
                                {"name": "x", "type": "space"}],
-        "datasets": datasets, "type": "2x2 mean (uint8, rounded half to even)"}],
+        "datasets": datasets, "type": "mean",
+        "metadata": {"description": "each level the 2 x 2 means of the level above, rounded half to even; "
+                                    "level 0 rendered by cips-edge"}}],
         "omero": {"name": name, "rdefs": {"model": "color"}, "channels": [
             {**channel, "label": label, "color": color}
             for label, color in (("red", "FF0000"), ("green", "00FF00"), ("blue", "0000FF"))]}}
