@@ -2,7 +2,7 @@
 256 x 256 window read from the pyramid (no resampling), the next panel's window outlined in red.
 
     cips render --seed 63 --size 8192 --out seed63.zarr
-    python docs/zarr_zoom.py seed63.zarr docs/images/zarr-zoom.png --at -0.25 -0.08
+    python docs/zarr_zoom.py seed63.zarr docs/images/zarr-zoom.png --at -0.205 -0.115
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pyramid")
     p.add_argument("out")
-    p.add_argument("--at", nargs=2, type=float, default=(-0.25, -0.08), metavar=("X", "Y"),
+    p.add_argument("--at", nargs=2, type=float, default=(-0.205, -0.115), metavar=("X", "Y"),
                    help="the point zoomed into, in the frame units of the pyramid's region")
     p.add_argument("--levels", default=None, help="levels shown, coarsest first (default: the last, then every "
                                                   "second one down to 0)")
