@@ -231,7 +231,8 @@ def connect(scheduler: str | None, plan: Plan | None) -> Iterator[Client]:
             yield client
         return
     with LocalCluster(n_workers=plan.workers, threads_per_worker=plan.task_threads, processes=True,
-                      host="127.0.0.1", scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
+                      host="127.0.0.1", dashboard_address=":0", scheduler_kwargs={"dashboard": False}) as cluster, \
+            Client(cluster) as client:
         yield client
 
 
