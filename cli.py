@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -296,7 +296,7 @@ def _render_on_cluster(o: ClusterRender) -> None:
     spec = cl.ModelSpec.of(model_path, o.model is None, o.device, o.precision, o.threads)
     plan = None if o.scheduler is not None else cl.local_plan(o.workers, o.device, o.threads)
     if plan is not None:
-        spec = replace(spec, threads=plan.model_threads, gpu_by_name=plan.gpus)
+        spec = plan.adapt(spec)
     levels = pz.plan_levels(h, w, o.zarr_chunk)
     total = len(paths) * sum(lv.height * lv.width for lv in levels) if to_zarr else len(seed_list) * w * h
     start = time.perf_counter()

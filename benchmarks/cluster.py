@@ -22,7 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -46,8 +45,7 @@ def run(args, workers: int) -> dict:
 
     model = Path(args.model) if args.model else default_model_path()
     plan = cl.local_plan(workers, args.device, args.threads)
-    spec = cl.ModelSpec.of(model, args.model is None, args.device, args.precision, args.threads)
-    spec = replace(spec, threads=plan.model_threads, gpu_by_name=plan.gpus)
+    spec = plan.adapt(cl.ModelSpec.of(model, args.model is None, args.device, args.precision, args.threads))
     out = Path(args.work) / f"bench-{workers}.zarr"
     for stale in (out, pz.partial_path(out)):
         shutil.rmtree(stale, ignore_errors=True)

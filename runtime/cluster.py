@@ -1,8 +1,10 @@
 """Renders spread over a Dask cluster: one big image into a multiscale OME-Zarr pyramid
 (runtime/pyramid.py), or many seeds into image files. The only module that imports dask.
 
-    with connect(scheduler=None, workers=None, device="auto") as (client, spec_defaults):
-        report = render_pyramid(client, spec, Path("big.zarr"), z, 65536, 65536)
+    plan = local_plan(workers=None, device="auto", threads=0)          # or None for a --scheduler
+    with connect(None, plan) as client:
+        spec, providers = agree(client, plan.adapt(ModelSpec.of(Path("m.onnx"), False, "auto", None, 0)))
+        report = render_pyramid(client, spec, Path("big.zarr"), z, 65536, 65536, FULL_FRAME)
 
 A task is one chunk of the pyramid (or one batch of seeds). Workers render through their own
 CIPSModel (opened once per worker process, kept between tasks) and write straight to the shared
@@ -196,6 +198,10 @@ class Plan:
     task_threads: int
     model_threads: int  # CPU threads of each worker's model (0: the worker's own default)
     gpus: bool
+
+    def adapt(self, spec: ModelSpec) -> ModelSpec:
+        """The model options for these workers: their share of the cores, or their GPU."""
+        return replace(spec, threads=self.model_threads, gpu_by_name=self.gpus)
 
 
 def local_plan(workers: int | None, device: str, threads: int) -> Plan:

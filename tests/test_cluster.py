@@ -72,6 +72,18 @@ def test_levels_halve_to_one_tile_and_edge_means_cover_what_is_there():
     assert small[0, 1].tolist() == np.rint(pixels[:2, 2].mean(0)).tolist()
 
 
+def test_a_local_cluster_shares_the_cores_out_on_a_cpu():
+    from cips_edge.runtime.model import default_threads
+
+    assert cl.local_plan(None, "cpu", 0) == cl.Plan(cl.cpu_sockets(), 1, default_threads() // cl.cpu_sockets(), False)
+    two = cl.local_plan(2, "cpu", 0)
+    assert (two.workers, two.model_threads) == (2, max(1, default_threads() // 2))
+    assert cl.local_plan(2, "cpu", 3).model_threads == 3
+    assert two.adapt(cl.ModelSpec("m.onnx", "0" * 64)).threads == two.model_threads
+    with pytest.raises(cl.UserError, match="--workers must be at least 1"):
+        cl.local_plan(0, "cpu", 0)
+
+
 def test_two_workers_render_level0_equal_to_the_single_render(tmp_path, tiny_onnx, reference, client):
     spec, providers = cl.agree(client, _spec(tiny_onnx))
     assert providers == ["CPUExecutionProvider"] and spec.precision == "fp32"
