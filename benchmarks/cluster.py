@@ -9,7 +9,8 @@ Writes benchmarks/results/cluster-<machine>-<device>-<size>.json.
 
 On CPU each worker's model gets (cores / workers) threads unless --threads says otherwise; on CUDA
 worker k renders on GPU k. The pyramid is written under --work and deleted after each run. With
---repeat N the counts run N times in turn and the summary keeps each count's best throughput.
+--repeat N the counts run N times in turn and the summary keeps each count's best throughput;
+--baseline adds a plain streamed PNG render of the same image (one process, no Dask) to each round.
 """
 from __future__ import annotations
 
@@ -72,6 +73,28 @@ def run(args, workers: int) -> dict:
     }
 
 
+def baseline(args) -> dict:
+    """The same image as one streamed PNG by a plain `cips render` (one process, no Dask), for scale."""
+    import subprocess
+
+    out = Path(args.work) / "baseline.png"
+    command = [sys.executable, "-m", "cips_edge.cli", "render", "--seed", str(args.seed), "--size", str(args.size),
+               "--out", str(out), "--device", args.device, "--force"]
+    command += ["--model", args.model] if args.model else []
+    command += ["--precision", args.precision] if args.precision else []
+    load = os.getloadavg()[0]
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)  # this child's own peak memory
+    wall = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    assert child.returncode == 0, command
+    out.unlink()
+    return {"what": "cips render --out N.png (streamed, one process, start included)", "wall_s": round(wall, 2),
+            "mpixel_per_s": round(args.size * args.size / 1e6 / wall, 3),
+            "peak_rss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1), "load_average_before": round(load, 2)}
+
+
 def _style_dim(model: Path) -> int:
     from cips_edge.runtime import CIPSModel
 
@@ -89,6 +112,8 @@ def main() -> None:
     p.add_argument("--zarr-chunk", type=int, default=1024, help="pixels per chunk side (one task)")
     p.add_argument("--model", default=None, help="ONNX file (default: the packaged model)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--baseline", action="store_true", help="also time a plain streamed `cips render --out N.png` "
+                                                               "of the same image in each round")
     p.add_argument("--repeat", type=int, default=1, help="rounds over the worker counts; the summary keeps each "
                                                          "count's best (a shared machine's other load only slows)")
     p.add_argument("--work", default=None, help="folder for the pyramid (default: a temporary folder)")
@@ -96,7 +121,10 @@ def main() -> None:
     own_work = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="cips-cluster-bench-")
     counts = [int(n) for n in args.workers.split(",")]
-    runs = [run(args, n) for _ in range(args.repeat) for n in counts]  # alternating: load drifts hit all alike
+    runs, plain = [], []
+    for _ in range(args.repeat):  # alternating: load drifts hit all alike
+        runs += [run(args, n) for n in counts]
+        plain += [baseline(args)] if args.baseline else []
     best = {n: max(r["level0_mpixel_per_s"] for r in runs if r["workers"] == n) for n in counts}
     summary = [{"workers": n, "best_level0_mpixel_per_s": best[n], "speedup_vs_first": round(best[n] / best[counts[0]], 2),
                 "peak_rss_mb_per_worker_max": max(max(r["peak_rss_mb_per_worker"]) for r in runs if r["workers"] == n)}
@@ -109,7 +137,7 @@ def main() -> None:
         "versions": {name: metadata.version(name) for name in ("dask", "distributed", "zarr", "numpy",
                                                                "onnxruntime" if args.device == "cpu" else "onnxruntime-gpu")
                      if _installed(name)},
-        "summary": summary, "runs": runs,
+        "summary": summary, "runs": runs, "single_process": plain,
     }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"cluster-{args.machine}-{args.device}-{args.size}.json"
