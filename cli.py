@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -88,7 +89,7 @@ def render(
         "(default: the full frame -1 -1 1 1)")] = None,
     panorama: Annotated[bool, typer.Option(help="the whole 360 degrees of a panorama model, the right edge joining "
         "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png, .tif (tiled BigTIFF) or .npy; with several seeds a folder or a pattern with {seed}")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="output .png, .tif (tiled BigTIFF), .npy or .zarr (an OME-Zarr pyramid, rendered on Dask); with several seeds a folder or a pattern with {seed}")] = None,
     model: ModelOpt = None,
     truncation: TruncationOpt = 1.0,
     device: DeviceOpt = "auto",
@@ -97,7 +98,7 @@ def render(
     threads: ThreadsOpt = 0,
     force: Annotated[bool, typer.Option(help="allow images beyond the per-side limit (16384 pixels)")] = False,
     resume: Annotated[bool, typer.Option(help="continue the interrupted render kept in OUT.partial (same options "
-                                              "needed), or start one; .png/.tif only")] = False,
+                                              "needed), or start one; .png/.tif only (a .zarr always continues its .partial)")] = False,
     devices: Annotated[Optional[str], typer.Option(help="GPUs to spread a .png/.tif render over: 0,1 or 0-3 or all, "
                                                         "one CUDA session each (default: one device)")] = None,
     fovea: Annotated[Optional[tuple[float, float]], typer.Option(
@@ -107,6 +108,15 @@ def render(
                                                      "units (2 = the frame's width)")] = 0.25,
     fovea_map: Annotated[Optional[Path], typer.Option(help="with --fovea and one seed: also write this .png of the "
                                                            "pixels the model computed, black elsewhere (default: none)")] = None,
+    scheduler: Annotated[Optional[str], typer.Option(help="render on the running Dask scheduler at this address "
+        "(tcp://HOST:8786); its workers need cips-edge[cpu or gpu,cluster] and the model and --out at the same paths "
+        "(default: a local cluster for a .zarr output or --cluster)")] = None,
+    cluster: Annotated[bool, typer.Option("--cluster", help="render the seeds as tasks of a local Dask cluster, up to "
+                                                            "10 million of them, skipping files that exist (a .zarr "
+                                                            "output always uses one)")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="workers of the local Dask cluster (default: one per GPU, "
+                                                        "else one per CPU socket, the cores shared out)")] = None,
+    zarr_chunk: Annotated[int, typer.Option(help="pixels per side of an OME-Zarr chunk, each one render task")] = 1024,
 ) -> None:
     """Render images (or raw RGB at given points) from a cips-edge ONNX model.
 
@@ -119,15 +129,28 @@ def render(
     cips render --seed 63 --size 1024 --fovea 0 -0.1 --fovea-radius 0.25   (foveated: ~7x fewer points)
     cips render --seed 2 --panorama --width 1024 --height 256 --model pano.onnx   (all 360 degrees)
     cips render --seed 7 --size 32768 --force --out big.png --resume   (streamed to disk band by band)
+    cips render --seed 7 --size 65536 --out big.zarr  (OME-Zarr pyramid, chunks as Dask tasks; rerun continues)
+    cips render --seeds 0-999999 --size 256 --out shards/ --scheduler tcp://head:8786   (on a Dask cluster)
 
     A seed's latent is numpy.random.default_rng(seed).standard_normal(style_dim) as float32: the
     same image on every machine and provider.
     """
     from cips_edge import runtime as rt
+    from cips_edge.runtime.pyramid import is_zarr
 
     if latent is not None and (seed or seeds):
         raise UserError("give either --latent or seeds (--seed/--seeds), not both")
     rt.check_truncation(truncation)
+    if (out is not None and is_zarr(out)) or cluster or scheduler is not None:
+        for option, given in (("--coords", coords), ("--fovea", fovea), ("--fovea-map", fovea_map), ("--devices", devices)):
+            if given is not None:
+                raise UserError(f"{option} does not work on a Dask cluster (a .zarr output, --cluster or --scheduler)")
+        _render_on_cluster(ClusterRender([*(seed or []), *([seeds] if seeds else [])], latent, size, width, height,
+                                         region, panorama, out, model, truncation, device, precision, chunk, threads,
+                                         force, scheduler, workers, zarr_chunk))
+        return
+    if workers is not None:
+        raise UserError("--workers sizes a local Dask cluster: use it with a .zarr output or --cluster")
     seed_list = [] if latent is not None else rt.parse_seeds([*(seed or []), *([seeds] if seeds else [])] or ["0"])
     w, h = _frame_size(size, width, height, force)
     if region is not None and coords is not None:
@@ -195,6 +218,112 @@ def render(
     where = m.provider + (f" x{len(models)} (GPUs {devices})" if len(models) > 1 else "")
     where += "" if m.precision == "fp32" else f" ({m.precision})"  # fp32: the line as it always was
     typer.echo(f"wrote {what} ({shape}) on {where} in {ms:.0f} ms")
+
+
+@dataclass(frozen=True)
+class ClusterRender:
+    """The options of `cips render` that a cluster render uses."""
+
+    seed_specs: list
+    latent: Optional[Path]
+    size: int
+    width: Optional[int]
+    height: Optional[int]
+    region: Optional[tuple]
+    panorama: bool
+    out: Optional[str]
+    model: Optional[Path]
+    truncation: float
+    device: str
+    precision: Optional[str]
+    chunk: Optional[int]
+    threads: int
+    force: bool
+    scheduler: Optional[str]
+    workers: Optional[int]
+    zarr_chunk: int
+
+
+def _cluster_module():
+    try:
+        from cips_edge.runtime import cluster as cl
+    except ImportError as e:
+        raise UserError(f"rendering on a Dask cluster needs the [cluster] extra ({e.name} is missing): "
+                        "pip install 'cips-edge[cluster]'") from None
+    return cl
+
+
+def _render_on_cluster(o: ClusterRender) -> None:
+    """`cips render` on a Dask cluster: each image a .zarr pyramid, or many seeds' image files."""
+    from cips_edge import runtime as rt
+    from cips_edge.runtime import pyramid as pz
+
+    cl = _cluster_module()
+    to_zarr = o.out is not None and pz.is_zarr(o.out)
+    if o.latent is not None and not to_zarr:
+        raise UserError("--latent on a Dask cluster renders one big image: give --out NAME.zarr")
+    if o.scheduler is not None and o.workers is not None:
+        raise UserError("--workers sizes a local Dask cluster; the workers of --scheduler are its own")
+    seed_list = [] if o.latent is not None else rt.parse_seeds(o.seed_specs or ["0"], rt.latents.CLUSTER_MAX_SEEDS)
+    w, h = (o.size if o.width is None else o.width), (o.size if o.height is None else o.height)
+    model_path = _model_path(o.model)
+    meta = rt.CIPSModel(model_path, device="cpu", threads=1)  # the client reads the file's config only
+    frame = rt.FULL_FRAME
+    if o.panorama:
+        if o.region is not None:
+            raise UserError("--panorama renders the whole circle: for part of it use --region alone")
+        w, frame = rt.panorama_view(meta.config, h, o.width, str(model_path))
+    if to_zarr:  # never held in memory whole: no --force needed
+        pz.check_size(w, h, o.zarr_chunk)
+    else:
+        rt.check_image_size(w, h, o.force)
+    if o.region is not None:
+        frame = rt.check_region(o.region, h, w)
+    if to_zarr:  # one pyramid per image, checked before any work
+        named = [0] if o.latent is not None else seed_list
+        default = "cips-seed{seed}.zarr" if o.latent is None else f"cips-{o.latent.stem}.zarr"
+        if "{" not in o.out and len(named) > 1:  # a name.zarr is one pyramid, never a folder to put them in
+            raise UserError(f"with {len(named)} seeds, --out must be a pattern with {{seed}} (e.g. --out "
+                            f"'img-{{seed}}.zarr'), not one pyramid: {o.out}")
+        paths = [pz.prepare(p) for p in ([o.out] if "{" not in o.out else rt.output_paths(o.out, named, default))]
+        latents = ([rt.load_latent(o.latent, meta.style_dim)] if o.latent is not None
+                   else [rt.latent_for_seed(s, meta.style_dim) for s in seed_list])
+    else:  # one file per seed, named by a pattern the workers fill in
+        pattern = rt.output_pattern(o.out, len(seed_list), "cips-seed{seed}.png") or o.out
+        sample = rt.output_paths(pattern if "{" in pattern else o.out, seed_list[:10_000], "")  # checks the pattern
+        rt.prepare_output(sample[0])
+        if rt.streams(sample[0], w * h):
+            raise UserError(f"a cluster writes each seed's image whole: .png below {rt.stream.STREAM_MIN_PIXELS} "
+                            "pixels, or .npy; write one big image as a .zarr pyramid")
+    spec = cl.ModelSpec.of(model_path, o.model is None, o.device, o.precision, o.threads)
+    plan = None if o.scheduler is not None else cl.local_plan(o.workers, o.device, o.threads)
+    if plan is not None:
+        spec = plan.adapt(spec)
+    levels = pz.plan_levels(h, w, o.zarr_chunk)
+    total = len(paths) * sum(lv.height * lv.width for lv in levels) if to_zarr else len(seed_list) * w * h
+    start = time.perf_counter()
+    with cl.connect(o.scheduler, plan) as client:
+        spec, providers = cl.agree(client, spec)
+        workers = len(client.scheduler_info()["workers"])
+        with _progress(total=total, show=True) as advance:
+            if to_zarr:
+                report = cl.Report()
+                for z, path in zip(latents, paths):
+                    one = cl.render_pyramid(client, spec, path, z, w, h, frame, o.truncation, o.chunk, o.zarr_chunk,
+                                            advance)
+                    report.done, report.skipped = report.done + one.done, report.skipped + one.skipped
+            else:
+                report = cl.render_files(client, spec, pattern, seed_list, w, h, frame, o.truncation, o.chunk, advance)
+    ms = (time.perf_counter() - start) * 1000
+    where = f"{workers} Dask worker{'s' if workers != 1 else ''} ({', '.join(providers)}, {spec.precision})"
+    shape = f"{w}x{h}" + (", region " + " ".join(f"{v:g}" for v in frame) if o.region is not None else "")
+    if to_zarr:
+        what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} pyramids, {paths[0]} ... {paths[-1]}"
+        typer.echo(f"wrote {what} (OME-Zarr {pz.NGFF_VERSION}, {shape}, {len(levels)} levels in {o.zarr_chunk}^2 "
+                   f"chunks: {report.done} written, {report.skipped} already there) on {where} in {ms:.0f} ms")
+    else:
+        typer.echo(f"wrote {len(seed_list)} files, {pattern} ({shape}: {report.done} rendered, {report.skipped} "
+                   f"already there) on {where} in {ms:.0f} ms")
 
 
 @app.command()
@@ -386,6 +515,8 @@ def view(
     cache_mb: Annotated[int, typer.Option(help="memory for rendered tiles in MiB (least recently used go first)")] = 256,
     browser: Annotated[bool, typer.Option(help="render the tiles in the browser (onnxruntime-web), as the site of "
                                                "`cips web` does: the server only hands the page its files")] = False,
+    zarr: Annotated[Optional[Path], typer.Option(help="show this OME-Zarr pyramid (`cips render --out big.zarr`): "
+                                                      "tiles read from it, nothing rendered (default: the model)")] = None,
 ) -> None:
     """Explore a model in the browser: pan and zoom its endless image, tiles rendered live.
 
@@ -394,6 +525,7 @@ def view(
     cips view --model m.onnx --port 8080
     cips view --device cpu --cache-mb 64
     cips view --browser                (tiles rendered by the browser's own CPU or GPU)
+    cips view --zarr big.zarr          (a rendered pyramid, served without rendering)
 
     Zoom 0 shows the trained frame [-1, 1]^2 in one 256 x 256 tile; every zoom level halves a tile's
     side; the plane goes on past the frame. "save view" renders the view as `cips render --region`
@@ -409,12 +541,20 @@ def view(
     from cips_edge.runtime.view.app import create_app
     from cips_edge.runtime.view.server import bind, is_loopback, serve, served_hosts, url_of
 
-    m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+    if zarr is not None:
+        if model is not None or browser:
+            raise UserError("give either --zarr or --model/--browser, not both (a pyramid is shown as rendered)")
+        from cips_edge.runtime.view.stored import StoredPyramid
+
+        m = StoredPyramid(zarr)
+        what = f"pyramid {m.path.name}, {m.width}x{m.height}, read from disk"
+    else:
+        m = rt.CIPSModel(_model_path(model), device=device, threads=threads)
+        what = f"model {m.path.name} " + ("rendered in the browser" if browser else f"on {m.provider}")
     sock = bind(host, port)
     hosts, any_address = served_hosts(sock, host)
     app_ = create_app(m, cache_bytes=cache_mb << 20, hosts=hosts, any_address=any_address, browser=browser)
-    where = "rendered in the browser" if browser else f"on {m.provider}"
-    typer.echo(f"cips view: {url_of(sock)} (model {m.path.name} {where}; Ctrl-C stops)")
+    typer.echo(f"cips view: {url_of(sock)} ({what}; Ctrl-C stops)")
     if not is_loopback(sock):
         typer.echo(f"warning: listening on {host}: anyone who can reach this machine can use the viewer", err=True)
     serve(app_, sock)

@@ -47,14 +47,9 @@ def check_image_size(width: int, height: int, force: bool = False) -> None:
                         "pass --force if you mean it")
 
 
-def output_paths(out: str | None, seeds: Sequence[int], default: str) -> list[Path]:
-    """Where each seed's output goes.
-
-    Rule: --out with "{seed}" is a pattern (e.g. "faces/img-{seed:04d}.png": {seed} with an optional
-    integer format spec, nothing else); --out that is an existing folder or ends in "/" puts the default
-    names (`default`, e.g. "cips-seed{seed}.png") there, creating the folder if needed; any other --out
-    is one file, allowed only with one seed. No --out: the default names here.
-    """
+def output_pattern(out: str | None, count: int, default: str) -> str | None:
+    """The str.format pattern (with {seed}) that names each seed's output, or None when --out is one
+    file (allowed only for one seed); a folder --out is created. The rule is output_paths'."""
     if out is None:
         pattern = default
     elif "{" in out or "}" in out:
@@ -66,12 +61,26 @@ def output_paths(out: str | None, seeds: Sequence[int], default: str) -> list[Pa
         except OSError as e:
             raise UserError(f"cannot create the folder {shown(folder)}: {e.strerror or e}") from None
         pattern = str(folder / default)
-    elif len(seeds) == 1:
-        return [Path(out)]
+    elif count == 1:
+        return None
     else:
-        raise UserError(f"with {len(seeds)} seeds, --out must be a folder or a pattern with {{seed}} "
+        raise UserError(f"with {count} seeds, --out must be a folder or a pattern with {{seed}} "
                         f"(e.g. --out 'img-{{seed}}.png'), not one file name: {shown(out)}")
     check_seed_pattern(pattern)
+    return pattern
+
+
+def output_paths(out: str | None, seeds: Sequence[int], default: str) -> list[Path]:
+    """Where each seed's output goes.
+
+    Rule: --out with "{seed}" is a pattern (e.g. "faces/img-{seed:04d}.png": {seed} with an optional
+    integer format spec, nothing else); --out that is an existing folder or ends in "/" puts the default
+    names (`default`, e.g. "cips-seed{seed}.png") there, creating the folder if needed; any other --out
+    is one file, allowed only with one seed. No --out: the default names here.
+    """
+    pattern = output_pattern(out, len(seeds), default)
+    if pattern is None:
+        return [Path(out)]
     paths = [Path(pattern.format(seed=s)) for s in seeds]
     if len(set(paths)) != len(paths):
         raise UserError(f"--out pattern {shown(pattern)!r} gives the same file for several seeds; put {{seed}} in it")

@@ -16,6 +16,9 @@ from .coords import read_npy
 from .errors import UserError
 
 MAX_SEEDS = 10_000  # more files than this from one command is almost surely a typo (e.g. 0-1000000)
+# ... unless the seeds go to a Dask cluster (--cluster, --scheduler): a data set of images. The list
+# of seeds is then held by the client, about 100 bytes a seed.
+CLUSTER_MAX_SEEDS = 10_000_000
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
@@ -26,8 +29,10 @@ def latent_for_seed(seed: int, style_dim: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(style_dim).astype(np.float32)
 
 
-def parse_seeds(specs: Iterable[str | int]) -> list[int]:
-    """'7', '0-15', '1,2,5-7' (and several of them) -> seeds in order, duplicates dropped."""
+def parse_seeds(specs: Iterable[str | int], limit: int = MAX_SEEDS) -> list[int]:
+    """'7', '0-15', '1,2,5-7' (and several of them) -> seeds in order, duplicates dropped; at most
+    `limit` of them."""
+    more = "" if limit >= CLUSTER_MAX_SEEDS else f" (up to {CLUSTER_MAX_SEEDS} on a Dask cluster: --cluster)"
     seeds: list[int] = []
     for spec in specs:
         for part in str(spec).split(","):
@@ -38,15 +43,15 @@ def parse_seeds(specs: Iterable[str | int]) -> list[int]:
                 lo, hi = int(m.group(1)), int(m.group(2))
                 if hi < lo:
                     raise UserError(f"seed range {part!r} is empty (write low-high)")
-                if hi - lo + 1 > MAX_SEEDS:
-                    raise UserError(f"seed range {part!r} has {hi - lo + 1} seeds; at most {MAX_SEEDS} per command")
+                if hi - lo + 1 > limit:
+                    raise UserError(f"seed range {part!r} has {hi - lo + 1} seeds; at most {limit} per command{more}")
                 seeds.extend(range(lo, hi + 1))
             else:
                 raise UserError(f"bad seed {part!r}: seeds are non-negative integers, ranges like 0-15, "
                                 "or comma lists like 1,2,5-7")
     unique = list(dict.fromkeys(seeds))
-    if len(unique) > MAX_SEEDS:
-        raise UserError(f"{len(unique)} seeds; at most {MAX_SEEDS} per command")
+    if len(unique) > limit:
+        raise UserError(f"{len(unique)} seeds; at most {limit} per command{more}")
     return unique
 
 

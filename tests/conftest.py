@@ -82,6 +82,32 @@ def torchless_env(tmp_path_factory) -> dict:
     return env
 
 
+PYRAMID_SIDE = 512  # two levels: 512 and 256
+
+
+@pytest.fixture(scope="session")
+def pyramid_path(tmp_path_factory, tiny_onnx):
+    """The frame [-1, 1]^2 at 512 x 512 (pixels at cell centres, like the viewer's) in a pyramid
+    written without a cluster: level 0 rendered here, level 1 reduced from it."""
+    from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, to_uint8
+    from cips_edge.runtime import pyramid as pz
+    from cips_edge.runtime.view import tiles
+
+    m = CIPSModel(tiny_onnx, device="cpu")
+    region = tiles.cell_centres(tiles.tile_edges(0, 0, 0), PYRAMID_SIDE, PYRAMID_SIDE)
+    path = tmp_path_factory.mktemp("pyramid") / "frame.zarr"
+    levels = pz.plan_levels(PYRAMID_SIDE, PYRAMID_SIDE, 256)
+    pz.create(path, levels, {"region": list(region), "width": PYRAMID_SIDE, "height": PYRAMID_SIDE})
+    pixels = to_uint8(render_image(m, latent_for_seed(5, m.style_dim), PYRAMID_SIDE, PYRAMID_SIDE, region=region))
+    p = pz.Pyramid(path, mode="r+")
+    for r, c in levels[0].chunks():
+        top, left, h, w = levels[0].block(r, c)
+        p.write(levels[0], r, c, pixels[top:top + h, left:left + w])
+    for r, c in levels[1].chunks():
+        p.reduce(levels[1], r, c)
+    return path
+
+
 # -- a small training set for the training tests -----------------------------------------------------
 TRAIN_IMAGES_USABLE = 40
 

@@ -166,3 +166,21 @@ def test_tiles_that_leave_the_view_are_not_rendered(driver, tiny_onnx, monkeypat
         in_view = driver.execute_script("return document.querySelectorAll('img.leaflet-tile-loaded').length")
     assert view(driver)[0] >= 2 and stats["dropped"] >= 1, stats
     assert stats["rendered"] >= in_view >= 4
+
+
+def test_a_pyramid_opens_on_its_image_without_seed_controls(driver, pyramid_path):
+    pytest.importorskip("zarr")
+    from cips_edge.runtime.view.stored import StoredPyramid
+
+    with running(create_app(StoredPyramid(pyramid_path))) as url:
+        driver.get(url)
+        browser.wait_for_tiles(driver)
+        assert driver.execute_script("return document.body.dataset.source") == "pyramid"
+        for control in ("seed", "psi"):  # not shown: nothing to choose in a rendered image
+            assert driver.execute_script(f"return document.getElementById('{control}').offsetParent") is None
+        status = driver.find_element("id", "status").text
+        assert "the pyramid's 512 x 512 px" in status and "failed" not in status, status
+        zoom, x, y = view(driver)
+        assert abs(x) < 1e-9 and abs(y) < 1e-9  # fitted to the pyramid's region, the frame
+        stats = json.loads(urlopen(url + "api/stats").read())
+        assert stats["rendered"] > 0  # tiles served (read from the pyramid)

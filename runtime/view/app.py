@@ -9,6 +9,9 @@
     GET /model.onnx                            with browser=True: the model, for the page to render the
                                                tiles itself with onnxruntime-web, as `cips web`'s site does
 
+`cips view --zarr big.zarr` serves a rendered pyramid instead (stored.py): the same routes, tiles read
+from the file, not rendered.
+
 Rendering runs in a bounded thread pool so that the event loop always answers. A tile request waits
 for one of `slots` render slots; when it gets one and its client has gone (the browser cancels the
 requests of tiles that left the view), it is dropped unrendered. Requests for the same tile wait for
@@ -38,6 +41,7 @@ from fastapi.staticfiles import StaticFiles
 
 from ..model import CIPSModel
 from . import tiles as t
+from .stored import StoredPyramid
 from .web import BACKEND_FILES, STATIC, VENDOR, browser_info
 
 CACHE_BYTES = 256 << 20  # PNG tiles of the default model: ~50 kB at zoom 0, ~7 kB at zoom 5
@@ -91,9 +95,16 @@ class TileService:
 
     The asyncio parts are made in start() (the app's lifespan), inside the loop that uses them."""
 
-    def __init__(self, model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS):
+    def __init__(self, model: CIPSModel | StoredPyramid, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS):
         assert slots >= 1, slots
         self.model, self.slots = model, slots
+        if isinstance(model, StoredPyramid):
+            self.render_tile = model.render_tile
+            self.render_view = lambda v, cancel: model.render_view(v)
+        else:
+            self.render_tile = lambda key: t.render_tile(model, key)
+            self.render_view = lambda v, cancel: t.render_region(model, v.seed, v.psi, v.region, v.height, v.width,
+                                                                 cancel)
         self.cache = t.TileCache(cache_bytes)
         self.stats: Counter = Counter(rendered=0, cache_hits=0, dropped=0, saved=0, cancelled=0)
         self.pool: ThreadPoolExecutor | None = None
@@ -130,7 +141,7 @@ class TileService:
                 if await request.is_disconnected():
                     self.stats["dropped"] += 1
                     return None
-                png = await asyncio.get_running_loop().run_in_executor(self.pool, t.render_tile, self.model, key)
+                png = await asyncio.get_running_loop().run_in_executor(self.pool, self.render_tile, key)
             self.stats["rendered"] += 1
             self.cache.put(key, png)
             return png
@@ -142,9 +153,7 @@ class TileService:
             if await request.is_disconnected():
                 return None
             cancel = threading.Event()
-            render = asyncio.get_running_loop().run_in_executor(
-                self.pool, t.render_region, self.model, view.seed, view.psi, view.region, view.height, view.width,
-                cancel)
+            render = asyncio.get_running_loop().run_in_executor(self.pool, self.render_view, view, cancel)
             while not (await asyncio.wait({render}, timeout=WATCH_S))[0]:
                 if await request.is_disconnected():
                     cancel.set()
@@ -169,14 +178,19 @@ def command_for(view: t.ViewRequest) -> str:
             f"--width {view.width} --height {view.height}")
 
 
-def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS,
+def create_app(model: CIPSModel | StoredPyramid, cache_bytes: int = CACHE_BYTES, slots: int = RENDER_SLOTS,
                hosts: Iterable[str] = LOOPBACK_HOSTS, any_address: bool = False, browser: bool = False) -> FastAPI:
-    """The viewer of `model`, answering requests whose Host is one of `hosts` (or, with any_address,
-    an IP address): server.served_hosts says which for a socket. browser=True: the page renders the
-    tiles (the model must be one whose own graph renders pixels; UserError otherwise), the server only
-    hands it files."""
-    info = ({**browser_info(model.path), "provider": "browser"} if browser
-            else {**t.page_info(model.path, model.config.size), "provider": model.provider})
+    """The viewer of a model, or of a rendered pyramid (a StoredPyramid: its tiles are read, not
+    rendered), answering requests whose Host is one of `hosts` (or, with any_address, an IP address):
+    server.served_hosts says which for a socket. browser=True: the page renders the tiles (the model
+    must be one whose own graph renders pixels; UserError otherwise), the server only hands it files."""
+    if isinstance(model, StoredPyramid):  # train_size: the pyramid's level-0 pixels across the frame
+        size = 2 / min(abs(s) for s in model.step if s) if any(model.step) else model.width
+        info = {**t.page_info(model.path, size), "model_id": model.id, "provider": "OME-Zarr", "pyramid": model.info()}
+    elif browser:
+        info = {**browser_info(model.path), "provider": "browser"}
+    else:
+        info = {**t.page_info(model.path, model.config.size), "provider": model.provider}
     service = TileService(model, cache_bytes, slots)
 
     @contextlib.asynccontextmanager
@@ -224,6 +238,9 @@ def create_app(model: CIPSModel, cache_bytes: int = CACHE_BYTES, slots: int = RE
         png = await service.view(view, request)
         if png is None:
             return Response(status_code=CLIENT_GONE)
+        if isinstance(model, StoredPyramid):  # read from the file: no command renders it from a seed
+            name = f"{model.path.stem}-view-{view.width}x{view.height}.png"
+            return Response(png, media_type="image/png", headers={"Content-Disposition": f'attachment; filename="{name}"'})
         name = f"cips-seed{view.seed}-view-{view.width}x{view.height}.png"
         return Response(png, media_type="image/png", headers={
             "Content-Disposition": f'attachment; filename="{name}"', "X-Cips-Command": command_for(view)})

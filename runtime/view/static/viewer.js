@@ -55,6 +55,14 @@ async function main() {
   L.control.zoom({ position: "bottomright" }).addTo(map);
   const outline = L.rectangle(FRAME, { color: "#3388ff", weight: 1.5, dashArray: "6 4", fill: false, interactive: false });
 
+  // a rendered pyramid (cips view --zarr): its tiles are read, so seed and truncation do not apply
+  const pyramid = info.pyramid;
+  const HOME = pyramid ? L.latLngBounds([pyramid.region[1], pyramid.region[0]], [pyramid.region[3], pyramid.region[2]])
+    : FRAME;
+  if (pyramid) {
+    document.body.dataset.source = "pyramid";
+    for (const id of ["seed", "psi"]) $(id).closest("label").hidden = true;
+  }
   // seeds beyond 2^53 exist on the server but not as exact JavaScript numbers
   const seed = () => Math.min(Number.MAX_SAFE_INTEGER, Math.max(0, Math.floor(Number($("seed").value) || 0)));
   const psi = () => Number($("psi").value);
@@ -83,7 +91,7 @@ async function main() {
   if (state.x !== null && state.y !== null && state.z !== null) {
     map.setView([state.y, state.x], state.z);
   } else {
-    map.fitBounds(FRAME);
+    map.fitBounds(HOME);
   }
 
   function showStatus(message) {
@@ -91,8 +99,9 @@ async function main() {
     // a pixel is 2^-(7 + z) frame units: enough decimals to tell neighbouring pixels apart
     const f = (v) => v.toFixed(Math.max(2, Math.min(12, Math.ceil((z + 7) * 0.302))));
     const scale = (info.tile_size * 2 ** z) / info.train_size;  // screen pixels per trained pixel
-    const text = message || `zoom ${z} (${scale >= 1 ? scale : scale.toPrecision(2)}x the trained ` +
-      `${info.train_size} px), centre (${f(c.lng)}, ${f(c.lat)})` +
+    const size = pyramid ? `pyramid's ${pyramid.width} x ${pyramid.height}` : `trained ${info.train_size}`;
+    const text = message || `zoom ${z} (${scale >= 1 ? scale : scale.toPrecision(2)}x the ${size} ` +
+      `px), centre (${f(c.lng)}, ${f(c.lat)})` +
       (document.body.dataset.tiles === "loading" ? ", rendering..." : "") +
       (failed ? `, ${failed} tiles failed` : "");
     $("status").textContent = text;
@@ -122,7 +131,7 @@ async function main() {
   $("psi").addEventListener("change", redraw);
   $("outline").addEventListener("change", () => (
     $("outline").checked ? outline.addTo(map) : outline.remove()));
-  $("home").addEventListener("click", () => map.fitBounds(FRAME));
+  $("home").addEventListener("click", () => map.fitBounds(HOME));
   const render = local ? (q) => renderHere(local, info, q) : renderOnServer;
   $("save").addEventListener("click", () => saveView(map, seed(), psi(), render, showStatus));
 
