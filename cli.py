@@ -542,8 +542,10 @@ def view(
     from cips_edge.runtime.view.server import bind, is_loopback, serve, served_hosts, url_of
 
     if zarr is not None:
-        if model is not None or browser:
-            raise UserError("give either --zarr or --model/--browser, not both (a pyramid is shown as rendered)")
+        if model is not None:
+            raise UserError("give either --model or --zarr, not both (a pyramid is shown as rendered)")
+        if browser:
+            raise UserError("--browser renders a model in the browser; a --zarr pyramid is read, not rendered")
         from cips_edge.runtime.view.stored import StoredPyramid
 
         m = StoredPyramid(zarr)
@@ -590,7 +592,8 @@ def web(
 
 class _progress:
     """Progress of long or multi-seed renders on stderr: a rich bar on a terminal; elsewhere (a pipe, a
-    log file) a start line, then a plain line whenever another tenth is done, at most one every
+    log file) a start line when the first work lands (so a command refused before any work prints only
+    its error), then a plain line whenever another tenth is done, at most one every
     PLAIN_LINE_EVERY_S. Nothing when not `show`."""
 
     PLAIN_LINE_EVERY_S = 30.0
@@ -611,12 +614,13 @@ class _progress:
             self.bar.start()
             task = self.bar.add_task("render", total=self.total)
             return lambda n: self.bar.advance(task, n)
-        typer.echo(f"rendering {self.total:,} {self.unit}", err=True)
         self.start = self.last_line = time.perf_counter()
         self.done, self.tenths = 0, 0
         return self._plain
 
     def _plain(self, n: int) -> None:
+        if not self.done:
+            typer.echo(f"rendering {self.total:,} {self.unit}", err=True)
         self.done += n
         tenths = self.done * 10 // max(self.total, 1)
         now = time.perf_counter()

@@ -12,7 +12,6 @@ renames it, so a chunk on disk is always whole, and its presence is what a resum
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass

@@ -38,7 +38,7 @@ def test_tiles_are_the_levels_pixels(pyramid_path):
 
 
 def test_the_app_serves_a_pyramid(pyramid_path):
-    with TestClient(view_app.create_app(StoredPyramid(pyramid_path))) as c:
+    with TestClient(view_app.create_app(StoredPyramid(pyramid_path)), base_url="http://127.0.0.1") as c:
         info = c.get("/api/info").json()
         assert info["provider"] == "OME-Zarr" and info["pyramid"]["width"] == SIDE
         assert info["train_size"] == pytest.approx(SIDE)  # its level-0 pixels across the frame

@@ -190,7 +190,7 @@ def test_cips_view_browser_hands_the_page_the_model_and_the_runtime(tiny_onnx):
     from cips_edge.runtime.view.app import create_app
 
     hashes = vendored_sha256()
-    with TestClient(create_app(CIPSModel(tiny_onnx, device="cpu"), browser=True)) as client:
+    with TestClient(create_app(CIPSModel(tiny_onnx, device="cpu"), browser=True), base_url="http://127.0.0.1") as client:
         info = client.get("/api/info").json()
         assert info["renderer"] == "browser" and info["style_dim"] == 16
         assert client.get("/" + info["model_url"]).content == tiny_onnx.read_bytes()

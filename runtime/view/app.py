@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import threading
 from collections import Counter
@@ -186,7 +185,7 @@ def create_app(model: CIPSModel | StoredPyramid, cache_bytes: int = CACHE_BYTES,
     must be one whose own graph renders pixels; UserError otherwise), the server only hands it files."""
     if isinstance(model, StoredPyramid):  # train_size: the pyramid's level-0 pixels across the frame
         size = 2 / min(abs(s) for s in model.step if s) if any(model.step) else model.width
-        info = {**t.page_info(model.path, size), "model_id": model.id, "provider": "OME-Zarr", "pyramid": model.info()}
+        info = {**t.page_info(model.path, size, model.id), "provider": "OME-Zarr", "pyramid": model.info()}
     elif browser:
         info = {**browser_info(model.path), "provider": "browser"}
     else:

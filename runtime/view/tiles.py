@@ -81,9 +81,10 @@ def model_id(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def page_info(path: Path, train_size: int) -> dict:
-    """The viewer page's settings for a model file, whoever renders the tiles (static/viewer.js reads them)."""
-    return {"model": path.name, "model_id": model_id(path), "train_size": train_size, "tile_size": TILE_SIZE,
+def page_info(path: Path, train_size: float, ident: str | None = None) -> dict:
+    """The viewer page's settings for a model file (or a pyramid: its own id), whoever renders the tiles
+    (static/viewer.js reads them)."""
+    return {"model": path.name, "model_id": ident or model_id(path), "train_size": train_size, "tile_size": TILE_SIZE,
             "min_zoom": MIN_ZOOM, "max_zoom": MAX_ZOOM, "psi_range": PSI_RANGE, "max_seed": MAX_SEED,
             "max_save_side": MAX_SAVE_SIDE}
 
