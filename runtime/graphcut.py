@@ -6,8 +6,9 @@ then every point's colour from them. A fast pixel graph declares as inputs the w
 latent (those tensors, or the style extension's fp16 / int8 outputs) and the per-point weights it shares
 with the file's graph (initializers: fourier_weight, embedding, bias1 ...). Opening a file therefore
 (1) cuts the file's graph, plus the extension, down to the nodes that compute the per-latent tensors the
-chosen pixel graph needs: run once per latent; (2) moves the shared initializers into the pixel graph:
-run per chunk of points. Nothing is stored twice in the file.
+chosen pixel graph needs: run once per latent; (2) moves the shared initializers into the pixel graph
+(the coordinate table, by far the largest, goes to the pixel session as an input instead): run per
+chunk of points. Nothing is stored twice in the file.
 """
 from __future__ import annotations
 
@@ -85,32 +86,32 @@ class FastPaths:
         pixel = onnxproto.parse(info.pixel_graphs[precision])
         shared = _initializers(main.graph)
         names = [i.name for i in pixel.graph.input if i.name != COORDS and i.name not in shared]
-        kept = []
+        kept, self.table = [], None
         for value in pixel.graph.input:
-            if value.name in shared:
-                pixel.graph.initializer.append(_fit(shared[value.name], value, info, source))
+            if value.name == EMBEDDING:  # the largest weight: handed to the session as an input, never copied
+                self.table = _table(shared[EMBEDDING], value, info, source)
+                kept.append(value)
+            elif value.name in shared:
+                pixel.graph.initializer.append(shared[value.name])
             else:
                 kept.append(value)
-        del pixel.graph.input[:]
-        pixel.graph.input.extend(kept)
         self.style = cut(main, extension, inputs, [*extra_outputs, *names]).SerializeToString()
         self.pixel = pixel.SerializeToString()
 
 
-def _fit(tensor, wanted, info: ModelInfo, source: str):
-    """A shared initializer as a pixel graph reads it: as it is, or the coordinate table's texel rows
-    [rows * columns, H] as the [1, H, rows, columns] image that GridSample reads (the fp16 graph)."""
+def _table(tensor, wanted, info: ModelInfo, source: str) -> np.ndarray:
+    """The coordinate table as the pixel graph reads it: the file's texel rows [rows * columns, H] as
+    they are (a view of the file's bytes), or as the [1, H, rows, columns] image that GridSample reads
+    (the fp16 graph: transposed once)."""
     dims = [d.dim_value for d in wanted.type.tensor_type.shape.dim]
-    if list(tensor.dims) == dims:
-        return tensor
-    if tensor.name == EMBEDDING and len(dims) == 4 and len(tensor.dims) == 2:
-        rows = to_array(tensor)
-        c = info.config
-        if rows.shape[0] == dims[2] * dims[3] and rows.shape[1] == dims[1] == c.hidden_size:
-            image = np.ascontiguousarray(rows.T.reshape(dims))
-            return onnxproto.from_array(image, EMBEDDING)
-    raise UserError(f"{source}: its pixel graph reads {tensor.name} as {dims}, but the file's graph holds "
-                    f"{list(tensor.dims)}: damaged file")
+    rows = to_array(tensor)
+    if list(rows.shape) == dims:
+        return rows
+    c = info.config
+    if len(dims) == 4 and rows.ndim == 2 and rows.shape[0] == dims[2] * dims[3] and rows.shape[1] == dims[1] == c.hidden_size:
+        return np.ascontiguousarray(rows.T).reshape(dims)
+    raise UserError(f"{source}: its pixel graph reads the table as {dims}, but the file's graph holds "
+                    f"{list(rows.shape)}: damaged file")
 
 
 def check_against_graph(main, info: ModelInfo, source: str) -> None:

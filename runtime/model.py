@@ -153,7 +153,8 @@ class CIPSModel:
                 raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
                                 "(TensorRT libraries missing?); use --device cuda")
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
-                                      bound=None if self.providers[0] == CPU else "cuda", device_id=device_id)
+                                      bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
+                                      table=fast.table if fast is not None else None)
         else:
             self._check_graph(INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only

@@ -59,7 +59,7 @@ class SplitEngine:
     to check it."""
 
     def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, bound: str | None,
-                 device_id: int = 0):
+                 device_id: int = 0, table: np.ndarray | None = None):
         self.ort = ort
         self.style_session = style_session
         self.pixel_session = pixel_session
@@ -70,13 +70,15 @@ class SplitEngine:
         self.pixel_inputs = {i.name: i for i in pixel_session.get_inputs()}
         self.weight_names = [n for n in self.pixel_inputs if n not in (COORDS, EMBEDDING)]
         self.dtypes = {n: _DTYPES[i.type] for n, i in self.pixel_inputs.items()}
-        self.table = None  # version 3: the table is inside the pixel graph (runtime/graphcut.py)
-        if EMBEDDING in self.pixel_inputs:  # version 2: the style graph hands it over, once per session
-            table = self._style_outputs(np.zeros((1, info.style_dim), np.float32), np.ones(1, np.float32),
-                                        [EMBEDDING])[0]  # [1, H, rows, columns]
-            if len(self.pixel_inputs[EMBEDDING].shape) == 2:  # pixel graphs that gather texel rows
-                table = texel_rows(table)
-            table = table.astype(self.dtypes[EMBEDDING], copy=False)
+        self.table = self.host_table = None  # the session's table (an OrtValue when bound), its numpy copy
+        if EMBEDDING in self.pixel_inputs:
+            if table is None:  # version 2: the style graph hands it over, once per session
+                table = self._style_outputs(np.zeros((1, info.style_dim), np.float32), np.ones(1, np.float32),
+                                            [EMBEDDING])[0]  # [1, H, rows, columns]
+                if len(self.pixel_inputs[EMBEDDING].shape) == 2:  # pixel graphs that gather texel rows
+                    table = texel_rows(table)
+            table = table.astype(self.dtypes[EMBEDDING], copy=False)  # version 3: runtime/graphcut.py's
+            self.host_table = table
             self.table = ort.OrtValue.ortvalue_from_numpy(table, bound, device_id) if bound else table
         if bound:
             self.sync_options = ort.RunOptions()

@@ -65,7 +65,8 @@ class WSpaceModel:
         self.engine = None
         if model.engine is not None:  # formats 2 and 3: this style session, the model's pixel session
             e = model.engine
-            self.engine = SplitEngine(ort, self.session, e.pixel_session, e.info, e.precision, e.bound, e.device_id)
+            self.engine = SplitEngine(ort, self.session, e.pixel_session, e.info, e.precision, e.bound, e.device_id,
+                                      table=e.host_table)
 
     # what render_image / render_points read from a model
     @property

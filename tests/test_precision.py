@@ -155,7 +155,7 @@ def test_the_bound_path_gives_the_plain_paths_pixels(exported, tiny_onnx, precis
 
     plain = CIPSModel(exported["int8"] if precision == "int8" else tiny_onnx, device="cpu", precision=precision)
     e = plain.engine
-    bound = SplitEngine(plain.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu")
+    bound = SplitEngine(plain.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu", table=e.host_table)
     z = np.stack([latent_for_seed(s, plain.style_dim) for s in (1, 2, 3)])
     psi = np.array([1.0, 0.7, 1.0], np.float32)
     coords = np.random.default_rng(0).uniform(-1.2, 1.2, (250, 2)).astype(np.float32)
@@ -177,7 +177,8 @@ def test_renders_through_the_bound_path_equal_plain_renders(tiny_onnx, monkeypat
     plain = CIPSModel(tiny_onnx, device="cpu", threads=1)
     bound = CIPSModel(tiny_onnx, device="cpu", threads=1)
     e = bound.engine
-    bound.engine = SplitEngine(bound.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu")
+    bound.engine = SplitEngine(bound.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu",
+                               table=e.host_table)
     assert bound.on_device
     monkeypatch.setattr(split, "BAND_POINTS", 150)  # several bands: 150 points = 3 chunks of 50
     z = np.stack([latent_for_seed(s, plain.style_dim) for s in (4, 5)])
@@ -202,7 +203,7 @@ def test_format_2_files_still_render(tiny_onnx, path, table_rank):
     old = CIPSModel(path, device="cpu", precision="fp32")
     new = CIPSModel(tiny_onnx, device="cpu", precision="fp32")
     assert old.info.format_version == 2 and new.info.format_version == 3
-    assert old.engine.table.ndim == table_rank and new.engine.table is None  # v3: the table is in the pixel graph
+    assert old.engine.table.ndim == table_rank and new.engine.table.ndim == 2  # v3: texel rows from the file's graph
     z = latent_for_seed(3, old.style_dim)
     reference = render_image(new, z, 24, 24)
     rgb = render_image(old, z, 24, 24)
