@@ -23,7 +23,7 @@ from cips_edge.runtime.format import PRECISIONS, metadata_props
 from cips_edge.runtime.image import atomic_write, prepare_output
 
 from .graph import OPSET, build_onnx, build_style_extension
-from .pixels import pixel_graph
+from .pixels import pixel_graph, shared_weights
 from .verify import verify_file
 
 MEAN_W_LATENTS = 4096  # latents averaged for w_avg (truncation's centre)
@@ -76,8 +76,9 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
         raise ExportError(f"w_avg has shape {tuple(w_avg.shape)}, expected (1, {generator.config.style_dim})")
 
     model = build_onnx(generator, w_avg, opset)
-    graphs = {p: pixel_graph(generator, p).SerializeToString() for p in precisions}
-    extension = build_style_extension(generator, precisions, opset)
+    shared = shared_weights(generator)
+    graphs = {p: pixel_graph(generator.config, shared, p).SerializeToString() for p in precisions}
+    extension = build_style_extension(generator.config, precisions, opset)
     facts = dict(provenance or {})
     facts.update(exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  cips_edge=cips_edge.__version__, torch=torch.__version__, onnx=onnx.__version__,
@@ -114,11 +115,17 @@ def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | No
                       runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
                       say: Callable[[str], None] = lambda line: None) -> ExportReport:
     """Export a project checkpoint, a run folder (its newest checkpoint) or an original-format
-    checkpoint (detected from its contents). With no checkpoint, the newest one under runs_dir.
+    checkpoint (detected from its contents); a format-2 .onnx file is upgraded to format 3. With no checkpoint, the newest one under runs_dir.
     n_mlp / lr_mlp: what an original-format checkpoint's shapes cannot tell. precision: see
     export_generator. say: progress lines."""
     prepare_output(out, suffixes=(".onnx",))  # fail on a bad output path before any work
     check_precision(precision)
+    if checkpoint is not None and Path(checkpoint).suffix == ".onnx":  # a format-2 file to upgrade
+        from .upgrade import upgrade_file
+
+        rel, max_abs = upgrade_file(checkpoint, out, precision)
+        say(f"{checkpoint} is an ONNX file of format 2: upgraded to format 3 with the same weights")
+        return ExportReport(Path(out), Path(out).stat().st_size, rel, max_abs, OPSET, precision)
     if checkpoint is None:
         checkpoint = default_checkpoint(runs_dir)
         say(f"no --checkpoint given: using the newest checkpoint under {runs_dir}/: {checkpoint}")

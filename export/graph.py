@@ -19,8 +19,8 @@ from cips_edge.config import GeneratorConfig
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime.format import COORDS, INPUTS, RGB, STYLE_INPUTS
 
-from .pixels import portable_pixels
-from .style import FastStyle, StyleGraph, biases, plain_names
+from .pixels import portable_pixels, shared_weights
+from .style import FastStyle, StyleGraph, plain_names
 
 OPSET = 17  # the oldest opset every maintained onnxruntime runs well; the graph needs none newer
 EXTENSION_PREFIX = "fast/"
@@ -84,10 +84,17 @@ def build_onnx(generator: CIPSGenerator, w_avg: torch.Tensor, opset: int = OPSET
     names = plain_names(c)
     model = _trace(StyleGraph(generator, w_avg), (torch.zeros(2, c.style_dim), torch.ones(2)),
                    list(STYLE_INPUTS), names, list(STYLE_INPUTS), opset)
-    graph = model.graph
-    traced = {o.name for o in graph.output}
+    traced = {o.name for o in model.graph.output}
     assert traced == set(names), f"the exporter renamed style outputs: {sorted(set(names) - traced)}"
-    pixels = portable_pixels(generator, COORDS, RGB)
+    return join_pixels(model, c, shared_weights(generator))
+
+
+def join_pixels(model: onnx.ModelProto, c: GeneratorConfig, shared: dict) -> onnx.ModelProto:
+    """A style graph (z, truncation -> the plain weights, as its outputs) made the whole generator:
+    the per-point half appended, rgb its one output, coords its second input."""
+    names = plain_names(c)
+    graph = model.graph
+    pixels = portable_pixels(c, shared, COORDS, RGB)
     graph.node.extend(pixels.nodes)
     graph.initializer.extend(pixels.initializers)
     # the style half's results become named inner tensors, typed for readers (and for cutting the graph)
@@ -101,19 +108,20 @@ def build_onnx(generator: CIPSGenerator, w_avg: torch.Tensor, opset: int = OPSET
     return model
 
 
-def build_style_extension(generator: CIPSGenerator, precisions: tuple[str, ...],
+def build_style_extension(config: GeneratorConfig, precisions: tuple[str, ...],
                           opset: int = OPSET) -> onnx.ModelProto | None:
     """The graph that derives the fp16 and int8 pixel graphs' weights from the plain ones and the biases
     (inputs named like the file's tensors), its own names prefixed so that it joins the file's graph
     without clashes; None when the file has fp32 only."""
-    module = FastStyle(generator.config, precisions)
+    module = FastStyle(config, precisions)
     outputs = module.output_names()
     if not outputs:
         return None
-    shapes = style_shapes(generator.config)
-    plain = [torch.randn(2, *shapes[n][1:]) for n in plain_names(generator.config)]
-    example = (*plain, *biases(generator).values())
-    model = _trace(module, example, module.input_names(), outputs, plain_names(generator.config), opset)
+    shapes = style_shapes(config)
+    plain = [torch.randn(2, *shapes[n][1:]) for n in plain_names(config)]
+    bias_shapes = [config.layer_shapes[i][1] for i in range(1, len(config.layer_shapes))] + [3]
+    example = (*plain, *(torch.randn(m) for m in bias_shapes))
+    model = _trace(module, example, module.input_names(), outputs, plain_names(config), opset)
     _prefix_inner_names(model.graph, EXTENSION_PREFIX)
     return model
 

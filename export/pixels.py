@@ -186,12 +186,11 @@ def _bilinear(graph: _Graph, table: str, points: str, height: int, width: int) -
     return total
 
 
-def portable_pixels(generator: CIPSGenerator, coords: str, rgb: str) -> _Graph:
+def portable_pixels(config: GeneratorConfig, shared: dict[str, np.ndarray], coords: str, rgb: str) -> _Graph:
     """The per-point half of the file's graph: coords [B, N, 2] and the style part's plain weights
     (tensors named as export/style.py plain_names) -> rgb [B, N, 3]. MatMul + Add + LeakyRelu per layer,
-    float32 throughout, the weights the generator's (every initializer once)."""
-    config = generator.config
-    graph = _Graph(shared_weights(generator), as_inputs=False, prefix="pixels/")
+    float32 throughout; shared: the per-point weights (shared_weights), every initializer once."""
+    graph = _Graph(shared, as_inputs=False, prefix="pixels/")
     fo, co = _features(graph, config, coords, batched=True)
     x = graph.op("Add", [graph.op("MatMul", [fo, "p0_fo"]), graph.op("MatMul", [co, "p0_co"])])  # bias: p0_fo's row
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
@@ -219,12 +218,11 @@ def _folded_shapes(config: GeneratorConfig) -> dict[str, list[int]]:
     return out
 
 
-def pixel_graph(generator: CIPSGenerator, precision: str) -> onnx.ModelProto:
+def pixel_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], precision: str) -> onnx.ModelProto:
     """cips' fast pixel graph of one precision (fp32, fp16 or int8): coords [n, 2], one latent's weights
-    (named like the style part's tensors) and the file's per-point weights (named like its initializers)
-    -> rgb [n, 3]."""
-    config = generator.config
-    graph = _Graph(shared_weights(generator), as_inputs=True, prefix="")
+    (named like the style part's tensors) and the file's per-point weights (named like its initializers,
+    shared: shared_weights) -> rgb [n, 3]."""
+    graph = _Graph(shared, as_inputs=True, prefix="")
     coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
     if precision == "fp16":
         # GridSample reads the table as [1, H, rows, columns]: the runtime hands it over in that layout

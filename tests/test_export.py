@@ -27,6 +27,7 @@ from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, render_points
 from cips_edge.export.style import plain_names
 from cips_edge.runtime.format import FORMAT, INPUTS, RGB
+from cli_helpers import cli, runner
 
 # Node types of the fp32 pixel graph: features (Gemm + Sin, the table lookup), then Gemm (bias
 # inside) + LeakyRelu per modulated layer, ToRGB MatMuls and their sum. Nothing else runs per point.
@@ -214,3 +215,28 @@ def test_export_generator_checks_its_arguments(tmp_path):
     with pytest.raises(Exception, match="must end in .onnx"):
         export_generator(g, tmp_path / "m.png")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- format-2 files upgraded without their checkpoint ----------------------------------------------
+FORMAT_2_FILE = Path(__file__).parent / "data" / "format2-tiny.onnx"
+
+
+def test_a_format_2_file_upgrades_to_format_3_with_the_same_weights(tmp_path, tiny_onnx):
+    """`cips export NEW --checkpoint OLD.onnx`: the old file's weights in format 3, checked against the
+    old file at export; it renders what a fresh export of the same generator renders."""
+    out = tmp_path / "up.onnx"
+    r = runner.invoke(cli.app, ["export", str(out), "--checkpoint", str(FORMAT_2_FILE), "--precision", "fp16"])
+    assert r.exit_code == 0, r.stderr
+    meta = metadata(out)
+    assert meta["cips.format_version"] == "3" and meta["cips.precision"] == "fp16"
+    assert json.loads(meta["cips.provenance"])["upgraded_from_format"] == 2
+    assert sorted(k.rsplit(".", 1)[1] for k in meta if k.startswith("cips.pixel_graph.")) == ["fp16", "fp32", "int8"]
+    z = np.random.default_rng(1).standard_normal((2, preset("tiny").style_dim)).astype(np.float32)
+    coords = np.random.default_rng(2).uniform(-1.2, 1.2, (2, 300, 2)).astype(np.float32)
+    feeds = {"z": z, "coords": coords, "truncation": np.array([1.0, 0.7], np.float32)}
+    upgraded = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    fresh = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.linalg.norm(upgraded - fresh) / np.linalg.norm(fresh) < 1e-5
+    r = runner.invoke(cli.app, ["export", str(tmp_path / "again.onnx"), "--checkpoint", str(out)])
+    assert r.exit_code == 1 and "only format-2 files are upgraded" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "again.onnx").exists()

@@ -132,7 +132,7 @@ def test_info_says_a_format_1_file_is_fp32():
 def test_info_lists_the_packaged_models_pixel_graphs():
     r = runner.invoke(cli.app, ["info"])
     assert r.exit_code == 0, r.stderr
-    assert "\nprecision   fp32 (pixel graphs fp32, int8)" in r.stdout
+    assert "\nprecision   fp16 (pixel graphs fp16, fp32, int8)" in r.stdout and "cips-edge-onnx v3" in r.stdout
 
 
 # -- the GPU path's arithmetic (the GPU itself is measured by benchmarks/render.py) -----------------

@@ -1,0 +1,87 @@
+"""A format-2 file made a format-3 file with the same weights, when the checkpoint it came from is gone.
+
+A format-2 file holds every weight the format-3 graph needs: its style graph computes the plain
+per-latent weights (the tensors p0_fo ... t* that format 3 names the same way), its fp32 pixel graph
+holds the Fourier layer and the biases under format 3's names, and its style graph hands out the
+coordinate table. So the upgrade cuts the style graph down to the plain weights, appends format 3's
+per-point half and fast paths, and checks the result against the old file before keeping it.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from cips_edge.runtime import graphcut
+from cips_edge.runtime.errors import UserError
+from cips_edge.runtime.format import EMBEDDING, OUTPUT, PRECISIONS, STYLE_INPUTS, metadata_props, parse_metadata
+from cips_edge.runtime.image import atomic_write, prepare_output
+from cips_edge.runtime.model import CIPSModel
+from cips_edge.runtime.split import texel_rows
+
+from .graph import build_style_extension, join_pixels
+from .pixels import pixel_graph
+from .style import bias_names, plain_names
+from .verify import check_parity
+
+
+def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: str | None = None,
+                 include: tuple[str, ...] = ()) -> tuple[float, float]:
+    """Write `source` (format 2) as format 3 at `out`; precision: the fast pixel graph the new file runs
+    by default (default: the old file's), include: more fast pixel graphs (the old file's are kept). Returns the worst (relative,
+    max abs) difference of the new file's graph and fp32 path from the old file's fp32 renders."""
+    out = prepare_output(out, suffixes=(".onnx",))
+    old = onnx.load(os.fspath(source))
+    info = parse_metadata({p.key: p.value for p in old.metadata_props}, str(source))
+    if info.format_version != 2:
+        raise UserError(f"{source} is format {info.format_version}; only format-2 files are upgraded")
+    config = info.config
+    precision = precision or info.precision
+    precisions = tuple(dict.fromkeys(("fp32", precision, *include, *info.pixel_graphs)))  # the old file's too
+    if set(precisions) - set(PRECISIONS):
+        raise UserError(f"precisions must be among {', '.join(PRECISIONS)}, got {precisions}")
+
+    pixels = {t.name: numpy_helper.to_array(t) for t in
+              onnx.load_from_string(info.pixel_graphs["fp32"]).graph.initializer}
+    table = ort.InferenceSession(os.fspath(source), providers=["CPUExecutionProvider"]).run(
+        [EMBEDDING], {"z": np.zeros((1, config.style_dim), np.float32), "truncation": np.ones(1, np.float32)})[0]
+    shared = {EMBEDDING: texel_rows(table), **{n: pixels[n] for n in ("fourier_weight", "fourier_bias", *bias_names(config))}}
+    model = join_pixels(graphcut.cut(old, None, STYLE_INPUTS, plain_names(config)), config, shared)
+    model.graph.name = "cips_generator"
+    graphs = {p: pixel_graph(config, shared, p).SerializeToString() for p in precisions}
+    extension = build_style_extension(config, precisions)
+    facts = dict(info.provenance, upgraded_from_format=2,
+                 upgraded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    props = metadata_props(config, info.w_avg, facts, precision, graphs,
+                           extension.SerializeToString() if extension is not None else None)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(model, full_check=True)
+    data = model.SerializeToString()
+    checked: list[tuple[float, float]] = []
+    atomic_write(out, lambda f: f.write(data), check=lambda tmp: checked.append(_compare(source, tmp, config)))
+    return checked[0]
+
+
+def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 2000) -> tuple[float, float]:
+    """The new file's graph and fp32 fast path against the old file's fp32 renders, random points
+    inside and outside the frame, psi 1 and 0.7; ParityError beyond float32 rounding."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((n_latents, config.style_dim)).astype(np.float32)
+    coords = (rng.random((n_latents, n_points, 2)) * 3 - 1.5).astype(np.float32)
+    coords[..., 0] *= max(1, config.panorama)
+    old = CIPSModel(old_path, device="cpu", precision="fp32")
+    new = CIPSModel(new_path, device="cpu", precision="fp32")
+    graph = ort.InferenceSession(os.fspath(new_path), providers=["CPUExecutionProvider"])
+    worst = (0.0, 0.0)
+    for psi in (1.0, 0.7):
+        truncation = np.full(n_latents, psi, np.float32)
+        reference = old.run(z, coords, truncation).astype(np.float64)
+        for what, rgb in (("fast path", new.run(z, coords, truncation)),
+                          ("graph", graph.run([OUTPUT], {"z": z, "coords": coords, "truncation": truncation})[0])):
+            worst = tuple(map(max, worst, check_parity(rgb, reference, f"({what}, psi {psi}) against the old file")))
+    return worst
