@@ -240,3 +240,29 @@ def test_a_format_2_file_upgrades_to_format_3_with_the_same_weights(tmp_path, ti
     r = runner.invoke(cli.app, ["export", str(tmp_path / "again.onnx"), "--checkpoint", str(out)])
     assert r.exit_code == 1 and "only format-2 files are upgraded" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "again.onnx").exists()
+
+
+# -- metadata that does not match the graph -------------------------------------------------------
+def _with_metadata(path: Path, out: Path, **changes) -> Path:
+    model = onnx.load(path)
+    for prop in model.metadata_props:
+        if prop.key in changes:
+            prop.value = changes[prop.key]
+    onnx.save(model, out)
+    return out
+
+
+def test_tampered_metadata_is_refused_when_the_file_is_opened(tiny_onnx, tmp_path):
+    config = json.loads(metadata(tiny_onnx)["cips.config"])
+    style_dim = config["style_dim"]
+    cases = {
+        "panorama": ({"cips.config": json.dumps({**config, "panorama": 4})}, "does not match its graph"),
+        "nan-w_avg": ({"cips.w_avg": json.dumps([float("nan")] * style_dim)}, "w_avg holds NaN"),
+        "other-w_avg": ({"cips.w_avg": json.dumps([0.5] * style_dim)}, "w_avg differs between the metadata and the graph"),
+        "size": ({"cips.config": json.dumps({**config, "size": config["size"] * 2})}, "does not match its graph"),
+    }
+    for name, (changes, message) in cases.items():
+        path = _with_metadata(tiny_onnx, tmp_path / f"{name}.onnx", **changes)
+        r = runner.invoke(cli.app, ["render", "--model", str(path), "--size", "8", "--out", str(tmp_path / "x.png")])
+        assert r.exit_code == 1 and message in r.stderr and r.stderr.count("\n") == 1, (name, r.stderr)
+        assert not (tmp_path / "x.png").exists()
