@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cips_edge.runtime.errors import UserError
+from cips_edge.core.errors import UserError
 
 app = typer.Typer(
     help="Render CIPS images (a pixel-independent GAN, G(x, y; z)) from ONNX files; evaluate, export and train models.",

@@ -51,7 +51,7 @@ def random_init_model(folder: Path) -> CIPSModel:
     """An untrained edge-64 generator (torch.manual_seed(0)) exported like a trained one."""
     import torch
 
-    from cips_edge.config import preset
+    from cips_edge.core.config import preset
     from cips_edge.export import export_generator
     from cips_edge.model import CIPSGenerator
 

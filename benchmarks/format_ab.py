@@ -31,14 +31,17 @@ EXPORT = """
 import sys, torch
 sys.path.insert(0, {here!r})
 from render import trained_like
-from cips_edge.config import preset
+from cips_edge.core.config import preset
 from cips_edge.model import CIPSGenerator
 from cips_edge.export import export_generator
 torch.manual_seed(0)
 g = CIPSGenerator(preset({preset!r}))
 trained_like(g)
 export_generator(g, {out!r}, precision={precision!r}, include={include!r})
-import cips_edge.runtime.format as f
+try:  # the format module's home differs between installs
+    import cips_edge.core.format as f
+except ImportError:
+    import cips_edge.runtime.format as f
 print(f.FORMAT_VERSION)
 """
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cips_edge.config import preset
+from cips_edge.core.config import preset
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, available_providers, latent_for_seed, pixel_grid, psnr, render_image, render_points
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from cips_edge.config import preset
+from cips_edge.core.config import preset
 from cips_edge.export import export_generator
 from cips_edge.export.style import fp16_name, weight_names
 from cips_edge.model import CIPSGenerator, LRELU_SLOPE

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cips_edge.config import PRESETS
+from cips_edge.core.config import PRESETS
 from cips_edge.train.data import ImageBank
 from cips_edge.train.discriminator import DiscriminatorConfig
 from cips_edge.train.loop import TINY_D_CHANNELS, resolve_device

@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train import add_trainer_args, build_trainer, sync  # noqa: E402
 
-from cips_edge.config import PRESETS  # noqa: E402
+from cips_edge.core.config import PRESETS  # noqa: E402
 from cips_edge.train.loop import resolve_device  # noqa: E402
 
 # First match wins; names are CUDA kernel names as CUPTI reports them. Convolutions first: cuDNN's

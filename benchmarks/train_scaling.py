@@ -35,7 +35,7 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from cips_edge.config import PRESETS
+    from cips_edge.core.config import PRESETS
     from cips_edge.train import distributed
     from cips_edge.train.data import ImageBank
     from cips_edge.train.discriminator import DiscriminatorConfig

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from cips_edge.runtime.image import clean_stale_temporaries, temporary_prefix  # torch-free
+from cips_edge.core.files import clean_stale_temporaries, temporary_prefix  # torch-free
 
 from . import legacy
-from .config import GeneratorConfig
+from .core.config import GeneratorConfig
 from .model import CIPSGenerator
 
 FORMAT = "cips-edge"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .config import GeneratorConfig
+from .core.config import GeneratorConfig
 
 _STYLE = re.compile(r"^style\.(\d+)\.weight$")
 _LINEAR = re.compile(r"^linears\.(\d+)\.conv\.weight$")

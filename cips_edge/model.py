@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import GeneratorConfig
+from .core.config import GeneratorConfig
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # StyleGAN2's fused leaky ReLU keeps unit second moment

@@ -18,9 +18,10 @@ import torch
 import cips_edge
 from cips_edge.checkpoint import DEFAULT_RUNS_DIR, CheckpointError, load_generator, newest_checkpoint
 from cips_edge.model import CIPSGenerator
-from cips_edge.runtime.errors import UserError
-from cips_edge.runtime.format import PRECISIONS, metadata_props
-from cips_edge.runtime.image import atomic_write, prepare_output
+from cips_edge.core.errors import UserError
+from cips_edge.core.format import PRECISIONS, metadata_props
+from cips_edge.core.files import atomic_write
+from cips_edge.runtime.image import prepare_output
 
 from .graph import OPSET, build_onnx, build_style_extension
 from .pixels import pixel_graph, shared_weights

@@ -15,9 +15,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from cips_edge.config import GeneratorConfig
+from cips_edge.core.config import GeneratorConfig
 from cips_edge.model import CIPSGenerator
-from cips_edge.runtime.format import COORDS, INPUTS, RGB, STYLE_INPUTS
+from cips_edge.core.format import COORDS, INPUTS, RGB, STYLE_INPUTS
 
 from .pixels import portable_pixels, shared_weights
 from .style import FastStyle, StyleGraph, plain_names

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from cips_edge.config import GeneratorConfig
+from cips_edge.core.config import GeneratorConfig
 from cips_edge.model import CIPSGenerator, LRELU_SLOPE
-from cips_edge.runtime.format import COORDS, EMBEDDING, RGB
+from cips_edge.core.format import COORDS, EMBEDDING, RGB
 
 from .style import biases, extended_width, fourier_width, fp16_name, rgb_sources, weight_names
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cips_edge.config import GeneratorConfig
+from cips_edge.core.config import GeneratorConfig
 from cips_edge.model import LRELU_GAIN, LRELU_SLOPE, CIPSGenerator
 
 EXTRA = 7  # per activation: 1 constant column, 3 + 3 carried RGB columns

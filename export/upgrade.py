@@ -17,9 +17,10 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from cips_edge.runtime import graphcut
-from cips_edge.runtime.errors import UserError
-from cips_edge.runtime.format import EMBEDDING, OUTPUT, PRECISIONS, STYLE_INPUTS, metadata_props, parse_metadata
-from cips_edge.runtime.image import atomic_write, prepare_output
+from cips_edge.core.errors import UserError
+from cips_edge.core.format import EMBEDDING, OUTPUT, PRECISIONS, STYLE_INPUTS, metadata_props, parse_metadata
+from cips_edge.core.files import atomic_write
+from cips_edge.runtime.image import prepare_output
 from cips_edge.runtime.model import CIPSModel
 from cips_edge.runtime.split import texel_rows
 

@@ -18,8 +18,8 @@ import torch
 
 from cips_edge.coords import native_grid
 from cips_edge.model import CIPSGenerator
-from cips_edge.runtime.errors import UserError
-from cips_edge.runtime.format import OUTPUT
+from cips_edge.core.errors import UserError
+from cips_edge.core.format import OUTPUT
 from cips_edge.runtime.model import CIPSModel
 
 REL_TOL = 1e-5  # ||ort - torch|| / ||torch||: float32 rounding lands around 1e-6

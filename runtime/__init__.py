@@ -9,8 +9,8 @@ where `import torch` fails).
 """
 from .coords import (FULL_FRAME, check_region, grid_chunks, load_coords, panorama_region, panorama_view, pixel_grid,
                      region_grid)
-from .errors import UserError
-from .format import FORMAT, FORMAT_VERSION, PRECISIONS, ModelInfo
+from cips_edge.core.errors import UserError
+from cips_edge.core.format import FORMAT, FORMAT_VERSION, PRECISIONS, ModelInfo
 from .image import MAX_SIDE, check_image_size, output_paths, output_pattern, prepare_output, psnr, to_uint8, write_output
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .model import DEVICES, CIPSModel, available_providers, count_parameters

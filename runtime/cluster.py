@@ -30,7 +30,7 @@ from distributed.scheduler import KilledWorker
 
 from . import pyramid as pz
 from .devices import visible_gpus
-from .errors import UserError
+from cips_edge.core.errors import UserError
 from .image import to_uint8, write_output
 from .latents import latent_for_seed
 from .model import CUDA, CIPSModel, available_providers, default_threads

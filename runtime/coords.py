@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .errors import UserError
+from cips_edge.core.errors import UserError
 
 FULL_FRAME = (-1.0, -1.0, 1.0, 1.0)  # (x0, y0, x1, y1)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from .errors import UserError
+from cips_edge.core.errors import UserError
 from .model import CIPSModel
 
 Item = TypeVar("Item")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .coords import FULL_FRAME
-from .errors import UserError
+from cips_edge.core.errors import UserError
 from .model import CIPSModel
 from .render import Progress, render_points
 

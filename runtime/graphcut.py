@@ -17,8 +17,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from . import onnxproto
-from .errors import UserError
-from .format import COORDS, EMBEDDING, STYLE_INPUTS, ModelInfo
+from cips_edge.core.errors import UserError
+from cips_edge.core.format import COORDS, EMBEDDING, STYLE_INPUTS, ModelInfo
 from .onnxproto import FLOAT, to_array, value_info
 
 load = onnxproto.load

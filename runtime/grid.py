@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from cips_edge.core.errors import UserError
 from .image import check_image_size
 from .model import CIPSModel
 from .render import Progress, render_image

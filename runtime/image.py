@@ -1,20 +1,17 @@
 """From raw generator values to files: 8-bit conversion, output names, atomic PNG / .npy writes."""
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import socket
 import string
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from .errors import UserError
+from cips_edge.core.errors import UserError
+from cips_edge.core.files import atomic_write, clean_stale_temporaries, shown, temporary_prefix
 
 MAX_SIDE = 16_384  # pixels per side without --force: 16384^2 already takes ~4 GB of float32 output
 IMAGE_SUFFIXES = (".png", ".npy")
@@ -106,12 +103,6 @@ def check_seed_pattern(pattern: str) -> None:
             raise UserError(f"{bad}, not {shown(field)}") from None
 
 
-def shown(text: str | os.PathLike, limit: int = 120) -> str:
-    """A path or pattern short enough for a one-line message: its start and end around '...'."""
-    text = str(text)
-    return text if len(text) <= limit else f"{text[:limit - 40]}...{text[-37:]}"
-
-
 def _is_dir(path: Path, what: str | os.PathLike) -> bool:
     try:
         return path.is_dir()
@@ -151,95 +142,6 @@ def prepare_output(path: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFF
     except OSError as e:
         raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
     return path
-
-
-# -- temporary files ---------------------------------------------------------------------------------
-# Every file is written under a temporary name beside its final one, ".NAME.HOST-PID.RANDOM.tmp", and
-# renamed when complete. A process killed mid-write leaves that file behind; the name says whose it was,
-# so the next write into the folder removes it once that process is gone (or, for files from another
-# machine sharing the folder, once nothing has touched it for STALE_AFTER_S).
-HOST_TAG = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
-STALE_AFTER_S = 24 * 3600
-_TEMPORARY = re.compile(r"\..*\.([0-9a-f]{6})-(\d+)\.[A-Za-z0-9_]+\.tmp")
-_cleaned: set[str] = set()  # folders already cleaned by this process
-
-
-def temporary_prefix(path: str | os.PathLike) -> str:
-    """mkstemp's prefix for a temporary file of `path` (use suffix=".tmp"): the start of its name, the
-    host and this process. The name is cut short so that the temporary name fits where `path` fits."""
-    return f".{Path(path).name[:64]}.{HOST_TAG}-{os.getpid()}."
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: it exists, another user's
-        return True
-    return True
-
-
-def clean_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files of writes that were killed in `folder` (our naming only: those of a
-    process of this host that no longer runs, or untouched for STALE_AFTER_S); returns what went. Once
-    per folder and process: a command writing many files into one folder lists it once."""
-    folder = Path(folder)
-    key = os.path.abspath(folder)
-    if key in _cleaned:
-        return []
-    _cleaned.add(key)
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        match = _TEMPORARY.fullmatch(entry.name) if entry.name.endswith(".tmp") else None
-        if match is None:
-            continue
-        try:
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            ours_and_dead = match.group(1) == HOST_TAG and not _alive(int(match.group(2)))
-            if ours_and_dead or now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-        except OSError:  # gone meanwhile, or not ours to remove
-            continue
-    return removed
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
-                 check: Callable[[Path], None] | None = None) -> None:
-    """write(f) into a temporary file in the same folder, check(temporary path) if given, then rename
-    it over `path`: readers never see a half-written file, and a failure leaves nothing behind."""
-    path = Path(path)
-    clean_stale_temporaries(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode of a new file
-        if check is not None:
-            check(Path(tmp))
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_output(path: str | os.PathLike, rgb: np.ndarray) -> None:

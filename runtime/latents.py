@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .coords import read_npy
-from .errors import UserError
+from cips_edge.core.errors import UserError
 
 MAX_SEEDS = 10_000  # more files than this from one command is almost surely a typo (e.g. 0-1000000)
 # ... unless the seeds go to a Dask cluster (--cluster, --scheduler): a data set of images. The list

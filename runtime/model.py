@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cips_edge.config import GeneratorConfig
+from cips_edge.core.config import GeneratorConfig
 
 from . import graphcut
-from .errors import UserError
-from .format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
+from cips_edge.core.errors import UserError
+from cips_edge.core.format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
 from .graphcut import FastPaths
 from .split import SplitEngine, auto_cuda_chunk, band_size
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from cips_edge.core.errors import UserError
 
 _MODULE = "onnx.onnx_ml_pb2"
 FLOAT, INT8, FLOAT16 = 1, 3, 10  # TensorProto.DataType

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from cips_edge.core.errors import UserError
 
 NGFF_VERSION = "0.5"
 ZARR_SUFFIX = ".zarr"

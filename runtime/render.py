@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .coords import FULL_FRAME, check_coords, grid_chunks
-from .errors import UserError
+from cips_edge.core.errors import UserError
 from .model import CIPSModel
 
 Progress = Callable[[int], None]  # called with the number of points just finished

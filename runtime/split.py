@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .format import COORDS, EMBEDDING, RGB, STYLE_INPUTS, ModelInfo
+from cips_edge.core.format import COORDS, EMBEDDING, RGB, STYLE_INPUTS, ModelInfo
 
 BAND_POINTS = 1 << 22  # points per upload / download on CUDA: 4M points = 80 MB of coords and colours
 CUDA_CHUNK_BUDGET = 2 << 30  # bytes of one chunk's activations on CUDA (estimate), for the automatic chunk

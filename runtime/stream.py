@@ -25,8 +25,10 @@ import numpy as np
 from . import pngstream, tiffstream
 from .coords import FULL_FRAME
 from .devices import run_ordered
-from .errors import UserError
-from .image import atomic_write, to_uint8
+from cips_edge.core.errors import UserError
+from cips_edge.core.files import atomic_write
+
+from .image import to_uint8
 from .model import CPU, CIPSModel, default_threads
 
 STREAM_SUFFIXES = (".png", ".tif", ".tiff")

@@ -17,8 +17,10 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import UserError
-from .image import atomic_write, prepare_output, to_uint8
+from cips_edge.core.errors import UserError
+from cips_edge.core.files import atomic_write
+
+from .image import prepare_output, to_uint8
 
 VIDEO_SUFFIXES = (".gif", ".mp4", ".npy")
 GIF_MAX_FPS = 50.0  # GIF delays are whole hundredths of a second, and players slow down delays below 2

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from cips_edge.core.errors import UserError
 from .latents import parse_seeds
 from .model import CIPSModel
 from .render import render_image

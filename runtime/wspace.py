@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import graphcut, onnxproto
-from .errors import UserError
-from .format import OUTPUT, STYLE_INPUTS
+from cips_edge.core.errors import UserError
+from cips_edge.core.format import OUTPUT, STYLE_INPUTS
 from .model import CIPSModel
 from .split import SplitEngine
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from .coords import check_region
-from .errors import UserError
+from cips_edge.core.errors import UserError
 from .model import CIPSModel
 from .render import render_image
 

@@ -131,7 +131,7 @@ def main_web(out: str, model: str | None = None) -> None:
     import tempfile
 
     from cips_edge.cli import default_model_path
-    from cips_edge.runtime.errors import UserError
+    from cips_edge.core.errors import UserError
     from cips_edge.runtime.view.web import browser_info, write_site
 
     if model is None:

@@ -46,7 +46,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from cips_edge.checkpoint import atomic_torch_save, generator_checkpoint
-    from cips_edge.config import preset
+    from cips_edge.core.config import preset
     from cips_edge.model import CIPSGenerator
 
     torch.manual_seed(0)

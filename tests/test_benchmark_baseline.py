@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cips_edge.config import preset
+from cips_edge.core.config import preset
 from cips_edge.coords import pixel_grid
 from cips_edge.model import CIPSGenerator
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cips_edge.config import preset
+from cips_edge.core.config import preset
 from cips_edge.model import CIPSGenerator
 
 _spec = importlib.util.spec_from_file_location("render_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "render.py")

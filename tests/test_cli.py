@@ -277,7 +277,7 @@ def test_truncation_beyond_float32_is_an_error_without_warnings(tiny_onnx, tmp_p
 def test_stale_temporary_files_of_killed_writes_are_removed(tiny_onnx, tmp_path):
     """Only ours (.NAME.HOST-PID.RANDOM.tmp) and only stale: of a process of this host that is gone, or
     untouched for a day; a live process's file, a recent one of another host and other files stay."""
-    from cips_edge.runtime.image import HOST_TAG
+    from cips_edge.core.files import HOST_TAG
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     other_host = "0" * 6 if HOST_TAG != "0" * 6 else "1" * 6
@@ -298,7 +298,7 @@ def test_stale_temporary_files_of_killed_writes_are_removed(tiny_onnx, tmp_path)
 
 def test_temporary_files_are_named_for_their_process(tmp_path):
     """What a write in progress looks like, so that a killed one is recognised later."""
-    from cips_edge.runtime.image import HOST_TAG, atomic_write
+    from cips_edge.core.files import HOST_TAG, atomic_write
 
     seen = []
     atomic_write(tmp_path / ("n" * 200 + ".png"), lambda f: seen.extend(p.name for p in tmp_path.iterdir()))

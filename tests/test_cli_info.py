@@ -9,7 +9,7 @@ import onnx
 
 import cips_edge.cli as cli
 from cli_helpers import runner
-from cips_edge.runtime.format import KEY_PROVENANCE
+from cips_edge.core.format import KEY_PROVENANCE
 
 
 def with_provenance(src: Path, dst: Path, **extra) -> Path:

@@ -19,14 +19,14 @@ from onnx import numpy_helper
 
 import cips_edge
 from cips_edge.checkpoint import atomic_torch_save, generator_checkpoint, load_generator
-from cips_edge.config import preset
+from cips_edge.core.config import preset
 from cips_edge.coords import pixel_grid
 from cips_edge.export import ExportError, check_parity, export_checkpoint, export_generator
 from cips_edge.export import verify
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, render_points
 from cips_edge.export.style import plain_names
-from cips_edge.runtime.format import FORMAT, INPUTS, RGB
+from cips_edge.core.format import FORMAT, INPUTS, RGB
 from cli_helpers import cli, runner
 
 # Node types of the fp32 pixel graph: features (Gemm + Sin, the table lookup), then Gemm (bias

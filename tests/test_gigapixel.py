@@ -17,7 +17,7 @@ from cli_helpers import cips, ok
 from cips_edge.runtime import CIPSModel, StreamRender, latent_for_seed, parse_devices, render_image, streams, to_uint8
 from cips_edge.runtime import devices as dev
 from cips_edge.runtime import pngstream, stream, tiffstream
-from cips_edge.runtime.errors import UserError
+from cips_edge.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cips_edge.config import GeneratorConfig, preset
+from cips_edge.core.config import GeneratorConfig, preset
 from cips_edge.coords import native_grid, panorama_grid
 from cips_edge.export import export_generator
 from cips_edge.model import CIPSGenerator

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cips_edge.config import preset
+from cips_edge.core.config import preset
 from cips_edge.export import export_generator
 from cips_edge.model import CIPSGenerator
 

@@ -44,7 +44,7 @@ def test_fp16_pixel_graph_is_the_folded_chain(exported):
     """float16 graph: one Gemm + LeakyRelu per layer, bias, gain and ToRGB folded into the weights."""
     import onnx
 
-    from cips_edge.config import preset
+    from cips_edge.core.config import preset
 
     model = CIPSModel(exported["fp16"], device="cpu")
     graph = onnx.load_from_string(model.info.pixel_graphs["fp16"]).graph

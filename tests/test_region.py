@@ -8,7 +8,7 @@ import pytest
 import cips_edge.cli as cli
 from cli_helpers import cips, ok
 from cips_edge.runtime import CIPSModel, check_region, latent_for_seed, region_grid, render_image
-from cips_edge.runtime.errors import UserError
+from cips_edge.core.errors import UserError
 
 
 def render_npy(tiny_onnx, path, *args) -> np.ndarray:

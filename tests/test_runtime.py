@@ -15,8 +15,8 @@ from cips_edge.runtime import (CIPSModel, UserError, count_parameters, latent_fo
                                output_paths, parse_seeds, pixel_grid, region_grid, render_image, render_points,
                                to_uint8, write_output)
 from cips_edge.runtime.coords import grid_chunks
-from cips_edge.runtime.format import KEY_CONFIG, KEY_VERSION
-from cips_edge.runtime.image import atomic_write
+from cips_edge.core.format import KEY_CONFIG, KEY_VERSION
+from cips_edge.core.files import atomic_write
 
 TOL = 1e-5
 
@@ -152,7 +152,7 @@ def test_to_uint8_formula():
 
 def test_parameter_count_matches_torch(official_dir):
     torch_model = pytest.importorskip("cips_edge.model")
-    from cips_edge.config import PRESETS, GeneratorConfig
+    from cips_edge.core.config import PRESETS, GeneratorConfig
 
     for name in ("tiny", "edge-64"):
         g = torch_model.CIPSGenerator(PRESETS[name])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cips_edge.config import preset
+from cips_edge.core.config import preset
 from cips_edge.coords import pixel_grid
 from cips_edge.train import TrainError, TrainOptions
 from cips_edge.train.augment import diff_augment

@@ -394,7 +394,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_on_resume(straigh
     shutil.copytree(straight[0], out)
     shutil.rmtree(out / "checkpoints")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from cips_edge.runtime.image import HOST_TAG
+    from cips_edge.core.files import HOST_TAG
 
     stale = out / "data-cache" / f".abc.npy.{HOST_TAG}-{int(dead.stdout)}.x1y2z3w4.tmp"
     stale.write_bytes(b"half a data cache")

@@ -186,7 +186,7 @@ def test_cips_view_browser_hands_the_page_the_model_and_the_runtime(tiny_onnx):
     from fastapi.testclient import TestClient
 
     from cips_edge.runtime import CIPSModel
-    from cips_edge.runtime.errors import UserError
+    from cips_edge.core.errors import UserError
     from cips_edge.runtime.view.app import create_app
 
     hashes = vendored_sha256()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cips_edge.runtime.image import atomic_write
+from cips_edge.core.files import atomic_write
 
 CACHE_ENV = "CIPS_EDGE_CACHE"
 FORMAT_VERSION = 1  # bump when the preprocessing or the file layout changes: old entries are then ignored

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cips_edge.runtime.image import atomic_write  # torch-free, like this package
+from cips_edge.core.files import atomic_write  # torch-free, like this package
 
 from . import cache
 from .errors import MetricsError

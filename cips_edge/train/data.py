@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cips_edge.imagefolder import ImageFolder, ImageFolderError
-from cips_edge.runtime.image import clean_stale_temporaries, temporary_prefix
+from cips_edge.core.files import clean_stale_temporaries, temporary_prefix
 
 from .options import TrainError
 

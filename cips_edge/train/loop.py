@@ -20,8 +20,8 @@ import torch
 from cips_edge import __version__
 from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torch_save, generator_checkpoint,
                                   newest_checkpoint, read_checkpoint, run_checkpoints)
-from cips_edge.config import PRESETS
-from cips_edge.runtime.image import clean_stale_temporaries
+from cips_edge.core.config import PRESETS
+from cips_edge.core.files import clean_stale_temporaries
 
 from . import distributed
 from .data import Decoded, ImageBank, load_images

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cips_edge.config import PRESETS
+from cips_edge.core.config import PRESETS
 
 AUGMENT_MODES = ("auto", "on", "off")
 # Below this many images 'auto' turns DiffAugment on: the StyleGAN2-ADA and DiffAugment papers show D

@@ -15,14 +15,14 @@ import torch
 from PIL import Image
 
 from cips_edge.model import CIPSGenerator
-from cips_edge.runtime.image import clean_stale_temporaries, temporary_prefix
+from cips_edge.core.files import clean_stale_temporaries, temporary_prefix
 
 PLAIN_LINE_EVERY_S = 60.0  # without a terminal, print a progress line at most this often
 
 
 def _atomic_write(path: Path, write) -> None:
     """write(temporary path), then rename it to `path`; a failure leaves nothing behind (its OSError
-    propagates). Temporary names follow cips_edge.runtime.image, so killed writes are cleaned up later."""
+    propagates). Temporary names follow cips_edge.core.files, so killed writes are cleaned up later."""
     clean_stale_temporaries(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)

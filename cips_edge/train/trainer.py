@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cips_edge.config import GeneratorConfig
+from cips_edge.core.config import GeneratorConfig
 from cips_edge.coords import native_grid
 from cips_edge.model import CIPSGenerator
 

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 
 from cips_edge.imagefolder import on_white, prepare_image
-from cips_edge.runtime.errors import UserError
-from cips_edge.runtime.image import atomic_write
+from cips_edge.core.errors import UserError
+from cips_edge.core.files import atomic_write
 
 DEFAULT_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 PNG_FORMATS = (17, 18, 19)  # CBDT glyph formats that hold PNG data (small, big, no metrics)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from ..errors import UserError
+from cips_edge.core.errors import UserError
 
 INSTALL = "pip install 'cips-edge[view]'"
 

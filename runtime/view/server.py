@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from ..errors import UserError
+from cips_edge.core.errors import UserError
 
 
 def bind(host: str, port: int) -> socket.socket:

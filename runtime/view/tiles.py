@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..coords import check_region
-from ..errors import UserError
+from cips_edge.core.errors import UserError
 from ..image import to_uint8
 from ..latents import latent_for_seed
 from ..model import CIPSModel

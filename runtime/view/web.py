@@ -16,9 +16,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
-from ..format import INPUTS, OUTPUT, parse_metadata
-from ..image import _umask
+from cips_edge.core.errors import UserError
+from cips_edge.core.format import INPUTS, OUTPUT, parse_metadata
+from cips_edge.core.files import current_umask
 from ..model import _onnxruntime
 from .tiles import page_info
 
@@ -126,7 +126,7 @@ def write_site(out: str | os.PathLike, model: str | os.PathLike, webgpu: bool = 
     old = None
     try:
         _write_files(tmp, model, info)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a web server may run as another user
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a web server may run as another user
         if out.exists():  # empty, or an earlier site: moved aside, then removed once the new one is in place
             old = out.with_name(tmp.name + ".old")
             os.replace(out, old)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cips_edge.config import GeneratorConfig  # plain dataclass, no torch
+from .config import GeneratorConfig  # plain dataclass, no torch
 
 from .errors import UserError
 
