@@ -27,31 +27,34 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
-EXPORT = """
+# The weights are made once by the install under test (render.py's trained_like) and saved; each
+# install then exports them with its own code, so both files hold the same weights.
+WEIGHTS = """
 import sys, torch
 sys.path.insert(0, {here!r})
 from render import trained_like
 from cips_edge.core.config import preset
 from cips_edge.model import CIPSGenerator
-from cips_edge.export import export_generator
 torch.manual_seed(0)
 g = CIPSGenerator(preset({preset!r}))
 trained_like(g)
-export_generator(g, {out!r}, precision={precision!r}, include={include!r})
-try:  # the format module's home differs between installs
+torch.save(g.state_dict(), {out!r})
+"""
+EXPORT = """
+import torch
+try:  # where the config and format modules live differs between installs
+    from cips_edge.core.config import preset
     import cips_edge.core.format as f
 except ImportError:
+    from cips_edge.config import preset
     import cips_edge.runtime.format as f
+from cips_edge.model import CIPSGenerator
+from cips_edge.export import export_generator
+g = CIPSGenerator(preset({preset!r}))
+g.load_state_dict(torch.load({weights!r}, weights_only=True))
+export_generator(g, {out!r}, precision={precision!r}, include={include!r})
 print(f.FORMAT_VERSION)
 """
-
-
-def export(python: str, preset: str, out: Path, precisions: list[str]) -> int:
-    """The format version written."""
-    code = EXPORT.format(here=str(HERE), preset=preset, out=str(out), precision=precisions[0],
-                         include=tuple(precisions[1:]))
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
-    return int(done.stdout.split()[-1])
 
 
 CLI = "import sys; from cips_edge.cli import main; sys.argv[0] = 'cips'; main()"
@@ -68,6 +71,20 @@ for k in range({repeats} + 2):
     times.append(time.perf_counter() - start)
 print(m.provider, statistics.median(times[2:]))
 """
+
+
+def make_weights(python: str, preset: str, out: Path) -> Path:
+    subprocess.run([python, "-c", WEIGHTS.format(here=str(HERE), preset=preset, out=str(out))], check=True,
+                   capture_output=True)
+    return out
+
+
+def export(python: str, preset: str, out: Path, precisions: list[str], weights: Path) -> int:
+    """The format version written."""
+    code = EXPORT.format(preset=preset, weights=str(weights), out=str(out), precision=precisions[0],
+                         include=tuple(precisions[1:]))
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout.split()[-1])
 
 
 def render(python: str, model: Path, size: int, device: str, precision: str, out: Path) -> float:
@@ -97,11 +114,12 @@ def record_sizes(args) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.sizes.split(","):
+            weights = make_weights(args.after_python, preset, Path(tmp) / f"{preset}.pt")
             for precision in ("fp32", "fp16", "int8"):
                 row = {"preset": preset, "precision": precision, "bytes": {}, "format": {}}
                 for name, python in (("before", args.before_python), ("after", args.after_python)):
                     path = Path(tmp) / f"{name}.onnx"
-                    row["format"][name] = export(python, preset, path, [precision])
+                    row["format"][name] = export(python, preset, path, [precision], weights)
                     row["bytes"][name] = path.stat().st_size
                 row["ratio_after_over_before"] = row["bytes"]["after"] / row["bytes"]["before"]
                 rows.append(row)
@@ -136,9 +154,10 @@ def main() -> None:
         for case in args.cases.split(","):
             preset, side = case.split(":")
             files, versions = {}, {}
+            weights = make_weights(args.after_python, preset, tmp / f"{preset}.pt")
             for name, python in installs.items():
                 files[name] = tmp / f"{name}-{preset}.onnx"
-                versions[name] = export(python, preset, files[name], precisions)
+                versions[name] = export(python, preset, files[name], precisions, weights)
             for precision in precisions:
                 times = {name: [] for name in installs}
                 outs = {name: tmp / f"{name}.npy" for name in installs}
