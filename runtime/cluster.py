@@ -31,11 +31,12 @@ from distributed.scheduler import KilledWorker
 from . import pyramid as pz
 from .devices import visible_gpus
 from cips_edge.core.errors import UserError
+from cips_edge.core.files import file_sha256
 from .image import to_uint8, write_output
 from .latents import latent_for_seed
 from .model import CUDA, CIPSModel, available_providers, default_threads
 from .render import render_image, render_points
-from .stream import Interrupted, _file_sha256
+from .stream import Interrupted
 
 GPU_TASK_THREADS = 2  # tasks at once on a GPU worker: one renders while the other compresses and writes
 SEED_BATCH_PIXELS = 1 << 22  # pixels a seed task renders (whole images; at least one)
@@ -60,7 +61,7 @@ class ModelSpec:
 
     @classmethod
     def of(cls, path: Path, packaged: bool, device: str, precision: str | None, threads: int) -> "ModelSpec":
-        return cls(str(path.resolve()), _file_sha256(path), packaged, device, precision, threads)
+        return cls(str(path.resolve()), file_sha256(path), packaged, device, precision, threads)
 
     def open(self) -> CIPSModel:
         path = Path(self.path)
@@ -69,7 +70,7 @@ class ModelSpec:
         if not path.is_file():
             raise UserError(f"worker {_worker_name()} finds no model at {path}: put the model in a folder that every "
                             "worker reads at the same path")
-        if _file_sha256(path) != self.sha256:
+        if file_sha256(path) != self.sha256:
             raise UserError(f"worker {_worker_name()} has another file at {path} (its SHA-256 differs): give every "
                             "worker the same model")
         device_id = int(get_worker().name) if self.gpu_by_name else 0

@@ -10,7 +10,6 @@ one writes. The finished file is renamed to OUT, so nothing half-written ever ha
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -26,7 +25,7 @@ from . import pngstream, tiffstream
 from .coords import FULL_FRAME
 from .devices import run_ordered
 from cips_edge.core.errors import UserError
-from cips_edge.core.files import atomic_write
+from cips_edge.core.files import atomic_write, file_sha256
 
 from .image import to_uint8
 from .model import CPU, CIPSModel, default_threads
@@ -165,20 +164,6 @@ class TIFFTiles:
         f.write(tiffstream.header(at))
 
 
-def _file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=8)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:  # once per model file, not once per seed
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
 # what each recorded parameter is called in the "cannot resume" message
 _PARAM_NAMES = {"version": "partial-file version", "format": "format", "width": "size", "height": "size",
                 "region": "region", "truncation": "truncation", "latent": "seed or latent", "model": "model file",
@@ -220,7 +205,7 @@ class StreamRender:
         psi = float(np.float32(truncation))
         params = {"version": STATE_VERSION, "format": layout.kind, "width": width, "height": height,
                   "region": [float(v) for v in region], "truncation": psi,
-                  "latent": hashlib.sha256(z.tobytes()).hexdigest(), "model": _file_sha256(model.path),
+                  "latent": hashlib.sha256(z.tobytes()).hexdigest(), "model": file_sha256(model.path),
                   "provider": model.provider, **layout.params()}
         job = cls(path, layout, params, z, tuple(params["region"]), psi, None)
         if job.partial.is_file() and job.state_path.is_file():

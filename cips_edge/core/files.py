@@ -5,6 +5,7 @@ reader never sees a half-written file and a failure leaves nothing behind.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -110,3 +111,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex; read once per file version (path, size, modification time)
+    in a process, so asking again for a model or weights file costs nothing."""
+    path = Path(path)
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

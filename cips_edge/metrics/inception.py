@@ -9,7 +9,6 @@ source grid, no half-pixel offset), then (x - 128) / 128 as the TF graph does.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cips_edge.core.files import file_sha256
 
 from .errors import MetricsError
 
@@ -215,14 +216,6 @@ def preprocess(images: np.ndarray, device: torch.device | str = "cpu") -> torch.
     return (x - 128) / 128
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _where_to_get() -> str:
     return f"get {WEIGHTS_FILE} from {WEIGHTS_URL}"
 
@@ -232,7 +225,7 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise InceptionWeightsError(f"Inception weights not found: {path} ({_where_to_get()})")
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if digest != WEIGHTS_SHA256:
         raise InceptionWeightsError(f"{path} is not the FID Inception weights file (SHA-256 {digest[:16]}..., "
                                     f"expected {WEIGHTS_SHA256[:16]}...; {_where_to_get()})")

@@ -10,7 +10,6 @@ of `cips render --region` with the region `tile_region` gives.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import threading
@@ -22,6 +21,7 @@ import numpy as np
 
 from ..coords import check_region
 from cips_edge.core.errors import UserError
+from cips_edge.core.files import file_sha256
 from ..image import to_uint8
 from ..latents import latent_for_seed
 from ..model import CIPSModel
@@ -74,11 +74,7 @@ def tile_region(z: int, x: int, y: int) -> tuple[float, float, float, float]:
 
 def model_id(path: Path) -> str:
     """A short digest of the model file: tile URLs carry it, so a browser never shows another model's tiles."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 def page_info(path: Path, train_size: float, ident: str | None = None) -> dict:
