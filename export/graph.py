@@ -20,7 +20,7 @@ from cips_edge.model import CIPSGenerator
 from cips_edge.core.format import COORDS, INPUTS, RGB, STYLE_INPUTS
 
 from .pixels import portable_pixels, shared_weights
-from .style import FastStyle, StyleGraph, plain_names
+from .style import FastStyle, StyleGraph, fourier_width, plain_names
 
 OPSET = 17  # the oldest opset every maintained onnxruntime runs well; the graph needs none newer
 EXTENSION_PREFIX = "fast/"
@@ -68,8 +68,6 @@ def _drop_identities(graph: onnx.GraphProto) -> None:
 
 def style_shapes(config: GeneratorConfig) -> dict[str, list]:
     """The plain per-latent weights' shapes, batch first (the style half's named tensors)."""
-    from .style import fourier_width
-
     shapes = config.layer_shapes
     out = {"p0_fo": ["batch", fourier_width(config), shapes[0][1]], "p0_co": ["batch", config.hidden_size, shapes[0][1]]}
     out.update({f"p{i}": ["batch", k, m] for i, (k, m) in enumerate(shapes[1:], start=1)})

@@ -21,17 +21,14 @@ from cips_edge.core.errors import UserError
 from cips_edge.core.format import COORDS, EMBEDDING, STYLE_INPUTS, ModelInfo
 from .onnxproto import FLOAT, to_array, value_info
 
-load = onnxproto.load
-
-
 def _initializers(*graphs) -> dict:
     return {t.name: t for g in graphs for t in g.initializer}
 
 
-def cut(main, extension, inputs: Iterable[str], outputs: Iterable[str], output_types: dict[str, int] | None = None):
+def cut(main, extension, inputs: Iterable[str], outputs: Iterable[str]):
     """The nodes of main's graph (then extension's) that compute outputs from inputs, as a model of its
     own. inputs may be graph inputs, inner tensors or initializers (those become inputs: a caller can
-    feed its own value). output_types: element types of outputs the graphs do not declare (default float)."""
+    feed its own value); outputs the graphs do not declare are float32 (the mapped w)."""
     graphs = [main.graph] + ([extension.graph] if extension is not None else [])
     nodes = [n for g in graphs for n in g.node]
     inits = _initializers(*graphs)
@@ -63,7 +60,7 @@ def cut(main, extension, inputs: Iterable[str], outputs: Iterable[str], output_t
         if n in declared and declared[n].type.tensor_type.elem_type:
             graph.output.append(declared[n])
         else:
-            graph.output.append(value_info(n, (output_types or {}).get(n, FLOAT), None))
+            graph.output.append(value_info(n, FLOAT, None))
     graph.node.extend(keep)
     graph.initializer.extend(inits[n] for n in sorted(needed & set(inits)) if n not in inputs)
     versions: dict[str, int] = {}

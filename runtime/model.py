@@ -13,7 +13,7 @@ import numpy as np
 
 from cips_edge.core.config import GeneratorConfig
 
-from . import graphcut
+from . import graphcut, onnxproto
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
 from .graphcut import FastPaths
@@ -111,15 +111,13 @@ class CIPSModel:
             raise UserError(f"--device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "
                             f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]")
         cuda = device in ("cuda", "tensorrt") or (device == "auto" and CUDA in have)
-        main = graphcut.load(str(self.path), str(self.path))
+        main = onnxproto.load(str(self.path), str(self.path))
         self.info: ModelInfo = parse_metadata({p.key: p.value for p in main.metadata_props}, str(self.path))
         self.engine: SplitEngine | None = None
         fast: FastPaths | None = None  # version 3: the fast paths cut from the file's graph
         if self.info.format_version >= 3:
+            self._check_graph(main.graph.input, main.graph.output, INPUTS, (OUTPUT,))
             graphcut.check_against_graph(main, self.info, str(self.path))
-            if not self._check_graph_proto(main):
-                raise UserError(f"{self.path} is not a cips-edge graph of format 3 (inputs "
-                                f"{tuple(i.name for i in main.graph.input)})")
             self.precision = self._precision(precision, cuda)
             fast = FastPaths(main, self.info, self.precision, str(self.path))
             style_source = fast.style
@@ -132,17 +130,17 @@ class CIPSModel:
             raise UserError(f"--device {device}: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
                             "libraries missing or no GPU); use --device cpu or fix the CUDA install")
         if self.providers[0] == CPU and len(self.providers) > 1:  # auto: CUDA did not load
-            self.session = self._session(style_source, cuda=False)
-            self.providers = list(self.session.get_providers())
             if fast is not None and precision is None and self.precision != self._precision(None, False):
                 self.precision = self._precision(None, False)  # the CPU's choice, now that it runs there
-                fast = FastPaths(graphcut.load(str(self.path), str(self.path)), self.info, self.precision,
+                fast = FastPaths(onnxproto.load(str(self.path), str(self.path)), self.info, self.precision,
                                  str(self.path))
-                self.session = self._session(fast.style, cuda=False)
+                style_source = fast.style
+            self.session = self._session(style_source, cuda=False)
+            self.providers = list(self.session.get_providers())
         self.workers = 1 if self.providers[0] == CUDA else (threads or default_threads())
         if self.info.format_version >= 2:
             if fast is None:  # version 2: the file's graph is the style part
-                self._check_graph(STYLE_INPUTS, None)
+                self._check_graph(self.session.get_inputs(), self.session.get_outputs(), STYLE_INPUTS, None)
                 self.precision = self._precision(precision, self.providers[0] != CPU)
                 pixel_source = self.info.pixel_graphs[self.precision]
             else:
@@ -156,16 +154,11 @@ class CIPSModel:
                                       bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
                                       table=fast.table if fast is not None else None)
         else:
-            self._check_graph(INPUTS, (OUTPUT,))
+            self._check_graph(self.session.get_inputs(), self.session.get_outputs(), INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
                 raise UserError(f"{self.path} is a format-1 file: it holds only fp32; re-export it with "
                                 f"--precision {precision}")
             self.precision = "fp32"
-
-    @staticmethod
-    def _check_graph_proto(main) -> bool:
-        return (tuple(i.name for i in main.graph.input) == INPUTS
-                and tuple(o.name for o in main.graph.output) == (OUTPUT,))
 
     def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False):
         ort = self.ort
@@ -214,9 +207,11 @@ class CIPSModel:
         suits = {"fp32": True, "fp16": gpu, "int8": not gpu}
         return self.info.precision if suits.get(self.info.precision, False) else "fp32"
 
-    def _check_graph(self, inputs: tuple[str, ...], outputs: tuple[str, ...] | None) -> None:
-        names = tuple(i.name for i in self.session.get_inputs())
-        have = tuple(o.name for o in self.session.get_outputs())
+    def _check_graph(self, found_inputs, found_outputs, inputs: tuple[str, ...], outputs: tuple[str, ...] | None) -> None:
+        """The graph's inputs and outputs (anything with .name: a session's or a protobuf graph's) are
+        the format's."""
+        names = tuple(i.name for i in found_inputs)
+        have = tuple(o.name for o in found_outputs)
         if names != inputs or (outputs is not None and have != outputs):
             raise UserError(f"{self.path} is not a cips-edge graph of format {self.info.format_version} "
                             f"(inputs {names}, outputs {have})")

@@ -51,7 +51,7 @@ class WSpaceModel:
 
         self.model = model
         if model.info.format_version >= 3:
-            main = graphcut.load(str(model.path), str(model.path))
+            main = onnxproto.load(str(model.path), str(model.path))
             self._w_name = _mapped_w(main.graph)
             data = graphcut.FastPaths(main, model.info, model.precision, str(model.path),
                                       inputs=(*STYLE_INPUTS, W_AVG), extra_outputs=(self._w_name,)).style
