@@ -79,8 +79,10 @@ def kernel_table(fn, runs: int = 3, top: int = 25) -> list[dict]:
 
 
 def pixel_constants(model: CIPSModel) -> dict[str, np.ndarray]:
-    graph = onnx.load_from_string(model.info.pixel_graphs["fp16"]).graph
-    return {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    """The fp16 pixel graph's constants: its own initializers, and (format 3) the per-point weights it
+    reads from the file's graph by name."""
+    graphs = [onnx.load(model.path).graph, onnx.load_from_string(model.info.pixel_graphs["fp16"]).graph]
+    return {t.name: numpy_helper.to_array(t) for graph in graphs for t in graph.initializer}
 
 
 def torch_chain(path: Path, side: int):

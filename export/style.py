@@ -1,11 +1,13 @@
-"""The style graph: z and psi -> the per-latent weights of the pixel graphs (export/pixels.py), in torch.
+"""The style half, in torch: z and psi -> the per-latent weights the per-point graphs read (export/pixels.py).
 
 For a fixed latent every modulated layer is a plain dense layer, so everything that depends on the
 latent (mapping network, truncation, modulation, demodulation) runs here once per latent, in float32,
 and the weights come out arranged for a chain of bare GEMMs. In every layout the sqrt(2) gain of each
-layer is folded into the next layer's rows (leaky(a x) = a leaky(x), a > 0). Two layouts:
+layer is folded into the next layer's rows (leaky(a x) = a leaky(x), a > 0). StyleGraph gives the
+plain layout (the file's own graph's tensors); FastStyle derives the others from it (the metadata's
+style extension). Two layouts:
 
-- plain (the fp32 and int8 pixel graphs; suits CPUs): the real widths, the biases in the pixel graph
+- plain (the file's graph, the fp32 and int8 fast paths; suits CPUs): the real widths, the biases added per point
   (a Gemm's bias input; ONNX Runtime's CPU provider fuses Gemm + LeakyRelu into one FusedGemm), ToRGB
   as separate 3-column products. (A constant bias column, as below, measured ~10% slower on the CPU:
   odd widths waste part of MLAS's 16-column panels.)
