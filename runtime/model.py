@@ -145,14 +145,18 @@ class CIPSModel:
                 pixel_source = self.info.pixel_graphs[self.precision]
             else:
                 pixel_source = fast.pixel
-            pixels = self._session(pixel_source, cuda=self.providers[0] == CUDA, tensorrt=device == "tensorrt")
+            on_gpu = self.providers[0] == CUDA
+            pixels = self._session(pixel_source, cuda=on_gpu, tensorrt=device == "tensorrt")
+            # the grid graph (regular grids) on the same provider; TensorRT builds engines for the pixel graph only
+            grid = (self._session(fast.grid, cuda=on_gpu, cpu_threads=threads or default_threads())
+                    if fast is not None and fast.grid is not None else None)
             self.providers = list(pixels.get_providers())
             if device == "tensorrt" and self.providers[0] != TENSORRT:
                 raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
                                 "(TensorRT libraries missing?); use --device cuda")
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
                                       bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
-                                      table=fast.table if fast is not None else None)
+                                      table=fast.table if fast is not None else None, grid_session=grid)
         else:
             self._check_graph(self.session.get_inputs(), self.session.get_outputs(), INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
@@ -160,10 +164,12 @@ class CIPSModel:
                                 f"--precision {precision}")
             self.precision = "fp32"
 
-    def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False):
+    def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False, cpu_threads: int = 1):
         ort = self.ort
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 0 if cuda else 1  # CPU: parallel over chunks (see the class doc)
+        # CPU: parallel over chunks, one thread per call (see the class doc); the grid graph's calls run
+        # one at a time, each on cpu_threads
+        options.intra_op_num_threads = 0 if cuda else cpu_threads
         options.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
         options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
         providers: list = [CPU]
@@ -254,6 +260,15 @@ class CIPSModel:
         if self.provider == CPU and self.engine is None:
             return FORMAT_1_CPU_CHUNK
         return DEFAULT_CHUNK.get(self.provider, DEFAULT_CHUNK[CUDA])
+
+    @property
+    def grid_ready(self) -> bool:
+        """Whether regular grids run through the file's grid graph (fp16 files, fp16 precision)."""
+        return self.engine is not None and self.engine.grid_session is not None
+
+    def grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int) -> np.ndarray:
+        """Every style's colours on the grid xs [w] x ys [h] (grid_ready models) -> [len(styles), h * w, 3]."""
+        return self.engine.render_grids(styles, xs, ys, chunk)
 
     def piece_size(self, chunk: int, total: int) -> int:
         """Points the renderer hands over at once: a chunk, or on the GPU a band of chunks."""

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .coords import FULL_FRAME, check_coords, grid_chunks
+from .coords import FULL_FRAME, check_coords, grid_axes, grid_chunks
 from cips_edge.core.errors import UserError
 from .model import CIPSModel
 
@@ -151,6 +151,8 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
         raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
     psi = _truncation(truncation, 1)
     per_call = _check_chunk(model, chunk, height * width)
+    if getattr(model, "grid_ready", False):
+        return render_images(model, z, height, width, region, truncation, per_call, progress)[0]
     out = np.empty((height * width, 3), dtype=np.float32)
     style = _styles(model, z, psi)[0]
     piece = model.piece_size(per_call, height * width) if _on_device(model) else per_call
@@ -160,3 +162,30 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
         if progress is not None:
             progress(rgb.shape[0])
     return out.reshape(height, width, 3)
+
+
+def render_images(model: CIPSModel, z: np.ndarray, height: int, width: int,
+                  region: tuple[float, float, float, float] = FULL_FRAME, truncation: float | np.ndarray = 1.0,
+                  chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
+    """Raw RGB of every latent z [B, S] (or [S]) on the same height x width pixel grid over region:
+    [B, H, W, 3]. Models with a grid graph (fp16 files on the GPU) render the grid directly, all
+    latents of a band of rows queued at once; others render the grid's points."""
+    z = _latents(model, z)
+    if height < 1 or width < 1:
+        raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
+    batch = z.shape[0]
+    psi = _truncation(truncation, batch)
+    per_call = _check_chunk(model, chunk, height * width)
+    xs, ys = grid_axes(height, width, region)
+    if not getattr(model, "grid_ready", False):
+        points = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
+        return render_points(model, z, points, psi, per_call, progress).reshape(batch, height, width, 3)
+    out = np.empty((batch, height * width, 3), dtype=np.float32)
+    styles = _styles(model, z, psi)
+    band = max(1, model.piece_size(per_call, height * width) // (width * batch))  # rows per download
+    for r0 in range(0, height, band):
+        r1 = min(height, r0 + band)
+        out[:, r0 * width:r1 * width] = model.grids(styles, xs, ys[r0:r1], per_call)
+        if progress is not None:
+            progress(batch * (r1 - r0) * width)
+    return out.reshape(batch, height, width, 3)
