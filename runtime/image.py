@@ -13,6 +13,8 @@ import numpy as np
 from cips_edge.core.errors import UserError
 from cips_edge.core.files import atomic_write, clean_stale_temporaries, shown, temporary_prefix
 
+from .pngstream import LEVEL as PNG_LEVEL
+
 MAX_SIDE = 16_384  # pixels per side without --force: 16384^2 already takes ~4 GB of float32 output
 IMAGE_SUFFIXES = (".png", ".npy")
 # Room kept in a file name for what is added beside an output (a streamed render's OUT.partial.json).
@@ -154,6 +156,6 @@ def write_output(path: str | os.PathLike, rgb: np.ndarray) -> None:
 
         assert rgb.ndim == 3 and rgb.shape[2] == 3, rgb.shape
         image = Image.fromarray(to_uint8(rgb))  # [H, W, 3] uint8 is RGB
-        atomic_write(path, lambda f: image.save(f, format="PNG"))
+        atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=PNG_LEVEL))
     else:
         raise UserError(f"cannot write {path}: the output must end in {' or '.join(IMAGE_SUFFIXES)}")

@@ -43,6 +43,9 @@ def _onnxruntime():
     except ImportError:
         raise UserError("onnxruntime is not installed: pip install 'cips-edge[cpu]' "
                         "(or 'cips-edge[gpu]' for CUDA)") from None
+    # errors only: ONNX Runtime's default logger warns about provider registration on every session
+    # (onnxruntime-gpu 1.31: "No registered plugin EP device found"); what runs is checked and reported here
+    onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
 
