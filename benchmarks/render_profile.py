@@ -162,6 +162,7 @@ def main(argv=None) -> None:
         engine, psi = model.engine, np.ones(1, np.float32)
         style = engine.styles(z[None], psi)[0]
         coords = np.concatenate([c for _, c in grid_chunks(side, side, 1 << 22)])
+        row["style_kernels"] = kernel_table(lambda: engine.styles(z[None], psi))
         row["phases_ms"] = {
             "style": cuda_timed(lambda: engine.styles(z[None], psi)),
             "coordinates_host": cuda_timed(lambda: list(grid_chunks(side, side, 1 << 22))),
@@ -175,7 +176,9 @@ def main(argv=None) -> None:
         print(f"ort fp16 {side}^2 {options or ''}: {row['ms']} ms; phases {row['phases_ms']}; kernels:", flush=True)
         for k in row["kernels"][:12]:
             print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
-        print(f"ort fp16 {side}^2 as points: {row['points']['ms']} ms", flush=True)
+        print(f"ort fp16 {side}^2 as points: {row['points']['ms']} ms; the style run's kernels:", flush=True)
+        for k in row["style_kernels"][:8]:
+            print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
         del model
 
     full, gemms, x16 = torch_chain(path, side)

@@ -13,6 +13,7 @@ chunk of points. Nothing is stored twice in the file.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,6 +21,17 @@ from . import onnxproto
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import COORDS, EMBEDDING, GRID_INPUTS, STYLE_INPUTS, ModelInfo
 from .onnxproto import FLOAT, to_array, value_info
+
+_TYPES = {1: "tensor(float)", 10: "tensor(float16)", 3: "tensor(int8)"}  # ONNX element types, as sessions name them
+
+
+class InputSpec(NamedTuple):
+    """A graph input as a session's get_inputs() describes it, read from the graph (no session needed)."""
+
+    name: str
+    type: str
+    shape: list
+
 
 def _initializers(*graphs) -> dict:
     return {t.name: t for g in graphs for t in g.initializer}
@@ -85,6 +97,9 @@ class FastPaths:
         self.table = None
         names = self._fill(pixel, shared, info, source)
         self.pixel = pixel.SerializeToString()
+        self.pixel_inputs = [InputSpec(v.name, _TYPES[v.type.tensor_type.elem_type],
+                                       [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim])
+                             for v in pixel.graph.input]
         self.grid = None  # the grid graph (regular grids), where the file has one for this precision
         if precision in info.grid_graphs:
             grid = onnxproto.parse(info.grid_graphs[precision])

@@ -31,6 +31,7 @@ TENSORRT = "TensorrtExecutionProvider"
 # use 262,144.
 DEFAULT_CHUNK = {CPU: 1_024, CUDA: 262_144}
 FORMAT_1_CPU_CHUNK = 16_384
+GRID_CPU_CHUNK = 16_384  # points per grid-graph call on the CPU (fp16 asked for there)
 # CUDA provider: float32 matmuls in float32 (ONNX Runtime may default to TF32), and an arena that grows
 # by what is asked rather than to the next power of two (bounded memory for big images).
 CUDA_OPTIONS = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
@@ -149,17 +150,23 @@ class CIPSModel:
             else:
                 pixel_source = fast.pixel
             on_gpu = self.providers[0] == CUDA
-            pixels = self._session(pixel_source, cuda=on_gpu, tensorrt=device == "tensorrt")
             # the grid graph (regular grids) on the same provider; TensorRT builds engines for the pixel graph only
             grid = (self._session(fast.grid, cuda=on_gpu, cpu_threads=threads or default_threads())
                     if fast is not None and fast.grid is not None else None)
-            self.providers = list(pixels.get_providers())
+
+            def open_pixels():
+                return self._session(pixel_source, cuda=on_gpu, tensorrt=device == "tensorrt")
+
+            lazy = grid is not None and device != "tensorrt"  # opened when points are first rendered
+            pixels = open_pixels if lazy else open_pixels()
+            self.providers = list((grid if lazy else pixels).get_providers())
             if device == "tensorrt" and self.providers[0] != TENSORRT:
                 raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
                                 "(TensorRT libraries missing?); use --device cuda")
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
                                       bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
-                                      table=fast.table if fast is not None else None, grid_session=grid)
+                                      table=fast.table if fast is not None else None, grid_session=grid,
+                                      pixel_inputs=fast.pixel_inputs if lazy else None)
         else:
             self._check_graph(self.session.get_inputs(), self.session.get_outputs(), INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
@@ -268,6 +275,12 @@ class CIPSModel:
     def grid_ready(self) -> bool:
         """Whether regular grids run through the file's grid graph (fp16 files, fp16 precision)."""
         return self.engine is not None and self.engine.grid_session is not None
+
+    @property
+    def grid_chunk(self) -> int:
+        """Points per grid-graph call when none is given: the activations' memory budget on a GPU; on
+        the CPU each call runs on every core."""
+        return auto_cuda_chunk(self.info, self.precision, grid=True) if self.on_device else GRID_CPU_CHUNK
 
     def grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int) -> np.ndarray:
         """Every style's colours on the grid xs [w] x ys [h] (grid_ready models) -> [len(styles), h * w, 3]."""

@@ -150,9 +150,9 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
     if height < 1 or width < 1:
         raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
     psi = _truncation(truncation, 1)
-    per_call = _check_chunk(model, chunk, height * width)
     if getattr(model, "grid_ready", False):
-        return render_images(model, z, height, width, region, truncation, per_call, progress)[0]
+        return render_images(model, z, height, width, region, truncation, chunk, progress)[0]
+    per_call = _check_chunk(model, chunk, height * width)
     out = np.empty((height * width, 3), dtype=np.float32)
     style = _styles(model, z, psi)[0]
     piece = model.piece_size(per_call, height * width) if _on_device(model) else per_call
@@ -175,14 +175,15 @@ def render_images(model: CIPSModel, z: np.ndarray, height: int, width: int,
         raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
     batch = z.shape[0]
     psi = _truncation(truncation, batch)
-    per_call = _check_chunk(model, chunk, height * width)
     xs, ys = grid_axes(height, width, region)
     if not getattr(model, "grid_ready", False):
         points = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
-        return render_points(model, z, points, psi, per_call, progress).reshape(batch, height, width, 3)
+        return render_points(model, z, points, psi, chunk, progress).reshape(batch, height, width, 3)
+    per_call = _check_chunk(model, chunk, height * width) if chunk is not None else model.grid_chunk
     out = np.empty((batch, height * width, 3), dtype=np.float32)
     styles = _styles(model, z, psi)
-    band = max(1, model.piece_size(per_call, height * width) // (width * batch))  # rows per download
+    # rows per download: every latent's share of a band (BAND_POINTS on the GPU)
+    band = max(1, model.piece_size(per_call, batch * height * width) // (width * batch))
     for r0 in range(0, height, band):
         r1 = min(height, r0 + band)
         out[:, r0 * width:r1 * width] = model.grids(styles, xs, ys[r0:r1], per_call)

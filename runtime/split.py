@@ -45,9 +45,18 @@ def chunk_bytes_per_point(info: ModelInfo, precision: str) -> int:
     return features + 3 * widest * per_value + 64
 
 
-def auto_cuda_chunk(info: ModelInfo, precision: str, budget: int = CUDA_CHUNK_BUDGET) -> int:
-    """The largest power of two of points whose activations fit the budget, within [16k, 1M]."""
-    points = max(1, budget // chunk_bytes_per_point(info, precision))
+def grid_bytes_per_point(info: ModelInfo) -> int:
+    """The same for the fp16 grid graph: the float16 Fourier block's products and sum, the input layer's
+    interpolated table half, the chain, the colours."""
+    c = info.config
+    widest = max(c.synthesis_widths) + 8
+    return 2 * 3 * (c.hidden_size + 8) + 2 * widest + 2 * 2 * widest + 64
+
+
+def auto_cuda_chunk(info: ModelInfo, precision: str, budget: int = CUDA_CHUNK_BUDGET, grid: bool = False) -> int:
+    """The largest power of two of points whose activations fit the budget, within [16k, 1M] (grid: a
+    grid graph call's points)."""
+    points = max(1, budget // (grid_bytes_per_point(info) if grid else chunk_bytes_per_point(info, precision)))
     return int(min(MAX_CUDA_CHUNK, max(MIN_CUDA_CHUNK, 1 << (points.bit_length() - 1))))
 
 
@@ -59,16 +68,18 @@ class SplitEngine:
     to check it."""
 
     def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, bound: str | None,
-                 device_id: int = 0, table: np.ndarray | None = None, grid_session=None):
+                 device_id: int = 0, table: np.ndarray | None = None, grid_session=None, pixel_inputs=None):
         self.ort = ort
         self.style_session = style_session
-        self.pixel_session = pixel_session
+        # the pixel session, or a function that makes it on first use (with pixel_inputs: its inputs as
+        # get_inputs() would list them), so that a model that only renders grids never opens it
+        self._pixel_session = pixel_session
         self.grid_session = grid_session  # regular grids (runtime/graphcut.py FastPaths.grid), or None
         self.info = info
         self.precision = precision
         self.bound = bound
         self.device_id = device_id
-        self.pixel_inputs = {i.name: i for i in pixel_session.get_inputs()}
+        self.pixel_inputs = {i.name: i for i in (pixel_inputs or pixel_session.get_inputs())}
         self.pixel_weights = [n for n in self.pixel_inputs if n not in (COORDS, EMBEDDING)]
         grid_inputs = {i.name: i for i in grid_session.get_inputs()} if grid_session is not None else {}
         self.grid_weights = [n for n in grid_inputs if n not in GRID_INPUTS]
@@ -88,6 +99,12 @@ class SplitEngine:
             self.sync_options = ort.RunOptions()
             self.async_options = ort.RunOptions()
             self.async_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+
+    @property
+    def pixel_session(self):
+        if not hasattr(self._pixel_session, "run"):
+            self._pixel_session = self._pixel_session()
+        return self._pixel_session
 
     def _style_outputs(self, z: np.ndarray, psi: np.ndarray, names: list[str],
                        extra: dict | None = None) -> list[np.ndarray]:
