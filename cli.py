@@ -201,7 +201,7 @@ def render(
                     rt.write_output(fovea_map, rt.fovea.sample_map(plan, rgb))
             else:
                 rgb = rt.render_image(m, z, h, w, region=frame, truncation=truncation, chunk=chunk,
-                                      progress=advance)
+                                      progress=advance, uint8=path.suffix.lower() == ".png")
             rt.write_output(path, rgb)
     ms = (time.perf_counter() - start) * 1000
     what = f"{len(paths)} files, {paths[0]} ... {paths[-1]}" if len(paths) > 1 else str(paths[0])

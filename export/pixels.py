@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cips_edge.core.config import GeneratorConfig
 from cips_edge.model import CIPSGenerator, LRELU_SLOPE
-from cips_edge.core.format import COORDS, EMBEDDING, RGB
+from cips_edge.core.format import COORDS, EMBEDDING, RGB, RGB8
 
 from .style import CO_TABLE, biases, extended_width, fourier_width, fp16_name, rgb_sources, weight_names
 
@@ -283,7 +283,7 @@ def _hat_weights(graph: _Graph, values: str, texels: int, name: str) -> str:
 def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.ModelProto:
     """cips' fp16 pixel graph for a regular grid: xs [w] and ys [h] (the grid's x' and y' values) and one
     latent's weights -> rgb [h * w, 3], row by row (x' fastest), the same values as the fp16 pixel graph
-    at those points up to float16 rounding.
+    at those points up to float16 rounding; and rgb8, the same colours in 8 bits.
 
     On a grid both lookups separate. The Fourier block is sin(a(x) + b(y)) with a, b per column and
     per row: sin a cos b + cos a sin b from four small tables. The input layer's table half arrives
@@ -332,7 +332,14 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.M
     first = graph.op("Reshape", [first, graph.const("first_shape", np.array([-1, e0], np.int64))])
     _folded_chain(graph, c, fo, None, first=first)
     graph.nodes[-1].output[0] = RGB
-    outputs = [helper.make_tensor_value_info(RGB, TensorProto.FLOAT, ["points", 3])]
+    # 8-bit colours on the device, for images (a quarter of the bytes to copy back, no host conversion);
+    # a runtime computes this output only when it asks for it
+    scaled = graph.op("Mul", [graph.op("Add", [RGB, graph.const("one", f32(1))]), graph.const("half_255", f32(127.5))])
+    clipped = graph.op("Clip", [graph.op("Round", [scaled]), graph.const("zero", f32(0)), graph.const("full", f32(255))])
+    graph.op("Cast", [clipped], to=TensorProto.UINT8)
+    graph.nodes[-1].output[0] = RGB8
+    outputs = [helper.make_tensor_value_info(RGB, TensorProto.FLOAT, ["points", 3]),
+               helper.make_tensor_value_info(RGB8, TensorProto.UINT8, ["points", 3])]
     onnx_graph = helper.make_graph(graph.nodes, "cips_grid_fp16", graph.inputs, outputs, graph.initializers)
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", PIXEL_OPSET)], producer_name="cips-edge")
     model.ir_version = 8

@@ -282,9 +282,10 @@ class CIPSModel:
         the CPU each call runs on every core."""
         return auto_cuda_chunk(self.info, self.precision, grid=True) if self.on_device else GRID_CPU_CHUNK
 
-    def grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int) -> np.ndarray:
-        """Every style's colours on the grid xs [w] x ys [h] (grid_ready models) -> [len(styles), h * w, 3]."""
-        return self.engine.render_grids(styles, xs, ys, chunk)
+    def grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int, uint8: bool = False) -> np.ndarray:
+        """Every style's colours on the grid xs [w] x ys [h] (grid_ready models) -> [len(styles), h * w, 3]
+        float32, or uint8 colours."""
+        return self.engine.render_grids(styles, xs, ys, chunk, uint8)
 
     def piece_size(self, chunk: int, total: int) -> int:
         """Points the renderer hands over at once: a chunk, or on the GPU a band of chunks."""
@@ -307,9 +308,9 @@ class CIPSModel:
         z, psi = style
         return self.session.run([OUTPUT], {"z": z, "coords": coords[None], "truncation": psi})[0][0, :n]
 
-    def _cached_styles(self, z: np.ndarray, truncation: np.ndarray) -> list:
+    def cached_styles(self, z: np.ndarray, truncation: np.ndarray) -> list:
         """styles() of the latest (z, truncation) again when asked again: callers that hand run() one
-        piece of an image at a time (runtime/stream.py) pay the style part once per latent."""
+        piece of an image at a time (runtime/stream.py, runtime/cluster.py) pay the style part once per latent."""
         key = (z.tobytes(), truncation.tobytes())
         cached = getattr(self, "_last_styles", None)
         if cached is not None and cached[0] == key:
@@ -322,7 +323,7 @@ class CIPSModel:
         """All at once: z [B, S], coords [B, N, 2], truncation [B] (float32) -> rgb [B, N, 3]; on the CPU
         in default_chunk pieces over the worker threads (the result does not depend on them)."""
         assert z.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (z.shape, coords.shape, truncation.shape)
-        styles = self._cached_styles(z, truncation)
+        styles = self.cached_styles(z, truncation)
         if self.on_device:
             return np.stack([self.engine.render_band(s, c, self.default_chunk) for s, c in zip(styles, coords)])
         n, chunk = coords.shape[1], self.default_chunk

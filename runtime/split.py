@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cips_edge.core.format import COORDS, EMBEDDING, GRID_INPUTS, RGB, STYLE_INPUTS, ModelInfo
+from cips_edge.core.format import COORDS, EMBEDDING, GRID_INPUTS, RGB, RGB8, STYLE_INPUTS, ModelInfo
 
 BAND_POINTS = 1 << 22  # points per upload / download on CUDA: 4M points = 80 MB of coords and colours
 CUDA_CHUNK_BUDGET = 2 << 30  # bytes of one chunk's activations on CUDA (estimate), for the automatic chunk
@@ -173,26 +173,29 @@ class SplitEngine:
                 binding.bind_input(name, self.bound, self.device_id, dtype, shape, value.data_ptr() + offset)
 
     # -- regular grids -----------------------------------------------------------------------------
-    def render_grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int) -> np.ndarray:
+    def render_grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int, uint8: bool = False) -> np.ndarray:
         """The grid graph: every style's colours on the grid of xs [w] (x' of each column) and ys [h]
-        (y' of each row) -> [len(styles), h * w, 3], row by row. A call takes whole rows up to `chunk`
-        points (or a run of one row's columns when a row is longer). Bound: the calls of all styles are
-        queued back to back, and only the last waits; the colours come back in one copy."""
+        (y' of each row) -> [len(styles), h * w, 3] float32 (uint8: the 8-bit colours), row by row. A
+        call takes whole rows up to `chunk` points (or a run of one row's columns when a row is longer).
+        Bound: the calls of all styles are queued back to back, and only the last waits; the colours
+        come back in one copy."""
         w, h = xs.shape[0], ys.shape[0]
         calls = list(grid_calls(h, w, chunk))
         xs, ys = np.ascontiguousarray(xs, np.float32), np.ascontiguousarray(ys, np.float32)
+        name, dtype = (RGB8, np.uint8) if uint8 else (RGB, np.float32)
         if not self.bound:
-            out = np.empty((len(styles), h * w, 3), np.float32)
+            out = np.empty((len(styles), h * w, 3), dtype)
             for b, style in enumerate(styles):
-                weights = {name: style[name] for name in self.grid_weights}
+                weights = {n: style[n] for n in self.grid_weights}
                 for start, (c0, c1), (r0, r1) in calls:
-                    rgb = self.grid_session.run([RGB], {"xs": xs[c0:c1], "ys": ys[r0:r1], **weights})[0]
+                    rgb = self.grid_session.run([name], {"xs": xs[c0:c1], "ys": ys[r0:r1], **weights})[0]
                     out[b, start:start + rgb.shape[0]] = rgb
             return out
         ort, device, index = self.ort, self.bound, self.device_id
         columns = ort.OrtValue.ortvalue_from_numpy(xs, device, index)
         rows = ort.OrtValue.ortvalue_from_numpy(ys, device, index)
-        out = ort.OrtValue.ortvalue_from_shape_and_type([len(styles), h * w, 3], np.float32, device, index)
+        out = ort.OrtValue.ortvalue_from_shape_and_type([len(styles), h * w, 3], dtype, device, index)
+        size = 3 * np.dtype(dtype).itemsize  # bytes per point
         inputs = set(self.grid_weights)
         for b, style in enumerate(styles):
             binding = self.grid_session.io_binding()
@@ -201,7 +204,7 @@ class SplitEngine:
                 binding.bind_input("xs", device, index, np.float32, [c1 - c0], columns.data_ptr() + 4 * c0)
                 binding.bind_input("ys", device, index, np.float32, [r1 - r0], rows.data_ptr() + 4 * r0)
                 n = (c1 - c0) * (r1 - r0)
-                binding.bind_output(RGB, device, index, np.float32, [n, 3], out.data_ptr() + 12 * (b * h * w + start))
+                binding.bind_output(name, device, index, dtype, [n, 3], out.data_ptr() + size * (b * h * w + start))
                 last = b == len(styles) - 1 and k == len(calls) - 1
                 self.grid_session.run_with_iobinding(binding, self.sync_options if last else self.async_options)
         return out.numpy()

@@ -106,3 +106,45 @@ def test_fp32_runs_render_grids_through_their_points_and_the_metadata_is_checked
     meta["cips.precision"] = "fp32"
     with pytest.raises(UserError, match="grid graphs"):  # a grid graph with no fp16 pixel graph beside it
         parse_metadata(meta, "m.onnx")
+
+
+def test_eight_bit_colours_from_the_grid_graph_are_to_uint8_of_its_raw_values(fp16_file):
+    """rgb8 is computed in the graph (float32 rounding of (v + 1) * 127.5): the host's float64
+    conversion of the raw output, but for a value that lands within float32 rounding of a .5 tie."""
+    from cips_edge.runtime import to_uint8
+
+    model = CIPSModel(fp16_file, device="cpu", precision="fp16")
+    z = latent_for_seed(6, model.style_dim)
+    raw = render_image(model, z, 33, 41, region=(-1.2, -1.0, 1.1, 1.3))
+    eight = render_image(model, z, 33, 41, region=(-1.2, -1.0, 1.1, 1.3), uint8=True)
+    assert eight.dtype == np.uint8 and eight.shape == raw.shape
+    diff = np.abs(eight.astype(int) - to_uint8(raw).astype(int))
+    assert diff.max() <= 1 and np.mean(diff == 0) > 0.999
+    # the bound path gives the same bytes
+    e = model.engine
+    bound = SplitEngine(model.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu",
+                        table=e.host_table, grid_session=e.grid_session)
+    xs, ys = np.linspace(-1, 1, 9, dtype=np.float32), np.linspace(-1, 1, 7, dtype=np.float32)
+    psi = np.ones(1, np.float32)
+    assert np.array_equal(bound.render_grids(bound.styles(z[None], psi), xs, ys, 20, uint8=True),
+                          e.render_grids(e.styles(z[None], psi), xs, ys, 20, uint8=True))
+
+
+def test_a_streamed_png_renders_through_the_grid_graph(fp16_file, tmp_path, monkeypatch):
+    """A streamed PNG of a grid model, band by band in whole rows: the in-memory 8-bit render."""
+    from PIL import Image
+
+    from cips_edge.runtime import stream
+    from cips_edge.runtime.stream import StreamRender
+
+    model = CIPSModel(fp16_file, device="cpu", precision="fp16")
+    calls = []
+    monkeypatch.setattr(stream, "BLOCK_PIXELS", 64)  # many bands, a short last one
+    original = model.grids
+    monkeypatch.setattr(model, "grids", lambda *a, **k: calls.append(a[2].shape) or original(*a, **k))
+    z, region = latent_for_seed(2, model.style_dim), (-0.7, 0.9, 1.3, -1.1)
+    job = StreamRender.open(tmp_path / "x.png", model, z, 30, 17, region=region, truncation=0.8)
+    job.run([model], chunk=40)
+    assert calls, "the stream did not use the grid graph"
+    got = np.asarray(Image.open(tmp_path / "x.png").convert("RGB"))
+    assert np.array_equal(got, render_image(model, z, 17, 30, region=region, truncation=0.8, uint8=True))

@@ -26,6 +26,7 @@ OUTPUT = "rgb"
 STYLE_INPUTS = ("z", "truncation")
 COORDS = "coords"
 RGB = "rgb"  # float32, raw generator values (about [-1, 1])
+RGB8 = "rgb8"  # uint8, the grid graph's second output: round((rgb + 1) * 127.5) clipped to [0, 255]
 GRID_INPUTS = ("xs", "ys")  # the grid graph's points: x' of every column, y' of every row
 EMBEDDING = "embedding"  # the coordinate table: v3 an initializer [rows * columns, H]; v2 a style output
 PRECISIONS = ("fp32", "fp16", "int8")
