@@ -15,10 +15,14 @@ ln -s "$PWD/cli.py" "$pkg/cips_edge/cli.py"
 export PYTHONPATH="${ORTSITE:-/root/ortsite}:$pkg${PYTHONPATH:+:$PYTHONPATH}"
 log=$(mktemp)
 stamp=$(mktemp)
+repo=$PWD
+script="$repo/$1"
+shift
 status=0
-python "$@" 2>&1 | tee "$log" || status=$?
+# from a scratch folder: the checkout's own cips_edge/ would shadow the package tree for `python -m`
+(cd "$(mktemp -d)" && python "$script" "$@") 2>&1 | tee "$log" || status=$?
 if [ -n "${OUT:-}" ]; then
-    cp "$log" "$OUT/$(basename "$1" .py).log"
-    find benchmarks/results -name '*.json' -newer "$stamp" -exec cp {} "$OUT/" \;
+    cp "$log" "$OUT/$(basename "$script" .py).log"
+    find "$repo/benchmarks/results" -name '*.json' -newer "$stamp" -exec cp {} "$OUT/" \;
 fi
 exit "$status"
