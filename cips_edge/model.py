@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .core.config import GeneratorConfig
 
@@ -235,25 +236,40 @@ class CIPSGenerator(nn.Module):
         e_co = self.embedding.native(coords) if native else self.embedding(coords)
         return torch.cat([e_fo, e_co], dim=2)
 
-    def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False) -> torch.Tensor:
+    def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False,
+                   recompute: bool = False) -> torch.Tensor:
         """[B, N, 2H] features and baked per-sample weights -> raw RGB [B, N, 3].
 
         fold_gain: the same function with the activations' sqrt(2) gain moved into the weights that
         read them (leaky(x) @ (g W) = (g leaky(x)) @ W): one elementwise pass fewer per layer, forward
-        and backward, on the [B, N, width] activations; the per-sample weights are small."""
+        and backward, on the [B, N, width] activations; the per-sample weights are small.
+        recompute: activation checkpointing, one ToRGB group (the layers up to and including a ToRGB) at
+        a time: the backward keeps only each group's input and recomputes the rest, the same operations
+        again (for training with less memory)."""
         n_conv = 1 + len(self.layers)
         if fold_gain:
             weights = [weights[0], *(wt * LRELU_GAIN for wt in weights[1:])]
         gain = not fold_gain
-        x = self.input_layer.apply_weight(e, weights[0], gain)
-        rgb = None
         every = self.config.to_rgb_every
-        for i, layer in enumerate(self.layers):
-            x = layer.apply_weight(x, weights[1 + i], gain)
-            if (i + 1) % every == 0:
-                k = (i + 1) // every - 1
-                out = self.to_rgbs[k].apply_weight(x, weights[n_conv + k])
-                rgb = out if rgb is None else rgb + out
+
+        def group(x: torch.Tensor, k: int, *group_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Layers k*every .. (k+1)*every - 1 and ToRGB k: -> (x, this group's RGB)."""
+            for j, layer in enumerate(self.layers[k * every:(k + 1) * every]):
+                x = layer.apply_weight(x, group_weights[j], gain)
+            return x, self.to_rgbs[k].apply_weight(x, group_weights[-1])
+
+        if recompute:
+            x = checkpoint(self.input_layer.apply_weight, e, weights[0], gain, use_reentrant=False)
+        else:
+            x = self.input_layer.apply_weight(e, weights[0], gain)
+        rgb = None
+        for k in range(len(self.to_rgbs)):
+            group_weights = (*weights[1 + k * every:1 + (k + 1) * every], weights[n_conv + k])
+            if recompute:
+                x, out = checkpoint(group, x, k, *group_weights, use_reentrant=False)
+            else:
+                x, out = group(x, k, *group_weights)
+            rgb = out if rgb is None else rgb + out
         return rgb
 
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None, *, w: torch.Tensor | None = None,

@@ -273,6 +273,43 @@ def test_folded_gains_compute_the_same_function_and_gradients():
             assert float((p.grad - q.grad).norm() / (p.grad.norm() + 1e-12)) < 1e-5, name
 
 
+def test_recomputed_generator_gives_the_same_images_and_gradients():
+    """Speed.recompute_g (activation checkpointing of G's ToRGB groups) recomputes the same operations in
+    G's backward: the same images and parameter gradients, bit for bit in eager float32."""
+    from cips_edge.train.trainer import Speed
+
+    plain, recomputed = tiny_trainer(), tiny_trainer()
+    recomputed.speed = Speed(recompute_g=True)
+    z = torch.randn(3, plain.G.config.style_dim)
+    a, b = plain.generate(z), recomputed.generate(z)
+    assert torch.equal(a, b)
+    weight = torch.linspace(-1, 1, a.numel()).reshape(a.shape)
+    (a * weight).sum().backward()
+    (b * weight).sum().backward()
+    grads = [(n, p.grad, q.grad) for (n, p), q in zip(plain.G.named_parameters(), recomputed.G.parameters())]
+    assert sum(g is not None for _, g, _ in grads) > 10
+    for name, g, h in grads:
+        assert (g is None and h is None) or torch.equal(g, h), name
+
+
+def test_r1_in_bf16_stays_close_to_float32():
+    """Speed.r1_bf16 runs R1's forward and double backward under bf16 autocast: the penalty within bf16
+    rounding of float32's, and D's gradients point the same way."""
+    from cips_edge.train.trainer import Speed
+
+    plain, low = tiny_trainer(), tiny_trainer()
+    low.speed = Speed(r1_bf16=True)
+    reals = torch.rand(4, 3, 16, 16) * 2 - 1
+    results = []
+    for trainer in (plain, low):
+        trainer.r1_backward(reals)
+        grad = torch.cat([p.grad.flatten() for p in trainer.D.parameters() if p.grad is not None])
+        results.append((trainer._stats[2].item(), grad))
+    (p_plain, g_plain), (p_low, g_low) = results
+    assert p_plain > 0 and p_low == pytest.approx(p_plain, rel=0.05) and p_low != p_plain
+    assert float(torch.nn.functional.cosine_similarity(g_plain, g_low, dim=0)) > 0.99
+
+
 @pytest.mark.slow  # Inductor compiles on the CPU: about a minute
 @pytest.mark.parametrize("panorama", [0, 2])
 def test_compiled_training_steps_track_eager_ones(panorama):
