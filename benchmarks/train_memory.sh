@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU machine's run of benchmarks/train_memory.py, from the repository root, without installing: a
 # package tree of symlinks (cips_edge with export/ and runtime/ inside, as pip would lay it out) on
-# PYTHONPATH. Needs torch (CUDA), numpy and Pillow (imported by the data module), as python3 there has. Writes benchmarks/results/train-memory-<gpu>.json and,
-# where $OUT is set, copies it and the log there. LIMIT (seconds, default 430) stops the benchmark in
+# PYTHONPATH. Needs torch (CUDA), numpy and Pillow (the data module imports it), as python3 there has.
+# Writes benchmarks/results/train-memory-<gpu>.json and, where $OUT is set, copies it and the log there. LIMIT (seconds, default 430) stops the benchmark in
 # time for the copy; the JSON holds every process that finished.
 #   bash benchmarks/train_memory.sh --quick        # both configs: compiled, no cuDNN autotuning, expandable, plain
 #   bash benchmarks/train_memory.sh --configs paper-64 --processes best,budget-0.5

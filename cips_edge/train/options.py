@@ -52,9 +52,10 @@ class TrainOptions:
     d_channel_max: int | None = opt(None, "discriminator width cap; default 512 (32 for the tiny preset)")
     # -- the recipe (the paper's defaults) -------------------------------------------------------
     batch: int | str = opt(RECIPE_BATCH, "global batch, split evenly over processes (the paper: 32 = 8 GPUs x 4); "
-                                         f"auto: the largest of {RECIPE_BATCH}, {RECIPE_BATCH // 2}, ... (times the "
-                                         "number of GPUs over a power of two) whose training step fits in GPU "
-                                         "memory, found by trying one; on CPU the recipe's")
+                                         "auto: the largest that fits in GPU memory, trying one training step at "
+                                         f"each of {RECIPE_BATCH}, {RECIPE_BATCH // 2}, {RECIPE_BATCH // 4}, ... "
+                                         "(several GPUs: their number times a power of two); on CPU "
+                                         f"{RECIPE_BATCH}")
     kimg: float = opt(5000.0, "training length in thousands of real images shown to D")
     lr: float = opt(0.002, "Adam learning rate for G and D (betas 0, 0.99)")
     r1_gamma: float = opt(10.0, "R1 penalty weight gamma on reals")
