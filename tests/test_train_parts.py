@@ -311,11 +311,12 @@ def test_r1_in_bf16_stays_close_to_float32():
 
 
 @pytest.mark.slow  # Inductor compiles on the CPU: about a minute
-@pytest.mark.parametrize("panorama", [0, 2])
-def test_compiled_training_steps_track_eager_ones(panorama):
+@pytest.mark.parametrize("panorama,recompute", [(0, False), (2, False), (0, True)])
+def test_compiled_training_steps_track_eager_ones(panorama, recompute):
     """`cips train` compiles G and D's forward on CUDA by default; the compiled step (the blur as shifted
     sums, Inductor's fused kernels) must give the eager step's losses and R1 from the same seed. Run with
-    Inductor on the CPU here (flat and panorama models, DiffAugment on, channels-last D)."""
+    Inductor on the CPU here (flat and panorama models, DiffAugment on, channels-last D; and G's
+    activation checkpointing inside the compiled graph, --recompute-g)."""
     import dataclasses
 
     from cips_edge.train.data import ImageBank
@@ -329,7 +330,7 @@ def test_compiled_training_steps_track_eager_ones(panorama):
     for compile in (False, True):
         torch._dynamo.reset()
         trainer = Trainer(g_config, DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
-                          speed=Speed(compile=compile, channels_last=True))
+                          speed=Speed(compile=compile, channels_last=True, recompute_g=recompute and compile))
         trainer.use_bank(ImageBank(images, torch.device("cpu")))
         for step in range(3):
             trainer.train_step(step)
