@@ -1,6 +1,6 @@
 """Peak GPU memory of a training step, per phase, against the authors' code at the same batch (issue 23).
 
-    bash benchmarks/train_memory.sh --quick      # on the GPU machine: both configs, ~6 minutes on an H200
+    bash benchmarks/train_memory.sh --quick      # on the GPU machine: both configs, three settings
     python benchmarks/train_memory.py --configs paper-64 --processes compiled,no-cudnn-benchmark
 
 Each (configuration, process setting) runs in its own subprocess, so no peak, cuDNN algorithm cache or
@@ -38,9 +38,11 @@ A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 b
    activations and the first backward's tensors stay alive for the second. D's widest level is
    [B, 128, 256, 256] (A: 0.5 GiB fp32 per tensor) and [B, 512, 64, 64] (B: 1.0 GiB per tensor): about
    six forward tensors per top level plus as many from the first backward, so ~7-9 GiB (A) and ~13-15
-   GiB (B), B's largest phase. The blur kept its padded input (1.1 GiB per blur at B's top level, two
-   blurs) only for its shape: it keeps the shape now (-2.8 GiB at B, -1.3 at A). `--r1-bf16` halves the
-   rest (rounding changes; R1 is 1/16 of the steps).
+   GiB (B), likely B's largest phase. Two savings that change no value: the blur kept its padded input
+   (1.1 GiB per blur at B's top level, two blurs) only for its shape, and keeps the shape instead (-2.8
+   GiB at B, -1.3 at A); D's scaled leaky ReLU kept its input beside its output (the next layer's input,
+   kept anyway), and keeps only the output, as the authors' FusedLeakyReLU does (-2.6 GiB at B, -1.6 at
+   A). `--r1-bf16` halves the rest (rounding changes; R1 is 1/16 of the steps).
 4. D's step: the fakes come from G under no_grad (no G graph is kept across D's step); D's graphs for
    the real and the fake batch, bf16: ~1-2 GiB (A), ~5-6 GiB (B).
 5. Weights and optimizer state: G 44.3M / 12.9M parameters (A / B: the embedding table is 33.6M at
@@ -93,7 +95,8 @@ PROCESSES = {
     "best": ("fast+compile", {"cudnn_benchmark": False}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"},
              ["r1_bf16", "recompute_g", "r1_bf16+recompute_g"]),
 }
-QUICK = ["compiled", "no-cudnn-benchmark", "expandable", "plain"]
+# The cold compile of each configuration (~1 min on an H200) dominates; the later processes hit the cache.
+QUICK = ["compiled", "no-cudnn-benchmark", "expandable"]
 
 
 # -- the child: one process setting of one configuration ---------------------------------------------
