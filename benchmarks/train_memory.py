@@ -30,8 +30,10 @@ A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 b
    driver after the first step (torch.cuda.empty_cache) so the reserved memory drops to the step's own.
 2. G's saved activations: every per-pixel layer keeps at least its [B*S*S, width] input for the backward
    (compiled, bias + leaky ReLU fused, about one bf16 tensor per layer): 15 layers, 12.5 GiB (A) and
-   6.3 GiB (B); eager bf16 keeps two per layer (25 / 12.5 GiB), the plain float32 path two fp32 per
-   layer (~46 / 23 GiB: why `--plain` peaks above the authors at A, 58.2 GiB). `--recompute-g`
+   6.3 GiB (B). Eager, autograd's leaky ReLU kept its input as well, two tensors per layer: 25 / 12.5
+   GiB in bf16, ~46 / 23 GiB on the plain float32 path (why `--plain` peaked above the authors at A,
+   58.2 GiB); the activation keeps only its output now (model.scaled_leaky_relu: the same values bit for
+   bit), about one tensor per layer as the authors' FusedLeakyReLU. `--recompute-g`
    (activation checkpointing per ToRGB group) keeps about half and runs G's forward twice in the G step;
    Speed.activation_budget lets Inductor choose what to recompute instead.
 3. R1's double backward (create_graph, eager, float32; torch.compile has no double backward): D's forward
@@ -40,9 +42,7 @@ A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 b
    six forward tensors per top level plus as many from the first backward, so ~7-9 GiB (A) and ~13-15
    GiB (B), likely B's largest phase. Two savings that change no value: the blur kept its padded input
    (1.1 GiB per blur at B's top level, two blurs) only for its shape, and keeps the shape instead (-2.8
-   GiB at B, -1.3 at A); D's scaled leaky ReLU kept its input beside its output (the next layer's input,
-   kept anyway), and keeps only the output, as the authors' FusedLeakyReLU does (-2.6 GiB at B, -1.6 at
-   A). `--r1-bf16` halves the rest (rounding changes; R1 is 1/16 of the steps).
+   GiB at B, -1.3 at A); D's activations keep only their outputs, as G's (-2.6 GiB at B, -1.6 at A). `--r1-bf16` halves the rest (rounding changes; R1 is 1/16 of the steps).
 4. D's step: the fakes come from G under no_grad (no G graph is kept across D's step); D's graphs for
    the real and the fake batch, bf16: ~1-2 GiB (A), ~5-6 GiB (B).
 5. Weights and optimizer state: G 44.3M / 12.9M parameters (A / B: the embedding table is 33.6M at

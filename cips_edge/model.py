@@ -20,7 +20,58 @@ LRELU_GAIN = math.sqrt(2.0)  # StyleGAN2's fused leaky ReLU keeps unit second mo
 DEMOD_EPS = 1e-8
 
 
+def _leaky_grad(grad: torch.Tensor, out: torch.Tensor, gain_first: bool) -> torch.Tensor:
+    """grad times the scaled leaky ReLU's slope, read off the sign of its output (the input's sign); in
+    the order autograd multiplies for leaky_relu(x) * gain (gain, then the mask) or for its transpose."""
+    if gain_first:
+        grad = grad * LRELU_GAIN
+    grad = torch.ops.aten.leaky_relu_backward(grad, out, LRELU_SLOPE, True)  # the kernel autograd runs
+    return grad if gain_first else grad * LRELU_GAIN
+
+
+class _ScaledLeakyReLU(torch.autograd.Function):
+    """leaky_relu(x) * sqrt(2) keeping its output for the backward instead of its input. The output is
+    kept anyway, as the next layer's input, so each activation holds one tensor for the backward, not two
+    (as StyleGAN2's FusedLeakyReLU): G's per-pixel layers and, in R1's double backward, D's largest
+    tensors once fewer. The same values and gradients as autograd's, of every order."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = _plain_scaled_leaky_relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return _LeakyGrad.apply(grad, out, True)
+
+
+class _LeakyGrad(torch.autograd.Function):
+    """grad -> grad * slope(out): linear in grad, so its backward is itself (the mask has no gradient)."""
+
+    @staticmethod
+    def forward(ctx, grad: torch.Tensor, out: torch.Tensor, gain_first: bool) -> torch.Tensor:
+        ctx.save_for_backward(out)
+        ctx.gain_first = gain_first
+        return _leaky_grad(grad, out, gain_first)
+
+    @staticmethod
+    def backward(ctx, grad_grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return _LeakyGrad.apply(grad_grad, out, not ctx.gain_first), None, None
+
+
 def scaled_leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """leaky_relu(x, 0.2) * sqrt(2). Eager with gradients (training): the output-keeping Function above;
+    compiled (Inductor fuses it and picks what to keep) or without gradients (rendering, export): the
+    plain ops."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return _plain_scaled_leaky_relu(x)
+    return _ScaledLeakyReLU.apply(x)
+
+
+def _plain_scaled_leaky_relu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
 
 

@@ -292,6 +292,25 @@ def test_recomputed_generator_gives_the_same_images_and_gradients():
         assert (g is None and h is None) or torch.equal(g, h), name
 
 
+def test_output_keeping_activation_gives_autograds_generator_gradients(monkeypatch):
+    """G's layers keep each activation's output only (model.scaled_leaky_relu with gradients): the same
+    images and parameter gradients as the plain ops, bit for bit."""
+    from cips_edge import model
+
+    trainer = tiny_trainer()
+    z = torch.randn(3, trainer.G.config.style_dim)
+    results = []
+    for fn in (model.scaled_leaky_relu, model._plain_scaled_leaky_relu):
+        monkeypatch.setattr(model, "scaled_leaky_relu", fn)
+        trainer.G.zero_grad(set_to_none=True)
+        img = trainer.generate(z)
+        (img * torch.linspace(-1, 1, img.numel()).reshape(img.shape)).sum().backward()
+        results.append((img.detach(), [p.grad.clone() for p in trainer.G.parameters() if p.grad is not None]))
+    (a, ga), (b, gb) = results
+    assert torch.equal(a, b) and len(ga) == len(gb) > 10
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
 def test_r1_in_bf16_stays_close_to_float32():
     """Speed.r1_bf16 runs R1's forward and double backward under bf16 autocast: the penalty within bf16
     rounding of float32's, and D's gradients point the same way."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cips_edge.model import LRELU_GAIN, LRELU_SLOPE, scaled_leaky_relu
+from cips_edge.model import scaled_leaky_relu
 
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)  # per axis, / 8 ([1, 1] / 2 three times); Blur is their outer product
 
@@ -76,56 +76,6 @@ class _ConstDepthwiseConvInputGrad(torch.autograd.Function):
         return _ConstDepthwiseConv.apply(grad_grad_x, kernel, ctx.stride), None, None, None, None
 
 
-def _leaky_grad(grad: torch.Tensor, out: torch.Tensor, gain_first: bool) -> torch.Tensor:
-    """grad times the scaled leaky ReLU's slope, read off the sign of its output (the input's sign); in
-    the order autograd multiplies for leaky_relu(x) * gain (gain, then the mask) or for its transpose."""
-    if gain_first:
-        grad = grad * LRELU_GAIN
-    grad = torch.ops.aten.leaky_relu_backward(grad, out, LRELU_SLOPE, True)  # the kernel autograd runs
-    return grad if gain_first else grad * LRELU_GAIN
-
-
-class _ScaledLeakyReLU(torch.autograd.Function):
-    """leaky_relu(x) * sqrt(2) keeping its output for the backward instead of its input. The output is
-    kept anyway, as the next layer's input, so each activation holds one tensor for the backward, not two
-    (as StyleGAN2's FusedLeakyReLU); in R1's double backward that is D's largest tensors once fewer. The
-    same values and gradients as autograd's, of every order."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = scaled_leaky_relu(x)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
-        return _LeakyGrad.apply(grad, out, True)
-
-
-class _LeakyGrad(torch.autograd.Function):
-    """grad -> grad * slope(out): linear in grad, so its backward is itself (the mask has no gradient)."""
-
-    @staticmethod
-    def forward(ctx, grad: torch.Tensor, out: torch.Tensor, gain_first: bool) -> torch.Tensor:
-        ctx.save_for_backward(out)
-        ctx.gain_first = gain_first
-        return _leaky_grad(grad, out, gain_first)
-
-    @staticmethod
-    def backward(ctx, grad_grad: torch.Tensor):
-        (out,) = ctx.saved_tensors
-        return _LeakyGrad.apply(grad_grad, out, not ctx.gain_first), None, None
-
-
-def activate(x: torch.Tensor) -> torch.Tensor:
-    """D's scaled leaky ReLU: eager and training, the output-keeping Function; compiled (Inductor fuses it
-    and picks what to keep) or without gradients, the plain ops."""
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return scaled_leaky_relu(x)
-    return _ScaledLeakyReLU.apply(x)
-
-
 def _taps(x: torch.Tensor, dim: int) -> torch.Tensor:
     """The [1, 3, 3, 1] / 8 filter along one dimension, valid part only (4 shifted slices)."""
     n = x.shape[dim] - 3
@@ -183,7 +133,7 @@ class EqualConv2d(nn.Module):
             out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), self.bias).permute(0, 3, 1, 2)
         else:
             out = F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
-        return activate(out) if self.activate else out
+        return scaled_leaky_relu(out) if self.activate else out
 
 
 class EqualLinear(nn.Module):
@@ -196,7 +146,7 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight * self.scale, self.bias)
-        return activate(out) if self.activate else out
+        return scaled_leaky_relu(out) if self.activate else out
 
 
 class ResBlock(nn.Module):
