@@ -1,6 +1,6 @@
 """Peak GPU memory of a training step, per phase, against the authors' code at the same batch (issue 23).
 
-    bash benchmarks/train_memory.sh --quick      # on the GPU machine: both configs, three settings
+    bash benchmarks/train_memory.sh --quick      # on the GPU machine: both configs, four settings
     python benchmarks/train_memory.py --configs paper-64 --processes compiled,no-cudnn-benchmark
 
 Each (configuration, process setting) runs in its own subprocess, so no peak, cuDNN algorithm cache or
@@ -30,19 +30,22 @@ A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 b
    driver after the first step (torch.cuda.empty_cache) so the reserved memory drops to the step's own.
 2. G's saved activations: every per-pixel layer keeps at least its [B*S*S, width] input for the backward
    (compiled, bias + leaky ReLU fused, about one bf16 tensor per layer): 15 layers, 12.5 GiB (A) and
-   6.3 GiB (B). Eager, autograd's leaky ReLU kept its input as well, two tensors per layer: 25 / 12.5
-   GiB in bf16, ~46 / 23 GiB on the plain float32 path (why `--plain` peaked above the authors at A,
-   58.2 GiB); the activation keeps only its output now (model.scaled_leaky_relu: the same values bit for
-   bit), about one tensor per layer as the authors' FusedLeakyReLU. `--recompute-g`
-   (activation checkpointing per ToRGB group) keeps about half and runs G's forward twice in the G step;
-   Speed.activation_budget lets Inductor choose what to recompute instead.
+   6.3 GiB (B). Eager, autograd's own leaky ReLU would keep its input beside its output, two tensors per
+   layer: 25 / 12.5 GiB in bf16, ~46 / 23 GiB on the plain float32 path (the plain path with it measured
+   58.2 GiB at A, benchmarks/results/train-paper-256-256-b16-cuda.json). model.scaled_leaky_relu keeps
+   only its output, the next layer's input, as the authors' FusedLeakyReLU does (the same values bit for
+   bit): about one tensor per layer. `--recompute-g` (activation checkpointing per ToRGB group) keeps
+   about half of that and runs G's forward twice in the G step; Speed.activation_budget lets Inductor
+   choose what to recompute instead.
 3. R1's double backward (create_graph, eager, float32; torch.compile has no double backward): D's forward
    activations and the first backward's tensors stay alive for the second. D's widest level is
    [B, 128, 256, 256] (A: 0.5 GiB fp32 per tensor) and [B, 512, 64, 64] (B: 1.0 GiB per tensor): about
    six forward tensors per top level plus as many from the first backward, so ~7-9 GiB (A) and ~13-15
-   GiB (B), likely B's largest phase. Two savings that change no value: the blur kept its padded input
-   (1.1 GiB per blur at B's top level, two blurs) only for its shape, and keeps the shape instead (-2.8
-   GiB at B, -1.3 at A); D's activations keep only their outputs, as G's (-2.6 GiB at B, -1.6 at A). `--r1-bf16` halves the rest (rounding changes; R1 is 1/16 of the steps).
+   GiB (B), likely B's largest phase. Two tensors per level would be kept only for their shape or twice:
+   the blur's padded input (1.1 GiB per blur at B's top level, two blurs; its backward keeps the shape
+   alone: 2.8 GiB at B, 1.3 at A) and each activation's input (kept beside its output by autograd's
+   leaky ReLU; the output alone: 2.6 GiB at B, 1.6 at A). `--r1-bf16` halves the rest (rounding
+   changes; R1 runs every 16 steps).
 4. D's step: the fakes come from G under no_grad (no G graph is kept across D's step); D's graphs for
    the real and the fake batch, bf16: ~1-2 GiB (A), ~5-6 GiB (B).
 5. Weights and optimizer state: G 44.3M / 12.9M parameters (A / B: the embedding table is 33.6M at
@@ -95,8 +98,9 @@ PROCESSES = {
     "best": ("fast+compile", {"cudnn_benchmark": False}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"},
              ["r1_bf16", "recompute_g", "r1_bf16+recompute_g"]),
 }
-# The cold compile of each configuration (~1 min on an H200) dominates; the later processes hit the cache.
-QUICK = ["compiled", "no-cudnn-benchmark", "expandable"]
+# The cold compile of each configuration dominates; the later processes hit the cache. plain last: a run
+# cut short by train_memory.sh's LIMIT loses it first.
+QUICK = ["compiled", "no-cudnn-benchmark", "expandable", "plain"]
 
 
 # -- the child: one process setting of one configuration ---------------------------------------------
