@@ -10,8 +10,8 @@ compiles and lets cuDNN autotune), then per variant (switches that apply to the 
 G recomputed) each phase alone with its own peak: data, D step (G forward without grad, D forward and
 backward, Adam), R1 step, G step (G and D forward, backward to G, Adam), EMA; then free-running steps
 for images/s (R1 amortised over its interval from the R1 phase's time). Writes
-benchmarks/results/train-memory-<gpu>.json after every process (a cut-short run keeps what finished)
-and prints a table. GB are 1e9 bytes, as the authors' figures were given.
+benchmarks/results/train-memory-<gpu>.json after every process (a run cut short by --time-limit keeps
+what finished) and prints a table. GB are 1e9 bytes, as the authors' figures were given.
 
 Where the memory goes (from the code and the H200 numbers in benchmarks/results/train-*-cuda.json;
 A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 batch 128, authors
@@ -68,6 +68,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import statistics
@@ -101,6 +102,7 @@ PROCESSES = {
 # The cold compile of each configuration dominates; the later processes hit the cache. plain last: a run
 # cut short by train_memory.sh's LIMIT loses it first.
 QUICK = ["compiled", "no-cudnn-benchmark", "expandable", "plain"]
+MIN_PROCESS_S = 30  # under --time-limit, a process needs at least this long to measure anything
 
 
 # -- the child: one process setting of one configuration ---------------------------------------------
@@ -286,6 +288,8 @@ def main() -> None:
     parser.add_argument("--phase-reps", type=int, default=2, help="measurements of each phase per variant")
     parser.add_argument("--r1-every", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=300, help="seconds per process")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="seconds for the whole run: no process starts or runs past it (the JSON keeps the rest)")
     parser.add_argument("--snapshot", action="store_true", help="also dump a torch.cuda.memory snapshot (pickle) "
                                                                "of each process next to the JSON")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default results/train-memory-<gpu>.json)")
@@ -306,6 +310,7 @@ def main() -> None:
                                 "variants": PROCESSES[p][3]} for p in processes},
               "runs": {}}
     out = args.out
+    started = time.perf_counter()
     # Process by process, the configurations side by side: a run cut short still has both baselines.
     for process in processes:
         for config in configs:
@@ -316,7 +321,11 @@ def main() -> None:
                     "r1_every": args.r1_every, "device": args.device}
             if args.snapshot:
                 spec["snapshot"] = str(RESULTS / f"train-memory-{config}-{process}.pickle")
-            result = run_child(spec, args.timeout)
+            left = math.inf if args.time_limit is None else args.time_limit - (time.perf_counter() - started)
+            if left < MIN_PROCESS_S:
+                result = {"error": f"not run: the --time-limit of {args.time_limit:g} s was used up"}
+            else:
+                result = run_child(spec, min(args.timeout, left))
             report["runs"][f"{config}/{process}"] = result
             if out is None and "device_name" in result:
                 gpu = re.sub(r"[^a-z0-9]+", "-", result["device_name"].lower().replace("nvidia", "")).strip("-")
