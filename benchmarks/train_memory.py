@@ -128,6 +128,8 @@ def child(spec: dict) -> dict:
 
     device = torch.device(spec.get("device", "cuda"))
     cuda = device.type == "cuda"  # CPU: a smoke run of the code path (memory figures 0)
+    if cuda and device.index is None:  # torch.cuda.set_device wants a numbered device
+        device = torch.device("cuda", torch.cuda.current_device())
     if cuda:
         torch.cuda.set_device(device)
     mem = torch.cuda if cuda else _NoCuda()
