@@ -267,9 +267,13 @@ def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str | Non
 
 
 def _hat_weights(graph: _Graph, values: str, texels: int, name: str) -> str:
-    """Linear interpolation weights [n, texels] (float16) of the texel row or column at values [n] in
-    [-1, 1] (corners aligned, clamped at the border, as GridSample): max(0, 1 - |p - k|) for texel k
-    at p = (v + 1) / 2 * (texels - 1); exactly the two bilinear weights, the rest 0."""
+    """Linear interpolation weights of the texel row or column at values [n] in [-1, 1] (corners
+    aligned, clamped at the border, as GridSample): max(0, 1 - |p - k|) for texel k at
+    p = (v + 1) / 2 * (texels - 1), exactly the two bilinear weights, the rest 0; computed in float32
+    and given as [n, 2 * texels] float16, the weights' float16 values then their float16 remainders,
+    so that a float16 product with the texels stacked twice (accumulated in float32) weighs them to
+    about float32 precision: float16 weights alone would quantize the position to 1/2048 texel and
+    round each pixel's weights apart (noise between neighbouring pixels of a deep zoom)."""
     f32 = np.float32
     last = f32(max(texels - 1, 0))
     p = graph.op("Mul", [graph.op("Add", [values, graph.const("hat_one", f32(1))]), graph.const(f"hat_half_{name}", f32(last / 2))])
@@ -277,7 +281,10 @@ def _hat_weights(graph: _Graph, values: str, texels: int, name: str) -> str:
     p = graph.op("Unsqueeze", [p, graph.const("axis1", np.array([1], np.int64))])  # [n, 1]
     distance = graph.op("Abs", [graph.op("Sub", [p, graph.const(f"hat_texels_{name}", np.arange(texels, dtype=f32))])])
     weights = graph.op("Relu", [graph.op("Sub", [graph.const("hat_one", f32(1)), distance])])
-    return graph.op("Cast", [weights], to=TensorProto.FLOAT16)
+    high = graph.op("Cast", [weights], to=TensorProto.FLOAT16)
+    low = graph.op("Cast", [graph.op("Sub", [weights, graph.op("Cast", [high], to=TensorProto.FLOAT)])],
+                   to=TensorProto.FLOAT16)
+    return graph.op("Concat", [high, low], axis=1)
 
 
 def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -285,10 +292,10 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.M
     latent's weights -> rgb [h * w, 3], row by row (x' fastest), the same values as the fp16 pixel graph
     at those points up to float16 rounding; and rgb8, the same colours in 8 bits.
 
-    On a grid both lookups separate. The Fourier block is sin(a(x) + b(y)) with a, b per column and
-    per row: sin a cos b + cos a sin b from four small tables. The input layer's table half arrives
-    already applied to the table's texels (CO_TABLE, once per latent), so the bilinear lookup of the
-    products is two matrix products with [h, rows] and [w, columns] interpolation weights."""
+    On a grid both lookups separate. The Fourier block's argument is a(x) + b(y), a per column and b
+    per row (no per-point GEMM). The input layer's table half arrives already applied to the table's
+    texels (CO_TABLE, once per latent), so the bilinear lookup of the products is two matrix products
+    with [h, rows] and [w, columns] interpolation weights (_hat_weights)."""
     c = config
     graph = _Graph(shared, as_inputs=True, prefix="")
     f32, half = np.float32, TensorProto.FLOAT16
@@ -319,15 +326,17 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.M
         a = graph.op("Mul", [x_column, rows_of(weight, 0, 1)])  # [w, F]
         y_row = rows_of(weight, 1, 2)
     b = graph.op("Add", [graph.op("Mul", [graph.op("Unsqueeze", [ys, axis1]), y_row]), bias])  # [h, F]
-    sin_a, cos_a = (graph.op("Unsqueeze", [graph.op("Cast", [graph.op(op, [a])], to=half), axis0]) for op in ("Sin", "Cos"))
-    sin_b, cos_b = (graph.op("Unsqueeze", [graph.op("Cast", [graph.op(op, [b])], to=half), axis1]) for op in ("Sin", "Cos"))
-    fo = graph.op("Add", [graph.op("Mul", [sin_a, cos_b]), graph.op("Mul", [cos_a, sin_b])])  # [h, w, F] float16
+    # sin(a + b) in float32, then float16: each pixel's features rounded once, as the pixel graph's
+    angle = graph.op("Add", [graph.op("Unsqueeze", [a, axis0]), graph.op("Unsqueeze", [b, axis1])])  # [h, w, F]
+    fo = graph.op("Cast", [graph.op("Sin", [angle])], to=half)
     fo = graph.op("Reshape", [fo, graph.const("fo_shape", np.array([-1, fourier_width(c)], np.int64))])
 
     table = graph.input(CO_TABLE, half, [c.size * columns, e0])
     table = graph.op("Reshape", [table, graph.const("table_rows", np.array([c.size, columns * e0], np.int64))])
+    table = graph.op("Concat", [table, table], axis=0)  # each texel row twice: high and low weights
     down = graph.op("MatMul", [_hat_weights(graph, ys, c.size, "y"), table])  # [h, columns * E0]
     down = graph.op("Reshape", [down, graph.const("band_shape", np.array([-1, columns, e0], np.int64))])
+    down = graph.op("Concat", [down, down], axis=1)  # [h, 2 * columns, E0]
     first = graph.op("MatMul", [_hat_weights(graph, across, columns, "x"), down])  # [h, w, E0]
     first = graph.op("Reshape", [first, graph.const("first_shape", np.array([-1, e0], np.int64))])
     _folded_chain(graph, c, fo, None, first=first)

@@ -147,4 +147,5 @@ def test_a_streamed_png_renders_through_the_grid_graph(fp16_file, tmp_path, monk
     job.run([model], chunk=40)
     assert calls, "the stream did not use the grid graph"
     got = np.asarray(Image.open(tmp_path / "x.png").convert("RGB"))
-    assert np.array_equal(got, render_image(model, z, 17, 30, region=region, truncation=0.8, uint8=True))
+    # the same rows per call (one): a float16 batched product may round a row differently in a larger batch
+    assert np.array_equal(got, render_image(model, z, 17, 30, region=region, truncation=0.8, chunk=40, uint8=True))
