@@ -1,9 +1,4 @@
-"""Latents: a seed means the same z on every machine and provider; latents from .npy files.
-
-Convention: z = numpy.random.default_rng(seed).standard_normal(style_dim), cast to float32. NumPy
-keeps default_rng's stream (PCG64) stable across versions and platforms, and the draw happens in numpy
-on the host, so the provider never changes it.
-"""
+"""Latents: seeds (the rule itself is cips_edge.core.seeds) and seed lists, latents from .npy files."""
 from __future__ import annotations
 
 import os
@@ -14,19 +9,13 @@ import numpy as np
 
 from .coords import read_npy
 from cips_edge.core.errors import UserError
+from cips_edge.core.seeds import latent_for_seed  # noqa: F401 (re-exported: the runtime's API)
 
 MAX_SEEDS = 10_000  # more files than this from one command is almost surely a typo (e.g. 0-1000000)
 # ... unless the seeds go to a Dask cluster (--cluster, --scheduler): a data set of images. The list
 # of seeds is then held by the client, about 100 bytes a seed.
 CLUSTER_MAX_SEEDS = 10_000_000
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
-
-
-def latent_for_seed(seed: int, style_dim: int) -> np.ndarray:
-    """The latent of a seed: [style_dim] float32."""
-    if seed < 0:
-        raise UserError(f"seeds must be non-negative integers, got {seed}")
-    return np.random.default_rng(seed).standard_normal(style_dim).astype(np.float32)
 
 
 def parse_seeds(specs: Iterable[str | int], limit: int = MAX_SEEDS) -> list[int]:

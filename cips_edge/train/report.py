@@ -16,6 +16,7 @@ from PIL import Image
 
 from cips_edge.model import CIPSGenerator
 from cips_edge.core.files import clean_stale_temporaries, temporary_prefix
+from cips_edge.core.seeds import latents_for_seeds
 
 PLAIN_LINE_EVERY_S = 60.0  # without a terminal, print a progress line at most this often
 
@@ -53,6 +54,12 @@ def save_grid(images: np.ndarray, path: Path, columns: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(grid)
     _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def sample_latents(grid: int, style_dim: int) -> torch.Tensor:
+    """The sample grid's latents, [grid * grid, S]: cell k (row by row) is seed k, the latent that
+    `cips render --seed k` renders."""
+    return torch.from_numpy(latents_for_seeds(range(grid * grid), style_dim))
 
 
 @torch.no_grad()
