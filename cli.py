@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cips_edge.core.errors import UserError
+from cips_edge.core.errors import Interrupted, UserError
 
 app = typer.Typer(
     help="Render CIPS images (a pixel-independent GAN, G(x, y; z)) from ONNX files; evaluate, export and train models.",
@@ -25,6 +25,10 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _user_errors(command):
     """Every problem a user can cause ends as one line on stderr and exit 1, never a traceback."""
     @functools.wraps(command)
@@ -32,13 +36,11 @@ def _user_errors(command):
         try:
             return command(*args, **kwargs)
         except UserError as e:
-            _fail(str(e))
+            _fail(e.spelled(_flag))
         except MemoryError:
             _fail("out of memory: render fewer points at once (--chunk) or a smaller image")
-        except KeyboardInterrupt as e:  # a streamed render says what it kept (runtime/stream.py)
-            if not str(e):
-                raise
-            _fail(str(e), 130)
+        except Interrupted as e:  # a streamed render says what it kept (runtime/stream.py)
+            _fail(e.spelled(_flag), 130)
     return wrapper
 
 

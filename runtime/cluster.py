@@ -30,13 +30,12 @@ from distributed.scheduler import KilledWorker
 
 from . import pyramid as pz
 from .devices import visible_gpus
-from cips_edge.core.errors import UserError
+from cips_edge.core.errors import Interrupted, UserError
 from cips_edge.core.files import file_sha256
 from .image import to_uint8, write_output
-from .latents import latent_for_seed
+from cips_edge.core.seeds import latent_for_seed
 from .model import CUDA, CIPSModel, available_providers, default_threads
 from .render import render_image, render_points
-from .stream import Interrupted
 
 GPU_TASK_THREADS = 2  # tasks at once on a GPU worker: one renders while the other compresses and writes
 SEED_BATCH_PIXELS = 1 << 22  # pixels a seed task renders (whole images; at least one)
@@ -209,16 +208,16 @@ def local_plan(workers: int | None, device: str, threads: int) -> Plan:
     """One worker per GPU when the model will run on CUDA, else one per CPU socket, the cores shared
     out between them (workers: --workers; threads: --threads, CPU threads per worker)."""
     if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+        raise UserError(f"workers must be at least 1, got {workers}", params="workers")
     gpus = 0
     if device in ("auto", "cuda", "tensorrt") and CUDA in available_providers():
         gpus = visible_gpus() or 0
     if device in ("cuda", "tensorrt") and not gpus:
-        raise UserError(f"--device {device}: no GPU visible to start workers on")
+        raise UserError(f"device {device}: no GPU visible to start workers on", params="device")
     if gpus:
         n = workers or gpus
         if n > gpus:
-            raise UserError(f"--workers {n}: this machine shows {gpus} GPU(s), one worker each")
+            raise UserError(f"workers {n}: this machine shows {gpus} GPU(s), one worker each", params="workers")
         return Plan(n, GPU_TASK_THREADS, threads, True)
     n = workers or cpu_sockets()
     return Plan(n, 1, threads or max(1, default_threads() // n), False)
@@ -257,7 +256,8 @@ def agree(client: Client, spec: ModelSpec) -> tuple[ModelSpec, list[str]]:
         raise UserError("the Dask cluster has no workers")
     precisions = sorted({p for _, p in seen.values()})
     if len(precisions) > 1:
-        raise UserError(f"the workers would render in different precisions ({', '.join(precisions)}): pass --precision")
+        raise UserError(f"the workers would render in different precisions ({', '.join(precisions)}): pass precision",
+                        params="precision")
     return replace(spec, precision=precisions[0]), sorted({p for p, _ in seen.values()})
 
 
@@ -278,7 +278,7 @@ def _params(spec: ModelSpec, z: np.ndarray, width: int, height: int, region, tru
 
 
 _PARAM_NAMES = {"width": "size", "height": "size", "region": "region", "truncation": "truncation",
-                "latent": "seed or latent", "model": "model file", "precision": "precision", "chunk": "--zarr-chunk",
+                "latent": "seed or latent", "model": "model file", "precision": "precision", "chunk": "zarr_chunk",
                 "version": "pyramid version"}
 
 
@@ -295,7 +295,7 @@ def _open_partial(partial: Path, levels: list[pz.Level], params: dict) -> bool:
     differ = sorted({_PARAM_NAMES.get(k, k) for k in params.keys() | old.keys() if params.get(k) != old.get(k)})
     if differ:
         raise UserError(f"cannot continue {partial}: it was started with another {', '.join(differ)}; use the same "
-                        f"options, or {again}")
+                        f"options, or {again}", params=tuple(d for d in differ if d == "zarr_chunk"))
     return True
 
 

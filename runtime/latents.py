@@ -21,7 +21,8 @@ _RANGE = re.compile(r"^(\d+)-(\d+)$")
 def parse_seeds(specs: Iterable[str | int], limit: int = MAX_SEEDS) -> list[int]:
     """'7', '0-15', '1,2,5-7' (and several of them) -> seeds in order, duplicates dropped; at most
     `limit` of them."""
-    more = "" if limit >= CLUSTER_MAX_SEEDS else f" (up to {CLUSTER_MAX_SEEDS} on a Dask cluster: --cluster)"
+    more = "" if limit >= CLUSTER_MAX_SEEDS else f" (up to {CLUSTER_MAX_SEEDS} on a Dask cluster: cluster)"
+    cluster = ("cluster",) if more else ()
     seeds: list[int] = []
     for spec in specs:
         for part in str(spec).split(","):
@@ -33,14 +34,15 @@ def parse_seeds(specs: Iterable[str | int], limit: int = MAX_SEEDS) -> list[int]
                 if hi < lo:
                     raise UserError(f"seed range {part!r} is empty (write low-high)")
                 if hi - lo + 1 > limit:
-                    raise UserError(f"seed range {part!r} has {hi - lo + 1} seeds; at most {limit} per command{more}")
+                    raise UserError(f"seed range {part!r} has {hi - lo + 1} seeds; at most {limit} per command{more}",
+                                    params=cluster)
                 seeds.extend(range(lo, hi + 1))
             else:
                 raise UserError(f"bad seed {part!r}: seeds are non-negative integers, ranges like 0-15, "
                                 "or comma lists like 1,2,5-7")
     unique = list(dict.fromkeys(seeds))
     if len(unique) > limit:
-        raise UserError(f"{len(unique)} seeds; at most {limit} per command{more}")
+        raise UserError(f"{len(unique)} seeds; at most {limit} per command{more}", params=cluster)
     return unique
 
 

@@ -102,14 +102,14 @@ class CIPSModel:
         if device not in DEVICES:
             raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
         if threads is not None and threads < 0:
-            raise UserError(f"--threads must be 0 (automatic) or more, got {threads}")
+            raise UserError(f"threads must be 0 (automatic) or more, got {threads}", params="threads")
         if not self.path.is_file():
             what = "a folder, not an ONNX file" if self.path.is_dir() else "not found"
             raise UserError(f"model {what}: {self.path}")
         have = ort.get_available_providers()
         if device in ("cuda", "tensorrt") and CUDA not in have:
-            raise UserError(f"--device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "
-                            f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]")
+            raise UserError(f"device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "
+                            f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]", params="device")
         cuda = device in ("cuda", "tensorrt") or (device == "auto" and CUDA in have)
         main = onnxproto.load(str(self.path), str(self.path))
         self.info: ModelInfo = parse_metadata({p.key: p.value for p in main.metadata_props}, str(self.path))
@@ -127,8 +127,9 @@ class CIPSModel:
         self.session = self._session(style_source, cuda=cuda)
         self.providers = list(self.session.get_providers())
         if device in ("cuda", "tensorrt") and self.providers[0] != CUDA:
-            raise UserError(f"--device {device}: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
-                            "libraries missing or no GPU); use --device cpu or fix the CUDA install")
+            raise UserError(f"device {device}: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
+                            "libraries missing or no GPU); use device cpu or fix the CUDA install",
+                            params=("device", "device"))
         if self.providers[0] == CPU and len(self.providers) > 1:  # auto: CUDA did not load
             if fast is not None and precision is None and self.precision != self._precision(None, False):
                 self.precision = self._precision(None, False)  # the CPU's choice, now that it runs there
@@ -148,8 +149,8 @@ class CIPSModel:
             pixels = self._session(pixel_source, cuda=self.providers[0] == CUDA, tensorrt=device == "tensorrt")
             self.providers = list(pixels.get_providers())
             if device == "tensorrt" and self.providers[0] != TENSORRT:
-                raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
-                                "(TensorRT libraries missing?); use --device cuda")
+                raise UserError("device tensorrt: onnxruntime could not load its TensorRT provider "
+                                "(TensorRT libraries missing?); use device cuda", params=("device", "device"))
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
                                       bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
                                       table=fast.table if fast is not None else None)
@@ -157,7 +158,7 @@ class CIPSModel:
             self._check_graph(self.session.get_inputs(), self.session.get_outputs(), INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
                 raise UserError(f"{self.path} is a format-1 file: it holds only fp32; re-export it with "
-                                f"--precision {precision}")
+                                f"`cips export --precision {precision}`")
             self.precision = "fp32"
 
     def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False):
@@ -199,10 +200,11 @@ class CIPSModel:
         graphs = self.info.pixel_graphs
         if requested is not None:
             if requested not in PRECISIONS:
-                raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+                raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}",
+                                params="precision")
             if requested not in graphs:
                 raise UserError(f"{self.path} holds no {requested} pixel graph (it has {', '.join(sorted(graphs))}); "
-                                f"export it with --precision {requested}")
+                                f"export it with `cips export --precision {requested}`", params="precision")
             return requested
         suits = {"fp32": True, "fp16": gpu, "int8": not gpu}
         return self.info.precision if suits.get(self.info.precision, False) else "fp32"

@@ -73,7 +73,7 @@ def _check_chunk(model: CIPSModel, chunk: int | None, points: int) -> int:
             return model.default_chunk
         return min(model.default_chunk, max(MIN_SPLIT, -(-points // model.workers)))
     if chunk < 1:
-        raise UserError(f"--chunk must be at least 1 point, got {chunk}")
+        raise UserError(f"chunk must be at least 1 point, got {chunk}", params="chunk")
     return chunk
 
 

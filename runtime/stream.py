@@ -24,7 +24,7 @@ import numpy as np
 from . import pngstream, tiffstream
 from .coords import FULL_FRAME
 from .devices import run_ordered
-from cips_edge.core.errors import UserError
+from cips_edge.core.errors import Interrupted, UserError
 from cips_edge.core.files import atomic_write, file_sha256
 
 from .image import to_uint8
@@ -48,10 +48,6 @@ THREADS_PER_GPU = 4
 STATE_VERSION = 1
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a streamed render; the message says what is kept and how to continue."""
-
-
 def streams(path: str | os.PathLike, pixels: int, resume: bool = False, devices: bool = False,
             not_a_grid: bool = False) -> bool:
     """Whether `cips render` writes this output block by block: .tif always, .png when large, when
@@ -61,8 +57,9 @@ def streams(path: str | os.PathLike, pixels: int, resume: bool = False, devices:
     path = Path(path)
     streamable = not not_a_grid and path.suffix.lower() in STREAM_SUFFIXES
     if (resume or devices) and not streamable:
-        option = "--resume" if resume else "--devices"
-        raise UserError(f"{option} works for .png and .tif images only (not .npy outputs, --coords or --fovea)")
+        option = "resume" if resume else "devices"
+        raise UserError(f"{option} works for .png and .tif images only (not .npy outputs, coords or fovea)",
+                        params=(option, "coords", "fovea"))
     return streamable and (path.suffix.lower() != ".png" or pixels >= STREAM_MIN_PIXELS or resume or devices
                            or partial_paths(path)[1].exists())
 
@@ -222,7 +219,7 @@ class StreamRender:
             raise UserError(f"cannot read {self.state_path} ({type(e).__name__}): {again}") from None
         if not resume:
             raise UserError(f"{self.partial} holds an unfinished render of {self.path} ({done} of {len(self.blocks)} "
-                            f"{self.layout.unit}s): pass --resume to continue it, or {again}")
+                            f"{self.layout.unit}s): pass resume to continue it, or {again}", params="resume")
         differ = sorted({_PARAM_NAMES.get(k, "layout") for k in self.params.keys() | params.keys()
                          if self.params.get(k) != params.get(k)})
         if differ:
@@ -247,7 +244,7 @@ class StreamRender:
         progress(n) is called with the pixels of every chunk as it lands. Ctrl-C (or an exception)
         keeps the blocks written so far for `open(..., resume=True)`."""
         if chunk is not None and chunk < 1:
-            raise UserError(f"--chunk must be at least 1 point, got {chunk}")
+            raise UserError(f"chunk must be at least 1 point, got {chunk}", params="chunk")
         chunk = chunk or stream_chunk(models)
         encoders = encoders or min(8, default_threads())
         try:
@@ -265,7 +262,8 @@ class StreamRender:
                 os.fsync(f.fileno())
             os.replace(self.partial, self.path)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: {self._kept()}; the same command with --resume continues") from None
+            raise Interrupted(f"interrupted: {self._kept()}; the same render with resume continues",
+                              params="resume") from None
         except OSError as e:
             raise UserError(f"cannot write {self.partial}: {e.strerror or e}; {self._kept()}, to continue with "
                             "--resume") from None

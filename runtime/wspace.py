@@ -27,7 +27,7 @@ def _mapped_w(graph) -> str:
     subs = [n for n in graph.node if n.op_type == "Sub" and list(n.input[1:]) == [W_AVG]]
     if len(subs) != 1 or W_AVG not in {t.name for t in graph.initializer}:
         raise UserError("this model's graph has no single truncation step (w - w_avg): cannot find its "
-                        "mapped latent w for a walk in w; use --space z")
+                        "mapped latent w for a walk in w; use space z", params="space")
     return subs[0].input[0]
 
 

@@ -80,7 +80,7 @@ def test_a_local_cluster_shares_the_cores_out_on_a_cpu():
     assert (two.workers, two.model_threads) == (2, max(1, default_threads() // 2))
     assert cl.local_plan(2, "cpu", 3).model_threads == 3
     assert two.adapt(cl.ModelSpec("m.onnx", "0" * 64)).threads == two.model_threads
-    with pytest.raises(cl.UserError, match="--workers must be at least 1"):
+    with pytest.raises(cl.UserError, match="^workers must be at least 1"):
         cl.local_plan(0, "cpu", 0)
 
 

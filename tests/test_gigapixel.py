@@ -156,7 +156,7 @@ def test_an_interrupted_render_resumes_to_the_same_bytes(tiny, tmp_path, small_b
     whole = tmp_path / f"whole{suffix}"
     stream_render(whole, tiny, 2, 45, 40)
     path = tmp_path / f"x{suffix}"
-    with pytest.raises(stream.Interrupted, match="--resume continues"):
+    with pytest.raises(stream.Interrupted, match="with resume continues"):
         stream_render(path, tiny, 2, 45, 40, progress=interrupt_after(700))
     assert not path.exists()  # nothing under the final name
     partial = path.with_name(path.name + ".partial")

@@ -151,7 +151,7 @@ def parse_view(seed: str, psi: str, x0: str, y0: str, x1: str, y1: str, width: s
     try:
         check_region(view.region, view.height, view.width)
     except UserError as e:
-        raise BadRequest(str(e).replace("--region", "the view")) from None
+        raise BadRequest(e.spelled(lambda name: "the view" if name == "region" else name)) from None
     return view
 
 
