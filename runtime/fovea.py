@@ -19,7 +19,7 @@ import numpy as np
 
 from .coords import FULL_FRAME
 from cips_edge.core.errors import UserError
-from .model import CIPSModel
+from .protocol import RenderModel
 from .render import Progress, render_points
 
 MAX_LEVEL = 5  # the outermost rings interpolate between every 32nd pixel
@@ -82,7 +82,7 @@ def fovea_plan(height: int, width: int, fovea: tuple[float, float], fovea_radius
     return FoveaPlan(region, level, rendered)
 
 
-def render_foveated(model: CIPSModel, z: np.ndarray, plan: FoveaPlan, truncation: float = 1.0,
+def render_foveated(model: RenderModel, z: np.ndarray, plan: FoveaPlan, truncation: float = 1.0,
                     chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
     """Raw RGB [H, W, 3]: the plan's pixels rendered (each equal to the same pixel of render_image),
     the others interpolated from their ring's grid."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from cips_edge.core.errors import UserError
 from .image import check_image_size
-from .model import CIPSModel
+from .protocol import RenderModel
 from .render import Progress, render_image
 
 WHITE = 1.0  # raw generator value of white: (1 + 1) * 127.5 = 255
@@ -69,7 +69,7 @@ def grid_layout(count: int, cell: int, columns: int | None = None, padding: int 
     return layout
 
 
-def render_grid(model: CIPSModel, latents: Sequence[np.ndarray], layout: GridLayout, truncation: float = 1.0,
+def render_grid(model: RenderModel, latents: Sequence[np.ndarray], layout: GridLayout, truncation: float = 1.0,
                 chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
     """Raw RGB of the whole sheet: [layout.height, layout.width, 3] float32, WHITE between cells."""
     assert len(latents) == layout.count, (len(latents), layout.count)

@@ -16,6 +16,7 @@ from cips_edge.core.config import GeneratorConfig
 from . import graphcut, onnxproto
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
+from .chunks import default_chunk
 from .graphcut import FastPaths
 from .split import SplitEngine, auto_cuda_chunk, band_size
 
@@ -23,14 +24,6 @@ DEVICES = ("auto", "cuda", "cpu", "tensorrt")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-# Points per session call when --chunk is not given. On CPU small chunks keep the activations in the
-# caches: files with fast paths (formats 2 and 3) use 1,024 (on 2 cores, whole `cips render` runs
-# against 16,384 took 0.63-0.72x the time at about half the peak memory; 512 was no faster). Format-1
-# files redo the style part in every call, so they keep 16,384. On CUDA, files with fast paths pick the
-# largest power of two whose activations fit a memory budget (split.auto_cuda_chunk); format-1 files
-# use 262,144.
-DEFAULT_CHUNK = {CPU: 1_024, CUDA: 262_144}
-FORMAT_1_CPU_CHUNK = 16_384
 # CUDA provider: float32 matmuls in float32 (ONNX Runtime may default to TF32), and an arena that grows
 # by what is asked rather than to the next power of two (bounded memory for big images).
 CUDA_OPTIONS = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
@@ -204,7 +197,7 @@ class CIPSModel:
                                 params="precision")
             if requested not in graphs:
                 raise UserError(f"{self.path} holds no {requested} pixel graph (it has {', '.join(sorted(graphs))}); "
-                                f"export it with `cips export --precision {requested}`", params="precision")
+                                f"export it with `cips export --precision {requested}`")
             return requested
         suits = {"fp32": True, "fp16": gpu, "int8": not gpu}
         return self.info.precision if suits.get(self.info.precision, False) else "fp32"
@@ -251,11 +244,7 @@ class CIPSModel:
 
     @property
     def default_chunk(self) -> int:
-        if self.on_device:
-            return auto_cuda_chunk(self.info, self.precision)
-        if self.provider == CPU and self.engine is None:
-            return FORMAT_1_CPU_CHUNK
-        return DEFAULT_CHUNK.get(self.provider, DEFAULT_CHUNK[CUDA])
+        return default_chunk(self)
 
     def piece_size(self, chunk: int, total: int) -> int:
         """Points the renderer hands over at once: a chunk, or on the GPU a band of chunks."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from .coords import check_region
 from cips_edge.core.errors import UserError
-from .model import CIPSModel
+from .protocol import RenderModel
 from .render import render_image
 
 Region = tuple[float, float, float, float]
@@ -57,7 +57,7 @@ def _check_depth(regions: list[Region], width: int, height: int) -> None:
         check_region((x0, y0, x1, y1), height, width)  # finite as float32 (a centre beyond float32)
 
 
-def zoom_frames(model: CIPSModel, z: np.ndarray, regions: list[Region], width: int, height: int,
+def zoom_frames(model: RenderModel, z: np.ndarray, regions: list[Region], width: int, height: int,
                 truncation: float = 1.0, chunk: int | None = None) -> Iterator[np.ndarray]:
     """Raw RGB [height, width, 3] of each region in turn (render_image of that region), rendered as taken."""
     return (render_image(model, z, height, width, region=r, truncation=truncation, chunk=chunk) for r in regions)

@@ -187,7 +187,7 @@ def test_resuming_with_other_parameters_is_a_one_line_error(tiny, tmp_path, smal
                           region=args["region"], truncation=args["truncation"], resume=True)
     message = str(e.value)
     assert f"started with another {named};" in message and "\n" not in message
-    with pytest.raises(UserError, match="pass --resume to continue it"):  # and never silently overwritten
+    with pytest.raises(UserError, match="pass resume to continue it"):  # and never silently overwritten
         StreamRender.open(path, tiny, latent_for_seed(2, tiny.style_dim), 40, 20)
 
 

@@ -30,10 +30,10 @@ class _Named:
 
 def _mentions(text: str, params: tuple[str, ...]) -> list[tuple[int, int, str]]:
     """(start, end, name) of each parameter's mention: for a name given k times, its first k whole-word
-    occurrences."""
+    occurrences outside paths and file names (no /, \\ or . next to it) and not already an option (--x)."""
     found = []
     for name in dict.fromkeys(params):
-        spans = [m.span() for m in re.finditer(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text)]
+        spans = [m.span() for m in re.finditer(rf"(?<![\w\-/\\.]){re.escape(name)}(?![\w\-/\\.])", text)]
         found += [(*span, name) for span in spans[:params.count(name)]]
     return sorted(found)
 
