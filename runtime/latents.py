@@ -21,7 +21,7 @@ _RANGE = re.compile(r"^(\d+)-(\d+)$")
 def parse_seeds(specs: Iterable[str | int], limit: int = MAX_SEEDS) -> list[int]:
     """'7', '0-15', '1,2,5-7' (and several of them) -> seeds in order, duplicates dropped; at most
     `limit` of them."""
-    more = "" if limit >= CLUSTER_MAX_SEEDS else f" (up to {CLUSTER_MAX_SEEDS} on a Dask cluster: cluster)"
+    more = "" if limit >= CLUSTER_MAX_SEEDS else f" (up to {CLUSTER_MAX_SEEDS} with cluster, on a Dask cluster)"
     cluster = ("cluster",) if more else ()
     seeds: list[int] = []
     for spec in specs:

@@ -181,7 +181,7 @@ def test_cli_errors_before_any_work(tmp_path, tiny_onnx, monkeypatch):
         (("--out", tmp_path / "a.zarr", "--coords", tmp_path / "c.npy"), "--coords does not work on a Dask cluster"),
         (("--out", tmp_path / "a.zarr", "--zarr-chunk", 10), "--zarr-chunk must be"),
         (("--out", tmp_path / "a.png", "--workers", 2), "--workers sizes a local Dask cluster"),
-        (("--seeds", "0-20000", "--out", tmp_path), "at most 10000 per command (up to 10000000 on a Dask cluster"),
+        (("--seeds", "0-20000", "--out", tmp_path), "at most 10000 per command (up to 10000000 with --cluster, on a Dask cluster)"),
         (("--seeds", "0-3", "--out", tmp_path, "--scheduler", "tcp://127.0.0.1:9"), "cannot reach the Dask scheduler"),
         (("--out", tmp_path / "a.zarr", "--scheduler", "tcp://127.0.0.1:9", "--workers", 2), "--workers sizes a local"),
     ]:
