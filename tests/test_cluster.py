@@ -178,9 +178,9 @@ def test_cli_errors_before_any_work(tmp_path, tiny_onnx, monkeypatch):
     for args, message in [
         (("--out", tmp_path / "done.zarr"), "already exists"),
         (("--seeds", "0-3", "--out", tmp_path / "many.zarr"), "pattern with {seed}"),
-        (("--out", tmp_path / "a.zarr", "--coords", tmp_path / "c.npy"), "--coords does not work on a Dask cluster"),
+        (("--out", tmp_path / "a.zarr", "--coords", tmp_path / "c.npy"), "--coords does not work with --cluster, --scheduler or a .zarr output"),
         (("--out", tmp_path / "a.zarr", "--zarr-chunk", 10), "--zarr-chunk must be"),
-        (("--out", tmp_path / "a.png", "--workers", 2), "--workers sizes a local Dask cluster"),
+        (("--out", tmp_path / "a.png", "--workers", 2), "--workers sizes the local Dask workers of --cluster"),
         (("--seeds", "0-20000", "--out", tmp_path), "at most 10000 per command (up to 10000000 with --cluster, on a Dask cluster)"),
         (("--seeds", "0-3", "--out", tmp_path, "--scheduler", "tcp://127.0.0.1:9"), "cannot reach the Dask scheduler"),
         (("--out", tmp_path / "a.zarr", "--scheduler", "tcp://127.0.0.1:9", "--workers", 2), "--workers sizes a local"),
