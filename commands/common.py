@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from cips_edge.core.errors import Interrupted, UserError
+from cips_edge.core.format import packaged_model
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -45,18 +46,11 @@ def user_errors(flags: dict[str, str] | None = None):
     return decorate
 
 
-def default_model_path() -> Path:
-    """The model packaged with cips-edge (package data of cips_edge, wherever it is installed)."""
-    import cips_edge
-
-    return Path(cips_edge.__file__).resolve().parent / "models" / "default.onnx"
-
-
 def model_path(model: Path | None) -> Path:
     """--model, or the packaged model."""
     if model is not None:
         return model
-    path = default_model_path()
+    path = packaged_model()
     if not path.is_file():
         raise UserError("no model is packaged with cips-edge yet (cips_edge/models/default.onnx); pass --model "
                         "PATH.onnx (make one with `cips export model.onnx --checkpoint CKPT`)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.resources
 import os
 import threading
 import uuid
@@ -32,6 +31,7 @@ from . import pyramid as pz
 from .devices import visible_gpus
 from cips_edge.core.errors import Interrupted, UserError
 from cips_edge.core.files import file_sha256
+from cips_edge.core.format import packaged_model
 from .image import to_uint8, write_output
 from cips_edge.core.seeds import latent_for_seed
 from .model import CUDA, CIPSModel, available_providers, default_threads
@@ -65,7 +65,7 @@ class ModelSpec:
     def open(self) -> CIPSModel:
         path = Path(self.path)
         if self.packaged and not path.is_file():
-            path = Path(str(importlib.resources.files("cips_edge") / "models" / "default.onnx"))
+            path = packaged_model()
         if not path.is_file():
             raise UserError(f"worker {_worker_name()} finds no model at {path}: put the model in a folder that every "
                             "worker reads at the same path")

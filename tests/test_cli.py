@@ -80,7 +80,7 @@ def test_info_shows_config_metadata_parameters_and_providers(tiny_onnx, tiny_che
 
 
 def test_without_a_packaged_model_it_says_how_to_pass_one(monkeypatch, tmp_path):
-    monkeypatch.setattr(common, "default_model_path", lambda: tmp_path / "default.onnx")
+    monkeypatch.setattr(common, "packaged_model", lambda: tmp_path / "default.onnx")
     for args in (["render", "--out", tmp_path / "x.png"], ["info"]):
         r = cips(*args)
         assert r.exit_code == 1 and r.stderr.count("\n") == 1
