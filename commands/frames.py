@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import Progress, open_model, user_errors
-from .options import (SEQUENCE_OUT, ChunkOpt, DeviceOpt, FpsOpt, ForceOpt, HeightOpt, ModelOpt, PrecisionOpt, SeedOpt,
-                      SeedsOpt, SizeOpt, ThreadsOpt, TruncationOpt, WidthOpt, out_option)
+from .common import Progress, user_errors
+from .options import SEQUENCE_OUT, ForceOpt, FpsOpt, ImageSize, Rendering, SeedOpt, SeedsOpt, bundled, out_option
 
 
 @user_errors({"cell": "--size"})
+@bundled
 def grid(
     seeds: SeedsOpt = None,
     out: Annotated[str, out_option("the .png to write (written atomically)")] = "cips-grid.png",
@@ -21,12 +21,7 @@ def grid(
     columns: Annotated[Optional[int], typer.Option(help="cells per row, at most the number of seeds "
                                                         "(default: ceil(sqrt(number of seeds)))")] = None,
     padding: Annotated[int, typer.Option(help="white pixels between cells and around the edge")] = 2,
-    truncation: TruncationOpt = 1.0,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    chunk: ChunkOpt = None,
-    threads: ThreadsOpt = 0,
+    run: Rendering = Rendering(),
     force: ForceOpt = False,
 ) -> None:
     """Render many seeds into one PNG, a contact sheet: one cell per seed, in order, filling rows left
@@ -41,16 +36,16 @@ def grid(
     from cips_edge import runtime as rt
     from cips_edge.runtime.grid import grid_layout, render_grid
 
-    rt.check_truncation(truncation)
+    rt.check_truncation(run.truncation)
     specs = [s for s in seeds or [] if s.strip()]
     seed_list = rt.parse_seeds(specs) if specs else []
     layout = grid_layout(len(seed_list), size, columns, padding, force)  # fails before any work
     path = rt.prepare_output(out, (".png",))
-    m = open_model(model, device, threads, precision)
+    m = run.open()
     latents = [rt.latent_for_seed(s, m.style_dim) for s in seed_list]
     start = time.perf_counter()
     with Progress(total=len(latents) * size * size, show=True) as advance:
-        sheet = render_grid(m, latents, layout, truncation=truncation, chunk=chunk, progress=advance)
+        sheet = render_grid(m, latents, layout, truncation=run.truncation, chunk=run.chunk, progress=advance)
         rt.write_output(path, sheet)
     ms = (time.perf_counter() - start) * 1000
     typer.echo(f"wrote {path} ({layout.rows} x {layout.columns} cells of {size}x{size}, "
@@ -73,6 +68,7 @@ def _write_frames(path: Path, frames, count: int, w: int, h: int, fps: float) ->
 
 
 @user_errors()
+@bundled
 def zoom(
     seed: SeedOpt = 0,
     center: Annotated[tuple[float, float], typer.Option(
@@ -82,16 +78,8 @@ def zoom(
     frames: Annotated[int, typer.Option(help="number of frames, at least 2")] = 48,
     fps: FpsOpt = 24.0,
     out: Annotated[Optional[str], out_option(f"{SEQUENCE_OUT} (default: cips-zoom-seed<seed>.gif)")] = None,
-    size: SizeOpt = 256,
-    width: WidthOpt = None,
-    height: HeightOpt = None,
-    truncation: TruncationOpt = 1.0,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    chunk: ChunkOpt = None,
-    threads: ThreadsOpt = 0,
-    force: ForceOpt = False,
+    image: ImageSize = ImageSize(),
+    run: Rendering = Rendering(),
 ) -> None:
     """Zoom into a point of one latent's image: every frame rendered at full detail, no upscaling.
 
@@ -105,18 +93,19 @@ def zoom(
     from cips_edge import runtime as rt
     from cips_edge.runtime.job import frame_size
 
-    rt.check_truncation(truncation)
-    w, h = frame_size(size, width, height, force)
+    rt.check_truncation(run.truncation)
+    w, h = frame_size(image.size, image.width, image.height, image.force)
     regions = rt.zoom_regions(center, factor, frames, w, h)
     path = rt.prepare_video(out or f"cips-zoom-seed{seed}.gif", w, h, fps)
-    m = open_model(model, device, threads, precision)
+    m = run.open()
     z = rt.latent_for_seed(seed, m.style_dim)
-    ms = _write_frames(path, rt.zoom_frames(m, z, regions, w, h, truncation, chunk), frames, w, h, fps)
+    ms = _write_frames(path, rt.zoom_frames(m, z, regions, w, h, run.truncation, run.chunk), frames, w, h, fps)
     typer.echo(f"wrote {path} ({frames} frames of {w}x{h}, x{factor:g} into {center[0]:g} {center[1]:g}) "
                f"on {m.provider} in {ms:.0f} ms")
 
 
 @user_errors()
+@bundled
 def interpolate(
     seeds: SeedsOpt = None,
     frames: Annotated[int, typer.Option(help="number of frames, at least 2; keys fall on frames when frames - 1 "
@@ -126,16 +115,8 @@ def interpolate(
     loop: Annotated[bool, typer.Option(help="walk on from the last seed back to the first (a seamless loop)")] = False,
     fps: FpsOpt = 24.0,
     out: Annotated[str, out_option(SEQUENCE_OUT)] = "cips-walk.gif",
-    size: SizeOpt = 256,
-    width: WidthOpt = None,
-    height: HeightOpt = None,
-    truncation: TruncationOpt = 1.0,
-    model: ModelOpt = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    chunk: ChunkOpt = None,
-    threads: ThreadsOpt = 0,
-    force: ForceOpt = False,
+    image: ImageSize = ImageSize(),
+    run: Rendering = Rendering(),
 ) -> None:
     """A latent walk: frames that pass through the images of several seeds (at least 2, in the order
     given, repeats allowed) in turn.
@@ -150,15 +131,16 @@ def interpolate(
     from cips_edge.runtime.job import frame_size
     from cips_edge.runtime.walk import check_space, parse_keys, walk_stops
 
-    rt.check_truncation(truncation)
+    rt.check_truncation(run.truncation)
     keys = parse_keys(seeds or [])
-    w, h = frame_size(size, width, height, force)
+    w, h = frame_size(image.size, image.width, image.height, image.force)
     walk_stops(len(keys), frames, loop)  # fail before any work
     check_space(space)
     path = rt.prepare_video(out, w, h, fps)
-    m = open_model(model, device, threads, precision)
+    m = run.open()
     zs = [rt.latent_for_seed(s, m.style_dim) for s in keys]
-    walk = rt.walk_frames(m, zs, frames, w, h, loop=loop, space=space, truncation=truncation, chunk=chunk)
+    walk = rt.walk_frames(m, zs, frames, w, h, loop=loop, space=space, truncation=run.truncation, chunk=run.chunk)
     ms = _write_frames(path, walk, frames, w, h, fps)
-    typer.echo(f"wrote {path} ({frames} frames of {w}x{h}, seeds {','.join(map(str, keys))}{' and back' if loop else ''}, "
+    back = " and back" if loop else ""
+    typer.echo(f"wrote {path} ({frames} frames of {w}x{h}, seeds {','.join(map(str, keys))}{back}, "
                f"{'slerp in z' if space == 'z' else 'lerp in w'}) on {m.provider} in {ms:.0f} ms")

@@ -1,7 +1,14 @@
 """Every option that more than one command takes, defined once: the same name, meaning and help on
-each command. Used as `model: ModelOpt = None`."""
+each command. Used one by one (`model: ModelOpt = None`) or in bundles: a command decorated with
+@bundled that has a parameter typed Rendering or ImageSize takes that bundle's options and gets them
+as one object."""
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -41,3 +48,57 @@ def out_option(help: str):
 
 
 SEQUENCE_OUT = ".gif, .mp4 (needs the [video] extra) or .npy (raw float32 [frames, H, W, 3]), written atomically"
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How a command renders: the model, where, in what precision, in what pieces, with what psi."""
+
+    model: ModelOpt = None
+    truncation: TruncationOpt = 1.0
+    device: DeviceOpt = "auto"
+    precision: PrecisionOpt = None
+    chunk: ChunkOpt = None
+    threads: ThreadsOpt = 0
+
+    def open(self):
+        """The CIPSModel these options ask for."""
+        from .common import open_model
+
+        return open_model(self.model, self.device, self.threads, self.precision)
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """The size of an image or frame: --size, or --width and --height, within the per-side limit unless
+    --force."""
+
+    size: SizeOpt = 256
+    width: WidthOpt = None
+    height: HeightOpt = None
+    force: ForceOpt = False
+
+
+def bundled(command):
+    """Each parameter of `command` typed as an option bundle becomes that bundle's options on the
+    command line; the command is called with the bundle built from them."""
+    signature = inspect.signature(command, eval_str=True)
+    params, bundles = [], {}
+    for p in signature.parameters.values():
+        if not (inspect.isclass(p.annotation) and dataclasses.is_dataclass(p.annotation)):
+            params.append(p)
+            continue
+        bundles[p.name] = p.annotation
+        hints = typing.get_type_hints(p.annotation, include_extras=True)
+        params += [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                                     annotation=hints[f.name]) for f in dataclasses.fields(p.annotation)]
+
+    @functools.wraps(command)
+    def wrapper(**options):
+        for name, bundle in bundles.items():
+            options[name] = bundle(**{f.name: options.pop(f.name) for f in dataclasses.fields(bundle)})
+        return command(**options)
+
+    wrapper.__signature__ = signature.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper

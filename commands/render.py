@@ -8,20 +8,18 @@ from typing import Annotated, Optional
 import typer
 
 from .common import Progress, model_path, user_errors
-from .options import (ChunkOpt, DeviceOpt, ForceOpt, HeightOpt, ModelOpt, PrecisionOpt, SeedsOpt, SizeOpt, ThreadsOpt,
-                      TruncationOpt, VerboseOpt, WidthOpt, out_option)
+from .options import ImageSize, Rendering, SeedsOpt, VerboseOpt, bundled, out_option
 
 
 @user_errors()
+@bundled
 def render(
     seeds: SeedsOpt = None,
     latent: Annotated[Optional[Path], typer.Option(help=".npy latent, shape (style_dim,) or (1, style_dim), "
                                                         "instead of a seed")] = None,
     coords: Annotated[Optional[Path], typer.Option(help=".npy points shaped (..., 2) (x' first); writes raw RGB "
                                                         "(..., 3) to a .npy --out")] = None,
-    size: SizeOpt = 256,
-    width: WidthOpt = None,
-    height: HeightOpt = None,
+    image: ImageSize = ImageSize(),
     region: Annotated[Optional[tuple[float, float, float, float]], typer.Option(
         metavar="X0 Y0 X1 Y1", help="the rectangle [X0, X1] x [Y0, Y1] to render, in frame units (the paper's "
         "coordinates: [-1, 1] is the trained image; may reach outside it; X0 > X1 mirrors) "
@@ -31,13 +29,7 @@ def render(
     out: Annotated[Optional[str], out_option(
         "output .png, .tif (tiled BigTIFF), .npy or .zarr (an OME-Zarr pyramid, rendered on Dask); with several "
         "seeds a folder or a pattern with {seed}")] = None,
-    model: ModelOpt = None,
-    truncation: TruncationOpt = 1.0,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = None,
-    chunk: ChunkOpt = None,
-    threads: ThreadsOpt = 0,
-    force: ForceOpt = False,
+    run: Rendering = Rendering(),
     resume: Annotated[bool, typer.Option(help="continue the interrupted render kept in OUT.partial (same options "
                                               "needed), or start one; .png/.tif only (a .zarr always continues its "
                                               ".partial)")] = False,
@@ -83,11 +75,12 @@ def render(
     from cips_edge.runtime.job import RenderJob, render_job
 
     began = time.perf_counter()
-    job = RenderJob(model=model_path(model), seeds=seeds or (), latent=latent, coords=coords, size=size, width=width,
-                    height=height, region=region, panorama=panorama, out=out, truncation=truncation, device=device,
-                    precision=precision, chunk=chunk, threads=threads, force=force, resume=resume, devices=devices,
-                    fovea=fovea, fovea_radius=fovea_radius, fovea_map=fovea_map, scheduler=scheduler,
-                    cluster=cluster, workers=workers, zarr_chunk=zarr_chunk, packaged=model is None)
+    job = RenderJob(model=model_path(run.model), seeds=seeds or (), latent=latent, coords=coords, size=image.size,
+                    width=image.width, height=image.height, region=region, panorama=panorama, out=out,
+                    truncation=run.truncation, device=run.device, precision=run.precision, chunk=run.chunk,
+                    threads=run.threads, force=image.force, resume=resume, devices=devices, fovea=fovea,
+                    fovea_radius=fovea_radius, fovea_map=fovea_map, scheduler=scheduler, cluster=cluster,
+                    workers=workers, zarr_chunk=zarr_chunk, packaged=run.model is None)
     report = render_job(job, Progress)
     typer.echo(report.summary)
     if verbose:
