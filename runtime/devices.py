@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from cips_edge.core.errors import UserError
 from .model import CIPSModel
+from .protocol import RenderModel
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -78,8 +79,8 @@ def open_models(path, device: str = "auto", devices: list[int] | None = None, th
     return [CIPSModel(path, device="cuda", device_id=i, precision=precision) for i in devices]
 
 
-def run_ordered(models: list[CIPSModel], task: Callable[[CIPSModel, Item], Result], items: Iterable[Item],
-                workers: Callable[[CIPSModel], int] = lambda m: m.workers) -> Iterator[Result]:
+def run_ordered(models: list[RenderModel], task: Callable[[RenderModel, Item], Result], items: Iterable[Item],
+                workers: Callable[[RenderModel], int] = lambda m: m.workers) -> Iterator[Result]:
     """task(model, item) for every item, results in the items' order.
 
     Each session gets workers(model) threads (default: model.workers); a thread takes the next item

@@ -93,7 +93,7 @@ class CIPSModel:
         self.path = Path(path)
         self.device_id = device_id
         if device not in DEVICES:
-            raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+            raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}", params="device")
         if threads is not None and threads < 0:
             raise UserError(f"threads must be 0 (automatic) or more, got {threads}", params="threads")
         if not self.path.is_file():
