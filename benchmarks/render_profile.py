@@ -1,11 +1,12 @@
-"""Where a CUDA render's time goes (issue 4): GPU kernel times of ONNX Runtime's fp16 pixel graph, and
+"""Where a CUDA render's time goes: GPU kernel times of ONNX Runtime's fp16 grid and pixel graphs, and
 the same folded chain written in PyTorch as a floor to compare with, in one process on one GPU.
 
     python benchmarks/render_profile.py --out benchmarks/results/render-profile-h200.json
 
 Parts (each prints a line and lands in the JSON):
-- ort: cips-edge's renderer (CIPSModel, CUDA, fp16, I/O binding) on a 1024^2 image; the kernels it
-  launches are recorded with torch.profiler (CUPTI sees every kernel of the process, ONNX Runtime's
+- ort: cips-edge's renderer (CIPSModel, CUDA, fp16, I/O binding) on a 1024^2 image (the grid graph),
+  and the same image's points through the pixel graph; the kernels they
+  launch are recorded with torch.profiler (CUPTI sees every kernel of the process, ONNX Runtime's
   cuBLAS and its own kernels included) and summed per kernel name.
 - torch: the same per-pixel computation from the same style outputs, in PyTorch fp16 (features in
   float32, the chain in float16, the last GEMM in float32), eager: the same kernels ONNX Runtime could
@@ -33,7 +34,7 @@ from cips_edge.core.config import preset
 from cips_edge.export import export_generator
 from cips_edge.export.style import fp16_name, weight_names
 from cips_edge.model import CIPSGenerator, LRELU_SLOPE
-from cips_edge.runtime import CIPSModel, latent_for_seed, pixel_grid, render_image
+from cips_edge.runtime import CIPSModel, latent_for_seed, pixel_grid, render_image, render_points
 from cips_edge.runtime.coords import grid_chunks
 from cips_edge.runtime.model import CUDA_OPTIONS
 
@@ -161,14 +162,22 @@ def main(argv=None) -> None:
         engine, psi = model.engine, np.ones(1, np.float32)
         style = engine.styles(z[None], psi)[0]
         coords = np.concatenate([c for _, c in grid_chunks(side, side, 1 << 22)])
+        row["style_kernels"] = kernel_table(lambda: engine.styles(z[None], psi))
         row["phases_ms"] = {
             "style": cuda_timed(lambda: engine.styles(z[None], psi)),
             "coordinates_host": cuda_timed(lambda: list(grid_chunks(side, side, 1 << 22))),
             "pixels_band": cuda_timed(lambda: engine.render_band(style, coords, model.default_chunk)),
         }
+        # the same image as arbitrary points (the pixel graph: GridSample, per-point Fourier features)
+        grid = pixel_grid(side, side)
+        points = lambda: render_points(model, z, grid)  # noqa: E731
+        row["points"] = {"ms": cuda_timed(points, runs=5), "kernels": kernel_table(points)}
         result["ort"][variant or "default"] = row
         print(f"ort fp16 {side}^2 {options or ''}: {row['ms']} ms; phases {row['phases_ms']}; kernels:", flush=True)
         for k in row["kernels"][:12]:
+            print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
+        print(f"ort fp16 {side}^2 as points: {row['points']['ms']} ms; the style run's kernels:", flush=True)
+        for k in row["style_kernels"][:8]:
             print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
         del model
 

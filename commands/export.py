@@ -20,8 +20,10 @@ def export(
     n_mlp: Annotated[Optional[int], typer.Option(help="mapping layers (original-format checkpoints)")] = None,
     lr_mlp: Annotated[Optional[float], typer.Option(help="mapping lr multiplier (original-format checkpoints; "
                                                          "default 0.01)")] = None,
-    precision: Annotated[str, typer.Option(help="default pixel precision of the file: fp32, fp16 (float16 GEMMs; for "
-                                                "GPUs) or int8 (int8 GEMMs; for CPUs); every file also holds fp32")] = "fp32",
+    precision: Annotated[Optional[str], typer.Option(help="default pixel precision of the file: fp32, fp16 (float16 "
+                                                          "GEMMs; for GPUs) or int8 (int8 GEMMs; for CPUs); every "
+                                                          "file also holds fp32 [default: fp32; an .onnx "
+                                                          "--checkpoint keeps its own]")] = None,
 ) -> None:
     """Export a generator checkpoint to a cips-edge ONNX file, verified against torch before it is kept.
 
@@ -45,4 +47,4 @@ def export(
                f"{ms:.0f} ms; ONNX Runtime (CPUExecutionProvider) matches torch (relative error "
                f"{report.rel_error:.1e}, max abs {report.max_abs_error:.1e})" + (
                    f"; its {report.precision} pixel graph differs by {report.precision_error:.1e} (relative)"
-                   if report.precision != "fp32" else ""))
+                   if report.precision_error else ""))

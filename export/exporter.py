@@ -24,7 +24,7 @@ from cips_edge.core.files import atomic_write
 from cips_edge.runtime.image import prepare_output
 
 from .graph import OPSET, build_onnx, build_style_extension
-from .pixels import pixel_graph, shared_weights
+from .pixels import grid_graph, pixel_graph, shared_weights
 from .verify import verify_file
 
 MEAN_W_LATENTS = 4096  # latents averaged for w_avg (truncation's centre)
@@ -79,13 +79,14 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
     model = build_onnx(generator, w_avg, opset)
     shared = shared_weights(generator)
     graphs = {p: pixel_graph(generator.config, shared, p).SerializeToString() for p in precisions}
+    grids = {"fp16": grid_graph(generator.config, shared).SerializeToString()} if "fp16" in precisions else {}
     extension = build_style_extension(generator.config, precisions, opset)
     facts = dict(provenance or {})
     facts.update(exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  cips_edge=cips_edge.__version__, torch=torch.__version__, onnx=onnx.__version__,
                  python=platform.python_version(), w_avg=w_avg_source)
     props = metadata_props(generator.config, w_avg.numpy(), facts, precision, graphs,
-                           extension.SerializeToString() if extension is not None else None)
+                           extension.SerializeToString() if extension is not None else None, grids)
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)  # in memory: the file holds all weights (< 2 GB)
@@ -112,21 +113,25 @@ def default_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
 
 
 def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *,
-                      n_mlp: int | None = None, lr_mlp: float | None = None, precision: str = "fp32",
+                      n_mlp: int | None = None, lr_mlp: float | None = None, precision: str | None = None,
                       runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR,
                       say: Callable[[str], None] = lambda line: None) -> ExportReport:
     """Export a project checkpoint, a run folder (its newest checkpoint) or an original-format
-    checkpoint (detected from its contents); a format-2 .onnx file is upgraded to format 3. With no checkpoint, the newest one under runs_dir.
+    checkpoint (detected from its contents); a format-2 or -3 .onnx file is
+    rewritten with this version's fast paths (export/upgrade.py). With no checkpoint, the newest one under runs_dir.
     n_mlp / lr_mlp: what an original-format checkpoint's shapes cannot tell. precision: see
-    export_generator. say: progress lines."""
+    export_generator (default fp32; an .onnx file keeps its own). say: progress lines."""
     prepare_output(out, suffixes=(".onnx",))  # fail on a bad output path before any work
-    check_precision(precision)
-    if checkpoint is not None and Path(checkpoint).suffix == ".onnx":  # a format-2 file to upgrade
+    if precision is not None:
+        check_precision(precision)
+    if checkpoint is not None and Path(checkpoint).suffix == ".onnx":  # a format-2 or -3 file to upgrade
         from .upgrade import upgrade_file
 
-        rel, max_abs = upgrade_file(checkpoint, out, precision)
-        say(f"{checkpoint} is an ONNX file of format 2: upgraded to format 3 with the same weights")
-        return ExportReport(Path(out), Path(out).stat().st_size, rel, max_abs, OPSET, precision)
+        rel, max_abs, grid_error, precision = upgrade_file(checkpoint, out, precision)
+        say(f"{checkpoint} is a cips-edge ONNX file: written with this version's fast paths, same weights")
+        return ExportReport(Path(out), Path(out).stat().st_size, rel, max_abs, OPSET, precision,
+                            grid_error if precision == "fp16" else 0.0)
+    precision = precision or "fp32"
     if checkpoint is None:
         checkpoint = default_checkpoint(runs_dir)
         say(f"no --checkpoint given: using the newest checkpoint under {runs_dir}/: {checkpoint}")

@@ -19,7 +19,7 @@ from cips_edge.core.config import GeneratorConfig
 from cips_edge.model import CIPSGenerator
 from cips_edge.core.format import COORDS, INPUTS, RGB, STYLE_INPUTS
 
-from .pixels import portable_pixels, shared_weights
+from .pixels import portable_pixels, shared_weights, table_columns
 from .style import FastStyle, StyleGraph, fourier_width, plain_names
 
 OPSET = 17  # the oldest opset every maintained onnxruntime runs well; the graph needs none newer
@@ -118,7 +118,8 @@ def build_style_extension(config: GeneratorConfig, precisions: tuple[str, ...],
     shapes = style_shapes(config)
     plain = [torch.randn(2, *shapes[n][1:]) for n in plain_names(config)]
     bias_shapes = [config.layer_shapes[i][1] for i in range(1, len(config.layer_shapes))] + [3]
-    example = (*plain, *(torch.randn(m) for m in bias_shapes))
+    table = torch.randn(config.size * table_columns(config), config.hidden_size)  # texel rows, as the file holds them
+    example = (*plain, *(torch.randn(m) for m in bias_shapes), table)
     model = _trace(module, example, module.input_names(), outputs, plain_names(config), opset)
     _prefix_inner_names(model.graph, EXTENSION_PREFIX)
     return model

@@ -25,9 +25,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cips_edge.core.config import GeneratorConfig
 from cips_edge.model import CIPSGenerator, LRELU_SLOPE
-from cips_edge.core.format import COORDS, EMBEDDING, RGB
+from cips_edge.core.format import COORDS, EMBEDDING, RGB, RGB8
 
-from .style import biases, extended_width, fourier_width, fp16_name, rgb_sources, weight_names
+from .style import CO_TABLE, biases, extended_width, fourier_width, fp16_name, rgb_sources, weight_names
 
 PIXEL_OPSET = 17
 MS_DOMAIN = "com.microsoft"
@@ -244,20 +244,107 @@ def pixel_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], precisio
     return model
 
 
-def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str) -> None:
-    """float16: one Gemm + LeakyRelu per layer on the folded weights, the last Gemm in float32."""
+def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str | None, first: str | None = None) -> None:
+    """float16: one Gemm + LeakyRelu per layer on the folded weights, the last Gemm in float32. The input
+    layer reads fo [n, F] (float32) and co [H, n] (GridSample's layout), or fo in float16 and `first`
+    [n, E0], the table half of the input layer already applied (the grid graph)."""
     shapes, half = _folded_shapes(config), TensorProto.FLOAT16
 
     def weight(name: str) -> str:
         return graph.input(fp16_name(name), half, shapes[name])
 
-    fo, co = graph.op("Cast", [fo], to=half), graph.op("Cast", [co], to=half)  # co: [H, n] from GridSample
-    x = graph.op("Gemm", [fo, weight("w0_fo")])  # the input layer: [fo | co] @ W0, bias in the constant row
-    x = graph.op("LeakyRelu", [graph.op("Gemm", [co, weight("w0_co"), x], transA=1)], alpha=LRELU_SLOPE)
+    if first is None:
+        fo = graph.op("Cast", [fo], to=half)
+        x = graph.op("Gemm", [fo, weight("w0_fo")])  # the input layer: [fo | co] @ W0, bias in the constant row
+        x = graph.op("Gemm", [graph.op("Cast", [co], to=half), weight("w0_co"), x], transA=1)
+    else:
+        x = graph.op("Gemm", [fo, weight("w0_fo"), first])
+    x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
     for name in weight_names(config)[2:-1]:
         x = graph.op("LeakyRelu", [graph.op("Gemm", [x, weight(name)])], alpha=LRELU_SLOPE)
     x = graph.op("Cast", [x], to=TensorProto.FLOAT)
     graph.op("Gemm", [x, graph.input("rgb_weight", TensorProto.FLOAT, shapes["rgb_weight"])])
+
+
+def _hat_weights(graph: _Graph, values: str, texels: int, name: str) -> str:
+    """Linear interpolation weights [n, texels] (float16) of the texel row or column at values [n] in
+    [-1, 1] (corners aligned, clamped at the border, as GridSample): max(0, 1 - |p - k|) for texel k
+    at p = (v + 1) / 2 * (texels - 1); exactly the two bilinear weights, the rest 0."""
+    f32 = np.float32
+    last = f32(max(texels - 1, 0))
+    p = graph.op("Mul", [graph.op("Add", [values, graph.const("hat_one", f32(1))]), graph.const(f"hat_half_{name}", f32(last / 2))])
+    p = graph.op("Max", [graph.op("Min", [p, graph.const(f"hat_last_{name}", last)]), graph.const("hat_zero", f32(0))])
+    p = graph.op("Unsqueeze", [p, graph.const("axis1", np.array([1], np.int64))])  # [n, 1]
+    distance = graph.op("Abs", [graph.op("Sub", [p, graph.const(f"hat_texels_{name}", np.arange(texels, dtype=f32))])])
+    weights = graph.op("Relu", [graph.op("Sub", [graph.const("hat_one", f32(1)), distance])])
+    return graph.op("Cast", [weights], to=TensorProto.FLOAT16)
+
+
+def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """cips' fp16 pixel graph for a regular grid: xs [w] and ys [h] (the grid's x' and y' values) and one
+    latent's weights -> rgb [h * w, 3], row by row (x' fastest), the same values as the fp16 pixel graph
+    at those points up to float16 rounding; and rgb8, the same colours in 8 bits.
+
+    On a grid both lookups separate. The Fourier block is sin(a(x) + b(y)) with a, b per column and
+    per row: sin a cos b + cos a sin b from four small tables. The input layer's table half arrives
+    already applied to the table's texels (CO_TABLE, once per latent), so the bilinear lookup of the
+    products is two matrix products with [h, rows] and [w, columns] interpolation weights."""
+    c = config
+    graph = _Graph(shared, as_inputs=True, prefix="")
+    f32, half = np.float32, TensorProto.FLOAT16
+    xs = graph.input("xs", TensorProto.FLOAT, ["columns"])
+    ys = graph.input("ys", TensorProto.FLOAT, ["rows"])
+    columns, e0 = table_columns(c), extended_width(c.layer_shapes[0][1])
+    axis0, axis1 = graph.const("axis0", np.array([0], np.int64)), graph.const("axis1", np.array([1], np.int64))
+    weight, bias = graph.weight("fourier_weight"), graph.weight("fourier_bias")
+
+    def rows_of(x: str, start: int, end: int) -> str:  # weight[start:end]
+        return graph.op("Slice", [x, graph.const(f"s{start}", np.array([start], np.int64)),
+                                  graph.const(f"e{end}", np.array([end], np.int64)), axis0])
+
+    x_column = graph.op("Unsqueeze", [xs, axis1])  # [w, 1]
+    across = xs  # where the table is read
+    if c.panorama:  # x' goes round a cylinder: (R cos theta, R sin theta) per column, as _features
+        frames = c.panorama
+        theta = graph.op("Mul", [x_column, graph.const("angle", f32(math.pi / frames))])
+        radius = graph.const("radius", f32(frames / math.pi))
+        x_features = graph.op("Concat", [graph.op("Mul", [graph.op("Cos", [theta]), radius]),
+                                         graph.op("Mul", [graph.op("Sin", [theta]), radius])], axis=-1)
+        a = graph.op("MatMul", [x_features, rows_of(weight, 0, 2)])
+        turns = graph.op("Div", [graph.op("Add", [xs, graph.const("frames", f32(frames))]), graph.const("circle", f32(2 * frames))])
+        turns = graph.op("Sub", [turns, graph.op("Floor", [turns])])
+        across = graph.op("Sub", [graph.op("Mul", [turns, graph.const("two", f32(2))]), graph.const("one", f32(1))])
+        y_row = rows_of(weight, 2, 3)
+    else:
+        a = graph.op("Mul", [x_column, rows_of(weight, 0, 1)])  # [w, F]
+        y_row = rows_of(weight, 1, 2)
+    b = graph.op("Add", [graph.op("Mul", [graph.op("Unsqueeze", [ys, axis1]), y_row]), bias])  # [h, F]
+    sin_a, cos_a = (graph.op("Unsqueeze", [graph.op("Cast", [graph.op(op, [a])], to=half), axis0]) for op in ("Sin", "Cos"))
+    sin_b, cos_b = (graph.op("Unsqueeze", [graph.op("Cast", [graph.op(op, [b])], to=half), axis1]) for op in ("Sin", "Cos"))
+    fo = graph.op("Add", [graph.op("Mul", [sin_a, cos_b]), graph.op("Mul", [cos_a, sin_b])])  # [h, w, F] float16
+    fo = graph.op("Reshape", [fo, graph.const("fo_shape", np.array([-1, fourier_width(c)], np.int64))])
+
+    table = graph.input(CO_TABLE, half, [c.size * columns, e0])
+    table = graph.op("Reshape", [table, graph.const("table_rows", np.array([c.size, columns * e0], np.int64))])
+    down = graph.op("MatMul", [_hat_weights(graph, ys, c.size, "y"), table])  # [h, columns * E0]
+    down = graph.op("Reshape", [down, graph.const("band_shape", np.array([-1, columns, e0], np.int64))])
+    first = graph.op("MatMul", [_hat_weights(graph, across, columns, "x"), down])  # [h, w, E0]
+    first = graph.op("Reshape", [first, graph.const("first_shape", np.array([-1, e0], np.int64))])
+    _folded_chain(graph, c, fo, None, first=first)
+    graph.nodes[-1].output[0] = RGB
+    # 8-bit colours on the device, for images (a quarter of the bytes to copy back, no host conversion);
+    # a runtime computes this output only when it asks for it
+    scaled = graph.op("Mul", [graph.op("Add", [RGB, graph.const("one", f32(1))]), graph.const("half_255", f32(127.5))])
+    clipped = graph.op("Clip", [graph.op("Round", [scaled]), graph.const("zero", f32(0)), graph.const("full", f32(255))])
+    graph.op("Cast", [clipped], to=TensorProto.UINT8)
+    graph.nodes[-1].output[0] = RGB8
+    outputs = [helper.make_tensor_value_info(RGB, TensorProto.FLOAT, ["points", 3]),
+               helper.make_tensor_value_info(RGB8, TensorProto.UINT8, ["points", 3])]
+    onnx_graph = helper.make_graph(graph.nodes, "cips_grid_fp16", graph.inputs, outputs, graph.initializers)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", PIXEL_OPSET)], producer_name="cips-edge")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
 
 
 def _plain_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str, int8: bool) -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cips_edge.core.config import GeneratorConfig
+from cips_edge.core.format import EMBEDDING
 from cips_edge.model import LRELU_GAIN, LRELU_SLOPE, CIPSGenerator
 
 EXTRA = 7  # per activation: 1 constant column, 3 + 3 carried RGB columns
@@ -74,6 +75,9 @@ def int8_names(config: GeneratorConfig) -> list[str]:
 
 def fp16_name(name: str) -> str:
     return f"{name}_fp16"
+
+
+CO_TABLE = "co_table_fp16"  # the coordinate table times the input layer's table half, per latent (grid graph)
 
 
 def carry_scales(config: GeneratorConfig) -> list[float]:
@@ -133,7 +137,8 @@ class FastStyle(nn.Module):
     """The plain weights and the biases -> the weights of cips' fast pixel graphs (metadata: the style
     extension): the folded layout in float16 (fp16) and layers 1.. in int8 with per-column scales (int8).
 
-    Inputs, in order: plain_names, then bias_names (initializers of the file's graph, found by name).
+    Inputs, in order: plain_names, then bias_names and the coordinate table's texel rows (initializers of
+    the file's graph, found by name).
     Each folded weight is the plain one with its extra rows and columns concatenated: the bias row, the
     constant column's 1, the carried RGB's +-1 blocks and the ToRGB columns, then zero padding."""
 
@@ -145,12 +150,12 @@ class FastStyle(nn.Module):
             self.register_buffer(f"const_{name}", block)
 
     def input_names(self) -> list[str]:
-        return plain_names(self.config) + bias_names(self.config)
+        return plain_names(self.config) + bias_names(self.config) + [EMBEDDING]
 
     def output_names(self) -> list[str]:
         names = []
         if "fp16" in self.precisions:
-            names += fp16_names(self.config)
+            names += fp16_names(self.config) + [CO_TABLE]
         if "int8" in self.precisions:
             names += int8_names(self.config)
         return names
@@ -158,11 +163,15 @@ class FastStyle(nn.Module):
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         c = self.config
         n_conv, n_plain = len(c.layer_shapes), len(plain_names(c))
-        plain, bias = list(tensors[:n_plain]), list(tensors[n_plain:])
+        plain, bias, table = list(tensors[:n_plain]), list(tensors[n_plain:-1]), tensors[-1]
         outputs = []
         if "fp16" in self.precisions:
             folded = self.fold(plain[:n_conv + 1], plain[n_conv + 1:], bias)
-            outputs += [t.half() for t in folded[:-1]] + [folded[-1]]  # the last GEMM stays float32
+            half = [t.half() for t in folded[:-1]]
+            # the grid graph's table: the input layer is linear in the looked-up texel, so its table half
+            # is applied to the table's texels once per latent, and the lookup then interpolates the
+            # products ([B, rows * columns, folded width])
+            outputs += half + [folded[-1], torch.matmul(table.half(), half[1])]  # the last GEMM stays float32
         if "int8" in self.precisions:
             outputs += self.quantized(plain[2:n_conv + 1])  # layers 1 .. L-1
         return tuple(outputs)

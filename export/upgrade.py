@@ -1,4 +1,8 @@
-"""A format-2 file made a format-3 file with the same weights, when the checkpoint it came from is gone.
+"""A format-2 or -3 file made a format-3 file of this cips-edge, with the same weights, when the
+checkpoint it came from is gone.
+
+A format-3 file keeps its graph and gets this version's fast paths (pixel graphs, grid graph, style
+extension), built from the weights its graph holds.
 
 A format-2 file holds every weight the format-3 graph needs: its style graph computes the plain
 per-latent weights (the tensors p0_fo ... t* that format 3 names the same way), its fp32 pixel graph
@@ -21,54 +25,64 @@ from cips_edge.core.errors import UserError
 from cips_edge.core.format import EMBEDDING, OUTPUT, PRECISIONS, STYLE_INPUTS, metadata_props, parse_metadata
 from cips_edge.core.files import atomic_write
 from cips_edge.runtime.image import prepare_output
+from cips_edge.runtime.coords import region_grid
 from cips_edge.runtime.model import CIPSModel
+from cips_edge.runtime.render import render_image
 from cips_edge.runtime.split import texel_rows
 
 from .graph import build_style_extension, join_pixels
-from .pixels import pixel_graph
+from .pixels import grid_graph, pixel_graph
 from .style import bias_names, plain_names
-from .verify import check_parity
+from .verify import PRECISION_TOL, ParityError, check_parity
 
 
 def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: str | None = None,
-                 include: tuple[str, ...] = ()) -> tuple[float, float]:
-    """Write `source` (format 2) as format 3 at `out`; precision: the fast pixel graph the new file runs
+                 include: tuple[str, ...] = ()) -> tuple[float, float, float, str]:
+    """Write `source` (format 2 or 3) as this version's format 3 at `out`; precision: the fast pixel graph the new file runs
     by default (default: the old file's), include: more fast pixel graphs (the old file's are kept). Returns the worst (relative,
-    max abs) difference of the new file's graph and fp32 path from the old file's fp32 renders."""
+    max abs) difference of the new file's graph and fp32 path from the old file's fp32 renders, the
+    relative difference of its fp16 grid graph (0 without one), and the new file's default precision."""
     out = prepare_output(out, suffixes=(".onnx",))
     old = onnx.load(os.fspath(source))
     info = parse_metadata({p.key: p.value for p in old.metadata_props}, str(source))
-    if info.format_version != 2:
-        raise UserError(f"{source} is format {info.format_version}; only format-2 files are upgraded")
+    if info.format_version not in (2, 3):
+        raise UserError(f"{source} is format {info.format_version}; only format-2 and -3 files are upgraded")
     config = info.config
     precision = precision or info.precision
     precisions = tuple(dict.fromkeys(("fp32", precision, *include, *info.pixel_graphs)))  # the old file's too
     if set(precisions) - set(PRECISIONS):
         raise UserError(f"precisions must be among {', '.join(PRECISIONS)}, got {precisions}")
 
-    pixels = {t.name: numpy_helper.to_array(t) for t in
-              onnx.load_from_string(info.pixel_graphs["fp32"]).graph.initializer}
-    table = ort.InferenceSession(os.fspath(source), providers=["CPUExecutionProvider"]).run(
-        [EMBEDDING], {"z": np.zeros((1, config.style_dim), np.float32), "truncation": np.ones(1, np.float32)})[0]
-    shared = {EMBEDDING: texel_rows(table), **{n: pixels[n] for n in ("fourier_weight", "fourier_bias", *bias_names(config))}}
-    model = join_pixels(graphcut.cut(old, None, STYLE_INPUTS, plain_names(config)), config, shared)
-    model.graph.name = "cips_generator"
+    names = (EMBEDDING, "fourier_weight", "fourier_bias", *bias_names(config))
+    if info.format_version == 3:  # the graph stays; the metadata is written anew below
+        shared = {t.name: numpy_helper.to_array(t) for t in old.graph.initializer if t.name in names}
+        model = old
+        del model.metadata_props[:]
+    else:
+        pixels = {t.name: numpy_helper.to_array(t) for t in
+                  onnx.load_from_string(info.pixel_graphs["fp32"]).graph.initializer}
+        table = ort.InferenceSession(os.fspath(source), providers=["CPUExecutionProvider"]).run(
+            [EMBEDDING], {"z": np.zeros((1, config.style_dim), np.float32), "truncation": np.ones(1, np.float32)})[0]
+        shared = {EMBEDDING: texel_rows(table), **{n: pixels[n] for n in names[1:]}}
+        model = join_pixels(graphcut.cut(old, None, STYLE_INPUTS, plain_names(config)), config, shared)
+        model.graph.name = "cips_generator"
     graphs = {p: pixel_graph(config, shared, p).SerializeToString() for p in precisions}
+    grids = {"fp16": grid_graph(config, shared).SerializeToString()} if "fp16" in precisions else {}
     extension = build_style_extension(config, precisions)
-    facts = dict(info.provenance, upgraded_from_format=2,
+    facts = dict(info.provenance, upgraded_from_format=info.format_version,
                  upgraded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     props = metadata_props(config, info.w_avg, facts, precision, graphs,
-                           extension.SerializeToString() if extension is not None else None)
+                           extension.SerializeToString() if extension is not None else None, grids)
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
-    checked: list[tuple[float, float]] = []
+    checked: list[tuple[float, float, float]] = []
     atomic_write(out, lambda f: f.write(data), check=lambda tmp: checked.append(_compare(source, tmp, config)))
-    return checked[0]
+    return (*checked[0], precision)
 
 
-def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 2000) -> tuple[float, float]:
+def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 2000) -> tuple[float, float, float]:
     """The new file's graph and fp32 fast path against the old file's fp32 renders, random points
     inside and outside the frame, psi 1 and 0.7; ParityError beyond float32 rounding."""
     rng = np.random.default_rng(0)
@@ -85,4 +99,14 @@ def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 200
         for what, rgb in (("fast path", new.run(z, coords, truncation)),
                           ("graph", graph.run([OUTPUT], {"z": z, "coords": coords, "truncation": truncation})[0])):
             worst = tuple(map(max, worst, check_parity(rgb, reference, f"({what}, psi {psi}) against the old file")))
-    return worst
+    error = 0.0
+    fast = CIPSModel(new_path, device="cpu", precision="fp16") if "fp16" in new.info.pixel_graphs else None
+    if fast is not None and fast.grid_ready:  # the grid graph against the old file's fp32 renders
+        side, region = 12, (-1.3, -1.1, 1.4, 1.2)
+        grid = render_image(fast, z[0], side, side, region=region).reshape(-1, 3)
+        reference = old.run(z[:1], region_grid(*region, side, side)[None], np.ones(1, np.float32))[0]
+        error = float(np.linalg.norm(grid - reference) / max(np.linalg.norm(reference), 1e-30))
+        if not error <= PRECISION_TOL["fp16"]:
+            raise ParityError(f"the new file's fp16 grid graph differs from the old file by {error:.2e} "
+                              f"(relative; limit {PRECISION_TOL['fp16']:g})")
+    return (*worst, error)

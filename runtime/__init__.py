@@ -14,7 +14,7 @@ from cips_edge.core.format import FORMAT, FORMAT_VERSION, PRECISIONS, ModelInfo,
 from .image import MAX_SIDE, check_image_size, output_paths, output_pattern, prepare_output, psnr, to_uint8, write_output
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .model import DEVICES, CIPSModel, available_providers, count_parameters
-from .render import check_truncation, render_image, render_points, run_chunks
+from .render import check_truncation, render_grid, render_image, render_images, render_points, run_chunks
 from .devices import open_models, parse_devices
 from .stream import STREAM_SUFFIXES, StreamRender, streams
 from .fovea import FoveaPlan, fovea_plan, render_foveated
@@ -26,7 +26,7 @@ __all__ = [
     "FULL_FRAME", "check_region", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
     "FORMAT_VERSION", "PRECISIONS", "ModelInfo", "packaged_model", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
     "output_pattern", "psnr", "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES",
-    "CIPSModel", "available_providers", "count_parameters", "check_truncation", "render_image", "render_points", "run_chunks",
+    "CIPSModel", "available_providers", "count_parameters", "check_truncation", "render_grid", "render_image", "render_images", "render_points", "run_chunks",
     "open_models", "parse_devices", "STREAM_SUFFIXES", "StreamRender", "streams",
     "FoveaPlan", "fovea_plan", "render_foveated", "VIDEO_SUFFIXES", "prepare_video", "write_video", "lerp", "slerp",
     "walk_frames", "walk_latents", "zoom_frames", "zoom_regions",

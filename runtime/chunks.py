@@ -25,14 +25,20 @@ MIN_SPLIT = 256  # points: below this a CPU image is not split further to keep e
 # ran as fast as 16k on 2 cores).
 ACTIVATION_BYTES = 128 << 20
 MIN_STREAM_CHUNK = 1024
+GRID_CPU_CHUNK = 16_384  # points per grid-graph call on the CPU (each call runs on every core)
 
 
-def default_chunk(model: RenderModel, points: int | None = None, threads: int | None = None) -> int:
+def default_chunk(model: RenderModel, points: int | None = None, threads: int | None = None,
+                  grid: bool = False) -> int:
     """Points per session call when none is asked for.
 
     points: the render's size; on the CPU an image smaller than workers x the chunk is split evenly
     over model.workers threads. threads: the CPU threads of every session running at once (a streamed
-    render): the chunk shrinks so that their activations fit ACTIVATION_BYTES."""
+    render): the chunk shrinks so that their activations fit ACTIVATION_BYTES. grid: a call of the grid
+    graph (model.grid_ready): on a GPU the largest power of two whose activations fit, on the CPU
+    GRID_CPU_CHUNK."""
+    if grid:
+        return auto_cuda_chunk(model.info, model.precision, grid=True) if model.on_device else GRID_CPU_CHUNK
     if model.on_device:
         return auto_cuda_chunk(model.info, model.precision)
     if model.provider != CPU:
@@ -46,10 +52,11 @@ def default_chunk(model: RenderModel, points: int | None = None, threads: int | 
     return base
 
 
-def chunk_size(model: RenderModel, chunk: int | None, points: int | None = None, threads: int | None = None) -> int:
-    """`chunk` when asked for (at least 1 point), else default_chunk(model, points, threads)."""
+def chunk_size(model: RenderModel, chunk: int | None, points: int | None = None, threads: int | None = None,
+               grid: bool = False) -> int:
+    """`chunk` when asked for (at least 1 point), else default_chunk(model, points, threads, grid)."""
     if chunk is None:
-        return default_chunk(model, points, threads)
+        return default_chunk(model, points, threads, grid)
     if chunk < 1:
         raise UserError(f"chunk must be at least 1 point, got {chunk}", params="chunk")
     return chunk

@@ -32,10 +32,10 @@ from .devices import visible_gpus
 from cips_edge.core.errors import Interrupted, UserError
 from cips_edge.core.files import file_sha256
 from cips_edge.core.format import packaged_model
-from .image import to_uint8, write_output
 from cips_edge.core.seeds import latent_for_seed
+from .image import write_output
 from .model import CUDA, CIPSModel, available_providers, default_threads
-from .render import render_image, render_points
+from .render import render_grid, render_image
 
 GPU_TASK_THREADS = 2  # tasks at once on a GPU worker: one renders while the other compresses and writes
 SEED_BATCH_PIXELS = 1 << 22  # pixels a seed task renders (whole images; at least one)
@@ -140,11 +140,7 @@ def _render_chunk(spec: ModelSpec, job: ImageJob, row: int, column: int) -> tupl
     # the points of runtime.coords.grid_chunks for the whole image (float64 linspace, then float32)
     xs = np.linspace(x0, x1, job.width, dtype=np.float64).astype(np.float32)[left:left + w]
     ys = np.linspace(y0, y1, job.height, dtype=np.float64).astype(np.float32)[top:top + h]
-    coords = np.empty((h, w, 2), dtype=np.float32)
-    coords[..., 0] = xs
-    coords[..., 1] = ys[:, None]
-    rgb = render_points(model, job.z, coords.reshape(-1, 2), job.truncation, job.chunk)[0]
-    pyramid.write(level, row, column, to_uint8(rgb.reshape(h, w, 3)))
+    pyramid.write(level, row, column, render_grid(model, job.z, xs, ys, job.truncation, job.chunk, uint8=True)[0])
     return model.provider, h * w
 
 

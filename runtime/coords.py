@@ -65,13 +65,19 @@ def pixel_grid(height: int, width: int) -> np.ndarray:
     return region_grid(*FULL_FRAME, height, width)
 
 
+def grid_axes(height: int, width: int, region: tuple[float, float, float, float] = FULL_FRAME) -> tuple[np.ndarray, np.ndarray]:
+    """x' of every column [W] and y' of every row [H] of region's pixel grid (region_grid's values)."""
+    x0, y0, x1, y1 = region
+    xs = np.linspace(x0, x1, width, dtype=np.float64).astype(np.float32)
+    ys = np.linspace(y0, y1, height, dtype=np.float64).astype(np.float32)
+    return xs, ys
+
+
 def grid_chunks(height: int, width: int, chunk: int,
                 region: tuple[float, float, float, float] = FULL_FRAME) -> Iterator[tuple[int, np.ndarray]]:
     """(first flat pixel index, points [n, 2]) of region_grid in runs of at most `chunk` points,
     made on the fly so that memory stays bounded whatever the image size. Same values as region_grid."""
-    x0, y0, x1, y1 = region
-    xs = np.linspace(x0, x1, width, dtype=np.float64).astype(np.float32)
-    ys = np.linspace(y0, y1, height, dtype=np.float64).astype(np.float32)
+    xs, ys = grid_axes(height, width, region)
     total = height * width
     for start in range(0, total, chunk):
         stop = min(start + chunk, total)

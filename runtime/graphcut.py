@@ -13,13 +13,25 @@ chunk of points. Nothing is stored twice in the file.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 
 from . import onnxproto
 from cips_edge.core.errors import UserError
-from cips_edge.core.format import COORDS, EMBEDDING, STYLE_INPUTS, ModelInfo
+from cips_edge.core.format import COORDS, EMBEDDING, GRID_INPUTS, STYLE_INPUTS, ModelInfo
 from .onnxproto import FLOAT, to_array, value_info
+
+_TYPES = {1: "tensor(float)", 10: "tensor(float16)", 3: "tensor(int8)"}  # ONNX element types, as sessions name them
+
+
+class InputSpec(NamedTuple):
+    """A graph input as a session's get_inputs() describes it, read from the graph (no session needed)."""
+
+    name: str
+    type: str
+    shape: list
+
 
 def _initializers(*graphs) -> dict:
     return {t.name: t for g in graphs for t in g.initializer}
@@ -80,20 +92,35 @@ class FastPaths:
     def __init__(self, main, info: ModelInfo, precision: str, source: str,
                  inputs: Iterable[str] = STYLE_INPUTS, extra_outputs: Iterable[str] = ()):
         extension = onnxproto.parse(info.style_extension) if info.style_extension else None
-        pixel = onnxproto.parse(info.pixel_graphs[precision])
         shared = _initializers(main.graph)
-        names = [i.name for i in pixel.graph.input if i.name != COORDS and i.name not in shared]
-        kept, self.table = [], None
-        for value in pixel.graph.input:
+        pixel = onnxproto.parse(info.pixel_graphs[precision])
+        self.table = None
+        names = self._fill(pixel, shared, info, source)
+        self.pixel = pixel.SerializeToString()
+        self.pixel_inputs = [InputSpec(v.name, _TYPES[v.type.tensor_type.elem_type],
+                                       [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim])
+                             for v in pixel.graph.input]
+        self.grid = None  # the grid graph (regular grids), where the file has one for this precision
+        if precision in info.grid_graphs:
+            grid = onnxproto.parse(info.grid_graphs[precision])
+            names += [n for n in self._fill(grid, shared, info, source) if n not in names]
+            self.grid = grid.SerializeToString()
+        self.style = cut(main, extension, inputs, [*extra_outputs, *names]).SerializeToString()
+
+    def _fill(self, graph, shared: dict, info: ModelInfo, source: str) -> list[str]:
+        """Move the file's per-point weights that graph reads into it; the per-latent inputs it keeps."""
+        names = []
+        for value in graph.graph.input:
             if value.name == EMBEDDING:  # the largest weight: handed to the session as an input, never copied
                 self.table = _table(shared[EMBEDDING], value, info, source)
-                kept.append(value)
             elif value.name in shared:
-                pixel.graph.initializer.append(shared[value.name])
-            else:
-                kept.append(value)
-        self.style = cut(main, extension, inputs, [*extra_outputs, *names]).SerializeToString()
-        self.pixel = pixel.SerializeToString()
+                graph.graph.initializer.append(shared[value.name])
+            elif value.name not in (COORDS, *GRID_INPUTS):
+                names.append(value.name)
+        kept = [v for v in graph.graph.input if v.name not in shared or v.name == EMBEDDING]
+        del graph.graph.input[:]
+        graph.graph.input.extend(kept)
+        return names
 
 
 def _table(tensor, wanted, info: ModelInfo, source: str) -> np.ndarray:

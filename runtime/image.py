@@ -13,6 +13,8 @@ import numpy as np
 from cips_edge.core.errors import UserError
 from cips_edge.core.files import atomic_write, clean_stale_temporaries, shown, temporary_prefix
 
+from .pngstream import LEVEL as PNG_LEVEL
+
 MAX_SIDE = 16_384  # pixels per side without --force: 16384^2 already takes ~4 GB of float32 output
 IMAGE_SUFFIXES = (".png", ".npy")
 # Room kept in a file name for what is added beside an output (a streamed render's OUT.partial.json).
@@ -146,15 +148,17 @@ def prepare_output(path: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFF
 
 
 def write_output(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Raw float32 values to .npy as they are; an [H, W, 3] image to .png as 8-bit RGB."""
+    """Raw float32 values to .npy as they are; an [H, W, 3] image to .png as 8-bit RGB (given as raw
+    values, or as uint8 colours already)."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
+        assert rgb.dtype != np.uint8, "a .npy output holds raw values"
         atomic_write(path, lambda f: np.save(f, np.asarray(rgb, dtype=np.float32), allow_pickle=False))
     elif path.suffix.lower() == ".png":
         from PIL import Image  # only needed for PNG; pillow is a base dependency
 
         assert rgb.ndim == 3 and rgb.shape[2] == 3, rgb.shape
-        image = Image.fromarray(to_uint8(rgb))  # [H, W, 3] uint8 is RGB
-        atomic_write(path, lambda f: image.save(f, format="PNG"))
+        image = Image.fromarray(rgb if rgb.dtype == np.uint8 else to_uint8(rgb))  # [H, W, 3] uint8 is RGB
+        atomic_write(path, lambda f: image.save(f, format="PNG", compress_level=PNG_LEVEL))
     else:
         raise UserError(f"cannot write {path}: the output must end in {' or '.join(IMAGE_SUFFIXES)}")

@@ -178,7 +178,7 @@ def _render_here(job: RenderJob, progress: ProgressFactory) -> JobReport:
                     rgb = fv.render_foveated(m, z, plan, job.truncation, job.chunk, advance)
                 else:
                     rgb = render_image(m, z, h, w, region=frame, truncation=job.truncation, chunk=job.chunk,
-                                       progress=advance)
+                                       progress=advance, uint8=path.suffix.lower() == ".png")
             with timings.measure("write"):
                 if plan is not None and job.fovea_map is not None:
                     write_output(job.fovea_map, fv.sample_map(plan, rgb))

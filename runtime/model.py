@@ -36,6 +36,9 @@ def _onnxruntime():
     except ImportError:
         raise UserError("onnxruntime is not installed: pip install 'cips-edge[cpu]' "
                         "(or 'cips-edge[gpu]' for CUDA)") from None
+    # errors only: ONNX Runtime's default logger warns about provider registration on every session
+    # (onnxruntime-gpu 1.31: "No registered plugin EP device found"); what runs is checked and reported here
+    onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
 
@@ -139,14 +142,24 @@ class CIPSModel:
                 pixel_source = self.info.pixel_graphs[self.precision]
             else:
                 pixel_source = fast.pixel
-            pixels = self._session(pixel_source, cuda=self.providers[0] == CUDA, tensorrt=device == "tensorrt")
-            self.providers = list(pixels.get_providers())
+            on_gpu = self.providers[0] == CUDA
+            # the grid graph (regular grids) on the same provider; TensorRT builds engines for the pixel graph only
+            grid = (self._session(fast.grid, cuda=on_gpu, cpu_threads=threads or default_threads())
+                    if fast is not None and fast.grid is not None else None)
+
+            def open_pixels():
+                return self._session(pixel_source, cuda=on_gpu, tensorrt=device == "tensorrt")
+
+            lazy = grid is not None and device != "tensorrt"  # opened when points are first rendered
+            pixels = open_pixels if lazy else open_pixels()
+            self.providers = list((grid if lazy else pixels).get_providers())
             if device == "tensorrt" and self.providers[0] != TENSORRT:
                 raise UserError("device tensorrt: onnxruntime could not load its TensorRT provider "
                                 "(TensorRT libraries missing?); use device cuda", params=("device", "device"))
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
                                       bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
-                                      table=fast.table if fast is not None else None)
+                                      table=fast.table if fast is not None else None, grid_session=grid,
+                                      pixel_inputs=fast.pixel_inputs if lazy else None)
         else:
             self._check_graph(self.session.get_inputs(), self.session.get_outputs(), INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
@@ -154,10 +167,12 @@ class CIPSModel:
                                 f"`cips export --precision {precision}`")
             self.precision = "fp32"
 
-    def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False):
+    def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False, cpu_threads: int = 1):
         ort = self.ort
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 0 if cuda else 1  # CPU: parallel over chunks (see the class doc)
+        # CPU: parallel over chunks, one thread per call (see the class doc); the grid graph's calls run
+        # one at a time, each on cpu_threads
+        options.intra_op_num_threads = 0 if cuda else cpu_threads
         options.inter_op_num_threads = 1  # the graph is one chain: no parallel branches to run
         options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
         providers: list = [CPU]
@@ -246,6 +261,22 @@ class CIPSModel:
     def default_chunk(self) -> int:
         return default_chunk(self)
 
+    @property
+    def grid_ready(self) -> bool:
+        """Whether regular grids run through the file's grid graph (fp16 files, fp16 precision)."""
+        return self.engine is not None and self.engine.grid_session is not None
+
+    @property
+    def grid_chunk(self) -> int:
+        """Points per grid-graph call when none is given: the activations' memory budget on a GPU; on
+        the CPU each call runs on every core."""
+        return default_chunk(self, grid=True)
+
+    def grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int, uint8: bool = False) -> np.ndarray:
+        """Every style's colours on the grid xs [w] x ys [h] (grid_ready models) -> [len(styles), h * w, 3]
+        float32, or uint8 colours."""
+        return self.engine.render_grids(styles, xs, ys, chunk, uint8)
+
     def piece_size(self, chunk: int, total: int) -> int:
         """Points the renderer hands over at once: a chunk, or on the GPU a band of chunks."""
         return band_size(chunk, total) if self.on_device else chunk
@@ -267,9 +298,9 @@ class CIPSModel:
         z, psi = style
         return self.session.run([OUTPUT], {"z": z, "coords": coords[None], "truncation": psi})[0][0, :n]
 
-    def _cached_styles(self, z: np.ndarray, truncation: np.ndarray) -> list:
+    def cached_styles(self, z: np.ndarray, truncation: np.ndarray) -> list:
         """styles() of the latest (z, truncation) again when asked again: callers that hand run() one
-        piece of an image at a time (runtime/stream.py) pay the style part once per latent."""
+        piece of an image at a time (runtime/stream.py, runtime/cluster.py) pay the style part once per latent."""
         key = (z.tobytes(), truncation.tobytes())
         cached = getattr(self, "_last_styles", None)
         if cached is not None and cached[0] == key:
@@ -282,7 +313,7 @@ class CIPSModel:
         """All at once: z [B, S], coords [B, N, 2], truncation [B] (float32) -> rgb [B, N, 3]; on the CPU
         in default_chunk pieces over the worker threads (the result does not depend on them)."""
         assert z.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (z.shape, coords.shape, truncation.shape)
-        styles = self._cached_styles(z, truncation)
+        styles = self.cached_styles(z, truncation)
         if self.on_device:
             return np.stack([self.engine.render_band(s, c, self.default_chunk) for s, c in zip(styles, coords)])
         n, chunk = coords.shape[1], self.default_chunk

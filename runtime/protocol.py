@@ -39,14 +39,24 @@ class RenderModel(Protocol):
     def default_chunk(self) -> int:
         """Points per session call when none is asked for (chunks.default_chunk)."""
 
+    @property
+    def grid_ready(self) -> bool:
+        """Whether regular grids run through the file's grid graph (grids())."""
+
     def piece_size(self, chunk: int, total: int) -> int:
         """Points the renderer hands over at once: a chunk, or on the GPU a band of chunks."""
 
     def styles(self, z: np.ndarray, truncation: np.ndarray) -> list:
         """z [B, S], truncation [B] (float32) -> one opaque style per latent, for pixels()."""
 
+    def cached_styles(self, z: np.ndarray, truncation: np.ndarray) -> list:
+        """styles(), the latest latents' kept for when they are asked again."""
+
     def pixels(self, style, coords: np.ndarray) -> np.ndarray:
         """One latent's colours at coords [n, 2] -> [n, 3], one session call (thread-safe)."""
+
+    def grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int, uint8: bool = False) -> np.ndarray:
+        """Every style's colours on the grid xs [w] x ys [h] (grid_ready models) -> [len(styles), h * w, 3]."""
 
     def run(self, z: np.ndarray, coords: np.ndarray, truncation: np.ndarray) -> np.ndarray:
         """All at once: z [B, S], coords [B, N, 2], truncation [B] -> rgb [B, N, 3]."""

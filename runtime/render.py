@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .coords import FULL_FRAME, check_coords, grid_chunks
+from .coords import FULL_FRAME, check_coords, grid_axes, grid_chunks
+from .image import to_uint8
 from cips_edge.core.errors import UserError
 from .chunks import chunk_size
 from .protocol import RenderModel
@@ -106,8 +107,9 @@ def render_points(model: RenderModel, z: np.ndarray, coords: np.ndarray, truncat
 
 def render_image(model: RenderModel, z: np.ndarray, height: int, width: int,
                  region: tuple[float, float, float, float] = FULL_FRAME, truncation: float = 1.0,
-                 chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
-    """Raw RGB of one latent on a height x width pixel grid over region (x0, y0, x1, y1): [H, W, 3].
+                 chunk: int | None = None, progress: Progress | None = None, uint8: bool = False) -> np.ndarray:
+    """Raw RGB of one latent on a height x width pixel grid over region (x0, y0, x1, y1): [H, W, 3]
+    float32, or with uint8 the 8-bit colours (to_uint8's; on a GPU with a grid graph converted there).
 
     Pixel (row i, column j) is the point (linspace(x0, x1, W)[j], linspace(y0, y1, H)[i]); the
     coordinates are made piece by piece, so only the output grows with the image.
@@ -118,6 +120,8 @@ def render_image(model: RenderModel, z: np.ndarray, height: int, width: int,
     if height < 1 or width < 1:
         raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
     psi = _truncation(truncation, 1)
+    if model.grid_ready:
+        return render_images(model, z, height, width, region, truncation, chunk, progress, uint8)[0]
     per_call = chunk_size(model, chunk, height * width)
     out = np.empty((height * width, 3), dtype=np.float32)
     style = model.styles(z, psi)[0]
@@ -127,4 +131,43 @@ def render_image(model: RenderModel, z: np.ndarray, height: int, width: int,
         out[start:start + rgb.shape[0]] = rgb
         if progress is not None:
             progress(rgb.shape[0])
-    return out.reshape(height, width, 3)
+    return to_uint8(out.reshape(height, width, 3)) if uint8 else out.reshape(height, width, 3)
+
+
+def render_images(model: RenderModel, z: np.ndarray, height: int, width: int,
+                  region: tuple[float, float, float, float] = FULL_FRAME, truncation: float | np.ndarray = 1.0,
+                  chunk: int | None = None, progress: Progress | None = None, uint8: bool = False) -> np.ndarray:
+    """Raw RGB of every latent z [B, S] (or [S]) on the same height x width pixel grid over region:
+    [B, H, W, 3] float32, or with uint8 the 8-bit colours (to_uint8's). See render_grid."""
+    if height < 1 or width < 1:
+        raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
+    xs, ys = grid_axes(height, width, region)
+    return render_grid(model, z, xs, ys, truncation, chunk, progress, uint8)
+
+
+def render_grid(model: RenderModel, z: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                truncation: float | np.ndarray = 1.0, chunk: int | None = None, progress: Progress | None = None,
+                uint8: bool = False) -> np.ndarray:
+    """Every latent z [B, S] (or [S]) on the grid of columns at x' = xs [W] and rows at y' = ys [H]:
+    [B, H, W, 3] float32 raw values, or with uint8 the 8-bit colours (to_uint8's; on a GPU converted
+    there). Models with a grid graph (fp16 files on the GPU) render the grid directly, all latents of
+    a band of rows queued at once; others render the grid's points (render_points)."""
+    z = _latents(model, z)
+    xs, ys = np.asarray(xs, np.float32).reshape(-1), np.asarray(ys, np.float32).reshape(-1)
+    batch, height, width = z.shape[0], ys.shape[0], xs.shape[0]
+    psi = _truncation(truncation, batch)
+    if not model.grid_ready:
+        points = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
+        rgb = render_points(model, z, points, psi, chunk, progress).reshape(batch, height, width, 3)
+        return to_uint8(rgb) if uint8 else rgb
+    per_call = chunk_size(model, chunk, grid=True)
+    out = np.empty((batch, height * width, 3), dtype=np.uint8 if uint8 else np.float32)
+    styles = model.cached_styles(z, psi)  # callers that render an image piece by piece pay them once
+    # rows per download: every latent's share of a band (BAND_POINTS on the GPU)
+    band = max(1, model.piece_size(per_call, batch * height * width) // (width * batch))
+    for r0 in range(0, height, band):
+        r1 = min(height, r0 + band)
+        out[:, r0 * width:r1 * width] = model.grids(styles, xs, ys[r0:r1], per_call, uint8)
+        if progress is not None:
+            progress(batch * (r1 - r0) * width)
+    return out.reshape(batch, height, width, 3)

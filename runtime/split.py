@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cips_edge.core.format import COORDS, EMBEDDING, RGB, STYLE_INPUTS, ModelInfo
+from cips_edge.core.format import COORDS, EMBEDDING, GRID_INPUTS, RGB, RGB8, STYLE_INPUTS, ModelInfo
 
 BAND_POINTS = 1 << 22  # points per upload / download on CUDA: 4M points = 80 MB of coords and colours
 CUDA_CHUNK_BUDGET = 2 << 30  # bytes of one chunk's activations on CUDA (estimate), for the automatic chunk
@@ -45,9 +45,18 @@ def chunk_bytes_per_point(info: ModelInfo, precision: str) -> int:
     return features + 3 * widest * per_value + 64
 
 
-def auto_cuda_chunk(info: ModelInfo, precision: str, budget: int = CUDA_CHUNK_BUDGET) -> int:
-    """The largest power of two of points whose activations fit the budget, within [16k, 1M]."""
-    points = max(1, budget // chunk_bytes_per_point(info, precision))
+def grid_bytes_per_point(info: ModelInfo) -> int:
+    """The same for the fp16 grid graph: the float16 Fourier block's products and sum, the input layer's
+    interpolated table half, the chain, the colours."""
+    c = info.config
+    widest = max(c.synthesis_widths) + 8
+    return 2 * 3 * (c.hidden_size + 8) + 2 * widest + 2 * 2 * widest + 64
+
+
+def auto_cuda_chunk(info: ModelInfo, precision: str, budget: int = CUDA_CHUNK_BUDGET, grid: bool = False) -> int:
+    """The largest power of two of points whose activations fit the budget, within [16k, 1M] (grid: a
+    grid graph call's points)."""
+    points = max(1, budget // (grid_bytes_per_point(info) if grid else chunk_bytes_per_point(info, precision)))
     return int(min(MAX_CUDA_CHUNK, max(MIN_CUDA_CHUNK, 1 << (points.bit_length() - 1))))
 
 
@@ -59,17 +68,23 @@ class SplitEngine:
     to check it."""
 
     def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, bound: str | None,
-                 device_id: int = 0, table: np.ndarray | None = None):
+                 device_id: int = 0, table: np.ndarray | None = None, grid_session=None, pixel_inputs=None):
         self.ort = ort
         self.style_session = style_session
-        self.pixel_session = pixel_session
+        # the pixel session, or a function that makes it on first use (with pixel_inputs: its inputs as
+        # get_inputs() would list them), so that a model that only renders grids never opens it
+        self._pixel_session = pixel_session
+        self.grid_session = grid_session  # regular grids (runtime/graphcut.py FastPaths.grid), or None
         self.info = info
         self.precision = precision
         self.bound = bound
         self.device_id = device_id
-        self.pixel_inputs = {i.name: i for i in pixel_session.get_inputs()}
-        self.weight_names = [n for n in self.pixel_inputs if n not in (COORDS, EMBEDDING)]
-        self.dtypes = {n: _DTYPES[i.type] for n, i in self.pixel_inputs.items()}
+        self.pixel_inputs = {i.name: i for i in (pixel_inputs or pixel_session.get_inputs())}
+        self.pixel_weights = [n for n in self.pixel_inputs if n not in (COORDS, EMBEDDING)]
+        grid_inputs = {i.name: i for i in grid_session.get_inputs()} if grid_session is not None else {}
+        self.grid_weights = [n for n in grid_inputs if n not in GRID_INPUTS]
+        self.weight_names = list(dict.fromkeys(self.pixel_weights + self.grid_weights))  # the style outputs
+        self.dtypes = {n: _DTYPES[i.type] for n, i in {**grid_inputs, **self.pixel_inputs}.items()}
         self.table = self.host_table = None  # the session's table (an OrtValue when bound), its numpy copy
         if EMBEDDING in self.pixel_inputs:
             if table is None:  # version 2: the style graph hands it over, once per session
@@ -84,6 +99,12 @@ class SplitEngine:
             self.sync_options = ort.RunOptions()
             self.async_options = ort.RunOptions()
             self.async_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+
+    @property
+    def pixel_session(self):
+        if not hasattr(self._pixel_session, "run"):
+            self._pixel_session = self._pixel_session()
+        return self._pixel_session
 
     def _style_outputs(self, z: np.ndarray, psi: np.ndarray, names: list[str],
                        extra: dict | None = None) -> list[np.ndarray]:
@@ -119,7 +140,9 @@ class SplitEngine:
         n = coords.shape[0]
         if n == 1:  # a single row takes the CPU matmul's GEMV path, which rounds differently: pad to two
             coords = np.concatenate([coords, coords])
-        feeds = {COORDS: coords, **style} if self.table is None else {COORDS: coords, EMBEDDING: self.table, **style}
+        feeds = {COORDS: coords, **{name: style[name] for name in self.pixel_weights}}
+        if self.table is not None:
+            feeds[EMBEDDING] = self.table
         return self.pixel_session.run([RGB], feeds)[0][:n]
 
     def render_band(self, style: DeviceStyle, coords: np.ndarray, chunk: int) -> np.ndarray:
@@ -130,8 +153,7 @@ class SplitEngine:
         binding = self.pixel_session.io_binding()
         if self.table is not None:
             binding.bind_ortvalue_input(EMBEDDING, self.table)
-        for name, value, offset, shape, dtype in style.slices:
-            binding.bind_input(name, device, index, dtype, shape, value.data_ptr() + offset)
+        self._bind_weights(binding, style, self.pixel_inputs)
         starts = range(0, n, chunk)
         for k, start in enumerate(starts):
             m = min(chunk, n - start)
@@ -144,6 +166,61 @@ class SplitEngine:
     def render_pieces(self, style, pieces: Iterable[tuple[int, np.ndarray]], chunk: int) -> Iterator[tuple[int, np.ndarray]]:
         for start, coords in pieces:
             yield start, self.render_band(style, coords, chunk)
+
+    def _bind_weights(self, binding, style: DeviceStyle, inputs) -> None:
+        for name, value, offset, shape, dtype in style.slices:
+            if name in inputs:
+                binding.bind_input(name, self.bound, self.device_id, dtype, shape, value.data_ptr() + offset)
+
+    # -- regular grids -----------------------------------------------------------------------------
+    def render_grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int, uint8: bool = False) -> np.ndarray:
+        """The grid graph: every style's colours on the grid of xs [w] (x' of each column) and ys [h]
+        (y' of each row) -> [len(styles), h * w, 3] float32 (uint8: the 8-bit colours), row by row. A
+        call takes whole rows up to `chunk` points (or a run of one row's columns when a row is longer).
+        Bound: the calls of all styles are queued back to back, and only the last waits; the colours
+        come back in one copy."""
+        w, h = xs.shape[0], ys.shape[0]
+        calls = list(grid_calls(h, w, chunk))
+        xs, ys = np.ascontiguousarray(xs, np.float32), np.ascontiguousarray(ys, np.float32)
+        name, dtype = (RGB8, np.uint8) if uint8 else (RGB, np.float32)
+        if not self.bound:
+            out = np.empty((len(styles), h * w, 3), dtype)
+            for b, style in enumerate(styles):
+                weights = {n: style[n] for n in self.grid_weights}
+                for start, (c0, c1), (r0, r1) in calls:
+                    rgb = self.grid_session.run([name], {"xs": xs[c0:c1], "ys": ys[r0:r1], **weights})[0]
+                    out[b, start:start + rgb.shape[0]] = rgb
+            return out
+        ort, device, index = self.ort, self.bound, self.device_id
+        columns = ort.OrtValue.ortvalue_from_numpy(xs, device, index)
+        rows = ort.OrtValue.ortvalue_from_numpy(ys, device, index)
+        out = ort.OrtValue.ortvalue_from_shape_and_type([len(styles), h * w, 3], dtype, device, index)
+        size = 3 * np.dtype(dtype).itemsize  # bytes per point
+        inputs = set(self.grid_weights)
+        for b, style in enumerate(styles):
+            binding = self.grid_session.io_binding()
+            self._bind_weights(binding, style, inputs)
+            for k, (start, (c0, c1), (r0, r1)) in enumerate(calls):
+                binding.bind_input("xs", device, index, np.float32, [c1 - c0], columns.data_ptr() + 4 * c0)
+                binding.bind_input("ys", device, index, np.float32, [r1 - r0], rows.data_ptr() + 4 * r0)
+                n = (c1 - c0) * (r1 - r0)
+                binding.bind_output(name, device, index, dtype, [n, 3], out.data_ptr() + size * (b * h * w + start))
+                last = b == len(styles) - 1 and k == len(calls) - 1
+                self.grid_session.run_with_iobinding(binding, self.sync_options if last else self.async_options)
+        return out.numpy()
+
+
+def grid_calls(height: int, width: int, chunk: int) -> Iterator[tuple[int, tuple[int, int], tuple[int, int]]]:
+    """(first flat index, (first, end) column, (first, end) row) of each grid-graph call: whole rows,
+    as many as fit in chunk points (at least one), or runs of chunk columns of one row."""
+    if width <= chunk:
+        step = max(1, chunk // width)
+        for r0 in range(0, height, step):
+            yield r0 * width, (0, width), (r0, min(height, r0 + step))
+        return
+    for r in range(height):
+        for c0 in range(0, width, chunk):
+            yield r * width + c0, (c0, min(width, c0 + chunk)), (r, r + 1)
 
 
 def band_size(chunk: int, total: int) -> int:

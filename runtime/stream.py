@@ -31,6 +31,7 @@ from .image import to_uint8
 from .chunks import chunk_size
 from .model import CPU, default_threads
 from .protocol import RenderModel
+from .render import render_grid
 
 STREAM_SUFFIXES = (".png", ".tif", ".tiff")
 # PNGs from 2048 x 2048 up are streamed: in memory a render peaks at ~70 bytes a pixel (float32 output,
@@ -295,14 +296,21 @@ class StreamRender:
         ys = np.linspace(y0, y1, self.layout.height, dtype=np.float64).astype(np.float32)
         z, psi = self.z, self.psi
 
+        grid = all(m.grid_ready for m in models)  # grid graphs render whole rows of a block, in 8 bits
+
         def pieces():
             for index in range(self.blocks_done, len(self.blocks)):
                 block = self.blocks[index]
-                for start in range(0, block.pixels, chunk):
-                    yield index, block, start, min(start + chunk, block.pixels)
+                step = max(1, chunk // block.width) * block.width if grid else chunk
+                for start in range(0, block.pixels, step):
+                    yield index, block, start, min(start + step, block.pixels)
 
         def render(model: RenderModel, piece):
             index, block, start, stop = piece
+            if grid:
+                top = block.top + start // block.width
+                columns, rows = xs[block.left:block.left + block.width], ys[top:top + (stop - start) // block.width]
+                return piece, render_grid(model, z, columns, rows, psi, chunk, uint8=True)[0].reshape(-1, 3)
             k = np.arange(start, stop)
             coords = np.stack([xs[block.left + k % block.width], ys[block.top + k // block.width]], axis=-1)
             return piece, to_uint8(model.run(z, coords[None], psi)[0])

@@ -219,6 +219,7 @@ def test_export_generator_checks_its_arguments(tmp_path):
 
 # -- format-2 files upgraded without their checkpoint ----------------------------------------------
 FORMAT_2_FILE = Path(__file__).parent / "data" / "format2-tiny.onnx"
+FORMAT_1_FILE = Path(__file__).parent / "data" / "format1-emoji-1052kimg.onnx"
 
 
 def test_a_format_2_file_upgrades_to_format_3_with_the_same_weights(tmp_path, tiny_onnx):
@@ -237,9 +238,19 @@ def test_a_format_2_file_upgrades_to_format_3_with_the_same_weights(tmp_path, ti
     upgraded = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     fresh = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert np.linalg.norm(upgraded - fresh) / np.linalg.norm(fresh) < 1e-5
-    r = runner.invoke(cli.app, ["export", str(tmp_path / "again.onnx"), "--checkpoint", str(out)])
-    assert r.exit_code == 1 and "only format-2 files are upgraded" in r.stderr and r.stderr.count("\n") == 1
-    assert not (tmp_path / "again.onnx").exists()
+    # a format-3 file keeps its graph and its default precision, and gets this version's fast paths
+    again = tmp_path / "again.onnx"
+    r = runner.invoke(cli.app, ["export", str(again), "--checkpoint", str(out)])
+    assert r.exit_code == 0, r.stderr
+    rewritten = onnx.load(str(again))
+    assert [n.name for n in rewritten.graph.node] == [n.name for n in onnx.load(str(out)).graph.node]
+    meta = metadata(again)
+    assert meta["cips.precision"] == "fp16" and "cips.grid_graph.fp16" in meta
+    assert json.loads(meta["cips.provenance"])["upgraded_from_format"] == 3
+    # a format-1 file has no plain weights to build fast paths from: refused, nothing written
+    r = runner.invoke(cli.app, ["export", str(tmp_path / "old.onnx"), "--checkpoint", str(FORMAT_1_FILE)])
+    assert r.exit_code == 1 and "only format-2 and -3 files are upgraded" in r.stderr and r.stderr.count("\n") == 1
+    assert not (tmp_path / "old.onnx").exists()
 
 
 # -- metadata that does not match the graph -------------------------------------------------------

@@ -57,7 +57,7 @@ class LinearField:
     """A stand-in model whose colour is linear in the coordinates: bilinear interpolation reproduces it,
     so a foveated render must equal the full one everywhere (up to float32 rounding)."""
 
-    style_dim, workers, on_device = 4, 1, False
+    style_dim, workers, on_device, grid_ready = 4, 1, False, False
 
     def styles(self, z, truncation):
         return list(z)

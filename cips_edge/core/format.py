@@ -30,6 +30,8 @@ OUTPUT = "rgb"
 STYLE_INPUTS = ("z", "truncation")
 COORDS = "coords"
 RGB = "rgb"  # float32, raw generator values (about [-1, 1])
+RGB8 = "rgb8"  # uint8, the grid graph's second output: round((rgb + 1) * 127.5) clipped to [0, 255]
+GRID_INPUTS = ("xs", "ys")  # the grid graph's points: x' of every column, y' of every row
 EMBEDDING = "embedding"  # the coordinate table: v3 an initializer [rows * columns, H]; v2 a style output
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -42,6 +44,7 @@ KEY_PROVENANCE = "cips.provenance"
 KEY_PRECISION = "cips.precision"  # v2, v3: the pixel graph a renderer runs by default
 KEY_PIXEL_GRAPH = "cips.pixel_graph."  # v2, v3: + precision -> base64 of a serialized ONNX model
 KEY_STYLE_EXTENSION = "cips.style_extension"  # v3 with fp16 or int8: base64 of the graph that derives their weights
+KEY_GRID_GRAPH = "cips.grid_graph."  # v3 with fp16: + precision -> base64 of the pixel graph for regular grids
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,12 @@ class ModelInfo:
     precision: str = "fp32"  # the file's default pixel precision (v1 files: fp32)
     pixel_graphs: dict[str, bytes] = field(default_factory=dict)  # v2, v3: precision -> ONNX model bytes
     style_extension: bytes | None = None  # v3: ONNX model bytes, when the file has fp16 or int8
+    grid_graphs: dict[str, bytes] = field(default_factory=dict)  # v3: precision -> ONNX model bytes (fp16)
 
 
 def metadata_props(config: GeneratorConfig, w_avg: np.ndarray, provenance: dict, precision: str = "fp32",
-                   pixel_graphs: dict[str, bytes] | None = None, style_extension: bytes | None = None) -> dict[str, str]:
+                   pixel_graphs: dict[str, bytes] | None = None, style_extension: bytes | None = None,
+                   grid_graphs: dict[str, bytes] | None = None) -> dict[str, str]:
     """The metadata_props that export writes (string values, as ONNX requires)."""
     w_avg = np.asarray(w_avg, dtype=np.float32).reshape(-1)
     assert w_avg.shape == (config.style_dim,), w_avg.shape
@@ -74,6 +79,7 @@ def metadata_props(config: GeneratorConfig, w_avg: np.ndarray, provenance: dict,
         KEY_PRECISION: precision,
         **{KEY_PIXEL_GRAPH + name: _b64(data) for name, data in (pixel_graphs or {}).items()},
         **({KEY_STYLE_EXTENSION: _b64(style_extension)} if style_extension else {}),
+        **{KEY_GRID_GRAPH + name: _b64(data) for name, data in (grid_graphs or {}).items()},
     }
 
 
@@ -99,6 +105,8 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
         graphs = {key[len(KEY_PIXEL_GRAPH):]: base64.b64decode(value, validate=True)
                   for key, value in meta.items() if key.startswith(KEY_PIXEL_GRAPH)}
         extension = base64.b64decode(meta[KEY_STYLE_EXTENSION], validate=True) if KEY_STYLE_EXTENSION in meta else None
+        grids = {key[len(KEY_GRID_GRAPH):]: base64.b64decode(value, validate=True)
+                 for key, value in meta.items() if key.startswith(KEY_GRID_GRAPH)}
     except UserError:
         raise
     except (KeyError, ValueError, TypeError, binascii.Error) as e:  # json.JSONDecodeError is a ValueError
@@ -115,8 +123,11 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     if version >= 3 and set(graphs) != {"fp32"} and extension is None:
         raise UserError(f"{source} has damaged cips metadata (pixel graphs {sorted(graphs)} but no "
                         f"{KEY_STYLE_EXTENSION})")
+    if grids and (version < 3 or set(grids) != {"fp16"} or "fp16" not in graphs):
+        raise UserError(f"{source} has damaged cips metadata (grid graphs {sorted(grids)}, pixel graphs "
+                        f"{sorted(graphs)})")
     return ModelInfo(config, style_dim, w_avg, provenance if isinstance(provenance, dict) else {}, version,
-                     precision, graphs, extension)
+                     precision, graphs, extension, grids)
 
 
 def packaged_model() -> Path:
