@@ -57,7 +57,7 @@ def build_trainer(path: str, args, device: torch.device) -> Trainer:
     speed = speed_for(path, device)
     speed.apply_backend_flags(device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = speed.tuned_backends
+        torch.backends.cudnn.benchmark = speed.cudnn_benchmark
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     g_config = dataclasses.replace(PRESETS[args.preset], size=args.size or PRESETS[args.preset].size)

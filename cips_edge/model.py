@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .core.config import GeneratorConfig
 
@@ -19,7 +20,58 @@ LRELU_GAIN = math.sqrt(2.0)  # StyleGAN2's fused leaky ReLU keeps unit second mo
 DEMOD_EPS = 1e-8
 
 
+def _leaky_grad(grad: torch.Tensor, out: torch.Tensor, gain_first: bool) -> torch.Tensor:
+    """grad times the scaled leaky ReLU's slope, read off the sign of its output (the input's sign); in
+    the order autograd multiplies for leaky_relu(x) * gain (gain, then the mask) or for its transpose."""
+    if gain_first:
+        grad = grad * LRELU_GAIN
+    grad = torch.ops.aten.leaky_relu_backward(grad, out, LRELU_SLOPE, True)  # the kernel autograd runs
+    return grad if gain_first else grad * LRELU_GAIN
+
+
+class _ScaledLeakyReLU(torch.autograd.Function):
+    """leaky_relu(x) * sqrt(2) keeping its output for the backward instead of its input. The output is
+    kept anyway, as the next layer's input, so each activation holds one tensor for the backward, not two
+    (as StyleGAN2's FusedLeakyReLU): G's per-pixel layers and, in R1's double backward, D's largest
+    tensors once fewer. The same values and gradients as autograd's, of every order."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = _plain_scaled_leaky_relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return _LeakyGrad.apply(grad, out, True)
+
+
+class _LeakyGrad(torch.autograd.Function):
+    """grad -> grad * slope(out): linear in grad, so its backward is itself (the mask has no gradient)."""
+
+    @staticmethod
+    def forward(ctx, grad: torch.Tensor, out: torch.Tensor, gain_first: bool) -> torch.Tensor:
+        ctx.save_for_backward(out)
+        ctx.gain_first = gain_first
+        return _leaky_grad(grad, out, gain_first)
+
+    @staticmethod
+    def backward(ctx, grad_grad: torch.Tensor):
+        (out,) = ctx.saved_tensors
+        return _LeakyGrad.apply(grad_grad, out, not ctx.gain_first), None, None
+
+
 def scaled_leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """leaky_relu(x, 0.2) * sqrt(2). Eager with gradients (training): the output-keeping Function above;
+    compiled (Inductor fuses it and picks what to keep) or without gradients (rendering, export): the
+    plain ops."""
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return _plain_scaled_leaky_relu(x)
+    return _ScaledLeakyReLU.apply(x)
+
+
+def _plain_scaled_leaky_relu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
 
 
@@ -235,25 +287,40 @@ class CIPSGenerator(nn.Module):
         e_co = self.embedding.native(coords) if native else self.embedding(coords)
         return torch.cat([e_fo, e_co], dim=2)
 
-    def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False) -> torch.Tensor:
+    def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False,
+                   recompute: bool = False) -> torch.Tensor:
         """[B, N, 2H] features and baked per-sample weights -> raw RGB [B, N, 3].
 
         fold_gain: the same function with the activations' sqrt(2) gain moved into the weights that
         read them (leaky(x) @ (g W) = (g leaky(x)) @ W): one elementwise pass fewer per layer, forward
-        and backward, on the [B, N, width] activations; the per-sample weights are small."""
+        and backward, on the [B, N, width] activations; the per-sample weights are small.
+        recompute: activation checkpointing, one ToRGB group (the layers up to and including a ToRGB) at
+        a time: the backward keeps only each group's input and recomputes the rest, the same operations
+        again (for training with less memory)."""
         n_conv = 1 + len(self.layers)
         if fold_gain:
             weights = [weights[0], *(wt * LRELU_GAIN for wt in weights[1:])]
         gain = not fold_gain
-        x = self.input_layer.apply_weight(e, weights[0], gain)
-        rgb = None
         every = self.config.to_rgb_every
-        for i, layer in enumerate(self.layers):
-            x = layer.apply_weight(x, weights[1 + i], gain)
-            if (i + 1) % every == 0:
-                k = (i + 1) // every - 1
-                out = self.to_rgbs[k].apply_weight(x, weights[n_conv + k])
-                rgb = out if rgb is None else rgb + out
+
+        def group(x: torch.Tensor, k: int, *group_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Layers k*every .. (k+1)*every - 1 and ToRGB k: -> (x, this group's RGB)."""
+            for j, layer in enumerate(self.layers[k * every:(k + 1) * every]):
+                x = layer.apply_weight(x, group_weights[j], gain)
+            return x, self.to_rgbs[k].apply_weight(x, group_weights[-1])
+
+        if recompute:
+            x = checkpoint(self.input_layer.apply_weight, e, weights[0], gain, use_reentrant=False)
+        else:
+            x = self.input_layer.apply_weight(e, weights[0], gain)
+        rgb = None
+        for k in range(len(self.to_rgbs)):
+            group_weights = (*weights[1 + k * every:1 + (k + 1) * every], weights[n_conv + k])
+            if recompute:
+                x, out = checkpoint(group, x, k, *group_weights, use_reentrant=False)
+            else:
+                x, out = group(x, k, *group_weights)
+            rgb = out if rgb is None else rgb + out
         return rgb
 
     def forward(self, coords: torch.Tensor, z: torch.Tensor | None = None, *, w: torch.Tensor | None = None,

@@ -62,7 +62,8 @@ class ModelSpec:
     def of(cls, path: Path, packaged: bool, device: str, precision: str | None, threads: int) -> "ModelSpec":
         return cls(str(path.resolve()), file_sha256(path), packaged, device, precision, threads)
 
-    def open(self) -> CIPSModel:
+    def open(self, worker: str | None = None) -> CIPSModel:
+        """The model on this worker; worker: its name where get_worker() does not know it (client.run)."""
         path = Path(self.path)
         if self.packaged and not path.is_file():
             path = packaged_model()
@@ -72,7 +73,7 @@ class ModelSpec:
         if file_sha256(path) != self.sha256:
             raise UserError(f"worker {_worker_name()} has another file at {path} (its SHA-256 differs): give every "
                             "worker the same model")
-        device_id = int(get_worker().name) if self.gpu_by_name else 0
+        device_id = int(worker if worker is not None else get_worker().name) if self.gpu_by_name else 0
         return CIPSModel(path, device=self.device, threads=self.threads or None, precision=self.precision,
                          device_id=device_id)
 
@@ -96,8 +97,8 @@ def _kept_open(key, make):
         return _kept[key]
 
 
-def _model(spec: ModelSpec) -> CIPSModel:
-    return _kept_open(("model", spec), spec.open)
+def _model(spec: ModelSpec, worker: str | None = None) -> CIPSModel:
+    return _kept_open(("model", spec), lambda: spec.open(worker))
 
 
 def _pyramid(job: "ImageJob") -> pz.Pyramid:
@@ -111,9 +112,10 @@ def _pyramid(job: "ImageJob") -> pz.Pyramid:
     return pyramid
 
 
-def _probe(spec: ModelSpec) -> tuple[str, str]:
-    """Open the model on this worker: (provider, precision)."""
-    m = _model(spec)
+def _probe(spec: ModelSpec, dask_worker=None) -> tuple[str, str]:
+    """Open the model on this worker: (provider, precision). Run by client.run, which hands over the
+    worker (get_worker() knows it only inside tasks)."""
+    m = _model(spec, str(dask_worker.name) if dask_worker is not None else None)
     return m.provider, m.precision
 
 

@@ -18,9 +18,7 @@ import numpy as np
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_SIDE = 2**31 - 1  # the PNG spec's limit on width and height
-# zlib level of every PNG cips writes: 3 deflates a render several times faster than Pillow's default 6
-# for files about a fifth larger (docs/rendering.md)
-LEVEL = 3
+LEVEL = 6  # zlib level of streamed PNGs: Pillow's default (the bands deflate in parallel; docs/rendering.md)
 _ADLER_BASE = 65521
 _MAX_CHUNK = 1 << 30  # IDAT data per chunk (the spec allows 2**31 - 1)
 

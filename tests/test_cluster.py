@@ -97,6 +97,16 @@ def test_two_workers_render_level0_equal_to_the_single_render(tmp_path, tiny_onn
         assert np.array_equal(pyramid.read(k, 0, 0, *expected.shape[:2]), expected), k
 
 
+def test_workers_numbered_by_gpu_open_their_model_when_probed(tiny_onnx, client):
+    """Our LocalCluster's workers pick their GPU by their name; the probe that opens the model on every
+    worker runs outside a task (client.run), where the worker is handed over rather than found."""
+    import dataclasses
+
+    spec = dataclasses.replace(_spec(tiny_onnx), gpu_by_name=True)
+    _, providers = cl.agree(client, spec)
+    assert providers == ["CPUExecutionProvider"]
+
+
 def test_ome_zarr_reads_the_metadata_back(tmp_path, tiny_onnx, reference, client):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader

@@ -273,12 +273,69 @@ def test_folded_gains_compute_the_same_function_and_gradients():
             assert float((p.grad - q.grad).norm() / (p.grad.norm() + 1e-12)) < 1e-5, name
 
 
+def test_recomputed_generator_gives_the_same_images_and_gradients():
+    """Speed.recompute_g (activation checkpointing of G's ToRGB groups) recomputes the same operations in
+    G's backward: the same images and parameter gradients, bit for bit in eager float32."""
+    from cips_edge.train.trainer import Speed
+
+    plain, recomputed = tiny_trainer(), tiny_trainer()
+    recomputed.speed = Speed(recompute_g=True)
+    z = torch.randn(3, plain.G.config.style_dim)
+    a, b = plain.generate(z), recomputed.generate(z)
+    assert torch.equal(a, b)
+    weight = torch.linspace(-1, 1, a.numel()).reshape(a.shape)
+    (a * weight).sum().backward()
+    (b * weight).sum().backward()
+    grads = [(n, p.grad, q.grad) for (n, p), q in zip(plain.G.named_parameters(), recomputed.G.parameters())]
+    assert sum(g is not None for _, g, _ in grads) > 10
+    for name, g, h in grads:
+        assert (g is None and h is None) or torch.equal(g, h), name
+
+
+def test_output_keeping_activation_gives_autograds_generator_gradients(monkeypatch):
+    """G's layers keep each activation's output only (model.scaled_leaky_relu with gradients): the same
+    images and parameter gradients as the plain ops, bit for bit."""
+    from cips_edge import model
+
+    trainer = tiny_trainer()
+    z = torch.randn(3, trainer.G.config.style_dim)
+    results = []
+    for fn in (model.scaled_leaky_relu, model._plain_scaled_leaky_relu):
+        monkeypatch.setattr(model, "scaled_leaky_relu", fn)
+        trainer.G.zero_grad(set_to_none=True)
+        img = trainer.generate(z)
+        (img * torch.linspace(-1, 1, img.numel()).reshape(img.shape)).sum().backward()
+        results.append((img.detach(), [p.grad.clone() for p in trainer.G.parameters() if p.grad is not None]))
+    (a, ga), (b, gb) = results
+    assert torch.equal(a, b) and len(ga) == len(gb) > 10
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
+def test_r1_in_bf16_stays_close_to_float32():
+    """Speed.r1_bf16 runs R1's forward and double backward under bf16 autocast: the penalty within bf16
+    rounding of float32's, and D's gradients point the same way."""
+    from cips_edge.train.trainer import Speed
+
+    plain, low = tiny_trainer(), tiny_trainer()
+    low.speed = Speed(r1_bf16=True)
+    reals = torch.rand(4, 3, 16, 16) * 2 - 1
+    results = []
+    for trainer in (plain, low):
+        trainer.r1_backward(reals)
+        grad = torch.cat([p.grad.flatten() for p in trainer.D.parameters() if p.grad is not None])
+        results.append((trainer._stats[2].item(), grad))
+    (p_plain, g_plain), (p_low, g_low) = results
+    assert p_plain > 0 and p_low == pytest.approx(p_plain, rel=0.05) and p_low != p_plain
+    assert float(torch.nn.functional.cosine_similarity(g_plain, g_low, dim=0)) > 0.99
+
+
 @pytest.mark.slow  # Inductor compiles on the CPU: about a minute
-@pytest.mark.parametrize("panorama", [0, 2])
-def test_compiled_training_steps_track_eager_ones(panorama):
+@pytest.mark.parametrize("panorama,recompute", [(0, False), (2, False), (0, True)])
+def test_compiled_training_steps_track_eager_ones(panorama, recompute):
     """`cips train` compiles G and D's forward on CUDA by default; the compiled step (the blur as shifted
     sums, Inductor's fused kernels) must give the eager step's losses and R1 from the same seed. Run with
-    Inductor on the CPU here (flat and panorama models, DiffAugment on, channels-last D)."""
+    Inductor on the CPU here (flat and panorama models, DiffAugment on, channels-last D; and G's
+    activation checkpointing inside the compiled graph, --recompute-g)."""
     import dataclasses
 
     from cips_edge.train.data import ImageBank
@@ -292,7 +349,7 @@ def test_compiled_training_steps_track_eager_ones(panorama):
     for compile in (False, True):
         torch._dynamo.reset()
         trainer = Trainer(g_config, DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
-                          speed=Speed(compile=compile, channels_last=True))
+                          speed=Speed(compile=compile, channels_last=True, recompute_g=recompute and compile))
         trainer.use_bank(ImageBank(images, torch.device("cpu")))
         for step in range(3):
             trainer.train_step(step)

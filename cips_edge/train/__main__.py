@@ -14,6 +14,15 @@ from .options import AUGMENT_MODES, TrainError, TrainOptions
 _TYPES = {"int": int, "float": float, "str": str, "Path": Path}
 
 
+def _batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or auto: {text!r}") from None
+
+
 def build_parser(prog: str = "python -m cips_edge.train", defaults: bool = True) -> argparse.ArgumentParser:
     """The command line of TrainOptions; defaults=False leaves options that are not given out of the result."""
     default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
@@ -32,6 +41,9 @@ def build_parser(prog: str = "python -m cips_edge.train", defaults: bool = True)
                                 help="same as the positional DATA")
         elif f.name == "metrics":  # a comma-separated list; TrainOptions splits it
             parser.add_argument("--metrics", dest="metrics", default=default(None), type=str, help=help_text)
+        elif f.name == "batch":  # a number, or auto
+            parser.add_argument("--batch", dest="batch", default=default(f.default), type=_batch, metavar="N|auto",
+                                help=help_text)
         elif kind == "bool":
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=default(f.default),
                                 action=argparse.BooleanOptionalAction, help=help_text)

@@ -158,12 +158,12 @@ def _total_ram() -> int:
 class ImageBank:
     """The whole data set as uint8 [N, H, W, 3]; gathers batches onto the training device."""
 
-    def __init__(self, images: np.ndarray, device: torch.device):
+    def __init__(self, images: np.ndarray, device: torch.device, allow_device: bool = True):
         self.device = device
         self.count = len(images)
         nbytes = images.nbytes
-        on_device = device.type == "cuda" and nbytes <= DEVICE_FRACTION * torch.cuda.get_device_properties(
-            device).total_memory
+        on_device = allow_device and device.type == "cuda" and nbytes <= DEVICE_FRACTION * \
+            torch.cuda.get_device_properties(device).total_memory
         if on_device:
             self.store = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         elif device.type == "cpu" or nbytes <= HOST_FRACTION * _total_ram() or not isinstance(images, np.memmap):

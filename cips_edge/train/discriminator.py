@@ -37,38 +37,43 @@ class _ConstDepthwiseConv(torch.autograd.Function):
     Autograd's own double backward of a convolution (aten::_convolution_double_backward) always computes
     the kernel's gradient, even for a kernel that needs none, and for groups > 1 it does so one group at a
     time: a depthwise blur over C channels becomes C tiny convolutions plus copies in every R1 step. Here
-    the backward is the same input-gradient call autograd makes, and its backward is this convolution
-    again (the op is linear in x), so no kernel gradient is ever formed. Same math, same kernels."""
+    the backward is the input gradient alone, a transposed convolution with the same kernel (cuDNN's
+    backward-data call, as autograd makes it), and its backward is this convolution again (the op is
+    linear in x), so no kernel gradient is ever formed. The backward needs only x's shape, so x itself
+    (the padded activation, the largest tensor of each blur) is not kept for it. Same math, same kernels."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
-        ctx.save_for_backward(x, kernel)
-        ctx.stride = stride
+        ctx.save_for_backward(kernel)
+        ctx.stride, ctx.in_size, ctx.dtype = stride, x.shape[2:], x.dtype
         with torch.autocast(x.device.type, enabled=False):  # run in x's dtype (what autocast would pick)
             return F.conv2d(x, kernel.to(x.dtype), stride=stride, groups=x.shape[1])
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        x, kernel = ctx.saved_tensors
-        return _ConstDepthwiseConvInputGrad.apply(grad_out, x, kernel, ctx.stride), None, None
+        (kernel,) = ctx.saved_tensors
+        return _ConstDepthwiseConvInputGrad.apply(grad_out, kernel, ctx.stride, ctx.in_size, ctx.dtype), None, None
 
 
 class _ConstDepthwiseConvInputGrad(torch.autograd.Function):
-    """grad_x of _ConstDepthwiseConv (x only gives the shape and layout; no gradient flows to it)."""
+    """grad_x of _ConstDepthwiseConv: the transposed convolution back to x's size (in_size) and dtype."""
 
     @staticmethod
-    def forward(ctx, grad_out: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+    def forward(ctx, grad_out: torch.Tensor, kernel: torch.Tensor, stride: int, in_size: torch.Size,
+                dtype: torch.dtype) -> torch.Tensor:
         ctx.save_for_backward(kernel)
         ctx.stride = stride
-        kernel = kernel.to(x.dtype)
-        return torch.ops.aten.convolution_backward(
-            grad_out.to(x.dtype), x, kernel, None, [stride, stride], [0, 0], [1, 1], False, [0, 0],
-            x.shape[1], [True, False, False])[0]
+        k = kernel.shape[-1]
+        # conv2d's output drops up to stride - 1 trailing rows/columns; the transposed output gets them back
+        extra = [n - ((o - 1) * stride + k) for n, o in zip(in_size, grad_out.shape[2:])]
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return F.conv_transpose2d(grad_out.to(dtype), kernel.to(dtype), stride=stride, output_padding=extra,
+                                      groups=grad_out.shape[1])
 
     @staticmethod
     def backward(ctx, grad_grad_x: torch.Tensor):
         (kernel,) = ctx.saved_tensors
-        return _ConstDepthwiseConv.apply(grad_grad_x, kernel, ctx.stride), None, None, None
+        return _ConstDepthwiseConv.apply(grad_grad_x, kernel, ctx.stride), None, None, None, None
 
 
 def _taps(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -23,10 +23,10 @@ from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torc
 from cips_edge.core.config import PRESETS
 from cips_edge.core.files import clean_stale_temporaries
 
-from . import distributed
+from . import distributed, fit
 from .data import Decoded, ImageBank, load_images
 from .discriminator import DiscriminatorConfig
-from .options import AUGMENT_AUTO_BELOW, TrainError, TrainOptions, merge_for_resume, resume_changes
+from .options import AUGMENT_AUTO_BELOW, RECIPE_BATCH, TrainError, TrainOptions, merge_for_resume, resume_changes
 from .quality import QualityMetrics
 from .report import (Reporter, atomic_write_json, grid_name, render_images, sample_latents, save_grid,
                      truncate_metrics)
@@ -234,7 +234,7 @@ class Run:
     # -- the run -------------------------------------------------------------------------------
     def execute(self) -> Path:
         o, world = self.options, self.world
-        if o.batch % world.size:
+        if o.batch != "auto" and o.batch % world.size:
             raise TrainError(f"--batch {o.batch} does not split evenly over {world.size} processes")
         self.locate()
         distributed.barrier(world)  # every rank has checked the folder before rank 0 creates it
@@ -244,11 +244,24 @@ class Run:
             self.created_dir = self.ckpt is None
         try:
             return self._train()
-        except BaseException:
+        except BaseException as e:
             # A run that fails or is stopped before its first step leaves nothing behind.
             if world.is_main and self.created_dir and not self.started:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+            if isinstance(e, torch.OutOfMemoryError):
+                raise TrainError(self.out_of_memory()) from None
             raise
+
+    def out_of_memory(self) -> str:
+        """The one line for a run that ran out of GPU memory: which option to lower. Nothing is written
+        during a step, so the checkpoints already there stay as they were."""
+        o = self.options
+        what = f"batch {o.batch} ({o.preset} at {o.training_size}x{o.training_size}"
+        what += f", {self.world.size} processes)" if self.world.size > 1 else ")"
+        if self.run_dir.is_dir() and run_checkpoints(self.run_dir):
+            return (f"out of GPU memory at {what}; the run's checkpoints are kept, and a run keeps its batch: "
+                    f"free GPU memory and --resume, or start a new run with a lower --batch or --batch auto")
+        return f"out of GPU memory at {what}: lower --batch or use --batch auto"
 
     def _train(self) -> Path:
         world, device = self.world, self.device
@@ -256,25 +269,27 @@ class Run:
         reporter = Reporter(self.run_dir, round(self.options.kimg * 1000), start_images, world.is_main)
         for note in self.notes:
             reporter.say(note)
-        total_steps = math.ceil(round(self.options.kimg * 1000) / self.options.batch)
-        if self.ckpt is not None and self.ckpt["step"] >= total_steps:
+        if self.ckpt is not None and self.ckpt["step"] >= self.total_steps():
             reporter.say(f"nothing to do: the run is at {start_images / 1000:g} kimg, --kimg is {self.options.kimg:g}")
             return self.run_dir
         decoded = self.load_data()
-        self.check_data(decoded, reporter)
         o = self.options
         n_images = len(decoded.images)
         augment = o.augment == "on" or (o.augment == "auto" and n_images < AUGMENT_AUTO_BELOW)
         g_config = dataclasses.replace(PRESETS[o.preset], size=o.training_size, panorama=o.panorama)
         d_max = o.d_channel_max or (TINY_D_CHANNELS if o.preset == "tiny" else 512)
         d_config = DiscriminatorConfig(o.training_size, o.d_channel_multiplier, d_max)
-        recipe = Recipe(batch=o.batch // world.size, lr=o.lr, r1_gamma=o.r1_gamma, r1_every=o.r1_every,
-                        ema_half_life_kimg=o.ema_kimg, global_batch=o.batch, augment=augment, xflip=o.xflip,
-                        g_lazy_correction=o.g_lazy_correction, seed=o.seed)
-        speed = Speed() if o.plain else Speed.for_device(device, o.bf16, o.compile)
+        speed = Speed() if o.plain else Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark,
+                                                         r1_bf16=o.r1_bf16, recompute_g=o.recompute_g)
         speed.apply_backend_flags(device)
-        trainer = Trainer(g_config, d_config, recipe, device, world, speed)
         bank = ImageBank(decoded.images, device)
+        if o.batch == "auto":
+            batch, bank = self.auto_batch(lambda b, w: self.make_trainer(g_config, d_config, augment, speed, b, w),
+                                          decoded, bank, reporter)
+            self.options = o = dataclasses.replace(o, batch=batch)
+        self.check_data(decoded, reporter)
+        total_steps = self.total_steps()
+        trainer = self.make_trainer(g_config, d_config, augment, speed, o.batch, world)
         trainer.use_bank(bank)
         step = 0
         elapsed0 = 0.0
@@ -293,7 +308,7 @@ class Run:
             atomic_write_json(self.run_dir / "options.json", {
                 "options": o.to_dict(), "generator": g_config.to_dict(), "discriminator": d_config.to_dict(),
                 "augment_on": augment, "data": self.data_info, "world_size": world.size,
-                "batch_per_process": recipe.batch, "device": str(device), "speed": dataclasses.asdict(speed),
+                "batch_per_process": trainer.recipe.batch, "device": str(device), "speed": dataclasses.asdict(speed),
                 "torch": torch.__version__, "cips_edge": __version__})
             # A resume (or a restart after an early stop) replays what follows its checkpoint (or the start).
             truncate_metrics(self.run_dir / "metrics.jsonl", start_images)
@@ -323,6 +338,7 @@ class Run:
             save_grid(np.asarray(decoded.images[:n]), self.run_dir / "samples" / "reals.png", o.sample_grid)
             self.save_samples(trainer, fixed_z, 0)
 
+        first_step = step
         t_start = time.perf_counter()
         elapsed = lambda: elapsed0 + time.perf_counter() - t_start  # noqa: E731
         reporter.start(step * o.batch)
@@ -332,6 +348,8 @@ class Run:
             try:
                 while step < total_steps:
                     trainer.train_step(step)
+                    if step == first_step and device.type == "cuda":
+                        torch.cuda.empty_cache()  # hand back the workspace cuDNN's autotuning borrowed
                     prev_images, step = step * o.batch, step + 1
                     images = step * o.batch
                     reporter.advance(images)
@@ -359,6 +377,57 @@ class Run:
         assert saved_at == total_steps
         reporter.say(f"done: {total_steps * o.batch / 1000:g} kimg; checkpoints in {self.run_dir / 'checkpoints'}")
         return self.run_dir
+
+    def total_steps(self) -> int:
+        return math.ceil(round(self.options.kimg * 1000) / self.options.batch)
+
+    def make_trainer(self, g_config, d_config: DiscriminatorConfig, augment: bool, speed: Speed, batch: int,
+                     world: distributed.World) -> Trainer:
+        """A trainer of the run's recipe at global batch `batch` split over `world`."""
+        o = self.options
+        recipe = Recipe(batch=batch // world.size, lr=o.lr, r1_gamma=o.r1_gamma, r1_every=o.r1_every,
+                        ema_half_life_kimg=o.ema_kimg, global_batch=batch, augment=augment, xflip=o.xflip,
+                        g_lazy_correction=o.g_lazy_correction, seed=o.seed)
+        return Trainer(g_config, d_config, recipe, self.device, world, speed)
+
+    def auto_batch(self, make_trainer, decoded: Decoded, bank: ImageBank, reporter: Reporter
+                   ) -> tuple[int, ImageBank]:
+        """--batch auto: the recipe's batch, or on CUDA the largest candidate whose step fits (fit.py), each
+        process trying on its own GPU. When the data set sits on the GPU and the recipe's batch does not
+        fit beside it, the data move to host memory first: a smaller batch would change the recipe."""
+        world, device = self.world, self.device
+        candidates = [b for b in fit.candidate_batches(RECIPE_BATCH, world.size) if b <= len(decoded.images)]
+        if not candidates or device.type != "cuda":
+            return (candidates or [world.size])[0], bank
+
+        def fits(batch: int, bank: ImageBank) -> bool:
+            def single(per_process: int) -> Trainer:
+                trainer = make_trainer(per_process, distributed.World())
+                trainer.use_bank(bank)
+                return trainer
+            try:
+                return fit.step_fits(single, batch // world.size, device)
+            finally:
+                torch._dynamo.reset()  # the run compiles its own batch's graphs, with static shapes
+
+        found = fit.largest_fitting(candidates[:1], lambda b: fits(b, bank))
+        rest = candidates[1:]
+        if found is None and bank.location == "device":
+            del bank
+            fit.release_memory()
+            bank = ImageBank(decoded.images, device, allow_device=False)
+            reporter.say("--batch auto: the data set stays in host memory, to leave the GPU to training")
+            rest = candidates
+        if found is None:
+            found = fit.largest_fitting(rest, lambda b: fits(b, bank))
+        found = fit.agree(found or 0, world, device)
+        name = torch.cuda.get_device_name(device)
+        if not found:
+            raise TrainError(f"out of GPU memory even at batch {candidates[-1]} ({self.options.preset} at "
+                             f"{self.options.training_size}x{self.options.training_size}) on {name}")
+        reporter.say(f"--batch auto: batch {found} fits on {name}"
+                     + (f" ({found * 2} did not)" if found < candidates[0] else ""))
+        return found, bank
 
     def save_samples(self, trainer: Trainer, z: torch.Tensor, images_seen: int) -> None:
         # ~262k points per forward keeps the extra memory next to training at about 1 GB (paper-256).

@@ -10,6 +10,7 @@ from pathlib import Path
 from cips_edge.core.config import PRESETS
 
 AUGMENT_MODES = ("auto", "on", "off")
+RECIPE_BATCH = 32  # the paper's global batch; --batch auto tries it first
 # Below this many images 'auto' turns DiffAugment on: the StyleGAN2-ADA and DiffAugment papers show D
 # overfitting (and FID rising) at 1k-10k images and still a clear gain at ~30k; at FFHQ's 70k
 # plain StyleGAN2 no longer overfits.
@@ -50,7 +51,11 @@ class TrainOptions:
     d_channel_multiplier: int = opt(2, "discriminator widths as StyleGAN2: min(16384 * m / res, max)")
     d_channel_max: int | None = opt(None, "discriminator width cap; default 512 (32 for the tiny preset)")
     # -- the recipe (the paper's defaults) -------------------------------------------------------
-    batch: int = opt(32, "global batch, split evenly over processes (the paper: 32 = 8 GPUs x 4)")
+    batch: int | str = opt(RECIPE_BATCH, "global batch, split evenly over processes (the paper: 32 = 8 GPUs x 4); "
+                                         "auto: the largest that fits in GPU memory, trying one training step at "
+                                         f"each of {RECIPE_BATCH}, {RECIPE_BATCH // 2}, {RECIPE_BATCH // 4}, ... "
+                                         "(several GPUs: their number times a power of two); on CPU "
+                                         f"{RECIPE_BATCH}")
     kimg: float = opt(5000.0, "training length in thousands of real images shown to D")
     lr: float = opt(0.002, "Adam learning rate for G and D (betas 0, 0.99)")
     r1_gamma: float = opt(10.0, "R1 penalty weight gamma on reals")
@@ -87,6 +92,12 @@ class TrainOptions:
     compile: bool = opt(True, "torch.compile G and the discriminator's forward on CUDA (R1 stays eager): "
                               "about a minute of compiling at start, then 2.3x the images/s of eager for "
                               "paper-256 on an H200; ignored on CPU")
+    cudnn_benchmark: bool = opt(True, "let cuDNN time its convolution algorithms at the start (CUDA): faster "
+                                      "steps; the trials borrow free GPU memory for a moment")
+    r1_bf16: bool = opt(False, "R1's double backward under bf16 autocast on CUDA (faster, less memory; "
+                               "rounds differently from float32)")
+    recompute_g: bool = opt(False, "recompute G's per-pixel activations in its backward, one ToRGB group at "
+                                   "a time: less memory at the cost of a second G forward per step")
     plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
                              "for-loop Adam (overrides --bf16 and --compile); slower, same recipe")
     workers: int | None = opt(None, "threads decoding images once at start; default min(8, CPUs)")
@@ -112,7 +123,9 @@ class TrainOptions:
         if not (MIN_SIZE <= size <= MAX_SIZE and size & (size - 1) == 0):
             return (f"size {size} cannot be trained: the discriminator needs a power of two from "
                     f"{MIN_SIZE} to {MAX_SIZE}")
-        positive = {"batch": self.batch, "kimg": self.kimg, "lr": self.lr, "r1_every": self.r1_every,
+        if self.batch != "auto" and (type(self.batch) is not int or self.batch < 1):
+            return f"--batch must be positive (a whole number) or auto, not {self.batch}"
+        positive = {"kimg": self.kimg, "lr": self.lr, "r1_every": self.r1_every,
                     "ema_kimg": self.ema_kimg, "checkpoint_kimg": self.checkpoint_kimg,
                     "keep_checkpoints": self.keep_checkpoints, "sample_kimg": self.sample_kimg,
                     "sample_grid": self.sample_grid, "log_every": self.log_every,
@@ -201,6 +214,8 @@ def merge_for_resume(given: TrainOptions, stored: dict, explicit: set[str] | Non
         if name == "data" and now is None:  # a resume without DATA trains on the run's own
             explicit.discard(name)
         run_value = stored.get(name, f.default) if name in ("metrics", "inception_weights") else getattr(then, name)
+        if name == "batch" and now == "auto":  # a run's batch is fixed: auto finds it again
+            explicit.discard(name)
         if name in explicit:
             if name in RECIPE_FIELDS and now != run_value:
                 raise TrainError(f"{flag(name)} {now} differs from the run's {run_value}: a resumed run keeps its "

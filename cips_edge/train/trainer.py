@@ -39,26 +39,50 @@ STAT_NAMES = ("loss_d", "loss_g", "r1", "real_score", "fake_score")
 
 @dataclass(frozen=True)
 class Speed:
-    """The fast-path switches; Speed.plain() is eager fp32, NCHW, TF32 matmuls off (as PyTorch's default)."""
-    bf16: bool = False  # autocast G's per-pixel layers and D's forward to bfloat16
+    """The fast-path switches; Speed() is eager fp32, NCHW, TF32 matmuls off (as PyTorch's default).
+    None of them changes the recipe; those marked (rounding) change float rounding, the others nothing."""
+    bf16: bool = False  # (rounding) autocast G's per-pixel layers and D's forward to bfloat16
     channels_last: bool = False  # NHWC activations for D's convolutions
     fused_adam: bool = False
-    tuned_backends: bool = False  # cuDNN autotuning (shapes never change) and TF32 for fp32 matmuls
+    tuned_backends: bool = False  # (rounding) TF32 for fp32 matmuls
+    cudnn_benchmark: bool = False  # cuDNN times its algorithms per shape (shapes never change); its trials
+    # take workspace from whatever GPU memory is free, so the first steps' peak is not what a step needs
     compile: bool = False
     fold_gain: bool = False  # G's sqrt(2) activation gains folded into the next weights (synthesize)
     autotune: bool = False  # benchmarks only: compile in max-autotune mode (did not finish tuning in 9 min)
+    r1_bf16: bool = False  # (rounding) R1's forward and double backward of D under bf16 autocast
+    recompute_g: bool = False  # activation checkpointing of G's per-pixel layers, one ToRGB group at a time:
+    # G's step keeps about half the activations and runs G's forward twice
+    activation_budget: float | None = None  # (rounding) compiled graphs: torch's activation memory budget
+    # (fraction of the saved activations Inductor may keep; it recomputes the rest in the backward)
 
     @classmethod
-    def for_device(cls, device: torch.device, bf16: bool, compile: bool) -> "Speed":
+    def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
+        """The fast path on CUDA; on CPU only what changes nothing there. choices: the memory switches
+        above (cudnn_benchmark, r1_bf16, recompute_g, activation_budget)."""
         cuda = device.type == "cuda"
+        choices = {"cudnn_benchmark": True, **choices}
+        if not cuda:
+            choices = {k: v for k, v in choices.items() if k == "recompute_g"}
         return cls(bf16=bf16 and cuda, channels_last=cuda, fused_adam=cuda, tuned_backends=cuda,
-                   compile=compile and cuda)
+                   compile=compile and cuda, **choices)
 
     def apply_backend_flags(self, device: torch.device) -> None:
         if device.type == "cuda":
-            torch.backends.cudnn.benchmark = self.tuned_backends
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
             torch.backends.cuda.matmul.allow_tf32 = self.tuned_backends
             torch.backends.cudnn.allow_tf32 = True  # PyTorch's default, which the original code ran with
+
+
+def _with_budget(fn, budget: float | None):
+    """fn, compiled (on its first call) under torch's activation memory budget when one is given."""
+    if budget is None:
+        return fn
+
+    def call(*args):
+        with torch._functorch.config.patch(activation_memory_budget=budget):
+            return fn(*args)
+    return call
 
 
 def _seed(seed: int, step: int, stream: str) -> int:
@@ -119,8 +143,8 @@ class Trainer:
         self.discriminate = self._discriminate
         if speed.compile:
             mode = "max-autotune-no-cudagraphs" if speed.autotune else None
-            self.generate = torch.compile(self._generate, mode=mode)
-            self.discriminate = torch.compile(self._discriminate, mode=mode)
+            self.generate = _with_budget(torch.compile(self._generate, mode=mode), speed.activation_budget)
+            self.discriminate = _with_budget(torch.compile(self._discriminate, mode=mode), speed.activation_budget)
 
     # -- forward passes ------------------------------------------------------------------------
     def _generate(self, z: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
@@ -137,7 +161,8 @@ class Trainer:
             e = e.to(torch.bfloat16)
         e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
-            rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain)  # [B, S*S, 3]
+            rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain,
+                               recompute=self.speed.recompute_g and torch.is_grad_enabled())  # [B, S*S, 3]
         img = rgb.float().reshape(-1, self.size, self.size, 3).permute(0, 3, 1, 2)  # NCHW view of NHWC
         return img if self.speed.channels_last else img.contiguous()
 
@@ -216,9 +241,10 @@ class Trainer:
         self._stats[4] += fake_logits.detach().mean()
 
     def r1_backward(self, reals: torch.Tensor) -> None:
-        """Lazy R1 in float32 (no autocast, eager D: double backward), scaled by its interval."""
+        """Lazy R1, scaled by its interval: eager D (torch.compile has no double backward), in float32,
+        or with speed.r1_bf16 under bf16 autocast (the penalty itself is summed in float32)."""
         reals = reals.detach().requires_grad_(True)
-        with torch.autocast(self.device.type, enabled=False):
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
             d_in = self.augment(reals)
             if self.speed.channels_last:
                 d_in = d_in.contiguous(memory_format=torch.channels_last)
