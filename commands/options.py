@@ -24,9 +24,9 @@ PrecisionOpt = Annotated[Optional[str], typer.Option(help="pixel precision: fp32
 ThreadsOpt = Annotated[int, typer.Option(help="CPU threads, each running whole chunks; 0 = the cores this process "
                                               "may use")]
 ChunkOpt = Annotated[Optional[int], typer.Option(help="points per ONNX Runtime call (default: 1024 on CPU (16384 for "
-                                                      "format-1 files), smaller images split evenly over the threads; "
-                                                      "on CUDA the largest power of two whose activations fit ~2 GB, "
-                                                      "16384-1048576)")]
+                                                      "format-1 files and grid graphs), smaller images split evenly "
+                                                      "over the threads; on CUDA the largest power of two whose "
+                                                      "activations fit ~2 GB, 16384-1048576)")]
 TruncationOpt = Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")]
 SeedsOpt = Annotated[Optional[list[str]], typer.Option("--seeds", "--seed", help="seeds: 7, 0-15 or 1,2,5; "
                                                        "repeatable")]
