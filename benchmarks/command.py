@@ -29,7 +29,7 @@ t0 = time.perf_counter()
 import onnxruntime
 ta = time.perf_counter()
 from cips_edge import cli
-from cips_edge.runtime import CIPSModel, latent_for_seed, render_image
+from cips_edge.runtime import CIPSModel, latent_for_seed, packaged_model, render_image
 from cips_edge.runtime.image import write_output
 t1 = time.perf_counter()
 sessions = []
@@ -41,7 +41,7 @@ def timed_session(self, *args, **kwargs):
     finally:
         sessions.append(round(1000 * (time.perf_counter() - start), 1))
 CIPSModel._session = timed_session
-model = CIPSModel(cli.default_model_path(), device=sys.argv[1])
+model = CIPSModel(packaged_model(), device=sys.argv[1])
 t2 = time.perf_counter()
 rgb = render_image(model, latent_for_seed(7, model.style_dim), 1024, 1024)
 t3 = time.perf_counter()

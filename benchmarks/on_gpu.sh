@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a benchmark script on the GPU machine from the repository root, without installing: a package tree
-# of symlinks (cips_edge with export/ and runtime/ inside, as pip would lay it out) on PYTHONPATH after
+# of symlinks (cips_edge with export/, runtime/ and commands/ inside, as pip would lay it out) on PYTHONPATH after
 # onnxruntime-gpu's folder (ORTSITE, default /root/ortsite). Where $OUT is set, the log and the result
 # files the script wrote under benchmarks/results/ are copied there.
 #   bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda
@@ -11,6 +11,7 @@ mkdir -p "$pkg/cips_edge"
 for f in cips_edge/*; do ln -s "$PWD/$f" "$pkg/cips_edge/"; done
 ln -s "$PWD/export" "$pkg/cips_edge/export"
 ln -s "$PWD/runtime" "$pkg/cips_edge/runtime"
+ln -s "$PWD/commands" "$pkg/cips_edge/commands"
 ln -s "$PWD/cli.py" "$pkg/cips_edge/cli.py"
 export PYTHONPATH="${ORTSITE:-/root/ortsite}:$pkg${PYTHONPATH:+:$PYTHONPATH}"
 log=$(mktemp)

@@ -8,13 +8,12 @@ A run folder keeps them as RUN/checkpoints/ckpt-<images seen, 10 digits>.pt.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cips_edge.core.files import clean_stale_temporaries, temporary_prefix  # torch-free
+from cips_edge.core.files import replacing  # torch-free
 
 from . import legacy
 from .core.config import GeneratorConfig
@@ -46,18 +45,9 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_temporaries(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with replacing(path, fsync=True) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
         os_error = _os_error(e)
         if os_error is None:
             raise

@@ -1,6 +1,6 @@
 """Torch-free CIPS renderer: ONNX Runtime and numpy only (installed as cips_edge.runtime).
 
-    model = CIPSModel("model.onnx", device="auto")       # says which provider runs: model.provider
+    model = CIPSModel("model.onnx", device="auto")       # or packaged_model(); model.provider: what runs
     rgb = render_image(model, latent_for_seed(7, model.style_dim), 512, 512)   # [H, W, 3] raw values
     write_output("cips-seed7.png", rgb)
 
@@ -10,7 +10,7 @@ where `import torch` fails).
 from .coords import (FULL_FRAME, check_region, grid_chunks, load_coords, panorama_region, panorama_view, pixel_grid,
                      region_grid)
 from cips_edge.core.errors import UserError
-from cips_edge.core.format import FORMAT, FORMAT_VERSION, PRECISIONS, ModelInfo
+from cips_edge.core.format import FORMAT, FORMAT_VERSION, PRECISIONS, ModelInfo, packaged_model
 from .image import MAX_SIDE, check_image_size, output_paths, output_pattern, prepare_output, psnr, to_uint8, write_output
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .model import DEVICES, CIPSModel, available_providers, count_parameters
@@ -24,7 +24,7 @@ from .zoom import zoom_frames, zoom_regions
 
 __all__ = [
     "FULL_FRAME", "check_region", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
-    "FORMAT_VERSION", "PRECISIONS", "ModelInfo", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
+    "FORMAT_VERSION", "PRECISIONS", "ModelInfo", "packaged_model", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
     "output_pattern", "psnr", "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES",
     "CIPSModel", "available_providers", "count_parameters", "check_truncation", "render_grid", "render_image", "render_images", "render_points", "run_chunks",
     "open_models", "parse_devices", "STREAM_SUFFIXES", "StreamRender", "streams",

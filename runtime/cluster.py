@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.resources
 import os
 import threading
 import uuid
@@ -30,13 +29,13 @@ from distributed.scheduler import KilledWorker
 
 from . import pyramid as pz
 from .devices import visible_gpus
-from cips_edge.core.errors import UserError
+from cips_edge.core.errors import Interrupted, UserError
 from cips_edge.core.files import file_sha256
+from cips_edge.core.format import packaged_model
+from cips_edge.core.seeds import latent_for_seed
 from .image import write_output
-from .latents import latent_for_seed
 from .model import CUDA, CIPSModel, available_providers, default_threads
 from .render import render_grid, render_image
-from .stream import Interrupted
 
 GPU_TASK_THREADS = 2  # tasks at once on a GPU worker: one renders while the other compresses and writes
 SEED_BATCH_PIXELS = 1 << 22  # pixels a seed task renders (whole images; at least one)
@@ -67,7 +66,7 @@ class ModelSpec:
         """The model on this worker; worker: its name where get_worker() does not know it (client.run)."""
         path = Path(self.path)
         if self.packaged and not path.is_file():
-            path = Path(str(importlib.resources.files("cips_edge") / "models" / "default.onnx"))
+            path = packaged_model()
         if not path.is_file():
             raise UserError(f"worker {_worker_name()} finds no model at {path}: put the model in a folder that every "
                             "worker reads at the same path")
@@ -207,16 +206,16 @@ def local_plan(workers: int | None, device: str, threads: int) -> Plan:
     """One worker per GPU when the model will run on CUDA, else one per CPU socket, the cores shared
     out between them (workers: --workers; threads: --threads, CPU threads per worker)."""
     if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+        raise UserError(f"workers must be at least 1, got {workers}", params="workers")
     gpus = 0
     if device in ("auto", "cuda", "tensorrt") and CUDA in available_providers():
         gpus = visible_gpus() or 0
     if device in ("cuda", "tensorrt") and not gpus:
-        raise UserError(f"--device {device}: no GPU visible to start workers on")
+        raise UserError(f"device {device}: no GPU visible to start workers on", params="device")
     if gpus:
         n = workers or gpus
         if n > gpus:
-            raise UserError(f"--workers {n}: this machine shows {gpus} GPU(s), one worker each")
+            raise UserError(f"workers {n}: this machine shows {gpus} GPU(s), one worker each", params="workers")
         return Plan(n, GPU_TASK_THREADS, threads, True)
     n = workers or cpu_sockets()
     return Plan(n, 1, threads or max(1, default_threads() // n), False)
@@ -255,7 +254,8 @@ def agree(client: Client, spec: ModelSpec) -> tuple[ModelSpec, list[str]]:
         raise UserError("the Dask cluster has no workers")
     precisions = sorted({p for _, p in seen.values()})
     if len(precisions) > 1:
-        raise UserError(f"the workers would render in different precisions ({', '.join(precisions)}): pass --precision")
+        raise UserError(f"the workers would render in different precisions ({', '.join(precisions)}): pass precision",
+                        params="precision")
     return replace(spec, precision=precisions[0]), sorted({p for p, _ in seen.values()})
 
 
@@ -276,7 +276,7 @@ def _params(spec: ModelSpec, z: np.ndarray, width: int, height: int, region, tru
 
 
 _PARAM_NAMES = {"width": "size", "height": "size", "region": "region", "truncation": "truncation",
-                "latent": "seed or latent", "model": "model file", "precision": "precision", "chunk": "--zarr-chunk",
+                "latent": "seed or latent", "model": "model file", "precision": "precision", "chunk": "zarr_chunk",
                 "version": "pyramid version"}
 
 
@@ -293,7 +293,7 @@ def _open_partial(partial: Path, levels: list[pz.Level], params: dict) -> bool:
     differ = sorted({_PARAM_NAMES.get(k, k) for k in params.keys() | old.keys() if params.get(k) != old.get(k)})
     if differ:
         raise UserError(f"cannot continue {partial}: it was started with another {', '.join(differ)}; use the same "
-                        f"options, or {again}")
+                        f"options, or {again}", params=tuple(d for d in differ if d == "zarr_chunk"))
     return True
 
 

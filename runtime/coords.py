@@ -30,15 +30,16 @@ def check_region(region, height: int, width: int) -> tuple[float, float, float, 
     try:
         x0, y0, x1, y1 = (float(v) for v in region)
     except (TypeError, ValueError):
-        raise UserError(f"--region takes four numbers X0 Y0 X1 Y1, got {region!r}") from None
+        raise UserError(f"region takes four numbers X0 Y0 X1 Y1, got {region!r}", params="region") from None
     with np.errstate(over="ignore"):
         as32 = np.asarray([x0, y0, x1, y1], dtype=np.float64).astype(np.float32)
     if not np.isfinite(as32).all():
-        raise UserError(f"--region values must be finite numbers within float32, got {x0:g} {y0:g} {x1:g} {y1:g}")
+        raise UserError(f"region values must be finite numbers within float32, got {x0:g} {y0:g} {x1:g} {y1:g}",
+                        params="region")
     if width > 1 and as32[0] == as32[2]:
-        raise UserError(f"--region has zero width (X0 = X1 = {x0:g}) for an image {width} pixels wide")
+        raise UserError(f"region has zero width (X0 = X1 = {x0:g}) for an image {width} pixels wide", params="region")
     if height > 1 and as32[1] == as32[3]:
-        raise UserError(f"--region has zero height (Y0 = Y1 = {y0:g}) for an image {height} pixels tall")
+        raise UserError(f"region has zero height (Y0 = Y1 = {y0:g}) for an image {height} pixels tall", params="region")
     return x0, y0, x1, y1
 
 
@@ -53,8 +54,8 @@ def panorama_view(config, height: int, width: int | None, source: str) -> tuple[
     """(width, region) of `cips render --panorama`: the whole circle of a panorama model, `width`
     defaulting to frames x height (square pixels, the training data's shape). UserError for a flat model."""
     if not config.panorama:
-        raise UserError(f"--panorama needs a 360-degree panorama model (trained with `cips train --panorama N`); "
-                        f"{source} is a flat model")
+        raise UserError(f"panorama needs a 360-degree panorama model (trained with `cips train --panorama N`); "
+                        f"{source} is a flat model", params="panorama")
     width = config.panorama * height if width is None else width
     return width, panorama_region(config.panorama, width)
 

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from cips_edge.core.errors import UserError
 from .model import CIPSModel
+from .protocol import RenderModel
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -42,28 +43,28 @@ def visible_gpus() -> int | None:
 def parse_devices(spec: str, visible: Callable[[], int | None] = visible_gpus) -> list[int]:
     """'0,1', '0-3', '2' or 'all' -> GPU numbers (CUDA's order, after CUDA_VISIBLE_DEVICES), each once."""
     text = spec.strip().lower()
-    usage = f"--devices takes GPU numbers such as 0,1 or 0-3, or all; got {spec!r}"
+    usage = f"devices takes GPU numbers such as 0,1 or 0-3, or all; got {spec!r}"
     if text == "all":
         count = visible()
         if not count:
-            raise UserError("--devices all: cannot tell how many GPUs there are (no CUDA_VISIBLE_DEVICES, "
-                            "no nvidia-smi, or no GPU); list them, e.g. --devices 0,1")
+            raise UserError("devices all: cannot tell how many GPUs there are (no CUDA_VISIBLE_DEVICES, "
+                            "no nvidia-smi, or no GPU); list them, e.g. devices 0,1", params=("devices", "devices"))
         return list(range(count))
     ids: list[int] = []
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if m is None:
-            raise UserError(usage)
+            raise UserError(usage, params="devices")
         first, last = int(m.group(1)), int(m.group(2) or m.group(1))
         if last < first:
-            raise UserError(f"--devices range {part.strip()} runs backwards; write {last}-{first}")
+            raise UserError(f"devices range {part.strip()} runs backwards; write {last}-{first}", params="devices")
         ids.extend(range(first, last + 1))
     if len(set(ids)) != len(ids):
-        raise UserError(f"--devices names a GPU twice: {spec}")
+        raise UserError(f"devices names a GPU twice: {spec}", params="devices")
     count = visible()
     if count is not None and max(ids) >= count:
-        raise UserError(f"--devices {spec}: this machine shows {count} GPU(s), numbered 0-{count - 1}" if count
-                        else f"--devices {spec}: this machine shows no GPU")
+        raise UserError(f"devices {spec}: this machine shows {count} GPU(s), numbered 0-{count - 1}" if count
+                        else f"devices {spec}: this machine shows no GPU", params="devices")
     return ids
 
 
@@ -73,12 +74,13 @@ def open_models(path, device: str = "auto", devices: list[int] | None = None, th
     if devices is None:
         return [CIPSModel(path, device=device, threads=threads, precision=precision)]
     if device == "cpu":
-        raise UserError("--devices picks GPUs; with --device cpu use --threads to set the CPU threads")
+        raise UserError("devices picks GPUs; with device cpu use threads to set the CPU threads",
+                        params=("devices", "device", "threads"))
     return [CIPSModel(path, device="cuda", device_id=i, precision=precision) for i in devices]
 
 
-def run_ordered(models: list[CIPSModel], task: Callable[[CIPSModel, Item], Result], items: Iterable[Item],
-                workers: Callable[[CIPSModel], int] = lambda m: m.workers) -> Iterator[Result]:
+def run_ordered(models: list[RenderModel], task: Callable[[RenderModel, Item], Result], items: Iterable[Item],
+                workers: Callable[[RenderModel], int] = lambda m: m.workers) -> Iterator[Result]:
     """task(model, item) for every item, results in the items' order.
 
     Each session gets workers(model) threads (default: model.workers); a thread takes the next item

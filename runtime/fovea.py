@@ -19,7 +19,7 @@ import numpy as np
 
 from .coords import FULL_FRAME
 from cips_edge.core.errors import UserError
-from .model import CIPSModel
+from .protocol import RenderModel
 from .render import Progress, render_points
 
 MAX_LEVEL = 5  # the outermost rings interpolate between every 32nd pixel
@@ -56,19 +56,20 @@ def _cells(n: int, stride: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return lo, hi, t
 
 
-def fovea_plan(height: int, width: int, center: tuple[float, float], radius: float,
+def fovea_plan(height: int, width: int, fovea: tuple[float, float], fovea_radius: float,
                region: tuple[float, float, float, float] = FULL_FRAME) -> FoveaPlan:
     """The rings of a gaze point (X, Y) with fovea radius R, both in frame units."""
-    x, y = (float(v) for v in center)
+    x, y = (float(v) for v in fovea)
     if not (math.isfinite(x) and math.isfinite(y)):
-        raise UserError(f"--fovea must be two finite numbers X Y, got {x:g} {y:g}")
-    if not math.isfinite(radius) or radius <= 0:
-        raise UserError(f"--fovea-radius must be a positive number (frame units), got {radius:g}")
+        raise UserError(f"fovea must be two finite numbers X Y, got {x:g} {y:g}", params="fovea")
+    if not math.isfinite(fovea_radius) or fovea_radius <= 0:
+        raise UserError(f"fovea_radius must be a positive number (frame units), got {fovea_radius:g}",
+                        params="fovea_radius")
     x0, y0, x1, y1 = region
     d = np.hypot(_axis(x0, x1, width)[None, :] - x, _axis(y0, y1, height)[:, None] - y)  # [H, W]
     with np.errstate(divide="ignore"):
-        ring = np.ceil(np.log2(d / radius))
-    level = np.where(d <= radius, 0, np.clip(ring, 1, MAX_LEVEL)).astype(np.int8)
+        ring = np.ceil(np.log2(d / fovea_radius))
+    level = np.where(d <= fovea_radius, 0, np.clip(ring, 1, MAX_LEVEL)).astype(np.int8)
     rendered = level == 0
     for lv in range(1, MAX_LEVEL + 1):
         rows, cols = np.nonzero(level == lv)
@@ -81,7 +82,7 @@ def fovea_plan(height: int, width: int, center: tuple[float, float], radius: flo
     return FoveaPlan(region, level, rendered)
 
 
-def render_foveated(model: CIPSModel, z: np.ndarray, plan: FoveaPlan, truncation: float = 1.0,
+def render_foveated(model: RenderModel, z: np.ndarray, plan: FoveaPlan, truncation: float = 1.0,
                     chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
     """Raw RGB [H, W, 3]: the plan's pixels rendered (each equal to the same pixel of render_image),
     the others interpolated from their ring's grid."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from cips_edge.core.errors import UserError
 from .image import check_image_size
-from .model import CIPSModel
+from .protocol import RenderModel
 from .render import Progress, render_image
 
 WHITE = 1.0  # raw generator value of white: (1 + 1) * 127.5 = 255
@@ -51,15 +51,15 @@ def grid_layout(count: int, cell: int, columns: int | None = None, padding: int 
     """The layout of `count` cells: columns default to ceil(sqrt(count)) and never exceed count (a
     single row has no empty cells); rows are as many as needed. Bad values are one-line UserErrors."""
     if count < 1:
-        raise UserError("no seeds given: pass --seeds, e.g. --seeds 0-63")
+        raise UserError("seeds: none given (e.g. 0-63 for 64 cells)", params="seeds")
     try:
         check_image_size(cell, cell, force)
     except UserError as e:
-        raise UserError(f"cell size (--size): {e}") from None
+        raise UserError(f"cell (the size of a cell): {e}", params=("cell", *e.params)) from None
     if columns is not None and columns < 1:
-        raise UserError(f"--columns must be at least 1, got {columns}")
+        raise UserError(f"columns must be at least 1, got {columns}", params="columns")
     if padding < 0:
-        raise UserError(f"--padding must be 0 or more pixels, got {padding}")
+        raise UserError(f"padding must be 0 or more pixels, got {padding}", params="padding")
     columns = min(columns or math.isqrt(count - 1) + 1, count)  # isqrt(n - 1) + 1 = ceil(sqrt(n)), exact
     layout = GridLayout(count, cell, -(-count // columns), columns, padding)
     try:
@@ -69,7 +69,7 @@ def grid_layout(count: int, cell: int, columns: int | None = None, padding: int 
     return layout
 
 
-def render_grid(model: CIPSModel, latents: Sequence[np.ndarray], layout: GridLayout, truncation: float = 1.0,
+def render_grid(model: RenderModel, latents: Sequence[np.ndarray], layout: GridLayout, truncation: float = 1.0,
                 chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
     """Raw RGB of the whole sheet: [layout.height, layout.width, 3] float32, WHITE between cells."""
     assert len(latents) == layout.count, (len(latents), layout.count)

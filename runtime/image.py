@@ -45,7 +45,7 @@ def check_image_size(width: int, height: int, force: bool = False) -> None:
         raise UserError(f"image size must be at least 1 x 1 pixels, got {width} x {height}")
     if not force and max(width, height) > MAX_SIDE:
         raise UserError(f"image size {width} x {height} is beyond {MAX_SIDE} pixels per side; "
-                        "pass --force if you mean it")
+                        "pass force if you mean it", params="force")
 
 
 def output_pattern(out: str | None, count: int, default: str) -> str | None:
@@ -65,8 +65,8 @@ def output_pattern(out: str | None, count: int, default: str) -> str | None:
     elif count == 1:
         return None
     else:
-        raise UserError(f"with {count} seeds, --out must be a folder or a pattern with {{seed}} "
-                        f"(e.g. --out 'img-{{seed}}.png'), not one file name: {shown(out)}")
+        raise UserError(f"with {count} seeds, out must be a folder or a pattern with {{seed}} "
+                        f"(e.g. 'img-{{seed}}.png'), not one file name: {shown(out)}", params="out")
     check_seed_pattern(pattern)
     return pattern
 
@@ -84,27 +84,28 @@ def output_paths(out: str | None, seeds: Sequence[int], default: str) -> list[Pa
         return [Path(out)]
     paths = [Path(pattern.format(seed=s)) for s in seeds]
     if len(set(paths)) != len(paths):
-        raise UserError(f"--out pattern {shown(pattern)!r} gives the same file for several seeds; put {{seed}} in it")
+        raise UserError(f"out pattern {shown(pattern)!r} gives the same file for several seeds; put {{seed}} in it",
+                        params="out")
     return paths
 
 
 def check_seed_pattern(pattern: str) -> None:
     """UserError unless every replacement field of `pattern` is {seed} or {seed:SPEC} for an integer
     SPEC such as 04d: no attributes, indexes, conversions, other names or nested fields."""
-    bad = f"bad --out pattern {shown(pattern)!r}: only {{seed}} or {{seed:FORMAT}} (e.g. {{seed:04d}}) may be used"
+    bad = f"bad out pattern {shown(pattern)!r}: only {{seed}} or {{seed:FORMAT}} (e.g. {{seed:04d}}) may be used"
     try:
         fields = [(name, conversion, spec) for _, name, spec, conversion in string.Formatter().parse(pattern)
                   if name is not None]
     except ValueError as e:  # an unmatched brace
-        raise UserError(f"{bad} ({e}; write {{{{ and }}}} for literal braces)") from None
+        raise UserError(f"{bad} ({e}; write {{{{ and }}}} for literal braces)", params="out") from None
     for name, conversion, spec in fields:
         field = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
         if name != "seed" or conversion is not None or not _SEED_SPEC.fullmatch(spec or ""):
-            raise UserError(f"{bad}, not {shown(field)}")
+            raise UserError(f"{bad}, not {shown(field)}", params="out")
         try:
             format(0, spec)
         except ValueError:
-            raise UserError(f"{bad}, not {shown(field)}") from None
+            raise UserError(f"{bad}, not {shown(field)}", params="out") from None
 
 
 def _is_dir(path: Path, what: str | os.PathLike) -> bool:

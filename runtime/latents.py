@@ -1,9 +1,4 @@
-"""Latents: a seed means the same z on every machine and provider; latents from .npy files.
-
-Convention: z = numpy.random.default_rng(seed).standard_normal(style_dim), cast to float32. NumPy
-keeps default_rng's stream (PCG64) stable across versions and platforms, and the draw happens in numpy
-on the host, so the provider never changes it.
-"""
+"""Latents: seeds (the rule itself is cips_edge.core.seeds) and seed lists, latents from .npy files."""
 from __future__ import annotations
 
 import os
@@ -14,6 +9,7 @@ import numpy as np
 
 from .coords import read_npy
 from cips_edge.core.errors import UserError
+from cips_edge.core.seeds import latent_for_seed  # noqa: F401 (re-exported: the runtime's API)
 
 MAX_SEEDS = 10_000  # more files than this from one command is almost surely a typo (e.g. 0-1000000)
 # ... unless the seeds go to a Dask cluster (--cluster, --scheduler): a data set of images. The list
@@ -22,17 +18,11 @@ CLUSTER_MAX_SEEDS = 10_000_000
 _RANGE = re.compile(r"^(\d+)-(\d+)$")
 
 
-def latent_for_seed(seed: int, style_dim: int) -> np.ndarray:
-    """The latent of a seed: [style_dim] float32."""
-    if seed < 0:
-        raise UserError(f"seeds must be non-negative integers, got {seed}")
-    return np.random.default_rng(seed).standard_normal(style_dim).astype(np.float32)
-
-
 def parse_seeds(specs: Iterable[str | int], limit: int = MAX_SEEDS) -> list[int]:
     """'7', '0-15', '1,2,5-7' (and several of them) -> seeds in order, duplicates dropped; at most
     `limit` of them."""
-    more = "" if limit >= CLUSTER_MAX_SEEDS else f" (up to {CLUSTER_MAX_SEEDS} on a Dask cluster: --cluster)"
+    more = "" if limit >= CLUSTER_MAX_SEEDS else f" (up to {CLUSTER_MAX_SEEDS} with cluster, on a Dask cluster)"
+    cluster = ("cluster",) if more else ()
     seeds: list[int] = []
     for spec in specs:
         for part in str(spec).split(","):
@@ -44,14 +34,15 @@ def parse_seeds(specs: Iterable[str | int], limit: int = MAX_SEEDS) -> list[int]
                 if hi < lo:
                     raise UserError(f"seed range {part!r} is empty (write low-high)")
                 if hi - lo + 1 > limit:
-                    raise UserError(f"seed range {part!r} has {hi - lo + 1} seeds; at most {limit} per command{more}")
+                    raise UserError(f"seed range {part!r} has {hi - lo + 1} seeds; at most {limit} per command{more}",
+                                    params=cluster)
                 seeds.extend(range(lo, hi + 1))
             else:
                 raise UserError(f"bad seed {part!r}: seeds are non-negative integers, ranges like 0-15, "
                                 "or comma lists like 1,2,5-7")
     unique = list(dict.fromkeys(seeds))
     if len(unique) > limit:
-        raise UserError(f"{len(unique)} seeds; at most {limit} per command{more}")
+        raise UserError(f"{len(unique)} seeds; at most {limit} per command{more}", params=cluster)
     return unique
 
 

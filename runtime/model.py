@@ -16,6 +16,7 @@ from cips_edge.core.config import GeneratorConfig
 from . import graphcut, onnxproto
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
+from .chunks import default_chunk
 from .graphcut import FastPaths
 from .split import SplitEngine, auto_cuda_chunk, band_size
 
@@ -23,15 +24,6 @@ DEVICES = ("auto", "cuda", "cpu", "tensorrt")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-# Points per session call when --chunk is not given. On CPU small chunks keep the activations in the
-# caches: files with fast paths (formats 2 and 3) use 1,024 (on 2 cores, whole `cips render` runs
-# against 16,384 took 0.63-0.72x the time at about half the peak memory; 512 was no faster). Format-1
-# files redo the style part in every call, so they keep 16,384. On CUDA, files with fast paths pick the
-# largest power of two whose activations fit a memory budget (split.auto_cuda_chunk); format-1 files
-# use 262,144.
-DEFAULT_CHUNK = {CPU: 1_024, CUDA: 262_144}
-FORMAT_1_CPU_CHUNK = 16_384
-GRID_CPU_CHUNK = 16_384  # points per grid-graph call on the CPU (fp16 asked for there)
 # CUDA provider: float32 matmuls in float32 (ONNX Runtime may default to TF32), and an arena that grows
 # by what is asked rather than to the next power of two (bounded memory for big images).
 CUDA_OPTIONS = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
@@ -104,16 +96,16 @@ class CIPSModel:
         self.path = Path(path)
         self.device_id = device_id
         if device not in DEVICES:
-            raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+            raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}", params="device")
         if threads is not None and threads < 0:
-            raise UserError(f"--threads must be 0 (automatic) or more, got {threads}")
+            raise UserError(f"threads must be 0 (automatic) or more, got {threads}", params="threads")
         if not self.path.is_file():
             what = "a folder, not an ONNX file" if self.path.is_dir() else "not found"
             raise UserError(f"model {what}: {self.path}")
         have = ort.get_available_providers()
         if device in ("cuda", "tensorrt") and CUDA not in have:
-            raise UserError(f"--device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "
-                            f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]")
+            raise UserError(f"device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "
+                            f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]", params="device")
         cuda = device in ("cuda", "tensorrt") or (device == "auto" and CUDA in have)
         main = onnxproto.load(str(self.path), str(self.path))
         self.info: ModelInfo = parse_metadata({p.key: p.value for p in main.metadata_props}, str(self.path))
@@ -131,8 +123,9 @@ class CIPSModel:
         self.session = self._session(style_source, cuda=cuda)
         self.providers = list(self.session.get_providers())
         if device in ("cuda", "tensorrt") and self.providers[0] != CUDA:
-            raise UserError(f"--device {device}: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
-                            "libraries missing or no GPU); use --device cpu or fix the CUDA install")
+            raise UserError(f"device {device}: onnxruntime could not load its CUDA provider (CUDA/cuDNN "
+                            "libraries missing or no GPU); use device cpu or fix the CUDA install",
+                            params=("device", "device"))
         if self.providers[0] == CPU and len(self.providers) > 1:  # auto: CUDA did not load
             if fast is not None and precision is None and self.precision != self._precision(None, False):
                 self.precision = self._precision(None, False)  # the CPU's choice, now that it runs there
@@ -161,8 +154,8 @@ class CIPSModel:
             pixels = open_pixels if lazy else open_pixels()
             self.providers = list((grid if lazy else pixels).get_providers())
             if device == "tensorrt" and self.providers[0] != TENSORRT:
-                raise UserError("--device tensorrt: onnxruntime could not load its TensorRT provider "
-                                "(TensorRT libraries missing?); use --device cuda")
+                raise UserError("device tensorrt: onnxruntime could not load its TensorRT provider "
+                                "(TensorRT libraries missing?); use device cuda", params=("device", "device"))
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
                                       bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
                                       table=fast.table if fast is not None else None, grid_session=grid,
@@ -171,7 +164,7 @@ class CIPSModel:
             self._check_graph(self.session.get_inputs(), self.session.get_outputs(), INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only
                 raise UserError(f"{self.path} is a format-1 file: it holds only fp32; re-export it with "
-                                f"--precision {precision}")
+                                f"`cips export --precision {precision}`")
             self.precision = "fp32"
 
     def _session(self, source: str | bytes, cuda: bool, tensorrt: bool = False, cpu_threads: int = 1):
@@ -215,10 +208,11 @@ class CIPSModel:
         graphs = self.info.pixel_graphs
         if requested is not None:
             if requested not in PRECISIONS:
-                raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+                raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}",
+                                params="precision")
             if requested not in graphs:
                 raise UserError(f"{self.path} holds no {requested} pixel graph (it has {', '.join(sorted(graphs))}); "
-                                f"export it with --precision {requested}")
+                                f"export it with `cips export --precision {requested}`")
             return requested
         suits = {"fp32": True, "fp16": gpu, "int8": not gpu}
         return self.info.precision if suits.get(self.info.precision, False) else "fp32"
@@ -265,11 +259,7 @@ class CIPSModel:
 
     @property
     def default_chunk(self) -> int:
-        if self.on_device:
-            return auto_cuda_chunk(self.info, self.precision)
-        if self.provider == CPU and self.engine is None:
-            return FORMAT_1_CPU_CHUNK
-        return DEFAULT_CHUNK.get(self.provider, DEFAULT_CHUNK[CUDA])
+        return default_chunk(self)
 
     @property
     def grid_ready(self) -> bool:
@@ -280,7 +270,7 @@ class CIPSModel:
     def grid_chunk(self) -> int:
         """Points per grid-graph call when none is given: the activations' memory budget on a GPU; on
         the CPU each call runs on every core."""
-        return auto_cuda_chunk(self.info, self.precision, grid=True) if self.on_device else GRID_CPU_CHUNK
+        return default_chunk(self, grid=True)
 
     def grids(self, styles: list, xs: np.ndarray, ys: np.ndarray, chunk: int, uint8: bool = False) -> np.ndarray:
         """Every style's colours on the grid xs [w] x ys [h] (grid_ready models) -> [len(styles), h * w, 3]

@@ -98,7 +98,7 @@ def check_size(width: int, height: int, chunk: int = CHUNK) -> None:
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise UserError(f"image size {width} x {height}: an OME-Zarr render allows 1 to {MAX_SIDE} pixels per side")
     if not MIN_CHUNK <= chunk <= MAX_CHUNK:
-        raise UserError(f"--zarr-chunk must be from {MIN_CHUNK} to {MAX_CHUNK} pixels, got {chunk}")
+        raise UserError(f"zarr_chunk must be from {MIN_CHUNK} to {MAX_CHUNK} pixels, got {chunk}", params="zarr_chunk")
 
 
 def partial_path(path: Path) -> Path:
@@ -113,7 +113,7 @@ def prepare(path: str | os.PathLike) -> Path:
     if not is_zarr(path):
         raise UserError(f"cannot write {path}: an OME-Zarr output must end in {ZARR_SUFFIX}")
     if path.exists():
-        raise UserError(f"{path} already exists: delete it to render it again, or choose another --out")
+        raise UserError(f"{path} already exists: delete it to render it again, or choose another out path", params="out")
     folder = path.parent
     if not folder.is_dir():
         raise UserError(f"cannot write {path}: {folder} {'is not a folder' if folder.exists() else 'does not exist'}")

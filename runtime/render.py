@@ -1,8 +1,9 @@
-"""Rendering through a CIPSModel in chunks of points; the result does not depend on the chunk size.
+"""Rendering through a model (protocol.RenderModel) in chunks of points; the result does not depend on
+the chunk size.
 
 Every pixel is independent of every other, so any set of points can be rendered in any order and in
-pieces. The style work (mapping network, modulated weights) runs once per latent (files with fast paths: formats 2 and 3);
-the pixel work runs per chunk: on the CPU several chunks at once, one thread each; on CUDA in bands of
+pieces. The style work (mapping network, modulated weights) runs once per latent (files with fast
+paths: formats 2 and 3); the pixel work runs per chunk: on the CPU several chunks at once, one thread each; on CUDA in bands of
 chunks queued on the GPU (runtime/split.py).
 """
 from __future__ import annotations
@@ -16,45 +17,27 @@ import numpy as np
 from .coords import FULL_FRAME, check_coords, grid_axes, grid_chunks
 from .image import to_uint8
 from cips_edge.core.errors import UserError
-from .model import CIPSModel
+from .chunks import chunk_size
+from .protocol import RenderModel
 
 Progress = Callable[[int], None]  # called with the number of points just finished
-# The model may be a CIPSModel (or runtime/wspace.py's WSpaceModel), or any object with style_dim,
-# workers, default_chunk and run(z [B, S], coords [B, N, 2], truncation [B]) -> rgb [B, N, 3].
 
 
-def _styles(model, z: np.ndarray, psi: np.ndarray) -> list:
-    if hasattr(model, "styles"):
-        return model.styles(z, psi)
-    return [(z[b:b + 1], psi[b:b + 1]) for b in range(z.shape[0])]
-
-
-def _pixels(model, style, coords: np.ndarray) -> np.ndarray:
-    if hasattr(model, "pixels"):
-        return model.pixels(style, coords)
-    z, psi = style
-    return model.run(z, coords[None], psi)[0]
-
-
-def _on_device(model) -> bool:
-    return getattr(model, "on_device", False)
-
-
-def run_chunks(model: CIPSModel, style, pieces: Iterable[tuple[int, np.ndarray]],
+def run_chunks(model: RenderModel, style, pieces: Iterable[tuple[int, np.ndarray]],
                chunk: int) -> Iterator[tuple[int, np.ndarray]]:
     """(start, coords [n, 2]) pieces of one latent -> (start, rgb [n, 3]) in the same order. On the
     CPU model.workers pieces run at a time, at most 2 x workers in flight (memory stays bounded)."""
-    if _on_device(model):
+    if model.on_device:
         yield from model.engine.render_pieces(style, pieces, chunk)
         return
     if model.workers == 1:
         for start, coords in pieces:
-            yield start, _pixels(model, style, coords)
+            yield start, model.pixels(style, coords)
         return
     with ThreadPoolExecutor(model.workers) as pool:
         pending: deque = deque()
         for start, coords in pieces:
-            pending.append((start, pool.submit(_pixels, model, style, coords)))
+            pending.append((start, pool.submit(model.pixels, style, coords)))
             if len(pending) >= 2 * model.workers:
                 start, future = pending.popleft()
                 yield start, future.result()
@@ -63,22 +46,7 @@ def run_chunks(model: CIPSModel, style, pieces: Iterable[tuple[int, np.ndarray]]
             yield start, future.result()
 
 
-MIN_SPLIT = 256  # points: below this a CPU image is not split further to keep every thread busy
-
-
-def _check_chunk(model: CIPSModel, chunk: int | None, points: int) -> int:
-    """--chunk, or the model's default; on the CPU an image smaller than workers x default is split
-    evenly over the threads (the result does not depend on the chunk)."""
-    if chunk is None:
-        if _on_device(model) or model.workers == 1:
-            return model.default_chunk
-        return min(model.default_chunk, max(MIN_SPLIT, -(-points // model.workers)))
-    if chunk < 1:
-        raise UserError(f"--chunk must be at least 1 point, got {chunk}")
-    return chunk
-
-
-def _latents(model: CIPSModel, z: np.ndarray) -> np.ndarray:
+def _latents(model: RenderModel, z: np.ndarray) -> np.ndarray:
     z = np.asarray(z)
     if z.ndim == 1:
         z = z[None]
@@ -100,7 +68,7 @@ def check_truncation(truncation: float | np.ndarray) -> np.ndarray:
     psi = np.asarray(truncation, dtype=np.float64)
     if not (np.isfinite(psi).all() and (np.abs(psi) <= FLOAT32_MAX).all()):
         shown = f"{float(psi):g}" if psi.ndim == 0 else str(truncation)
-        raise UserError(f"truncation must be a finite number within float32, got {shown}")
+        raise UserError(f"truncation must be a finite number within float32, got {shown}", params="truncation")
     return psi
 
 
@@ -108,13 +76,13 @@ def _truncation(truncation: float | np.ndarray, batch: int) -> np.ndarray:
     return np.broadcast_to(check_truncation(truncation).astype(np.float32), (batch,)).copy()
 
 
-def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncation: float | np.ndarray = 1.0,
+def render_points(model: RenderModel, z: np.ndarray, coords: np.ndarray, truncation: float | np.ndarray = 1.0,
                   chunk: int | None = None, progress: Progress | None = None) -> np.ndarray:
     """Raw RGB at arbitrary points.
 
     z: [S] or [B, S]. coords: [N, 2] (the same points for every latent) or [B, N, 2]; x' first, in the
     paper's frame ([-1, 1] is the image; points outside are allowed). truncation: psi, a number or [B]
-    (1 = none). chunk: points per pixel-graph call (default: model.default_chunk). Returns [B, N, 3] float32.
+    (1 = none). chunk: points per pixel-graph call (default: chunks.default_chunk). Returns [B, N, 3] float32.
     """
     z = _latents(model, z)
     batch = z.shape[0]
@@ -125,10 +93,10 @@ def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncatio
         raise UserError(f"coords must be [N, 2] or [{batch}, N, 2] for {batch} latent(s); got {coords.shape}")
     psi = _truncation(truncation, batch)
     n = coords.shape[1]
-    per_call = _check_chunk(model, chunk, n)
-    piece = model.piece_size(per_call, n) if _on_device(model) else per_call
+    per_call = chunk_size(model, chunk, n)
+    piece = model.piece_size(per_call, n)
     out = np.empty((batch, n, 3), dtype=np.float32)
-    for b, style in enumerate(_styles(model, z, psi)):
+    for b, style in enumerate(model.styles(z, psi)):
         pieces = ((start, np.ascontiguousarray(coords[b, start:start + piece])) for start in range(0, n, piece))
         for start, rgb in run_chunks(model, style, pieces, per_call):
             out[b, start:start + rgb.shape[0]] = rgb
@@ -137,7 +105,7 @@ def render_points(model: CIPSModel, z: np.ndarray, coords: np.ndarray, truncatio
     return out
 
 
-def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
+def render_image(model: RenderModel, z: np.ndarray, height: int, width: int,
                  region: tuple[float, float, float, float] = FULL_FRAME, truncation: float = 1.0,
                  chunk: int | None = None, progress: Progress | None = None, uint8: bool = False) -> np.ndarray:
     """Raw RGB of one latent on a height x width pixel grid over region (x0, y0, x1, y1): [H, W, 3]
@@ -152,12 +120,12 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
     if height < 1 or width < 1:
         raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
     psi = _truncation(truncation, 1)
-    if getattr(model, "grid_ready", False):
+    if model.grid_ready:
         return render_images(model, z, height, width, region, truncation, chunk, progress, uint8)[0]
-    per_call = _check_chunk(model, chunk, height * width)
+    per_call = chunk_size(model, chunk, height * width)
     out = np.empty((height * width, 3), dtype=np.float32)
-    style = _styles(model, z, psi)[0]
-    piece = model.piece_size(per_call, height * width) if _on_device(model) else per_call
+    style = model.styles(z, psi)[0]
+    piece = model.piece_size(per_call, height * width)
     pieces = grid_chunks(height, width, piece, region)
     for start, rgb in run_chunks(model, style, pieces, per_call):
         out[start:start + rgb.shape[0]] = rgb
@@ -166,7 +134,7 @@ def render_image(model: CIPSModel, z: np.ndarray, height: int, width: int,
     return to_uint8(out.reshape(height, width, 3)) if uint8 else out.reshape(height, width, 3)
 
 
-def render_images(model: CIPSModel, z: np.ndarray, height: int, width: int,
+def render_images(model: RenderModel, z: np.ndarray, height: int, width: int,
                   region: tuple[float, float, float, float] = FULL_FRAME, truncation: float | np.ndarray = 1.0,
                   chunk: int | None = None, progress: Progress | None = None, uint8: bool = False) -> np.ndarray:
     """Raw RGB of every latent z [B, S] (or [S]) on the same height x width pixel grid over region:
@@ -177,7 +145,7 @@ def render_images(model: CIPSModel, z: np.ndarray, height: int, width: int,
     return render_grid(model, z, xs, ys, truncation, chunk, progress, uint8)
 
 
-def render_grid(model: CIPSModel, z: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+def render_grid(model: RenderModel, z: np.ndarray, xs: np.ndarray, ys: np.ndarray,
                 truncation: float | np.ndarray = 1.0, chunk: int | None = None, progress: Progress | None = None,
                 uint8: bool = False) -> np.ndarray:
     """Every latent z [B, S] (or [S]) on the grid of columns at x' = xs [W] and rows at y' = ys [H]:
@@ -188,11 +156,11 @@ def render_grid(model: CIPSModel, z: np.ndarray, xs: np.ndarray, ys: np.ndarray,
     xs, ys = np.asarray(xs, np.float32).reshape(-1), np.asarray(ys, np.float32).reshape(-1)
     batch, height, width = z.shape[0], ys.shape[0], xs.shape[0]
     psi = _truncation(truncation, batch)
-    if not getattr(model, "grid_ready", False):
+    if not model.grid_ready:
         points = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(-1, 2)
         rgb = render_points(model, z, points, psi, chunk, progress).reshape(batch, height, width, 3)
         return to_uint8(rgb) if uint8 else rgb
-    per_call = _check_chunk(model, chunk, height * width) if chunk is not None else model.grid_chunk
+    per_call = chunk_size(model, chunk, grid=True)
     out = np.empty((batch, height * width, 3), dtype=np.uint8 if uint8 else np.float32)
     styles = model.cached_styles(z, psi)  # callers that render an image piece by piece pay them once
     # rows per download: every latent's share of a band (BAND_POINTS on the GPU)

@@ -24,11 +24,13 @@ import numpy as np
 from . import pngstream, tiffstream
 from .coords import FULL_FRAME
 from .devices import run_ordered
-from cips_edge.core.errors import UserError
+from cips_edge.core.errors import Interrupted, UserError
 from cips_edge.core.files import atomic_write, file_sha256
 
 from .image import to_uint8
-from .model import CPU, CIPSModel, default_threads
+from .chunks import chunk_size
+from .model import CPU, default_threads
+from .protocol import RenderModel
 from .render import render_grid
 
 STREAM_SUFFIXES = (".png", ".tif", ".tiff")
@@ -37,20 +39,10 @@ STREAM_SUFFIXES = (".png", ".tif", ".tiff")
 # at 32768 x 32768. TIFFs are always streamed.
 STREAM_MIN_PIXELS = 1 << 22
 BLOCK_PIXELS = 1 << 18  # pixels per block: 0.8 MB of 8-bit RGB, ~10 MB while being encoded
-# CPU: the chunks running at once hold about 32 bytes x the widest layer of activations per point
-# (measured 7.3 KB a point for edge-64, widest 256), so with many threads the chunk shrinks to keep
-# all of them within this; the result does not depend on the chunk size, and on 2 cores 1k-4k-point
-# chunks ran as fast as 16k (0.96x-0.89x the time).
-ACTIVATION_BYTES = 128 << 20
-MIN_CHUNK = 1024
 # Threads per GPU session: while the GPU runs one chunk, others make their coordinates and 8-bit
 # pixels on the CPU (ONNX Runtime sessions take concurrent calls). CPU sessions use their own threads.
 THREADS_PER_GPU = 4
 STATE_VERSION = 1
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a streamed render; the message says what is kept and how to continue."""
 
 
 def streams(path: str | os.PathLike, pixels: int, resume: bool = False, devices: bool = False,
@@ -62,8 +54,9 @@ def streams(path: str | os.PathLike, pixels: int, resume: bool = False, devices:
     path = Path(path)
     streamable = not not_a_grid and path.suffix.lower() in STREAM_SUFFIXES
     if (resume or devices) and not streamable:
-        option = "--resume" if resume else "--devices"
-        raise UserError(f"{option} works for .png and .tif images only (not .npy outputs, --coords or --fovea)")
+        option = "resume" if resume else "devices"
+        raise UserError(f"{option} works for .png and .tif images only (not .npy outputs, coords or fovea)",
+                        params=(option, "coords", "fovea"))
     return streamable and (path.suffix.lower() != ".png" or pixels >= STREAM_MIN_PIXELS or resume or devices
                            or partial_paths(path)[1].exists())
 
@@ -71,16 +64,6 @@ def streams(path: str | os.PathLike, pixels: int, resume: bool = False, devices:
 def partial_paths(path: Path) -> tuple[Path, Path]:
     """Where an unfinished render of `path` is kept: the file so far and its state."""
     return path.with_name(path.name + ".partial"), path.with_name(path.name + ".partial.json")
-
-
-def stream_chunk(models: list[CIPSModel]) -> int:
-    """Points per session call for streaming: the model's default, smaller on CPUs with many threads."""
-    m = models[0]
-    if m.provider != CPU:
-        return m.default_chunk
-    widest = max(2 * m.config.hidden_size, *m.config.synthesis_widths)
-    workers = sum(x.workers for x in models)
-    return int(np.clip(ACTIVATION_BYTES // (workers * 32 * widest), MIN_CHUNK, m.default_chunk))
 
 
 @dataclass(frozen=True)
@@ -189,7 +172,7 @@ class StreamRender:
         self.resumed = False
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model: CIPSModel, z: np.ndarray, width: int, height: int,
+    def open(cls, path: str | os.PathLike, model: RenderModel, z: np.ndarray, width: int, height: int,
              region: tuple[float, float, float, float] = FULL_FRAME, truncation: float = 1.0,
              resume: bool = False) -> "StreamRender":
         """Plan the render and check any partial file left by an earlier one: with resume, it must be
@@ -223,7 +206,7 @@ class StreamRender:
             raise UserError(f"cannot read {self.state_path} ({type(e).__name__}): {again}") from None
         if not resume:
             raise UserError(f"{self.partial} holds an unfinished render of {self.path} ({done} of {len(self.blocks)} "
-                            f"{self.layout.unit}s): pass --resume to continue it, or {again}")
+                            f"{self.layout.unit}s): pass resume to continue it, or {again}", params="resume")
         differ = sorted({_PARAM_NAMES.get(k, "layout") for k in self.params.keys() | params.keys()
                          if self.params.get(k) != params.get(k)})
         if differ:
@@ -241,15 +224,13 @@ class StreamRender:
     def remaining_pixels(self) -> int:
         return sum(b.pixels for b in self.blocks[self.blocks_done:])
 
-    def run(self, models: list[CIPSModel], chunk: int | None = None, progress: Callable[[int], None] | None = None,
+    def run(self, models: list[RenderModel], chunk: int | None = None, progress: Callable[[int], None] | None = None,
             encoders: int | None = None) -> None:
         """Render the blocks not yet done, append them, then finish the file and rename it to `path`.
 
         progress(n) is called with the pixels of every chunk as it lands. Ctrl-C (or an exception)
         keeps the blocks written so far for `open(..., resume=True)`."""
-        if chunk is not None and chunk < 1:
-            raise UserError(f"--chunk must be at least 1 point, got {chunk}")
-        chunk = chunk or stream_chunk(models)
+        chunk = chunk_size(models[0], chunk, threads=sum(m.workers for m in models))
         encoders = encoders or min(8, default_threads())
         try:
             with self._open_partial() as f, ThreadPoolExecutor(encoders) as pool:
@@ -266,7 +247,8 @@ class StreamRender:
                 os.fsync(f.fileno())
             os.replace(self.partial, self.path)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: {self._kept()}; the same command with --resume continues") from None
+            raise Interrupted(f"interrupted: {self._kept()}; the same render with resume continues",
+                              params="resume") from None
         except OSError as e:
             raise UserError(f"cannot write {self.partial}: {e.strerror or e}; {self._kept()}, to continue with "
                             "--resume") from None
@@ -306,7 +288,7 @@ class StreamRender:
         text = json.dumps(self.state).encode()
         atomic_write(self.state_path, lambda f: f.write(text))
 
-    def _render(self, models: list[CIPSModel], chunk: int, progress) -> Iterator[tuple[int, np.ndarray]]:
+    def _render(self, models: list[RenderModel], chunk: int, progress) -> Iterator[tuple[int, np.ndarray]]:
         """(block index, pixels [h, w, 3] uint8) of the blocks not yet done, in order."""
         x0, y0, x1, y1 = self.region
         # the same points as runtime.coords.grid_chunks (float64 linspace, then float32)
@@ -323,7 +305,7 @@ class StreamRender:
                 for start in range(0, block.pixels, step):
                     yield index, block, start, min(start + step, block.pixels)
 
-        def render(model: CIPSModel, piece):
+        def render(model: RenderModel, piece):
             index, block, start, stop = piece
             if grid:
                 top = block.top + start // block.width
@@ -334,7 +316,7 @@ class StreamRender:
             return piece, to_uint8(model.run(z, coords[None], psi)[0])
 
         pixels = None
-        def workers(m: CIPSModel) -> int:
+        def workers(m: RenderModel) -> int:
             return m.workers if m.provider == CPU else THREADS_PER_GPU
 
         for (index, block, start, stop), rgb in run_ordered(models, render, pieces(), workers):

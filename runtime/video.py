@@ -42,9 +42,10 @@ def prepare_video(path: str | os.PathLike, width: int, height: int, fps: float) 
     path = prepare_output(path, VIDEO_SUFFIXES)
     kind = path.suffix.lower()
     if not math.isfinite(fps) or fps <= 0:
-        raise UserError(f"--fps must be a positive number, got {fps:g}")
+        raise UserError(f"fps must be a positive number, got {fps:g}", params="fps")
     if kind == ".gif" and fps > GIF_MAX_FPS:
-        raise UserError(f"--fps {fps:g} is beyond what GIF players show ({GIF_MAX_FPS:g}); use .mp4 for more")
+        raise UserError(f"fps {fps:g} is beyond what GIF players show ({GIF_MAX_FPS:g}); use .mp4 for more",
+                        params="fps")
     if kind == ".mp4":
         # the options first: the same answer for them whether or not PyAV is installed
         if width % 2 or height % 2:

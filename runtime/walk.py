@@ -52,7 +52,7 @@ def walk_stops(keys: int, frames: int, loop: bool = False) -> list[tuple[int, in
     if keys < 2:
         raise UserError(f"a walk needs at least 2 seeds, got {keys}")
     if frames < 2:
-        raise UserError(f"--frames must be at least 2, got {frames}")
+        raise UserError(f"frames must be at least 2, got {frames}", params="frames")
     segments = keys if loop else keys - 1
     stops = []
     for k in range(frames):
@@ -64,7 +64,7 @@ def walk_stops(keys: int, frames: int, loop: bool = False) -> list[tuple[int, in
 
 def check_space(space: str) -> str:
     if space not in SPACES:
-        raise UserError(f"unknown --space {space!r}: choose z (slerp of z) or w (lerp of w)")
+        raise UserError(f"unknown space {space!r}: choose z (slerp of z) or w (lerp of w)", params="space")
     return space
 
 

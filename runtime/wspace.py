@@ -27,7 +27,7 @@ def _mapped_w(graph) -> str:
     subs = [n for n in graph.node if n.op_type == "Sub" and list(n.input[1:]) == [W_AVG]]
     if len(subs) != 1 or W_AVG not in {t.name for t in graph.initializer}:
         raise UserError("this model's graph has no single truncation step (w - w_avg): cannot find its "
-                        "mapped latent w for a walk in w; use --space z")
+                        "mapped latent w for a walk in w; use space z", params="space")
     return subs[0].input[0]
 
 
@@ -42,14 +42,16 @@ def _open_w(model_bytes: bytes, style_dim: int) -> tuple[bytes, str]:
     return proto.SerializeToString(), w_name
 
 
-class WSpaceModel:
-    """A CIPSModel whose latents are mapped latents w [S] instead of z: render_image / render_points
-    accept it in place of the model, and give for w = mapped(z) what the model gives for z (tested)."""
+class WSpaceModel(CIPSModel):
+    """A CIPSModel whose latents are mapped latents w [S] instead of z: every renderer accepts it in
+    place of the model, and gives for w = mapped(z) what the model gives for z (tested). It is the same
+    file on the same provider, precision and threads, with its own style part."""
 
     def __init__(self, model: CIPSModel):
         import onnxruntime as ort  # present: model is open
 
-        self.model = model
+        vars(self).update(vars(model))  # the model's file, providers, precision and workers, shared
+        vars(self).pop("_last_styles", None)  # styles of z, not of w
         if model.info.format_version >= 3:
             main = onnxproto.load(str(model.path), str(model.path))
             self._w_name = _mapped_w(main.graph)
@@ -62,35 +64,10 @@ class WSpaceModel:
         # the same session options and providers as the model's session (one thread per call on CPU)
         self.session = ort.InferenceSession(data, base.get_session_options(), providers=base.get_providers())
         self._w_avg = np.asarray(model.w_avg, dtype=np.float32)
-        self.engine = None
         if model.engine is not None:  # formats 2 and 3: this style session, the model's pixel session
             e = model.engine
             self.engine = SplitEngine(ort, self.session, e.pixel_session, e.info, e.precision, e.bound, e.device_id,
                                       table=e.host_table)
-
-    # what render_image / render_points read from a model
-    @property
-    def style_dim(self) -> int:
-        return self.model.style_dim
-
-    @property
-    def workers(self) -> int:
-        return self.model.workers
-
-    @property
-    def default_chunk(self) -> int:
-        return self.model.default_chunk
-
-    @property
-    def provider(self) -> str:
-        return self.model.provider
-
-    @property
-    def on_device(self) -> bool:
-        return self.model.on_device
-
-    def piece_size(self, chunk: int, total: int) -> int:
-        return self.model.piece_size(chunk, total)
 
     def mapped(self, z: np.ndarray) -> np.ndarray:
         """w = mapping(z), before truncation: [S] -> [S] float32 (one latent per call, as the model runs)."""
@@ -127,11 +104,3 @@ class WSpaceModel:
         feeds = {"z": np.zeros((1, self.style_dim), np.float32), "coords": points,
                  "truncation": np.zeros(1, np.float32), W_AVG: style}
         return self.session.run([OUTPUT], feeds)[0][0, :n]
-
-    def run(self, w: np.ndarray, coords: np.ndarray, truncation: np.ndarray) -> np.ndarray:
-        """CIPSModel.run with mapped latents: w [B, S], coords [B, N, 2], truncation [B] -> rgb [B, N, 3]."""
-        assert w.ndim == 2 and coords.ndim == 3 and truncation.ndim == 1, (w.shape, coords.shape, truncation.shape)
-        if self.on_device:
-            return np.stack([self.engine.render_band(s, c, self.default_chunk)
-                             for s, c in zip(self.styles(w, truncation), coords)])
-        return np.stack([self.pixels(s, np.ascontiguousarray(c)) for s, c in zip(self.styles(w, truncation), coords)])

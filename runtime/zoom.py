@@ -14,7 +14,7 @@ import numpy as np
 
 from .coords import check_region
 from cips_edge.core.errors import UserError
-from .model import CIPSModel
+from .protocol import RenderModel
 from .render import render_image
 
 Region = tuple[float, float, float, float]
@@ -26,11 +26,12 @@ def zoom_regions(center: tuple[float, float], factor: float, frames: int, width:
     x, y = (float(v) for v in center)
     with np.errstate(over="ignore"):
         if not np.isfinite(np.asarray([x, y], dtype=np.float32)).all():
-            raise UserError(f"--center must be two finite numbers within float32, got {x:g} {y:g}")
+            raise UserError(f"center must be two finite numbers within float32, got {x:g} {y:g}", params="center")
     if not math.isfinite(factor) or factor <= 0:
-        raise UserError(f"--factor must be a positive number (above 1 zooms in, below 1 out), got {factor:g}")
+        raise UserError(f"factor must be a positive number (above 1 zooms in, below 1 out), got {factor:g}",
+                        params="factor")
     if frames < 2:
-        raise UserError(f"--frames must be at least 2, got {frames}")
+        raise UserError(f"frames must be at least 2, got {frames}", params="frames")
     if width < 2 or height < 2:
         raise UserError(f"a zoom needs at least 2 x 2 pixels, got {width} x {height}")
     aspect = (height - 1) / (width - 1)
@@ -52,11 +53,11 @@ def _check_depth(regions: list[Region], width: int, height: int) -> None:
         if step < MIN_STEP_ULPS * ulp:
             raise UserError(f"the zoom is too deep for float32 coordinates: the deepest frame's pixels would be "
                             f"{step:.2g} apart, below {MIN_STEP_ULPS} steps of float32 ({ulp:.2g}) there; "
-                            "use a smaller --factor or a centre nearer 0 0")
+                            "use a smaller factor or a centre nearer 0 0", params="factor")
         check_region((x0, y0, x1, y1), height, width)  # finite as float32 (a centre beyond float32)
 
 
-def zoom_frames(model: CIPSModel, z: np.ndarray, regions: list[Region], width: int, height: int,
+def zoom_frames(model: RenderModel, z: np.ndarray, regions: list[Region], width: int, height: int,
                 truncation: float = 1.0, chunk: int | None = None) -> Iterator[np.ndarray]:
     """Raw RGB [height, width, 3] of each region in turn (render_image of that region), rendered as taken."""
     return (render_image(model, z, height, width, region=r, truncation=truncation, chunk=chunk) for r in regions)

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import cips_edge.cli as cli
+from cips_edge.commands import common
 from cli_helpers import cips, ok
 from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, render_points, to_uint8
 
@@ -71,7 +72,7 @@ def test_coords_render_keeps_the_leading_shape(tiny_onnx, tiny, tmp_path):
 
 
 def test_info_shows_config_metadata_parameters_and_providers(tiny_onnx, tiny_checkpoint):
-    out = ok(cips("info", tiny_onnx))
+    out = ok(cips("info", "--model", tiny_onnx))
     assert "style_dim=16" in out and "synthesis_widths=[32, 32, 32, 32]" in out
     assert f"parameters  {CIPSModel(tiny_onnx).parameter_count:,}" in out
     assert f"cips-edge checkpoint {tiny_checkpoint.resolve()} (step 123, images seen 4567)" in out
@@ -79,7 +80,7 @@ def test_info_shows_config_metadata_parameters_and_providers(tiny_onnx, tiny_che
 
 
 def test_without_a_packaged_model_it_says_how_to_pass_one(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "default_model_path", lambda: tmp_path / "default.onnx")
+    monkeypatch.setattr(common, "packaged_model", lambda: tmp_path / "default.onnx")
     for args in (["render", "--out", tmp_path / "x.png"], ["info"]):
         r = cips(*args)
         assert r.exit_code == 1 and r.stderr.count("\n") == 1
@@ -269,8 +270,8 @@ def test_truncation_beyond_float32_is_an_error_without_warnings(tiny_onnx, tmp_p
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             r = cips(*args, "--model", tiny_onnx, "--truncation", 1e39)
-        assert r.exit_code == 1 and r.stderr == "error: truncation must be a finite number within float32, got " \
-                                                 "1e+39\n", (args, r.stderr, r.exception)
+        assert r.exit_code == 1 and r.stderr == "error: --truncation must be a finite number within float32, got " \
+                                                   "1e+39\n", (args, r.stderr, r.exception)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -309,9 +310,7 @@ def test_temporary_files_are_named_for_their_process(tmp_path):
 def test_progress_without_a_terminal_is_plain_lines_on_stderr(tiny_onnx, tmp_path, monkeypatch):
     """Piped or logged (CliRunner is not a terminal): a start line and a line per tenth done (at most one
     every PLAIN_LINE_EVERY_S, here 0); stdout keeps its one result line. A small single render says nothing."""
-    import cips_edge.cli as cli
-
-    monkeypatch.setattr(cli._progress, "PLAIN_LINE_EVERY_S", 0.0)
+    monkeypatch.setattr(common.Progress, "PLAIN_LINE_EVERY_S", 0.0)
     r = cips("render", "--model", tiny_onnx, "--seeds", "0-1", "--size", 8, "--chunk", 16, "--threads", 1,
              "--out", f"{tmp_path}/")
     assert r.exit_code == 0 and r.stdout.startswith("wrote 2 files")
@@ -326,6 +325,77 @@ def test_progress_without_a_terminal_is_plain_lines_on_stderr(tiny_onnx, tmp_pat
     assert start == "rendering 2 frames" and half.startswith("rendering: 50% of 2 frames after ")
     r = cips("render", "--model", tiny_onnx, "--size", 8, "--out", tmp_path / "one.png")
     assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_verbose_render_prints_where_the_time_went(tiny_onnx, tmp_path):
+    r = cips("render", "--model", tiny_onnx, "--size", 8, "--out", tmp_path / "v.png", "--verbose")
+    assert r.exit_code == 0 and r.stdout.startswith("wrote ")
+    [line] = r.stderr.splitlines()
+    parts = dict(part.rsplit(" ", 2)[:2] for part in line.removeprefix("time: ").split(", "))
+    assert line.startswith("time: ") and list(parts) == ["start-up", "session", "render", "write", "total"]
+    ms = {k: float(v) for k, v in parts.items()}
+    assert all(v >= 0 for v in ms.values()) and ms["total"] >= ms["session"] + ms["render"] + ms["write"]
+    r = cips("render", "--model", tiny_onnx, "--size", 8, "--out", tmp_path / "q.png")
+    assert r.exit_code == 0 and r.stderr == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["render", "--chunk", "0"], "--chunk must be at least 1 point, got 0"),
+    (["render", "--threads", "-1"], "--threads must be 0 (automatic) or more, got -1"),
+    (["render", "--precision", "fp8"], "--precision must be one of fp32, fp16, int8, got 'fp8'"),
+    (["render", "--fovea", "0", "0", "--fovea-radius", "0"], "--fovea-radius must be a positive number"),
+    (["render", "--region", "0", "0", "0", "1"], "--region has zero width"),
+    (["grid", "--seeds", "0", "--size", "20000"], "--size (the size of a cell): image size 20000 x 20000 is beyond "
+                                                  "16384 pixels per side; pass --force if you mean it"),
+    (["zoom", "--frames", "1"], "--frames must be at least 2, got 1"),
+    (["interpolate", "--seeds", "1,2", "--space", "x"], "unknown --space 'x'"),
+])
+def test_the_runtime_names_parameters_and_the_cli_spells_them_as_flags(args, message, tiny_onnx, tmp_path):
+    r = cips(*args, "--model", tiny_onnx, "--out", tmp_path / "x.png")
+    assert r.exit_code == 1 and r.stderr.startswith(f"error: {message}") and r.stderr.count("\n") == 1, r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_runtime_error_says_the_python_names(tiny):
+    from cips_edge.core.errors import UserError
+    from cips_edge.runtime.grid import grid_layout
+
+    with pytest.raises(UserError) as e:
+        grid_layout(1, 20000)
+    assert str(e.value) == ("cell (the size of a cell): image size 20000 x 20000 is beyond 16384 pixels per side; "
+                            "pass force if you mean it") and e.value.params == ("cell", "force")
+    spelled = e.value.spelled(lambda name: {"cell": "--size"}.get(name, f"--{name}"))
+    assert spelled.startswith("--size (the size of a cell)") and spelled.endswith("pass --force if you mean it")
+
+
+def test_render_job_runs_from_python_as_the_command_does(tiny_onnx, tiny, tmp_path):
+    from cips_edge.runtime.job import RenderJob, render_job
+
+    report = render_job(RenderJob(model=tiny_onnx, seeds=["1-2"], size=8, out=f"{tmp_path}/", threads=1))
+    assert [p.name for p in report.paths] == ["cips-seed1.png", "cips-seed2.png"]
+    assert report.summary.startswith(f"wrote 2 files, {tmp_path / 'cips-seed1.png'} ... ")
+    want = to_uint8(render_image(tiny, latent_for_seed(2, tiny.style_dim), 8, 8))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cips-seed2.png")), want)
+    assert report.timings.session > 0 and report.timings.render > 0 and report.timings.write > 0
+
+
+SHARED = ("model", "device", "precision", "threads", "chunk", "truncation", "force", "width", "height")  # grid: --size of a cell
+
+
+def test_an_option_is_spelled_and_explained_alike_on_every_command():
+    import typer.main
+
+    commands = typer.main.get_command(cli.app).commands
+    seen: dict[str, dict] = {}
+    for name, command in commands.items():
+        for p in command.params:
+            # eval's --device also drives torch; export's --precision is what the file it writes holds
+            if p.name in SHARED and name not in ("eval", "export"):
+                seen.setdefault(p.name, {})[name] = (tuple(p.opts), p.help)
+    for option, per_command in seen.items():
+        assert len(set(per_command.values())) == 1, (option, per_command)
+    rendering = {"render", "grid", "zoom", "interpolate", "view", "info"}
+    assert set(seen["model"]) >= rendering | {"web"} and set(seen["precision"]) >= rendering - {"info"}
 
 
 def test_force_lifts_the_size_limit(tiny_onnx, tmp_path):
@@ -345,7 +415,7 @@ def test_render_and_info_run_where_torch_cannot_be_imported(tiny_onnx, torchless
     r = run_cips("render", "--model", tiny_onnx, "--seed", 3, "--size", 16, cwd=tmp_path, env=torchless_env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("wrote cips-seed3.png (16x16) on CPUExecutionProvider")
-    assert run_cips("info", tiny_onnx, cwd=tmp_path, env=torchless_env).returncode == 0
+    assert run_cips("info", "--model", tiny_onnx, cwd=tmp_path, env=torchless_env).returncode == 0
 
 
 @pytest.mark.parametrize("args,message", [

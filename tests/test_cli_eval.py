@@ -13,6 +13,7 @@ import typer
 from PIL import Image
 
 import cips_edge.cli as cli
+from cips_edge.commands import common
 import cli_helpers
 from cli_helpers import ok
 from cips_edge.checkpoint import load_generator
@@ -64,9 +65,9 @@ def test_size_sets_the_compared_resolution(data, tiny_onnx, tmp_path):
 
 
 def test_packaged_model_is_the_default(data, tiny_onnx, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "default_model_path", lambda: tiny_onnx)
+    monkeypatch.setattr(common, "packaged_model", lambda: tiny_onnx)
     assert f"evaluated {tiny_onnx} on " in ok(cips(data, "--num", 2))
-    monkeypatch.setattr(cli, "default_model_path", lambda: tmp_path / "default.onnx")
+    monkeypatch.setattr(common, "packaged_model", lambda: tmp_path / "default.onnx")
     r = cips(data, "--num", 2)
     assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "no model is packaged" in r.stderr
 

@@ -22,7 +22,7 @@ def with_provenance(src: Path, dst: Path, **extra) -> Path:
 
 
 def info_lines(path: Path) -> dict[str, str]:
-    r = runner.invoke(cli.app, ["info", str(path)])
+    r = runner.invoke(cli.app, ["info", "--model", str(path)])
     assert r.exit_code == 0, (r.stdout, r.stderr)
     return {line[:11].strip(): line[12:] for line in r.stdout.splitlines()}
 

@@ -80,7 +80,7 @@ def test_a_local_cluster_shares_the_cores_out_on_a_cpu():
     assert (two.workers, two.model_threads) == (2, max(1, default_threads() // 2))
     assert cl.local_plan(2, "cpu", 3).model_threads == 3
     assert two.adapt(cl.ModelSpec("m.onnx", "0" * 64)).threads == two.model_threads
-    with pytest.raises(cl.UserError, match="--workers must be at least 1"):
+    with pytest.raises(cl.UserError, match="^workers must be at least 1"):
         cl.local_plan(0, "cpu", 0)
 
 
@@ -188,10 +188,10 @@ def test_cli_errors_before_any_work(tmp_path, tiny_onnx, monkeypatch):
     for args, message in [
         (("--out", tmp_path / "done.zarr"), "already exists"),
         (("--seeds", "0-3", "--out", tmp_path / "many.zarr"), "pattern with {seed}"),
-        (("--out", tmp_path / "a.zarr", "--coords", tmp_path / "c.npy"), "--coords does not work on a Dask cluster"),
+        (("--out", tmp_path / "a.zarr", "--coords", tmp_path / "c.npy"), "--coords does not work with --cluster, --scheduler or a .zarr output"),
         (("--out", tmp_path / "a.zarr", "--zarr-chunk", 10), "--zarr-chunk must be"),
-        (("--out", tmp_path / "a.png", "--workers", 2), "--workers sizes a local Dask cluster"),
-        (("--seeds", "0-20000", "--out", tmp_path), "at most 10000 per command (up to 10000000 on a Dask cluster"),
+        (("--out", tmp_path / "a.png", "--workers", 2), "--workers sizes the local Dask workers of --cluster"),
+        (("--seeds", "0-20000", "--out", tmp_path), "at most 10000 per command (up to 10000000 with --cluster, on a Dask cluster)"),
         (("--seeds", "0-3", "--out", tmp_path, "--scheduler", "tcp://127.0.0.1:9"), "cannot reach the Dask scheduler"),
         (("--out", tmp_path / "a.zarr", "--scheduler", "tcp://127.0.0.1:9", "--workers", 2), "--workers sizes a local"),
     ]:

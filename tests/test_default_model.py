@@ -14,17 +14,19 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cips_edge.cli as cli
+from cips_edge.core.format import packaged_model
 from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, to_uint8
 
 
 @pytest.fixture(scope="module")
 def default_model() -> CIPSModel:
-    return CIPSModel(cli.default_model_path(), device="cpu")
+    return CIPSModel(packaged_model(), device="cpu")
 
 
 def test_the_default_model_is_package_data_and_loads(default_model):
-    packaged = resources.files("cips_edge") / "models" / "default.onnx"
-    assert packaged.is_file() and Path(str(packaged)).resolve() == cli.default_model_path().resolve()
+    packaged = resources.files("cips_edge") / "models" / "default.onnx"  # package data, wherever installed
+    assert packaged.is_file() and Path(str(packaged)).resolve() == packaged_model().resolve()
+    assert packaged.read_bytes() == (Path(__file__).resolve().parents[1] / "cips_edge/models/default.onnx").read_bytes()
     assert default_model.path.stat().st_size > 1_000_000  # the real weights, not a Git LFS pointer
     c = default_model.config
     assert (c.size, c.style_dim, c.hidden_size) == (64, 256, 128)  # the edge-64 preset

@@ -57,18 +57,24 @@ class LinearField:
     """A stand-in model whose colour is linear in the coordinates: bilinear interpolation reproduces it,
     so a foveated render must equal the full one everywhere (up to float32 rounding)."""
 
-    style_dim, workers, default_chunk = 4, 1, 1000
+    style_dim, workers, on_device, grid_ready = 4, 1, False, False
 
-    def run(self, z, coords, truncation):
+    def styles(self, z, truncation):
+        return list(z)
+
+    def pixels(self, style, coords):
         x, y = coords[..., 0], coords[..., 1]
         return np.stack([x, y, 0.5 * x - 2 * y + 0.25], axis=-1).astype(np.float32)
+
+    def piece_size(self, chunk, total):
+        return chunk
 
 
 def test_rings_are_bilinear_between_computed_pixels():
     field, z = LinearField(), np.zeros(4, np.float32)
     for h, w, center, radius in ((70, 90, (0.1, 0.3), 0.1), (31, 1, (0, 0), 0.2), (1, 40, (0.5, 0), 0.05)):
         plan = fovea_plan(h, w, center, radius)
-        assert np.abs(render_foveated(field, z, plan) - render_image(field, z, h, w)).max() <= 1e-6
+        assert np.abs(render_foveated(field, z, plan, chunk=1000) - render_image(field, z, h, w, chunk=1000)).max() <= 1e-6
 
 
 def test_fovea_map_shows_the_computed_pixels(tiny_onnx, tmp_path):

@@ -156,7 +156,7 @@ def test_an_interrupted_render_resumes_to_the_same_bytes(tiny, tmp_path, small_b
     whole = tmp_path / f"whole{suffix}"
     stream_render(whole, tiny, 2, 45, 40)
     path = tmp_path / f"x{suffix}"
-    with pytest.raises(stream.Interrupted, match="--resume continues"):
+    with pytest.raises(stream.Interrupted, match="with resume continues"):
         stream_render(path, tiny, 2, 45, 40, progress=interrupt_after(700))
     assert not path.exists()  # nothing under the final name
     partial = path.with_name(path.name + ".partial")
@@ -187,7 +187,7 @@ def test_resuming_with_other_parameters_is_a_one_line_error(tiny, tmp_path, smal
                           region=args["region"], truncation=args["truncation"], resume=True)
     message = str(e.value)
     assert f"started with another {named};" in message and "\n" not in message
-    with pytest.raises(UserError, match="pass --resume to continue it"):  # and never silently overwritten
+    with pytest.raises(UserError, match="pass resume to continue it"):  # and never silently overwritten
         StreamRender.open(path, tiny, latent_for_seed(2, tiny.style_dim), 40, 20)
 
 

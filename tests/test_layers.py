@@ -6,7 +6,7 @@
     metrics -> core, model, runtime, metrics
     train   -> core, model, metrics, train
     export  -> core, model, runtime, export
-    cli     -> anything
+    cli     -> anything                            (cli.py and the commands/ package)
 
 and no import cycle between modules at module level."""
 from __future__ import annotations
@@ -28,7 +28,8 @@ ALLOWED = {
 def source_files() -> dict[str, Path]:
     """Installed module name -> source file, as pyproject maps them."""
     files = {"cips_edge.cli": ROOT / "cli.py"}
-    for folder, package in (("cips_edge", "cips_edge"), ("runtime", "cips_edge.runtime"), ("export", "cips_edge.export")):
+    for folder, package in (("cips_edge", "cips_edge"), ("runtime", "cips_edge.runtime"), ("export", "cips_edge.export"),
+                            ("commands", "cips_edge.commands")):
         for path in (ROOT / folder).rglob("*.py"):
             parts = list(path.relative_to(ROOT / folder).with_suffix("").parts)
             if parts[-1] == "__init__":
@@ -38,9 +39,9 @@ def source_files() -> dict[str, Path]:
 
 
 def part(module: str) -> str:
-    for name in ("core", "runtime", "export", "metrics", "train", "cli"):
+    for name in ("core", "runtime", "export", "metrics", "train", "cli", "commands"):
         if module == f"cips_edge.{name}" or module.startswith(f"cips_edge.{name}."):
-            return name
+            return "cli" if name == "commands" else name
     return "model"
 
 

@@ -106,7 +106,7 @@ def test_cli_export_precision_info_and_render(tiny_checkpoint, tmp_path):
     r = runner.invoke(cli.app, ["export", str(out), "--checkpoint", str(tiny_checkpoint), "--precision", "fp16"])
     assert r.exit_code == 0, r.stderr
     assert ", fp16) in" in r.stdout and "its fp16 pixel graph differs by" in r.stdout
-    r = runner.invoke(cli.app, ["info", str(out)])
+    r = runner.invoke(cli.app, ["info", "--model", str(out)])
     assert "\nprecision   fp16 (pixel graphs fp16, fp32)\n" in r.stdout
     r = runner.invoke(cli.app, ["render", "--model", str(out), "--size", "8", "--precision", "fp16", "--device", "cpu",
                                 "--out", str(tmp_path / "x.npy")])
@@ -124,7 +124,7 @@ def test_cli_bad_precision_is_one_line_and_no_file(tiny_checkpoint, tiny_onnx, t
 
 
 def test_info_says_a_format_1_file_is_fp32():
-    r = runner.invoke(cli.app, ["info", str(FORMAT_1_FILE)])
+    r = runner.invoke(cli.app, ["info", "--model", str(FORMAT_1_FILE)])
     assert r.exit_code == 0, r.stderr
     assert "\nprecision   fp32 (format 1: one graph" in r.stdout
 

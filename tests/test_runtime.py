@@ -206,15 +206,34 @@ def test_cuda_that_falls_back_to_cpu_is_an_error(tiny_onnx, monkeypatch):
         CIPSModel(tiny_onnx, device="cuda")
 
 
-@pytest.mark.parametrize("kwargs,match", [({"device": "gpu"}, "unknown device"), ({"threads": -1}, "--threads")])
+@pytest.mark.parametrize("kwargs,match", [({"device": "gpu"}, "unknown device"), ({"threads": -1}, "^threads must be 0")])
 def test_bad_options(tiny_onnx, kwargs, match):
     with pytest.raises(UserError, match=match):
         CIPSModel(tiny_onnx, **kwargs)
 
 
+def test_one_chunk_rule_for_every_renderer(tiny_onnx):
+    """chunks.default_chunk decides every default: 1,024 points on the CPU for fast paths, a small image
+    split evenly over the threads (not below MIN_SPLIT), a stream over many threads shrunk to fit
+    ACTIVATION_BYTES; the model and its w-space twin answer alike and both are RenderModels."""
+    from cips_edge.runtime.chunks import CPU_CHUNK, MIN_SPLIT, MIN_STREAM_CHUNK, chunk_size, default_chunk
+    from cips_edge.runtime.protocol import RenderModel
+    from cips_edge.runtime.wspace import WSpaceModel
+
+    four = CIPSModel(tiny_onnx, device="cpu", threads=4)
+    assert four.default_chunk == default_chunk(four) == default_chunk(four, threads=4) == CPU_CHUNK
+    assert [default_chunk(four, points=p) for p in (2000, 100, 10**6)] == [500, MIN_SPLIT, CPU_CHUNK]
+    assert default_chunk(four, threads=10**6) == MIN_STREAM_CHUNK
+    assert chunk_size(four, 7, points=2000) == 7 and chunk_size(four, None, points=2000) == 500
+    assert default_chunk(CIPSModel(tiny_onnx, device="cpu", threads=1), points=2000) == CPU_CHUNK
+    w = WSpaceModel(four)
+    assert isinstance(four, RenderModel) and isinstance(w, RenderModel)
+    assert (w.default_chunk, w.workers, w.provider, w.precision) == (CPU_CHUNK, 4, four.provider, four.precision)
+
+
 def test_bad_chunk_and_truncation(tiny):
     z = latent_for_seed(0, tiny.style_dim)
-    with pytest.raises(UserError, match="--chunk"):
+    with pytest.raises(UserError, match="^chunk must be at least 1 point, got 0$"):
         render_image(tiny, z, 4, 4, chunk=0)
     with pytest.raises(UserError, match="truncation"):
         render_image(tiny, z, 4, 4, truncation=float("nan"))

@@ -5,6 +5,7 @@ reader never sees a half-written file and a failure leaves nothing behind.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -12,7 +13,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -88,29 +89,39 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
-                 check: Callable[[Path], None] | None = None) -> None:
-    """write(f) into a temporary file in the same folder, check(temporary path) if given, then rename
-    it over `path`: readers never see a half-written file, and a failure leaves nothing behind."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, check: Callable[[Path], None] | None = None,
+              fsync: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through: a temporary file in the same folder, checked with
+    check(temporary path) if given (fsync: on disk first), then renamed over `path` when the block
+    ends. Readers never see a half-written file; an error (raised as it came) leaves nothing behind."""
     path = Path(path)
     clean_stale_temporaries(path.parent)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual mode of a new file
         if check is not None:
             check(Path(tmp))
         os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None],
+                 check: Callable[[Path], None] | None = None) -> None:
+    """write(f) through replacing(path, check); a system error (full disk, no permission) is a
+    UserError naming the file."""
+    try:
+        with replacing(path, check) as f:
+            write(f)
+    except OSError as e:
+        raise UserError(f"cannot write {shown(path)}: {e.strerror or e}") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:

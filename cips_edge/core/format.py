@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib.resources
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -16,6 +18,8 @@ from .config import GeneratorConfig  # plain dataclass, no torch
 from .errors import UserError
 
 FORMAT = "cips-edge-onnx"
+
+
 FORMAT_VERSION = 3
 # Versions 1 and 3: the file's graph is the whole generator, z [B, style_dim], coords [B, N, 2],
 # truncation [B] -> rgb [B, N, 3]. Version 3 also carries cips' fast paths (below, and
@@ -124,3 +128,9 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
                         f"{sorted(graphs)})")
     return ModelInfo(config, style_dim, w_avg, provenance if isinstance(provenance, dict) else {}, version,
                      precision, graphs, extension, grids)
+
+
+def packaged_model() -> Path:
+    """The model packaged with cips-edge (cips_edge/models/default.onnx, wherever cips-edge is installed):
+    what `cips` renders unless given --model."""
+    return Path(str(importlib.resources.files("cips_edge") / "models" / "default.onnx"))

@@ -1,6 +1,6 @@
 """Sample sources for evaluate(): seeds -> uint8 images, from an ONNX model (torch-free) or a torch
-generator. Both use the runtime's seed -> latent rule, pixel grid and 8-bit conversion, so one seed
-gives the same image from a checkpoint and from its export."""
+generator. Both use the core's seed -> latent rule and the runtime's pixel grid and 8-bit conversion,
+so one seed gives the same image from a checkpoint and from its export."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,8 @@ import re
 
 import numpy as np
 
-from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, to_uint8
+from cips_edge.core.seeds import latent_for_seed, latents_for_seeds
+from cips_edge.runtime import CIPSModel, render_image, to_uint8
 
 from .errors import MetricsError
 from .evaluation import SampleSource
@@ -50,7 +51,7 @@ def generator_source(generator, size: int, truncation: float = 1.0,
 
     @torch.no_grad()
     def source(seeds: np.ndarray) -> np.ndarray:  # int [B] -> uint8 [B, size, size, 3]
-        z = torch.from_numpy(np.stack([latent_for_seed(int(s), style_dim) for s in seeds])).to(device)  # [B, S]
+        z = torch.from_numpy(latents_for_seeds(seeds, style_dim)).to(device)  # [B, S]
         rgb = np.empty((len(seeds), size * size, 3), np.float32)
         step = max(1, points_per_call // len(seeds))
         for start in range(0, size * size, step):

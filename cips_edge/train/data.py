@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from cips_edge.imagefolder import ImageFolder, ImageFolderError
-from cips_edge.core.files import clean_stale_temporaries, temporary_prefix
+from cips_edge.core.files import clean_stale_temporaries, replacing
 
 from .options import TrainError
 
@@ -107,12 +106,10 @@ def write_npy_rows(path: Path, shape: tuple[int, ...], rows) -> int:
     returns how many came. Plain write() calls, not a memory map: on a full disk a write into a mapped
     sparse file kills the process (SIGBUS), where write() raises, which becomes a one-line TrainError."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     header = _npy_header(shape)
     count = 0
     try:
-        with os.fdopen(fd, "wb") as f:
+        with replacing(path) as f:
             f.write(header)
             for row in rows:
                 assert row.shape == shape[1:] and row.dtype == np.uint8, (row.shape, row.dtype)
@@ -122,14 +119,9 @@ def write_npy_rows(path: Path, shape: tuple[int, ...], rows) -> int:
                 f.seek(0)
                 f.write(_npy_header((count, *shape[1:]), len(header)))
                 f.truncate(len(header) + count * int(np.prod(shape[1:])))
-        os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise TrainError(f"cannot write the data cache {path}: {e.strerror or e} (free some space, or train "
                          "with --no-data-cache)") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return count
 
 

@@ -28,7 +28,8 @@ from .data import Decoded, ImageBank, load_images
 from .discriminator import DiscriminatorConfig
 from .options import AUGMENT_AUTO_BELOW, RECIPE_BATCH, TrainError, TrainOptions, merge_for_resume, resume_changes
 from .quality import QualityMetrics
-from .report import Reporter, atomic_write_json, grid_name, render_images, save_grid, truncate_metrics
+from .report import (Reporter, atomic_write_json, grid_name, render_images, sample_latents, save_grid,
+                     truncate_metrics)
 from .trainer import Recipe, Speed, Trainer
 
 TINY_D_CHANNELS = 32  # the tiny preset is for tests: a 512-wide D would dominate its run time
@@ -331,8 +332,7 @@ class Run:
             if quality.count < o.metrics_samples:
                 reporter.warn(f"--metrics-samples {o.metrics_samples}: the data set has {quality.count} images, "
                               f"so each evaluation compares {quality.count}")
-        fixed_z = torch.randn(o.sample_grid ** 2, g_config.style_dim,
-                              generator=torch.Generator().manual_seed(o.seed)).to(device)
+        fixed_z = sample_latents(o.sample_grid, g_config.style_dim).to(device)
         if world.is_main and self.ckpt is None:
             n = min(o.sample_grid ** 2, n_images)
             save_grid(np.asarray(decoded.images[:n]), self.run_dir / "samples" / "reals.png", o.sample_grid)

@@ -72,7 +72,8 @@ class TrainOptions:
     checkpoint_kimg: float = opt(100.0, "write a checkpoint every this many kimg (and at the end / Ctrl-C)")
     keep_checkpoints: int = opt(5, "keep only the newest this many checkpoints")
     sample_kimg: float = opt(20.0, "write a sample grid of the EMA generator every this many kimg")
-    sample_grid: int = opt(4, "the sample grid shows N x N fixed latents")
+    sample_grid: int = opt(4, "the sample grid shows N x N latents: seeds 0 to N*N-1, row by row, drawn as "
+                              "`cips render --seed` draws them")
     log_every: int = opt(20, "steps between reading losses off the device (one host sync each)")
     # -- image quality while training (rank 0 evaluates the EMA generator; see docs/training.md) ---
     metrics: tuple[str, ...] = opt((), f"metrics of the EMA generator to log every --metrics-kimg: "

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,27 +13,16 @@ import torch
 from PIL import Image
 
 from cips_edge.model import CIPSGenerator
-from cips_edge.core.files import clean_stale_temporaries, temporary_prefix
+from cips_edge.core.files import replacing
+from cips_edge.core.seeds import latents_for_seeds
 
 PLAIN_LINE_EVERY_S = 60.0  # without a terminal, print a progress line at most this often
 
 
-def _atomic_write(path: Path, write) -> None:
-    """write(temporary path), then rename it to `path`; a failure leaves nothing behind (its OSError
-    propagates). Temporary names follow cips_edge.core.files, so killed writes are cleaned up later."""
-    clean_stale_temporaries(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    """Written whole or not at all; an OSError (a full disk) propagates to the training entry."""
+    with replacing(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
@@ -52,7 +39,14 @@ def save_grid(images: np.ndarray, path: Path, columns: int) -> None:
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images[k]
     path.parent.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(grid)
-    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    with replacing(path) as f:
+        image.save(f, format="PNG")
+
+
+def sample_latents(grid: int, style_dim: int) -> torch.Tensor:
+    """The sample grid's latents, [grid * grid, S]: cell k (row by row) is seed k, the latent that
+    `cips render --seed k` renders."""
+    return torch.from_numpy(latents_for_seeds(range(grid * grid), style_dim))
 
 
 @torch.no_grad()

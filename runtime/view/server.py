@@ -15,7 +15,7 @@ from cips_edge.core.errors import UserError
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on host:port (port 0: any free port), or UserError."""
     if not 0 <= port <= 65535:
-        raise UserError(f"--port must be from 0 to 65535, got {port}")
+        raise UserError(f"port must be from 0 to 65535, got {port}", params="port")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as e:

@@ -23,8 +23,8 @@ from ..coords import check_region
 from cips_edge.core.errors import UserError
 from cips_edge.core.files import file_sha256
 from ..image import to_uint8
-from ..latents import latent_for_seed
-from ..model import CIPSModel
+from cips_edge.core.seeds import latent_for_seed
+from ..protocol import RenderModel
 from ..render import render_image
 
 TILE_SIZE = 256  # pixels per tile side (what map viewers expect)
@@ -151,7 +151,7 @@ def parse_view(seed: str, psi: str, x0: str, y0: str, x1: str, y1: str, width: s
     try:
         check_region(view.region, view.height, view.width)
     except UserError as e:
-        raise BadRequest(str(e).replace("--region", "the view")) from None
+        raise BadRequest(e.spelled(lambda name: "the view" if name == "region" else name)) from None
     return view
 
 
@@ -168,7 +168,7 @@ class Cancelled(Exception):
     """A render stopped between chunks because nobody waits for it any more."""
 
 
-def render_region(model: CIPSModel, seed: int, psi: float, region: tuple[float, float, float, float],
+def render_region(model: RenderModel, seed: int, psi: float, region: tuple[float, float, float, float],
                   height: int, width: int, cancel: threading.Event | None = None) -> bytes:
     """What `cips render --seed SEED --truncation PSI --region ... --width W --height H` writes, as PNG bytes.
     Once `cancel` is set, the render stops after the chunks in flight and raises Cancelled."""
@@ -180,7 +180,7 @@ def render_region(model: CIPSModel, seed: int, psi: float, region: tuple[float, 
     return png_bytes(rgb)
 
 
-def render_tile(model: CIPSModel, key: TileKey) -> bytes:
+def render_tile(model: RenderModel, key: TileKey) -> bytes:
     return render_region(model, key.seed, key.psi, tile_region(key.z, key.x, key.y), TILE_SIZE, TILE_SIZE)
 
 

@@ -1,0 +1,224 @@
+"""`cips render` as one Python call: every option checked before any work, the model opened, and for
+each seed the path that suits the output (streamed to disk block by block, raw RGB at given points,
+foveated, or in memory); a .zarr output or a cluster goes to cluster_job.py.
+
+    report = render_job(RenderJob(model="m.onnx", seeds=["0-3"], size=512, out="faces/"))
+    print(report.summary)   # wrote 4 files, faces/cips-seed0.png ... (512x512) on CPUExecutionProvider in 812 ms
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cips_edge.core.errors import UserError
+
+from . import fovea as fv
+from .coords import FULL_FRAME, check_region, load_coords, panorama_view
+from .devices import open_models, parse_devices
+from .image import IMAGE_SUFFIXES, check_image_size, output_paths, prepare_output, write_output
+from .latents import latent_for_seed, load_latent, parse_seeds
+from .pyramid import is_zarr
+from .render import check_truncation, render_image, render_points
+from .stream import STREAM_SUFFIXES, StreamRender, streams
+
+Advance = Callable[[int], None]
+# progress(total, show, unit) -> a context that gives advance(n) (or None): how a caller shows progress
+ProgressFactory = Callable[[int, bool, str], AbstractContextManager]
+
+
+@contextlib.contextmanager
+def no_progress(total: int, show: bool, unit: str) -> Iterator[Advance | None]:
+    yield None
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    """What to render and where, as `cips render` takes it (its --help says what each one means)."""
+
+    model: str | os.PathLike
+    seeds: Sequence[str | int] = ()  # seed specs: 7, "0-15", "1,2,5"; none: seed 0
+    latent: Path | None = None  # a .npy latent instead of seeds
+    coords: Path | None = None  # a .npy of points (..., 2): raw RGB (..., 3) to a .npy
+    size: int = 256
+    width: int | None = None  # default: size
+    height: int | None = None  # default: size
+    region: tuple[float, float, float, float] | None = None  # default: the full frame
+    panorama: bool = False
+    out: str | None = None  # a file, folder or {seed} pattern (default: cips-seed{seed}.png here)
+    truncation: float = 1.0
+    device: str = "auto"
+    precision: str | None = None
+    chunk: int | None = None  # default: chunks.default_chunk
+    threads: int = 0
+    force: bool = False
+    resume: bool = False
+    devices: str | None = None  # GPUs for a streamed render, "0,1" or "all"
+    fovea: tuple[float, float] | None = None
+    fovea_radius: float = 0.25
+    fovea_map: Path | None = None
+    scheduler: str | None = None  # a Dask scheduler's address (cluster_job.py)
+    cluster: bool = False
+    workers: int | None = None
+    zarr_chunk: int = 1024
+    packaged: bool = False  # the model is the one packaged with cips-edge (cluster workers find their own)
+
+    @property
+    def on_cluster(self) -> bool:
+        return (self.out is not None and is_zarr(self.out)) or self.cluster or self.scheduler is not None
+
+
+@dataclass
+class Timings:
+    """Milliseconds of a job's parts: opening the model, rendering, writing (encoding) the outputs."""
+
+    session: float = 0.0
+    render: float = 0.0
+    write: float = 0.0
+
+    @contextlib.contextmanager
+    def measure(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, part, getattr(self, part) + (time.perf_counter() - start) * 1000)
+
+
+@dataclass
+class JobReport:
+    paths: list[Path]
+    summary: str  # one line: what was written, where it ran, how long it took
+    timings: Timings = field(default_factory=Timings)
+
+
+def frame_size(size: int, width: int | None, height: int | None, force: bool) -> tuple[int, int]:
+    """(width, height): each defaults to size; checked against the per-side limit."""
+    w, h = size if width is None else width, size if height is None else height
+    check_image_size(w, h, force)
+    return w, h
+
+
+def render_job(job: RenderJob, progress: ProgressFactory = no_progress) -> JobReport:
+    """Render every output of `job` and write it; UserError (naming job's fields) before any work when
+    an option is wrong or contradicts another."""
+    if job.latent is not None and job.seeds:
+        raise UserError("give either latent or seeds, not both", params=("latent", "seeds"))
+    check_truncation(job.truncation)
+    if job.on_cluster:
+        for name in ("coords", "fovea", "fovea_map", "devices"):
+            if getattr(job, name) is not None:
+                raise UserError(f"{name} does not work with cluster, scheduler or a .zarr output (they render "
+                                "on a Dask cluster)", params=(name, "cluster", "scheduler"))
+        from .cluster_job import render_on_cluster
+
+        return render_on_cluster(job, progress)
+    if job.workers is not None:
+        raise UserError("workers sizes the local Dask workers of cluster or of a .zarr output",
+                        params=("workers", "cluster"))
+    return _render_here(job, progress)
+
+
+def _render_here(job: RenderJob, progress: ProgressFactory) -> JobReport:
+    seeds = [] if job.latent is not None else parse_seeds(job.seeds or ["0"])
+    w, h = frame_size(job.size, job.width, job.height, job.force)
+    if job.region is not None and job.coords is not None:
+        raise UserError("give either region or coords, not both (coords points are already in the frame)",
+                        params=("region", "coords", "coords"))
+    if job.panorama and (job.region is not None or job.coords is not None):
+        raise UserError("panorama renders the whole circle: for part of it use region alone (a panorama "
+                        "model's x' wraps around every 2 x its frames), and coords on its own",
+                        params=("panorama", "region", "coords"))
+    frame = FULL_FRAME if job.region is None else check_region(job.region, h, w)
+    suffixes, default = (((".npy",), "cips-seed{seed}-rgb.npy") if job.coords is not None
+                         else ((*IMAGE_SUFFIXES, *STREAM_SUFFIXES[1:]), "cips-seed{seed}.png"))
+    if job.latent is not None:  # one output, named after the latent file
+        paths = output_paths(job.out, [0], default.replace("seed{seed}", Path(job.latent).stem))
+    else:
+        paths = output_paths(job.out, seeds, default)
+    paths = [prepare_output(p, suffixes) for p in paths]  # fail before any work
+    points = load_coords(job.coords) if job.coords is not None else None
+    plan = _fovea_plan(job, len(paths), h, w, frame)
+    streamed = streams(paths[0], w * h, job.resume, job.devices is not None, points is not None or plan is not None)
+    gpus = parse_devices(job.devices) if job.devices is not None else None
+
+    timings = Timings()
+    with timings.measure("session"):
+        models = open_models(job.model, job.device, gpus, job.threads, job.precision)
+    m = models[0]
+    if job.panorama:
+        w, frame = panorama_view(m.config, h, job.width, str(m.path))
+        check_image_size(w, h, job.force)
+        streamed = streams(paths[0], w * h, job.resume, job.devices is not None, plan is not None)
+    latents = latents_of(job, seeds, m.style_dim)
+    n_points = points.size // 2 if points is not None else w * h
+    streams_ = [StreamRender.open(p, m, z, w, h, frame, job.truncation, job.resume)
+                for z, p in zip(latents, paths)] if streamed else []
+    work = n_points if plan is None else plan.points
+    total = sum(s.remaining_pixels for s in streams_) if streamed else work * len(latents)
+    unit = "points" if points is not None or plan is not None else "pixels"
+    start = time.perf_counter()
+    with progress(total, streamed or len(latents) > 1 or work >= 1 << 20, unit) as advance:
+        for z, path, stream in zip(latents, paths, streams_ or [None] * len(paths)):
+            if stream is not None:  # encoded and written while it renders: all of it counts as render
+                with timings.measure("render"):
+                    stream.run(models, job.chunk, advance)
+                continue
+            with timings.measure("render"):
+                if points is not None:
+                    rgb = render_points(m, z, points.reshape(-1, 2), job.truncation, job.chunk, advance)
+                    rgb = rgb.reshape(*points.shape[:-1], 3)
+                elif plan is not None:
+                    rgb = fv.render_foveated(m, z, plan, job.truncation, job.chunk, advance)
+                else:
+                    rgb = render_image(m, z, h, w, region=frame, truncation=job.truncation, chunk=job.chunk,
+                                       progress=advance, uint8=path.suffix.lower() == ".png")
+            with timings.measure("write"):
+                if plan is not None and job.fovea_map is not None:
+                    write_output(job.fovea_map, fv.sample_map(plan, rgb))
+                write_output(path, rgb)
+    ms = (time.perf_counter() - start) * 1000
+
+    what = f"{len(paths)} files, {paths[0]} ... {paths[-1]}" if len(paths) > 1 else str(paths[0])
+    shape = f"{n_points} points" if points is not None else f"{w}x{h}"
+    if job.region is not None:
+        shape += ", region " + " ".join(f"{v:g}" for v in frame)
+    if plan is not None:
+        shape += (f", fovea {job.fovea[0]:g} {job.fovea[1]:g} radius {job.fovea_radius:g}: {plan.points} of "
+                  f"{w * h} points, {w * h / plan.points:.1f}x fewer")
+    if job.panorama:
+        shape += ", 360-degree panorama"
+    if streamed:
+        shape += ", streamed" + (", resumed" if any(s.resumed for s in streams_) else "")
+    where = m.provider + (f" x{len(models)} (GPUs {job.devices})" if len(models) > 1 else "")
+    where += "" if m.precision == "fp32" else f" ({m.precision})"
+    return JobReport(paths, f"wrote {what} ({shape}) on {where} in {ms:.0f} ms", timings)
+
+
+def _fovea_plan(job: RenderJob, outputs: int, h: int, w: int, frame) -> fv.FoveaPlan | None:
+    """The foveation plan (None without fovea), its options checked before any work."""
+    if job.fovea is None:
+        if job.fovea_map is not None:
+            raise UserError("fovea_map needs fovea X Y", params=("fovea_map", "fovea"))
+        return None
+    if job.coords is not None:
+        raise UserError("give either fovea or coords, not both (fovea renders an image)",
+                        params=("fovea", "coords", "fovea"))
+    if job.fovea_map is not None:
+        if outputs > 1:
+            raise UserError("fovea_map writes one picture: give one seed", params="fovea_map")
+        prepare_output(job.fovea_map, (".png",))
+    return fv.fovea_plan(h, w, job.fovea, job.fovea_radius, frame)
+
+
+def latents_of(job: RenderJob, seeds: list[int], style_dim: int) -> list[np.ndarray]:
+    """The latents of a job: its latent file's, or its seeds'."""
+    if job.latent is not None:
+        return [load_latent(job.latent, style_dim)]
+    return [latent_for_seed(s, style_dim) for s in seeds]
