@@ -8,8 +8,9 @@ Two uses of the same builders:
   - fp32: plain layout, Gemm with the bias + LeakyRelu per layer (one FusedGemm on ONNX Runtime's CPU
     provider), ToRGB as 3-column MatMuls summed with their biases;
   - fp16: folded layout (export/style.py), features and the last GEMM in float32, the chain in float16;
-  - int8: plain layout with com.microsoft.DynamicQuantizeMatMul per layer after the input layer
-    (activations quantized per call, weights per column, bias inside), ToRGB in float32.
+  - int8: plain layout with equalized channels (export/style.py FastStyle.equalized) and
+    com.microsoft.DynamicQuantizeMatMul per layer after the input layer (activations quantized per
+    call, weights per column, bias inside), ToRGB in float32.
 
 The weights every point reads (Fourier layer, coordinate table, biases) are initializers of the file's
 graph only: a fast graph declares them as inputs of the same name, which the runtime fills from the
@@ -358,26 +359,29 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.M
 
 def _plain_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str, int8: bool) -> None:
     """Gemm (float32) or DynamicQuantizeMatMul (int8), bias inside, + LeakyRelu per layer; the ToRGB
-    MatMuls summed with their biases."""
+    MatMuls summed with their biases. int8 reads FastStyle.quantized's weights: the input layer, the
+    biases and ToRGB per latent too (the channels come equalized)."""
     shapes = config.layer_shapes
     sources = rgb_sources(config)
     f32 = TensorProto.FLOAT
     m0 = shapes[0][1]
-    x = graph.op("Gemm", [fo, graph.input("p0_fo", f32, [fourier_width(config), m0])])  # bias in the constant row
-    x = graph.op("Gemm", [co, graph.input("p0_co", f32, [config.hidden_size, m0]), x])
+    first = "q" if int8 else "p"
+    x = graph.op("Gemm", [fo, graph.input(f"{first}0_fo", f32, [fourier_width(config), m0])])  # bias in the constant row
+    x = graph.op("Gemm", [co, graph.input(f"{first}0_co", f32, [config.hidden_size, m0]), x])
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
     parts = []
     for i, (k, m) in enumerate(shapes[1:], start=1):
-        bias = graph.weight(f"bias{i}")
         if int8:
             q = graph.input(f"q{i}", TensorProto.INT8, [k, m])
             scale = graph.input(f"qscale{i}", f32, [m])
+            bias = graph.input(f"qbias{i}", f32, [m])
             x = graph.op("DynamicQuantizeMatMul", [x, q, scale, "", bias], domain=MS_DOMAIN)
         else:
-            x = graph.op("Gemm", [x, graph.input(f"p{i}", f32, [k, m]), bias])
+            x = graph.op("Gemm", [x, graph.input(f"p{i}", f32, [k, m]), graph.weight(f"bias{i}")])
         x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
         if i in sources:
-            parts.append(graph.op("MatMul", [x, graph.input(f"t{sources.index(i)}", f32, [m, 3])]))
+            name = ("qt" if int8 else "t") + str(sources.index(i))
+            parts.append(graph.op("MatMul", [x, graph.input(name, f32, [m, 3])]))
     total = parts[0]
     for part in parts[1:]:
         total = graph.op("Add", [total, part])

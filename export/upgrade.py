@@ -84,7 +84,8 @@ def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: s
 
 def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 2000) -> tuple[float, float, float]:
     """The new file's graph and fp32 fast path against the old file's fp32 renders, random points
-    inside and outside the frame, psi 1 and 0.7; ParityError beyond float32 rounding."""
+    inside and outside the frame, psi 1 and 0.7; ParityError beyond float32 rounding (its int8 and
+    fp16 grid graphs: beyond their precision's PRECISION_TOL)."""
     rng = np.random.default_rng(0)
     z = rng.standard_normal((n_latents, config.style_dim)).astype(np.float32)
     coords = (rng.random((n_latents, n_points, 2)) * 3 - 1.5).astype(np.float32)
@@ -99,6 +100,12 @@ def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 200
         for what, rgb in (("fast path", new.run(z, coords, truncation)),
                           ("graph", graph.run([OUTPUT], {"z": z, "coords": coords, "truncation": truncation})[0])):
             worst = tuple(map(max, worst, check_parity(rgb, reference, f"({what}, psi {psi}) against the old file")))
+    if "int8" in new.info.pixel_graphs:  # psi 0.7 is the last reference
+        rgb = CIPSModel(new_path, device="cpu", precision="int8").run(z, coords, truncation)
+        int8_error = float(np.linalg.norm(rgb - reference) / max(np.linalg.norm(reference), 1e-30))
+        if not int8_error <= PRECISION_TOL["int8"]:
+            raise ParityError(f"the new file's int8 pixel graph differs from the old file by {int8_error:.2e} "
+                              f"(relative; limit {PRECISION_TOL['int8']:g})")
     error = 0.0
     fast = CIPSModel(new_path, device="cpu", precision="fp16") if "fp16" in new.info.pixel_graphs else None
     if fast is not None and fast.grid_ready:  # the grid graph against the old file's fp32 renders

@@ -28,9 +28,10 @@ from cips_edge.runtime.render import render_image
 REL_TOL = 1e-5  # ||ort - torch|| / ||torch||: float32 rounding lands around 1e-6
 ABS_TOL = 1e-4  # largest single difference, relative to max(1, max |torch|)
 PSIS = (1.0, 0.7)
-# ||ort - torch|| / ||torch|| allowed for the reduced precisions: far above what they give (fp16 ~1e-3,
-# int8 ~0.03 on random and trained-like weights), far below what a wrong graph gives (~1)
-PRECISION_TOL = {"fp16": 0.02, "int8": 0.3}
+# ||ort - torch|| / ||torch|| allowed for the reduced precisions: above what they give (fp16 ~1e-3; int8
+# 0.02-0.06 per latent at points in [-1.5, 1.5]^2 on the packaged emoji model, ~0.03 on random weights),
+# far below what a wrong graph gives (~1; int8 with one layer's equalization gains left out: > 0.2)
+PRECISION_TOL = {"fp16": 0.02, "int8": 0.1}
 
 
 class ParityError(UserError):
