@@ -33,7 +33,7 @@ from cips_edge.runtime.split import texel_rows
 from .graph import build_style_extension, join_pixels
 from .pixels import grid_graph, pixel_graph
 from .style import bias_names, plain_names
-from .verify import PRECISION_TOL, ParityError, check_parity
+from .verify import GRID_CHECK_REGION, GRID_CHECK_SIDE, check_parity, check_reduced
 
 
 def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: str | None = None,
@@ -100,20 +100,15 @@ def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 200
         for what, rgb in (("fast path", new.run(z, coords, truncation)),
                           ("graph", graph.run([OUTPUT], {"z": z, "coords": coords, "truncation": truncation})[0])):
             worst = tuple(map(max, worst, check_parity(rgb, reference, f"({what}, psi {psi}) against the old file")))
+    against = "the old file"
     if "int8" in new.info.pixel_graphs:  # psi 0.7 is the last reference
         rgb = CIPSModel(new_path, device="cpu", precision="int8").run(z, coords, truncation)
-        int8_error = float(np.linalg.norm(rgb - reference) / max(np.linalg.norm(reference), 1e-30))
-        if not int8_error <= PRECISION_TOL["int8"]:
-            raise ParityError(f"the new file's int8 pixel graph differs from the old file by {int8_error:.2e} "
-                              f"(relative; limit {PRECISION_TOL['int8']:g})")
+        check_reduced(rgb, reference, "int8", "the new file's int8 pixel graph", against)
     error = 0.0
     fast = CIPSModel(new_path, device="cpu", precision="fp16") if "fp16" in new.info.pixel_graphs else None
     if fast is not None and fast.grid_ready:  # the grid graph against the old file's fp32 renders
-        side, region = 12, (-1.3, -1.1, 1.4, 1.2)
-        grid = render_image(fast, z[0], side, side, region=region).reshape(-1, 3)
+        side, region = GRID_CHECK_SIDE, GRID_CHECK_REGION
+        grid = render_image(fast, z[0], side, side, region=region)
         reference = old.run(z[:1], region_grid(*region, side, side)[None], np.ones(1, np.float32))[0]
-        error = float(np.linalg.norm(grid - reference) / max(np.linalg.norm(reference), 1e-30))
-        if not error <= PRECISION_TOL["fp16"]:
-            raise ParityError(f"the new file's fp16 grid graph differs from the old file by {error:.2e} "
-                              f"(relative; limit {PRECISION_TOL['fp16']:g})")
+        error = check_reduced(grid, reference, "fp16", "the new file's fp16 grid graph", against)
     return (*worst, error)

@@ -34,8 +34,21 @@ PSIS = (1.0, 0.7)
 PRECISION_TOL = {"fp16": 0.02, "int8": 0.1}
 
 
+# the small grid, leaving the frame, on which a file's grid graph is checked (here and on upgrades)
+GRID_CHECK_SIDE, GRID_CHECK_REGION = 12, (-1.3, -1.1, 1.4, 1.2)
+
+
 class ParityError(UserError):
     pass
+
+
+def check_reduced(out: np.ndarray, reference: np.ndarray, precision: str, what: str, against: str) -> float:
+    """||out - reference|| / ||reference|| for a reduced-precision graph; ParityError beyond its
+    PRECISION_TOL. what: the graph ("the fp16 grid graph"), against: the reference ("torch")."""
+    error = float(np.linalg.norm(out.reshape(reference.shape) - reference) / max(np.linalg.norm(reference), 1e-30))
+    if not error <= PRECISION_TOL[precision]:
+        raise ParityError(f"{what} differs from {against} by {error:.2e} (relative; limit {PRECISION_TOL[precision]:g})")
+    return error
 
 
 def check_parity(ort_out: np.ndarray, torch_out: np.ndarray, what: str) -> tuple[float, float]:
@@ -98,17 +111,10 @@ def verify_file(path: str | os.PathLike, generator: CIPSGenerator, w_avg: torch.
     few = scattered[:, :n_points // 4]
     out = reduced.run(z.numpy(), few.numpy(), _psis(n_latents, 1.0))
     ref = _torch_rgb(generator, z, few, 1.0, w_avg)
-    error = float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
-    if not error <= PRECISION_TOL[precision]:
-        raise ParityError(f"the {precision} pixel graph differs from torch by {error:.2e} (relative; "
-                          f"limit {PRECISION_TOL[precision]:g})")
+    error = check_reduced(out, ref, precision, f"the {precision} pixel graph", "torch")
     if reduced.grid_ready:  # the grid graph on a small grid that leaves the frame
-        side, region = 12, (-1.3, -1.1, 1.4, 1.2)
+        side, region = GRID_CHECK_SIDE, GRID_CHECK_REGION
         out = render_image(reduced, z[0].numpy(), side, side, region=region)
         ref = _torch_rgb(generator, z[:1], torch.from_numpy(region_grid(*region, side, side))[None], 1.0, w_avg)
-        grid_error = float(np.linalg.norm(out.reshape(ref.shape) - ref) / max(np.linalg.norm(ref), 1e-30))
-        if not grid_error <= PRECISION_TOL[precision]:
-            raise ParityError(f"the {precision} grid graph differs from torch by {grid_error:.2e} (relative; "
-                              f"limit {PRECISION_TOL[precision]:g})")
-        error = max(error, grid_error)
+        error = max(error, check_reduced(out, ref, precision, f"the {precision} grid graph", "torch"))
     return (*worst, error)

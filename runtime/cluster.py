@@ -35,6 +35,7 @@ from cips_edge.core.format import packaged_model
 from cips_edge.core.seeds import latent_for_seed
 from .image import write_output
 from .model import CUDA, CIPSModel, available_providers, default_threads
+from .coords import grid_axes
 from .render import render_grid, render_image
 
 GPU_TASK_THREADS = 2  # tasks at once on a GPU worker: one renders while the other compresses and writes
@@ -138,11 +139,9 @@ def _render_chunk(spec: ModelSpec, job: ImageJob, row: int, column: int) -> tupl
     model, pyramid = _model(spec), _pyramid(job)
     level = pyramid.levels[0]
     top, left, h, w = level.block(row, column)
-    x0, y0, x1, y1 = job.region
-    # the points of runtime.coords.grid_chunks for the whole image (float64 linspace, then float32)
-    xs = np.linspace(x0, x1, job.width, dtype=np.float64).astype(np.float32)[left:left + w]
-    ys = np.linspace(y0, y1, job.height, dtype=np.float64).astype(np.float32)[top:top + h]
-    pyramid.write(level, row, column, render_grid(model, job.z, xs, ys, job.truncation, job.chunk, uint8=True)[0])
+    xs, ys = grid_axes(job.height, job.width, job.region)  # the whole image's, as a single render's
+    rgb = render_grid(model, job.z, xs[left:left + w], ys[top:top + h], job.truncation, job.chunk, uint8=True)
+    pyramid.write(level, row, column, rgb[0])
     return model.provider, h * w
 
 

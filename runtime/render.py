@@ -119,9 +119,9 @@ def render_image(model: RenderModel, z: np.ndarray, height: int, width: int,
         raise UserError(f"render_image takes one latent, got {z.shape[0]}")
     if height < 1 or width < 1:
         raise UserError(f"image size must be at least 1 x 1, got {width} x {height}")
-    psi = _truncation(truncation, 1)
     if model.grid_ready:
         return render_images(model, z, height, width, region, truncation, chunk, progress, uint8)[0]
+    psi = _truncation(truncation, 1)
     per_call = chunk_size(model, chunk, height * width)
     out = np.empty((height * width, 3), dtype=np.float32)
     style = model.styles(z, psi)[0]

@@ -46,8 +46,9 @@ def chunk_bytes_per_point(info: ModelInfo, precision: str) -> int:
 
 
 def grid_bytes_per_point(info: ModelInfo) -> int:
-    """The same for the fp16 grid graph: the float16 Fourier block's products and sum, the input layer's
-    interpolated table half, the chain, the colours."""
+    """The same for the fp16 grid graph: three float16 copies of the Fourier block, the input layer's
+    interpolated table half, the chain, the colours. It does not count the float32 argument and sine
+    that the float16 block is made from, so a call holds more than this says (docs/speed.md)."""
     c = info.config
     widest = max(c.synthesis_widths) + 8
     return 2 * 3 * (c.hidden_size + 8) + 2 * widest + 2 * 2 * widest + 64

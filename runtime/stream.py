@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pngstream, tiffstream
-from .coords import FULL_FRAME
+from .coords import FULL_FRAME, grid_axes
 from .devices import run_ordered
 from cips_edge.core.errors import Interrupted, UserError
 from cips_edge.core.files import atomic_write, file_sha256
@@ -290,10 +290,7 @@ class StreamRender:
 
     def _render(self, models: list[RenderModel], chunk: int, progress) -> Iterator[tuple[int, np.ndarray]]:
         """(block index, pixels [h, w, 3] uint8) of the blocks not yet done, in order."""
-        x0, y0, x1, y1 = self.region
-        # the same points as runtime.coords.grid_chunks (float64 linspace, then float32)
-        xs = np.linspace(x0, x1, self.layout.width, dtype=np.float64).astype(np.float32)
-        ys = np.linspace(y0, y1, self.layout.height, dtype=np.float64).astype(np.float32)
+        xs, ys = grid_axes(self.layout.height, self.layout.width, self.region)  # the in-memory render's points
         z, psi = self.z, self.psi
 
         grid = all(m.grid_ready for m in models)  # grid graphs render whole rows of a block, in 8 bits
