@@ -49,7 +49,8 @@ def _z(tiny_onnx) -> np.ndarray:
 
 
 def _level0_files(path: Path) -> int:
-    return sum(len(files) for _, _, files in os.walk(path / "0" / "c"))
+    """Level 0's finished chunk files (their keys are numbers; a file being written has another name)."""
+    return sum(name.isdigit() for _, _, files in os.walk(path / "0" / "c") for name in files)
 
 
 def _chain(level0: np.ndarray, count: int) -> list[np.ndarray]:
