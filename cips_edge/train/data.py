@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +166,9 @@ class ImageBank:
         on_device = allow_device and device.type == "cuda" and nbytes <= DEVICE_FRACTION * \
             torch.cuda.get_device_properties(device).total_memory
         if on_device:
-            self.store = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+            with warnings.catch_warnings():  # a read-only memory map: torch only reads it for the upload
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                self.store = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         elif device.type == "cpu" or nbytes <= HOST_FRACTION * _total_ram() or not isinstance(images, np.memmap):
             self.store = torch.from_numpy(np.array(images))  # a private, writable copy in RAM
         else:
