@@ -96,6 +96,7 @@ PROCESSES = {
     "wscap-256": ("fast+compile", {}, {"CUDNN_CONV_WSCAP_DBG": "256"}, ["base"]),
     "budget-0.5": ("fast+compile", {"activation_budget": 0.5}, {}, ["base"]),
     "eager": ("fast", {}, {}, ["base", "r1_bf16", "recompute_g"]),
+    "eager-no-cudnn-benchmark": ("fast", {"cudnn_benchmark": False}, {}, ["base"]),
     "best": ("fast+compile", {"cudnn_benchmark": False}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"},
              ["r1_bf16", "recompute_g", "r1_bf16+recompute_g"]),
 }
