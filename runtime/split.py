@@ -47,8 +47,10 @@ def chunk_bytes_per_point(info: ModelInfo, precision: str) -> int:
 
 def grid_bytes_per_point(info: ModelInfo) -> int:
     """The same for the fp16 grid graph: three float16 copies of the Fourier block, the input layer's
-    interpolated table half, the chain, the colours. It does not count the float32 argument and sine
-    that the float16 block is made from, so a call holds more than this says (docs/speed.md)."""
+    interpolated table half, the chain, the colours. The graph's own peak is lower (float32 angle and
+    sine side by side, 8 bytes per Fourier feature: 4,160 B a point for paper-256 against 6,304 here;
+    benchmarks/grid_memory.py computes it), but ONNX Runtime's CUDA arena holds more than the graph's
+    peak (docs/speed.md)."""
     c = info.config
     widest = max(c.synthesis_widths) + 8
     return 2 * 3 * (c.hidden_size + 8) + 2 * widest + 2 * 2 * widest + 64
