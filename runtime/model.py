@@ -28,6 +28,13 @@ TENSORRT = "TensorrtExecutionProvider"
 # by what is asked rather than to the next power of two (bounded memory for big images).
 CUDA_OPTIONS = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
 TRT_CACHE = Path(os.environ.get("CIPS_TRT_CACHE", Path.home() / ".cache" / "cips-edge" / "tensorrt"))
+_gpu_sessions = 0  # sessions opened on a GPU provider in this process (gpu_session_opened)
+
+
+def gpu_session_opened() -> bool:
+    """Whether this process opened a session on a GPU provider: its exit then unloads the CUDA
+    libraries and context, ~0.3 s that a command line can skip once its work is written (cips_edge.cli)."""
+    return _gpu_sessions > 0
 
 
 def _onnxruntime():
@@ -182,16 +189,20 @@ class CIPSModel:
             providers.insert(0, (TENSORRT, self._tensorrt_options()))
         try:
             try:
-                return ort.InferenceSession(source, options, providers=providers)
+                session = ort.InferenceSession(source, options, providers=providers)
             except Exception:
                 if not cuda:
                     raise
                 # an onnxruntime-gpu older than the use_tf32 option refuses it: the rest still holds
                 providers[-2] = (CUDA, {k: v for k, v in self._cuda_options().items() if k != "use_tf32"})
-                return ort.InferenceSession(source, options, providers=providers)
+                session = ort.InferenceSession(source, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise UserError(f"{self.path} is not a loadable ONNX model (truncated or another format?): "
                             f"{_first_line(e)}") from None
+        if session.get_providers()[0] != CPU:
+            global _gpu_sessions
+            _gpu_sessions += 1
+        return session
 
     def _cuda_options(self) -> dict:
         return {"device_id": str(self.device_id), **CUDA_OPTIONS}

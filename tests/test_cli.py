@@ -339,6 +339,24 @@ def test_verbose_render_prints_where_the_time_went(tiny_onnx, tmp_path):
     assert r.exit_code == 0 and r.stderr == ""
 
 
+@pytest.mark.parametrize("gpu,args,code", [(True, [], 0), (False, [], 0), (True, ["--chunk", "0"], 1)])
+def test_after_a_gpu_session_a_finished_command_skips_the_teardown(gpu, args, code, tiny_onnx, tmp_path):
+    """The console entry, in a fresh process that counts as having opened a GPU session (this machine
+    may have none): a successful command leaves without the interpreter's teardown (no exit handler
+    runs), with its output flushed and its file written; a failed one, or one without a GPU session,
+    exits normally."""
+    script = (f"import atexit, sys; import cips_edge.runtime.model as m; m._gpu_sessions = {int(gpu)}; "
+              "atexit.register(lambda: print('teardown', flush=True)); import cips_edge.cli as cli; "
+              f"sys.argv = ['cips'] + {[str(a) for a in ['render', '--model', tiny_onnx, '--size', 8, *args]]!r} "
+              f"+ ['--out', {str(tmp_path / 'x.png')!r}]; cli.main()")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == code, r.stderr
+    assert ("teardown" in r.stdout) == (not gpu or code != 0)
+    assert (tmp_path / "x.png").exists() == (code == 0)
+    if code == 0:
+        assert r.stdout.startswith("wrote ")
+
+
 @pytest.mark.parametrize("args,message", [
     (["render", "--chunk", "0"], "--chunk must be at least 1 point, got 0"),
     (["render", "--threads", "-1"], "--threads must be 0 (automatic) or more, got -1"),
