@@ -123,7 +123,7 @@ class CIPSModel:
             graphcut.check_against_graph(main, self.info, str(self.path))
             self.precision = self._precision(precision, cuda)
             fast = FastPaths(main, self.info, self.precision, str(self.path))
-            style_source = fast.style
+            style_source = fast.style_one
         else:
             style_source = str(self.path)
         del main
@@ -138,7 +138,7 @@ class CIPSModel:
                 self.precision = self._precision(None, False)  # the CPU's choice, now that it runs there
                 fast = FastPaths(onnxproto.load(str(self.path), str(self.path)), self.info, self.precision,
                                  str(self.path))
-                style_source = fast.style
+                style_source = fast.style_one
             self.session = self._session(style_source, cuda=False)
             self.providers = list(self.session.get_providers())
         self.workers = 1 if self.providers[0] == CUDA else (threads or default_threads())
@@ -163,10 +163,14 @@ class CIPSModel:
             if device == "tensorrt" and self.providers[0] != TENSORRT:
                 raise UserError("device tensorrt: onnxruntime could not load its TensorRT provider "
                                 "(TensorRT libraries missing?); use device cuda", params=("device", "device"))
+            batch_style = None  # version 3: the style part for several latents a call, opened when first used
+            if fast is not None:
+                batch_source, on_gpu_style = fast.style, self.session.get_providers()[0] != CPU
+                batch_style = lambda: self._session(batch_source, cuda=on_gpu_style)  # noqa: E731
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
                                       bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
                                       table=fast.table if fast is not None else None, grid_session=grid,
-                                      pixel_inputs=fast.pixel_inputs if lazy else None)
+                                      pixel_inputs=fast.pixel_inputs if lazy else None, batch_style=batch_style)
         else:
             self._check_graph(self.session.get_inputs(), self.session.get_outputs(), INPUTS, (OUTPUT,))
             if precision not in (None, "fp32"):  # a typo gets the same answer: this file has fp32 only

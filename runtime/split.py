@@ -71,9 +71,13 @@ class SplitEngine:
     to check it."""
 
     def __init__(self, ort, style_session, pixel_session, info: ModelInfo, precision: str, bound: str | None,
-                 device_id: int = 0, table: np.ndarray | None = None, grid_session=None, pixel_inputs=None):
+                 device_id: int = 0, table: np.ndarray | None = None, grid_session=None, pixel_inputs=None,
+                 batch_style=None):
         self.ort = ort
         self.style_session = style_session
+        # several latents a call: batch_style (a session, or a function that makes it on first use) where
+        # style_session takes one latent only, else style_session
+        self._batch_style = batch_style
         # the pixel session, or a function that makes it on first use (with pixel_inputs: its inputs as
         # get_inputs() would list them), so that a model that only renders grids never opens it
         self._pixel_session = pixel_session
@@ -109,9 +113,17 @@ class SplitEngine:
             self._pixel_session = self._pixel_session()
         return self._pixel_session
 
+    def style_for(self, latents: int):
+        """The style session that runs `latents` latents in one call."""
+        if latents == 1 or self._batch_style is None:
+            return self.style_session
+        if not hasattr(self._batch_style, "run"):
+            self._batch_style = self._batch_style()
+        return self._batch_style
+
     def _style_outputs(self, z: np.ndarray, psi: np.ndarray, names: list[str],
                        extra: dict | None = None) -> list[np.ndarray]:
-        return self.style_session.run(names, {**dict(zip(STYLE_INPUTS, (z, psi))), **(extra or {})})
+        return self.style_for(z.shape[0]).run(names, {**dict(zip(STYLE_INPUTS, (z, psi))), **(extra or {})})
 
     # -- style: once per latent --------------------------------------------------------------------
     def styles(self, z: np.ndarray, psi: np.ndarray, extra: dict | None = None) -> list:
@@ -120,12 +132,13 @@ class SplitEngine:
         if not self.bound:
             arrays = self._style_outputs(z, psi, self.weight_names, extra)
             return [{n: a[b] for n, a in zip(self.weight_names, arrays)} for b in range(z.shape[0])]
-        binding = self.style_session.io_binding()
+        session = self.style_for(z.shape[0])
+        binding = session.io_binding()
         for name, value in {**dict(zip(STYLE_INPUTS, (z, psi))), **(extra or {})}.items():
             binding.bind_cpu_input(name, value)
         for name in self.weight_names:
             binding.bind_output(name, self.bound, self.device_id)
-        self.style_session.run_with_iobinding(binding, self.sync_options)
+        session.run_with_iobinding(binding, self.sync_options)
         values = binding.get_outputs()
         styles = []
         for b in range(z.shape[0]):

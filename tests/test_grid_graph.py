@@ -71,7 +71,7 @@ def test_the_bound_grid_path_gives_the_plain_paths_pixels(fp16_file):
     plain = CIPSModel(fp16_file, device="cpu", precision="fp16")
     e = plain.engine
     bound = SplitEngine(plain.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu",
-                        table=e.host_table, grid_session=e.grid_session)
+                        table=e.host_table, grid_session=e.grid_session, batch_style=e.style_for(2))
     z = np.stack([latent_for_seed(s, plain.style_dim) for s in (4, 9)])
     psi = np.array([1.0, 0.8], np.float32)
     xs, ys = np.linspace(-1.1, 0.9, 23, dtype=np.float32), np.linspace(1.0, -1.0, 11, dtype=np.float32)
@@ -123,7 +123,7 @@ def test_eight_bit_colours_from_the_grid_graph_are_to_uint8_of_its_raw_values(fp
     # the bound path gives the same bytes
     e = model.engine
     bound = SplitEngine(model.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu",
-                        table=e.host_table, grid_session=e.grid_session)
+                        table=e.host_table, grid_session=e.grid_session, batch_style=e.style_for(2))
     xs, ys = np.linspace(-1, 1, 9, dtype=np.float32), np.linspace(-1, 1, 7, dtype=np.float32)
     psi = np.ones(1, np.float32)
     assert np.array_equal(bound.render_grids(bound.styles(z[None], psi), xs, ys, 20, uint8=True),

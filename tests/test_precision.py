@@ -155,7 +155,8 @@ def test_the_bound_path_gives_the_plain_paths_pixels(exported, tiny_onnx, precis
 
     plain = CIPSModel(exported["int8"] if precision == "int8" else tiny_onnx, device="cpu", precision=precision)
     e = plain.engine
-    bound = SplitEngine(plain.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu", table=e.host_table)
+    bound = SplitEngine(plain.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu", table=e.host_table,
+                        batch_style=e.style_for(2))
     z = np.stack([latent_for_seed(s, plain.style_dim) for s in (1, 2, 3)])
     psi = np.array([1.0, 0.7, 1.0], np.float32)
     coords = np.random.default_rng(0).uniform(-1.2, 1.2, (250, 2)).astype(np.float32)
@@ -178,7 +179,7 @@ def test_renders_through_the_bound_path_equal_plain_renders(tiny_onnx, monkeypat
     bound = CIPSModel(tiny_onnx, device="cpu", threads=1)
     e = bound.engine
     bound.engine = SplitEngine(bound.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu",
-                               table=e.host_table)
+                               table=e.host_table, batch_style=e.style_for(2))
     assert bound.on_device
     monkeypatch.setattr(split, "BAND_POINTS", 150)  # several bands: 150 points = 3 chunks of 50
     z = np.stack([latent_for_seed(s, plain.style_dim) for s in (4, 5)])

@@ -91,6 +91,23 @@ def test_truncation_is_per_sample_in_a_batch(tiny):
     assert np.abs(both[1] - render_points(tiny, z[1], pts)[0]).max() > 1e-3  # psi does something
 
 
+def test_one_latent_runs_a_style_part_of_batch_one_and_a_batch_the_general_one(tiny_onnx):
+    """One latent a call (every single image) runs the style part with its batch fixed to 1, so the
+    traced shape arithmetic folds into constants; the first batch of several opens the general style
+    part. Both give the same weights, bit for bit."""
+    model = CIPSModel(tiny_onnx, device="cpu")
+    e = model.engine
+    assert e.style_session.get_inputs()[0].shape[0] == 1
+    assert not hasattr(e._batch_style, "run")  # not opened yet
+    z = np.stack([latent_for_seed(s, model.style_dim) for s in (1, 2, 3)])
+    psi = np.array([1.0, 0.7, 1.0], np.float32)
+    together = model.styles(z, psi)
+    assert e.style_for(3) is not e.style_session and e.style_for(3).get_inputs()[0].shape[0] == "batch"
+    for b, style in enumerate(together):
+        [alone] = model.styles(z[b:b + 1], psi[b:b + 1])
+        assert style.keys() == alone.keys() and all(np.array_equal(style[k], alone[k]) for k in style)
+
+
 def test_render_image_is_render_points_on_the_region_grid(tiny):
     z = latent_for_seed(3, tiny.style_dim)
     region = (-0.5, -1.5, 2.0, 0.25)
