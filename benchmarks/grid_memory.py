@@ -23,13 +23,15 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import shape_inference
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render import PeakMemory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ITEM = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.UINT8: 1,
@@ -82,36 +84,7 @@ def grid_of(path: Path) -> onnx.ModelProto:
     return onnx.load_from_string(base64.b64decode(meta[KEY_GRID_GRAPH + "fp16"]))
 
 
-class Sampler:
-    """The device's used memory, sampled in a thread; peak above `base`."""
-
-    def __init__(self, torch):
-        self.torch, self.peak, self.running = torch, 0, False
-
-    def used(self) -> int:
-        free, total = self.torch.cuda.mem_get_info()
-        return total - free
-
-    def __enter__(self):
-        self.running = True
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-        return self
-
-    def _loop(self):
-        while self.running:
-            self.peak = max(self.peak, self.used())
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.used())
-
-
 def child(path: Path, name: str, device: str) -> dict:
-    import torch
-
     from cips_edge.runtime import CIPSModel, latent_for_seed, render_image
     from cips_edge.runtime import model as model_module
 
@@ -119,35 +92,23 @@ def child(path: Path, name: str, device: str) -> dict:
     if unified:
         model_module.CUDA_OPTIONS = {**model_module.CUDA_OPTIONS, "use_ep_level_unified_stream": "1"}
     gpu = device == "cuda"
-    sampler = Sampler(torch) if gpu else None
-    base = sampler.used() if gpu else 0
+    base = PeakMemory(gpu).gpu_used() if gpu else None
     model = CIPSModel(path, device=device, precision="fp16")
     if gpu and not model.on_device:
         raise SystemExit(f"CUDA was asked for but {model.provider} runs")
-    if sync:
+    if sync and model.on_device:  # the CPU runs every call to its end anyway
         model.engine.async_options = model.engine.sync_options
     z = latent_for_seed(0, model.style_dim)
     out = {"setting": name, "chunk": chunk or model.grid_chunk, "wait_every_call": sync, "unified_stream": unified}
     for side in (1024, 1024, 4096) if gpu else (64, 64, 128):
-        if sampler is not None:
-            sampler.peak = 0
-        start = time.perf_counter()
-        with (sampler if sampler is not None else _Nothing()):
-            render_image(model, z, side, side, chunk=chunk)
-        ms = (time.perf_counter() - start) * 1e3
         key = f"{side}" if f"{side}_ms" not in out else f"{side}_again"
-        out[f"{key}_ms"] = round(ms, 2)
-        if sampler is not None:
-            out[f"{key}_peak_gib"] = round((sampler.peak - base) / 2**30, 3)
+        start = time.perf_counter()
+        with PeakMemory(gpu, interval=0.005) as mem:
+            render_image(model, z, side, side, chunk=chunk)
+        out[f"{key}_ms"] = round((time.perf_counter() - start) * 1e3, 2)
+        if gpu:
+            out[f"{key}_peak_gib"] = mem.result(base)["peak_gpu_gib"]
     return out
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def export_random(preset_name: str, folder: Path) -> Path:
