@@ -86,8 +86,8 @@ def cut(main, extension, inputs: Iterable[str], outputs: Iterable[str]):
 
 class FastPaths:
     """A version-3 file's fast paths for one precision, as serialized ONNX models: `style` (z, truncation
-    -> one latent's weights, named as the pixel graph's inputs) and `pixel` (coords and those weights ->
-    rgb). inputs / extra_outputs: more cut points of the style model (runtime/wspace.py opens w)."""
+    -> the latents' weights, named as the pixel graph's inputs; `style_one` for one latent a call) and
+    `pixel` (coords and those weights -> rgb). inputs / extra_outputs: more cut points of the style model (runtime/wspace.py opens w)."""
 
     def __init__(self, main, info: ModelInfo, precision: str, source: str,
                  inputs: Iterable[str] = STYLE_INPUTS, extra_outputs: Iterable[str] = ()):
@@ -105,9 +105,13 @@ class FastPaths:
             grid = onnxproto.parse(info.grid_graphs[precision])
             names += [n for n in self._fill(grid, shared, info, source) if n not in names]
             self.grid = grid.SerializeToString()
-        style = cut(main, extension, inputs, [*extra_outputs, *names])
-        self.style = style.SerializeToString()
-        self.style_one = batch_of_one(style)  # for one latent a call: the traced shape arithmetic folds away
+        self._style = cut(main, extension, inputs, [*extra_outputs, *names])
+        self.style_one = batch_of_one(self._style)  # for one latent a call: the traced shape arithmetic folds away
+
+    @property
+    def style(self) -> bytes:
+        """The style part for any number of latents a call (serialized when asked: most renders never do)."""
+        return self._style.SerializeToString()
 
     def _fill(self, graph, shared: dict, info: ModelInfo, source: str) -> list[str]:
         """Move the file's per-point weights that graph reads into it; the per-latent inputs it keeps."""

@@ -165,8 +165,8 @@ class CIPSModel:
                                 "(TensorRT libraries missing?); use device cuda", params=("device", "device"))
             batch_style = None  # version 3: the style part for several latents a call, opened when first used
             if fast is not None:
-                batch_source, on_gpu_style = fast.style, self.session.get_providers()[0] != CPU
-                batch_style = lambda: self._session(batch_source, cuda=on_gpu_style)  # noqa: E731
+                paths, on_gpu_style = fast, self.session.get_providers()[0] != CPU
+                batch_style = lambda: self._session(paths.style, cuda=on_gpu_style)  # noqa: E731
             self.engine = SplitEngine(ort, self.session, pixels, self.info, self.precision,
                                       bound=None if self.providers[0] == CPU else "cuda", device_id=device_id,
                                       table=fast.table if fast is not None else None, grid_session=grid,

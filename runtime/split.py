@@ -109,16 +109,14 @@ class SplitEngine:
 
     @property
     def pixel_session(self):
-        if not hasattr(self._pixel_session, "run"):
-            self._pixel_session = self._pixel_session()
+        self._pixel_session = _opened(self._pixel_session)
         return self._pixel_session
 
     def style_for(self, latents: int):
         """The style session that runs `latents` latents in one call."""
         if latents == 1 or self._batch_style is None:
             return self.style_session
-        if not hasattr(self._batch_style, "run"):
-            self._batch_style = self._batch_style()
+        self._batch_style = _opened(self._batch_style)
         return self._batch_style
 
     def _style_outputs(self, z: np.ndarray, psi: np.ndarray, names: list[str],
@@ -224,6 +222,11 @@ class SplitEngine:
                 last = b == len(styles) - 1 and k == len(calls) - 1
                 self.grid_session.run_with_iobinding(binding, self.sync_options if last else self.async_options)
         return out.numpy()
+
+
+def _opened(session):
+    """A session, or a function that makes one (a session opened on first use): the session."""
+    return session if hasattr(session, "run") else session()
 
 
 def grid_calls(height: int, width: int, chunk: int) -> Iterator[tuple[int, tuple[int, int], tuple[int, int]]]:
