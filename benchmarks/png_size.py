@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cips_edge.core.format import packaged_model
-from cips_edge.runtime import CIPSModel, latent_for_seed, pngstream, render_image, render_points, to_uint8
+from cips_edge.runtime import CIPSModel, UserError, latent_for_seed, pngstream, render_image, render_points, to_uint8
 from cips_edge.runtime.coords import region_grid
 from cips_edge.runtime.stream import BLOCK_PIXELS
 
@@ -60,11 +60,11 @@ def main(argv=None) -> None:
     for name in args.model or ["default"]:
         path = packaged_model() if name == "default" else Path(name)
         entry = {"model": str(name), "paths": []}
-        reference = None
+        reference: list[np.ndarray] = []  # the first path's strips (fp32 points)
         for label, precision, grid in PATHS:
             try:
                 model = CIPSModel(path, device=args.device, precision=precision)
-            except Exception as e:  # a file without fp16
+            except UserError as e:  # a file without fp16
                 entry["paths"].append({"path": label, "skipped": str(e).splitlines()[0][:200]})
                 continue
             if grid and not model.grid_ready:
@@ -77,8 +77,6 @@ def main(argv=None) -> None:
                 for level in sizes:
                     sizes[level] += sum(len(pngstream.encode_band(pixels[r:r + band], False, level)[0])
                                         for r in range(0, args.rows, band))
-                if reference is None:
-                    reference = []
                 if len(reference) <= k:
                     reference.append(pixels)
                 differ.append(float(np.mean(pixels != reference[k])))
