@@ -62,6 +62,9 @@ A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 b
 Which switches change rounding: r1_bf16 and activation_budget (recomputed values may be fused
 differently); cudnn_benchmark may pick other algorithms (float rounding of convolutions); recompute_g,
 expandable segments, the workspace cap and empty_cache change nothing.
+
+The process `authors-cap` answers the question behind the first-step peak directly: `cips train`'s
+default settings in a process whose allocator may hold no more than the authors' peak (39.8 / 26.2 GB).
 """
 from __future__ import annotations
 
@@ -99,7 +102,14 @@ PROCESSES = {
     "eager-no-cudnn-benchmark": ("fast", {"cudnn_benchmark": False}, {}, ["base"]),
     "best": ("fast+compile", {"cudnn_benchmark": False}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"},
              ["r1_bf16", "recompute_g", "r1_bf16+recompute_g"]),
+    # `cips train` as it is, on a card no larger than the authors' peak (see CAPPED)
+    "authors-cap": ("fast+compile", {}, {}, ["base"]),
 }
+# Processes whose PyTorch allocator is capped at the configuration's authors' peak GB
+# (torch.cuda.set_per_process_memory_fraction): the caching allocator raises out-of-memory above it, as a
+# card of that size would, and cuDNN's autotuning skips the plans whose workspace does not fit. Their
+# images/s beside the uncapped process's say what a card with the authors' memory costs in speed.
+CAPPED = {"authors-cap"}
 # The cold compile of each configuration dominates; the later processes hit the cache. plain last: a run
 # cut short by train_memory.sh's LIMIT loses it first.
 QUICK = ["compiled", "no-cudnn-benchmark", "expandable", "plain"]
@@ -134,6 +144,10 @@ def child(spec: dict) -> dict:
     if cuda:
         torch.cuda.set_device(device)
     mem = torch.cuda if cuda else _NoCuda()
+    cap_gb = spec.get("memory_cap_gb")
+    if cap_gb and cuda:
+        total = mem.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gb * GB / total), device)
     preset, size, batch = spec["preset"], spec["size"], spec["batch"]
     path, overrides = spec["path"], spec["overrides"]
     if path == "plain":
@@ -166,7 +180,7 @@ def child(spec: dict) -> dict:
 
     out = {"device_name": mem.get_device_name(device), "torch": torch.__version__,
            "total_memory_gb": mem.get_device_properties(device).total_memory / GB,
-           "speed": dataclasses.asdict(speed), "env": spec["env"],
+           "speed": dataclasses.asdict(speed), "env": spec["env"], "memory_cap_gb": cap_gb if cuda else None,
            "idle_before_first_step_gb": mem.memory_allocated(device) / GB}
     out["first_step"] = peak(lambda: trainer.train_step(0))  # compiles, autotunes, creates Adam's moments
     out["idle_after_first_step_gb"] = mem.memory_allocated(device) / GB
@@ -322,6 +336,8 @@ def main() -> None:
             spec = {"preset": preset, "size": size, "batch": batch, "path": path, "overrides": overrides, "env": env,
                     "variants": variants, "steps": args.steps, "phase_reps": args.phase_reps,
                     "r1_every": args.r1_every, "device": args.device}
+            if process in CAPPED:
+                spec["memory_cap_gb"] = CONFIGS[config][4]
             if args.snapshot:
                 spec["snapshot"] = str(RESULTS / f"train-memory-{config}-{process}.pickle")
             left = math.inf if args.time_limit is None else args.time_limit - (time.perf_counter() - started)
