@@ -57,3 +57,43 @@ def test_runnable_examples_run_in_an_empty_folder(block, tmp_path):
         named = out.replace("{seed:03d}", "007")
         assert (tmp_path / named).exists(), (out, sorted(p.name for p in tmp_path.iterdir()))
     assert "wrote " in done.stdout and "error" not in done.stderr
+
+
+# -- docs/make_images.sh: the pictures are made by the commands the docs print -----------------------------
+ROOT = Path(__file__).resolve().parents[1]
+FILE_OPTIONS = ("--out", "--fovea-map")  # where a picture goes differs between the docs and the script
+
+
+def _commands(text: str) -> list[list[str]]:
+    """The `cips ...` commands of shell text, continuation lines joined, as argument lists without the
+    options that name output files."""
+    joined = text.replace("\\\n", " ")
+    found = []
+    for line in joined.splitlines():
+        line = line.strip().removeprefix("run ").strip()
+        if not line.startswith("cips "):
+            continue
+        args = shlex.split(line, comments=True)
+        keep, skip = [], False
+        for arg in args:
+            if skip:
+                skip = False
+            elif arg in FILE_OPTIONS:
+                skip = True
+            else:
+                keep.append(arg)
+        found.append(keep)
+    return found
+
+
+def test_the_picture_script_runs_only_commands_the_docs_print():
+    script = (ROOT / "docs" / "make_images.sh").read_text()
+    eye = re.search(r'^EYE="([^"]+)"', script, flags=re.M).group(1)
+    made = _commands(script.replace("$EYE", eye))
+    docs = "\n".join(block for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+                     for block in bash_blocks(path.read_text()))
+    docs += "\n" + "\n".join(re.findall(r"`(cips [^`]+)`", README))
+    printed = _commands(docs)
+    assert len(made) >= 10
+    missing = [" ".join(c) for c in made if c not in printed]
+    assert not missing, missing
