@@ -14,9 +14,21 @@ def diff_augment(x: torch.Tensor, gen: torch.Generator, share: tuple[int, int] =
     """[B, 3, H, W] in [-1, 1] -> same shape; differentiable w.r.t. x. share = (k, n): x is share k of a
     batch of n * B split over n processes (its samples k, k + n, ...); the random parameters are drawn
     for the whole batch and this share's are used, so the split does not change them."""
-    batch, _, h, w = x.shape
+    return apply_augment(x, augment_draws(x.shape[0], gen, x.device, share))
+
+
+def augment_draws(batch: int, gen: torch.Generator, device: torch.device,
+                  share: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """The random parameters of one augmentation of `batch` images (this share's of the whole batch),
+    [batch, 7, 1, 1, 1] in [0, 1): drawn apart from their use, so the use can be compiled with the
+    discriminator (torch.compile does not take an explicit generator)."""
     k, n = share
-    r = torch.rand(batch * n, 7, 1, 1, 1, device=x.device, generator=gen, dtype=torch.float32)[k::n].contiguous()
+    return torch.rand(batch * n, 7, 1, 1, 1, device=device, generator=gen, dtype=torch.float32)[k::n].contiguous()
+
+
+def apply_augment(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """The augmentation of x [B, 3, H, W] with parameters r from augment_draws."""
+    batch, _, h, w = x.shape
     # Colour: brightness, saturation, contrast (DiffAugment's ranges).
     x = x + (r[:, 0] - 0.5)
     mean = x.mean(dim=1, keepdim=True)

@@ -27,7 +27,7 @@ from cips_edge.coords import native_grid
 from cips_edge.model import CIPSGenerator
 
 from . import distributed
-from .augment import diff_augment
+from .augment import apply_augment, augment_draws
 from .data import ImageBank
 from .discriminator import Discriminator, DiscriminatorConfig
 from .losses import d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_settings, r1_penalty
@@ -166,15 +166,21 @@ class Trainer:
         img = rgb.float().reshape(-1, self.size, self.size, 3).permute(0, 3, 1, 2)  # NCHW view of NHWC
         return img if self.speed.channels_last else img.contiguous()
 
-    def _discriminate(self, img: torch.Tensor) -> torch.Tensor:
+    def _discriminate(self, img: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
+        """D's logits of img, augmented first with `draws` (self.draws) if given: compiled, the augmentation
+        fuses into D's first kernels instead of running as some thirty small eager ones per call."""
+        if draws is not None:
+            img = apply_augment(img, draws)
         if self.speed.channels_last:
             img = img.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             return self.D(img).float()
 
-    def augment(self, img: torch.Tensor) -> torch.Tensor:
-        share = (self.world.rank, self.world.size)
-        return diff_augment(img, self.gen_device, share) if self.recipe.augment else img
+    def draws(self, batch: int) -> torch.Tensor | None:
+        """The parameters of one DiffAugment call on this rank's `batch` images; None without augmentation."""
+        if not self.recipe.augment:
+            return None
+        return augment_draws(batch, self.gen_device, self.device, (self.world.rank, self.world.size))
 
     def share(self, drawn: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a draw for the whole global batch: rows rank, rank + N, ... of N processes."""
@@ -230,8 +236,8 @@ class Trainer:
     def d_backward(self, reals: torch.Tensor) -> None:
         with torch.no_grad():
             fakes = self.generate(self.latents(), self.fake_coords())
-        real_logits = self.discriminate(self.augment(reals))
-        fake_logits = self.discriminate(self.augment(fakes))
+        real_logits = self.discriminate(reals, self.draws(len(reals)))
+        fake_logits = self.discriminate(fakes, self.draws(len(fakes)))
         loss = d_logistic_loss(real_logits, fake_logits)
         self.d_optim.zero_grad(set_to_none=True)
         loss.backward()
@@ -245,7 +251,8 @@ class Trainer:
         or with speed.r1_bf16 under bf16 autocast (the penalty itself is summed in float32)."""
         reals = reals.detach().requires_grad_(True)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
-            d_in = self.augment(reals)
+            draws = self.draws(len(reals))
+            d_in = reals if draws is None else apply_augment(reals, draws)
             if self.speed.channels_last:
                 d_in = d_in.contiguous(memory_format=torch.channels_last)
             logits = self.D(d_in)
@@ -257,7 +264,8 @@ class Trainer:
     def g_backward(self) -> None:
         self.D.requires_grad_(False)  # no weight gradients for D in G's step
         try:
-            fake_logits = self.discriminate(self.augment(self.generate(self.latents(), self.fake_coords())))
+            fakes = self.generate(self.latents(), self.fake_coords())
+            fake_logits = self.discriminate(fakes, self.draws(len(fakes)))
             loss = g_nonsaturating_loss(fake_logits)
             self.g_optim.zero_grad(set_to_none=True)
             loss.backward()
