@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -479,15 +480,26 @@ def test_two_nodes_train_the_model_one_process_trains_with_their_whole_batch(tra
                 "--local_addr", "127.0.0.1", "--max_restarts", "0", "-m", "cips_edge.train",
                 *command_line(train_images, out, **kw)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    nodes = [subprocess.Popen(launcher, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    # Each node writes to its own file: with pipes read one node after the other, a node whose pipe fills
+    # up would block its rank while the other node waits for it.
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    nodes = []
     try:
-        results = [node.communicate(timeout=300) for node in nodes]
+        for log in logs:
+            with open(log, "w") as f:
+                nodes.append(subprocess.Popen(launcher, cwd=tmp_path, env=env, stdout=f, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 300
+        for node, log in zip(nodes, logs):
+            try:
+                node.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                tails = "\n".join(f"--- {p.name}:\n{p.read_text()[-2000:]}" for p in logs)
+                pytest.fail(f"the two nodes did not finish in 300 s\n{tails}")
     finally:
         for node in nodes:
             node.kill()
-    for node, (_, err) in zip(nodes, results):
-        assert node.returncode == 0, err[-3000:]
+    for node, log in zip(nodes, logs):
+        assert node.returncode == 0, log.read_text()[-3000:]
     two, single = newest(out), newest(one)
     assert two["world_size"] == 2 and single["world_size"] == 1 and two["step"] == single["step"] == 3
     for key in ("g", "d", "g_ema"):
