@@ -92,7 +92,7 @@ CONFIGS = {
 # Process settings: the path (as benchmarks/train.py names them), Speed overrides, environment, and the
 # variants measured on the same trainer after the first step.
 PROCESSES = {
-    "compiled": ("fast+compile", {}, {}, ["base", "r1_bf16", "recompute_g"]),
+    "compiled": ("fast+compile", {}, {}, ["base", "r1_bf16", "r1_compile", "recompute_g"]),
     "no-cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": False}, {}, ["base", "r1_bf16"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),

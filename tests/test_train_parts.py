@@ -358,3 +358,42 @@ def test_compiled_training_steps_track_eager_ones(panorama, recompute):
     assert eager["r1"] > 0 and eager.keys() == compiled.keys()
     for name, value in eager.items():
         assert compiled[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.slow  # Inductor compiles R1's double backward on the CPU: about a minute
+def test_compiled_r1_gives_the_eager_penalty_and_gradients():
+    """--r1-compile: R1 as one compiled torch.func function must give autograd's penalty and D gradients
+    (augmentation on, channels-last D), leave the parameters R1 does not reach without a gradient (so
+    Adam skips them, as in the eager step), and take over after the first, eager call."""
+    import dataclasses
+
+    from cips_edge.train.data import ImageBank
+    from cips_edge.train.trainer import Speed
+
+    torch._dynamo.reset()
+    g_config = dataclasses.replace(preset("tiny"), size=16)
+    recipe = Recipe(batch=4, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=4,
+                    augment=True, xflip=True, g_lazy_correction=True, seed=0)
+    trainer = Trainer(g_config, DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
+                      speed=Speed(channels_last=True, r1_compile=True))
+    images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    trainer.use_bank(ImageBank(images, torch.device("cpu")))
+    trainer.reseed(0)
+    reals = trainer.real_batch()
+    results = []
+    for _ in range(3):  # eager (finds the parameters R1 reaches), then compiled twice
+        trainer.reseed(0)  # the same augmentation each time
+        trainer._stats.zero_()
+        trainer.r1_backward(reals)
+        grads = {n: None if p.grad is None else p.grad.clone() for n, p in trainer.D.named_parameters()}
+        results.append((trainer._stats[2].item(), grads))
+    assert trainer._r1_compiled is not None
+    (p_eager, g_eager), *compiled = results
+    unused = [n for n, g in g_eager.items() if g is None]
+    assert p_eager > 0 and unused and len(unused) < len(g_eager)
+    for penalty, grads in compiled:
+        assert penalty == pytest.approx(p_eager, rel=1e-4)
+        assert [n for n, g in grads.items() if g is None] == unused
+        for name, g in g_eager.items():
+            if g is not None:
+                torch.testing.assert_close(grads[name], g, rtol=1e-3, atol=1e-5, msg=name)

@@ -280,7 +280,8 @@ class Run:
         d_max = o.d_channel_max or (TINY_D_CHANNELS if o.preset == "tiny" else 512)
         d_config = DiscriminatorConfig(o.training_size, o.d_channel_multiplier, d_max)
         speed = Speed() if o.plain else Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark,
-                                                         r1_bf16=o.r1_bf16, recompute_g=o.recompute_g)
+                                                         r1_bf16=o.r1_bf16, r1_compile=o.r1_compile,
+                                                         recompute_g=o.recompute_g)
         speed.apply_backend_flags(device)
         bank = ImageBank(decoded.images, device)
         if o.batch == "auto":

@@ -51,6 +51,8 @@ class Speed:
     fold_gain: bool = False  # G's sqrt(2) activation gains folded into the next weights (synthesize)
     autotune: bool = False  # benchmarks only: compile in max-autotune mode (did not finish tuning in 9 min)
     r1_bf16: bool = False  # (rounding) R1's forward and double backward of D under bf16 autocast
+    r1_compile: bool = False  # (rounding) R1 as one compiled function: torch.func's gradient of the input
+    # gradient's norm, which torch.compile traces whole (it cannot take autograd's double backward)
     recompute_g: bool = False  # activation checkpointing of G's per-pixel layers, one ToRGB group at a time:
     # G's step keeps about half the activations and runs G's forward twice
     activation_budget: float | None = None  # (rounding) compiled graphs: torch's activation memory budget
@@ -59,11 +61,13 @@ class Speed:
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
         """The fast path on CUDA; on CPU only what changes nothing there. choices: the memory switches
-        above (cudnn_benchmark, r1_bf16, recompute_g, activation_budget)."""
+        above (cudnn_benchmark, r1_bf16, recompute_g, activation_budget) and r1_compile (with compile)."""
         cuda = device.type == "cuda"
         choices = {"cudnn_benchmark": True, **choices}
         if not cuda:
             choices = {k: v for k, v in choices.items() if k == "recompute_g"}
+        if not (compile and cuda):
+            choices.pop("r1_compile", None)
         return cls(bf16=bf16 and cuda, channels_last=cuda, fused_adam=cuda, tuned_backends=cuda,
                    compile=compile and cuda, **choices)
 
@@ -141,6 +145,8 @@ class Trainer:
         self._r1_in_stats = 0
         self.generate = self._generate
         self.discriminate = self._discriminate
+        self._r1_compiled = None  # the compiled R1 (speed.r1_compile), made on first use
+        self._r1_params: list[str] | None = None  # D's parameters R1 reaches (the others get no gradient)
         if speed.compile:
             mode = "max-autotune-no-cudagraphs" if speed.autotune else None
             self.generate = _with_budget(torch.compile(self._generate, mode=mode), speed.activation_budget)
@@ -248,18 +254,58 @@ class Trainer:
 
     def r1_backward(self, reals: torch.Tensor) -> None:
         """Lazy R1, scaled by its interval: eager D (torch.compile has no double backward), in float32,
-        or with speed.r1_bf16 under bf16 autocast (the penalty itself is summed in float32)."""
-        reals = reals.detach().requires_grad_(True)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
-            draws = self.draws(len(reals))
-            d_in = reals if draws is None else apply_augment(reals, draws)
-            if self.speed.channels_last:
-                d_in = d_in.contiguous(memory_format=torch.channels_last)
-            logits = self.D(d_in)
-            penalty = r1_penalty(logits, reals)
-            self.d_optim.zero_grad(set_to_none=True)
-            (penalty * (self.recipe.r1_gamma / 2 * self.recipe.r1_every)).backward()
+        or with speed.r1_bf16 under bf16 autocast (the penalty itself is summed in float32); with
+        speed.r1_compile, one compiled function computes the penalty and D's gradients (after a first,
+        eager call that finds which of D's parameters R1 reaches)."""
+        draws = self.draws(len(reals))
+        if self.speed.r1_compile and self._r1_params is not None:
+            penalty = self._r1_compiled_backward(reals, draws)
+        else:
+            reals = reals.detach().requires_grad_(True)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
+                d_in = reals if draws is None else apply_augment(reals, draws)
+                if self.speed.channels_last:
+                    d_in = d_in.contiguous(memory_format=torch.channels_last)
+                logits = self.D(d_in)
+                penalty = r1_penalty(logits, reals)
+                self.d_optim.zero_grad(set_to_none=True)
+                (penalty * self._r1_weight).backward()
+            self._r1_params = [name for name, p in self.D.named_parameters() if p.grad is not None]
         self._stats[2] += penalty.detach()
+
+    @property
+    def _r1_weight(self) -> float:
+        return self.recipe.r1_gamma / 2 * self.recipe.r1_every
+
+    def _r1_compiled_backward(self, reals: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
+        if self._r1_compiled is None:
+            self._r1_compiled = torch.compile(self._r1_functional)
+        params = {name: p.detach() for name, p in self.D.named_parameters() if name in self._r1_params}
+        frozen = {name: p.detach() for name, p in self.D.named_parameters() if name not in self._r1_params}
+        buffers = dict(self.D.named_buffers())
+        penalty, grads = self._r1_compiled(params, {**frozen, **buffers}, reals.detach(), draws)
+        self.d_optim.zero_grad(set_to_none=True)
+        weight = self._r1_weight
+        for name, p in self.D.named_parameters():
+            if name in grads:
+                p.grad = grads[name] * weight
+        return penalty
+
+    def _r1_functional(self, params: dict, fixed: dict, reals: torch.Tensor,
+                       draws: torch.Tensor | None) -> tuple[torch.Tensor, dict]:
+        """(R1 penalty, its gradient for each of params): the same as the eager path, as functions."""
+        def penalty(p: dict) -> torch.Tensor:
+            def logits_sum(x: torch.Tensor) -> torch.Tensor:
+                d_in = x if draws is None else apply_augment(x, draws)
+                if self.speed.channels_last:
+                    d_in = d_in.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
+                    return torch.func.functional_call(self.D, {**p, **fixed}, (d_in,)).float().sum()
+            grad = torch.func.grad(logits_sum)(reals)
+            return grad.float().square().sum(dim=(1, 2, 3)).mean()
+
+        grads, value = torch.func.grad_and_value(penalty)(params)
+        return value, grads
 
     def g_backward(self) -> None:
         self.D.requires_grad_(False)  # no weight gradients for D in G's step
