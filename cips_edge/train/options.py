@@ -97,7 +97,7 @@ class TrainOptions:
     r1_bf16: bool = opt(False, "R1's double backward under bf16 autocast on CUDA (faster, less memory; "
                                "rounds differently from float32)")
     r1_compile: bool = opt(False, "with --compile: R1 compiled too, as torch.func's gradient of its input "
-                                  "gradient's norm (a second compile at the first R1 step; rounds differently)")
+                                  "gradient's norm (the first R1 step runs eager, the second compiles; rounds differently)")
     recompute_g: bool = opt(False, "recompute G's per-pixel activations in its backward, one ToRGB group at "
                                    "a time: less memory at the cost of a second G forward per step")
     plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
