@@ -11,7 +11,7 @@ autotuning, TF32, fused Adam; fast+compile = fast with torch.compile (ask with -
 sqrt(2) activation gains folded into the next layer's weights (one elementwise pass fewer per layer;
 H200: +6% eager, nothing compiled, so not in `cips train`); +autotune = compile in max-autotune mode
 (Triton GEMM templates that can take the bias and leaky ReLU into their epilogue; on paper-256 it was
-still tuning after 9 minutes).
+still tuning after 9 minutes); +r1c = R1 compiled as well (`cips train --r1-compile`).
 """
 from __future__ import annotations
 
@@ -46,10 +46,11 @@ def speed_for(path: str, device: torch.device) -> Speed:
     if path == "plain":
         return Speed()
     parts = path.split("+")
-    if parts[0] == "fast" and set(parts[1:]) <= {"compile", "fold", "autotune"}:
+    if parts[0] == "fast" and set(parts[1:]) <= {"compile", "fold", "autotune", "r1c"}:
         speed = Speed.for_device(device, bf16=True, compile="compile" in parts or "autotune" in parts)
-        return dataclasses.replace(speed, fold_gain="fold" in parts, autotune="autotune" in parts)
-    raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune")
+        return dataclasses.replace(speed, fold_gain="fold" in parts, autotune="autotune" in parts,
+                                   r1_compile="r1c" in parts and speed.compile)
+    raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune, +r1c")
 
 
 def build_trainer(path: str, args, device: torch.device) -> Trainer:
@@ -159,7 +160,8 @@ def main() -> None:
     parser.add_argument("--phase-reps", type=int, default=3, help="repetitions of the per-phase timing")
     parser.add_argument("--paths", default="plain,fast",
                         help="comma list of plain, fast, fast+compile, fast+fold (gains folded into the weights), "
-                             "fast+compile+fold, fast+autotune (compile, max-autotune), fast+autotune+fold")
+                             "fast+compile+fold, fast+autotune (compile, max-autotune), fast+autotune+fold, "
+                             "fast+compile+r1c (R1 compiled too)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     args = parser.parse_args()
     device = resolve_device(args.device)
