@@ -368,7 +368,7 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients():
     import dataclasses
 
     from cips_edge.train.data import ImageBank
-    from cips_edge.train.trainer import Speed
+    from cips_edge.train.trainer import Speed, same_layout
 
     torch._dynamo.reset()
     g_config = dataclasses.replace(preset("tiny"), size=16)
@@ -397,3 +397,4 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients():
         for name, g in g_eager.items():
             if g is not None:
                 torch.testing.assert_close(grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
+                assert same_layout(grads[name], g), name  # the layout fused Adam expects

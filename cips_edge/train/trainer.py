@@ -89,6 +89,12 @@ def _with_budget(fn, budget: float | None):
     return call
 
 
+def same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b (of one shape) lay their elements out alike: the same strides wherever a dimension
+    has more than one element (the stride of a size-1 dimension is arbitrary)."""
+    return all(x == y for x, y, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
+
+
 def _seed(seed: int, step: int, stream: str) -> int:
     # key "seed/0/step/stream": fixed, since changing it would change every run's random numbers
     digest = hashlib.blake2b(f"{seed}/0/{step}/{stream}".encode(), digest_size=8).digest()
@@ -288,7 +294,10 @@ class Trainer:
         weight = self._r1_weight
         for name, p in self.D.named_parameters():
             if name in grads:
-                p.grad = grads[name] * weight
+                grad = grads[name] * weight
+                if not same_layout(grad, p):  # autograd's layout: the parameter's (channels-last weights)
+                    grad = torch.empty_like(p).copy_(grad)
+                p.grad = grad
         return penalty
 
     def _r1_functional(self, params: dict, fixed: dict, reals: torch.Tensor,
