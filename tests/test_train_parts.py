@@ -398,3 +398,13 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients():
             if g is not None:
                 torch.testing.assert_close(grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
                 assert same_layout(grads[name], g), name  # the layout fused Adam expects
+
+
+def test_r1_compile_applies_only_where_the_step_is_compiled():
+    from cips_edge.train.trainer import Speed
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert Speed.for_device(cuda, bf16=True, compile=True, r1_compile=True).r1_compile
+    assert not Speed.for_device(cuda, bf16=True, compile=False, r1_compile=True).r1_compile
+    assert not Speed.for_device(cpu, bf16=True, compile=True, r1_compile=True).r1_compile
+    assert not Speed.for_device(cuda, bf16=True, compile=True).r1_compile  # off unless asked
