@@ -125,10 +125,13 @@ class Probe:
         return out
 
     # -- pixels: fixed chunks ------------------------------------------------------------------------
-    def pixels(self, reps: int, chunk: int, z: np.ndarray) -> dict:
+    def weights(self, z: np.ndarray) -> dict[str, np.ndarray]:
+        """One latent's weights from the style graph, by name (the pixel graph's inputs)."""
         style = self.session(self.fast.style_one, graph=False)
-        weights = dict(zip([o.name for o in style.get_outputs()],
-                           style.run(None, dict(zip(STYLE_INPUTS, (z, np.ones(1, np.float32)))))))
+        return dict(zip([o.name for o in style.get_outputs()],
+                        style.run(None, dict(zip(STYLE_INPUTS, (z, np.ones(1, np.float32)))))))
+
+    def pixels(self, reps: int, chunk: int, weights: dict[str, np.ndarray]) -> dict:
         coords = np.random.default_rng(0).uniform(-1, 1, (chunk, 2)).astype(np.float32)
         kept = {}  # OrtValues must outlive their bindings
 
@@ -188,10 +191,14 @@ def main() -> None:
     probe = Probe(ort, args.model, args.precision, args.device)
     latents = [np.random.default_rng(seed).standard_normal((1, probe.info.style_dim)).astype(np.float32)
                for seed in range(4)]
+    provider = probe.session(probe.fast.style_one, graph=False).get_providers()[0]
+    print(f"ONNX Runtime provider: {provider}", flush=True)
     report = {"benchmark": "cuda-graph-probe", "model": args.preset or str(args.model), "precision": args.precision,
-              "device": args.device, "onnxruntime": ort.__version__, "reps": args.reps,
+              "device": args.device, "provider": provider, "onnxruntime": ort.__version__, "reps": args.reps,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "style": probe.style(args.reps, latents),
-              "pixels": [probe.pixels(args.reps, int(c), latents[0]) for c in args.chunks.split(",")]}
+              "pixels": []}
+    weights = probe.weights(latents[0])
+    report["pixels"] = [probe.pixels(args.reps, int(c), weights) for c in args.chunks.split(",")]
     print(json.dumps(report, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

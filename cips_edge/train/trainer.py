@@ -152,7 +152,7 @@ class Trainer:
         self.generate = self._generate
         self.discriminate = self._discriminate
         self._r1_compiled = None  # the compiled R1 (speed.r1_compile), made on first use
-        self._r1_params: list[str] | None = None  # D's parameters R1 reaches (the others get no gradient)
+        self._r1_params: frozenset[str] | None = None  # D's parameters R1 reaches (the others get no gradient)
         if speed.compile:
             mode = "max-autotune-no-cudagraphs" if speed.autotune else None
             self.generate = _with_budget(torch.compile(self._generate, mode=mode), speed.activation_budget)
@@ -276,7 +276,8 @@ class Trainer:
                 penalty = r1_penalty(logits, reals)
                 self.d_optim.zero_grad(set_to_none=True)
                 (penalty * self._r1_weight).backward()
-            self._r1_params = [name for name, p in self.D.named_parameters() if p.grad is not None]
+            if self.speed.r1_compile and self._r1_params is None:
+                self._r1_params = frozenset(name for name, p in self.D.named_parameters() if p.grad is not None)
         self._stats[2] += penalty.detach()
 
     @property
@@ -286,10 +287,10 @@ class Trainer:
     def _r1_compiled_backward(self, reals: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
         if self._r1_compiled is None:
             self._r1_compiled = torch.compile(self._r1_functional)
-        params = {name: p.detach() for name, p in self.D.named_parameters() if name in self._r1_params}
-        frozen = {name: p.detach() for name, p in self.D.named_parameters() if name not in self._r1_params}
-        buffers = dict(self.D.named_buffers())
-        penalty, grads = self._r1_compiled(params, {**frozen, **buffers}, reals.detach(), draws)
+        params, fixed = {}, dict(self.D.named_buffers())  # fixed: buffers and the parameters R1 does not reach
+        for name, p in self.D.named_parameters():
+            (params if name in self._r1_params else fixed)[name] = p.detach()
+        penalty, grads = self._r1_compiled(params, fixed, reals.detach(), draws)
         self.d_optim.zero_grad(set_to_none=True)
         weight = self._r1_weight
         for name, p in self.D.named_parameters():
