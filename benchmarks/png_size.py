@@ -1,6 +1,7 @@
 """How large a giant streamed PNG comes out, per render path, estimated from strips (issue 18: a 32768^2
-render of seed 7 wrote 176 MB on the H200 through the fp16 grid graph, 55 MB earlier with an older model
-through the fp32 point path).
+PNG of seed 7 on the H200 is 176 MB from the packaged model through the fp16 grid graph,
+benchmarks/results/gigapixel-h200-32768.json, and 55 MB from the 1.05M-image emoji model through the
+fp32 point path, the same results file at commit 77ab61c).
 
     python benchmarks/png_size.py                                   # this machine's CPU, packaged model
     bash benchmarks/on_gpu.sh benchmarks/png_size.py --device cuda  # the GPU machine
