@@ -245,10 +245,12 @@ def pixel_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], precisio
     return model
 
 
-def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str | None, first: str | None = None) -> None:
+def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str | None, co: str | None,
+                  first: str | None = None) -> None:
     """float16: one Gemm + LeakyRelu per layer on the folded weights, the last Gemm in float32. The input
     layer reads fo [n, F] (float32) and co [H, n] (GridSample's layout), or fo in float16 and `first`
-    [n, E0], the table half of the input layer already applied (the grid graph)."""
+    [n, E0], the table half of the input layer already applied (the grid graph), or with fo None, `first`
+    the whole input layer before its activation."""
     shapes, half = _folded_shapes(config), TensorProto.FLOAT16
 
     def weight(name: str) -> str:
@@ -258,6 +260,8 @@ def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str | Non
         fo = graph.op("Cast", [fo], to=half)
         x = graph.op("Gemm", [fo, weight("w0_fo")])  # the input layer: [fo | co] @ W0, bias in the constant row
         x = graph.op("Gemm", [graph.op("Cast", [co], to=half), weight("w0_co"), x], transA=1)
+    elif fo is None:
+        x = first
     else:
         x = graph.op("Gemm", [fo, weight("w0_fo"), first])
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
@@ -288,7 +292,10 @@ def _hat_weights(graph: _Graph, values: str, texels: int, name: str) -> str:
     return graph.op("Concat", [high, low], axis=1)
 
 
-def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.ModelProto:
+GRID_FOURIER = ("sum", "product", "gemm")
+
+
+def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: str = "sum") -> onnx.ModelProto:
     """cips' fp16 pixel graph for a regular grid: xs [w] and ys [h] (the grid's x' and y' values) and one
     latent's weights -> rgb [h * w, 3], row by row (x' fastest), the same values as the fp16 pixel graph
     at those points up to float16 rounding; and rgb8, the same colours in 8 bits.
@@ -296,7 +303,18 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.M
     On a grid both lookups separate. The Fourier block's argument is a(x) + b(y), a per column and b
     per row (no per-point GEMM). The input layer's table half arrives already applied to the table's
     texels (CO_TABLE, once per latent), so the bilinear lookup of the products is two matrix products
-    with [h, rows] and [w, columns] interpolation weights (_hat_weights)."""
+    with [h, rows] and [w, columns] interpolation weights (_hat_weights).
+
+    fourier: how each pixel's sin(a + b) is formed, a and b in float32 per column and row (so a deep
+    zoom keeps its phases):
+    - sum: a + b and its sine in float32 per pixel, rounded to float16 once (18 bytes moved a feature);
+    - product: sin a cos b + cos a sin b from float16 row and column tables (10 bytes a feature);
+    - gemm: no per-pixel features: row y's input layer is [cos a | sin a] @ [sin b(y) W ; cos b(y) W],
+      a product of float16 tables batched over rows, with the table half's lookup as more columns of the
+      same product (twice the Fourier half's multiply-adds, and per call a [rows, 2F + 2 columns, E0]
+      weight tensor)."""
+    if fourier not in GRID_FOURIER:
+        raise ValueError(f"fourier must be one of {GRID_FOURIER}, got {fourier!r}")
     c = config
     graph = _Graph(shared, as_inputs=True, prefix="")
     f32, half = np.float32, TensorProto.FLOAT16
@@ -327,10 +345,17 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.M
         a = graph.op("Mul", [x_column, rows_of(weight, 0, 1)])  # [w, F]
         y_row = rows_of(weight, 1, 2)
     b = graph.op("Add", [graph.op("Mul", [graph.op("Unsqueeze", [ys, axis1]), y_row]), bias])  # [h, F]
-    # sin(a + b) in float32, then float16: each pixel's features rounded once, as the pixel graph's
-    angle = graph.op("Add", [graph.op("Unsqueeze", [a, axis0]), graph.op("Unsqueeze", [b, axis1])])  # [h, w, F]
-    fo = graph.op("Cast", [graph.op("Sin", [angle])], to=half)
-    fo = graph.op("Reshape", [fo, graph.const("fo_shape", np.array([-1, fourier_width(c)], np.int64))])
+    flat_fo = graph.const("fo_shape", np.array([-1, fourier_width(c)], np.int64))
+    if fourier == "sum":  # each pixel's features rounded once, as the pixel graph's
+        angle = graph.op("Add", [graph.op("Unsqueeze", [a, axis0]), graph.op("Unsqueeze", [b, axis1])])  # [h, w, F]
+        fo = graph.op("Reshape", [graph.op("Cast", [graph.op("Sin", [angle])], to=half), flat_fo])
+    else:
+        def table16(x: str, op: str, axis: str) -> str:
+            return graph.op("Unsqueeze", [graph.op("Cast", [graph.op(op, [x])], to=half), axis])
+        if fourier == "product":
+            fo = graph.op("Add", [graph.op("Mul", [table16(b, "Sin", axis1), table16(a, "Cos", axis0)]),
+                                  graph.op("Mul", [table16(b, "Cos", axis1), table16(a, "Sin", axis0)])])  # [h, w, F]
+            fo = graph.op("Reshape", [fo, flat_fo])
 
     table = graph.input(CO_TABLE, half, [c.size * columns, e0])
     table = graph.op("Reshape", [table, graph.const("table_rows", np.array([c.size, columns * e0], np.int64))])
@@ -338,9 +363,21 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray]) -> onnx.M
     down = graph.op("MatMul", [_hat_weights(graph, ys, c.size, "y"), table])  # [h, columns * E0]
     down = graph.op("Reshape", [down, graph.const("band_shape", np.array([-1, columns, e0], np.int64))])
     down = graph.op("Concat", [down, down], axis=1)  # [h, 2 * columns, E0]
-    first = graph.op("MatMul", [_hat_weights(graph, across, columns, "x"), down])  # [h, w, E0]
-    first = graph.op("Reshape", [first, graph.const("first_shape", np.array([-1, e0], np.int64))])
-    _folded_chain(graph, c, fo, None, first=first)
+    across_weights = _hat_weights(graph, across, columns, "x")  # [w, 2 * columns]
+    flat_first = graph.const("first_shape", np.array([-1, e0], np.int64))
+    if fourier == "gemm":
+        w0 = graph.op("Cast", [graph.input(fp16_name("w0_fo"), half, _folded_shapes(c)["w0_fo"])], to=TensorProto.FLOAT)
+        row_weights = graph.op("Mul", [graph.op("Unsqueeze", [graph.op("Concat", [graph.op("Sin", [b]), graph.op("Cos", [b])], axis=1),
+                                                              graph.const("axis2", np.array([2], np.int64))]),
+                                       graph.op("Concat", [w0, w0], axis=0)])  # [h, 2F, E0]: sin b(y) W, then cos b(y) W
+        right = graph.op("Concat", [graph.op("Cast", [row_weights], to=half), down], axis=1)
+        left = graph.op("Concat", [graph.op("Cast", [graph.op("Cos", [a])], to=half),
+                                   graph.op("Cast", [graph.op("Sin", [a])], to=half), across_weights], axis=1)
+        first = graph.op("Reshape", [graph.op("MatMul", [left, right]), flat_first])  # [h * w, E0]
+        _folded_chain(graph, c, None, None, first=first)
+    else:
+        first = graph.op("Reshape", [graph.op("MatMul", [across_weights, down]), flat_first])  # [h * w, E0]
+        _folded_chain(graph, c, fo, None, first=first)
     graph.nodes[-1].output[0] = RGB
     # 8-bit colours on the device, for images (a quarter of the bytes to copy back, no host conversion);
     # a runtime computes this output only when it asks for it

@@ -149,3 +149,38 @@ def test_a_streamed_png_renders_through_the_grid_graph(fp16_file, tmp_path, monk
     got = np.asarray(Image.open(tmp_path / "x.png").convert("RGB"))
     # the same rows per call (one): a float16 batched product may round a row differently in a larger batch
     assert np.array_equal(got, render_image(model, z, 17, 30, region=region, truncation=0.8, chunk=40, uint8=True))
+
+
+def _grid_fourier_bench():
+    import importlib.util
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_fourier.py"
+    spec = importlib.util.spec_from_file_location("grid_fourier_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["product", "gemm"])
+def test_every_way_of_forming_the_fourier_features_renders_the_same_picture(fp16_file, tmp_path, mode):
+    """grid_graph's fourier modes (benchmarks/grid_fourier.py times them): the same colours as the sum
+    mode the file holds up to float16 rounding, including a deep zoom where the phases matter."""
+    other = _grid_fourier_bench().with_grid_fourier(fp16_file, tmp_path / f"{mode}.onnx", mode)
+    base = CIPSModel(fp16_file, device="cpu", precision="fp16")
+    model = CIPSModel(other, device="cpu", precision="fp16")
+    reference = CIPSModel(fp16_file, device="cpu", precision="fp32")
+    assert model.grid_ready
+    z = latent_for_seed(3, model.style_dim)
+    for region, h, w in REGIONS:
+        if model.config.panorama:
+            region = (region[0] * 3, region[1], region[2] * 3, region[3])
+        got, same = (render_image(m, z, h, w, region=region, chunk=40) for m in (model, base))
+        fp32 = render_points(reference, z, region_grid(*region, h, w))[0].reshape(h, w, 3)
+        assert np.abs(got - same).max() < 5e-3
+        assert psnr(got, fp32) > 60 and abs(psnr(got, fp32) - psnr(same, fp32)) < 6
+
+
+def test_an_unknown_fourier_mode_is_refused():
+    from cips_edge.export.pixels import grid_graph
+
+    with pytest.raises(ValueError, match="fourier must be one of"):
+        grid_graph(preset("tiny"), {}, "cosine")
