@@ -366,11 +366,11 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
     across_weights = _hat_weights(graph, across, columns, "x")  # [w, 2 * columns]
     flat_first = graph.const("first_shape", np.array([-1, e0], np.int64))
     if fourier == "gemm":
-        w0 = graph.op("Cast", [graph.input(fp16_name("w0_fo"), half, _folded_shapes(c)["w0_fo"])], to=TensorProto.FLOAT)
-        row_weights = graph.op("Mul", [graph.op("Unsqueeze", [graph.op("Concat", [graph.op("Sin", [b]), graph.op("Cos", [b])], axis=1),
-                                                              graph.const("axis2", np.array([2], np.int64))]),
+        w0 = graph.input(fp16_name("w0_fo"), half, _folded_shapes(c)["w0_fo"])
+        phases = graph.op("Cast", [graph.op("Concat", [graph.op("Sin", [b]), graph.op("Cos", [b])], axis=1)], to=half)
+        row_weights = graph.op("Mul", [graph.op("Unsqueeze", [phases, graph.const("axis2", np.array([2], np.int64))]),
                                        graph.op("Concat", [w0, w0], axis=0)])  # [h, 2F, E0]: sin b(y) W, then cos b(y) W
-        right = graph.op("Concat", [graph.op("Cast", [row_weights], to=half), down], axis=1)
+        right = graph.op("Concat", [row_weights, down], axis=1)
         left = graph.op("Concat", [graph.op("Cast", [graph.op("Cos", [a])], to=half),
                                    graph.op("Cast", [graph.op("Sin", [a])], to=half), across_weights], axis=1)
         first = graph.op("Reshape", [graph.op("MatMul", [left, right]), flat_first])  # [h * w, E0]
