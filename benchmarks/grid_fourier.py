@@ -1,8 +1,9 @@
-"""How the fp16 grid graph should form each pixel's Fourier features (issue 18), measured before the
-exporter picks one: the same file three times, differing only in the grid graph's `fourier` mode
-(export/pixels.py grid_graph: sum, product, gemm), timed in one process in alternating rounds.
+"""How the fp16 grid graph should form each pixel's Fourier features and its ToRGB GEMM (issue 18),
+measured before the exporter picks: the same file several times, differing only in the grid graph
+(export/pixels.py grid_graph: `fourier` sum, product or gemm; `half_head`, the ToRGB GEMM in float16:
+"+h16"), timed in one process in alternating rounds. "sum" is what export writes.
 
-Per mode: ms per 1024x1024 image (float colours, and 8-bit colours as a PNG asks for), ms per 256x256
+Per variant: ms per 1024x1024 image (float colours, and 8-bit colours as a PNG asks for), ms per 256x256
 image in a batch of 16, 4096x4096 once; PSNR against the fp32 pixel path on the same provider at
 1024x1024 and on a deep zoom (a 1e-4-wide region, where the features' phases matter); the graph's
 static activation peak per call (benchmarks/grid_memory.py's count) at the automatic chunk, for calls
@@ -29,7 +30,7 @@ from onnx import numpy_helper
 from cips_edge.core.config import preset
 from cips_edge.core.format import EMBEDDING, KEY_GRID_GRAPH, parse_metadata
 from cips_edge.export import export_generator
-from cips_edge.export.pixels import GRID_FOURIER, grid_graph
+from cips_edge.export.pixels import grid_graph
 from cips_edge.export.style import bias_names
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, latent_for_seed, psnr, region_grid, render_image, render_images, render_points
@@ -41,15 +42,17 @@ from render import trained_like  # noqa: E402
 
 CUDA = "CUDAExecutionProvider"
 DEEP_ZOOM = (0.3, 0.31, 0.3001, 0.3099)  # x0, y0, x1, y1: 1e-4 wide
+VARIANTS = {"sum": ("sum", False), "sum+h16": ("sum", True), "product": ("product", False),
+            "product+h16": ("product", True), "gemm+h16": ("gemm", True)}
 
 
-def with_grid_fourier(source: Path, out: Path, fourier: str) -> Path:
-    """source with its fp16 grid graph rebuilt in the given mode from the file's own weights."""
+def with_grid_fourier(source: Path, out: Path, fourier: str, half_head: bool = False) -> Path:
+    """source with its fp16 grid graph rebuilt from the file's own weights (grid_graph's fourier and half_head)."""
     model = onnx.load(str(source))
     info = parse_metadata({p.key: p.value for p in model.metadata_props}, str(source))
     names = (EMBEDDING, "fourier_weight", "fourier_bias", *bias_names(info.config))
     shared = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
-    graph = grid_graph(info.config, shared, fourier).SerializeToString()
+    graph = grid_graph(info.config, shared, fourier, half_head).SerializeToString()
     for prop in model.metadata_props:
         if prop.key == KEY_GRID_GRAPH + "fp16":
             prop.value = base64.b64encode(graph).decode()
@@ -88,7 +91,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="cips-grid-fourier-"))
     base = export_random(args.preset, folder)
-    paths = {m: base if m == "sum" else with_grid_fourier(base, folder / f"{m}.onnx", m) for m in GRID_FOURIER}
+    paths = {m: base if m == "sum" else with_grid_fourier(base, folder / f"{m}.onnx", *VARIANTS[m]) for m in VARIANTS}
     models = {m: CIPSModel(p, device=args.device, precision="fp16") for m, p in paths.items()}
     reference = CIPSModel(base, device=args.device, precision="fp32")
     provider = models["sum"].provider

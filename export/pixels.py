@@ -246,11 +246,12 @@ def pixel_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], precisio
 
 
 def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str | None, co: str | None,
-                  first: str | None = None) -> None:
-    """float16: one Gemm + LeakyRelu per layer on the folded weights, the last Gemm in float32. The input
-    layer reads fo [n, F] (float32) and co [H, n] (GridSample's layout), or fo in float16 and `first`
-    [n, E0], the table half of the input layer already applied (the grid graph), or with fo None, `first`
-    the whole input layer before its activation."""
+                  first: str | None = None, half_head: bool = False) -> None:
+    """float16: one Gemm + LeakyRelu per layer on the folded weights, the last Gemm in float32 (half_head:
+    in float16, accumulated in float32, its three colours cast to float32). The input layer reads fo
+    [n, F] (float32) and co [H, n] (GridSample's layout), or fo in float16 and `first` [n, E0], the table
+    half of the input layer already applied (the grid graph), or with fo None, `first` the whole input
+    layer before its activation."""
     shapes, half = _folded_shapes(config), TensorProto.FLOAT16
 
     def weight(name: str) -> str:
@@ -267,8 +268,11 @@ def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str | None, co: st
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
     for name in weight_names(config)[2:-1]:
         x = graph.op("LeakyRelu", [graph.op("Gemm", [x, weight(name)])], alpha=LRELU_SLOPE)
-    x = graph.op("Cast", [x], to=TensorProto.FLOAT)
-    graph.op("Gemm", [x, graph.input("rgb_weight", TensorProto.FLOAT, shapes["rgb_weight"])])
+    rgb_weight = graph.input("rgb_weight", TensorProto.FLOAT, shapes["rgb_weight"])
+    if half_head:  # no float32 copy of the last activations
+        graph.op("Cast", [graph.op("Gemm", [x, graph.op("Cast", [rgb_weight], to=half)])], to=TensorProto.FLOAT)
+    else:
+        graph.op("Gemm", [graph.op("Cast", [x], to=TensorProto.FLOAT), rgb_weight])
 
 
 def _hat_weights(graph: _Graph, values: str, texels: int, name: str) -> str:
@@ -295,7 +299,8 @@ def _hat_weights(graph: _Graph, values: str, texels: int, name: str) -> str:
 GRID_FOURIER = ("sum", "product", "gemm")
 
 
-def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: str = "sum") -> onnx.ModelProto:
+def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: str = "sum",
+               half_head: bool = False) -> onnx.ModelProto:
     """cips' fp16 pixel graph for a regular grid: xs [w] and ys [h] (the grid's x' and y' values) and one
     latent's weights -> rgb [h * w, 3], row by row (x' fastest), the same values as the fp16 pixel graph
     at those points up to float16 rounding; and rgb8, the same colours in 8 bits.
@@ -312,7 +317,10 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
     - gemm: no per-pixel features: row y's input layer is [cos a | sin a] @ [sin b(y) W ; cos b(y) W],
       a product of float16 tables batched over rows, with the table half's lookup as more columns of the
       same product (twice the Fourier half's multiply-adds, and per call a [rows, 2F + 2 columns, E0]
-      weight tensor)."""
+      weight tensor).
+
+    half_head: the ToRGB GEMM in float16 (accumulated in float32) instead of on a float32 copy of the
+    last layer's activations [n, E] (4 bytes a value written and read again for 3 colours)."""
     if fourier not in GRID_FOURIER:
         raise ValueError(f"fourier must be one of {GRID_FOURIER}, got {fourier!r}")
     c = config
@@ -374,10 +382,10 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
         left = graph.op("Concat", [graph.op("Cast", [graph.op("Cos", [a])], to=half),
                                    graph.op("Cast", [graph.op("Sin", [a])], to=half), across_weights], axis=1)
         first = graph.op("Reshape", [graph.op("MatMul", [left, right]), flat_first])  # [h * w, E0]
-        _folded_chain(graph, c, None, None, first=first)
+        _folded_chain(graph, c, None, None, first=first, half_head=half_head)
     else:
         first = graph.op("Reshape", [graph.op("MatMul", [across_weights, down]), flat_first])  # [h * w, E0]
-        _folded_chain(graph, c, fo, None, first=first)
+        _folded_chain(graph, c, fo, None, first=first, half_head=half_head)
     graph.nodes[-1].output[0] = RGB
     # 8-bit colours on the device, for images (a quarter of the bytes to copy back, no host conversion);
     # a runtime computes this output only when it asks for it

@@ -160,11 +160,12 @@ def _grid_fourier_bench():
     return module
 
 
-@pytest.mark.parametrize("mode", ["product", "gemm"])
-def test_every_way_of_forming_the_fourier_features_renders_the_same_picture(fp16_file, tmp_path, mode):
-    """grid_graph's fourier modes (benchmarks/grid_fourier.py times them): the same colours as the sum
-    mode the file holds up to float16 rounding, including a deep zoom where the phases matter."""
-    other = _grid_fourier_bench().with_grid_fourier(fp16_file, tmp_path / f"{mode}.onnx", mode)
+@pytest.mark.parametrize("mode,half_head", [("product", False), ("gemm", False), ("sum", True), ("gemm", True)])
+def test_every_way_of_forming_the_fourier_features_renders_the_same_picture(fp16_file, tmp_path, mode, half_head):
+    """grid_graph's variants (benchmarks/grid_fourier.py times them): the same colours as the sum mode
+    with a float32 ToRGB that the file holds, up to float16 rounding, including a deep zoom where the
+    phases matter."""
+    other = _grid_fourier_bench().with_grid_fourier(fp16_file, tmp_path / f"{mode}.onnx", mode, half_head)
     base = CIPSModel(fp16_file, device="cpu", precision="fp16")
     model = CIPSModel(other, device="cpu", precision="fp16")
     reference = CIPSModel(fp16_file, device="cpu", precision="fp32")
