@@ -300,7 +300,7 @@ GRID_FOURIER = ("sum", "product", "gemm")
 
 
 def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: str = "sum",
-               half_head: bool = False) -> onnx.ModelProto:
+               half_head: bool = False, batched: bool = False) -> onnx.ModelProto:
     """cips' fp16 pixel graph for a regular grid: xs [w] and ys [h] (the grid's x' and y' values) and one
     latent's weights -> rgb [h * w, 3], row by row (x' fastest), the same values as the fp16 pixel graph
     at those points up to float16 rounding; and rgb8, the same colours in 8 bits.
@@ -320,9 +320,13 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
       weight tensor).
 
     half_head: the ToRGB GEMM in float16 (accumulated in float32) instead of on a float32 copy of the
-    last layer's activations [n, E] (4 bytes a value written and read again for 3 colours)."""
-    if fourier not in GRID_FOURIER:
-        raise ValueError(f"fourier must be one of {GRID_FOURIER}, got {fourier!r}")
+    last layer's activations [n, E] (4 bytes a value written and read again for 3 colours).
+
+    batched: every per-latent input gets a leading dimension `latents` (the style part's batched
+    outputs as they are), the Fourier block is formed once for all of them, and rgb is [latents * h * w,
+    3], latent by latent (sum and product only)."""
+    if fourier not in GRID_FOURIER or (batched and fourier == "gemm"):
+        raise ValueError(f"fourier must be one of {GRID_FOURIER} (batched: sum or product), got {fourier!r}")
     c = config
     graph = _Graph(shared, as_inputs=True, prefix="")
     f32, half = np.float32, TensorProto.FLOAT16
@@ -365,13 +369,16 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
                                   graph.op("Mul", [table16(b, "Cos", axis1), table16(a, "Sin", axis0)])])  # [h, w, F]
             fo = graph.op("Reshape", [fo, flat_fo])
 
+    across_weights = _hat_weights(graph, across, columns, "x")  # [w, 2 * columns]
+    if batched:
+        _batched_tail(graph, c, fo, ys, across_weights, half_head)
+        return _grid_model(graph)
     table = graph.input(CO_TABLE, half, [c.size * columns, e0])
     table = graph.op("Reshape", [table, graph.const("table_rows", np.array([c.size, columns * e0], np.int64))])
     table = graph.op("Concat", [table, table], axis=0)  # each texel row twice: high and low weights
     down = graph.op("MatMul", [_hat_weights(graph, ys, c.size, "y"), table])  # [h, columns * E0]
     down = graph.op("Reshape", [down, graph.const("band_shape", np.array([-1, columns, e0], np.int64))])
     down = graph.op("Concat", [down, down], axis=1)  # [h, 2 * columns, E0]
-    across_weights = _hat_weights(graph, across, columns, "x")  # [w, 2 * columns]
     flat_first = graph.const("first_shape", np.array([-1, e0], np.int64))
     if fourier == "gemm":
         w0 = graph.input(fp16_name("w0_fo"), half, _folded_shapes(c)["w0_fo"])
@@ -386,6 +393,43 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
     else:
         first = graph.op("Reshape", [graph.op("MatMul", [across_weights, down]), flat_first])  # [h * w, E0]
         _folded_chain(graph, c, fo, None, first=first, half_head=half_head)
+    return _grid_model(graph)
+
+
+def _batched_tail(graph: _Graph, config: GeneratorConfig, fo: str, ys: str, across_weights: str, half_head: bool) -> None:
+    """grid_graph's lookups and chain for a batch of latents: fo [h * w, F] shared by all, every weight
+    [latents, ...], batched MatMuls; rgb [latents * h * w, 3]."""
+    c, half = config, TensorProto.FLOAT16
+    shapes, columns, e0 = _folded_shapes(c), table_columns(c), extended_width(c.layer_shapes[0][1])
+
+    def weight(name: str) -> str:
+        return graph.input(fp16_name(name), half, ["latents", *shapes[name]])
+
+    def shape(name: str, dims: list[int]) -> str:  # 0 keeps that dimension
+        return graph.const(name, np.array(dims, np.int64))
+
+    table = graph.input(CO_TABLE, half, ["latents", c.size * columns, e0])
+    table = graph.op("Reshape", [table, shape("b_table_rows", [0, c.size, columns * e0])])
+    table = graph.op("Concat", [table, table], axis=1)  # each texel row twice: high and low weights
+    down = graph.op("MatMul", [_hat_weights(graph, ys, c.size, "y"), table])  # [L, h, columns * E0]
+    down = graph.op("Reshape", [down, shape("b_band_shape", [0, -1, columns, e0])])
+    down = graph.op("Concat", [down, down], axis=2)  # [L, h, 2 * columns, E0]
+    first = graph.op("MatMul", [across_weights, down])  # [L, h, w, E0]
+    first = graph.op("Reshape", [first, shape("b_first_shape", [0, -1, e0])])
+    x = graph.op("LeakyRelu", [graph.op("Add", [graph.op("MatMul", [fo, weight("w0_fo")]), first])], alpha=LRELU_SLOPE)
+    for name in weight_names(c)[2:-1]:
+        x = graph.op("LeakyRelu", [graph.op("MatMul", [x, weight(name)])], alpha=LRELU_SLOPE)
+    rgb_weight = graph.input("rgb_weight", TensorProto.FLOAT, ["latents", *shapes["rgb_weight"]])
+    if half_head:
+        rgb = graph.op("Cast", [graph.op("MatMul", [x, graph.op("Cast", [rgb_weight], to=half)])], to=TensorProto.FLOAT)
+    else:
+        rgb = graph.op("MatMul", [graph.op("Cast", [x], to=TensorProto.FLOAT), rgb_weight])
+    graph.op("Reshape", [rgb, shape("b_rgb_shape", [-1, 3])])
+
+
+def _grid_model(graph: _Graph) -> onnx.ModelProto:
+    """The grid graph's outputs after its last node (rgb): rgb and its 8-bit colours."""
+    f32 = np.float32
     graph.nodes[-1].output[0] = RGB
     # 8-bit colours on the device, for images (a quarter of the bytes to copy back, no host conversion);
     # a runtime computes this output only when it asks for it

@@ -185,3 +185,25 @@ def test_an_unknown_fourier_mode_is_refused():
 
     with pytest.raises(ValueError, match="fourier must be one of"):
         grid_graph(preset("tiny"), {}, "cosine")
+
+
+def test_the_batched_grid_graph_renders_each_latents_image(fp16_file):
+    """grid_graph(batched=True) (benchmarks/grid_batch_probe.py times it): the style part's batched
+    weights as they are, the Fourier block once, batched MatMuls: the runtime's images, latent by latent."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_batch_probe.py"
+    spec = importlib.util.spec_from_file_location("grid_batch_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    model = CIPSModel(fp16_file, device="cpu", precision="fp16")
+    z = np.stack([latent_for_seed(s, model.style_dim) for s in (2, 5, 11)])
+    expected = render_images(model, z, 12, 12)
+    for mode, half_head, tolerance in (("sum", False, 1e-6), ("product", True, 5e-3)):
+        session, weights = probe.batched_session(model.ort, fp16_file, mode, half_head)
+        for per_call in (1, 2, 3):
+            got = probe.render_batched(model, session, weights, z, 12, per_call, "cpu")
+            assert got.shape == expected.shape and np.abs(got - expected).max() < tolerance
+    with pytest.raises(ValueError, match="batched: sum or product"):
+        from cips_edge.export.pixels import grid_graph
+        grid_graph(model.config, {}, "gemm", batched=True)
