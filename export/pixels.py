@@ -361,13 +361,14 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
     if fourier == "sum":  # each pixel's features rounded once, as the pixel graph's
         angle = graph.op("Add", [graph.op("Unsqueeze", [a, axis0]), graph.op("Unsqueeze", [b, axis1])])  # [h, w, F]
         fo = graph.op("Reshape", [graph.op("Cast", [graph.op("Sin", [angle])], to=half), flat_fo])
-    else:
-        def table16(x: str, op: str, axis: str) -> str:
+    elif fourier == "product":
+        def table16(x: str, op: str, axis: str) -> str:  # sin or cos of a row or column table, float16
             return graph.op("Unsqueeze", [graph.op("Cast", [graph.op(op, [x])], to=half), axis])
-        if fourier == "product":
-            fo = graph.op("Add", [graph.op("Mul", [table16(b, "Sin", axis1), table16(a, "Cos", axis0)]),
-                                  graph.op("Mul", [table16(b, "Cos", axis1), table16(a, "Sin", axis0)])])  # [h, w, F]
-            fo = graph.op("Reshape", [fo, flat_fo])
+        fo = graph.op("Add", [graph.op("Mul", [table16(b, "Sin", axis1), table16(a, "Cos", axis0)]),
+                              graph.op("Mul", [table16(b, "Cos", axis1), table16(a, "Sin", axis0)])])  # [h, w, F]
+        fo = graph.op("Reshape", [fo, flat_fo])
+    else:  # gemm: the features never exist per pixel
+        fo = None
 
     across_weights = _hat_weights(graph, across, columns, "x")  # [w, 2 * columns]
     if batched:
