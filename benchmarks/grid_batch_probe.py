@@ -59,6 +59,8 @@ def batched_session(ort, path: Path, fourier: str = "sum", half_head: bool = Fal
     providers = [(CUDA, {"device_id": "0", **CUDA_OPTIONS}), "CPUExecutionProvider"] if device == "cuda" \
         else ["CPUExecutionProvider"]
     session = ort.InferenceSession(graph.SerializeToString(), options, providers=providers)
+    if device == "cuda" and session.get_providers()[0] != CUDA:
+        raise SystemExit(f"the batched grid graph runs on {session.get_providers()[0]}, not CUDA")
     return session, [v.name for v in kept if v.name not in ("xs", "ys")]
 
 
