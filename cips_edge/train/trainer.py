@@ -181,12 +181,15 @@ class Trainer:
     def _discriminate(self, img: torch.Tensor, draws: torch.Tensor | None = None) -> torch.Tensor:
         """D's logits of img, augmented first with `draws` (self.draws) if given: compiled, the augmentation
         fuses into D's first kernels instead of running as some thirty small eager ones per call."""
-        if draws is not None:
-            img = apply_augment(img, draws)
-        if self.speed.channels_last:
-            img = img.contiguous(memory_format=torch.channels_last)
+        img = self._d_input(img, draws)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             return self.D(img).float()
+
+    def _d_input(self, img: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
+        """What D reads: img augmented with draws (if given), channels-last on the fast path."""
+        if draws is not None:
+            img = apply_augment(img, draws)
+        return img.contiguous(memory_format=torch.channels_last) if self.speed.channels_last else img
 
     def draws(self, batch: int) -> torch.Tensor | None:
         """The parameters of one DiffAugment call on this rank's `batch` images; None without augmentation."""
@@ -269,10 +272,7 @@ class Trainer:
         else:
             reals = reals.detach().requires_grad_(True)
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
-                d_in = reals if draws is None else apply_augment(reals, draws)
-                if self.speed.channels_last:
-                    d_in = d_in.contiguous(memory_format=torch.channels_last)
-                logits = self.D(d_in)
+                logits = self.D(self._d_input(reals, draws))
                 penalty = r1_penalty(logits, reals)
                 self.d_optim.zero_grad(set_to_none=True)
                 (penalty * self._r1_weight).backward()
@@ -306,9 +306,7 @@ class Trainer:
         """(R1 penalty, its gradient for each of params): the same as the eager path, as functions."""
         def penalty(p: dict) -> torch.Tensor:
             def logits_sum(x: torch.Tensor) -> torch.Tensor:
-                d_in = x if draws is None else apply_augment(x, draws)
-                if self.speed.channels_last:
-                    d_in = d_in.contiguous(memory_format=torch.channels_last)
+                d_in = self._d_input(x, draws)
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
                     return torch.func.functional_call(self.D, {**p, **fixed}, (d_in,)).float().sum()
             grad = torch.func.grad(logits_sum)(reals)
