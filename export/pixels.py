@@ -246,16 +246,24 @@ def pixel_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], precisio
 
 
 def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str | None, co: str | None,
-                  first: str | None = None, half_head: bool = False) -> None:
+                  first: str | None = None, half_head: bool = False, batched: bool = False) -> None:
     """float16: one Gemm + LeakyRelu per layer on the folded weights, the last Gemm in float32 (half_head:
     in float16, accumulated in float32, its three colours cast to float32). The input layer reads fo
     [n, F] (float32) and co [H, n] (GridSample's layout), or fo in float16 and `first` [n, E0], the table
     half of the input layer already applied (the grid graph), or with fo None, `first` the whole input
-    layer before its activation."""
+    layer before its activation. batched (grid graphs): every weight [latents, ...], `first`
+    [latents, n, E0], batched MatMuls, rgb [latents * n, 3]."""
     shapes, half = _folded_shapes(config), TensorProto.FLOAT16
+    lead = ["latents"] if batched else []
 
     def weight(name: str) -> str:
-        return graph.input(fp16_name(name), half, shapes[name])
+        return graph.input(fp16_name(name), half, [*lead, *shapes[name]])
+
+    def product(x: str, w: str, add: str | None = None) -> str:  # x @ w (+ add)
+        if not batched:
+            return graph.op("Gemm", [x, w, *([add] if add else [])])
+        y = graph.op("MatMul", [x, w])
+        return graph.op("Add", [y, add]) if add else y
 
     if first is None:
         fo = graph.op("Cast", [fo], to=half)
@@ -264,15 +272,17 @@ def _folded_chain(graph: _Graph, config: GeneratorConfig, fo: str | None, co: st
     elif fo is None:
         x = first
     else:
-        x = graph.op("Gemm", [fo, weight("w0_fo"), first])
+        x = product(fo, weight("w0_fo"), first)
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
     for name in weight_names(config)[2:-1]:
-        x = graph.op("LeakyRelu", [graph.op("Gemm", [x, weight(name)])], alpha=LRELU_SLOPE)
-    rgb_weight = graph.input("rgb_weight", TensorProto.FLOAT, shapes["rgb_weight"])
+        x = graph.op("LeakyRelu", [product(x, weight(name))], alpha=LRELU_SLOPE)
+    rgb_weight = graph.input("rgb_weight", TensorProto.FLOAT, [*lead, *shapes["rgb_weight"]])
     if half_head:  # no float32 copy of the last activations
-        graph.op("Cast", [graph.op("Gemm", [x, graph.op("Cast", [rgb_weight], to=half)])], to=TensorProto.FLOAT)
+        graph.op("Cast", [product(x, graph.op("Cast", [rgb_weight], to=half))], to=TensorProto.FLOAT)
     else:
-        graph.op("Gemm", [graph.op("Cast", [x], to=TensorProto.FLOAT), rgb_weight])
+        product(graph.op("Cast", [x], to=TensorProto.FLOAT), rgb_weight)
+    if batched:  # latent by latent
+        graph.op("Reshape", [graph.nodes[-1].output[0], graph.const("rgb_rows", np.array([-1, 3], np.int64))])
 
 
 def _hat_weights(graph: _Graph, values: str, texels: int, name: str) -> str:
@@ -371,16 +381,15 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
         fo = None
 
     across_weights = _hat_weights(graph, across, columns, "x")  # [w, 2 * columns]
-    if batched:
-        _batched_tail(graph, c, fo, ys, across_weights, half_head)
-        return _grid_model(graph)
-    table = graph.input(CO_TABLE, half, [c.size * columns, e0])
-    table = graph.op("Reshape", [table, graph.const("table_rows", np.array([c.size, columns * e0], np.int64))])
-    table = graph.op("Concat", [table, table], axis=0)  # each texel row twice: high and low weights
-    down = graph.op("MatMul", [_hat_weights(graph, ys, c.size, "y"), table])  # [h, columns * E0]
-    down = graph.op("Reshape", [down, graph.const("band_shape", np.array([-1, columns, e0], np.int64))])
-    down = graph.op("Concat", [down, down], axis=1)  # [h, 2 * columns, E0]
-    flat_first = graph.const("first_shape", np.array([-1, e0], np.int64))
+    # the table half's rows at ys, each texel column twice (high and low weights): [(latents,) h, 2 columns, E0]
+    lead = [0] if batched else []  # a Reshape's 0 keeps the latents
+    table = graph.input(CO_TABLE, half, [*(["latents"] if batched else []), c.size * columns, e0])
+    table = graph.op("Reshape", [table, graph.const("table_rows", np.array([*lead, c.size, columns * e0], np.int64))])
+    table = graph.op("Concat", [table, table], axis=len(lead))  # each texel row twice: high and low weights
+    down = graph.op("MatMul", [_hat_weights(graph, ys, c.size, "y"), table])  # [(latents,) h, columns * E0]
+    down = graph.op("Reshape", [down, graph.const("band_shape", np.array([*lead, -1, columns, e0], np.int64))])
+    down = graph.op("Concat", [down, down], axis=len(lead) + 1)
+    flat_first = graph.const("first_shape", np.array([*lead, -1, e0], np.int64))
     if fourier == "gemm":
         w0 = graph.input(fp16_name("w0_fo"), half, _folded_shapes(c)["w0_fo"])
         phases = graph.op("Cast", [graph.op("Concat", [graph.op("Sin", [b]), graph.op("Cos", [b])], axis=1)], to=half)
@@ -392,40 +401,9 @@ def grid_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], fourier: 
         first = graph.op("Reshape", [graph.op("MatMul", [left, right]), flat_first])  # [h * w, E0]
         _folded_chain(graph, c, None, None, first=first, half_head=half_head)
     else:
-        first = graph.op("Reshape", [graph.op("MatMul", [across_weights, down]), flat_first])  # [h * w, E0]
-        _folded_chain(graph, c, fo, None, first=first, half_head=half_head)
+        first = graph.op("Reshape", [graph.op("MatMul", [across_weights, down]), flat_first])  # [(latents,) h * w, E0]
+        _folded_chain(graph, c, fo, None, first=first, half_head=half_head, batched=batched)
     return _grid_model(graph)
-
-
-def _batched_tail(graph: _Graph, config: GeneratorConfig, fo: str, ys: str, across_weights: str, half_head: bool) -> None:
-    """grid_graph's lookups and chain for a batch of latents: fo [h * w, F] shared by all, every weight
-    [latents, ...], batched MatMuls; rgb [latents * h * w, 3]."""
-    c, half = config, TensorProto.FLOAT16
-    shapes, columns, e0 = _folded_shapes(c), table_columns(c), extended_width(c.layer_shapes[0][1])
-
-    def weight(name: str) -> str:
-        return graph.input(fp16_name(name), half, ["latents", *shapes[name]])
-
-    def shape(name: str, dims: list[int]) -> str:  # 0 keeps that dimension
-        return graph.const(name, np.array(dims, np.int64))
-
-    table = graph.input(CO_TABLE, half, ["latents", c.size * columns, e0])
-    table = graph.op("Reshape", [table, shape("b_table_rows", [0, c.size, columns * e0])])
-    table = graph.op("Concat", [table, table], axis=1)  # each texel row twice: high and low weights
-    down = graph.op("MatMul", [_hat_weights(graph, ys, c.size, "y"), table])  # [L, h, columns * E0]
-    down = graph.op("Reshape", [down, shape("b_band_shape", [0, -1, columns, e0])])
-    down = graph.op("Concat", [down, down], axis=2)  # [L, h, 2 * columns, E0]
-    first = graph.op("MatMul", [across_weights, down])  # [L, h, w, E0]
-    first = graph.op("Reshape", [first, shape("b_first_shape", [0, -1, e0])])
-    x = graph.op("LeakyRelu", [graph.op("Add", [graph.op("MatMul", [fo, weight("w0_fo")]), first])], alpha=LRELU_SLOPE)
-    for name in weight_names(c)[2:-1]:
-        x = graph.op("LeakyRelu", [graph.op("MatMul", [x, weight(name)])], alpha=LRELU_SLOPE)
-    rgb_weight = graph.input("rgb_weight", TensorProto.FLOAT, ["latents", *shapes["rgb_weight"]])
-    if half_head:
-        rgb = graph.op("Cast", [graph.op("MatMul", [x, graph.op("Cast", [rgb_weight], to=half)])], to=TensorProto.FLOAT)
-    else:
-        rgb = graph.op("MatMul", [graph.op("Cast", [x], to=TensorProto.FLOAT), rgb_weight])
-    graph.op("Reshape", [rgb, shape("b_rgb_shape", [-1, 3])])
 
 
 def _grid_model(graph: _Graph) -> onnx.ModelProto:
