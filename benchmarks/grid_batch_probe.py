@@ -18,16 +18,14 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from cips_edge.core.format import EMBEDDING, RGB, STYLE_INPUTS, parse_metadata
-from cips_edge.export.pixels import grid_graph
-from cips_edge.export.style import bias_names
+from cips_edge.core.format import RGB, STYLE_INPUTS, parse_metadata
+from cips_edge.export.pixels import file_shared_weights, grid_graph
 from cips_edge.runtime import CIPSModel, latent_for_seed, render_images
 from cips_edge.runtime.coords import grid_axes
 from cips_edge.runtime.model import CUDA, CUDA_OPTIONS
@@ -43,8 +41,7 @@ def batched_session(ort, path: Path, fourier: str = "sum", half_head: bool = Fal
     inside it; and the names of its per-latent inputs (the style part's outputs)."""
     main = onnx.load(str(path))
     info = parse_metadata({p.key: p.value for p in main.metadata_props}, str(path))
-    names = (EMBEDDING, "fourier_weight", "fourier_bias", *bias_names(info.config))
-    shared = {t.name: numpy_helper.to_array(t) for t in main.graph.initializer if t.name in names}
+    shared = file_shared_weights(main, info.config)
     graph = grid_graph(info.config, shared, fourier, half_head, batched=True)
     kept = []
     for value in graph.graph.input:

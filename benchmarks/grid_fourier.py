@@ -18,6 +18,7 @@ import argparse
 import base64
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,22 +26,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
 from cips_edge.core.config import preset
-from cips_edge.core.format import EMBEDDING, KEY_GRID_GRAPH, parse_metadata
+from cips_edge.core.format import KEY_GRID_GRAPH, parse_metadata
 from cips_edge.export import export_generator
-from cips_edge.export.pixels import grid_graph
-from cips_edge.export.style import bias_names
+from cips_edge.export.pixels import file_shared_weights, grid_graph
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import CIPSModel, latent_for_seed, psnr, region_grid, render_image, render_images, render_points
+from cips_edge.runtime.model import CUDA
 
-import sys
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid_memory import static_peak  # noqa: E402
 from render import trained_like  # noqa: E402
 
-CUDA = "CUDAExecutionProvider"
 DEEP_ZOOM = (0.3, 0.31, 0.3001, 0.3099)  # x0, y0, x1, y1: 1e-4 wide
 VARIANTS = {"sum": ("sum", False), "sum+h16": ("sum", True), "product": ("product", False),
             "product+h16": ("product", True), "gemm+h16": ("gemm", True)}
@@ -50,8 +48,7 @@ def with_grid_fourier(source: Path, out: Path, fourier: str, half_head: bool = F
     """source with its fp16 grid graph rebuilt from the file's own weights (grid_graph's fourier and half_head)."""
     model = onnx.load(str(source))
     info = parse_metadata({p.key: p.value for p in model.metadata_props}, str(source))
-    names = (EMBEDDING, "fourier_weight", "fourier_bias", *bias_names(info.config))
-    shared = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
+    shared = file_shared_weights(model, info.config)
     graph = grid_graph(info.config, shared, fourier, half_head).SerializeToString()
     for prop in model.metadata_props:
         if prop.key == KEY_GRID_GRAPH + "fp16":

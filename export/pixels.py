@@ -28,7 +28,7 @@ from cips_edge.core.config import GeneratorConfig
 from cips_edge.model import CIPSGenerator, LRELU_SLOPE
 from cips_edge.core.format import COORDS, EMBEDDING, RGB, RGB8
 
-from .style import CO_TABLE, biases, extended_width, fourier_width, fp16_name, rgb_sources, weight_names
+from .style import CO_TABLE, bias_names, biases, extended_width, fourier_width, fp16_name, rgb_sources, weight_names
 
 PIXEL_OPSET = 17
 MS_DOMAIN = "com.microsoft"
@@ -41,6 +41,17 @@ def shared_weights(generator: CIPSGenerator) -> dict[str, np.ndarray]:
     out = {"fourier_weight": weight, "fourier_bias": bias, EMBEDDING: embedding_rows(generator)}
     out.update({name: value.numpy() for name, value in biases(generator).items()})
     return out
+
+
+def shared_names(config: GeneratorConfig) -> tuple[str, ...]:
+    """shared_weights' names: the coordinate table, the Fourier layer, the layer biases."""
+    return (EMBEDDING, "fourier_weight", "fourier_bias", *bias_names(config))
+
+
+def file_shared_weights(model: onnx.ModelProto, config: GeneratorConfig) -> dict[str, np.ndarray]:
+    """shared_weights read back from a format-3 file's graph, whose initializers they are."""
+    names = set(shared_names(config))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names}
 
 
 def fourier_constants(generator: CIPSGenerator) -> tuple[np.ndarray, np.ndarray]:

@@ -31,8 +31,8 @@ from cips_edge.runtime.render import render_image
 from cips_edge.runtime.split import texel_rows
 
 from .graph import build_style_extension, join_pixels
-from .pixels import grid_graph, pixel_graph
-from .style import bias_names, plain_names
+from .pixels import file_shared_weights, grid_graph, pixel_graph, shared_names
+from .style import plain_names
 from .verify import GRID_CHECK_REGION, GRID_CHECK_SIDE, check_parity, check_reduced
 
 
@@ -53,9 +53,9 @@ def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: s
     if set(precisions) - set(PRECISIONS):
         raise UserError(f"precisions must be among {', '.join(PRECISIONS)}, got {precisions}")
 
-    names = (EMBEDDING, "fourier_weight", "fourier_bias", *bias_names(config))
+    names = shared_names(config)
     if info.format_version == 3:  # the graph stays; the metadata is written anew below
-        shared = {t.name: numpy_helper.to_array(t) for t in old.graph.initializer if t.name in names}
+        shared = file_shared_weights(old, config)
         model = old
         del model.metadata_props[:]
     else:
