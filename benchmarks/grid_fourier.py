@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -37,7 +38,7 @@ from cips_edge.runtime.model import CUDA
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid_memory import static_peak  # noqa: E402
-from render import trained_like  # noqa: E402
+from render import timed, trained_like  # noqa: E402
 
 DEEP_ZOOM = (0.3, 0.31, 0.3001, 0.3099)  # x0, y0, x1, y1: 1e-4 wide
 VARIANTS = {"sum": ("sum", False), "sum+h16": ("sum", True), "product": ("product", False),
@@ -66,15 +67,8 @@ def export_random(preset_name: str, folder: Path) -> Path:
 
 
 def median_ms(fn, sync, reps: int) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    """Median ms of reps runs (at least 2) after one warm-up, each waiting for sync."""
+    return statistics.median(timed(fn, sync, budget_s=math.inf, max_runs=reps)) * 1000
 
 
 def main(argv=None) -> None:
