@@ -464,6 +464,10 @@ def run(options: TrainOptions, explicit: set[str] | None = None) -> Path:
     device = resolve_device(options.device)
     world = distributed.init_from_env(device)
     try:
-        return Run(options, device, world, explicit).execute()
+        out = Run(options, device, world, explicit).execute()
+        # ranks tear their process group down together, not one while rank 0 still writes the last
+        # checkpoint (an early leaver was seen to abort at exit); on an error the others may never come
+        distributed.barrier(world)
+        return out
     finally:
         distributed.shutdown(world)
