@@ -39,12 +39,12 @@ def peak_rss_mb() -> float:
 
 
 def run(args, workers: int) -> dict:
-    from cips_edge.cli import default_model_path
+    from cips_edge.core.format import packaged_model
     from cips_edge.runtime import FULL_FRAME, latent_for_seed
     from cips_edge.runtime import cluster as cl
     from cips_edge.runtime import pyramid as pz
 
-    model = Path(args.model) if args.model else default_model_path()
+    model = Path(args.model) if args.model else packaged_model()
     plan = cl.local_plan(workers, args.device, args.threads)
     spec = plan.adapt(cl.ModelSpec.of(model, args.model is None, args.device, args.precision, args.threads))
     out = Path(args.work) / f"bench-{workers}.zarr"

@@ -82,8 +82,8 @@ def render_command(args, out: Path) -> list[str]:
 
 def memory_command(args, out: Path) -> list[str]:
     code = ("import sys; from cips_edge.runtime import CIPSModel, latent_for_seed, render_image, write_output\n"
-            "from cips_edge.cli import default_model_path\n"
-            f"m = CIPSModel(default_model_path(), device={args.device!r}, threads={args.threads})\n"
+            "from cips_edge.core.format import packaged_model\n"
+            f"m = CIPSModel(packaged_model(), device={args.device!r}, threads={args.threads})\n"
             f"write_output({str(out)!r}, render_image(m, latent_for_seed({args.seed}, m.style_dim), {args.height}, "
             f"{args.size}))\nprint('on', m.provider)\n")
     return [sys.executable, "-c", code]

@@ -1,7 +1,7 @@
 """Headless Chromium for the viewer: a driver, waiting for tiles, screenshots as arrays. Used by
 tests/test_view_browser.py, and run as a script it makes the README's picture of the viewer:
 
-    python tests/browser.py docs/images/viewer.png      # `cips view` of the packaged model, seed 63
+    python tests/browser.py docs/images/viewer.png      # `cips view` of the packaged model, seed 33
     python tests/browser.py --web docs/images/web.png   # the same view in the page of `cips web`
 
 Needs selenium (the [dev] extra) and Debian's `chromium` and `chromium-driver` (apt-get install);
@@ -100,11 +100,11 @@ def screenshot(driver) -> np.ndarray:
 
 
 def save_picture(url: str, out: str, timeout: float) -> None:
-    """The README's view (seed 63, zoom 1: the trained frame 512 pixels wide, the dashed square, with the
+    """The README's view (seed 33, zoom 1: the trained frame 512 pixels wide, the dashed square, with the
     model's extrapolation around it) of the viewer at url, as a 960 x 640 PNG."""
     driver = chromium(960, 640)
     try:
-        driver.get(url + "#seed=63&psi=1&x=-0.3&y=0&z=1")
+        driver.get(url + "#seed=33&psi=1&x=-0.3&y=0&z=1")
         wait_for_tiles(driver, timeout=timeout)
         driver.save_screenshot(out)
     finally:
@@ -130,12 +130,12 @@ def main_web(out: str, model: str | None = None) -> None:
     packaged one where its own graph renders pixels, else tests/data's format-1 emoji model."""
     import tempfile
 
-    from cips_edge.cli import default_model_path
+    from cips_edge.core.format import packaged_model
     from cips_edge.core.errors import UserError
     from cips_edge.runtime.view.web import browser_info, write_site
 
     if model is None:
-        model = default_model_path()
+        model = packaged_model()
         try:
             browser_info(model)
         except UserError:
