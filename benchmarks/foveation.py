@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="ONNX model (default: the packaged one)")
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
-    parser.add_argument("--seeds", default="7,63", help="comma list of seeds")
+    parser.add_argument("--seeds", default="7,33", help="comma list of seeds")
     parser.add_argument("--gaze", type=float, nargs=2, default=(0.0, -0.1), metavar=("X", "Y"),
                         help="fovea centre in frame units")
     parser.add_argument("--radii", default="0.125,0.25,0.5", help="comma list of fovea radii in frame units")

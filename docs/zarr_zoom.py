@@ -1,8 +1,8 @@
 """docs/images/zarr-zoom.png: a zoom into a rendered OME-Zarr pyramid, one panel per level, each a
 256 x 256 window read from the pyramid (no resampling), the next panel's window outlined in red.
 
-    cips render --seed 63 --size 8192 --out seed63.zarr
-    python docs/zarr_zoom.py seed63.zarr docs/images/zarr-zoom.png --at -0.205 -0.115
+    cips render --seed 33 --size 8192 --out seed33.zarr
+    python docs/zarr_zoom.py seed33.zarr docs/images/zarr-zoom.png --at -0.21 -0.11
 """
 from __future__ import annotations
 

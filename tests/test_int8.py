@@ -71,10 +71,10 @@ def packaged() -> tuple[CIPSModel, CIPSModel, dict]:
 
 
 def test_int8_renders_of_the_packaged_model_beat_unequalized_quantization(packaged):
-    """Seed 5 is the hardest of seeds 0-15 for int8 without equalization (1024x1024: 30.4 dB, with it
-    33.6 dB); 128x128 gives about the same PSNRs, quickly."""
+    """Seed 2 is the hardest of seeds 0-15 for int8, with and without equalization (128x128: 28.9 dB
+    without, 30.1 dB with; at 1024x1024 with it 30.2 dB, benchmarks/int8_quality.py)."""
     fp32, int8, shared = packaged
-    z, psi = latent_for_seed(5, fp32.style_dim)[None], np.ones(1, np.float32)
+    z, psi = latent_for_seed(2, fp32.style_dim)[None], np.ones(1, np.float32)
     points = region_grid(*FULL_FRAME, 128, 128)
     chunk = int8.default_chunk  # each call quantizes its activations with its own scale: chunk as rendered
 
@@ -93,4 +93,4 @@ def test_int8_renders_of_the_packaged_model_beat_unequalized_quantization(packag
         unequal[f"qscale{i}"], unequal[f"qbias{i}"] = scale.astype(np.float32), shared[f"bias{i}"]
     unequal.update({f"qt{k}": plain[f"t{k}"] for k in range(config.n_to_rgb)})
     before = psnr8(render(int8, unequal), reference)
-    assert before < 31.5 < 32.5 < equalized < 60, (before, equalized)
+    assert before < 29.4 < 29.8 < equalized < 60, (before, equalized)
