@@ -505,3 +505,62 @@ def test_two_nodes_train_the_model_one_process_trains_with_their_whole_batch(tra
     for key in ("g", "d", "g_ema"):
         for name, value in single[key].items():
             torch.testing.assert_close(two[key][name], value, rtol=1e-4, atol=1e-5, msg=f"{key}.{name}")
+
+
+def test_init_from_starts_a_new_recipe_from_another_runs_weights(straight, train_images, tmp_path, monkeypatch):
+    """--init-from: the first step starts from the source's G, D and EMA with fresh Adam; the new run
+    counts its own images, records where it came from, and a resume of it continues its own weights."""
+    source = newest(straight[0])
+    seen = []
+    original = Trainer.train_step
+
+    def first_step_weights(self, step):
+        if not seen:
+            seen.append(({k: v.clone() for k, v in self.G.state_dict().items()},
+                         {k: v.clone() for k, v in self.D.state_dict().items()},
+                         {k: v.clone() for k, v in self.G_ema.state_dict().items()}, len(self.g_optim.state)))
+        original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", first_step_weights)
+    out = tmp_path / "tuned"
+    run_quietly(options(train_images, out, kimg=KIMG / 2, init_from=straight[0], r1_gamma=1.0, lr=0.001))
+    g, d, g_ema, adam_entries = seen[0]
+    for mine, key in ((g, "g"), (d, "d"), (g_ema, "g_ema")):
+        assert mine.keys() == source[key].keys()
+        assert all(torch.equal(mine[name], source[key][name]) for name in mine), key
+    assert adam_entries == 0
+    tuned = newest(out)
+    assert (tuned["step"], tuned["images_seen"]) == (STEPS // 2, BATCH * STEPS // 2)
+    assert any(not torch.equal(tuned["g"][k], source["g"][k]) for k in source["g"])  # it trained
+    origin = json.loads((out / "options.json").read_text())["init_from"]
+    assert origin["images_seen"] == BATCH * STEPS and origin["path"].endswith(run_checkpoints(straight[0])[-1].name)
+    assert tuned["init_from"] == origin and tuned["options"]["r1_gamma"] == 1.0
+
+    seen.clear()
+    run_quietly(options(train_images, out, resume=True, kimg=KIMG))
+    g = seen[0][0]
+    assert all(torch.equal(g[name], tuned["g"][name]) for name in g)  # its own checkpoint, not the source
+    assert newest(out)["step"] == STEPS and newest(out)["init_from"] == origin
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(d_channel_max=16), "its discriminator has"),
+    (dict(size=32), "its generator has size 16, this run's has 32"),
+])
+def test_init_from_a_run_of_other_shapes_is_one_line_and_leaves_no_folder(straight, train_images, tmp_path,
+                                                                          change, message):
+    out = tmp_path / "other"
+    with pytest.raises(TrainError, match=message) as e:
+        run_quietly(options(train_images, out, init_from=straight[0], **change))
+    assert "\n" not in str(e.value) and "--init-from" in str(e.value) and not out.exists()
+
+
+def test_init_from_needs_a_training_checkpoint(train_images, tmp_path):
+    for source, message in ((tmp_path / "nowhere", "--init-from"), (tmp_path, "without checkpoints")):
+        with pytest.raises(TrainError, match=message):
+            run_quietly(options(train_images, tmp_path / "new", init_from=source))
+    bare = tmp_path / "bare.pt"
+    torch.save({"g_ema": {}, "config": {}}, bare)
+    with pytest.raises(TrainError, match="not a checkpoint of a cips-edge training run"):
+        run_quietly(options(train_images, tmp_path / "new", init_from=bare))
+    assert not (tmp_path / "new").exists()

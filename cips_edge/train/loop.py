@@ -19,8 +19,8 @@ import torch
 
 from cips_edge import __version__
 from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torch_save, generator_checkpoint,
-                                  newest_checkpoint, read_checkpoint, run_checkpoints)
-from cips_edge.core.config import PRESETS
+                                  newest_checkpoint, read_checkpoint, resolve_checkpoint_path, run_checkpoints)
+from cips_edge.core.config import PRESETS, GeneratorConfig
 from cips_edge.core.files import clean_stale_temporaries
 
 from . import distributed, fit
@@ -140,6 +140,8 @@ class Run:
         self.options, self.device, self.world = options, device, world
         self.explicit = explicit  # the options the user gave (None: those that differ from the defaults)
         self.ckpt: dict | None = None
+        self.init: dict | None = None  # --init-from's weights, for a run that starts now
+        self.init_info: dict | None = None  # where they came from, kept in options.json and every checkpoint
         self.created_dir = False
         self.started = False  # the first step has begun
         self.notes: list[str] = []  # lines to show once the reporter exists
@@ -202,6 +204,39 @@ class Run:
         self.notes.append(f"{run_dir} has no checkpoint yet: starting it from the beginning")
         return dataclasses.replace(o, out=run_dir, resume=False)
 
+    def model_configs(self) -> tuple[GeneratorConfig, DiscriminatorConfig]:
+        """The shapes of G and D that the options ask for."""
+        o = self.options
+        g_config = dataclasses.replace(PRESETS[o.preset], size=o.training_size, panorama=o.panorama)
+        d_max = o.d_channel_max or (TINY_D_CHANNELS if o.preset == "tiny" else 512)
+        return g_config, DiscriminatorConfig(o.training_size, o.d_channel_multiplier, d_max)
+
+    def read_init(self) -> None:
+        """--init-from: another run's newest checkpoint (or the file given), whose G and D must have this
+        run's shapes; read before anything is created, so a wrong source leaves nothing behind."""
+        source = self.options.init_from
+        try:
+            path = resolve_checkpoint_path(source)
+            ckpt = read_checkpoint(path)
+        except CheckpointError as e:
+            raise TrainError(f"--init-from: {e}") from None
+        if not {"g", "d", "g_ema", "config", "d_config"} <= set(ckpt):
+            raise TrainError(f"--init-from {path}: not a checkpoint of a cips-edge training run (it needs the "
+                             "generator, the discriminator and their shapes)")
+        g_config, d_config = self.model_configs()
+        for what, now, then in (("generator", g_config.to_dict(), ckpt["config"]),
+                                ("discriminator", d_config.to_dict(), ckpt["d_config"])):
+            differs = [k for k in now if now[k] != then.get(k)]
+            if differs:
+                k = differs[0]
+                raise TrainError(f"--init-from {path}: its {what} has {k} {then.get(k)}, this run's has {now[k]}; "
+                                 "give the same preset, size, panorama and discriminator widths")
+        self.init = {key: ckpt[key] for key in ("g", "d", "g_ema")}
+        self.init_info = {"path": str(path.absolute()), "images_seen": ckpt.get("images_seen"),
+                          "options": ckpt.get("options")}
+        self.notes.append(f"starting from the weights of {path} ({ckpt.get('images_seen', 0) / 1000:g} kimg); "
+                          "Adam starts afresh")
+
     def load_data(self) -> Decoded:
         o, world = self.options, self.world
         workers = o.workers if o.workers is not None else min(8, os.cpu_count() or 1)
@@ -237,6 +272,8 @@ class Run:
         if o.batch != "auto" and o.batch % world.size:
             raise TrainError(f"--batch {o.batch} does not split evenly over {world.size} processes")
         self.locate()
+        if self.ckpt is None and self.options.init_from is not None:
+            self.read_init()
         distributed.barrier(world)  # every rank has checked the folder before rank 0 creates it
         o = self.options
         if world.is_main and not self.run_dir.exists():
@@ -276,9 +313,7 @@ class Run:
         o = self.options
         n_images = len(decoded.images)
         augment = o.augment == "on" or (o.augment == "auto" and n_images < AUGMENT_AUTO_BELOW)
-        g_config = dataclasses.replace(PRESETS[o.preset], size=o.training_size, panorama=o.panorama)
-        d_max = o.d_channel_max or (TINY_D_CHANNELS if o.preset == "tiny" else 512)
-        d_config = DiscriminatorConfig(o.training_size, o.d_channel_multiplier, d_max)
+        g_config, d_config = self.model_configs()
         speed = Speed() if o.plain else Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark,
                                                          r1_bf16=o.r1_bf16, r1_compile=o.r1_compile,
                                                          recompute_g=o.recompute_g)
@@ -294,6 +329,9 @@ class Run:
         trainer.use_bank(bank)
         step = 0
         elapsed0 = 0.0
+        if self.init is not None:
+            trainer.load_weights(self.init)
+            self.init = None  # the run's own checkpoints hold the weights from here on
         if self.ckpt is not None:
             trainer.load_state_dict(self.ckpt)
             restore_rng_states(self.ckpt["rng"])
@@ -305,12 +343,15 @@ class Run:
                           "skipped": len(decoded.skipped), "location": bank.location}
         self.meta = {"d_config": d_config.to_dict(), "augment_on": augment, "world_size": world.size,
                      "cips_edge_version": __version__}
+        init_info = self.init_info or (self.ckpt or {}).get("init_from")
+        if init_info:
+            self.meta["init_from"] = init_info
         if world.is_main:
             atomic_write_json(self.run_dir / "options.json", {
                 "options": o.to_dict(), "generator": g_config.to_dict(), "discriminator": d_config.to_dict(),
                 "augment_on": augment, "data": self.data_info, "world_size": world.size,
                 "batch_per_process": trainer.recipe.batch, "device": str(device), "speed": dataclasses.asdict(speed),
-                "torch": torch.__version__, "cips_edge": __version__})
+                "torch": torch.__version__, "cips_edge": __version__, "init_from": init_info})
             # A resume (or a restart after an early stop) replays what follows its checkpoint (or the start).
             truncate_metrics(self.run_dir / "metrics.jsonl", start_images)
         pano = f" crops of {o.panorama}-frame 360-degree panoramas" if o.panorama else ""

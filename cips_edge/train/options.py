@@ -25,7 +25,7 @@ class TrainError(ValueError):
     """A problem the user can fix (options, data, run folder); the message is one line."""
 
 
-PATH_FIELDS = ("data", "out", "inception_weights")
+PATH_FIELDS = ("data", "out", "init_from", "inception_weights")
 
 
 def opt(default, help: str):
@@ -41,6 +41,11 @@ class TrainOptions:
     out: Path | None = opt(None, "run folder to create; default cips-runs/<number>-<data>-<preset>. "
                                  "With --resume: the run to continue (default: newest under cips-runs)")
     resume: bool = opt(False, "continue the run in --out from its newest checkpoint, exactly")
+    init_from: Path | None = opt(None, "start a new run from the weights (G, D and the EMA generator) of another "
+                                       "cips-edge run: its folder (newest checkpoint) or a checkpoint file. Same "
+                                       "model shapes (preset, size, panorama, D widths); everything else, such as "
+                                       "--lr, --r1-gamma or the data, may differ. Adam starts afresh and --kimg "
+                                       "counts this run's own images")
     # -- the model -----------------------------------------------------------------------------
     preset: str = opt("edge-64", f"generator preset: {', '.join(PRESETS)}")
     size: int | None = opt(None, f"training size override (power of two, {MIN_SIZE}..{MAX_SIZE}); "
@@ -186,7 +191,7 @@ class TrainOptions:
 # The fields that define the run's trajectory: a resumed run keeps them, and one given now that differs
 # from the run's is an error rather than silently ignored.
 RECIPE_FIELDS = ("preset", "size", "panorama", "d_channel_multiplier", "d_channel_max", "batch", "lr", "r1_gamma",
-                 "r1_every", "ema_kimg", "augment", "xflip", "g_lazy_correction", "seed")
+                 "r1_every", "ema_kimg", "augment", "xflip", "g_lazy_correction", "seed", "init_from")
 # Never taken from the run: where it is, that this is a resume, and the device of this machine.
 SESSION_FIELDS = ("out", "resume", "device")
 

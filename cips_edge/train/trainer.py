@@ -372,10 +372,14 @@ class Trainer:
         return {"g": self.G.state_dict(), "d": self.D.state_dict(), "g_ema": self.G_ema.state_dict(),
                 "g_optim": self.g_optim.state_dict(), "d_optim": self.d_optim.state_dict()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_weights(self, state: dict) -> None:
+        """G, D and the EMA generator from a checkpoint's state (cips train --init-from); Adam as it is."""
         self.G.load_state_dict(state["g"])
         self.D.load_state_dict(state["d"])
         self.G_ema.load_state_dict(state["g_ema"])
+
+    def load_state_dict(self, state: dict) -> None:
+        self.load_weights(state)
         for optim, key in ((self.g_optim, "g_optim"), (self.d_optim, "d_optim")):
             if key not in state:
                 warnings.warn(f"checkpoint has no {key} state: Adam moments start afresh", stacklevel=2)
