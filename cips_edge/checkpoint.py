@@ -37,6 +37,7 @@ class LoadedGenerator:
     step: int | None
     images_seen: int | None
     notice: str | None = None  # one line to show the user (e.g. dropped noise weights)
+    init_from: dict | None = None  # the run it started from (cips train --init-from): path, images_seen, options
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
@@ -124,14 +125,14 @@ def load_generator(path: str | os.PathLike, n_mlp: int | None = None, lr_mlp: fl
             raise CheckpointError(f"--lr-mlp {lr_mlp:g} but {file} was trained with {config.lr_mlp:g} (its config "
                                   "is stored in the file: leave --lr-mlp out)")
         state, kind, notice = ckpt["g_ema"], FORMAT, None
-        step, seen = ckpt.get("step"), ckpt.get("images_seen")
+        step, seen, origin = ckpt.get("step"), ckpt.get("images_seen"), ckpt.get("init_from")
     elif legacy.is_original_checkpoint(ckpt):
         try:
             config = legacy.infer_config(ckpt["g_ema"], n_mlp=n_mlp, lr_mlp=0.01 if lr_mlp is None else lr_mlp)
             state, dropped = legacy.convert_state(ckpt["g_ema"], config)
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{file}: cannot read this original-format checkpoint: {e}") from None
-        kind, step, seen = "original", None, None
+        kind, step, seen, origin = "original", None, None, None
         notice = (f"original-format checkpoint: dropped {len(dropped)} per-pixel noise weights "
                   "(deterministic rendering has no noise)") if dropped else None
     else:
@@ -142,4 +143,4 @@ def load_generator(path: str | os.PathLike, n_mlp: int | None = None, lr_mlp: fl
     except RuntimeError as e:
         raise CheckpointError(f"{file}: weights do not fit the stored config ({str(e).splitlines()[0]})") from None
     generator.eval().requires_grad_(False).to(device)
-    return LoadedGenerator(generator, str(file), kind, step, seen, notice)
+    return LoadedGenerator(generator, str(file), kind, step, seen, notice, origin)

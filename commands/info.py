@@ -61,5 +61,10 @@ def _provenance_lines(p: dict, style_dim: int) -> list[tuple[str, str]]:
         lines.append(("training", "; ".join(part for part in (", ".join(where), options) if part)))
     elif training:
         lines.append(("training", str(training)))
+    origin = p.get("init_from")  # trained on from another run's weights (cips train --init-from)
+    if isinstance(origin, dict):
+        before = ", ".join(f"{k}={v}" for k, v in (origin.get("training") or {}).items())
+        lines.append(("init from", f"{origin.get('source')} (images seen {origin.get('images_seen')})"
+                                   + (f"; {before}" if before else "")))
     exported = f"{p.get('exported_at', '?')} with cips-edge {p.get('cips_edge', '?')}, torch {p.get('torch', '?')}"
     return [*lines, ("exported", exported)]

@@ -147,4 +147,7 @@ def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | No
         say(loaded.notice)
     provenance = {"source": str(Path(loaded.source).resolve()), "kind": loaded.kind, "step": loaded.step,
                   "images_seen": loaded.images_seen}
+    if loaded.init_from:  # trained on from another run's weights: cips info names that run too
+        provenance["init_from"] = {"source": loaded.init_from.get("path"),
+                                   "images_seen": loaded.init_from.get("images_seen")}
     return export_generator(loaded.generator, out, provenance=provenance, precision=precision)

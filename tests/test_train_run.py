@@ -536,6 +536,25 @@ def test_init_from_starts_a_new_recipe_from_another_runs_weights(straight, train
     assert origin["images_seen"] == BATCH * STEPS and origin["path"].endswith(run_checkpoints(straight[0])[-1].name)
     assert tuned["init_from"] == origin and tuned["options"]["r1_gamma"] == 1.0
 
+    # The emoji recipe's export names both stages, and `cips info` shows them.
+    onnx_file = tmp_path / "tuned.onnx"
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "emoji" / "export_default.py"
+    subprocess.run([sys.executable, str(recipe), str(out), str(onnx_file)], check=True, capture_output=True,
+                   cwd=tmp_path)  # not the checkout, whose cips_edge/ folder is not the installed package
+    info = subprocess.run([sys.executable, "-m", "cips_edge.cli", "info", "--model", str(onnx_file)],
+                          check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    training = next(line for line in info.splitlines() if line.startswith("training"))
+    started = next(line for line in info.splitlines() if line.startswith("init from"))
+    assert "r1_gamma=1.0" in training and "lr=0.001" in training
+    assert f"{run_checkpoints(straight[0])[-1].name} (images seen {BATCH * STEPS})" in started
+    assert "r1_gamma=10.0" in started and "lr=0.002" in started
+    plain = tmp_path / "plain.onnx"  # `cips export` names the first stage too, without the recipe's options
+    subprocess.run([sys.executable, "-m", "cips_edge.cli", "export", str(plain), "--checkpoint", str(out)],
+                   check=True, capture_output=True, cwd=tmp_path)
+    info = subprocess.run([sys.executable, "-m", "cips_edge.cli", "info", "--model", str(plain)],
+                          check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert f"{run_checkpoints(straight[0])[-1].resolve()} (images seen {BATCH * STEPS})" in info
+
     seen.clear()
     run_quietly(options(train_images, out, resume=True, kimg=KIMG))
     g = seen[0][0]

@@ -36,6 +36,11 @@ def main() -> None:
         "training": {"gpu": args.gpu, "wall_s": round(float(ckpt.get("elapsed_s", 0.0)), 1),
                      **{k: options[k] for k in RECIPE_KEYS if k in options}},
     }
+    origin = loaded.init_from  # a run started from another's weights (cips train --init-from)
+    if origin:
+        before = {k: origin["options"][k] for k in RECIPE_KEYS if k in (origin.get("options") or {})}
+        provenance["init_from"] = {"source": Path(origin["path"]).name, "images_seen": origin.get("images_seen"),
+                                   "training": before}
     # fp32 everywhere by default, int8 on request (--precision int8). The fp16 graph is left out: its
     # folded, padded weight copies would take the file from 7.4 MB to 8.8 MB, over the 8 MB budget.
     report = export_generator(loaded.generator, args.out, provenance=provenance, include=("int8",))
