@@ -578,6 +578,9 @@ def test_init_from_needs_a_training_checkpoint(train_images, tmp_path):
     for source, message in ((tmp_path / "nowhere", "--init-from"), (tmp_path, "without checkpoints")):
         with pytest.raises(TrainError, match=message):
             run_quietly(options(train_images, tmp_path / "new", init_from=source))
+    official = Path(__file__).resolve().parent / "data" / "official_cips" / "skip16" / "checkpoint.pt"
+    with pytest.raises(TrainError, match="original CIPS code; its generator can be exported"):
+        run_quietly(options(train_images, tmp_path / "new", init_from=official))
     bare = tmp_path / "bare.pt"
     torch.save({"g_ema": {}, "config": {}}, bare)
     with pytest.raises(TrainError, match="not a checkpoint of a cips-edge training run"):

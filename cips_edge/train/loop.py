@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cips_edge import __version__
+from cips_edge import __version__, legacy
 from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torch_save, generator_checkpoint,
                                   newest_checkpoint, read_checkpoint, resolve_checkpoint_path, run_checkpoints)
 from cips_edge.core.config import PRESETS, GeneratorConfig
@@ -220,6 +220,9 @@ class Run:
             ckpt = read_checkpoint(path)
         except CheckpointError as e:
             raise TrainError(f"--init-from: {e}") from None
+        if legacy.is_original_checkpoint(ckpt):
+            raise TrainError(f"--init-from {path}: a checkpoint of the original CIPS code; its generator can be "
+                             "exported (cips export) but its discriminator cannot be imported to train on")
         if not {"g", "d", "g_ema", "config", "d_config"} <= set(ckpt):
             raise TrainError(f"--init-from {path}: not a checkpoint of a cips-edge training run (it needs the "
                              "generator, the discriminator and their shapes)")
