@@ -1,0 +1,151 @@
+"""How far an 8-bit pixel path could go on a trained model, and which half limits it: renders of a
+training checkpoint's EMA generator with the per-pixel layers fake-quantized in PyTorch, as PSNR of the
+8-bit images against float32, per seed.
+
+Schemes (the input layer and ToRGB stay float, as in the int8 graph; weights int8 symmetric per column
+after the channel equalization that docs/onnx-format.md describes, unless "float weights"):
+  runtime         activations uint8 with one scale per chunk of --chunk points (DynamicQuantizeMatMul)
+  per-pixel       activations uint8 with one scale per pixel
+  float weights   the two above with float weights: what 8-bit activations alone cost
+  float acts      int8 weights, float activations: what 8-bit weights alone cost
+With --model, the file's own int8 path renders the same seeds in ONNX Runtime too, which checks that
+"runtime" simulates it.
+
+    python benchmarks/int8_headroom.py RUN_OR_CHECKPOINT --model cips_edge/models/default.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cips_edge import model as cips_model
+from cips_edge.checkpoint import load_generator, resolve_checkpoint_path
+from cips_edge.runtime import CIPSModel, region_grid
+from cips_edge.runtime.coords import FULL_FRAME
+from cips_edge.runtime.image import to_uint8
+from cips_edge.runtime.latents import latent_for_seed, parse_seeds
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCHEMES = {  # name: (activations, weights)
+    "runtime": ("chunk", "int8"), "per-pixel": ("pixel", "int8"), "float weights, runtime acts": ("chunk", "float"),
+    "float weights, per-pixel acts": ("pixel", "float"), "float acts": ("float", "int8"),
+}
+
+
+def fake_uint8(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """x through asymmetric uint8 with the range [lo, hi] widened to hold 0 (DynamicQuantizeLinear)."""
+    lo, hi = torch.clamp(lo, max=0), torch.clamp(hi, min=0)
+    scale = torch.clamp((hi - lo) / 255, min=1e-12)
+    zero = torch.round(-lo / scale)
+    return (torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def fake_activations(x: torch.Tensor, how: str, chunk: int) -> torch.Tensor:  # x [B, N, C]
+    if how == "float":
+        return x
+    if how == "pixel":
+        return fake_uint8(x, x.amin(-1, keepdim=True), x.amax(-1, keepdim=True))
+    return torch.cat([fake_uint8(a, a.min(), a.max()) for a in x.split(chunk, dim=1)], dim=1)
+
+
+def fake_int8_columns(weight: torch.Tensor) -> torch.Tensor:  # [B, in, out], one scale per output column
+    scale = torch.clamp(weight.abs().amax(1, keepdim=True) / 127, min=1e-12)
+    return torch.clamp(torch.round(weight / scale), -127, 127) * scale
+
+
+class FakeQuant:
+    """While active, ModulatedFC layers other than the input layer multiply fake-quantized operands."""
+
+    def __init__(self, generator: cips_model.CIPSGenerator, chunk: int):
+        self.generator, self.chunk, self.scheme = generator, chunk, None
+        self.plain = cips_model.ModulatedFC.apply_weight
+        fake = self
+
+        def apply_weight(layer, x, weight, gain=True):
+            if fake.scheme is None or layer is fake.generator.input_layer:
+                return fake.plain(layer, x, weight, gain)
+            acts, weights = SCHEMES[fake.scheme]
+            g = torch.sqrt(weight.abs().amax(2, keepdim=True))  # equalize input channel k by g_k
+            weight, x = weight / g, x * g.transpose(1, 2)
+            if weights == "int8":
+                weight = fake_int8_columns(weight)
+            return fake.plain(layer, fake_activations(x, acts, fake.chunk), weight, gain)
+
+        cips_model.ModulatedFC.apply_weight = apply_weight
+
+    def restore(self) -> None:
+        cips_model.ModulatedFC.apply_weight = self.plain
+
+
+def to8(rgb: np.ndarray) -> np.ndarray:
+    return to_uint8(rgb).astype(np.float64)  # the 8-bit colours a PNG gets
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a - b) ** 2))
+    return round(float(10 * np.log10(255 ** 2 / mse)), 2) if mse else float("inf")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="training run folder or checkpoint (its EMA generator)")
+    parser.add_argument("--model", type=Path, help="the same weights as an ONNX file: its int8 path as a check")
+    parser.add_argument("--seeds", default="0-15")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    parser.add_argument("--chunk", type=int, default=1024, help="points per activation scale, as the CPU renders")
+    parser.add_argument("--out", type=Path, default=RESULTS / "int8-headroom.json")
+    args = parser.parse_args()
+
+    loaded = load_generator(args.checkpoint)
+    g = loaded.generator
+    points = region_grid(*FULL_FRAME, args.size, args.size)  # the pixel centres a render uses
+    coords = torch.from_numpy(points)[None]
+    seeds = parse_seeds([args.seeds])
+    onnx_int8 = None
+    if args.model is not None:
+        fp32, int8 = CIPSModel(args.model, device="cpu"), CIPSModel(args.model, device="cpu", precision="int8")
+        onnx_int8 = []
+    fake = FakeQuant(g, args.chunk)
+    per_seed = {name: [] for name in SCHEMES}
+    try:
+        with torch.no_grad():
+            for seed in seeds:
+                z = latent_for_seed(seed, g.config.style_dim)
+                fake.scheme = None
+                reference = to8(g(coords, torch.from_numpy(z)[None])[0].numpy())
+                for name in SCHEMES:
+                    fake.scheme = name
+                    per_seed[name].append(psnr(to8(g(coords, torch.from_numpy(z)[None])[0].numpy()), reference))
+                fake.scheme = None
+                if onnx_int8 is not None:
+                    style = (z[None], np.ones(1, np.float32))
+                    ref = np.concatenate([fp32.pixels(fp32.styles(*style)[0], points[i:i + args.chunk])
+                                          for i in range(0, len(points), args.chunk)])
+                    got = np.concatenate([int8.pixels(int8.styles(*style)[0], points[i:i + args.chunk])
+                                          for i in range(0, len(points), args.chunk)])
+                    onnx_int8.append(psnr(to8(got), to8(ref)))
+                print(seed, {name: v[-1] for name, v in per_seed.items()},
+                      "" if onnx_int8 is None else f"onnx int8 {onnx_int8[-1]}", flush=True)
+    finally:
+        fake.restore()
+    summary = {name: {"min": min(v), "median": float(np.median(v)), "per_seed": v} for name, v in per_seed.items()}
+    if onnx_int8 is not None:
+        summary["onnx int8 (the file's own path, ONNX Runtime CPU)"] = {
+            "min": min(onnx_int8), "median": float(np.median(onnx_int8)), "per_seed": onnx_int8}
+    result = {"benchmark": "int8 headroom: PSNR (dB) of 8-bit renders against float32, fake-quantized in PyTorch",
+              "checkpoint": resolve_checkpoint_path(args.checkpoint).name, "images_seen": loaded.images_seen,
+              "model": None if args.model is None else args.model.name, "seeds": args.seeds, "size": args.size,
+              "chunk": args.chunk, "schemes": summary}
+    for name, s in summary.items():
+        print(f"{name}: min {s['min']} dB, median {s['median']:.2f} dB")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
