@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,13 @@ import torch
 
 from cips_edge import model as cips_model
 from cips_edge.checkpoint import load_generator, resolve_checkpoint_path
-from cips_edge.runtime import CIPSModel, region_grid
+from cips_edge.runtime import CIPSModel, region_grid, render_points
 from cips_edge.runtime.coords import FULL_FRAME
 from cips_edge.runtime.image import to_uint8
 from cips_edge.runtime.latents import latent_for_seed, parse_seeds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from int8_quality import psnr_uint8  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMES = {  # name: (activations, weights)
@@ -81,13 +85,9 @@ class FakeQuant:
         cips_model.ModulatedFC.apply_weight = self.plain
 
 
-def to8(rgb: np.ndarray) -> np.ndarray:
-    return to_uint8(rgb).astype(np.float64)  # the 8-bit colours a PNG gets
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a - b) ** 2))
-    return round(float(10 * np.log10(255 ** 2 / mse)), 2) if mse else float("inf")
+def psnr(raw: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB of the 8-bit colours (what a PNG gets) of two raw renders."""
+    return round(psnr_uint8(to_uint8(raw), to_uint8(reference)), 2)
 
 
 def main() -> None:
@@ -115,26 +115,25 @@ def main() -> None:
         with torch.no_grad():
             for seed in seeds:
                 z = latent_for_seed(seed, g.config.style_dim)
-                fake.scheme = None
-                reference = to8(g(coords, torch.from_numpy(z)[None])[0].numpy())
+
+                def render(scheme: str | None) -> np.ndarray:
+                    fake.scheme = scheme
+                    return g(coords, torch.from_numpy(z)[None])[0].numpy()
+
+                reference = render(None)
                 for name in SCHEMES:
-                    fake.scheme = name
-                    per_seed[name].append(psnr(to8(g(coords, torch.from_numpy(z)[None])[0].numpy()), reference))
+                    per_seed[name].append(psnr(render(name), reference))
                 fake.scheme = None
                 if onnx_int8 is not None:
-                    style = (z[None], np.ones(1, np.float32))
-                    ref = np.concatenate([fp32.pixels(fp32.styles(*style)[0], points[i:i + args.chunk])
-                                          for i in range(0, len(points), args.chunk)])
-                    got = np.concatenate([int8.pixels(int8.styles(*style)[0], points[i:i + args.chunk])
-                                          for i in range(0, len(points), args.chunk)])
-                    onnx_int8.append(psnr(to8(got), to8(ref)))
+                    onnx_int8.append(psnr(render_points(int8, z, points, chunk=args.chunk)[0],
+                                          render_points(fp32, z, points, chunk=args.chunk)[0]))
                 print(seed, {name: v[-1] for name, v in per_seed.items()},
                       "" if onnx_int8 is None else f"onnx int8 {onnx_int8[-1]}", flush=True)
     finally:
         fake.restore()
     summary = {name: {"min": min(v), "median": float(np.median(v)), "per_seed": v} for name, v in per_seed.items()}
     if onnx_int8 is not None:
-        summary["onnx int8 (the file's own path, ONNX Runtime CPU)"] = {
+        summary[f"onnx int8 (the file's own path, {int8.provider})"] = {
             "min": min(onnx_int8), "median": float(np.median(onnx_int8)), "per_seed": onnx_int8}
     result = {"benchmark": "int8 headroom: PSNR (dB) of 8-bit renders against float32, fake-quantized in PyTorch",
               "checkpoint": resolve_checkpoint_path(args.checkpoint).name, "images_seen": loaded.images_seen,
