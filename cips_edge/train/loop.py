@@ -510,7 +510,7 @@ def run(options: TrainOptions, explicit: set[str] | None = None) -> Path:
     try:
         out = Run(options, device, world, explicit).execute()
         # ranks tear their process group down together, not one while rank 0 still writes the last
-        # checkpoint (an early leaver was seen to abort at exit); on an error the others may never come
+        # checkpoint (a rank that leaves early can abort at exit); on an error the others may never come
         distributed.barrier(world)
         return out
     finally:
