@@ -94,6 +94,8 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
         return ckpts[-1]
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():  # a pipe or device: torch.load would wait on it
+        raise CheckpointError(f"checkpoint is not a regular file (a device, pipe or socket): {path}")
     return path
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -23,7 +24,7 @@ from onnx import numpy_helper
 from cips_edge.runtime import graphcut
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import EMBEDDING, OUTPUT, PRECISIONS, STYLE_INPUTS, metadata_props, parse_metadata
-from cips_edge.core.files import atomic_write
+from cips_edge.core.files import atomic_write, check_input_file
 from cips_edge.runtime.image import prepare_output
 from cips_edge.runtime.coords import region_grid
 from cips_edge.runtime.model import CIPSModel
@@ -43,7 +44,12 @@ def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: s
     max abs) difference of the new file's graph and fp32 path from the old file's fp32 renders, the
     relative difference of its fp16 grid graph (0 without one), and the new file's default precision."""
     out = prepare_output(out, suffixes=(".onnx",))
-    old = onnx.load(os.fspath(source))
+    check_input_file(Path(source), "model", "an ONNX file")
+    try:
+        old = onnx.load(os.fspath(source))
+    except Exception as e:  # protobuf's DecodeError for a truncated or foreign file
+        raise UserError(f"{source} is not a loadable ONNX model (truncated or another format?): "
+                        f"{type(e).__name__}") from None
     info = parse_metadata({p.key: p.value for p in old.metadata_props}, str(source))
     if info.format_version not in (2, 3):
         raise UserError(f"{source} is format {info.format_version}; only format-2 and -3 files are upgraded")

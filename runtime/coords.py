@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
 from cips_edge.core.errors import UserError
+from cips_edge.core.files import check_input_file
 
 FULL_FRAME = (-1.0, -1.0, 1.0, 1.0)  # (x0, y0, x1, y1)
 
@@ -105,12 +107,9 @@ def check_coords(coords: np.ndarray, what: str = "coords") -> np.ndarray:
 
 def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
     """np.load without pickles, with one-line errors."""
+    check_input_file(Path(path), what, "a .npy file")
     try:
         return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"{what} file not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{what} path is a folder, not a .npy file: {path}") from None
     except (ValueError, OSError, EOFError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path} is not a readable .npy array ({first})") from None

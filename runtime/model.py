@@ -15,6 +15,7 @@ from cips_edge.core.config import GeneratorConfig
 
 from . import graphcut, onnxproto
 from cips_edge.core.errors import UserError
+from cips_edge.core.files import check_input_file
 from cips_edge.core.format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
 from .chunks import default_chunk
 from .graphcut import FastPaths
@@ -106,9 +107,7 @@ class CIPSModel:
             raise UserError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}", params="device")
         if threads is not None and threads < 0:
             raise UserError(f"threads must be 0 (automatic) or more, got {threads}", params="threads")
-        if not self.path.is_file():
-            what = "a folder, not an ONNX file" if self.path.is_dir() else "not found"
-            raise UserError(f"model {what}: {self.path}")
+        check_input_file(self.path, "model", "an ONNX file")
         have = ort.get_available_providers()
         if device in ("cuda", "tensorrt") and CUDA not in have:
             raise UserError(f"device {device}: this onnxruntime ({ort.__version__}) has no CUDA provider "

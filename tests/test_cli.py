@@ -143,6 +143,10 @@ BAD = {
     "coords-inf": ["--coords", "{tmp}/cinf.npy", "--out", "{tmp}/o.npy"],
     "coords-to-png": ["--coords", "{tmp}/cgood.npy", "--out", "{tmp}/o.png"],
     "latent-length": ["--latent", "{tmp}/z15.npy"],
+    "model-pipe": ["--model", "{tmp}/pipe.onnx"],  # refused before anything opens it (it would wait for a writer)
+    "coords-pipe": ["--coords", "{tmp}/pipe.npy", "--out", "{tmp}/o.npy"],
+    "coords-missing": ["--coords", "{tmp}/nope.npy", "--out", "{tmp}/o.npy"],
+    "latent-pipe": ["--latent", "{tmp}/pipe.npy"],
     "latent-and-seed": ["--latent", "{tmp}/z15.npy", "--seed", "1"],
     "out-folder-missing": ["--out", "{tmp}/missing/x.png"],
     "out-under-a-file": ["--out", "{tmp}/text.onnx/x.png"],
@@ -188,6 +192,8 @@ def bad_inputs(tmp_path, tiny_onnx) -> Path:
     np.save(tmp_path / "cinf.npy", np.array([[np.inf, 0.0]]))
     np.save(tmp_path / "cgood.npy", np.zeros((2, 2), np.float32))
     np.save(tmp_path / "z15.npy", np.zeros(15, np.float32))
+    os.mkfifo(tmp_path / "pipe.onnx")
+    os.mkfifo(tmp_path / "pipe.npy")
     return tmp_path
 
 
@@ -211,14 +217,20 @@ def test_bad_render_input(case, bad_inputs, tiny_onnx, monkeypatch):
     assert_clean_failure(cips("render", *args), before, bad_inputs)
 
 
-@pytest.mark.parametrize("case", ["neither-format", "missing", "n-mlp-mismatch", "n-mlp-contradicts-config",
-                                  "lr-mlp-contradicts-config"])
+@pytest.mark.parametrize("case", ["neither-format", "missing", "missing-onnx", "not-onnx", "pipe", "pipe-onnx",
+                                  "n-mlp-mismatch", "n-mlp-contradicts-config", "lr-mlp-contradicts-config"])
 def test_bad_export_input(case, tmp_path, tiny_checkpoint, official_dir):
     if case == "neither-format":
         (tmp_path / "junk.pt").write_bytes(b"\x00junk")
         args = ["--checkpoint", tmp_path / "junk.pt"]
-    elif case == "missing":
-        args = ["--checkpoint", tmp_path / "nope.pt"]
+    elif case in ("missing", "missing-onnx"):  # a .onnx checkpoint is a cips-edge file to rewrite
+        args = ["--checkpoint", tmp_path / ("nope.onnx" if case == "missing-onnx" else "nope.pt")]
+    elif case == "not-onnx":
+        (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
+        args = ["--checkpoint", tmp_path / "junk.onnx"]
+    elif case in ("pipe", "pipe-onnx"):  # refused before anything opens it (opening a pipe waits for a writer)
+        os.mkfifo(tmp_path / ("p.onnx" if case == "pipe-onnx" else "p.pt"))
+        args = ["--checkpoint", tmp_path / ("p.onnx" if case == "pipe-onnx" else "p.pt")]
     elif case == "n-mlp-mismatch":
         args = ["--checkpoint", official_dir / "checkpoint.pt", "--n-mlp", "5"]
     elif case == "n-mlp-contradicts-config":  # a cips-edge checkpoint states its config (the tiny preset: 2)

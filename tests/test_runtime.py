@@ -3,6 +3,7 @@ coordinate and seed conventions, and clear errors for bad models, devices and ar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -274,7 +275,8 @@ def _without_metadata(src: Path, dst: Path, change: dict | None = None) -> Path:
 
 @pytest.mark.parametrize("case,match", [
     ("missing", "model not found"),
-    ("folder", "a folder"),
+    ("folder", "model is a folder, not an ONNX file"),
+    ("pipe", "model is not a regular file"),
     ("truncated", "not a loadable ONNX model"),
     ("text", "not a loadable ONNX model"),
     ("no-metadata", "not a cips-edge model"),
@@ -285,6 +287,8 @@ def test_bad_model_files(tiny_onnx, tmp_path, case, match):
     path = tmp_path / "m.onnx"
     if case == "folder":
         path.mkdir()
+    elif case == "pipe":  # exists, but no file to read a model from (opening it would block)
+        os.mkfifo(path)
     elif case == "truncated":
         path.write_bytes(tiny_onnx.read_bytes()[:5000])
     elif case == "text":

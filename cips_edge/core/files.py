@@ -36,6 +36,19 @@ _TEMPORARY = re.compile(r"\..*\.([0-9a-f]{6})-(\d+)\.[A-Za-z0-9_]+\.tmp")
 _cleaned: set[str] = set()  # folders already cleaned by this process
 
 
+def check_input_file(path: Path, what: str, kind: str) -> None:
+    """A one-line UserError unless path is a regular file to read `what` from, naming what is wrong
+    ("model not found: P", "model is a folder, not an ONNX file: P"). A pipe or device is refused
+    before anything opens it (opening a pipe waits for a writer)."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise UserError(f"{what} is a folder, not {kind}: {shown(path)}")
+    if path.exists():
+        raise UserError(f"{what} is not a regular file (a device, pipe or socket): {shown(path)}")
+    raise UserError(f"{what} not found: {shown(path)}")
+
+
 def temporary_prefix(path: str | os.PathLike) -> str:
     """mkstemp's prefix for a temporary file of `path` (use suffix=".tmp"): the start of its name, the
     host and this process. The name is cut short so that the temporary name fits where `path` fits."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import INPUTS, OUTPUT, parse_metadata
-from cips_edge.core.files import current_umask
+from cips_edge.core.files import check_input_file, current_umask
 from ..model import _onnxruntime
 from .tiles import page_info
 
@@ -43,8 +43,7 @@ CHUNK = 8192
 def browser_info(path: Path, webgpu: bool = True) -> dict:
     """The page's settings (info.json) for a model file; UserError unless its own graph renders pixels."""
     ort = _onnxruntime()
-    if not path.is_file():
-        raise UserError(f"model {'is a folder, not an ONNX file' if path.is_dir() else 'not found'}: {path}")
+    check_input_file(path, "model", "an ONNX file")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own types for unreadable files
