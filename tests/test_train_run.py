@@ -157,11 +157,11 @@ def test_user_errors_are_one_line_and_leave_no_folder(train_images, tmp_path):
     cases = [(empty, "no images in"), (bad, "none of the 1 image files"),
              (few, "has 2 usable images, fewer than the batch of 4")]
     for data, message in cases:
-        out = tmp_path / f"run-{data.name}"
+        runs = tmp_path / f"runs-{data.name}"  # made for the run, as cips-runs/ is by default: removed too
         with pytest.raises(TrainError, match=message) as e:
-            run_quietly(options(data, out))
+            run_quietly(options(data, runs / "run"))
         assert "\n" not in str(e.value)
-        assert not out.exists()
+        assert not runs.exists()
 
 
 def test_existing_run_folder_needs_resume(straight, train_images, tmp_path):

@@ -2,6 +2,7 @@
 trains, and keeps the user informed; checkpoints periodically, at the end and on Ctrl-C / SIGTERM."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -279,7 +280,9 @@ class Run:
             self.read_init()
         distributed.barrier(world)  # every rank has checked the folder before rank 0 creates it
         o = self.options
+        made: list[Path] = []  # the folders this run creates, the run's own first (cips-runs/ may be one)
         if world.is_main and not self.run_dir.exists():
+            made = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
             self.run_dir.mkdir(parents=True)
             self.created_dir = self.ckpt is None
         try:
@@ -288,6 +291,9 @@ class Run:
             # A run that fails or is stopped before its first step leaves nothing behind.
             if world.is_main and self.created_dir and not self.started:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
+                for parent in made[1:]:  # and the parents it made, while nothing else has come into them
+                    with contextlib.suppress(OSError):
+                        parent.rmdir()
             if isinstance(e, torch.OutOfMemoryError):
                 raise TrainError(self.out_of_memory()) from None
             raise
