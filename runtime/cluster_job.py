@@ -25,7 +25,7 @@ def _cluster_module():
     return cluster
 
 
-def render_on_cluster(job: RenderJob, progress: ProgressFactory) -> JobReport:
+def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path] | None = None) -> JobReport:
     cl = _cluster_module()
     to_zarr = job.out is not None and pz.is_zarr(job.out)
     if job.latent is not None and not to_zarr:
@@ -57,10 +57,10 @@ def render_on_cluster(job: RenderJob, progress: ProgressFactory) -> JobReport:
         if "{" not in job.out and len(named) > 1:  # a name.zarr is one pyramid, never a folder to put them in
             raise UserError(f"with {len(named)} seeds, out must be a pattern with {{seed}} (e.g. "
                             f"'img-{{seed}}.zarr'), not one pyramid: {job.out}", params="out")
-        paths = [pz.prepare(p) for p in ([job.out] if "{" not in job.out else output_paths(job.out, named, default))]
+        paths = [pz.prepare(p) for p in ([job.out] if "{" not in job.out else output_paths(job.out, named, default, made))]
         latents = latents_of(job, seeds, meta.style_dim)
     else:  # one file per seed, named by a pattern the workers fill in
-        pattern = output_pattern(job.out, len(seeds), "cips-seed{seed}.png") or job.out
+        pattern = output_pattern(job.out, len(seeds), "cips-seed{seed}.png", made) or job.out
         sample = output_paths(pattern if "{" in pattern else job.out, seeds[:10_000], "")  # checks the pattern
         prepare_output(sample[0])
         if streams(sample[0], w * h):

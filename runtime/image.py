@@ -1,6 +1,7 @@
 """From raw generator values to files: 8-bit conversion, output names, atomic PNG / .npy writes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import string
@@ -48,9 +49,10 @@ def check_image_size(width: int, height: int, force: bool = False) -> None:
                         "pass force if you mean it", params="force")
 
 
-def output_pattern(out: str | None, count: int, default: str) -> str | None:
+def output_pattern(out: str | None, count: int, default: str, made: list[Path] | None = None) -> str | None:
     """The str.format pattern (with {seed}) that names each seed's output, or None when --out is one
-    file (allowed only for one seed); a folder --out is created. The rule is output_paths'."""
+    file (allowed only for one seed); a folder --out is created, and the folders made for it are added
+    to `made` (the deepest first: remove_empty_folders undoes them). The rule is output_paths'."""
     if out is None:
         pattern = default
     elif "{" in out or "}" in out:
@@ -58,9 +60,12 @@ def output_pattern(out: str | None, count: int, default: str) -> str | None:
     elif out.endswith(("/", os.sep)) or _is_dir(Path(out), out):
         folder = Path(out)
         try:
+            new = [p for p in (folder, *folder.parents) if not p.exists()]
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create the folder {shown(folder)}: {e.strerror or e}") from None
+        if made is not None:
+            made.extend(new)
         pattern = str(folder / default)
     elif count == 1:
         return None
@@ -71,15 +76,22 @@ def output_pattern(out: str | None, count: int, default: str) -> str | None:
     return pattern
 
 
-def output_paths(out: str | None, seeds: Sequence[int], default: str) -> list[Path]:
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove each folder that is still empty, in order (a command that fails leaves no folder it made)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def output_paths(out: str | None, seeds: Sequence[int], default: str, made: list[Path] | None = None) -> list[Path]:
     """Where each seed's output goes.
 
     Rule: --out with "{seed}" is a pattern (e.g. "faces/img-{seed:04d}.png": {seed} with an optional
     integer format spec, nothing else); --out that is an existing folder or ends in "/" puts the default
     names (`default`, e.g. "cips-seed{seed}.png") there, creating the folder if needed; any other --out
-    is one file, allowed only with one seed. No --out: the default names here.
+    is one file, allowed only with one seed. No --out: the default names here. made: as output_pattern's.
     """
-    pattern = output_pattern(out, len(seeds), default)
+    pattern = output_pattern(out, len(seeds), default, made)
     if pattern is None:
         return [Path(out)]
     paths = [Path(pattern.format(seed=s)) for s in seeds]

@@ -22,7 +22,7 @@ from cips_edge.core.errors import UserError
 from . import fovea as fv
 from .coords import FULL_FRAME, check_region, load_coords, panorama_view
 from .devices import open_models, parse_devices
-from .image import IMAGE_SUFFIXES, check_image_size, output_paths, prepare_output, write_output
+from .image import IMAGE_SUFFIXES, check_image_size, output_paths, prepare_output, remove_empty_folders, write_output
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .pyramid import is_zarr
 from .render import check_truncation, render_image, render_points
@@ -107,7 +107,16 @@ def frame_size(size: int, width: int | None, height: int | None, force: bool) ->
 
 def render_job(job: RenderJob, progress: ProgressFactory = no_progress) -> JobReport:
     """Render every output of `job` and write it; UserError (naming job's fields) before any work when
-    an option is wrong or contradicts another."""
+    an option is wrong or contradicts another. A job that fails leaves no empty folder it made for out."""
+    made: list[Path] = []
+    try:
+        return _render_job(job, progress, made)
+    except BaseException:
+        remove_empty_folders(made)
+        raise
+
+
+def _render_job(job: RenderJob, progress: ProgressFactory, made: list[Path]) -> JobReport:
     if job.latent is not None and job.seeds:
         raise UserError("give either latent or seeds, not both", params=("latent", "seeds"))
     check_truncation(job.truncation)
@@ -118,14 +127,14 @@ def render_job(job: RenderJob, progress: ProgressFactory = no_progress) -> JobRe
                                 "on a Dask cluster)", params=(name, "cluster", "scheduler"))
         from .cluster_job import render_on_cluster
 
-        return render_on_cluster(job, progress)
+        return render_on_cluster(job, progress, made)
     if job.workers is not None:
         raise UserError("workers sizes the local Dask workers of cluster or of a .zarr output",
                         params=("workers", "cluster"))
-    return _render_here(job, progress)
+    return _render_here(job, progress, made)
 
 
-def _render_here(job: RenderJob, progress: ProgressFactory) -> JobReport:
+def _render_here(job: RenderJob, progress: ProgressFactory, made: list[Path]) -> JobReport:
     seeds = [] if job.latent is not None else parse_seeds(job.seeds or ["0"])
     w, h = frame_size(job.size, job.width, job.height, job.force)
     if job.region is not None and job.coords is not None:
@@ -139,9 +148,9 @@ def _render_here(job: RenderJob, progress: ProgressFactory) -> JobReport:
     suffixes, default = (((".npy",), "cips-seed{seed}-rgb.npy") if job.coords is not None
                          else ((*IMAGE_SUFFIXES, *STREAM_SUFFIXES[1:]), "cips-seed{seed}.png"))
     if job.latent is not None:  # one output, named after the latent file
-        paths = output_paths(job.out, [0], default.replace("seed{seed}", Path(job.latent).stem))
+        paths = output_paths(job.out, [0], default.replace("seed{seed}", Path(job.latent).stem), made)
     else:
-        paths = output_paths(job.out, seeds, default)
+        paths = output_paths(job.out, seeds, default, made)
     paths = [prepare_output(p, suffixes) for p in paths]  # fail before any work
     points = load_coords(job.coords) if job.coords is not None else None
     plan = _fovea_plan(job, len(paths), h, w, frame)

@@ -143,7 +143,8 @@ BAD = {
     "coords-inf": ["--coords", "{tmp}/cinf.npy", "--out", "{tmp}/o.npy"],
     "coords-to-png": ["--coords", "{tmp}/cgood.npy", "--out", "{tmp}/o.png"],
     "latent-length": ["--latent", "{tmp}/z15.npy"],
-    "model-pipe": ["--model", "{tmp}/pipe.onnx"],  # refused before anything opens it (it would wait for a writer)
+    "model-pipe": ["--model", "{tmp}/pipe.onnx"],
+    "folder-out-then-bad-model": ["--seeds", "0-2", "--out", "{tmp}/made/deeper/", "--model", "{tmp}/nope.onnx"],  # refused before anything opens it (it would wait for a writer)
     "coords-pipe": ["--coords", "{tmp}/pipe.npy", "--out", "{tmp}/o.npy"],
     "coords-missing": ["--coords", "{tmp}/nope.npy", "--out", "{tmp}/o.npy"],
     "latent-pipe": ["--latent", "{tmp}/pipe.npy"],
