@@ -140,6 +140,8 @@ def prepare_output(path: str | os.PathLike, suffixes: Sequence[str] = IMAGE_SUFF
     Stale temporary files of earlier, killed writes in that folder are removed (clean_stale_temporaries)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
+        if path.name.lower() in suffixes:  # ".png" alone is a hidden file without a type to Python
+            raise UserError(f"cannot write {shown(path)}: give the file a name before its type (e.g. image{path.name})")
         raise UserError(f"cannot write {shown(path)}: the output must end in {' or '.join(suffixes)}")
     if _is_dir(path, path):
         raise UserError(f"cannot write {shown(path)}: it is a folder")

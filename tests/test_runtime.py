@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from cips_edge.runtime import (CIPSModel, UserError, count_parameters, latent_for_seed, load_coords, load_latent,
-                               output_paths, parse_seeds, pixel_grid, region_grid, render_image, render_points,
+                               output_paths, parse_seeds, prepare_output, pixel_grid, region_grid, render_image, render_points,
                                to_uint8, write_output)
 from cips_edge.runtime.coords import grid_chunks
 from cips_edge.core.format import KEY_CONFIG, KEY_VERSION
@@ -349,6 +349,10 @@ def test_output_path_rules(tmp_path):
     for bad in ("a.png", "x-{nope}.png", "same.png{}"):
         with pytest.raises(UserError):
             output_paths(bad, [1, 2], "cips-seed{seed}.png")
+    with pytest.raises(UserError, match=r"give the file a name before its type \(e.g. image.png\)"):
+        prepare_output(tmp_path / ".png")  # Python sees a hidden file named .png, of no type
+    with pytest.raises(UserError, match="must end in .png or .npy"):
+        prepare_output(tmp_path / "a.jpg")
 
 
 def test_writes_are_atomic(tmp_path):
