@@ -57,7 +57,8 @@ def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path
         if "{" not in job.out and len(named) > 1:  # a name.zarr is one pyramid, never a folder to put them in
             raise UserError(f"with {len(named)} seeds, out must be a pattern with {{seed}} (e.g. "
                             f"'img-{{seed}}.zarr'), not one pyramid: {job.out}", params="out")
-        paths = [pz.prepare(p) for p in ([job.out] if "{" not in job.out else output_paths(job.out, named, default, made))]
+        outs = [job.out] if "{" not in job.out else output_paths(job.out, named, default, made)
+        paths = [pz.prepare(p) for p in outs]
         latents = latents_of(job, seeds, meta.style_dim)
     else:  # one file per seed, named by a pattern the workers fill in
         pattern = output_pattern(job.out, len(seeds), "cips-seed{seed}.png", made) or job.out

@@ -13,8 +13,8 @@ import onnx
 import pytest
 
 from cips_edge.runtime import (CIPSModel, UserError, count_parameters, latent_for_seed, load_coords, load_latent,
-                               output_paths, parse_seeds, prepare_output, pixel_grid, region_grid, render_image, render_points,
-                               to_uint8, write_output)
+                               output_paths, parse_seeds, pixel_grid, prepare_output, region_grid, render_image,
+                               render_points, to_uint8, write_output)
 from cips_edge.runtime.coords import grid_chunks
 from cips_edge.core.format import KEY_CONFIG, KEY_VERSION
 from cips_edge.core.files import atomic_write
