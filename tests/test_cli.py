@@ -143,9 +143,9 @@ BAD = {
     "coords-inf": ["--coords", "{tmp}/cinf.npy", "--out", "{tmp}/o.npy"],
     "coords-to-png": ["--coords", "{tmp}/cgood.npy", "--out", "{tmp}/o.png"],
     "latent-length": ["--latent", "{tmp}/z15.npy"],
-    "model-pipe": ["--model", "{tmp}/pipe.onnx"],
+    "model-pipe": ["--model", "{tmp}/pipe.onnx"],  # refused before anything opens it (it would wait for a writer)
     "out-type-without-name": ["--out", "{tmp}/.png"],
-    "folder-out-then-bad-model": ["--seeds", "0-2", "--out", "{tmp}/made/deeper/", "--model", "{tmp}/nope.onnx"],  # refused before anything opens it (it would wait for a writer)
+    "folder-out-then-bad-model": ["--seeds", "0-2", "--out", "{tmp}/made/deeper/", "--model", "{tmp}/nope.onnx"],
     "coords-pipe": ["--coords", "{tmp}/pipe.npy", "--out", "{tmp}/o.npy"],
     "coords-missing": ["--coords", "{tmp}/nope.npy", "--out", "{tmp}/o.npy"],
     "latent-pipe": ["--latent", "{tmp}/pipe.npy"],
