@@ -204,7 +204,8 @@ def _render_here(job: RenderJob, progress: ProgressFactory, made: list[Path]) ->
     if job.panorama:
         shape += ", 360-degree panorama"
     if streamed:
-        shape += ", streamed" + (", resumed" if any(s.resumed for s in streams_) else "")
+        shape += ", streamed" + (", resumed" if any(s.resumed for s in streams_) else
+                                 ", nothing to resume: rendered whole" if job.resume else "")
     where = m.provider + (f" x{len(models)} (GPUs {job.devices})" if len(models) > 1 else "")
     where += "" if m.precision == "fp32" else f" ({m.precision})"
     return JobReport(paths, f"wrote {what} ({shape}) on {where} in {ms:.0f} ms", timings)

@@ -240,6 +240,9 @@ def test_cli_streams_resumes_and_matches_the_in_memory_png(tiny_onnx, tmp_path, 
     assert "(33x21, streamed, resumed) on CPUExecutionProvider" in ok(cips(*base, "--out", tmp_path / "s.png", "--resume"))
     assert np.array_equal(read(tmp_path / "s.png"), read(tmp_path / "mem.png"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mem.png", "s.png"]
+    # once finished, nothing is kept to resume: the render runs whole again, and says so
+    again = ok(cips(*base, "--out", tmp_path / "s.png", "--resume"))
+    assert "(33x21, streamed, nothing to resume: rendered whole) on CPUExecutionProvider" in again
 
 
 def test_cli_resume_with_another_seed_fails_in_one_line(tiny_onnx, tmp_path, small_blocks, monkeypatch):
