@@ -204,11 +204,24 @@ def _render_here(job: RenderJob, progress: ProgressFactory, made: list[Path]) ->
     if job.panorama:
         shape += ", 360-degree panorama"
     if streamed:
-        shape += ", streamed" + (", resumed" if any(s.resumed for s in streams_) else
-                                 ", nothing to resume: rendered whole" if job.resume else "")
+        shape += ", streamed" + _resumed(job, streams_)
     where = m.provider + (f" x{len(models)} (GPUs {job.devices})" if len(models) > 1 else "")
     where += "" if m.precision == "fp32" else f" ({m.precision})"
-    return JobReport(paths, f"wrote {what} ({shape}) on {where} in {ms:.0f} ms", timings)
+    verb = "kept" if streams_ and all(s.complete for s in streams_) else "wrote"  # --resume found them finished
+    return JobReport(paths, f"{verb} {what} ({shape}) on {where} in {ms:.0f} ms", timings)
+
+
+def _resumed(job: RenderJob, streams_: list[StreamRender]) -> str:
+    """What --resume found, for the job's line: nothing to add without it."""
+    complete = sum(s.complete for s in streams_)
+    if complete == len(streams_) and complete:
+        return ", already complete: nothing rendered"
+    said = [", resumed"] if any(s.resumed for s in streams_) else []
+    if complete:
+        said.append(f", {complete} already complete")
+    if job.resume and not said:
+        said.append(", nothing to resume: rendered whole")
+    return "".join(said)
 
 
 def _fovea_plan(job: RenderJob, outputs: int, h: int, w: int, frame) -> fv.FoveaPlan | None:

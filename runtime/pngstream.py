@@ -21,6 +21,7 @@ MAX_SIDE = 2**31 - 1  # the PNG spec's limit on width and height
 LEVEL = 6  # zlib level of streamed PNGs: Pillow's default (the bands deflate in parallel; docs/rendering.md)
 _ADLER_BASE = 65521
 _MAX_CHUNK = 1 << 30  # IDAT data per chunk (the spec allows 2**31 - 1)
+RECORD_KEY = b"cips-edge render"  # tEXt keyword of a streamed render's parameters (runtime/stream.py)
 
 
 def chunk(kind: bytes, data: bytes) -> bytes:
@@ -28,10 +29,34 @@ def chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
-def header(width: int, height: int) -> bytes:
-    """Signature and IHDR of an 8-bit RGB, non-interlaced image."""
+def header(width: int, height: int, record: str | None = None) -> bytes:
+    """Signature and IHDR of an 8-bit RGB, non-interlaced image; with record, a tEXt chunk after it
+    holding that text under RECORD_KEY (ASCII)."""
     assert 1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE, (width, height)
-    return SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    head = SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return head if record is None else head + chunk(b"tEXt", RECORD_KEY + b"\0" + record.encode("ascii"))
+
+
+def read_record(path) -> str | None:
+    """The text a header() record put in the PNG at path, or None (no such chunk before the image data,
+    or not a PNG). Reads the chunks before the first IDAT only."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(SIGNATURE)) != SIGNATURE:
+                return None
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                length, kind = struct.unpack(">I4s", head)
+                if kind in (b"IDAT", b"IEND") or length > 1 << 20:
+                    return None
+                data = f.read(length)
+                f.seek(4, 1)  # the CRC
+                if kind == b"tEXt" and data.startswith(RECORD_KEY + b"\0"):
+                    return data[len(RECORD_KEY) + 1:].decode("ascii", "replace")
+    except OSError:
+        return None
 
 
 def zlib_header(level: int = LEVEL) -> bytes:

@@ -95,8 +95,8 @@ class PNGBands:
     def blocks(self) -> list[Block]:
         return [Block(top, 0, min(self.rows, self.height - top), self.width) for top in range(0, self.height, self.rows)]
 
-    def start(self) -> tuple[bytes, dict]:
-        return pngstream.header(self.width, self.height), {"adler32": 1}
+    def start(self, record: str) -> tuple[bytes, dict]:
+        return pngstream.header(self.width, self.height, record), {"adler32": 1}
 
     def encode(self, index: int, last: bool, pixels: np.ndarray) -> tuple[bytes, tuple]:
         data, adler, length = pngstream.encode_band(pixels, last)
@@ -128,7 +128,7 @@ class TIFFTiles:
         return [Block(top, left, min(self.tile, self.height - top), min(step, self.width - left))
                 for top in range(0, self.height, self.tile) for left in range(0, self.width, step)]
 
-    def start(self) -> tuple[bytes, dict]:
+    def start(self, record: str) -> tuple[bytes, dict]:
         return tiffstream.header(), {"tile_bytes": []}
 
     def encode(self, index: int, last: bool, pixels: np.ndarray) -> tuple[bytes, list[int]]:
@@ -143,7 +143,8 @@ class TIFFTiles:
         offsets = (tiffstream.HEADER_BYTES + np.concatenate([[0], np.cumsum(counts[:-1], dtype=np.int64)])).tolist()
         at = f.tell() + (-f.tell() % 8)
         f.write(b"\0" * (at - f.tell()))
-        f.write(tiffstream.directory(self.width, self.height, offsets, counts, at, self.tile))
+        f.write(tiffstream.directory(self.width, self.height, offsets, counts, at, self.tile,
+                                     _record(state["params"])))
         f.seek(0)
         f.write(tiffstream.header(at))
 
@@ -152,6 +153,22 @@ class TIFFTiles:
 _PARAM_NAMES = {"version": "partial-file version", "format": "format", "width": "size", "height": "size",
                 "region": "region", "truncation": "truncation", "latent": "seed or latent", "model": "model file",
                 "provider": "device (provider)"}
+
+
+def _record(params: dict) -> str:
+    """What a finished file keeps of its render's parameters (a PNG tEXt chunk, the TIFF's
+    ImageDescription): --resume finds in it that the file is already this render."""
+    return json.dumps(params, sort_keys=True, separators=(",", ":"))
+
+
+def finished_render(path: Path) -> dict | None:
+    """The parameters a finished streamed render recorded in the file at path, or None."""
+    read = pngstream.read_record if path.suffix.lower() == ".png" else tiffstream.read_record
+    text = read(path) if path.is_file() else None
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 class StreamRender:
@@ -170,6 +187,7 @@ class StreamRender:
         self.blocks = layout.blocks()
         self.state = state  # None: nothing to resume, the partial file is (re)started
         self.resumed = False
+        self.complete = False  # resume found path already finished by this very render: nothing to do
 
     @classmethod
     def open(cls, path: str | os.PathLike, model: RenderModel, z: np.ndarray, width: int, height: int,
@@ -177,7 +195,8 @@ class StreamRender:
              resume: bool = False) -> "StreamRender":
         """Plan the render and check any partial file left by an earlier one: with resume, it must be
         of the same render (else a UserError naming what differs); without, it is an error to leave
-        it unmentioned (hours of work may be in it)."""
+        it unmentioned (hours of work may be in it). With resume and no partial file, a file at path
+        that records this very render as finished is kept as it is (`complete`: run does nothing)."""
         path = Path(path)
         z = np.asarray(z, dtype=np.float32).reshape(1, -1)
         if z.shape[1] != model.style_dim or not np.isfinite(z).all():
@@ -195,6 +214,8 @@ class StreamRender:
         if job.partial.is_file() and job.state_path.is_file():
             job.state = job._load_state(resume)
             job.resumed = True
+        elif resume and finished_render(path) == params:
+            job.complete = True
         return job
 
     def _load_state(self, resume: bool) -> dict:
@@ -222,14 +243,16 @@ class StreamRender:
 
     @property
     def remaining_pixels(self) -> int:
-        return sum(b.pixels for b in self.blocks[self.blocks_done:])
+        return 0 if self.complete else sum(b.pixels for b in self.blocks[self.blocks_done:])
 
     def run(self, models: list[RenderModel], chunk: int | None = None, progress: Callable[[int], None] | None = None,
             encoders: int | None = None) -> None:
         """Render the blocks not yet done, append them, then finish the file and rename it to `path`.
 
         progress(n) is called with the pixels of every chunk as it lands. Ctrl-C (or an exception)
-        keeps the blocks written so far for `open(..., resume=True)`."""
+        keeps the blocks written so far for `open(..., resume=True)`. Nothing when `complete`."""
+        if self.complete:
+            return
         chunk = chunk_size(models[0], chunk, threads=sum(m.workers for m in models))
         encoders = encoders or min(8, default_threads())
         try:
@@ -260,7 +283,7 @@ class StreamRender:
 
     def _open_partial(self):
         if self.state is None:
-            head, extra = self.layout.start()
+            head, extra = self.layout.start(_record(self.params))
             f = open(self.partial, "wb")
             f.write(head)
             f.flush()

@@ -18,9 +18,10 @@ TILE = 256  # pixels per tile side (a multiple of 16, as TIFF requires)
 MAX_SIDE = 2**32 - 1  # width and height are 32-bit in the directory
 LEVEL = 6
 HEADER_BYTES = 16
-_SHORT, _LONG, _LONG8 = 3, 4, 16  # TIFF field types
+_ASCII, _SHORT, _LONG, _LONG8 = 2, 3, 4, 16  # TIFF field types
 _SIZE = {_SHORT: 2, _LONG: 4, _LONG8: 8}
 _CODE = {_SHORT: "H", _LONG: "I", _LONG8: "Q"}
+RECORD_PREFIX = "cips-edge render "  # ImageDescription of a streamed render: this, then its parameters
 
 
 def header(ifd_offset: int = 0) -> bytes:
@@ -47,9 +48,11 @@ def encode_tiles(pixels: np.ndarray, tile: int = TILE, level: int = LEVEL) -> li
     return out
 
 
-def directory(width: int, height: int, offsets: list[int], counts: list[int], at: int, tile: int = TILE) -> bytes:
+def directory(width: int, height: int, offsets: list[int], counts: list[int], at: int, tile: int = TILE,
+              record: str | None = None) -> bytes:
     """The image file directory placed at byte `at` (a multiple of 8), followed by the arrays that do
-    not fit in its entries (tile offsets and byte counts)."""
+    not fit in its entries (tile offsets and byte counts); with record, an ImageDescription of
+    RECORD_PREFIX and that text (ASCII)."""
     assert at % 8 == 0 and len(offsets) == len(counts), (at, len(offsets), len(counts))
     assert 1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE, (width, height)
     fields = [  # (tag, type, values), in tag order
@@ -58,6 +61,7 @@ def directory(width: int, height: int, offsets: list[int], counts: list[int], at
         (258, _SHORT, [8, 8, 8]),  # BitsPerSample
         (259, _SHORT, [8]),  # Compression: Adobe deflate
         (262, _SHORT, [2]),  # PhotometricInterpretation: RGB
+        *([(270, _ASCII, (RECORD_PREFIX + record).encode("ascii") + b"\0")] if record is not None else []),
         (277, _SHORT, [3]),  # SamplesPerPixel
         (284, _SHORT, [1]),  # PlanarConfiguration: RGBRGB...
         (317, _SHORT, [2]),  # Predictor: horizontal differencing
@@ -69,7 +73,7 @@ def directory(width: int, height: int, offsets: list[int], counts: list[int], at
     entries, extra = [], b""
     extra_at = at + 8 + 20 * len(fields) + 8  # after the count, the entries and the next-IFD offset
     for tag, kind, values in fields:
-        data = struct.pack(f"<{len(values)}{_CODE[kind]}", *values)
+        data = values if kind == _ASCII else struct.pack(f"<{len(values)}{_CODE[kind]}", *values)
         if len(data) <= 8:
             value = data.ljust(8, b"\0")
         else:
@@ -77,3 +81,27 @@ def directory(width: int, height: int, offsets: list[int], counts: list[int], at
             extra += data + b"\0" * (-len(data) % 8)
         entries.append(struct.pack("<HHQ", tag, kind, len(values)) + value)
     return struct.pack("<Q", len(fields)) + b"".join(entries) + struct.pack("<Q", 0) + extra
+
+
+def read_record(path) -> str | None:
+    """The text a directory() record put in the BigTIFF at path, or None (none, or not such a file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+            if len(head) < HEADER_BYTES or head[:4] != b"II+\0":
+                return None
+            f.seek(struct.unpack("<Q", head[8:])[0])
+            count = struct.unpack("<Q", f.read(8))[0]
+            if count > 64:
+                return None
+            for _ in range(count):
+                tag, kind, n, value = struct.unpack("<HHQ8s", f.read(20))
+                if tag == 270 and kind == _ASCII:
+                    if n > 8:
+                        f.seek(struct.unpack("<Q", value)[0])
+                        value = f.read(n) if n <= 1 << 20 else b""
+                    text = value[:n].rstrip(b"\0").decode("ascii", "replace")
+                    return text[len(RECORD_PREFIX):] if text.startswith(RECORD_PREFIX) else None
+    except (OSError, struct.error):
+        return None
+    return None

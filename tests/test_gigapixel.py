@@ -216,6 +216,21 @@ def test_resume_without_a_partial_file_starts_the_render(tiny, tmp_path, small_b
     assert np.array_equal(read(tmp_path / "x.png"), expected(tiny, 5, 12, 9))
 
 
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_finished_file_records_its_render_and_resume_keeps_it(tiny, tmp_path, small_blocks, suffix):
+    path = tmp_path / f"x{suffix}"
+    stream_render(path, tiny, 5, 12, 9)
+    z = latent_for_seed(5, tiny.style_dim)
+    same = StreamRender.open(path, tiny, z, 9, 12, resume=True)  # width 9, height 12
+    assert same.complete and same.remaining_pixels == 0
+    assert not StreamRender.open(path, tiny, z, 9, 12, resume=False).complete  # without resume: rendered again
+    assert not StreamRender.open(path, tiny, z, 9, 13, resume=True).complete  # another size
+    other = StreamRender.open(path, tiny, latent_for_seed(6, tiny.style_dim), 9, 12, resume=True)
+    assert not other.complete
+    other.run([tiny])
+    assert np.array_equal(read(path), expected(tiny, 6, 12, 9))  # and readers still read the file
+
+
 # -- the command ---------------------------------------------------------------------------------------
 def test_cli_streams_resumes_and_matches_the_in_memory_png(tiny_onnx, tmp_path, small_blocks, monkeypatch):
     base = ["render", "--model", tiny_onnx, "--seed", 6, "--width", 33, "--height", 21]
@@ -240,9 +255,16 @@ def test_cli_streams_resumes_and_matches_the_in_memory_png(tiny_onnx, tmp_path, 
     assert "(33x21, streamed, resumed) on CPUExecutionProvider" in ok(cips(*base, "--out", tmp_path / "s.png", "--resume"))
     assert np.array_equal(read(tmp_path / "s.png"), read(tmp_path / "mem.png"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mem.png", "s.png"]
-    # once finished, nothing is kept to resume: the render runs whole again, and says so
+    # finished: the file records its render, so the same command with --resume leaves it as it is
+    before = (tmp_path / "s.png").stat()
     again = ok(cips(*base, "--out", tmp_path / "s.png", "--resume"))
-    assert "(33x21, streamed, nothing to resume: rendered whole) on CPUExecutionProvider" in again
+    assert again.startswith(f"kept {tmp_path / 's.png'} (33x21, streamed, already complete: nothing rendered) on CPU")
+    after = (tmp_path / "s.png").stat()
+    assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
+    # another render into the same file: nothing of it to resume, so it renders whole, and says so
+    other = ok(cips(*base[:4], 7, *base[5:], "--out", tmp_path / "s.png", "--resume"))
+    assert "(33x21, streamed, nothing to resume: rendered whole) on CPUExecutionProvider" in other
+    assert not np.array_equal(read(tmp_path / "s.png"), read(tmp_path / "mem.png"))
 
 
 def test_cli_resume_with_another_seed_fails_in_one_line(tiny_onnx, tmp_path, small_blocks, monkeypatch):
