@@ -237,7 +237,13 @@ def _fovea_plan(job: RenderJob, outputs: int, h: int, w: int, frame) -> fv.Fovea
         if outputs > 1:
             raise UserError("fovea_map writes one picture: give one seed", params="fovea_map")
         prepare_output(job.fovea_map, (".png",))
-    return fv.fovea_plan(h, w, job.fovea, job.fovea_radius, frame)
+    plan = fv.fovea_plan(h, w, job.fovea, job.fovea_radius, frame)
+    if not plan.fovea.any():  # a gaze off the image renders it all coarse: most likely pixels given as X Y
+        x0, y0, x1, y1 = frame
+        raise UserError(f"fovea {job.fovea[0]:g} {job.fovea[1]:g} with fovea_radius {job.fovea_radius:g} covers no "
+                        f"pixel of the image, which spans x' {x0:g} to {x1:g}, y' {y0:g} to {y1:g}: both are in "
+                        "these plane units, not pixels", params=("fovea", "fovea_radius"))
+    return plan
 
 
 def latents_of(job: RenderJob, seeds: list[int], style_dim: int) -> list[np.ndarray]:

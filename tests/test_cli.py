@@ -145,6 +145,7 @@ BAD = {
     "latent-length": ["--latent", "{tmp}/z15.npy"],
     "model-pipe": ["--model", "{tmp}/pipe.onnx"],  # refused before anything opens it (it would wait for a writer)
     "out-type-without-name": ["--out", "{tmp}/.png"],
+    "fovea-off-the-image": ["--fovea", "300", "200"],  # pixels where plane units are meant
     "folder-out-then-bad-model": ["--seeds", "0-2", "--out", "{tmp}/made/deeper/", "--model", "{tmp}/nope.onnx"],
     "coords-pipe": ["--coords", "{tmp}/pipe.npy", "--out", "{tmp}/o.npy"],
     "coords-missing": ["--coords", "{tmp}/nope.npy", "--out", "{tmp}/o.npy"],
