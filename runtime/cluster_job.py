@@ -97,6 +97,7 @@ def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path
         summary = (f"wrote {what} (OME-Zarr {pz.NGFF_VERSION}, {shape}, {len(levels)} levels in {job.zarr_chunk}^2 "
                    f"chunks: {report.done} written, {report.skipped} already there) on {where} in {ms:.0f} ms")
         return JobReport(paths, summary, timings)
-    summary = (f"wrote {len(seeds)} files, {pattern} ({shape}: {report.done} rendered, {report.skipped} already "
-               f"there) on {where} in {ms:.0f} ms")
-    return JobReport([Path(pattern)], summary, timings)
+    what = str(sample[0]) if len(seeds) == 1 else f"{len(seeds)} files, {pattern}"
+    summary = (f"wrote {what} ({shape}: {report.done} rendered, {report.skipped} already there) on {where} in "
+               f"{ms:.0f} ms")
+    return JobReport([sample[0]] if len(seeds) == 1 else [Path(pattern)], summary, timings)

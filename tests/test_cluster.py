@@ -214,6 +214,10 @@ def test_seeds_on_a_running_scheduler_are_the_files_a_plain_render_writes(tmp_pa
         name = f"cips-seed{seed}.png"
         assert (shards / name).read_bytes() == (alone / name).read_bytes()
     assert (shards / "cips-seed2.png").read_bytes() == b"kept as it is"
+    one = ok(cips("render", "--seed", 3, "--size", 48, "--out", shards / "three.png", "--model", tiny_onnx,
+                  "--scheduler", client.scheduler.address, "--threads", 1))
+    assert one.startswith(f"wrote {shards / 'three.png'} (48x48: 1 rendered, 0 already there)"), one  # the file, named
+    assert (shards / "three.png").read_bytes() == (alone / "cips-seed3.png").read_bytes()
 
 
 def test_only_the_cluster_module_imports_dask(tmp_path):
