@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from cips_edge.core.errors import UserError
-from .model import CIPSModel
+from .model import CUDA, CIPSModel, available_providers
 from .protocol import RenderModel
 
 Item = TypeVar("Item")
@@ -76,6 +76,10 @@ def open_models(path, device: str = "auto", devices: list[int] | None = None, th
     if device == "cpu":
         raise UserError("devices picks GPUs; with device cpu use threads to set the CPU threads",
                         params=("devices", "device", "threads"))
+    have = available_providers()
+    if CUDA not in have:  # said of devices, the option given, rather than of a device cuda nobody asked for
+        raise UserError(f"devices {','.join(map(str, devices))} needs CUDA, and this onnxruntime has no CUDA provider "
+                        f"(it has {', '.join(have)}); install 'cips-edge[gpu]' in place of [cpu]", params="devices")
     return [CIPSModel(path, device="cuda", device_id=i, precision=precision) for i in devices]
 
 

@@ -340,7 +340,8 @@ def test_cli_devices_without_cuda_is_an_error(tiny_onnx, tmp_path, monkeypatch):
         pytest.skip("this onnxruntime has CUDA")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     r = cips("render", "--model", tiny_onnx, "--size", 8, "--devices", "0,1", "--out", tmp_path / "x.png")
-    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "no CUDA provider" in r.stderr
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: --devices 0,1 needs CUDA, and this onnxruntime has no CUDA provider"), r.stderr
     assert list(tmp_path.iterdir()) == []
 
 
