@@ -142,5 +142,7 @@ def interpolate(
     walk = rt.walk_frames(m, zs, frames, w, h, loop=loop, space=space, truncation=run.truncation, chunk=run.chunk)
     ms = _write_frames(path, walk, frames, w, h, fps)
     back = " and back" if loop else ""
-    typer.echo(f"wrote {path} ({frames} frames of {w}x{h}, seeds {','.join(map(str, keys))}{back}, "
+    shown = (f"seeds {','.join(map(str, keys))}" if len(keys) <= 8
+             else f"{len(keys)} seeds {keys[0]},{keys[1]},{keys[2]} ... {keys[-1]}")  # a line, however many
+    typer.echo(f"wrote {path} ({frames} frames of {w}x{h}, {shown}{back}, "
                f"{'slerp in z' if space == 'z' else 'lerp in w'}) on {m.provider} in {ms:.0f} ms")

@@ -23,6 +23,7 @@ from cips_edge.core.files import atomic_write
 from .image import prepare_output, to_uint8
 
 VIDEO_SUFFIXES = (".gif", ".mp4", ".npy")
+MAX_FRAMES = 100_000  # per sequence: 69 minutes at 24 fps; more is a typo that would run for days
 GIF_MAX_FPS = 50.0  # GIF delays are whole hundredths of a second, and players slow down delays below 2
 MP4_CRF = 18  # x264 constant-rate factor: 18 is close to visually lossless at a few hundred kB per second
 MP4_INSTALL = "pip install 'cips-edge[video]' (PyAV)"
@@ -52,6 +53,15 @@ def prepare_video(path: str | os.PathLike, width: int, height: int, fps: float) 
             raise UserError(f"an .mp4 (H.264, yuv420p) needs an even width and height, got {width} x {height}")
         _av()
     return path
+
+
+def check_frames(frames: int) -> None:
+    """A one-line UserError unless a sequence's frame count is from 2 to MAX_FRAMES."""
+    if frames < 2:
+        raise UserError(f"frames must be at least 2, got {frames}", params="frames")
+    if frames > MAX_FRAMES:
+        raise UserError(f"frames {frames:,} is beyond {MAX_FRAMES:,} per sequence (69 minutes at 24 fps); "
+                        "render a long walk or zoom as several sequences", params="frames")
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], count: int, width: int, height: int,

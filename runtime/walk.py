@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from cips_edge.core.errors import UserError
+from .video import check_frames
 from .latents import parse_seeds
 from .model import CIPSModel
 from .render import render_image
@@ -51,8 +52,7 @@ def walk_stops(keys: int, frames: int, loop: bool = False) -> list[tuple[int, in
     shown; with loop the walk returns to key 0, which is not repeated at the end (the GIF cycles)."""
     if keys < 2:
         raise UserError(f"a walk needs at least 2 seeds, got {keys}")
-    if frames < 2:
-        raise UserError(f"frames must be at least 2, got {frames}", params="frames")
+    check_frames(frames)
     segments = keys if loop else keys - 1
     stops = []
     for k in range(frames):

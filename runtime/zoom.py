@@ -14,6 +14,7 @@ import numpy as np
 
 from .coords import check_region
 from cips_edge.core.errors import UserError
+from .video import check_frames
 from .protocol import RenderModel
 from .render import render_image
 
@@ -30,8 +31,7 @@ def zoom_regions(center: tuple[float, float], factor: float, frames: int, width:
     if not math.isfinite(factor) or factor <= 0:
         raise UserError(f"factor must be a positive number (above 1 zooms in, below 1 out), got {factor:g}",
                         params="factor")
-    if frames < 2:
-        raise UserError(f"frames must be at least 2, got {frames}", params="frames")
+    check_frames(frames)
     if width < 2 or height < 2:
         raise UserError(f"a zoom needs at least 2 x 2 pixels, got {width} x {height}")
     aspect = (height - 1) / (width - 1)

@@ -102,6 +102,7 @@ def test_mp4_without_pyav_names_the_install_command(tiny_onnx, tmp_path, monkeyp
     (["--factor", -2], "--factor must be a positive number"),
     (["--factor", "nan"], "--factor must be a positive number"),
     (["--frames", 1], "--frames must be at least 2"),
+    (["--frames", 100_000_000], "--frames 100,000,000 is beyond 100,000 per sequence"),  # refused before any work
     (["--center", "inf", 0], "--center must be two finite numbers"),
     (["--center", 0, 1e39], "--center must be two finite numbers"),
     (["--factor", 1e6, "--center", 0.5, 0.5], "too deep for float32"),
@@ -189,12 +190,17 @@ def test_walk_gif_has_its_frames(tiny_onnx, tmp_path):
     assert "(7 frames of 10x6, seeds 1,2,4, slerp in z)" in out
     image = Image.open(tmp_path / "w.gif")
     assert image.n_frames == 7 and image.size == (10, 6)
+    many = ok(cips("interpolate", "--model", tiny_onnx, "--seeds", "0-99", "--frames", 2, "--size", 4,
+                   "--out", tmp_path / "many.npy"))
+    assert "(2 frames of 4x4, 100 seeds 0,1,2 ... 99, slerp in z)" in many, many
+    assert len(many) < len(str(tmp_path)) + 120, many  # one short line, however many seeds
 
 
 @pytest.mark.parametrize("args, message", [
     (["--seeds", "3"], "at least 2 seeds"),
     (["--seeds", "3,x"], "bad seed 'x'"),
     (["--seeds", "3,4", "--frames", 1], "--frames must be at least 2"),
+    (["--seeds", "3,4", "--frames", 100_001], "--frames 100,001 is beyond 100,000 per sequence"),
     (["--seeds", "3,4", "--space", "q"], "unknown --space 'q'"),
     (["--seeds", "3,4", "--out", "{tmp}/w.avi"], "must end in .gif or .mp4 or .npy"),
     (["--seeds", "3,4", "--truncation", "nan"], "truncation must be a finite number"),
