@@ -1,7 +1,6 @@
 """From raw generator values to files: 8-bit conversion, output names, atomic PNG / .npy writes."""
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import string
@@ -12,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cips_edge.core.errors import UserError
-from cips_edge.core.files import atomic_write, clean_stale_temporaries, shown, temporary_prefix
+from cips_edge.core.files import atomic_write, clean_stale_temporaries, make_folders, shown, temporary_prefix
 
 # zlib level of in-memory PNGs (up to STREAM_MIN_PIXELS): 3 deflates a 1024^2 render several times faster
 # than Pillow's default 6 for a file about a fifth larger (docs/rendering.md)
@@ -52,7 +51,7 @@ def check_image_size(width: int, height: int, force: bool = False) -> None:
 def output_pattern(out: str | None, count: int, default: str, made: list[Path] | None = None) -> str | None:
     """The str.format pattern (with {seed}) that names each seed's output, or None when --out is one
     file (allowed only for one seed); a folder --out is created, and the folders made for it are added
-    to `made` (the deepest first: remove_empty_folders undoes them). The rule is output_paths'."""
+    to `made` (the deepest first: core.files.remove_empty_folders undoes them). The rule is output_paths'."""
     if out is None:
         pattern = default
     elif "{" in out or "}" in out:
@@ -60,8 +59,7 @@ def output_pattern(out: str | None, count: int, default: str, made: list[Path] |
     elif out.endswith(("/", os.sep)) or _is_dir(Path(out), out):
         folder = Path(out)
         try:
-            new = [p for p in (folder, *folder.parents) if not p.exists()]
-            folder.mkdir(parents=True, exist_ok=True)
+            new = make_folders(folder)
         except OSError as e:
             raise UserError(f"cannot create the folder {shown(folder)}: {e.strerror or e}") from None
         if made is not None:
@@ -74,13 +72,6 @@ def output_pattern(out: str | None, count: int, default: str, made: list[Path] |
                         f"(e.g. 'img-{{seed}}.png'), not one file name: {shown(out)}", params="out")
     check_seed_pattern(pattern)
     return pattern
-
-
-def remove_empty_folders(folders: Sequence[Path]) -> None:
-    """Remove each folder that is still empty, in order (a command that fails leaves no folder it made)."""
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 def output_paths(out: str | None, seeds: Sequence[int], default: str, made: list[Path] | None = None) -> list[Path]:

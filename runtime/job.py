@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from cips_edge.core.errors import UserError
+from cips_edge.core.files import remove_empty_folders
 
 from . import fovea as fv
 from .coords import FULL_FRAME, check_region, load_coords, panorama_view
 from .devices import open_models, parse_devices
-from .image import IMAGE_SUFFIXES, check_image_size, output_paths, prepare_output, remove_empty_folders, write_output
+from .image import IMAGE_SUFFIXES, check_image_size, output_paths, prepare_output, write_output
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .pyramid import is_zarr
 from .render import check_truncation, render_image, render_points

@@ -13,7 +13,7 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -47,6 +47,21 @@ def check_input_file(path: Path, what: str, kind: str) -> None:
     if path.exists():
         raise UserError(f"{what} is not a regular file (a device, pipe or socket): {shown(path)}")
     raise UserError(f"{what} not found: {shown(path)}")
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """mkdir -p `folder`; returns the folders it created, the deepest first (remove_empty_folders undoes
+    them). OSError as mkdir raises it."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_empty_folders(folders: Sequence[Path]) -> None:
+    """Remove each folder that is still empty, in order (what fails leaves no folder it made)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def temporary_prefix(path: str | os.PathLike) -> str:

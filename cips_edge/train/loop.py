@@ -2,7 +2,6 @@
 trains, and keeps the user informed; checkpoints periodically, at the end and on Ctrl-C / SIGTERM."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -22,7 +21,7 @@ from cips_edge import __version__, legacy
 from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torch_save, generator_checkpoint,
                                   newest_checkpoint, read_checkpoint, resolve_checkpoint_path, run_checkpoints)
 from cips_edge.core.config import PRESETS, GeneratorConfig
-from cips_edge.core.files import clean_stale_temporaries
+from cips_edge.core.files import clean_stale_temporaries, make_folders, remove_empty_folders
 
 from . import distributed, fit
 from .data import Decoded, ImageBank, load_images
@@ -282,8 +281,7 @@ class Run:
         o = self.options
         made: list[Path] = []  # the folders this run creates, the run's own first (cips-runs/ may be one)
         if world.is_main and not self.run_dir.exists():
-            made = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
-            self.run_dir.mkdir(parents=True)
+            made = make_folders(self.run_dir)
             self.created_dir = self.ckpt is None
         try:
             return self._train()
@@ -291,9 +289,7 @@ class Run:
             # A run that fails or is stopped before its first step leaves nothing behind.
             if world.is_main and self.created_dir and not self.started:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
-                for parent in made[1:]:  # and the parents it made, while nothing else has come into them
-                    with contextlib.suppress(OSError):
-                        parent.rmdir()
+                remove_empty_folders(made[1:])  # and the parents it made, while nothing else has come into them
             if isinstance(e, torch.OutOfMemoryError):
                 raise TrainError(self.out_of_memory()) from None
             raise
