@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from cips_edge.runtime import graphcut
+from cips_edge.runtime import graphcut, onnxproto
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import EMBEDDING, OUTPUT, PRECISIONS, STYLE_INPUTS, metadata_props, parse_metadata
 from cips_edge.core.files import atomic_write, check_input_file
@@ -45,11 +45,7 @@ def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: s
     relative difference of its fp16 grid graph (0 without one), and the new file's default precision."""
     out = prepare_output(out, suffixes=(".onnx",))
     check_input_file(Path(source), "model", "an ONNX file")
-    try:
-        old = onnx.load(os.fspath(source))
-    except Exception as e:  # protobuf's DecodeError for a truncated or foreign file
-        raise UserError(f"{source} is not a loadable ONNX model (truncated or another format?): "
-                        f"{type(e).__name__}") from None
+    old = onnxproto.load(os.fspath(source), str(source))  # onnx's ModelProto, or the runtime's one-line error
     info = parse_metadata({p.key: p.value for p in old.metadata_props}, str(source))
     if info.format_version not in (2, 3):
         raise UserError(f"{source} is format {info.format_version}; only format-2 and -3 files are upgraded")
