@@ -39,6 +39,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     model = CIPSModel(args.model or packaged_model(), device="cpu")
     rgb = render_image(model, latent_for_seed(args.seed, model.style_dim), args.size, args.size, uint8=True)
+    print(f"rendered seed {args.seed} at {args.size}^2 on {model.provider} ({model.precision}); encoding", flush=True)
     image = Image.fromarray(rgb)
     rows = []
     for level in (int(v) for v in args.levels.split(",")):
@@ -55,7 +56,8 @@ def main(argv=None) -> None:
     for r in rows:
         r["size_vs_smallest"] = round(r["bytes"] / smallest, 3)
     result = {"benchmark": "png-level", "model": str(args.model or "packaged default.onnx"), "seed": args.seed,
-              "size": args.size, "reps": args.reps, "png_level_used": PNG_LEVEL, "machine": args.machine,
+              "size": args.size, "provider": model.provider, "precision": model.precision,
+              "reps": args.reps, "png_level_used": PNG_LEVEL, "machine": args.machine,
               "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "levels": rows}
     out = args.out or RESULTS / f"png-level-{args.machine}.json"
