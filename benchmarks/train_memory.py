@@ -192,8 +192,10 @@ def child(spec: dict) -> dict:
         switches = {} if variant == "base" else {name: True for name in variant.split("+")}
         trainer.speed = dataclasses.replace(speed, **switches)
         try:
+            # Compiles / autotunes what the variant changes. R1 twice: with r1_compile the first call is
+            # eager (it finds the parameters R1 reaches) and the second compiles.
             warm = peak(lambda: (trainer.train_step(step), trainer.r1_backward(trainer.real_batch()),
-                                 trainer.d_optimizer_step()))  # compiles / autotunes what the variant changes
+                                 trainer.r1_backward(trainer.real_batch()), trainer.d_optimizer_step()))
             step += 1
             mem.empty_cache()
             phases = {"data": [], "D step": [], "R1 step": [], "G step": [], "EMA": []}
