@@ -138,13 +138,39 @@ def test_ctrl_c_saves_then_resume_replays_the_run(straight, train_images, tmp_pa
 
     out = tmp_path / "run"
     monkeypatch.setattr(Trainer, "train_step", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        run_quietly(options(train_images, out))
+    # Python's own handler, as in a terminal (a shell's background job starts with SIGINT ignored)
+    started = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_quietly(options(train_images, out))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    finally:
+        signal.signal(signal.SIGINT, started)
     monkeypatch.setattr(Trainer, "train_step", original)
     assert newest(out)["step"] == 2  # finished the step in flight, then saved
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     run_quietly(options(train_images, out, resume=True))
     assert_same_training_state(newest(out), newest(straight[0]))
+
+
+def test_an_ignored_ctrl_c_stays_ignored(train_images, tmp_path, monkeypatch):
+    original = Trainer.train_step
+    seen = []
+
+    def interrupted_step(self, step):
+        original(self, step)
+        if step == 1:
+            seen.append(signal.getsignal(signal.SIGINT))
+            signal.raise_signal(signal.SIGINT)  # ignored: the run goes on to its end
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    started = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as under nohup
+    try:
+        run_quietly(options(train_images, tmp_path / "run"))
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, started)
+    assert seen == [signal.SIG_IGN]
+    assert newest(tmp_path / "run")["step"] == STEPS  # not stopped at step 2
 
 
 def test_user_errors_are_one_line_and_leave_no_folder(train_images, tmp_path):

@@ -89,7 +89,8 @@ def restore_rng_states(state: dict) -> None:
 
 
 class StopRequest:
-    """Ctrl-C or SIGTERM asks to stop after the current step (then save); a second Ctrl-C quits at once."""
+    """Ctrl-C or SIGTERM asks to stop after the current step (then save); a second Ctrl-C quits at once.
+    A SIGINT the process was started to ignore (`nohup`, a shell's background job) stays ignored."""
 
     def __init__(self):
         self.requested = False
@@ -98,6 +99,8 @@ class StopRequest:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
+                if sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
