@@ -93,6 +93,7 @@ CONFIGS = {
 # variants measured on the same trainer after the first step.
 PROCESSES = {
     "compiled": ("fast+compile", {}, {}, ["base", "r1_bf16", "r1_compile", "recompute_g"]),
+    "r1-compile": ("fast+compile", {}, {}, ["base", "r1_compile"]),  # the compiled process, R1's question only
     "no-cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": False}, {}, ["base", "r1_bf16"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),
