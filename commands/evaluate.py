@@ -26,6 +26,10 @@ def eval_(
     truncation: TruncationOpt = 1.0,
     seed: Annotated[int, typer.Option(help="first sample seed: the samples are seeds S, S+1, ..., S+N-1 (the data "
                                            "subset and the metrics' own randomness use seed 0)")] = 0,
+    draws: Annotated[int, typer.Option(help="independent draws, reported as their mean ± standard deviation: draw r "
+                                            "renders seeds S+r*N .. S+r*N+N-1 and uses seed r for the data subset "
+                                            "and the metrics (r = 0 is the single draw); K draws take K times as "
+                                            "long")] = 1,
     batch: Annotated[int, typer.Option(help="samples rendered per call, in images")] = 16,
     device: Annotated[str, typer.Option(help="auto (CUDA when it loads, else CPU), cuda (error if it cannot run) or "
                                              "cpu; for the generator and the Inception network")] = "auto",
@@ -46,6 +50,7 @@ def eval_(
     cips eval data/ --model m.onnx --num 2000               (SWD)
     cips eval data.zip --checkpoint cips-runs/00003-ffhq --inception-weights pt_inception-2015-12-05-6726825d.pth
     cips eval data/ --metrics swd,fid --inception-weights W.pth --json metrics.json
+    cips eval data/ --draws 4                                (mean ± std of 4 independent draws)
 
     Sample i is seed S+i (z = numpy default_rng(seed).standard_normal(style_dim)), so an ONNX export
     and its checkpoint give the same images. Prints a table; see docs/metrics.md for the numbers.
@@ -65,6 +70,8 @@ def eval_(
             raise UserError("give either --model or --checkpoint, not both")
         if precision is not None and checkpoint is not None:
             raise UserError("--precision picks an ONNX file's pixel graph; a --checkpoint renders in torch fp32")
+        if draws < 1:
+            raise UserError(f"--draws must be at least 1, got {draws}")
         if size is not None:
             rt.check_image_size(size, size)
         if json_out is not None:
@@ -78,8 +85,9 @@ def eval_(
         if "swd" in chosen:
             check_swd_size(size, size)
         start = time.perf_counter()
-        result = cm.evaluate(source, data, num_images=num, metrics=wanted, inception_weights=inception_weights,
-                             batch_size=batch, first_seed=seed, device=device, progress=True)
+        result = cm.evaluate_draws(source, data, draws, num_images=num, metrics=wanted,
+                                   inception_weights=inception_weights, batch_size=batch, first_seed=seed,
+                                   device=device, progress=True)
     except cm.MetricsError as e:
         raise UserError(str(e)) from None
     cm.print_report(result)

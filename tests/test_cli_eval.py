@@ -58,6 +58,21 @@ def test_onnx_eval_writes_the_swd_of_evaluate_with_the_given_options(data, tiny_
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left
 
 
+def test_draws_report_the_mean_and_spread_of_independent_evaluations(data, tiny_onnx, tiny, tmp_path):
+    out = ok(cips(data, "--model", tiny_onnx, "--num", 4, "--seed", 5, "--draws", 3, "--device", "cpu",
+                  "--json", tmp_path / "m.json"))
+    result = json.loads((tmp_path / "m.json").read_text())
+    singles = [evaluate(onnx_source(tiny, TINY_SIZE), data, num_images=4, first_seed=5 + 4 * r, seed=r,
+                        progress=False)["swd"]["mean"] for r in range(3)]
+    assert [d["first_seed"] for d in result["draws"]] == [5, 9, 13]
+    assert result["spread"]["swd"]["values"] == pytest.approx(singles, rel=1e-9)
+    assert result["swd"]["mean"] == pytest.approx(np.mean(singles), rel=1e-9)
+    assert result["spread"]["swd"]["std"] == pytest.approx(np.std(singles, ddof=1), rel=1e-9)
+    assert len(set(singles)) == 3  # the draws differ: other seeds, other data, other patches
+    assert "mean ± std of 3 draws" in " ".join(out.split())  # the title, however the table wraps it
+    assert f"{np.mean(singles):.2f} ± {np.std(singles, ddof=1):.2f}" in out
+
+
 def test_size_sets_the_compared_resolution(data, tiny_onnx, tmp_path):
     ok(cips(data, "--model", tiny_onnx, "--num", 4, "--size", 32, "--json", tmp_path / "m.json"))
     result = json.loads((tmp_path / "m.json").read_text())
@@ -112,6 +127,7 @@ BAD = {
     "json-folder-missing": ["{data}", "--model", "{model}", "--json", "{tmp}/missing/m.json"],
     "json-not-json": ["{data}", "--model", "{model}", "--json", "{tmp}/m.txt"],
     "device-unknown": ["{data}", "--checkpoint", "{ckpt}", "--device", "tpu"],
+    "draws-0": ["{data}", "--model", "{model}", "--draws", "0", "--json", "{tmp}/m.json"],
 }
 
 

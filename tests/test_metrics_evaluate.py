@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
 from PIL import Image
 from rich.console import Console
 
-from cips_edge.metrics import MetricsError, evaluate, print_report, write_report
+from cips_edge.metrics import MetricsError, evaluate, evaluate_draws, print_report, write_report
 
 SIZE = 32
 
@@ -75,6 +76,13 @@ def test_random_init_for_tests_end_to_end_with_feature_cache(data_dir, tmp_path)
     third = evaluate(colour_source, data_dir, **kwargs | {"metrics": ["fid"]})
     assert third["feature_cache"]["state"] == "miss" and third["fid"] != first["fid"]
     assert len(list(cache.rglob("*.npz"))) == 2
+
+
+def test_one_draw_is_evaluate_itself_and_no_draw_is_an_error(data_dir):
+    assert evaluate_draws(colour_source, data_dir, 1, num_images=6, first_seed=2, progress=False) == \
+        {**evaluate(colour_source, data_dir, num_images=6, first_seed=2, progress=False), "seconds": ANY}
+    with pytest.raises(MetricsError, match="at least 1"):
+        evaluate_draws(colour_source, data_dir, 0, num_images=6)
 
 
 def test_unreadable_data_files_are_skipped_and_reported(data_dir):

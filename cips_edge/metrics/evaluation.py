@@ -146,6 +146,45 @@ def evaluate(sample_source: SampleSource, data: str | os.PathLike, num_images: i
     return result
 
 
+def evaluate_draws(sample_source: SampleSource, data: str | os.PathLike, draws: int, num_images: int = 2000,
+                   first_seed: int = 0, **kwargs) -> dict:
+    """evaluate() over independent draws, for figures that can be told apart from the draw's own noise.
+    Draw r renders seeds first_seed + r*N .. + N-1 and takes its data subset and the metrics' randomness
+    from seed r (draw 0 is evaluate()'s default call). One draw: evaluate()'s result itself. Several:
+    the same keys holding the means over draws, plus "draws" (each draw's result) and "spread" (per
+    metric: each draw's value, and their sample standard deviation)."""
+    if draws < 1:
+        raise MetricsError(f"the number of draws must be at least 1, got {draws}")
+    first = evaluate(sample_source, data, num_images, first_seed=first_seed, seed=0, **kwargs)
+    if draws == 1:
+        return first
+    n = first["num_images"]
+    results = [first] + [evaluate(sample_source, data, n, first_seed=first_seed + r * n, seed=r, **kwargs)
+                         for r in range(1, draws)]
+    combined = {k: v for k, v in first.items() if k not in ("swd", "fid", "kid", "precision", "recall", "seed",
+                                                             "seconds", "feature_cache", "skipped_files")}
+    spread = {}
+
+    def mean_of(values: list[float], name: str) -> float:
+        spread[name] = {"values": values, "std": float(np.std(values, ddof=1))}
+        return float(np.mean(values))
+
+    if "swd" in first:
+        levels = np.mean([r["swd"]["levels"] for r in results], axis=0)
+        combined["swd"] = {"resolutions": first["swd"]["resolutions"], "levels": [float(v) for v in levels],
+                           "mean": mean_of([r["swd"]["mean"] for r in results], "swd")}
+    if "fid" in first:
+        combined["fid"] = mean_of([r["fid"] for r in results], "fid")
+    if "kid" in first:
+        combined["kid"] = {"mean": mean_of([r["kid"]["mean"] for r in results], "kid")}
+    for name in ("precision", "recall"):
+        if name in first:
+            combined[name] = mean_of([r[name] for r in results], name)
+    combined.update(draws=results, spread=spread,
+                    seconds={"total": round(sum(sum(r["seconds"].values()) for r in results), 3)})
+    return combined
+
+
 def _features(extractor, images: np.ndarray, description: str, progress: bool) -> np.ndarray:
     """Features in slices, so the progress bar moves."""
     step = extractor.batch_size * 4
@@ -155,19 +194,26 @@ def _features(extractor, images: np.ndarray, description: str, progress: bool) -
 
 
 def report_rows(result: dict) -> list[tuple[str, str]]:
-    """(metric, value) pairs in display order."""
+    """(metric, value) pairs in display order; over several draws (evaluate_draws) the means, with the
+    standard deviation between draws after the headline figures."""
     rows = []
+    spread = result.get("spread", {})
+
+    def between(name: str, scale: float, digits: int) -> str:
+        return f" ± {scale * spread[name]['std']:.{digits}f}" if name in spread else ""
+
     if "swd" in result:
         for res, value in zip(result["swd"]["resolutions"], result["swd"]["levels"]):
             rows.append((f"SWD x1e3 @ {res}x{res}", f"{value:.2f}"))
-        rows.append(("SWD x1e3 (mean of levels)", f"{result['swd']['mean']:.2f}"))
+        rows.append(("SWD x1e3 (mean of levels)", f"{result['swd']['mean']:.2f}{between('swd', 1, 2)}"))
     if "fid" in result:
-        rows.append(("FID", f"{result['fid']:.3f}"))
+        rows.append(("FID", f"{result['fid']:.3f}{between('fid', 1, 3)}"))
     if "kid" in result:
-        rows.append(("KID x1e3", f"{1e3 * result['kid']['mean']:.3f} ± {1e3 * result['kid']['std']:.3f}"))
+        within = f" ± {1e3 * result['kid']['std']:.3f}" if "std" in result["kid"] else between("kid", 1e3, 3)
+        rows.append(("KID x1e3", f"{1e3 * result['kid']['mean']:.3f}{within}"))
     for name in ("precision", "recall"):
         if name in result:
-            rows.append((name, f"{result[name]:.3f}"))
+            rows.append((name, f"{result[name]:.3f}{between(name, 1, 3)}"))
     return rows
 
 
@@ -177,7 +223,8 @@ def print_report(result: dict, console=None) -> None:
     from rich.table import Table
 
     size = result["size"]
-    table = Table(title=f"{result['num_images']} samples vs {Path(result['data']).name} at {size}x{size}")
+    draws = f", mean ± std of {len(result['draws'])} draws" if "draws" in result else ""
+    table = Table(title=f"{result['num_images']} samples vs {Path(result['data']).name} at {size}x{size}{draws}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in report_rows(result):

@@ -1,0 +1,94 @@
+"""How much one SWD figure moves with the draw: a model's SWD against the data set over K draws (draw r:
+sample seeds r*N .. r*N+N-1, data subset and the metric's patches and directions from seed r, as
+`cips eval --seed r*N` would with its subset seed r), beside the data-vs-data floor over K draws (two
+disjoint random halves of the data set, split and metric seed r). Writes benchmarks/results/swd-spread.json.
+
+    python benchmarks/swd_spread.py --data /work/emoji-data/emoji-64 --model cips_edge/models/default.onnx \\
+        --model tests/data/format1-emoji-1052kimg.onnx --draws 6 --out benchmarks/results/swd-spread-cpu2.json
+
+The issue-22 target compares one model figure with the floor (1.2x); this says how far apart two draws
+of the same model land, so that a difference between models or a margin to the target can be read
+against it. Each figure is cips_edge.metrics.evaluate / swd, the code `cips eval` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from cips_edge import metrics as cm
+from cips_edge.runtime import CIPSModel
+
+RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parents[1]
+
+
+def shown(path: Path) -> str:
+    """A path as the report names it: relative to the checkout when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def summary(values: list[float]) -> dict:
+    return {"values": [round(v, 3) for v in values], "mean": round(statistics.fmean(values), 3),
+            "std": round(statistics.stdev(values), 3) if len(values) > 1 else 0.0,
+            "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("/work/emoji-data/emoji-64"), help="the data set")
+    parser.add_argument("--model", type=Path, action="append", required=True, help="ONNX model (repeatable)")
+    parser.add_argument("--num", type=int, default=2000, help="samples and data images per draw")
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--draws", type=int, default=6, help="draws per model and of the floor")
+    parser.add_argument("--out", type=Path, default=RESULTS / "swd-spread.json")
+    args = parser.parse_args()
+
+    images = cm.load_image_folder(args.data, args.size)
+    half = len(images) // 2
+    floor = []
+    for r in range(args.draws):
+        order = np.random.default_rng(r).permutation(len(images))
+        floor.append(cm.swd(images[order[:half]], images[order[half:2 * half]], seed=r)["mean"])
+        print(f"data halves, draw {r}: {floor[-1]:.2f}", flush=True)
+    models = {}
+    for path in args.model:
+        model = CIPSModel(path, device="cpu")
+        values, levels = [], []
+        for r in range(args.draws):
+            t = time.perf_counter()
+            result = cm.evaluate(cm.onnx_source(model, args.size), args.data, num_images=args.num, metrics=["swd"],
+                                 first_seed=r * args.num, seed=r, progress=False)
+            values.append(result["swd"]["mean"])
+            levels.append([round(v, 3) for v in result["swd"]["levels"]])
+            print(f"{path.name}, draw {r}: {values[-1]:.2f} ({time.perf_counter() - t:.0f} s)", flush=True)
+        prov = model.provenance
+        models[shown(path)] = {"images_seen": prov.get("images_seen"), "swd": summary(values), "levels": levels,
+                             "ratio_to_floor_per_draw": summary([v / f for v, f in zip(values, floor)]),
+                             "provider": model.provider}
+    report = {
+        "benchmark": "SWD x1e3 over independent draws (cips_edge.metrics: 7x7 Laplacian-pyramid patches, 128 per "
+                     "image, 512 directions)",
+        "data": str(args.data), "size": args.size, "num": args.num, "draws": args.draws,
+        "floor_data_halves": {"num_images": half, **summary(floor)},
+        "models": models,
+        "machine": {"platform": platform.platform(), "cores": len(os.sched_getaffinity(0))},
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    cm.write_report(report, args.out)
+    for path, m in models.items():
+        print(f"{Path(path).name}: SWD {m['swd']['mean']:.2f} ± {m['swd']['std']:.2f} "
+              f"({m['swd']['min']:.2f}-{m['swd']['max']:.2f}); floor {report['floor_data_halves']['mean']:.2f} ± "
+              f"{report['floor_data_halves']['std']:.2f}; ratio {m['ratio_to_floor_per_draw']['mean']:.2f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
