@@ -8,7 +8,9 @@ disjoint random halves of the data set, split and metric seed r). Writes benchma
 
 The issue-22 target compares one model figure with the floor (1.2x); this says how far apart two draws
 of the same model land, so that a difference between models or a margin to the target can be read
-against it. Each figure is cips_edge.metrics.evaluate / swd, the code `cips eval` runs.
+against it. Models after the first also get their per-draw difference to the first (a paired comparison:
+the same seeds, data subset, patches and directions). Each figure is cips_edge.metrics.evaluate / swd,
+the code `cips eval` runs.
 """
 from __future__ import annotations
 
@@ -71,8 +73,11 @@ def main() -> None:
             print(f"{path.name}, draw {r}: {values[-1]:.2f} ({time.perf_counter() - t:.0f} s)", flush=True)
         prov = model.provenance
         models[shown(path)] = {"images_seen": prov.get("images_seen"), "swd": summary(values), "levels": levels,
-                             "ratio_to_floor_per_draw": summary([v / f for v, f in zip(values, floor)]),
-                             "provider": model.provider}
+                               "ratio_to_floor_per_draw": summary([v / f for v, f in zip(values, floor)]),
+                               "provider": model.provider}
+        if len(models) > 1:  # paired with the first model: same seeds, data subset, patches and directions
+            base = next(iter(models.values()))["swd"]["values"]
+            models[shown(path)]["minus_first_model_per_draw"] = summary([v - b for v, b in zip(values, base)])
     report = {
         "benchmark": "SWD x1e3 over independent draws (cips_edge.metrics: 7x7 Laplacian-pyramid patches, 128 per "
                      "image, 512 directions)",
@@ -84,9 +89,11 @@ def main() -> None:
     }
     cm.write_report(report, args.out)
     for path, m in models.items():
+        paired = m.get("minus_first_model_per_draw")
+        paired = f"; minus the first model {paired['mean']:+.2f} ± {paired['std']:.2f}" if paired else ""
         print(f"{Path(path).name}: SWD {m['swd']['mean']:.2f} ± {m['swd']['std']:.2f} "
               f"({m['swd']['min']:.2f}-{m['swd']['max']:.2f}); floor {report['floor_data_halves']['mean']:.2f} ± "
-              f"{report['floor_data_halves']['std']:.2f}; ratio {m['ratio_to_floor_per_draw']['mean']:.2f}")
+              f"{report['floor_data_halves']['std']:.2f}; ratio {m['ratio_to_floor_per_draw']['mean']:.2f}{paired}")
     print(f"wrote {args.out}")
 
 
