@@ -85,6 +85,25 @@ def test_one_draw_is_evaluate_itself_and_no_draw_is_an_error(data_dir):
         evaluate_draws(colour_source, data_dir, 0, num_images=6)
 
 
+@pytest.mark.slow
+def test_draws_average_every_metric_and_keep_each_draw(data_dir, tmp_path):
+    kwargs = dict(num_images=4, cache_dir=tmp_path / "cache", progress=False, random_init_for_tests=True)  # NOT FID
+    result = evaluate_draws(colour_source, data_dir, 2, first_seed=1, **kwargs)
+    singles = [evaluate(colour_source, data_dir, first_seed=1 + 4 * r, seed=r, **kwargs) for r in range(2)]
+    for name, value in [("swd", lambda r: r["swd"]["mean"]), ("fid", lambda r: r["fid"]),
+                        ("kid", lambda r: r["kid"]["mean"]), ("precision", lambda r: r["precision"]),
+                        ("recall", lambda r: r["recall"])]:
+        values = [value(r) for r in singles]
+        assert result["spread"][name]["values"] == pytest.approx(values, rel=1e-6, abs=1e-12), name
+        assert value(result) == pytest.approx(np.mean(values), rel=1e-6, abs=1e-12), name
+    assert [d["first_seed"] for d in result["draws"]] == [1, 5] and result["draws"][1]["seed"] == 1
+    assert json.loads(write_report(result, tmp_path / "m.json").read_text())["spread"].keys() == result["spread"].keys()
+    console = Console(record=True, width=160)
+    print_report(result, console=console)
+    fid_row = next(line for line in console.export_text().splitlines() if "FID" in line)
+    assert f"{result['fid']:.3f} ± {result['spread']['fid']['std']:.3f}" in fid_row
+
+
 def test_unreadable_data_files_are_skipped_and_reported(data_dir):
     (data_dir / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
     result = evaluate(colour_source, data_dir, num_images=9, progress=False)
