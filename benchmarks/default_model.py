@@ -37,13 +37,13 @@ def model_swd(model: CIPSModel, data: Path, num: int, size: int, truncation: flo
             "seconds": round(time.perf_counter() - start, 1), "seconds_parts": result["seconds"]}
 
 
-def halves_swd(data: Path, size: int, split_seed: int) -> dict:
+def halves_swd(data: Path, size: int, split_seed: int, metric_seed: int = 0) -> dict:
     """SWD between two disjoint random halves of the whole data set."""
     start = time.perf_counter()
     images = cm.load_image_folder(data, size)
     order = np.random.default_rng(split_seed).permutation(len(images))
     half = len(images) // 2
-    result = cm.swd(images[order[:half]], images[order[half:2 * half]], seed=0)
+    result = cm.swd(images[order[:half]], images[order[half:2 * half]], seed=metric_seed)
     return {"split_seed": split_seed, "num_images": half, **result, "seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -1,6 +1,6 @@
 """How much one SWD figure moves with the draw: a model's SWD against the data set over K draws (draw r:
 sample seeds r*N .. r*N+N-1, data subset and the metric's patches and directions from seed r, as
-`cips eval --seed r*N` would with its subset seed r), beside the data-vs-data floor over K draws (two
+`cips eval --draws K` takes them), beside the data-vs-data floor over K draws (two
 disjoint random halves of the data set, split and metric seed r). Writes benchmarks/results/swd-spread.json.
 
     python benchmarks/swd_spread.py --data /work/emoji-data/emoji-64 --model cips_edge/models/default.onnx \\
@@ -9,8 +9,8 @@ disjoint random halves of the data set, split and metric seed r). Writes benchma
 The issue-22 target compares one model figure with the floor (1.2x); this says how far apart two draws
 of the same model land, so that a difference between models or a margin to the target can be read
 against it. Models after the first also get their per-draw difference to the first (a paired comparison:
-the same seeds, data subset, patches and directions). Each figure is cips_edge.metrics.evaluate / swd,
-the code `cips eval` runs.
+the same seeds, data subset, patches and directions). Each figure is cips_edge.metrics.evaluate_draws
+(the code `cips eval --draws` runs) or, for the floor, default_model.py's halves_swd.
 """
 from __future__ import annotations
 
@@ -18,14 +18,16 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
 from cips_edge import metrics as cm
 from cips_edge.runtime import CIPSModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from default_model import halves_swd  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = RESULTS.parents[1]
@@ -53,24 +55,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "swd-spread.json")
     args = parser.parse_args()
 
-    images = cm.load_image_folder(args.data, args.size)
-    half = len(images) // 2
-    floor = []
+    floor, half = [], 0
     for r in range(args.draws):
-        order = np.random.default_rng(r).permutation(len(images))
-        floor.append(cm.swd(images[order[:half]], images[order[half:2 * half]], seed=r)["mean"])
+        halves = halves_swd(args.data, args.size, split_seed=r, metric_seed=r)
+        floor.append(halves["mean"])
+        half = halves["num_images"]
         print(f"data halves, draw {r}: {floor[-1]:.2f}", flush=True)
     models = {}
     for path in args.model:
         model = CIPSModel(path, device="cpu")
-        values, levels = [], []
-        for r in range(args.draws):
-            t = time.perf_counter()
-            result = cm.evaluate(cm.onnx_source(model, args.size), args.data, num_images=args.num, metrics=["swd"],
-                                 first_seed=r * args.num, seed=r, progress=False)
-            values.append(result["swd"]["mean"])
-            levels.append([round(v, 3) for v in result["swd"]["levels"]])
-            print(f"{path.name}, draw {r}: {values[-1]:.2f} ({time.perf_counter() - t:.0f} s)", flush=True)
+        t = time.perf_counter()
+        result = cm.evaluate_draws(cm.onnx_source(model, args.size), args.data, args.draws, num_images=args.num,
+                                   metrics=["swd"], progress=False)  # draw r: seeds r*N onwards, seed r
+        draws = result["draws"] if args.draws > 1 else [result]
+        values = [d["swd"]["mean"] for d in draws]
+        levels = [[round(v, 3) for v in d["swd"]["levels"]] for d in draws]
+        print(f"{path.name}: " + " ".join(f"{v:.2f}" for v in values) + f" ({time.perf_counter() - t:.0f} s)",
+              flush=True)
         prov = model.provenance
         models[shown(path)] = {"images_seen": prov.get("images_seen"), "swd": summary(values), "levels": levels,
                                "ratio_to_floor_per_draw": summary([v / f for v, f in zip(values, floor)]),
