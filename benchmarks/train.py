@@ -6,12 +6,13 @@ Writes JSON to benchmarks/results/.
     python benchmarks/train.py --preset tiny --batch 8 --device cpu --steps 4 --warmup 1  # smoke check
 
 Paths: plain = eager fp32, NCHW, TF32 matmuls off, no cuDNN autotuning, for-loop Adam (the original
-code's settings); fast = bf16 autocast for G's per-pixel layers and D's forward, channels-last D, cuDNN
-autotuning, TF32, fused Adam; fast+compile = fast with torch.compile (ask with --paths); +fold = G's
+code's settings); fast = bf16 autocast for G's per-pixel layers and D's forward, channels-last D, cuDNN's
+heuristics (no autotuning), TF32, fused Adam; fast+compile = fast with torch.compile, R1 eager (ask with
+--paths); +fold = G's
 sqrt(2) activation gains folded into the next layer's weights (one elementwise pass fewer per layer;
 H200: +6% eager, nothing compiled, so not in `cips train`); +autotune = compile in max-autotune mode
 (Triton GEMM templates that can take the bias and leaky ReLU into their epilogue; on paper-256 it was
-still tuning after 9 minutes); +r1c = R1 compiled as well (`cips train --r1-compile`).
+still tuning after 9 minutes); +r1c = R1 compiled as well: fast+compile+r1c is `cips train` on CUDA.
 """
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Peak GPU memory of a training step, per phase, against the authors' code at the same batch (issue 23).
 
     bash benchmarks/train_memory.sh --quick      # on the GPU machine: both configs, four settings
-    python benchmarks/train_memory.py --configs paper-64 --processes compiled,no-cudnn-benchmark
+    python benchmarks/train_memory.py --configs paper-64 --processes compiled,cudnn-benchmark
 
 Each (configuration, process setting) runs in its own subprocess, so no peak, cuDNN algorithm cache or
 allocator state carries over; compiled graphs do (Inductor's on-disk cache), so only the first process
 of a configuration pays the full compile. In each process: one first step (step 0: D, R1, G, EMA; it
 compiles and lets cuDNN autotune), then per variant (switches that apply to the same trainer: R1 in bf16,
-G recomputed) each phase alone with its own peak: data, D step (G forward without grad, D forward and
+G recomputed; no-NAME turns a default switch off) each phase alone with its own peak: data, D step (G forward without grad, D forward and
 backward, Adam), R1 step, G step (G and D forward, backward to G, Adam), EMA; then free-running steps
 for images/s (R1 amortised over its interval from the R1 phase's time). Writes
 benchmarks/results/train-memory-<gpu>.json after every process (a run cut short by --time-limit keeps
@@ -24,8 +24,9 @@ A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 b
    peaked at 22.0 GiB (A) and 24.3 GiB (B) in processes whose algorithms were already chosen, and at
    44.0 / 57.0 GiB in the process that chose them; edge-64 at batch 32 went from 5.1 GiB (plain, no
    autotuning) to 39.0 GiB (fast). Estimate of the excess: ~22 GiB (A), ~33 GiB (B), on a 141 GB card;
-   on a smaller card, less. Fixes measured here: cudnn.benchmark off (`--no-cudnn-benchmark`: cuDNN's
-   heuristics, no trials: no peak, maybe slower convolutions), `CUDNN_CONV_WSCAP_DBG` (cuDNN's own
+   on a smaller card, less. Fixes measured here: cudnn.benchmark off (cuDNN's heuristics, no trials:
+   no such peak, about 1% fewer images/s; `cips train`'s default, `--cudnn-benchmark` turns the trials
+   on), `CUDNN_CONV_WSCAP_DBG` (cuDNN's own
    workspace cap, in MiB), and, in `cips train` by default, handing the borrowed workspace back to the
    driver after the first step (torch.cuda.empty_cache) so the reserved memory drops to the step's own.
 2. G's saved activations: every per-pixel layer keeps at least its [B*S*S, width] input for the backward
@@ -92,16 +93,16 @@ CONFIGS = {
 # Process settings: the path (as benchmarks/train.py names them), Speed overrides, environment, and the
 # variants measured on the same trainer after the first step.
 PROCESSES = {
-    "compiled": ("fast+compile", {}, {}, ["base", "r1_bf16", "r1_compile", "recompute_g"]),
-    "r1-compile": ("fast+compile", {}, {}, ["base", "r1_compile"]),  # the compiled process, R1's question only
-    "no-cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": False}, {}, ["base", "r1_bf16"]),
+    "compiled": ("fast+compile", {}, {}, ["base", "r1_bf16", "no-r1_compile", "recompute_g"]),
+    "r1-compile": ("fast+compile", {}, {}, ["base", "no-r1_compile"]),  # the compiled process, R1's question only
+    "cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": True}, {}, ["base", "r1_bf16"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),
     "wscap-256": ("fast+compile", {}, {"CUDNN_CONV_WSCAP_DBG": "256"}, ["base"]),
     "budget-0.5": ("fast+compile", {"activation_budget": 0.5}, {}, ["base"]),
     "eager": ("fast", {}, {}, ["base", "r1_bf16", "recompute_g"]),
-    "eager-no-cudnn-benchmark": ("fast", {"cudnn_benchmark": False}, {}, ["base"]),
-    "best": ("fast+compile", {"cudnn_benchmark": False}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"},
+    "eager-cudnn-benchmark": ("fast", {"cudnn_benchmark": True}, {}, ["base"]),
+    "best": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"},
              ["r1_bf16", "recompute_g", "r1_bf16+recompute_g"]),
     # `cips train` as it is, on a card no larger than the authors' peak (see CAPPED)
     "authors-cap": ("fast+compile", {}, {}, ["base"]),
@@ -113,7 +114,7 @@ PROCESSES = {
 CAPPED = {"authors-cap"}
 # The cold compile of each configuration dominates; the later processes hit the cache. plain last: a run
 # cut short by train_memory.sh's LIMIT loses it first.
-QUICK = ["compiled", "no-cudnn-benchmark", "expandable", "plain"]
+QUICK = ["compiled", "cudnn-benchmark", "expandable", "plain"]
 MIN_PROCESS_S = 30  # under --time-limit, a process needs at least this long to measure anything
 
 
@@ -190,7 +191,8 @@ def child(spec: dict) -> dict:
     step = 1
     variants = {}
     for variant in spec["variants"]:
-        switches = {} if variant == "base" else {name: True for name in variant.split("+")}
+        switches = {} if variant == "base" else {name.removeprefix("no-"): not name.startswith("no-")
+                                                 for name in variant.split("+")}
         trainer.speed = dataclasses.replace(speed, **switches)
         try:
             # Compiles / autotunes what the variant changes. R1 twice: with r1_compile the first call is

@@ -407,4 +407,22 @@ def test_r1_compile_applies_only_where_the_step_is_compiled():
     assert Speed.for_device(cuda, bf16=True, compile=True, r1_compile=True).r1_compile
     assert not Speed.for_device(cuda, bf16=True, compile=False, r1_compile=True).r1_compile
     assert not Speed.for_device(cpu, bf16=True, compile=True, r1_compile=True).r1_compile
-    assert not Speed.for_device(cuda, bf16=True, compile=True).r1_compile  # off unless asked
+    assert Speed.for_device(cuda, bf16=True, compile=True).r1_compile  # on by default, as in `cips train`
+    assert not Speed.for_device(cuda, bf16=True, compile=True, r1_compile=False).r1_compile
+    assert not Speed.for_device(cpu, bf16=True, compile=True).r1_compile
+
+
+def test_cips_train_defaults_are_the_fast_paths_defaults():
+    """The options `cips train` starts with give the Speed that benchmarks call `cips train`'s: R1 compiled
+    with the compiled step, cuDNN's heuristics rather than its autotuning (whose trials borrow free memory)."""
+    from cips_edge.train.loop import speed_for
+    from cips_edge.train.options import TrainOptions
+    from cips_edge.train.trainer import Speed
+
+    cuda = torch.device("cuda")
+    defaults = speed_for(TrainOptions(data="images"), cuda)
+    assert defaults == Speed.for_device(cuda, bf16=True, compile=True)
+    assert defaults.r1_compile and not defaults.cudnn_benchmark and defaults.compile
+    asked = speed_for(TrainOptions(data="images", cudnn_benchmark=True, r1_compile=False), cuda)
+    assert asked.cudnn_benchmark and not asked.r1_compile
+    assert speed_for(TrainOptions(data="images", plain=True), cuda) == Speed()

@@ -57,6 +57,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def speed_for(options: TrainOptions, device: torch.device) -> Speed:
+    """The fast-path switches the options ask for on this device (--plain: the original's settings)."""
+    o = options
+    if o.plain:
+        return Speed()
+    return Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark, r1_bf16=o.r1_bf16,
+                            r1_compile=o.r1_compile, recompute_g=o.recompute_g)
+
+
 def _to_cpu(obj):
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
@@ -322,9 +331,7 @@ class Run:
         n_images = len(decoded.images)
         augment = o.augment == "on" or (o.augment == "auto" and n_images < AUGMENT_AUTO_BELOW)
         g_config, d_config = self.model_configs()
-        speed = Speed() if o.plain else Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark,
-                                                         r1_bf16=o.r1_bf16, r1_compile=o.r1_compile,
-                                                         recompute_g=o.recompute_g)
+        speed = speed_for(o, device)
         speed.apply_backend_flags(device)
         bank = ImageBank(decoded.images, device)
         if o.batch == "auto":

@@ -94,15 +94,17 @@ class TrainOptions:
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N; under torchrun: cuda:LOCAL_RANK")
     bf16: bool = opt(True, "bfloat16 autocast for G and D forward on CUDA (R1 and losses stay fp32); "
                            "ignored on CPU")
-    compile: bool = opt(True, "torch.compile G and the discriminator's forward on CUDA (R1 stays eager): "
+    compile: bool = opt(True, "torch.compile G and the discriminator's forward on CUDA (and R1, see --r1-compile): "
                               "about a minute of compiling at start, then 2.3x the images/s of eager for "
                               "paper-256 on an H200; ignored on CPU")
-    cudnn_benchmark: bool = opt(True, "let cuDNN time its convolution algorithms at the start (CUDA): faster "
-                                      "steps; the trials borrow free GPU memory for a moment")
+    cudnn_benchmark: bool = opt(False, "let cuDNN time its convolution algorithms at the start (CUDA): its trials "
+                                       "borrow whatever GPU memory is free, so the first step can peak far above "
+                                       "the later ones, for about 1 percent more images/s")
     r1_bf16: bool = opt(False, "R1's double backward under bf16 autocast on CUDA (faster, less memory; "
                                "rounds differently from float32)")
-    r1_compile: bool = opt(False, "with --compile: R1 compiled too, as torch.func's gradient of its input "
-                                  "gradient's norm (the first R1 step runs eager, the second compiles; rounds differently)")
+    r1_compile: bool = opt(True, "with --compile: R1 compiled too, as torch.func's gradient of its input "
+                                 "gradient's norm (the first R1 step runs eager, the second compiles; rounds "
+                                 "differently from autograd's double backward): about 5 percent more images/s")
     recompute_g: bool = opt(False, "recompute G's per-pixel activations in its backward, one ToRGB group at "
                                    "a time: less memory at the cost of a second G forward per step")
     plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
