@@ -231,7 +231,7 @@ class Trainer:
         return self.grid[:, columns].transpose(0, 1).reshape(len(columns), -1, 2)  # [S, B, S, 2] -> [B, S*S, 2]
 
     def real_batch(self) -> torch.Tensor:
-        b, total = self.recipe.batch, self.recipe.global_batch
+        total = self.recipe.global_batch
         index = self.share(torch.randint(self.bank.count, (total,), generator=self.gen_index,
                                          device=self.bank.index_device)).contiguous()
         u8 = self.bank.gather(index)  # [B, H, W, 3] uint8 on the device
