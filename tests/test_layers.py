@@ -4,7 +4,8 @@
     runtime -> core, runtime                       (torch-free renderer)
     model   -> core, model                         (cips_edge/*.py: generator, coordinates, checkpoints)
     metrics -> core, model, runtime, metrics
-    train   -> core, model, metrics, train
+    train   -> core, model, metrics, export, train (export: --init-from a model file reads its generator
+                                                    back through the exporter's own tracer)
     export  -> core, model, runtime, export
     cli     -> anything                            (cli.py and the commands/ package)
 
@@ -20,7 +21,7 @@ ALLOWED = {
     "runtime": {"core", "runtime"},
     "model": {"core", "model"},
     "metrics": {"core", "model", "runtime", "metrics"},
-    "train": {"core", "model", "metrics", "train"},
+    "train": {"core", "model", "metrics", "export", "train"},
     "export": {"core", "model", "runtime", "export"},
 }
 

@@ -600,6 +600,84 @@ def test_init_from_a_run_of_other_shapes_is_one_line_and_leaves_no_folder(straig
     assert "\n" not in str(e.value) and "--init-from" in str(e.value) and not out.exists()
 
 
+def test_init_from_a_model_file_trains_a_new_discriminator_alone_first(straight, train_images, tmp_path,
+                                                                        monkeypatch):
+    """--init-from model.onnx: G and the EMA generator start as the file's generator (which renders what
+    the source run's EMA generator renders), D starts afresh with widths of its own, and for
+    --d-warmup-kimg only D trains: G and its EMA stay as they were, the log shows G as held."""
+    from cips_edge.export import export_checkpoint
+
+    model_file = tmp_path / "source.onnx"
+    export_checkpoint(model_file, straight[0])
+    source = newest(straight[0])
+    states = []
+    original = Trainer.train_step
+
+    def record(self, step):
+        states.append((step, {k: v.clone() for k, v in self.G.state_dict().items()},
+                       {k: v.clone() for k, v in self.G_ema.state_dict().items()},
+                       {k: v.clone() for k, v in self.D.state_dict().items()}))
+        original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", record)
+    out = tmp_path / "tuned"
+    held = 2  # steps of D alone
+    _, err = run_quietly(options(train_images, out, init_from=model_file, d_channel_max=16,
+                                 d_warmup_kimg=held * BATCH / 1000))
+    assert "a new discriminator trains alone for the first 0.008 kimg" in err
+    step0, g0, ema0, d0 = states[0]
+    assert step0 == 0 and all(torch.equal(g0[k], ema0[k]) for k in g0)
+    # G renders what the source's EMA generator renders (the file keeps only the ToRGB biases' sum)
+    reference = load_generator(straight[0]).generator
+    generator = type(reference)(reference.config)
+    generator.load_state_dict(g0)
+    coords = torch.rand(2, 50, 2) * 2 - 1
+    z = torch.randn(2, reference.config.style_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(generator(coords, z), reference(coords, z), rtol=1e-5, atol=1e-5)
+    assert any(d0[k].shape != source["d"][k].shape for k in d0)  # widths of its own
+    after_warmup = next(s for s in states if s[0] == held)
+    assert all(torch.equal(after_warmup[1][k], g0[k]) for k in g0)  # G held
+    assert all(torch.equal(after_warmup[2][k], ema0[k]) for k in ema0)  # its EMA too
+    assert any(not torch.equal(after_warmup[3][k], d0[k]) for k in d0)  # D trained
+    tuned = newest(out)
+    assert any(not torch.equal(tuned["g"][k], g0[k]) for k in g0)  # G trained after the warm-up
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r for r in logged if "loss_d" in r]
+    assert losses[0]["step"] == held and losses[0]["loss_g"] is None and losses[1]["loss_g"] is not None
+    origin = json.loads((out / "options.json").read_text())["init_from"]
+    assert origin["model_file"] and origin["path"] == str(model_file.resolve())
+    assert origin["images_seen"] == BATCH * STEPS and tuned["init_from"] == origin
+
+
+def test_init_from_a_model_file_of_another_shape_is_one_line(straight, train_images, tmp_path):
+    from cips_edge.export import export_checkpoint
+
+    model_file = tmp_path / "source.onnx"
+    export_checkpoint(model_file, straight[0])
+    out = tmp_path / "other"
+    with pytest.raises(TrainError, match="its generator has size 16, this run's has 32") as e:
+        run_quietly(options(train_images, out, init_from=model_file, size=32))
+    assert "\n" not in str(e.value) and "--init-from" in str(e.value) and not out.exists()
+    not_a_model = tmp_path / "notes.onnx"
+    not_a_model.write_text("not a model")
+    with pytest.raises(TrainError, match="--init-from") as e:
+        run_quietly(options(train_images, out, init_from=not_a_model))
+    assert "\n" not in str(e.value) and not out.exists()
+
+
+def test_the_d_warmup_defaults_to_none_except_from_a_model_file():
+    from cips_edge.train.options import D_WARMUP_KIMG
+
+    assert TrainOptions(data="x", init_from="model.onnx").warmup_kimg == D_WARMUP_KIMG > 0
+    assert TrainOptions(data="x", init_from="runs/00001").warmup_kimg == 0
+    assert TrainOptions(data="x").warmup_kimg == 0
+    assert TrainOptions(data="x", init_from="model.onnx", d_warmup_kimg=0).warmup_kimg == 0
+    assert TrainOptions(data="x", d_warmup_kimg=5).warmup_kimg == 5
+    with pytest.raises(TrainError, match="--d-warmup-kimg must be >= 0"):
+        TrainOptions(data="x", d_warmup_kimg=-1)
+
+
 def test_init_from_needs_a_training_checkpoint(train_images, tmp_path):
     for source, message in ((tmp_path / "nowhere", "--init-from"), (tmp_path, "without checkpoints")):
         with pytest.raises(TrainError, match=message):

@@ -227,6 +227,8 @@ class Run:
         """--init-from: another run's newest checkpoint (or the file given), whose G and D must have this
         run's shapes; read before anything is created, so a wrong source leaves nothing behind."""
         source = self.options.init_from
+        if self.options.init_is_model_file:
+            return self.read_init_model(source)
         try:
             path = resolve_checkpoint_path(source)
             ckpt = read_checkpoint(path)
@@ -251,6 +253,37 @@ class Run:
                           "options": ckpt.get("options")}
         self.notes.append(f"starting from the weights of {path} ({ckpt.get('images_seen', 0) / 1000:g} kimg); "
                           "Adam starts afresh")
+
+    def read_init_model(self, path: Path) -> None:
+        """--init-from a model file: its generator (as G and as the EMA generator), which must have this
+        run's shape; the discriminator starts afresh, trained alone for --d-warmup-kimg first."""
+        try:
+            from cips_edge.export import ExportError, generator_from_onnx
+        except ImportError as e:  # the exporter's own checks need onnxruntime, which [train] alone lacks
+            raise TrainError(f"--init-from a model file needs the exporter ({e.name} is missing): "
+                             "pip install 'cips-edge[cpu]'") from None
+
+        try:
+            generator, info = generator_from_onnx(path)
+        except ExportError as e:
+            raise TrainError(f"--init-from: {e}") from None
+        g_config, _ = self.model_configs()
+        now, then = g_config.to_dict(), generator.config.to_dict()
+        differs = [k for k in dict.fromkeys([*now, *then]) if now.get(k) != then.get(k)]
+        if differs:
+            k = differs[0]
+            raise TrainError(f"--init-from {path}: its generator has {k} {then.get(k)}, this run's has {now.get(k)}; "
+                             "give the same preset, size and panorama")
+        weights = {k: v.detach().clone() for k, v in generator.state_dict().items()}
+        self.init = {"g": weights, "d": None, "g_ema": weights}
+        self.init_info = {"path": info["path"], "images_seen": info["images_seen"], "options": None,
+                          "model_file": True}
+        seen = info["images_seen"]
+        trained = f" ({seen / 1000:g} kimg)" if seen else ""
+        warmup = self.options.warmup_kimg
+        d_part = (f"a new discriminator trains alone for the first {warmup:g} kimg (--d-warmup-kimg)" if warmup
+                  else "a new discriminator trains beside it from the first step (--d-warmup-kimg 0)")
+        self.notes.append(f"starting from the generator of {path}{trained}; {d_part}; Adam starts afresh")
 
     def load_data(self) -> Decoded:
         o, world = self.options, self.world
@@ -340,7 +373,8 @@ class Run:
             self.options = o = dataclasses.replace(o, batch=batch)
         self.check_data(decoded, reporter)
         total_steps = self.total_steps()
-        trainer = self.make_trainer(g_config, d_config, augment, speed, o.batch, world)
+        hold = math.ceil(round(o.warmup_kimg * 1000) / o.batch)
+        trainer = self.make_trainer(g_config, d_config, augment, speed, o.batch, world, g_hold_steps=hold)
         trainer.use_bank(bank)
         step = 0
         elapsed0 = 0.0
@@ -439,12 +473,13 @@ class Run:
         return math.ceil(round(self.options.kimg * 1000) / self.options.batch)
 
     def make_trainer(self, g_config, d_config: DiscriminatorConfig, augment: bool, speed: Speed, batch: int,
-                     world: distributed.World) -> Trainer:
-        """A trainer of the run's recipe at global batch `batch` split over `world`."""
+                     world: distributed.World, g_hold_steps: int = 0) -> Trainer:
+        """A trainer of the run's recipe at global batch `batch` split over `world` (g_hold_steps: the D
+        warm-up; none for --batch auto's trials, which must run G's step to measure it)."""
         o = self.options
         recipe = Recipe(batch=batch // world.size, lr=o.lr, r1_gamma=o.r1_gamma, r1_every=o.r1_every,
                         ema_half_life_kimg=o.ema_kimg, global_batch=batch, augment=augment, xflip=o.xflip,
-                        g_lazy_correction=o.g_lazy_correction, seed=o.seed)
+                        g_lazy_correction=o.g_lazy_correction, seed=o.seed, g_hold_steps=g_hold_steps)
         return Trainer(g_config, d_config, recipe, self.device, world, speed)
 
     def auto_batch(self, make_trainer, decoded: Decoded, bank: ImageBank, reporter: Reporter

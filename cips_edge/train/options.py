@@ -18,6 +18,9 @@ AUGMENT_AUTO_BELOW = 30_000
 MIN_SIZE, MAX_SIZE = 8, 1024  # the discriminator needs a power of two it can halve down to 4x4
 TRAIN_METRICS = ("swd", "fid")  # what --metrics can log while training (cips eval has KID and P/R too)
 SWD_MIN_SIZE = 16  # SWD's coarsest pyramid level
+# A new D beside a trained G (--init-from a model file): D alone for this long first, about 1,600 steps of
+# batch 128, so that G's first gradients come from a D that already tells its images from the data.
+D_WARMUP_KIMG = 200.0
 MAX_PANORAMA = 64  # frames around a panorama: a 64:1 strip, beyond any panorama photo (they run about 2:1 to 8:1)
 
 
@@ -44,8 +47,10 @@ class TrainOptions:
     init_from: Path | None = opt(None, "start a new run from the weights (G, D and the EMA generator) of another "
                                        "cips-edge run: its folder (newest checkpoint) or a checkpoint file. Same "
                                        "model shapes (preset, size, panorama, D widths); everything else, such as "
-                                       "--lr, --r1-gamma or the data, may differ. Adam starts afresh and --kimg "
-                                       "counts this run's own images")
+                                       "--lr, --r1-gamma or the data, may differ. Or from a cips-edge model file "
+                                       "(.onnx, e.g. one `cips export` wrote): its generator, with the same preset, "
+                                       "size and panorama, and a new discriminator of any widths (see "
+                                       "--d-warmup-kimg). Adam starts afresh and --kimg counts this run's own images")
     # -- the model -----------------------------------------------------------------------------
     preset: str = opt("edge-64", f"generator preset: {', '.join(PRESETS)}")
     size: int | None = opt(None, f"training size override (power of two, {MIN_SIZE}..{MAX_SIZE}); "
@@ -66,6 +71,10 @@ class TrainOptions:
     r1_gamma: float = opt(10.0, "R1 penalty weight gamma on reals")
     r1_every: int = opt(16, "apply R1 lazily every this many steps (scaled up by as much)")
     ema_kimg: float = opt(10.0, "half-life of the EMA generator in thousands of images")
+    d_warmup_kimg: float | None = opt(None, "thousands of images at the start that train D alone, G and its EMA "
+                                            "held, so that a new discriminator catches up with a trained "
+                                            f"generator; default {D_WARMUP_KIMG:g} with --init-from a model "
+                                            "file (.onnx), else 0")
     augment: str = opt("auto", f"DiffAugment (colour, translation, cutout) on reals and fakes: on, off, "
                                f"auto = on below {AUGMENT_AUTO_BELOW:,} images")
     xflip: bool = opt(True, "mirror real images left-right at random (the original does)")
@@ -145,6 +154,8 @@ class TrainOptions:
                 return f"--{name.replace('_', '-')} must be positive, not {value}"
         if not (type(self.panorama) is int and 0 <= self.panorama <= MAX_PANORAMA):
             return f"--panorama must be 0 (flat images) or a number of frames from 1 to {MAX_PANORAMA}, not {self.panorama}"
+        if self.d_warmup_kimg is not None and not (math.isfinite(self.d_warmup_kimg) and self.d_warmup_kimg >= 0):
+            return f"--d-warmup-kimg must be >= 0, not {self.d_warmup_kimg}"
         if self.r1_gamma < 0:
             return f"--r1-gamma must be >= 0, not {self.r1_gamma}"
         if self.d_channel_max is not None and self.d_channel_max < 1:
@@ -174,6 +185,18 @@ class TrainOptions:
         return None
 
     @property
+    def init_is_model_file(self) -> bool:
+        """--init-from names a model file (.onnx): a generator without its discriminator."""
+        return self.init_from is not None and self.init_from.suffix.lower() == ".onnx"
+
+    @property
+    def warmup_kimg(self) -> float:
+        """--d-warmup-kimg, or its default for this run."""
+        if self.d_warmup_kimg is not None:
+            return self.d_warmup_kimg
+        return D_WARMUP_KIMG if self.init_is_model_file else 0.0
+
+    @property
     def training_size(self) -> int:
         return self.size if self.size is not None else PRESETS[self.preset].size
 
@@ -193,7 +216,7 @@ class TrainOptions:
 # The fields that define the run's trajectory: a resumed run keeps them, and one given now that differs
 # from the run's is an error rather than silently ignored.
 RECIPE_FIELDS = ("preset", "size", "panorama", "d_channel_multiplier", "d_channel_max", "batch", "lr", "r1_gamma",
-                 "r1_every", "ema_kimg", "augment", "xflip", "g_lazy_correction", "seed", "init_from")
+                 "r1_every", "ema_kimg", "augment", "xflip", "g_lazy_correction", "seed", "init_from", "d_warmup_kimg")
 # Never taken from the run: where it is, that this is a resume, and the device of this machine.
 SESSION_FIELDS = ("out", "resume", "device")
 

@@ -143,7 +143,8 @@ class Reporter:
                 if k not in ("step", "images_seen", "kimg") and v is not None:
                     self._tb.add_scalar(k, v, images_seen)
         r1 = "" if stats["r1"] is None else f" r1 {stats['r1']:.3g}"
-        losses = f"D {stats['loss_d']:.3f} G {stats['loss_g']:.3f}{r1}"
+        g = "held" if stats["loss_g"] is None else f"{stats['loss_g']:.3f}"
+        losses = f"D {stats['loss_d']:.3f} G {g}{r1}"
         if self._progress is not None:
             self._progress.update(self._task, speed=f"{ips:.1f} img/s", losses=losses)
         if not self.console.is_terminal and now - self._last_line >= PLAIN_LINE_EVERY_S:

@@ -114,6 +114,7 @@ class Recipe:
     xflip: bool
     g_lazy_correction: bool
     seed: int
+    g_hold_steps: int = 0  # steps at the start that train D alone (G and its EMA held): a fresh D catching up
 
 
 class Trainer:
@@ -150,6 +151,7 @@ class Trainer:
         self._stats = torch.zeros(len(STAT_NAMES), device=device)
         self._steps_in_stats = 0
         self._r1_in_stats = 0
+        self._g_in_stats = 0
         self.generate = self._generate
         self.discriminate = self._discriminate
         self._r1_compiled = None  # the compiled R1 (speed.r1_compile), made on first use
@@ -344,7 +346,8 @@ class Trainer:
         return self.recipe.r1_gamma > 0 and step % self.recipe.r1_every == 0
 
     def train_step(self, step: int) -> None:
-        """Step `step` (0-based): D on reals and fakes, lazy R1, G, EMA, as the original orders them."""
+        """Step `step` (0-based): D on reals and fakes, lazy R1, G, EMA, as the original orders them; within
+        the recipe's g_hold_steps, D's part alone."""
         self.reseed(step)
         reals = self.real_batch()
         self.d_backward(reals)
@@ -353,20 +356,23 @@ class Trainer:
             self.r1_backward(reals)
             self.d_optimizer_step()
             self._r1_in_stats += 1
-        self.g_backward()
-        self.g_optimizer_step()
-        self.update_ema()
+        if step >= self.recipe.g_hold_steps:
+            self.g_backward()
+            self.g_optimizer_step()
+            self.update_ema()
+            self._g_in_stats += 1
         self._steps_in_stats += 1
 
     # -- reading out -----------------------------------------------------------------------------
     def read_stats(self) -> dict[str, float]:
         """Mean losses since the last call, averaged over ranks (one host sync; all ranks must call)."""
         values = distributed.mean_over_ranks(self._stats, self.world).tolist()
-        n, n_r1 = max(self._steps_in_stats, 1), self._r1_in_stats
+        n, n_r1, n_g = max(self._steps_in_stats, 1), self._r1_in_stats, self._g_in_stats
         out = {name: v / n for name, v in zip(STAT_NAMES, values)}
         out["r1"] = values[2] / n_r1 if n_r1 else None
+        out["loss_g"] = values[1] / n_g if n_g else None  # None while G is held
         self._stats.zero_()
-        self._steps_in_stats = self._r1_in_stats = 0
+        self._steps_in_stats = self._r1_in_stats = self._g_in_stats = 0
         return out
 
     def state_dict(self) -> dict:
@@ -374,9 +380,11 @@ class Trainer:
                 "g_optim": self.g_optim.state_dict(), "d_optim": self.d_optim.state_dict()}
 
     def load_weights(self, state: dict) -> None:
-        """G, D and the EMA generator from a checkpoint's state (cips train --init-from); Adam as it is."""
+        """G, D and the EMA generator from a checkpoint's state (cips train --init-from; D None: a model
+        file's generator, D as initialised); Adam as it is."""
         self.G.load_state_dict(state["g"])
-        self.D.load_state_dict(state["d"])
+        if state["d"] is not None:
+            self.D.load_state_dict(state["d"])
         self.G_ema.load_state_dict(state["g_ema"])
 
     def load_state_dict(self, state: dict) -> None:
