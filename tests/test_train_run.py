@@ -648,6 +648,7 @@ def test_init_from_a_model_file_trains_a_new_discriminator_alone_first(straight,
     origin = json.loads((out / "options.json").read_text())["init_from"]
     assert origin["model_file"] and origin["path"] == str(model_file.resolve())
     assert origin["images_seen"] == BATCH * STEPS and tuned["init_from"] == origin
+    assert origin["provenance"]["images_seen"] == BATCH * STEPS  # how the file was made, kept with the run
 
 
 def test_init_from_a_model_file_of_another_shape_is_one_line(straight, train_images, tmp_path):

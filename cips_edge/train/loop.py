@@ -277,7 +277,7 @@ class Run:
         weights = {k: v.detach().clone() for k, v in generator.state_dict().items()}
         self.init = {"g": weights, "d": None, "g_ema": weights}
         self.init_info = {"path": info["path"], "images_seen": info["images_seen"], "options": None,
-                          "model_file": True}
+                          "model_file": True, "provenance": info["provenance"]}  # how the file was made
         seen = info["images_seen"]
         trained = f" ({seen / 1000:g} kimg)" if seen else ""
         warmup = self.options.warmup_kimg

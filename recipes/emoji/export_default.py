@@ -38,7 +38,9 @@ def main() -> None:
     }
     origin = loaded.init_from  # a run started from another's weights (cips train --init-from)
     if origin:
-        before = {k: origin["options"][k] for k in RECIPE_KEYS if k in (origin.get("options") or {})}
+        # a run's options, or for a model file the training facts its own provenance kept
+        earlier = origin.get("options") or ((origin.get("provenance") or {}).get("training") or {})
+        before = {k: earlier[k] for k in RECIPE_KEYS if k in earlier}
         provenance["init_from"] = {"source": Path(origin["path"]).name, "images_seen": origin.get("images_seen"),
                                    "training": before}
     # fp32 everywhere by default, int8 on request (--precision int8). The fp16 graph is left out: its
