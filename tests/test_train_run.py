@@ -591,6 +591,7 @@ def test_init_from_starts_a_new_recipe_from_another_runs_weights(straight, train
 @pytest.mark.parametrize("change, message", [
     (dict(d_channel_max=16), "its discriminator has"),
     (dict(size=32), "its generator has size 16, this run's has 32"),
+    (dict(panorama=2), "its generator has panorama 0, this run's has 2"),
 ])
 def test_init_from_a_run_of_other_shapes_is_one_line_and_leaves_no_folder(straight, train_images, tmp_path,
                                                                           change, message):

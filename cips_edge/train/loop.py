@@ -20,7 +20,7 @@ import torch
 from cips_edge import __version__, legacy
 from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torch_save, generator_checkpoint,
                                   newest_checkpoint, read_checkpoint, resolve_checkpoint_path, run_checkpoints)
-from cips_edge.core.config import PRESETS, GeneratorConfig
+from cips_edge.core.config import LATER_FIELDS, PRESETS, GeneratorConfig
 from cips_edge.core.files import clean_stale_temporaries, make_folders, remove_empty_folders
 
 from . import distributed, fit
@@ -64,6 +64,25 @@ def speed_for(options: TrainOptions, device: torch.device) -> Speed:
         return Speed()
     return Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark, r1_bf16=o.r1_bf16,
                             r1_compile=o.r1_compile, recompute_g=o.recompute_g)
+
+
+def steps_for(kimg: float, batch: int) -> int:
+    """Steps of `batch` images that show kimg thousand images (the last one may go past)."""
+    return math.ceil(round(kimg * 1000) / batch)
+
+
+def generator_fields(stored: dict) -> dict:
+    """A stored generator config with the fields that to_dict leaves out at their defaults filled in, so
+    that a flat model's config and a panorama's compare field by field."""
+    return {**LATER_FIELDS, **stored}
+
+
+def check_init_shape(path: Path, what: str, now: dict, then: dict, same: str) -> None:
+    """--init-from's source must have this run's shapes: one line naming the first field that differs."""
+    for k in dict.fromkeys([*now, *then]):
+        if now.get(k) != then.get(k):
+            raise TrainError(f"--init-from {path}: its {what} has {k} {then.get(k)}, this run's has {now.get(k)}; "
+                             f"give the same {same}")
 
 
 def _to_cpu(obj):
@@ -241,13 +260,9 @@ class Run:
             raise TrainError(f"--init-from {path}: not a checkpoint of a cips-edge training run (it needs the "
                              "generator, the discriminator and their shapes)")
         g_config, d_config = self.model_configs()
-        for what, now, then in (("generator", g_config.to_dict(), ckpt["config"]),
-                                ("discriminator", d_config.to_dict(), ckpt["d_config"])):
-            differs = [k for k in now if now[k] != then.get(k)]
-            if differs:
-                k = differs[0]
-                raise TrainError(f"--init-from {path}: its {what} has {k} {then.get(k)}, this run's has {now[k]}; "
-                                 "give the same preset, size, panorama and discriminator widths")
+        same = "preset, size, panorama and discriminator widths"
+        check_init_shape(path, "generator", generator_fields(g_config.to_dict()), generator_fields(ckpt["config"]), same)
+        check_init_shape(path, "discriminator", d_config.to_dict(), ckpt["d_config"], same)
         self.init = {key: ckpt[key] for key in ("g", "d", "g_ema")}
         self.init_info = {"path": str(path.absolute()), "images_seen": ckpt.get("images_seen"),
                           "options": ckpt.get("options")}
@@ -268,12 +283,8 @@ class Run:
         except ExportError as e:
             raise TrainError(f"--init-from: {e}") from None
         g_config, _ = self.model_configs()
-        now, then = g_config.to_dict(), generator.config.to_dict()
-        differs = [k for k in dict.fromkeys([*now, *then]) if now.get(k) != then.get(k)]
-        if differs:
-            k = differs[0]
-            raise TrainError(f"--init-from {path}: its generator has {k} {then.get(k)}, this run's has {now.get(k)}; "
-                             "give the same preset, size and panorama")
+        check_init_shape(path, "generator", generator_fields(g_config.to_dict()),
+                         generator_fields(generator.config.to_dict()), "preset, size and panorama")
         weights = {k: v.detach().clone() for k, v in generator.state_dict().items()}
         self.init = {"g": weights, "d": None, "g_ema": weights}
         self.init_info = {"path": info["path"], "images_seen": info["images_seen"], "options": None,
@@ -373,7 +384,7 @@ class Run:
             self.options = o = dataclasses.replace(o, batch=batch)
         self.check_data(decoded, reporter)
         total_steps = self.total_steps()
-        hold = math.ceil(round(o.warmup_kimg * 1000) / o.batch)
+        hold = steps_for(o.warmup_kimg, o.batch)
         trainer = self.make_trainer(g_config, d_config, augment, speed, o.batch, world, g_hold_steps=hold)
         trainer.use_bank(bank)
         step = 0
@@ -470,7 +481,7 @@ class Run:
         return self.run_dir
 
     def total_steps(self) -> int:
-        return math.ceil(round(self.options.kimg * 1000) / self.options.batch)
+        return steps_for(self.options.kimg, self.options.batch)
 
     def make_trainer(self, g_config, d_config: DiscriminatorConfig, augment: bool, speed: Speed, batch: int,
                      world: distributed.World, g_hold_steps: int = 0) -> Trainer:
