@@ -466,3 +466,20 @@ def test_process_errors_are_one_line(args, message, tiny_onnx, tmp_path):
 def test_train_passes_its_options_to_the_training_entry():
     r = cips("train", "--help")
     assert r.exit_code == 0 and "--preset" in r.stdout and "--resume" in r.stdout
+
+
+def test_train_help_states_each_default_once():
+    """An option whose help gives its default in words gets no "(default: None)" after it, and every
+    option with a real default shows it."""
+    import argparse
+
+    from cips_edge.train.__main__ import build_parser
+
+    parser = build_parser()
+    text = " ".join(parser.format_help().split())
+    assert "(default: None)" not in text
+    for action in parser._actions:
+        if not action.option_strings or action.help == argparse.SUPPRESS or action.dest == "help":
+            continue
+        shown = " ".join(parser._get_formatter()._expand_help(action).split())
+        assert shown.count("default") == 1 or action.default is None, (action.dest, shown)

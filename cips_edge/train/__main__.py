@@ -23,11 +23,23 @@ def _batch(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"not a whole number or auto: {text!r}") from None
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help, except where the help already states its default or
+    the default is None (whose meaning, such as "the preset's", the help text gives)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default in (None, argparse.SUPPRESS) or "default" in text
+                or not action.option_strings and action.nargs not in ("?", "*")):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser(prog: str = "python -m cips_edge.train", defaults: bool = True) -> argparse.ArgumentParser:
     """The command line of TrainOptions; defaults=False leaves options that are not given out of the result."""
     default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog=prog, formatter_class=_DefaultsHelp,
         description="Train a CIPS generator on a folder or zip of images (the paper's recipe). "
                     "Several GPUs: torchrun --nproc_per_node N -m cips_edge.train DATA ...")
     for f in dataclasses.fields(TrainOptions):
