@@ -29,8 +29,7 @@ class _DefaultsHelp(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default in (None, argparse.SUPPRESS) or "default" in text
-                or not action.option_strings and action.nargs not in ("?", "*")):
+        if action.default in (None, argparse.SUPPRESS) or "default" in text:
             return text
         return f"{text} (default: %(default)s)"
 
