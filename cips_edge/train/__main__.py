@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import os
 import sys
 from pathlib import Path
 
@@ -109,4 +110,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m cips_edge.train")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # One rank of several (torchrun): the run's files are written and its process group destroyed.
+        # The interpreter's teardown is skipped, as torch's collective backends can abort a rank while
+        # their threads are torn down at exit, which torchrun reports as a failed run.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
