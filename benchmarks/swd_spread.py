@@ -9,8 +9,10 @@ disjoint random halves of the data set, split and metric seed r). Writes benchma
 The issue-22 target compares one model figure with the floor (1.2x); this says how far apart two draws
 of the same model land, so that a difference between models or a margin to the target can be read
 against it. Models after the first also get their per-draw difference to the first (a paired comparison:
-the same seeds, data subset, patches and directions). Each figure is cips_edge.metrics.evaluate_draws
-(the code `cips eval --draws` runs) or, for the floor, default_model.py's halves_swd.
+the same seeds, data subset, patches and directions). `--first-draw 6 --draws 6` gives draws 6-11, which
+no comparison over draws 0-5 has seen: a model chosen on draws 0-5 is confirmed there. Each figure is
+cips_edge.metrics.evaluate_draws (the code `cips eval --draws` runs; draw r as it numbers them) or, for
+the floor, default_model.py's halves_swd.
 """
 from __future__ import annotations
 
@@ -52,11 +54,14 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=2000, help="samples and data images per draw")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--draws", type=int, default=6, help="draws per model and of the floor")
+    parser.add_argument("--first-draw", type=int, default=0,
+                        help="number of the first draw: R > 0 gives draws no earlier run used (R, R+1, ...)")
     parser.add_argument("--out", type=Path, default=RESULTS / "swd-spread.json")
     args = parser.parse_args()
 
     floor, half = [], 0
-    for r in range(args.draws):
+    numbers = range(args.first_draw, args.first_draw + args.draws)
+    for r in numbers:
         halves = halves_swd(args.data, args.size, split_seed=r, metric_seed=r)
         floor.append(halves["mean"])
         half = halves["num_images"]
@@ -65,9 +70,14 @@ def main() -> None:
     for path in args.model:
         model = CIPSModel(path, device="cpu")
         t = time.perf_counter()
-        result = cm.evaluate_draws(cm.onnx_source(model, args.size), args.data, args.draws, num_images=args.num,
-                                   metrics=["swd"], progress=False)  # draw r: seeds r*N onwards, seed r
-        draws = result["draws"] if args.draws > 1 else [result]
+        source = cm.onnx_source(model, args.size)
+        if args.first_draw == 0:
+            result = cm.evaluate_draws(source, args.data, args.draws, num_images=args.num, metrics=["swd"],
+                                       progress=False)  # draw r: seeds r*N onwards, seed r
+            draws = result["draws"] if args.draws > 1 else [result]
+        else:  # the same draws as evaluate_draws would number them, from draw first_draw on
+            draws = [cm.evaluate(source, args.data, args.num, first_seed=r * args.num, seed=r, metrics=["swd"],
+                                 progress=False) for r in numbers]
         values = [d["swd"]["mean"] for d in draws]
         levels = [[round(v, 3) for v in d["swd"]["levels"]] for d in draws]
         print(f"{path.name}: " + " ".join(f"{v:.2f}" for v in values) + f" ({time.perf_counter() - t:.0f} s)",
@@ -83,6 +93,7 @@ def main() -> None:
         "benchmark": "SWD x1e3 over independent draws (cips_edge.metrics: 7x7 Laplacian-pyramid patches, 128 per "
                      "image, 512 directions)",
         "data": str(args.data), "size": args.size, "num": args.num, "draws": args.draws,
+        "first_draw": args.first_draw,
         "floor_data_halves": {"num_images": half, **summary(floor)},
         "models": models,
         "machine": {"platform": platform.platform(), "cores": len(os.sched_getaffinity(0))},
