@@ -71,26 +71,29 @@ def packaged() -> tuple[CIPSModel, CIPSModel, dict]:
 
 
 def test_int8_renders_of_the_packaged_model_beat_unequalized_quantization(packaged):
-    """Seed 2 is the hardest of seeds 0-15 for int8, with and without equalization (128x128: 28.9 dB
-    without, 30.1 dB with; at 1024x1024 with it 30.2 dB, benchmarks/int8_quality.py)."""
+    """Over seeds 0-15 (64x64), channel equalization lifts the worst seed's int8 PSNR and the mean: the
+    packaged model 31.1 -> 31.8 dB worst, 36.0 -> 36.7 dB mean; seed by seed it can lose a little."""
     fp32, int8, shared = packaged
-    z, psi = latent_for_seed(2, fp32.style_dim)[None], np.ones(1, np.float32)
-    points = region_grid(*FULL_FRAME, 128, 128)
+    points = region_grid(*FULL_FRAME, 64, 64)
     chunk = int8.default_chunk  # each call quantizes its activations with its own scale: chunk as rendered
+    config = fp32.config
 
     def render(model: CIPSModel, style: dict) -> np.ndarray:
         return np.concatenate([model.pixels(style, points[i:i + chunk]) for i in range(0, len(points), chunk)])
 
-    reference = render(fp32, fp32.styles(z, psi)[0])
-    equalized = psnr8(render(int8, int8.styles(z, psi)[0]), reference)
-    # the same int8 graph fed the plain weights, quantized per column as they are
-    plain = fp32.styles(z, psi)[0]
-    config = fp32.config
-    unequal = {"q0_fo": plain["p0_fo"], "q0_co": plain["p0_co"]}
-    for i in range(1, len(config.layer_shapes)):
-        scale = np.abs(plain[f"p{i}"]).max(0) / INT8_MAX
-        unequal[f"q{i}"] = np.clip(np.round(plain[f"p{i}"] / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
-        unequal[f"qscale{i}"], unequal[f"qbias{i}"] = scale.astype(np.float32), shared[f"bias{i}"]
-    unequal.update({f"qt{k}": plain[f"t{k}"] for k in range(config.n_to_rgb)})
-    before = psnr8(render(int8, unequal), reference)
-    assert before < 29.4 < 29.8 < equalized < 60, (before, equalized)
+    before, equalized = [], []
+    for seed in range(16):
+        z, psi = latent_for_seed(seed, fp32.style_dim)[None], np.ones(1, np.float32)
+        plain = fp32.styles(z, psi)[0]
+        reference = render(fp32, plain)
+        equalized.append(psnr8(render(int8, int8.styles(z, psi)[0]), reference))
+        # the same int8 graph fed the plain weights, quantized per column as they are
+        unequal = {"q0_fo": plain["p0_fo"], "q0_co": plain["p0_co"]}
+        for i in range(1, len(config.layer_shapes)):
+            scale = np.abs(plain[f"p{i}"]).max(0) / INT8_MAX
+            unequal[f"q{i}"] = np.clip(np.round(plain[f"p{i}"] / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
+            unequal[f"qscale{i}"], unequal[f"qbias{i}"] = scale.astype(np.float32), shared[f"bias{i}"]
+        unequal.update({f"qt{k}": plain[f"t{k}"] for k in range(config.n_to_rgb)})
+        before.append(psnr8(render(int8, unequal), reference))
+    assert min(equalized) > min(before) + 0.2 and np.mean(equalized) > np.mean(before) + 0.2, (before, equalized)
+    assert 25 < min(equalized) and max(equalized) < 60, equalized
