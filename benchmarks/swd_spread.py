@@ -11,8 +11,8 @@ of the same model land, so that a difference between models or a margin to the t
 against it. Models after the first also get their per-draw difference to the first (a paired comparison:
 the same seeds, data subset, patches and directions). `--first-draw 6 --draws 6` gives draws 6-11, which
 no comparison over draws 0-5 has seen: a model chosen on draws 0-5 is confirmed there. Each figure is
-cips_edge.metrics.evaluate_draws (the code `cips eval --draws` runs; draw r as it numbers them) or, for
-the floor, default_model.py's halves_swd.
+cips_edge.metrics.evaluate_draws (the code `cips eval --draws` runs) or, for the floor, default_model.py's
+halves_swd.
 """
 from __future__ import annotations
 
@@ -60,8 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     floor, half = [], 0
-    numbers = range(args.first_draw, args.first_draw + args.draws)
-    for r in numbers:
+    for r in range(args.first_draw, args.first_draw + args.draws):
         halves = halves_swd(args.data, args.size, split_seed=r, metric_seed=r)
         floor.append(halves["mean"])
         half = halves["num_images"]
@@ -70,14 +69,10 @@ def main() -> None:
     for path in args.model:
         model = CIPSModel(path, device="cpu")
         t = time.perf_counter()
-        source = cm.onnx_source(model, args.size)
-        if args.first_draw == 0:
-            result = cm.evaluate_draws(source, args.data, args.draws, num_images=args.num, metrics=["swd"],
-                                       progress=False)  # draw r: seeds r*N onwards, seed r
-            draws = result["draws"] if args.draws > 1 else [result]
-        else:  # the same draws as evaluate_draws would number them, from draw first_draw on
-            draws = [cm.evaluate(source, args.data, args.num, first_seed=r * args.num, seed=r, metrics=["swd"],
-                                 progress=False) for r in numbers]
+        # draw r: seeds r*N onwards, seed r
+        result = cm.evaluate_draws(cm.onnx_source(model, args.size), args.data, args.draws, num_images=args.num,
+                                   first_draw=args.first_draw, metrics=["swd"], progress=False)
+        draws = result["draws"] if args.draws > 1 else [result]
         values = [d["swd"]["mean"] for d in draws]
         levels = [[round(v, 3) for v in d["swd"]["levels"]] for d in draws]
         print(f"{path.name}: " + " ".join(f"{v:.2f}" for v in values) + f" ({time.perf_counter() - t:.0f} s)",

@@ -85,6 +85,18 @@ def test_one_draw_is_evaluate_itself_and_no_draw_is_an_error(data_dir):
         evaluate_draws(colour_source, data_dir, 0, num_images=6)
 
 
+def test_a_later_first_draw_is_that_draw_of_a_run_from_draw_0(data_dir):
+    kwargs = dict(metrics=["swd"], progress=False)
+    both = evaluate_draws(colour_source, data_dir, 2, num_images=4, first_seed=3, **kwargs)["draws"]
+    later = evaluate_draws(colour_source, data_dir, 1, num_images=4, first_seed=3, first_draw=1, **kwargs)
+    assert later["first_seed"] == 7 and later["seed"] == 1 and later["swd"] == both[1]["swd"]
+    # 9 asked of 8 data images: draws step by the 8 used, as a run from draw 0 numbers them
+    capped = evaluate_draws(colour_source, data_dir, 1, num_images=9, first_draw=2, **kwargs)
+    assert capped["num_images"] == 8 and capped["first_seed"] == 16
+    with pytest.raises(MetricsError, match="first draw must be 0 or more"):
+        evaluate_draws(colour_source, data_dir, 1, num_images=4, first_draw=-1)
+
+
 @pytest.mark.slow
 def test_draws_average_every_metric_and_keep_each_draw(data_dir, tmp_path):
     kwargs = dict(num_images=4, cache_dir=tmp_path / "cache", progress=False, random_init_for_tests=True)  # NOT FID

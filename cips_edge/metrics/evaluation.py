@@ -147,20 +147,28 @@ def evaluate(sample_source: SampleSource, data: str | os.PathLike, num_images: i
 
 
 def evaluate_draws(sample_source: SampleSource, data: str | os.PathLike, draws: int, num_images: int = 2000,
-                   first_seed: int = 0, **kwargs) -> dict:
+                   first_seed: int = 0, first_draw: int = 0, **kwargs) -> dict:
     """evaluate() over independent draws, for figures that can be told apart from the draw's own noise.
     Draw r renders seeds first_seed + r*N .. + N-1 and takes its data subset and the metrics' randomness
-    from seed r (draw 0 is evaluate()'s default call). One draw: evaluate()'s result itself. Several:
-    the same keys holding the means over draws, plus "draws" (each draw's result) and "spread" (per
-    metric: each draw's value, and their sample standard deviation)."""
+    from seed r (draw 0 is evaluate()'s default call); the draws are first_draw, first_draw + 1, ..., so a
+    model chosen on draws 0..K-1 can be confirmed on draws no comparison used. One draw: evaluate()'s
+    result itself. Several: the same keys holding the means over draws, plus "draws" (each draw's
+    result) and "spread" (per metric: each draw's value, and their sample standard deviation)."""
     if draws < 1:
         raise MetricsError(f"the number of draws must be at least 1, got {draws}")
-    first = evaluate(sample_source, data, num_images, first_seed=first_seed, seed=0, **kwargs)
+    if first_draw < 0:
+        raise MetricsError(f"the first draw must be 0 or more, got {first_draw}")
+
+    def draw(r: int, n: int) -> dict:
+        return evaluate(sample_source, data, n, first_seed=first_seed + r * n, seed=r, **kwargs)
+
+    first = draw(first_draw, num_images)
+    n = first["num_images"]  # fewer when the data set is smaller: draws step by what was used
+    if first_draw and n != num_images:
+        first = draw(first_draw, n)
     if draws == 1:
         return first
-    n = first["num_images"]
-    results = [first] + [evaluate(sample_source, data, n, first_seed=first_seed + r * n, seed=r, **kwargs)
-                         for r in range(1, draws)]
+    results = [first] + [draw(r, n) for r in range(first_draw + 1, first_draw + draws)]
     combined = {k: v for k, v in first.items() if k not in ("swd", "fid", "kid", "precision", "recall", "seed",
                                                              "seconds", "feature_cache", "skipped_files")}
     spread = {}
