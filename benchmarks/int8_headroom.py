@@ -8,10 +8,13 @@ after the channel equalization that docs/onnx-format.md describes, unless "float
   per-pixel       activations uint8 with one scale per pixel
   float weights   the two above with float weights: what 8-bit activations alone cost
   float acts      int8 weights, float activations: what 8-bit weights alone cost
+  first K float   "runtime" with the first K hidden layers left in float (--float-layers K,...): how
+                  much a mixed path, 8 bits only where the error does not build up, would keep
 With --model, the file's own int8 path renders the same seeds in ONNX Runtime too, which checks that
-"runtime" simulates it.
+"runtime" simulates it. The source may be the model file itself (its generator, read back).
 
     python benchmarks/int8_headroom.py RUN_OR_CHECKPOINT --model cips_edge/models/default.onnx
+    python benchmarks/int8_headroom.py cips_edge/models/default.onnx --size 64 --float-layers 1,2,3,4
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 
 from cips_edge import model as cips_model
 from cips_edge.checkpoint import load_generator, resolve_checkpoint_path
+from cips_edge.export import generator_from_onnx
 from cips_edge.runtime import CIPSModel, region_grid, render_points
 from cips_edge.runtime.coords import FULL_FRAME
 from cips_edge.runtime.image import to_uint8
@@ -62,15 +66,17 @@ def fake_int8_columns(weight: torch.Tensor) -> torch.Tensor:  # [B, in, out], on
 
 
 class FakeQuant:
-    """While active, ModulatedFC layers other than the input layer multiply fake-quantized operands."""
+    """While active, ModulatedFC layers other than the input layer (and the first `float_layers` hidden
+    layers) multiply fake-quantized operands."""
 
     def __init__(self, generator: cips_model.CIPSGenerator, chunk: int):
-        self.generator, self.chunk, self.scheme = generator, chunk, None
+        self.generator, self.chunk, self.scheme, self.float_layers = generator, chunk, None, 0
         self.plain = cips_model.ModulatedFC.apply_weight
         fake = self
 
         def apply_weight(layer, x, weight, gain=True):
-            if fake.scheme is None or layer is fake.generator.input_layer:
+            kept = fake.generator.layers[:fake.float_layers]
+            if fake.scheme is None or layer is fake.generator.input_layer or any(layer is k for k in kept):
                 return fake.plain(layer, x, weight, gain)
             acts, weights = SCHEMES[fake.scheme]
             g = torch.sqrt(weight.abs().amax(2, keepdim=True))  # equalize input channel k by g_k
@@ -92,16 +98,25 @@ def psnr(raw: np.ndarray, reference: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="training run folder or checkpoint (its EMA generator)")
+    parser.add_argument("checkpoint", help="training run folder or checkpoint (its EMA generator), or a model file")
     parser.add_argument("--model", type=Path, help="the same weights as an ONNX file: its int8 path as a check")
     parser.add_argument("--seeds", default="0-15")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     parser.add_argument("--chunk", type=int, default=1024, help="points per activation scale, as the CPU renders")
+    parser.add_argument("--float-layers", default="",
+                        help="comma-separated K: also the runtime scheme with the first K hidden layers in float")
     parser.add_argument("--out", type=Path, default=RESULTS / "int8-headroom.json")
     args = parser.parse_args()
 
-    loaded = load_generator(args.checkpoint)
-    g = loaded.generator
+    if Path(args.checkpoint).suffix == ".onnx":
+        g, info = generator_from_onnx(args.checkpoint)
+        source, images_seen = Path(args.checkpoint).name, info["images_seen"]
+    else:
+        loaded = load_generator(args.checkpoint)
+        g, images_seen = loaded.generator, loaded.images_seen
+        source = resolve_checkpoint_path(args.checkpoint).name
+    mixed = {f"runtime, first {k} float": int(k) for k in args.float_layers.split(",") if k}
+    schemes = {**{name: 0 for name in SCHEMES}, **mixed}  # name: leading hidden layers left in float
     points = region_grid(*FULL_FRAME, args.size, args.size)  # the pixel centres a render uses
     coords = torch.from_numpy(points)[None]
     seeds = parse_seeds([args.seeds])
@@ -110,18 +125,19 @@ def main() -> None:
         fp32, int8 = CIPSModel(args.model, device="cpu"), CIPSModel(args.model, device="cpu", precision="int8")
         onnx_int8 = []
     fake = FakeQuant(g, args.chunk)
-    per_seed = {name: [] for name in SCHEMES}
+    per_seed = {name: [] for name in schemes}
     try:
         with torch.no_grad():
             for seed in seeds:
                 z = latent_for_seed(seed, g.config.style_dim)
 
                 def render(scheme: str | None) -> np.ndarray:
-                    fake.scheme = scheme
+                    fake.scheme = None if scheme is None else scheme if scheme in SCHEMES else "runtime"
+                    fake.float_layers = schemes.get(scheme, 0)
                     return g(coords, torch.from_numpy(z)[None])[0].numpy()
 
                 reference = render(None)
-                for name in SCHEMES:
+                for name in schemes:
                     per_seed[name].append(psnr(render(name), reference))
                 fake.scheme = None
                 if onnx_int8 is not None:
@@ -136,7 +152,7 @@ def main() -> None:
         summary[f"onnx int8 (the file's own path, {int8.provider})"] = {
             "min": min(onnx_int8), "median": float(np.median(onnx_int8)), "per_seed": onnx_int8}
     result = {"benchmark": "int8 headroom: PSNR (dB) of 8-bit renders against float32, fake-quantized in PyTorch",
-              "checkpoint": resolve_checkpoint_path(args.checkpoint).name, "images_seen": loaded.images_seen,
+              "checkpoint": source, "images_seen": images_seen, "hidden_layers": len(g.layers),
               "model": None if args.model is None else args.model.name, "seeds": args.seeds, "size": args.size,
               "chunk": args.chunk, "schemes": summary}
     for name, s in summary.items():
