@@ -23,6 +23,7 @@ from cips_edge.core.format import PRECISIONS, metadata_props
 from cips_edge.core.files import atomic_write
 from cips_edge.runtime.image import prepare_output
 
+from .calibrate import CALIBRATION_SEEDS, CALIBRATION_SIDE, INT8_TARGET_DB, calibrate_int8
 from .graph import OPSET, build_onnx, build_style_extension
 from .pixels import grid_graph, pixel_graph, shared_weights
 from .verify import verify_file
@@ -43,6 +44,16 @@ class ExportReport:
     opset: int
     precision: str = "fp32"
     precision_error: float = 0.0  # relative error of the file's own precision against torch (0 for fp32)
+    int8: dict | None = None  # the int8 graph's float32 layers and how they were chosen (None without one)
+
+    def int8_line(self) -> str | None:
+        """One line on the int8 graph's precision, for the user; None without an int8 graph."""
+        if self.int8 is None:
+            return None
+        k, n = self.int8["float_layers"], self.int8["hidden_layers"]
+        worst = self.int8.get("worst_psnr_db")
+        why = f" (calibrated: worst seed {worst:g} dB against float32)" if worst is not None else ""
+        return f"int8 pixel graph: the first {k} of {n} hidden layers in float32, the rest 8-bit{why}"
 
 
 def check_precision(precision: str) -> str:
@@ -53,7 +64,7 @@ def check_precision(precision: str) -> str:
 
 def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg: torch.Tensor | None = None,
                      provenance: dict | None = None, opset: int = OPSET, precision: str = "fp32",
-                     include: tuple[str, ...] = ()) -> ExportReport:
+                     include: tuple[str, ...] = (), int8_float_layers: int | None = None) -> ExportReport:
     """Write `generator` as a verified cips-edge ONNX file.
 
     The file's own graph is the whole generator in float32 (z, coords, truncation -> rgb), whatever the
@@ -64,7 +75,8 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
 
     w_avg: the mean mapped latent for truncation, [1, S] or [S]; default: generator.mean_w over
     MEAN_W_LATENTS latents (pass one to reproduce a reference that used its own). provenance: JSON-able
-    facts about the source, stored with export time and versions added.
+    facts about the source, stored with export time and versions added. int8_float_layers: the int8
+    graph's leading hidden layers left in float32; default: calibrated (export/calibrate.py).
     """
     path = prepare_output(path, suffixes=(".onnx",))
     precisions = tuple(dict.fromkeys(("fp32", check_precision(precision), *map(check_precision, include))))
@@ -78,10 +90,14 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
 
     model = build_onnx(generator, w_avg, opset)
     shared = shared_weights(generator)
-    graphs = {p: pixel_graph(generator.config, shared, p).SerializeToString() for p in precisions}
-    grids = {"fp16": grid_graph(generator.config, shared).SerializeToString()} if "fp16" in precisions else {}
-    extension = build_style_extension(generator.config, precisions, opset)
     facts = dict(provenance or {})
+    if "int8" in precisions:
+        facts["int8"] = int8_facts(generator, w_avg, int8_float_layers)
+        int8_float_layers = facts["int8"]["float_layers"]
+    graphs = {p: pixel_graph(generator.config, shared, p, int8_float_layers or 0).SerializeToString()
+              for p in precisions}
+    grids = {"fp16": grid_graph(generator.config, shared).SerializeToString()} if "fp16" in precisions else {}
+    extension = build_style_extension(generator.config, precisions, opset, int8_float_layers or 0)
     facts.update(exported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  cips_edge=cips_edge.__version__, torch=torch.__version__, onnx=onnx.__version__,
                  python=platform.python_version(), w_avg=w_avg_source)
@@ -100,7 +116,22 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
     except UserError as e:
         raise ExportError(f"export refused, no file written: {e}") from None
     rel, max_abs, precision_error = verified[0]
-    return ExportReport(path, len(data), rel, max_abs, opset, precision, precision_error)
+    return ExportReport(path, len(data), rel, max_abs, opset, precision, precision_error, facts.get("int8"))
+
+
+def int8_facts(generator: CIPSGenerator, w_avg: torch.Tensor, float_layers: int | None) -> dict:
+    """What a file records of its int8 graph: the leading hidden layers it keeps in float32, calibrated
+    unless given, with the worst seed's PSNR that chose them."""
+    hidden = len(generator.config.layer_shapes) - 1
+    if float_layers is not None:
+        if not 0 <= float_layers <= hidden:
+            raise ExportError(f"int8_float_layers must be in 0..{hidden} (the hidden layers), got {float_layers}")
+        return {"float_layers": float_layers, "hidden_layers": hidden, "chosen": "given"}
+    k, worst = calibrate_int8(generator, w_avg)
+    return {"float_layers": k, "hidden_layers": hidden,
+            "chosen": f"fewest with every seed of {CALIBRATION_SEEDS[0]}-{CALIBRATION_SEEDS[-1]} at "
+                      f"{CALIBRATION_SIDE}x{CALIBRATION_SIDE} within {INT8_TARGET_DB:g} dB of float32",
+            "worst_psnr_db": round(worst, 2)}
 
 
 def default_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:
@@ -127,10 +158,10 @@ def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | No
     if checkpoint is not None and Path(checkpoint).suffix == ".onnx":  # a format-2 or -3 file to upgrade
         from .upgrade import upgrade_file
 
-        rel, max_abs, grid_error, precision = upgrade_file(checkpoint, out, precision)
+        rel, max_abs, grid_error, precision, int8 = upgrade_file(checkpoint, out, precision)
         say(f"{checkpoint} is a cips-edge ONNX file: written with this version's fast paths, same weights")
         return ExportReport(Path(out), Path(out).stat().st_size, rel, max_abs, OPSET, precision,
-                            grid_error if precision == "fp16" else 0.0)
+                            grid_error if precision == "fp16" else 0.0, int8)
     precision = precision or "fp32"
     if checkpoint is None:
         checkpoint = default_checkpoint(runs_dir)

@@ -106,12 +106,12 @@ def join_pixels(model: onnx.ModelProto, c: GeneratorConfig, shared: dict) -> onn
     return model
 
 
-def build_style_extension(config: GeneratorConfig, precisions: tuple[str, ...],
-                          opset: int = OPSET) -> onnx.ModelProto | None:
+def build_style_extension(config: GeneratorConfig, precisions: tuple[str, ...], opset: int = OPSET,
+                          int8_float_layers: int = 0) -> onnx.ModelProto | None:
     """The graph that derives the fp16 and int8 pixel graphs' weights from the plain ones and the biases
     (inputs named like the file's tensors), its own names prefixed so that it joins the file's graph
-    without clashes; None when the file has fp32 only."""
-    module = FastStyle(config, precisions)
+    without clashes; None when the file has fp32 only. int8_float_layers: see FastStyle."""
+    module = FastStyle(config, precisions, int8_float_layers)
     outputs = module.output_names()
     if not outputs:
         return None

@@ -230,10 +230,12 @@ def _folded_shapes(config: GeneratorConfig) -> dict[str, list[int]]:
     return out
 
 
-def pixel_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], precision: str) -> onnx.ModelProto:
+def pixel_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], precision: str,
+                int8_float_layers: int = 0) -> onnx.ModelProto:
     """cips' fast pixel graph of one precision (fp32, fp16 or int8): coords [n, 2], one latent's weights
     (named like the style part's tensors) and the file's per-point weights (named like its initializers,
-    shared: shared_weights) -> rgb [n, 3]."""
+    shared: shared_weights) -> rgb [n, 3]. int8_float_layers: the int8 graph's leading hidden layers
+    that stay float32 (export/calibrate.py)."""
     graph = _Graph(shared, as_inputs=True, prefix="")
     coords = graph.input(COORDS, TensorProto.FLOAT, ["points", 2])
     if precision == "fp16":
@@ -243,7 +245,7 @@ def pixel_graph(config: GeneratorConfig, shared: dict[str, np.ndarray], precisio
         _folded_chain(graph, config, fo, co)
     else:
         fo, co = _features(graph, config, coords, batched=False)
-        _plain_chain(graph, config, fo, co, int8=precision == "int8")
+        _plain_chain(graph, config, fo, co, int8=precision == "int8", float_layers=int8_float_layers)
     graph.nodes[-1].output[0] = RGB  # the last node's output is the graph's
     outputs = [helper.make_tensor_value_info(RGB, TensorProto.FLOAT, ["points", 3])]
     onnx_graph = helper.make_graph(graph.nodes, f"cips_pixels_{precision}", graph.inputs, outputs, graph.initializers)
@@ -436,10 +438,11 @@ def _grid_model(graph: _Graph) -> onnx.ModelProto:
     return model
 
 
-def _plain_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str, int8: bool) -> None:
+def _plain_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str, int8: bool, float_layers: int = 0) -> None:
     """Gemm (float32) or DynamicQuantizeMatMul (int8), bias inside, + LeakyRelu per layer; the ToRGB
     MatMuls summed with their biases. int8 reads FastStyle.quantized's weights: the input layer, the
-    biases and ToRGB per latent too (the channels come equalized)."""
+    biases and ToRGB per latent too (the channels come equalized), and its hidden layers 1 ..
+    float_layers are float32 Gemms of the equalized weights."""
     shapes = config.layer_shapes
     sources = rgb_sources(config)
     f32 = TensorProto.FLOAT
@@ -450,7 +453,9 @@ def _plain_chain(graph: _Graph, config: GeneratorConfig, fo: str, co: str, int8:
     x = graph.op("LeakyRelu", [x], alpha=LRELU_SLOPE)
     parts = []
     for i, (k, m) in enumerate(shapes[1:], start=1):
-        if int8:
+        if int8 and i <= float_layers:
+            x = graph.op("Gemm", [x, graph.input(f"q{i}", f32, [k, m]), graph.input(f"qbias{i}", f32, [m])])
+        elif int8:
             q = graph.input(f"q{i}", TensorProto.INT8, [k, m])
             scale = graph.input(f"qscale{i}", f32, [m])
             bias = graph.input(f"qbias{i}", f32, [m])

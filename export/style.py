@@ -69,11 +69,12 @@ def fp16_names(config: GeneratorConfig) -> list[str]:
     return [fp16_name(n) for n in weight_names(config)[:-1]] + ["rgb_weight"]
 
 
-def int8_names(config: GeneratorConfig) -> list[str]:
+def int8_names(config: GeneratorConfig, float_layers: int = 0) -> list[str]:
     """What the int8 pixel graph reads per latent (FastStyle.quantized): the input layer's halves and the
-    ToRGB weights in float32, layers 1 .. L-1 as int8 weights with per-column scales and biases."""
+    ToRGB weights in float32, layers 1 .. float_layers in float32 too, the rest as int8 weights with
+    per-column scales; a bias per layer."""
     layers = range(1, len(config.layer_shapes))
-    return ["q0_fo", "q0_co", *(f"q{i}" for i in layers), *(f"qscale{i}" for i in layers),
+    return ["q0_fo", "q0_co", *(f"q{i}" for i in layers), *(f"qscale{i}" for i in layers if i > float_layers),
             *(f"qbias{i}" for i in layers), *(f"qt{k}" for k in range(config.n_to_rgb))]
 
 
@@ -147,10 +148,11 @@ class FastStyle(nn.Module):
     Each folded weight is the plain one with its extra rows and columns concatenated: the bias row, the
     constant column's 1, the carried RGB's +-1 blocks and the ToRGB columns, then zero padding."""
 
-    def __init__(self, config: GeneratorConfig, precisions: tuple[str, ...]):
+    def __init__(self, config: GeneratorConfig, precisions: tuple[str, ...], int8_float_layers: int = 0):
         super().__init__()
         self.config = config
         self.precisions = tuple(p for p in precisions if p in ("fp16", "int8"))
+        self.int8_float_layers = int8_float_layers  # leading hidden layers the int8 graph runs in float32
         for name, block in self._constants().items():
             self.register_buffer(f"const_{name}", block)
 
@@ -162,7 +164,7 @@ class FastStyle(nn.Module):
         if "fp16" in self.precisions:
             names += fp16_names(self.config) + [CO_TABLE]
         if "int8" in self.precisions:
-            names += int8_names(self.config)
+            names += int8_names(self.config, self.int8_float_layers)
         return names
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -273,13 +275,13 @@ class FastStyle(nn.Module):
         return [*first, *weights, *shifted, *to_rgb]
 
     def quantized(self, plain: list[torch.Tensor], bias: list[torch.Tensor]) -> list[torch.Tensor]:
-        """int8_names: the equalized weights, layers 1 .. L-1 as per-column symmetric int8 with their
-        per-column scales [B, out]."""
+        """int8_names: the equalized weights, layers after the first int8_float_layers as per-column
+        symmetric int8 with their per-column scales [B, out] (the float ones stay float32)."""
         n = len(self.config.layer_shapes) - 1
         equal = self.equalized(plain, bias)
         first, weights, rest = equal[:2], equal[2:2 + n], equal[2 + n:]
-        qs, scales = [], []
-        for weight in weights:
+        qs, scales = list(weights[:self.int8_float_layers]), []
+        for weight in weights[self.int8_float_layers:]:
             scale = weight.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / INT8_MAX  # [B, 1, out]
             qs.append(torch.round(weight / scale).clamp(-INT8_MAX, INT8_MAX).to(torch.int8))
             scales.append(scale[:, 0])

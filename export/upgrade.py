@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import torch
 from onnx import numpy_helper
 
 from cips_edge.runtime import graphcut, onnxproto
@@ -31,18 +32,21 @@ from cips_edge.runtime.model import CIPSModel
 from cips_edge.runtime.render import render_image
 from cips_edge.runtime.split import texel_rows
 
+from .exporter import int8_facts
 from .graph import build_style_extension, join_pixels
 from .pixels import file_shared_weights, grid_graph, pixel_graph, shared_names
+from .readback import generator_from_onnx
 from .style import plain_names
 from .verify import GRID_CHECK_REGION, GRID_CHECK_SIDE, check_parity, check_reduced
 
 
 def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: str | None = None,
-                 include: tuple[str, ...] = ()) -> tuple[float, float, float, str]:
+                 include: tuple[str, ...] = ()) -> tuple[float, float, float, str, dict | None]:
     """Write `source` (format 2 or 3) as this version's format 3 at `out`; precision: the fast pixel graph the new file runs
     by default (default: the old file's), include: more fast pixel graphs (the old file's are kept). Returns the worst (relative,
     max abs) difference of the new file's graph and fp32 path from the old file's fp32 renders, the
-    relative difference of its fp16 grid graph (0 without one), and the new file's default precision."""
+    relative difference of its fp16 grid graph (0 without one), the new file's default precision, and
+    what it records of its int8 graph (None without one)."""
     out = prepare_output(out, suffixes=(".onnx",))
     check_input_file(Path(source), "model", "an ONNX file")
     old = onnxproto.load(os.fspath(source), str(source))  # onnx's ModelProto, or the runtime's one-line error
@@ -68,11 +72,15 @@ def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: s
         shared = {EMBEDDING: texel_rows(table), **{n: pixels[n] for n in names[1:]}}
         model = join_pixels(graphcut.cut(old, None, STYLE_INPUTS, plain_names(config)), config, shared)
         model.graph.name = "cips_generator"
-    graphs = {p: pixel_graph(config, shared, p).SerializeToString() for p in precisions}
-    grids = {"fp16": grid_graph(config, shared).SerializeToString()} if "fp16" in precisions else {}
-    extension = build_style_extension(config, precisions)
     facts = dict(info.provenance, upgraded_from_format=info.format_version,
                  upgraded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    float_layers = 0
+    if "int8" in precisions:
+        facts["int8"] = _int8_facts(source, info)
+        float_layers = facts["int8"]["float_layers"]
+    graphs = {p: pixel_graph(config, shared, p, float_layers).SerializeToString() for p in precisions}
+    grids = {"fp16": grid_graph(config, shared).SerializeToString()} if "fp16" in precisions else {}
+    extension = build_style_extension(config, precisions, int8_float_layers=float_layers)
     props = metadata_props(config, info.w_avg, facts, precision, graphs,
                            extension.SerializeToString() if extension is not None else None, grids)
     for key, value in props.items():
@@ -81,7 +89,20 @@ def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: s
     data = model.SerializeToString()
     checked: list[tuple[float, float, float]] = []
     atomic_write(out, lambda f: f.write(data), check=lambda tmp: checked.append(_compare(source, tmp, config)))
-    return (*checked[0], precision)
+    return (*checked[0], precision, facts.get("int8"))
+
+
+def _int8_facts(source: str | os.PathLike, info) -> dict:
+    """The int8 graph's float32 layers, calibrated on the generator the file's graph holds, as export
+    does; where that cannot be read back (a format-2 file, or one upgraded from format 2), the source's
+    own count (none before calibration existed)."""
+    try:
+        generator, _ = generator_from_onnx(source)
+    except UserError:
+        kept = (info.provenance.get("int8") or {}).get("float_layers", 0)
+        return {"float_layers": kept, "hidden_layers": len(info.config.layer_shapes) - 1,
+                "chosen": "kept from the source file, whose generator cannot be read back"}
+    return int8_facts(generator, torch.from_numpy(info.w_avg).reshape(1, -1), None)
 
 
 def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 2000) -> tuple[float, float, float]:
