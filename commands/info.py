@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import typer
 
+from cips_edge.core.format import int8_summary
+
 from .common import open_model, user_errors
 from .options import ModelOpt
 
@@ -23,6 +25,7 @@ def info(model: ModelOpt = None) -> None:
     lines = [
         ("model", f"{m.path} ({m.path.stat().st_size / 1e6:.1f} MB, {rt.FORMAT} v{m.info.format_version})"),
         ("precision", _precision_line(m.info)),
+        *([("int8", int8_summary(m.provenance["int8"]))] if "int8" in m.provenance else []),
         ("config", ", ".join(f"{k}={v}" for k, v in m.config.to_dict().items())),
         ("parameters", f"{m.parameter_count:,}"),
         ("cost", f"{2 * m.config.macs_per_pixel / 1e6:.2f} MFLOP per pixel"),

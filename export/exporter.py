@@ -19,7 +19,7 @@ import cips_edge
 from cips_edge.checkpoint import DEFAULT_RUNS_DIR, CheckpointError, load_generator, newest_checkpoint
 from cips_edge.model import CIPSGenerator
 from cips_edge.core.errors import UserError
-from cips_edge.core.format import PRECISIONS, metadata_props
+from cips_edge.core.format import PRECISIONS, int8_summary, metadata_props
 from cips_edge.core.files import atomic_write
 from cips_edge.runtime.image import prepare_output
 
@@ -48,12 +48,7 @@ class ExportReport:
 
     def int8_line(self) -> str | None:
         """One line on the int8 graph's precision, for the user; None without an int8 graph."""
-        if self.int8 is None:
-            return None
-        k, n = self.int8["float_layers"], self.int8["hidden_layers"]
-        worst = self.int8.get("worst_psnr_db")
-        why = f" (calibrated: worst seed {worst:g} dB against float32)" if worst is not None else ""
-        return f"int8 pixel graph: the first {k} of {n} hidden layers in float32, the rest 8-bit{why}"
+        return None if self.int8 is None else f"int8 pixel graph: {int8_summary(self.int8)}"
 
 
 def check_precision(precision: str) -> str:

@@ -99,8 +99,10 @@ def test_int8_export_says_which_layers_stay_float32(tiny_checkpoint, tmp_path):
     out = ok(cips("export", tmp_path / "m.onnx", "--checkpoint", tiny_checkpoint, "--precision", "int8"))
     facts = CIPSModel(tmp_path / "m.onnx", device="cpu").provenance["int8"]
     k, n = facts["float_layers"], facts["hidden_layers"]
-    assert out.splitlines()[-1] == (f"int8 pixel graph: the first {k} of {n} hidden layers in float32, the rest "
-                                    f"8-bit (calibrated: worst seed {facts['worst_psnr_db']:g} dB against float32)")
+    said = (f"the first {k} of {n} hidden layers in float32, the rest 8-bit (calibrated: worst seed "
+            f"{facts['worst_psnr_db']:g} dB against float32)")
+    assert out.splitlines()[-1] == f"int8 pixel graph: {said}"
+    assert f"\nint8        {said}\n" in ok(cips("info", "--model", tmp_path / "m.onnx"))
 
 
 def test_export_refused_by_the_parity_check_exits_non_zero_without_a_file(tiny_checkpoint, tmp_path, monkeypatch):

@@ -83,6 +83,14 @@ def metadata_props(config: GeneratorConfig, w_avg: np.ndarray, provenance: dict,
     }
 
 
+def int8_summary(facts: dict) -> str:
+    """A file's int8 facts (its provenance's "int8", written by export) as one line for the user."""
+    worst = facts.get("worst_psnr_db")
+    why = f" (calibrated: worst seed {worst:g} dB against float32)" if worst is not None else ""
+    return (f"the first {facts['float_layers']} of {facts['hidden_layers']} hidden layers in float32, "
+            f"the rest 8-bit{why}")
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
