@@ -288,7 +288,7 @@ def run(args) -> dict:
     precision = "fp16" if cuda else "fp32"
     exported = export_generator(g, path, precision=precision, include=("fp16", "int8"))
     result["export"] = {"seconds": round(time.perf_counter() - t, 1), "mb": round(exported.bytes / 1e6, 1),
-                        "fp32_rel_error": exported.rel_error}
+                        "fp32_rel_error": exported.rel_error, "int8": exported.int8}
     print(f"  exported {path} in {result['export']['seconds']} s", flush=True)
 
     result["eager"] = {}
