@@ -59,7 +59,8 @@ def check_precision(precision: str) -> str:
 
 def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg: torch.Tensor | None = None,
                      provenance: dict | None = None, opset: int = OPSET, precision: str = "fp32",
-                     include: tuple[str, ...] = (), int8_float_layers: int | None = None) -> ExportReport:
+                     include: tuple[str, ...] = (), int8_float_layers: int | None = None,
+                     say: Callable[[str], None] = lambda line: None) -> ExportReport:
     """Write `generator` as a verified cips-edge ONNX file.
 
     The file's own graph is the whole generator in float32 (z, coords, truncation -> rgb), whatever the
@@ -71,7 +72,8 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
     w_avg: the mean mapped latent for truncation, [1, S] or [S]; default: generator.mean_w over
     MEAN_W_LATENTS latents (pass one to reproduce a reference that used its own). provenance: JSON-able
     facts about the source, stored with export time and versions added. int8_float_layers: the int8
-    graph's leading hidden layers left in float32; default: calibrated (export/calibrate.py).
+    graph's leading hidden layers left in float32; default: calibrated (export/calibrate.py). say:
+    progress lines.
     """
     path = prepare_output(path, suffixes=(".onnx",))
     precisions = tuple(dict.fromkeys(("fp32", check_precision(precision), *map(check_precision, include))))
@@ -87,7 +89,7 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
     shared = shared_weights(generator)
     facts = dict(provenance or {})
     if "int8" in precisions:
-        facts["int8"] = int8_facts(generator, w_avg, int8_float_layers)
+        facts["int8"] = int8_facts(generator, w_avg, int8_float_layers, say)
         int8_float_layers = facts["int8"]["float_layers"]
     graphs = {p: pixel_graph(generator.config, shared, p, int8_float_layers or 0).SerializeToString()
               for p in precisions}
@@ -114,7 +116,8 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
     return ExportReport(path, len(data), rel, max_abs, opset, precision, precision_error, facts.get("int8"))
 
 
-def int8_facts(generator: CIPSGenerator, w_avg: torch.Tensor, float_layers: int | None) -> dict:
+def int8_facts(generator: CIPSGenerator, w_avg: torch.Tensor, float_layers: int | None,
+               say: Callable[[str], None] = lambda line: None) -> dict:
     """What a file records of its int8 graph: the leading hidden layers it keeps in float32, calibrated
     unless given, with the worst seed's PSNR that chose them."""
     hidden = len(generator.config.layer_shapes) - 1
@@ -122,6 +125,8 @@ def int8_facts(generator: CIPSGenerator, w_avg: torch.Tensor, float_layers: int 
         if not 0 <= float_layers <= hidden:
             raise ExportError(f"int8_float_layers must be in 0..{hidden} (the hidden layers), got {float_layers}")
         return {"float_layers": float_layers, "hidden_layers": hidden, "chosen": "given"}
+    say(f"int8 pixel graph: finding how many of the {hidden} hidden layers stay float32 (seeds "
+        f"{CALIBRATION_SEEDS[0]}-{CALIBRATION_SEEDS[-1]} at {CALIBRATION_SIDE}x{CALIBRATION_SIDE}, a few seconds to a minute)")
     k, worst = calibrate_int8(generator, w_avg)
     return {"float_layers": k, "hidden_layers": hidden,
             "chosen": f"fewest with every seed of {CALIBRATION_SEEDS[0]}-{CALIBRATION_SEEDS[-1]} at "
@@ -153,7 +158,7 @@ def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | No
     if checkpoint is not None and Path(checkpoint).suffix == ".onnx":  # a format-2 or -3 file to upgrade
         from .upgrade import upgrade_file
 
-        rel, max_abs, grid_error, precision, int8 = upgrade_file(checkpoint, out, precision)
+        rel, max_abs, grid_error, precision, int8 = upgrade_file(checkpoint, out, precision, say=say)
         say(f"{checkpoint} is a cips-edge ONNX file: written with this version's fast paths, same weights")
         return ExportReport(Path(out), Path(out).stat().st_size, rel, max_abs, OPSET, precision,
                             grid_error if precision == "fp16" else 0.0, int8)
@@ -176,4 +181,4 @@ def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | No
     if loaded.init_from:  # trained on from another run's weights: cips info names that run too
         provenance["init_from"] = {"source": loaded.init_from.get("path"),
                                    "images_seen": loaded.init_from.get("images_seen")}
-    return export_generator(loaded.generator, out, provenance=provenance, precision=precision)
+    return export_generator(loaded.generator, out, provenance=provenance, precision=precision, say=say)

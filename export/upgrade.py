@@ -13,6 +13,7 @@ per-point half and fast paths, and checks the result against the old file before
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,12 +42,13 @@ from .verify import GRID_CHECK_REGION, GRID_CHECK_SIDE, check_parity, check_redu
 
 
 def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: str | None = None,
-                 include: tuple[str, ...] = ()) -> tuple[float, float, float, str, dict | None]:
+                 include: tuple[str, ...] = (), say: Callable[[str], None] = lambda line: None
+                 ) -> tuple[float, float, float, str, dict | None]:
     """Write `source` (format 2 or 3) as this version's format 3 at `out`; precision: the fast pixel graph the new file runs
     by default (default: the old file's), include: more fast pixel graphs (the old file's are kept). Returns the worst (relative,
     max abs) difference of the new file's graph and fp32 path from the old file's fp32 renders, the
     relative difference of its fp16 grid graph (0 without one), the new file's default precision, and
-    what it records of its int8 graph (None without one)."""
+    what it records of its int8 graph (None without one). say: progress lines."""
     out = prepare_output(out, suffixes=(".onnx",))
     check_input_file(Path(source), "model", "an ONNX file")
     old = onnxproto.load(os.fspath(source), str(source))  # onnx's ModelProto, or the runtime's one-line error
@@ -76,7 +78,7 @@ def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: s
                  upgraded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     float_layers = 0
     if "int8" in precisions:
-        facts["int8"] = _int8_facts(source, info)
+        facts["int8"] = _int8_facts(source, info, say)
         float_layers = facts["int8"]["float_layers"]
     graphs = {p: pixel_graph(config, shared, p, float_layers).SerializeToString() for p in precisions}
     grids = {"fp16": grid_graph(config, shared).SerializeToString()} if "fp16" in precisions else {}
@@ -92,7 +94,7 @@ def upgrade_file(source: str | os.PathLike, out: str | os.PathLike, precision: s
     return (*checked[0], precision, facts.get("int8"))
 
 
-def _int8_facts(source: str | os.PathLike, info) -> dict:
+def _int8_facts(source: str | os.PathLike, info, say: Callable[[str], None]) -> dict:
     """The int8 graph's float32 layers, calibrated on the generator the file's graph holds, as export
     does; where that cannot be read back (a format-2 file, or one upgraded from format 2), the source's
     own count (none before calibration existed)."""
@@ -102,7 +104,7 @@ def _int8_facts(source: str | os.PathLike, info) -> dict:
         kept = (info.provenance.get("int8") or {}).get("float_layers", 0)
         return {"float_layers": kept, "hidden_layers": len(info.config.layer_shapes) - 1,
                 "chosen": "kept from the source file, whose generator cannot be read back"}
-    return int8_facts(generator, torch.from_numpy(info.w_avg).reshape(1, -1), None)
+    return int8_facts(generator, torch.from_numpy(info.w_avg).reshape(1, -1), None, say)
 
 
 def _compare(old_path, new_path, config, n_latents: int = 3, n_points: int = 2000) -> tuple[float, float, float]:

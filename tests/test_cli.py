@@ -96,7 +96,9 @@ def test_export_writes_a_model_that_renders(tiny_checkpoint, tmp_path):
 
 
 def test_int8_export_says_which_layers_stay_float32(tiny_checkpoint, tmp_path):
-    out = ok(cips("export", tmp_path / "m.onnx", "--checkpoint", tiny_checkpoint, "--precision", "int8"))
+    r = cips("export", tmp_path / "m.onnx", "--checkpoint", tiny_checkpoint, "--precision", "int8")
+    out = ok(r)
+    assert "int8 pixel graph: finding how many of the 4 hidden layers stay float32 (seeds 0-15 at 64x64" in r.stderr
     facts = CIPSModel(tmp_path / "m.onnx", device="cpu").provenance["int8"]
     k, n = facts["float_layers"], facts["hidden_layers"]
     said = (f"the first {k} of {n} hidden layers in float32, the rest 8-bit (calibrated: worst seed "
