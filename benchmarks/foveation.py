@@ -21,15 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cips_edge.runtime import CIPSModel, fovea_plan, latent_for_seed, render_foveated, render_image, to_uint8
+from cips_edge.runtime import (CIPSModel, fovea_plan, latent_for_seed, psnr_uint8, render_foveated, render_image,
+                               to_uint8)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "cips_edge" / "models" / "default.onnx"
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 def best_of(repeats: int, render) -> tuple[np.ndarray, float, float]:
@@ -76,9 +72,9 @@ def main() -> None:
                 "seed": seed, "radius": radius, "points": plan.points, "full_points": n * n,
                 "fewer_points": round(n * n / plan.points, 2), "fovea_pixels": int(inside.sum()),
                 "fovea_identical": bool(np.array_equal(fov[inside], full[inside])),
-                "psnr_fovea_db": number(psnr(fov8[inside], full8[inside])),
-                "psnr_outside_db": number(psnr(fov8[~inside], full8[~inside])),
-                "psnr_image_db": number(psnr(fov8, full8)),
+                "psnr_fovea_db": number(psnr_uint8(fov8[inside], full8[inside])),
+                "psnr_outside_db": number(psnr_uint8(fov8[~inside], full8[~inside])),
+                "psnr_image_db": number(psnr_uint8(fov8, full8)),
                 "full_s": round(full_s, 3), "foveated_s": round(fov_s, 3), "speedup": round(full_s / fov_s, 2),
                 "full_cpu_s": round(full_cpu, 3), "foveated_cpu_s": round(fov_cpu, 3),
                 "cpu_speedup": round(full_cpu / fov_cpu, 2),

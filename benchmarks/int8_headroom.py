@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +30,8 @@ from cips_edge.checkpoint import load_generator, resolve_checkpoint_path
 from cips_edge.export import generator_from_onnx
 from cips_edge.runtime import CIPSModel, region_grid, render_points
 from cips_edge.runtime.coords import FULL_FRAME
-from cips_edge.runtime.image import to_uint8
+from cips_edge.runtime.image import psnr_uint8, to_uint8
 from cips_edge.runtime.latents import latent_for_seed, parse_seeds
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_quality import psnr_uint8  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCHEMES = {  # name: (activations, weights)

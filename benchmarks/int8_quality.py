@@ -18,18 +18,12 @@ import numpy as np
 
 from cips_edge.metrics import write_report
 from cips_edge.runtime import CIPSModel
-from cips_edge.runtime.image import to_uint8
+from cips_edge.runtime.image import psnr_uint8, to_uint8
 from cips_edge.runtime.latents import latent_for_seed, parse_seeds
 from cips_edge.runtime.render import render_image
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "cips_edge" / "models" / "default.onnx"
-
-
-def psnr_uint8(image: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR in dB of two 8-bit images (peak 255); inf when equal."""
-    mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
 
 
 def timed_render(model: CIPSModel, z: np.ndarray, size: int) -> tuple[np.ndarray, float]:

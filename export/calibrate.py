@@ -4,7 +4,7 @@ being written.
 
 The int8 graph quantizes each layer's input to 8 bits with one scale per call; an error made early
 passes through every later layer, so the first layers cost the most quality and the last ones the
-least (on the packaged emoji model, 128x128, seeds 0-15: worst seed 32.2 dB with every hidden layer
+least (on the packaged emoji model, 128x128, seeds 0-15: worst seed 32.1 dB with every hidden layer
 in int8, 40.3 dB with the first four of eight in float32: benchmarks/int8_headroom.py). The search
 renders with the pixel graph and style weights the file will hold, in ONNX Runtime on the CPU, in
 the CPU's chunks, so what it measures is what `--precision int8` renders.
@@ -19,7 +19,7 @@ from cips_edge.core.format import COORDS, EMBEDDING, RGB
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime.chunks import CPU_CHUNK
 from cips_edge.runtime.coords import pixel_grid
-from cips_edge.runtime.image import to_uint8
+from cips_edge.runtime.image import psnr_uint8, to_uint8
 from cips_edge.runtime.latents import latent_for_seed
 
 from .pixels import pixel_graph, shared_weights
@@ -32,13 +32,8 @@ CALIBRATION_SEEDS = tuple(range(16))
 CALIBRATION_SIDE = 64
 
 
-def psnr_uint8(image: np.ndarray, reference: np.ndarray) -> float:
-    mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
-
-
 def calibrate_int8(generator: CIPSGenerator, w_avg: torch.Tensor, target_db: float = INT8_TARGET_DB,
-                      seeds: tuple[int, ...] = CALIBRATION_SEEDS, side: int = CALIBRATION_SIDE) -> tuple[int, float]:
+                   seeds: tuple[int, ...] = CALIBRATION_SEEDS, side: int = CALIBRATION_SIDE) -> tuple[int, float]:
     """(k, worst PSNR in dB): the fewest leading hidden layers in float32 for which the int8 pixel
     graph's 8-bit side x side renders of `seeds` (psi 1) are all within target_db of the float32
     generator's; every hidden layer when no smaller k is (then the int8 graph has no 8-bit layer).

@@ -11,7 +11,7 @@ from .coords import (FULL_FRAME, check_region, grid_chunks, load_coords, panoram
                      region_grid)
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import FORMAT, FORMAT_VERSION, PRECISIONS, ModelInfo, packaged_model
-from .image import MAX_SIDE, check_image_size, output_paths, output_pattern, prepare_output, psnr, to_uint8, write_output
+from .image import MAX_SIDE, check_image_size, output_paths, output_pattern, prepare_output, psnr, psnr_uint8, to_uint8, write_output
 from .latents import latent_for_seed, load_latent, parse_seeds
 from .model import DEVICES, CIPSModel, available_providers, count_parameters
 from .render import check_truncation, render_grid, render_image, render_images, render_points, run_chunks
@@ -25,7 +25,7 @@ from .zoom import zoom_frames, zoom_regions
 __all__ = [
     "FULL_FRAME", "check_region", "grid_chunks", "load_coords", "pixel_grid", "region_grid", "UserError", "FORMAT",
     "FORMAT_VERSION", "PRECISIONS", "ModelInfo", "packaged_model", "MAX_SIDE", "check_image_size", "output_paths", "prepare_output",
-    "output_pattern", "psnr", "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES",
+    "output_pattern", "psnr", "psnr_uint8", "to_uint8", "write_output", "latent_for_seed", "load_latent", "parse_seeds", "DEVICES",
     "CIPSModel", "available_providers", "count_parameters", "check_truncation", "render_grid", "render_image", "render_images", "render_points", "run_chunks",
     "open_models", "parse_devices", "STREAM_SUFFIXES", "StreamRender", "streams",
     "FoveaPlan", "fovea_plan", "render_foveated", "VIDEO_SUFFIXES", "prepare_video", "write_video", "lerp", "slerp",

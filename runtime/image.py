@@ -40,6 +40,12 @@ def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(4.0 / mse))
 
 
+def psnr_uint8(image: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB of two 8-bit images (peak 255); inf when equal."""
+    mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0 ** 2 / mse))
+
+
 def check_image_size(width: int, height: int, force: bool = False) -> None:
     if width < 1 or height < 1:
         raise UserError(f"image size must be at least 1 x 1 pixels, got {width} x {height}")

@@ -13,10 +13,10 @@ from onnx import numpy_helper
 from cips_edge.core.config import preset
 from cips_edge.core.format import packaged_model
 from cips_edge.export import ExportError, export_generator, generator_from_onnx
-from cips_edge.export.calibrate import CALIBRATION_SEEDS, CALIBRATION_SIDE, INT8_TARGET_DB, psnr_uint8
+from cips_edge.export.calibrate import CALIBRATION_SEEDS, CALIBRATION_SIDE, INT8_TARGET_DB
 from cips_edge.export.style import INT8_MAX, FastStyle, StyleGraph, biases, bias_names, int8_names, rgb_sources
 from cips_edge.model import LRELU_SLOPE, CIPSGenerator
-from cips_edge.runtime import CIPSModel, latent_for_seed, render_points, to_uint8
+from cips_edge.runtime import CIPSModel, latent_for_seed, psnr_uint8, render_points, to_uint8
 from cips_edge.runtime.coords import FULL_FRAME, region_grid
 
 
@@ -61,8 +61,7 @@ def test_equalized_weights_compute_the_same_chain_and_quantize_to_within_half_a_
 
 def psnr8(image: np.ndarray, reference: np.ndarray) -> float:
     """PSNR (dB) of the 8-bit images of two raw renders."""
-    mse = np.mean((to_uint8(image).astype(np.float64) - to_uint8(reference)) ** 2)
-    return float(10 * np.log10(255 ** 2 / mse))
+    return psnr_uint8(to_uint8(image), to_uint8(reference))
 
 
 @pytest.fixture(scope="module")
