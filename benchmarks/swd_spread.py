@@ -56,18 +56,23 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=6, help="draws per model and of the floor")
     parser.add_argument("--first-draw", type=int, default=0,
                         help="number of the first draw: R > 0 gives draws no earlier run used (R, R+1, ...)")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the data-vs-data floor (--no-floor: the models alone, for figures "
+                             "paired later with another run's on the same draws)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of each model's ONNX Runtime session (default: its own choice)")
     parser.add_argument("--out", type=Path, default=RESULTS / "swd-spread.json")
     args = parser.parse_args()
 
     floor, half = [], 0
-    for r in range(args.first_draw, args.first_draw + args.draws):
+    for r in range(args.first_draw, args.first_draw + args.draws) if args.floor else ():
         halves = halves_swd(args.data, args.size, split_seed=r, metric_seed=r)
         floor.append(halves["mean"])
         half = halves["num_images"]
         print(f"data halves, draw {r}: {floor[-1]:.2f}", flush=True)
     models = {}
     for path in args.model:
-        model = CIPSModel(path, device="cpu")
+        model = CIPSModel(path, device="cpu", threads=args.threads)
         t = time.perf_counter()
         # draw r: seeds r*N onwards, seed r
         result = cm.evaluate_draws(cm.onnx_source(model, args.size), args.data, args.draws, num_images=args.num,
@@ -79,8 +84,9 @@ def main() -> None:
               flush=True)
         prov = model.provenance
         models[shown(path)] = {"images_seen": prov.get("images_seen"), "swd": summary(values), "levels": levels,
-                               "ratio_to_floor_per_draw": summary([v / f for v, f in zip(values, floor)]),
                                "provider": model.provider}
+        if floor:
+            models[shown(path)]["ratio_to_floor_per_draw"] = summary([v / f for v, f in zip(values, floor)])
         if len(models) > 1:  # paired with the first model: same seeds, data subset, patches and directions
             base = next(iter(models.values()))["swd"]["values"]
             models[shown(path)]["minus_first_model_per_draw"] = summary([v - b for v, b in zip(values, base)])
@@ -89,7 +95,7 @@ def main() -> None:
                      "image, 512 directions)",
         "data": str(args.data), "size": args.size, "num": args.num, "draws": args.draws,
         "first_draw": args.first_draw,
-        "floor_data_halves": {"num_images": half, **summary(floor)},
+        "floor_data_halves": {"num_images": half, **summary(floor)} if floor else None,
         "models": models,
         "machine": {"platform": platform.platform(), "cores": len(os.sched_getaffinity(0))},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -98,9 +104,10 @@ def main() -> None:
     for path, m in models.items():
         paired = m.get("minus_first_model_per_draw")
         paired = f"; minus the first model {paired['mean']:+.2f} ± {paired['std']:.2f}" if paired else ""
+        against = (f"; floor {report['floor_data_halves']['mean']:.2f} ± {report['floor_data_halves']['std']:.2f}; "
+                   f"ratio {m['ratio_to_floor_per_draw']['mean']:.2f}") if floor else ""
         print(f"{Path(path).name}: SWD {m['swd']['mean']:.2f} ± {m['swd']['std']:.2f} "
-              f"({m['swd']['min']:.2f}-{m['swd']['max']:.2f}); floor {report['floor_data_halves']['mean']:.2f} ± "
-              f"{report['floor_data_halves']['std']:.2f}; ratio {m['ratio_to_floor_per_draw']['mean']:.2f}{paired}")
+              f"({m['swd']['min']:.2f}-{m['swd']['max']:.2f}){against}{paired}")
     print(f"wrote {args.out}")
 
 
