@@ -73,8 +73,9 @@ class TrainOptions:
     ema_kimg: float = opt(10.0, "half-life of the EMA generator in thousands of images")
     d_warmup_kimg: float | None = opt(None, "thousands of images at the start that train D alone, G and its EMA "
                                             "held, so that a new discriminator catches up with a trained "
-                                            f"generator; default {D_WARMUP_KIMG:g} with --init-from a model "
-                                            "file (.onnx), else 0")
+                                            "generator (with DiffAugment on it can take millions: "
+                                            f"docs/training.md); default {D_WARMUP_KIMG:g} with --init-from a "
+                                            "model file (.onnx), else 0")
     augment: str = opt("auto", f"DiffAugment (colour, translation, cutout) on reals and fakes: on, off, "
                                f"auto = on below {AUGMENT_AUTO_BELOW:,} images")
     xflip: bool = opt(True, "mirror real images left-right at random (the original does)")
