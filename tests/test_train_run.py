@@ -654,6 +654,35 @@ def test_init_from_a_model_file_trains_a_new_discriminator_alone_first(straight,
     assert origin["provenance"]["images_seen"] == BATCH * STEPS  # how the file was made, kept with the run
 
 
+@pytest.mark.parametrize("real, fake, warned", [(0.0021, 0.0019, True), (0.08, -0.09, False)])
+def test_a_discriminator_still_at_chance_after_its_warm_up_is_a_warning(straight, train_images, tmp_path,
+                                                                        monkeypatch, real, fake, warned):
+    """The first loss reading after --d-warmup-kimg says whether D has begun to tell the generator's images
+    from the data (mean logits BLIND_GAP apart), and warns in one line when it has not."""
+    from cips_edge.export import export_checkpoint
+
+    model_file = tmp_path / "source.onnx"
+    export_checkpoint(model_file, straight[0])
+    original = Trainer.read_stats
+    readings = []
+
+    def read(self):
+        stats = original(self)
+        readings.append(stats)
+        return {**stats, "real_score": real, "fake_score": fake}
+
+    monkeypatch.setattr(Trainer, "read_stats", read)
+    _, err = run_quietly(options(train_images, tmp_path / "tuned", init_from=model_file, d_channel_max=16,
+                                 d_warmup_kimg=2 * BATCH / 1000))
+    blind = [line for line in err.splitlines() if "does not yet tell the generator's images" in line]
+    assert len(readings) > 1
+    if warned:
+        assert len(blind) == 1  # once, at the end of the warm-up
+        assert "after 0.008 kimg of warm-up" in blind[0] and "real +0.0021, generated +0.0019" in blind[0]
+    else:
+        assert not blind
+
+
 def test_init_from_a_model_file_of_another_shape_is_one_line(straight, train_images, tmp_path):
     from cips_edge.export import export_checkpoint
 

@@ -33,6 +33,9 @@ from .report import (Reporter, atomic_write_json, grid_name, render_images, samp
 from .trainer import Recipe, Speed, Trainer
 
 TINY_D_CHANNELS = 32  # the tiny preset is for tests: a 512-wide D would dominate its run time
+# A D whose mean logits on real and generated images are closer than this after its warm-up has not yet
+# learnt to tell them apart (after 500 steps on the emoji set: 0.000 with DiffAugment, 0.06-0.13 without).
+BLIND_GAP = 0.01
 
 
 def checkpoint_name(images_seen: int) -> str:
@@ -139,6 +142,17 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def blind_discriminator_note(stats: dict, warmup_kimg: float) -> str | None:
+    """The warning for a D that its warm-up left at chance (None when it tells the images apart)."""
+    gap = stats["real_score"] - stats["fake_score"]
+    if gap >= BLIND_GAP:
+        return None
+    return (f"after {warmup_kimg:g} kimg of warm-up D does not yet tell the generator's images from the data "
+            f"(mean logits: real {stats['real_score']:+.4f}, generated {stats['fake_score']:+.4f}); with "
+            "DiffAugment on, a new D can need millions of images, and until then G trains against a D that "
+            "cannot see: docs/training.md")
 
 
 def _count(module: torch.nn.Module) -> str:
@@ -441,6 +455,7 @@ class Run:
             self.save_samples(trainer, fixed_z, 0)
 
         first_step = step
+        warmup_end = hold if step < hold else None  # D's warm-up ends in this process: check D then
         t_start = time.perf_counter()
         elapsed = lambda: elapsed0 + time.perf_counter() - t_start  # noqa: E731
         reporter.start(step * o.batch)
@@ -457,7 +472,13 @@ class Run:
                     reporter.advance(images)
                     at_log = step % o.log_every == 0 or step == total_steps
                     if at_log:
-                        reporter.log(step, images, elapsed(), trainer.read_stats())
+                        stats = trainer.read_stats()
+                        reporter.log(step, images, elapsed(), stats)
+                        if warmup_end is not None and step >= warmup_end:  # the first reading after it
+                            note = blind_discriminator_note(stats, o.warmup_kimg)
+                            if note:
+                                reporter.warn(note)
+                            warmup_end = None
                     stopping = stop.requested
                     if world.size > 1:  # ranks agree on stopping where they synchronise anyway
                         stopping = at_log and distributed.any_rank(stop.requested, device)
