@@ -45,7 +45,7 @@ def read_metrics(path: Path, every: int) -> list[dict]:
 
 def swd_values(path: Path) -> dict:
     report = json.loads(path.read_text())
-    (name, model), = list(report["models"].items())[:1]
+    name, model = next(iter(report["models"].items()))  # the report's first model
     return {"model": name, "images_seen": model["images_seen"], "values": model["swd"]["values"],
             "mean": model["swd"]["mean"], "first_draw": report.get("first_draw", 0)}
 
