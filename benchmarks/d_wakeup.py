@@ -23,6 +23,9 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from swd_spread import summary  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = [(10.0, "on"), (10.0, "off"), (0.0, "on"), (0.0, "off")]
 CHANCE = 2 * math.log(2)
@@ -37,6 +40,7 @@ def probe_command(data: str, model: str, out: Path, gamma: float, augment: str, 
 
 def read_metrics(path: Path, every: int) -> list[dict]:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss_d" in r]  # a run's --metrics lines carry no losses
     keep = [r for r in rows if r["step"] % every == 0] or rows
     return [{"step": r["step"], "kimg": r["kimg"], "loss_d": round(r["loss_d"], 4),
              "real_logit": round(r["real_score"], 4), "fake_logit": round(r["fake_score"], 4),
@@ -91,9 +95,8 @@ def main() -> None:
         swd[name] = swd_values(Path(path))
     if swd:
         base = next(iter(swd.values()))["values"]
-        for entry in list(swd.values())[1:]:
-            diff = [v - b for v, b in zip(entry["values"], base)]
-            entry["minus_baseline_mean"] = round(sum(diff) / len(diff), 3)
+        for entry in list(swd.values())[1:]:  # paired per draw, as swd_spread.py pairs with its first model
+            entry["minus_baseline_per_draw"] = summary([v - b for v, b in zip(entry["values"], base)])
     report = {"benchmark": "d-wakeup: a new discriminator beside a trained generator", "chance_loss_d": round(CHANCE, 4),
               "model": args.model, "probes": probes, "runs": runs, "swd": swd, "notes": args.note,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -103,7 +106,8 @@ def main() -> None:
         print(f"{name}: step {last['step']} loss_d {last['loss_d']:.4f} real {last['real_logit']:+.4f} "
               f"fake {last['fake_logit']:+.4f}")
     for name, entry in swd.items():
-        extra = f" ({entry['minus_baseline_mean']:+.2f} per draw)" if "minus_baseline_mean" in entry else ""
+        paired = entry.get("minus_baseline_per_draw")
+        extra = f" ({paired['mean']:+.2f} ± {paired['std']:.2f} per draw)" if paired else ""
         print(f"{name}: SWD {entry['mean']:.2f}{extra}")
     print(f"wrote {args.out}")
 
