@@ -7,10 +7,10 @@ read from each run's metrics.jsonl. Chance is loss_d = 2 ln 2 = 1.386 with both 
         --out benchmarks/results/d-wakeup-h200.json
 
 `--summarize DIR ...` skips the training and reads run folders made earlier by the same command (each
-folder named g<gamma>-<on|off>); `--run NAME=METRICS.jsonl` adds the logits of a whole fine-tune (a
-run from the model file with the generator training too) and `--swd NAME=SWD.json` the SWD figures of
-its checkpoints (benchmarks/swd_spread.py outputs, the first of which is the baseline they are paired
-with).
+folder named g<gamma>-<on|off>); `--run NAME=METRICS.jsonl` adds the logits of a whole run (a fine-tune
+from the model file, or a longer warm-up with the generator held) and `--swd NAME=SWD.json` the SWD
+figures of its checkpoints (benchmarks/swd_spread.py outputs, the first of which is the baseline they
+are paired with). Given only --run and --swd, it summarises those and trains nothing.
 """
 from __future__ import annotations
 
@@ -47,9 +47,11 @@ def read_metrics(path: Path, every: int) -> list[dict]:
              "gap": round(r["real_score"] - r["fake_score"], 4), "r1": r["r1"]} for r in keep]
 
 
-def swd_values(path: Path) -> dict:
-    report = json.loads(path.read_text())
-    name, model = next(iter(report["models"].items()))  # the report's first model
+def swd_values(spec: str) -> dict:
+    """SWD figures of one model of a swd_spread.py report: PATH (its first model) or PATH@N (its N-th, from 0)."""
+    path, _, index = spec.partition("@")
+    report = json.loads(Path(path).read_text())
+    name, model = list(report["models"].items())[int(index or 0)]
     return {"model": name, "images_seen": model["images_seen"], "values": model["swd"]["values"],
             "mean": model["swd"]["mean"], "first_draw": report.get("first_draw", 0)}
 
@@ -61,17 +63,21 @@ def main() -> None:
     parser.add_argument("--kimg", type=float, default=32.0, help="thousands of images D trains alone per setting")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--summarize", type=Path, nargs="+", help="probe run folders made earlier (g<gamma>-<aug>)")
-    parser.add_argument("--run", action="append", default=[], help="NAME=METRICS.jsonl of a whole fine-tune")
+    parser.add_argument("--run", action="append", default=[], help="NAME=METRICS.jsonl of a whole run")
     parser.add_argument("--run-every", type=int, default=2000, help="steps between the rows kept of --run")
-    parser.add_argument("--swd", action="append", default=[], help="NAME=SWD.json (swd_spread.py); first: baseline")
+    parser.add_argument("--swd", action="append", default=[],
+                        help="NAME=SWD.json[@N]: a swd_spread.py report's N-th model (default its first); "
+                             "the first --swd is the baseline")
     parser.add_argument("--note", action="append", default=[], help="a line on how the inputs were made")
     parser.add_argument("--out", type=Path, default=RESULTS / "d-wakeup.json")
     args = parser.parse_args()
 
     folders = args.summarize
+    if folders is None and not args.data and (args.run or args.swd):
+        folders = []  # whole runs alone
     if folders is None:
         if not args.data:
-            parser.error("give the data to train on, or --summarize earlier probe runs")
+            parser.error("give the data to train on, --summarize earlier probe runs, or --run/--swd figures")
         scratch = Path(tempfile.mkdtemp(prefix="d-wakeup-"))
         folders = []
         for gamma, augment in SETTINGS:
@@ -92,7 +98,7 @@ def main() -> None:
     swd = {}
     for spec in args.swd:
         name, path = spec.split("=", 1)
-        swd[name] = swd_values(Path(path))
+        swd[name] = swd_values(path)
     if swd:
         base = next(iter(swd.values()))["values"]
         for entry in list(swd.values())[1:]:  # paired per draw, as swd_spread.py pairs with its first model
