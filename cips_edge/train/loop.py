@@ -151,8 +151,8 @@ def blind_discriminator_note(stats: dict, warmup_kimg: float) -> str | None:
         return None
     return (f"after {warmup_kimg:g} kimg of warm-up D does not yet tell the generator's images from the data "
             f"(mean logits: real {stats['real_score']:+.4f}, generated {stats['fake_score']:+.4f}); with "
-            "DiffAugment on, a new D can need millions of images, and until then G trains against a D that "
-            "cannot see: docs/training.md")
+            "DiffAugment on, a new D can need 500 kimg alone (--d-warmup-kimg), and until it sees, G trains "
+            "against a D at chance: docs/training.md")
 
 
 def _count(module: torch.nn.Module) -> str:
