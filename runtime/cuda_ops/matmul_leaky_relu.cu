@@ -1,0 +1,207 @@
+// cips.fast::MatMulLeakyRelu for ONNX Runtime's CUDA execution provider:
+// Y = LeakyRelu(X @ W + b, alpha) in one kernel, so the activation is written once instead of being
+// read and written again by separate bias and LeakyRelu passes (docs: runtime/cuda_ops/README.md).
+//
+// X [M, K] or [B, M, K] fp16 row-major, W [K, N] fp16 row-major, b [N] fp16 (optional), Y fp16 [.., N].
+// The GEMM is a CUTLASS 3 kernel for SM90 (TMA loads, warp-specialized WGMMA, fp32 accumulation); the
+// epilogue adds the per-column bias and applies LeakyReLU before the fp16 store. TMA needs 16-byte
+// aligned rows, hence K and N multiples of 8; M is free (TMA clips the last tile's rows).
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/thread/activation.h"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+
+namespace {
+
+using namespace cute;
+
+using Half = cutlass::half_t;
+using RowMajor = cutlass::layout::RowMajor;
+constexpr int kAlign = 8;  // elements per 16 bytes: TMA's alignment for every operand
+
+// One tile configuration (build time): 128x128 output tiles, 64-deep K steps, two consumer warp
+// groups sharing each tile (cooperative), persistent CTAs, no clusters.
+using TileShape = Shape<_128, _128, _64>;
+using ClusterShape = Shape<_1, _1, _1>;
+
+// D = LeakyReLU(1 * acc + 0 * C + bias[col]); C is void, so no source operand is read at all.
+using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<
+    cutlass::epilogue::thread::LeakyReLU, Half, float, Half>;
+
+using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+    void, RowMajor, kAlign,  // C
+    Half, RowMajor, kAlign,  // D = Y
+    cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+
+// A = X [M, K] row-major (K-major); B = W [K, N] row-major, i.e. N-major, which WGMMA reads for
+// 16-bit types without a transpose.
+using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
+    Half, RowMajor, kAlign,
+    Half, RowMajor, kAlign,
+    float, TileShape, ClusterShape,
+    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+    cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+
+using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+void check(cutlass::Status status, const char* what) {
+  if (status != cutlass::Status::kSuccess)
+    ORT_CXX_API_THROW(std::string("MatMulLeakyRelu: CUTLASS ") + what + ": " + cutlassGetStatusString(status),
+                      ORT_RUNTIME_EXCEPTION);
+}
+
+void check(cudaError_t error, const char* what) {
+  if (error != cudaSuccess)
+    ORT_CXX_API_THROW(std::string("MatMulLeakyRelu: ") + what + ": " + cudaGetErrorString(error), ORT_RUNTIME_EXCEPTION);
+}
+
+void fail(const std::string& message) { ORT_CXX_API_THROW("MatMulLeakyRelu: " + message, ORT_INVALID_ARGUMENT); }
+
+bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Y = LeakyRelu(X @ W + b) on `stream`: x [m, k], w [k, n], bias [n] or null, y [m, n].
+void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, int m, int n, int k,
+                       float alpha, cudaStream_t stream) {
+  int device = 0, sms = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+
+  // Strides in (rows, columns, batch) order of each operand as CUTLASS sees it: A (M, K), B (N, K), D (M, N).
+  typename Kernel::StrideA stride_x = make_stride(int64_t(k), Int<1>{}, int64_t(0));
+  typename Kernel::StrideB stride_w = make_stride(Int<1>{}, int64_t(n), int64_t(0));
+  typename Kernel::StrideD stride_y = make_stride(int64_t(n), Int<1>{}, int64_t(0));
+  typename Kernel::StrideC stride_c = stride_y;
+
+  typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                {m, n, k, 1},
+                                {x, stride_x, w, stride_w},
+                                {{}, nullptr, stride_c, y, stride_y}};
+  args.epilogue.thread.alpha = 1.0f;
+  args.epilogue.thread.beta = 0.0f;
+  args.epilogue.thread.bias_ptr = bias;  // null: CUTLASS broadcasts 0 instead
+  args.epilogue.thread.activation.leaky_alpha = alpha;
+  args.hw_info.device_id = device;
+  args.hw_info.sm_count = sms;
+
+  Gemm gemm;
+  check(gemm.can_implement(args), "cannot run this problem");
+  if (Gemm::get_workspace_size(args) != 0) fail("this kernel configuration wants a workspace; none is allocated");
+  check(gemm.initialize(args, nullptr, stream), "initialize");
+  check(gemm.run(stream), "launch");
+  check(cudaGetLastError(), "launch");
+}
+
+struct MatMulLeakyReluKernel {
+  float alpha;
+
+  explicit MatMulLeakyReluKernel(const OrtKernelInfo* info)
+      : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")) {}
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
+    try {
+      Compute(Ort::KernelContext(raw));
+    } catch (const Ort::Exception& e) {
+      return Ort::Status(e).release();
+    } catch (const std::exception& e) {
+      return Ort::Status(e.what(), ORT_RUNTIME_EXCEPTION).release();
+    }
+    return nullptr;
+  }
+
+  void Compute(Ort::KernelContext ctx) const {
+    Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
+    std::vector<int64_t> x_shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    std::vector<int64_t> w_shape = w.GetTensorTypeAndShapeInfo().GetShape();
+    if (x_shape.size() < 2 || x_shape.size() > 3 || w_shape.size() != 2 || x_shape.back() != w_shape[0])
+      fail("X must be [M, K] or [B, M, K] and W [K, N] with the same K");
+    const int64_t k = w_shape[0], n = w_shape[1];
+    int64_t m = 1;
+    for (size_t i = 0; i + 1 < x_shape.size(); ++i) m *= x_shape[i];
+    if (k % kAlign || n % kAlign) fail("K and N must be multiples of 8 (16-byte rows for TMA)");
+    if (m > INT32_MAX || k > INT32_MAX || n > INT32_MAX) fail("a dimension exceeds 2^31 - 1");
+    const Half* bias = nullptr;
+    if (ctx.GetInputCount() > 2) {
+      Ort::ConstValue b = ctx.GetInput(2);  // empty where the node leaves the optional input out
+      if (b != nullptr) {
+        std::vector<int64_t> b_shape = b.GetTensorTypeAndShapeInfo().GetShape();
+        if (b_shape.size() != 1 || b_shape[0] != n) fail("b must be [N]");
+        bias = reinterpret_cast<const Half*>(b.GetTensorRawData());
+      }
+    }
+    std::vector<int64_t> y_shape(x_shape.begin(), x_shape.end() - 1);
+    y_shape.push_back(n);
+    Ort::UnownedValue y = ctx.GetOutput(0, y_shape);
+    if (m == 0) return;
+    auto* x_data = reinterpret_cast<const Half*>(x.GetTensorRawData());
+    auto* w_data = reinterpret_cast<const Half*>(w.GetTensorRawData());
+    auto* y_data = reinterpret_cast<Half*>(y.GetTensorMutableRawData());
+    if (!aligned(x_data) || !aligned(w_data) || !aligned(y_data) || (bias && !aligned(bias)))
+      fail("X, W, b and Y must start on 16-byte boundaries (TMA)");
+    matmul_leaky_relu(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha,
+                      static_cast<cudaStream_t>(ctx.GetGPUComputeStream()));
+  }
+};
+
+struct MatMulLeakyReluOp : Ort::CustomOpBase<MatMulLeakyReluOp, MatMulLeakyReluKernel, /*WithStatus=*/true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
+    try {
+      *kernel = new MatMulLeakyReluKernel(info);
+    } catch (const Ort::Exception& e) {
+      return Ort::Status(e).release();
+    }
+    return nullptr;
+  }
+  const char* GetName() const { return "MatMulLeakyRelu"; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // b: the graph may fold it into W
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
+};
+
+}  // namespace
+
+// Called by SessionOptions.register_custom_ops_library (ONNX Runtime looks this name up).
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {  // an ONNX Runtime older than these headers: no status can be made to say so
+    std::fprintf(stderr, "cips.fast: this ONNX Runtime does not offer API version %d\n", ORT_API_VERSION);
+    return nullptr;
+  }
+  Ort::InitApi(api);
+  try {
+    static const MatMulLeakyReluOp op;
+    // every session registered here reads the same domain, which must outlive them: never freed
+    static Ort::CustomOpDomain* domain = [] {
+      auto* d = new Ort::CustomOpDomain("cips.fast");
+      d->Add(&op);
+      return d;
+    }();
+    Ort::UnownedSessionOptions(options).Add(*domain);
+  } catch (const Ort::Exception& e) {
+    return Ort::Status(e).release();
+  }
+  return nullptr;
+}
