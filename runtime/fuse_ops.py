@@ -1,0 +1,219 @@
+"""The fp16 fast-path graphs rewritten for the cips.fast CUDA library (runtime/cuda_ops/): each GEMM whose
+only reader is a LeakyRelu becomes one cips.fast::MatMulLeakyRelu node, which adds the bias and applies
+the activation inside the GEMM instead of in separate passes over the activations.
+
+The rewrite happens in memory, on the graphs sent to the CUDA provider, and only where the library
+exists (for_cuda); model files are never changed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import onnxproto
+from .onnxproto import FLOAT16, to_array
+
+DOMAIN, OP = "cips.fast", "MatMulLeakyRelu"
+LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_cuda_ops.so"  # runtime/cuda_ops/build.sh
+
+
+def library_path() -> Path | None:
+    """The built library: $CIPS_CUDA_OPS, else runtime/cuda_ops/build.sh's output; None when absent."""
+    path = Path(os.environ.get("CIPS_CUDA_OPS") or LIBRARY)
+    return path if path.is_file() else None
+
+
+def for_cuda(model_bytes: bytes) -> tuple[bytes, Path | None]:
+    """A fast-path graph as the CUDA provider should get it: fused, with the library the session must
+    register (SessionOptions.register_custom_ops_library); unchanged, with None, where there is no library."""
+    library = library_path()
+    if library is None:
+        return model_bytes, None
+    fused, count = fuse(onnxproto.parse(model_bytes))
+    return (fused.SerializeToString(), library) if count else (model_bytes, None)
+
+
+def fuse(model):
+    """(a copy of model with every fusable GEMM + LeakyRelu replaced, how many were replaced).
+
+    Fusable: a LeakyRelu whose input comes, through nodes read by nothing else, from
+    MatMul(X, W) [+ Add(bias)] or Gemm(X, W[, bias]) (transA 0), optionally times a constant scalar,
+    with W a float16 [K, N] matrix (K, N multiples of 8: the kernel's alignment) and bias [N]. Gemm's
+    transB, alpha, beta and the scalar are folded into W and the bias only where they are constants and
+    the folded float16 values are exact; anything else stays as it is."""
+    out = onnxproto.messages().ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    for v in graph.output:
+        readers[v.name] = readers.get(v.name, 0) + 1
+    inits = {t.name: t for t in graph.initializer}
+    declared = {v.name: v.type.tensor_type for v in [*graph.input, *graph.value_info, *graph.output]}
+    fused: dict[int, object] = {}  # id of the LeakyRelu node -> its replacement
+    dropped: set[int] = set()
+    for act in graph.node:
+        if act.op_type != "LeakyRelu" or act.domain not in ("", "ai.onnx"):
+            continue
+        chain = _chain(act.input[0], producer, readers, inits)
+        if chain is None:
+            continue
+        new_inits: list = []
+        operands = _operands(chain, inits, declared, new_inits)
+        if operands is None:
+            continue
+        alpha = next((a.f for a in act.attribute if a.name == "alpha"), 0.01)
+        node = onnxproto.messages().NodeProto(op_type=OP, domain=DOMAIN, input=operands, output=[act.output[0]],
+                                              name=f"{act.name or act.output[0]}_fused")
+        attribute = node.attribute.add(name="alpha", f=alpha)
+        attribute.type = attribute.FLOAT
+        fused[id(act)] = node
+        dropped.update(id(n) for n in (chain["gemm"], *(p[0] for p in (chain["add"], chain["mul"]) if p)))
+        graph.initializer.extend(new_inits)
+        inits.update((t.name, t) for t in new_inits)
+    if not fused:
+        return out, 0
+    nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input} | {v.name for v in [*graph.input, *graph.output]}
+    kept = [t for t in graph.initializer if t.name in used]  # the originals of folded weights, the scalars
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    if not any(o.domain == DOMAIN for o in out.opset_import):
+        out.opset_import.add(domain=DOMAIN, version=1)
+    return out, len(fused)
+
+
+def _chain(name: str, producer: dict, readers: dict, inits: dict) -> dict | None:
+    """Walking up from a LeakyRelu's input: an optional Mul by a constant, an optional Add (after a MatMul),
+    then the Gemm or MatMul, each read by nothing but the next. {"gemm": node, "add": (node, bias name),
+    "mul": (node, scalar name)}, or None."""
+    found: dict = {"add": None, "mul": None}
+    node = _sole_producer(name, producer, readers)
+    if node is not None and node.op_type == "Mul":
+        scalar, through = (node.input[1], node.input[0]) if node.input[1] in inits else (node.input[0], node.input[1])
+        found["mul"] = (node, scalar)
+        node = _sole_producer(through, producer, readers)
+    if node is not None and node.op_type == "Add":
+        a, b = node.input
+        bias, through = (b, a) if getattr(producer.get(a), "op_type", None) == "MatMul" else (a, b)
+        found["add"] = (node, bias)
+        node = _sole_producer(through, producer, readers)
+        if node is None or node.op_type != "MatMul":
+            return None
+    if node is None or node.op_type not in ("Gemm", "MatMul"):
+        return None
+    found["gemm"] = node
+    return found
+
+
+def _sole_producer(name: str, producer: dict, readers: dict):
+    """The standard-domain node that computes name, where nothing else reads name; else None."""
+    node = producer.get(name)
+    return node if node is not None and node.domain in ("", "ai.onnx") and readers.get(name, 0) == 1 else None
+
+
+def _operands(chain: dict, inits: dict, declared: dict, new_inits: list) -> list[str] | None:
+    """[X, W, bias] names for the fused node (new, folded initializers appended to new_inits); None when
+    the chain cannot be fused exactly."""
+    gemm, add, mul = chain["gemm"], chain["add"], chain["mul"]
+    attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in gemm.attribute}
+    if attrs.get("transA", 0):
+        return None
+    x, w = gemm.input[0], gemm.input[1]
+    bias = add[1] if add is not None else (gemm.input[2] if len(gemm.input) > 2 and gemm.input[2] else None)
+    scale = 1.0
+    if mul is not None:
+        scale = _scalar(mul[1], inits)
+        if scale is None:
+            return None
+    w_scale = scale * attrs.get("alpha", 1.0)
+    b_scale = scale * attrs.get("beta", 1.0)
+    w = _matrix(w, inits, declared, bool(attrs.get("transB", 0)), w_scale, new_inits)
+    if w is None:
+        return None
+    if bias is None:
+        return [x, w[0]]
+    b = _vector(bias, w[1], inits, declared, b_scale, new_inits)
+    return None if b is None else [x, w[0], b]
+
+
+def _scalar(name: str, inits: dict) -> float | None:
+    t = inits.get(name)  # rank 0 or 1: a larger rank could broadcast the product to more dimensions
+    if t is None or len(t.dims) > 1 or int(np.prod(t.dims)) != 1 or t.data_type not in (onnxproto.FLOAT, FLOAT16):
+        return None
+    return float(to_array(t).reshape(-1)[0])
+
+
+def _matrix(name: str, inits: dict, declared: dict, transposed: bool, scale: float, new_inits: list):
+    """(name of W as [K, N] float16, N) or None: the input as it is, or a folded copy of a constant."""
+    if name in inits:
+        t = inits[name]
+        if t.data_type != FLOAT16 or len(t.dims) != 2:
+            return None
+        if not transposed and scale == 1.0:
+            return _aligned(name, list(t.dims))
+        w = to_array(t).T if transposed else to_array(t)
+        folded = _exact(w, scale)
+        if folded is None:
+            return None
+        new_name = _unique(f"{name}_fused", inits, new_inits)
+        new_inits.append(_fp16(folded, new_name))
+        return _aligned(new_name, list(folded.shape))
+    typ = declared.get(name)
+    if transposed or scale != 1.0 or typ is None or typ.elem_type != FLOAT16:
+        return None
+    return _aligned(name, [d.dim_value if d.HasField("dim_value") else None for d in typ.shape.dim])
+
+
+def _aligned(name: str, dims: list):
+    ok = len(dims) == 2 and all(isinstance(d, int) and d > 0 and d % 8 == 0 for d in dims)
+    return (name, dims[1]) if ok else None
+
+
+def _vector(name: str, n: int, inits: dict, declared: dict, scale: float, new_inits: list) -> str | None:
+    """The bias as a float16 [N] input: as it is, or a reshaped / folded copy of a constant."""
+    if name in inits:
+        t = inits[name]
+        if t.data_type != FLOAT16 or list(t.dims) not in ([n], [1, n]):  # [1, 1, N] could add a dimension
+            return None
+        if len(t.dims) == 1 and scale == 1.0:
+            return name
+        folded = _exact(to_array(t).reshape(n), scale)
+        if folded is None:
+            return None
+        new_name = _unique(f"{name}_fused", inits, new_inits)
+        new_inits.append(_fp16(folded, new_name))
+        return new_name
+    typ = declared.get(name)
+    dims = [d.dim_value for d in typ.shape.dim] if typ is not None else None
+    return name if scale == 1.0 and typ is not None and typ.elem_type == FLOAT16 and dims == [n] else None
+
+
+def _exact(values: np.ndarray, scale: float) -> np.ndarray | None:
+    """values * scale in float16 where every product is exact (no rounding, overflow or underflow)."""
+    wanted = values.astype(np.float64) * scale
+    with np.errstate(over="ignore"):
+        got = wanted.astype(np.float16)
+    return got if np.array_equal(got.astype(np.float64), wanted) else None
+
+
+def _unique(name: str, inits: dict, new_inits: list) -> str:
+    taken = set(inits) | {t.name for t in new_inits}
+    k, candidate = 0, name
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}{k}"
+    return candidate
+
+
+def _fp16(array: np.ndarray, name: str):
+    tensor = onnxproto.messages().TensorProto(name=name, data_type=FLOAT16, dims=list(array.shape))
+    tensor.raw_data = np.ascontiguousarray(array, dtype="<f2").tobytes()
+    return tensor

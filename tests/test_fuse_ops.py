@@ -1,0 +1,145 @@
+"""The cips.fast rewrite (runtime/fuse_ops.py): fused graphs compute what the originals compute. On the CPU
+the fused op runs as an ONNX model-local function (MatMul, Add, LeakyRelu), so these tests check the
+rewrite, not the CUDA kernel (benchmarks/cuda_ops_check.py does that on a GPU)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cips_edge.core.format import COORDS, EMBEDDING, RGB, packaged_model
+from cips_edge.runtime import CIPSModel, fuse_ops, graphcut, latent_for_seed, onnxproto, pixel_grid
+from cips_edge.runtime.coords import grid_axes
+
+# Largest |difference| in raw colours (range about [-1, 1]) between the packaged fp16 graphs and their
+# fused form run on the CPU: 0.0024 / 0.0041 for seeds 0 / 1 at 64x64, at most 0.006 over seeds 0-7 (ONNX
+# Runtime's fp16 MatMul and Gemm round differently). A LeakyRelu slope 5% off (0.21) moves colours by ~0.5.
+TOLERANCE = 0.01
+
+
+def reference_function(with_bias: bool):
+    """cips.fast::MatMulLeakyRelu as an ONNX function, for runs on the CPU provider."""
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["XW"])]
+    if with_bias:
+        nodes.append(helper.make_node("Add", ["XW", "B"], ["Z"]))
+    act = helper.make_node("LeakyRelu", [nodes[-1].output[0]], ["Y"])
+    act.attribute.append(onnx.AttributeProto(name="alpha", ref_attr_name="alpha", type=onnx.AttributeProto.FLOAT))
+    nodes.append(act)
+    return helper.make_function(fuse_ops.DOMAIN, fuse_ops.OP, ["X", "W", "B"] if with_bias else ["X", "W"], ["Y"],
+                                nodes, [helper.make_opsetid("", 17)], ["alpha"])
+
+
+def cpu_session(model, with_bias: bool = False):
+    if any(n.domain == fuse_ops.DOMAIN for n in model.graph.node):
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.functions.append(reference_function(with_bias))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def packaged():
+    """The packaged model's fp16 fast paths and two latents' weights (seeds 0 and 1)."""
+    path = packaged_model()
+    model = CIPSModel(path, device="cpu", precision="fp16")
+    fast = graphcut.FastPaths(onnxproto.load(str(path), str(path)), model.info, "fp16", str(path))
+    z = np.stack([latent_for_seed(seed, model.style_dim) for seed in (0, 1)])
+    return fast, model.styles(z, np.ones(2, np.float32))
+
+
+def _renders(session, graph: str, fast, styles) -> list[np.ndarray]:
+    names = [i.name for i in session.get_inputs()]
+    if graph == "pixel":
+        points = {COORDS: pixel_grid(64, 64), EMBEDDING: fast.table}
+    else:
+        points = dict(zip(("xs", "ys"), grid_axes(64, 64)))
+    return [session.run([RGB], {**points, **{n: s[n] for n in names if n not in points}})[0] for s in styles]
+
+
+@pytest.mark.parametrize("graph", ["pixel", "grid"])
+def test_fused_fp16_graphs_render_the_packaged_models_pictures(packaged, graph):
+    fast, styles = packaged
+    original = onnxproto.parse(getattr(fast, graph))
+    fused, count = fuse_ops.fuse(original)
+    # every hidden layer but the input layer (its Gemm reads the table half transposed, or adds a
+    # full matrix, which the op does not take)
+    assert count == 8
+    assert [n.op_type for n in fused.graph.node].count("LeakyRelu") == 1
+    assert any(o.domain == fuse_ops.DOMAIN for o in fused.opset_import)
+    want = _renders(cpu_session(original), graph, fast, styles)
+    got = _renders(cpu_session(fused), graph, fast, styles)
+    assert max(float(np.abs(g - w).max()) for g, w in zip(got, want)) < TOLERANCE
+
+    for node in fused.graph.node:  # the check can fail: a slope 5% off
+        if node.op_type == fuse_ops.OP:
+            node.attribute[0].f = 0.21
+    wrong = _renders(cpu_session(fused), graph, fast, styles)
+    assert max(float(np.abs(g - w).max()) for g, w in zip(wrong, want)) > 10 * TOLERANCE
+
+
+def _chain(k: int, n: int, gain: float | None, gemm: bool, shared_output: bool = False, dtype=np.float16):
+    """x [points, k] -> LeakyRelu(gain * (x @ W + b)) through MatMul + Add (+ Mul), or Gemm with transB."""
+    rng = np.random.default_rng(k * n)
+    w = (rng.standard_normal((k, n)) / 8).astype(dtype)  # quarter steps of 1/8: exact under gains of 2
+    b = (rng.standard_normal(n) / 8).astype(dtype)
+    elem = TensorProto.FLOAT16 if dtype == np.float16 else TensorProto.FLOAT
+    inits = [numpy_helper.from_array(b, "b")]
+    if gemm:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), "w"))
+        nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    else:
+        inits.append(numpy_helper.from_array(w, "w"))
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])]
+    if gain is not None:
+        inits.append(numpy_helper.from_array(np.array(gain, dtype), "gain"))
+        nodes.append(helper.make_node("Mul", ["y", "gain"], ["scaled"]))
+    nodes.append(helper.make_node("LeakyRelu", [nodes[-1].output[0]], ["out"], alpha=0.2))
+    outputs = [helper.make_tensor_value_info("out", elem, ["points", n])]
+    if shared_output:  # the GEMM's result is read twice: fusing would lose it
+        outputs.append(helper.make_tensor_value_info(nodes[0].output[0], elem, None))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", elem, ["points", k])], outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("gemm,gain", [(False, None), (False, 2.0), (True, None), (True, -0.5)])
+def test_biases_gains_and_transposed_weights_fold_into_the_fused_op(gemm, gain):
+    model = _chain(16, 24, gain, gemm)
+    fused, count = fuse_ops.fuse(model)
+    assert count == 1 and [n.op_type for n in fused.graph.node] == [fuse_ops.OP]
+    x = np.random.default_rng(1).standard_normal((37, 16)).astype(np.float16)
+    want = cpu_session(model).run(None, {"x": x})[0].astype(np.float32)
+    got = cpu_session(fused, with_bias=True).run(None, {"x": x})[0].astype(np.float32)
+    assert np.abs(got - want).max() <= 2e-3 * max(1.0, np.abs(want).max())  # fp16 rounding of different orders
+
+
+@pytest.mark.parametrize("case", ["inexact gain", "odd width", "read twice", "float32"])
+def test_graphs_without_a_fusable_pattern_come_back_unchanged(case):
+    model = {"inexact gain": lambda: _chain(16, 24, 0.3, gemm=False),  # 0.3 * W is not exact in fp16
+             "odd width": lambda: _chain(12, 24, None, gemm=False),  # K not a multiple of 8
+             "read twice": lambda: _chain(16, 24, None, gemm=False, shared_output=True),
+             "float32": lambda: _chain(16, 24, None, gemm=True, dtype=np.float32)}[case]()
+    fused, count = fuse_ops.fuse(model)
+    assert count == 0 and fused.SerializeToString() == model.SerializeToString()
+
+
+def test_the_packaged_fp32_and_int8_pixel_graphs_are_left_alone():
+    info = CIPSModel(packaged_model(), device="cpu", precision="fp32").info
+    for precision in ("fp32", "int8"):
+        graph = onnxproto.parse(info.pixel_graphs[precision])
+        fused, count = fuse_ops.fuse(graph)
+        assert count == 0 and fused.SerializeToString() == graph.SerializeToString()
+
+
+def test_for_cuda_fuses_only_where_the_library_is(packaged, monkeypatch, tmp_path):
+    fast, _ = packaged
+    monkeypatch.setenv("CIPS_CUDA_OPS", str(tmp_path / "missing.so"))
+    assert fuse_ops.for_cuda(fast.pixel) == (fast.pixel, None)
+    library = tmp_path / "libcips_cuda_ops.so"
+    library.write_bytes(b"")
+    monkeypatch.setenv("CIPS_CUDA_OPS", str(library))
+    source, found = fuse_ops.for_cuda(fast.pixel)
+    assert found == library and source != fast.pixel
+    assert [n.op_type for n in onnxproto.parse(source).graph.node].count(fuse_ops.OP) == 8
