@@ -1,0 +1,225 @@
+"""Does the cips.fast CUDA library (runtime/cuda_ops/) compute what the graphs it replaces compute, and how
+much faster (issue 18)? On the CUDA provider, with the built library registered:
+
+- op: cips.fast::MatMulLeakyRelu alone against numpy (float32 maths of the same fp16 inputs) on shapes
+  the packaged model does not exercise: a bias input, X of rank 3, M not a multiple of the 128-row tile,
+  N = 8 and N = 520;
+- render: the packaged model's fp16 pixel graph and grid graph, as they are and fused by
+  runtime/fuse_ops.py, run through the renderer's own bound paths (runtime/split.py: weights on the GPU,
+  points uploaded per band, colours copied back once), at 1024x1024 points for one latent and at
+  256x256 for a batch of 16 latents: medians of --reps calls each, and the largest colour difference;
+- device: one 1024x1024 call of each graph with every input and the output already on the GPU (no
+  copies): the graphs' own time.
+
+Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON); the exit
+status is 1 when a difference exceeds its bound.
+
+    bash runtime/cuda_ops/build.sh     # where nvcc and the network are (the GPU machine has neither need)
+    bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cips_edge.core.format import COORDS, EMBEDDING, RGB, parse_metadata
+from cips_edge.runtime import fuse_ops, graphcut, onnxproto
+from cips_edge.runtime.coords import grid_axes, pixel_grid
+from cips_edge.runtime.model import CUDA, CUDA_OPTIONS
+from cips_edge.runtime.split import SplitEngine, auto_cuda_chunk
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "cips_edge" / "models" / "default.onnx"
+# Largest colour difference accepted between a graph and its fused form: the CPU test's bound
+# (tests/test_fuse_ops.py, fp16 rounding in a different order). The op alone: relative to max |Y|.
+RENDER_BOUND, OP_BOUND = 0.01, 4e-3
+OP_CASES = [  # (X shape, N, with bias)
+    ((1000, 264), 200, True),
+    ((2, 333, 64), 8, True),
+    ((5, 8), 520, False),
+    ((131_072, 520), 520, True),
+]
+
+
+def fail(message: str) -> SystemExit:
+    return SystemExit(f"cuda_ops_check: {message}")
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()  # warm-up: the first call sizes ONNX Runtime's arena
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 3)
+
+
+class Check:
+    def __init__(self, ort, model: Path, library: Path):
+        self.ort, self.library = ort, library
+        main = onnxproto.load(str(model), str(model))
+        self.info = parse_metadata({p.key: p.value for p in main.metadata_props}, str(model))
+        if "fp16" not in self.info.pixel_graphs or "fp16" not in self.info.grid_graphs:
+            raise fail(f"{model} has no fp16 pixel and grid graphs")
+        self.fast = graphcut.FastPaths(main, self.info, "fp16", str(model))
+        self.providers: dict[str, list[str]] = {}
+
+    def session(self, source: bytes, name: str, fused: bool = False):
+        options = self.ort.SessionOptions()
+        options.log_severity_level = 3
+        if fused:
+            options.register_custom_ops_library(str(self.library))
+        session = self.ort.InferenceSession(source, options,
+                                            providers=[(CUDA, {"device_id": "0", **CUDA_OPTIONS}), "CPUExecutionProvider"])
+        self.providers[name] = session.get_providers()
+        print(f"{name}: {self.providers[name]}", flush=True)
+        if self.providers[name][0] != CUDA:
+            raise fail(f"the {name} session does not run on CUDA: {self.providers[name]}")
+        return session
+
+    # -- the op alone ----------------------------------------------------------------------------------
+    def op(self) -> list[dict]:
+        from onnx import TensorProto, helper
+
+        results = []
+        rng = np.random.default_rng(0)
+        for x_shape, n, with_bias in OP_CASES:
+            k = x_shape[-1]
+            inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT16, list(x_shape)),
+                      helper.make_tensor_value_info("w", TensorProto.FLOAT16, [k, n])]
+            inputs += [helper.make_tensor_value_info("b", TensorProto.FLOAT16, [n])] if with_bias else []
+            node = helper.make_node(fuse_ops.OP, [i.name for i in inputs], ["y"], domain=fuse_ops.DOMAIN, alpha=0.2)
+            graph = helper.make_graph([node], "op", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(fuse_ops.DOMAIN, 1)])
+            feeds = {"x": rng.standard_normal(x_shape).astype(np.float16),
+                     "w": (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16)}
+            want = feeds["x"].astype(np.float32) @ feeds["w"].astype(np.float32)
+            if with_bias:
+                feeds["b"] = rng.standard_normal(n).astype(np.float16)
+                want += feeds["b"].astype(np.float32)
+            want = np.where(want > 0, want, np.float32(0.2) * want)
+            session = self.session(model.SerializeToString(), f"op {x_shape}x{n}", fused=True)
+            row = {"x": list(x_shape), "n": n, "bias": with_bias}
+            try:
+                got = session.run(None, feeds)[0].astype(np.float32)
+            except Exception as e:  # noqa: BLE001 (the kernel's own one-line reason is the result)
+                row.update(error=str(e).strip().splitlines()[0][:300], ok=False)
+            else:
+                row["shape"] = list(got.shape)
+                if got.shape == want.shape:
+                    row["max_relative_difference"] = float(np.abs(got - want).max() / max(1.0, np.abs(want).max()))
+                row["ok"] = row.get("max_relative_difference", np.inf) < OP_BOUND
+            results.append(row)
+            print(json.dumps(results[-1]), flush=True)
+        return results
+
+    # -- the renderer's paths --------------------------------------------------------------------------
+    def engines(self) -> tuple[SplitEngine, SplitEngine]:
+        fast, info = self.fast, self.info
+        style = self.session(fast.style_one, "style")
+        batch = self.session(fast.style, "style (batch)")
+        pixel, count_pixel = fuse_ops.fuse(onnxproto.parse(fast.pixel))
+        grid, count_grid = fuse_ops.fuse(onnxproto.parse(fast.grid))
+        self.fused_layers = {"pixel": count_pixel, "grid": count_grid}
+
+        def engine(pixel_source: bytes, grid_source: bytes, fused: bool) -> SplitEngine:
+            tag = "fused" if fused else "original"
+            return SplitEngine(self.ort, style, self.session(pixel_source, f"pixel {tag}", fused), info, "fp16",
+                               bound="cuda", table=fast.table, batch_style=batch,
+                               grid_session=self.session(grid_source, f"grid {tag}", fused))
+        return (engine(fast.pixel, fast.grid, False),
+                engine(pixel.SerializeToString(), grid.SerializeToString(), True))
+
+    def render(self, engines, reps: int, side: int, batch: int) -> list[dict]:
+        z = np.stack([np.random.default_rng(seed).standard_normal(self.info.style_dim).astype(np.float32)
+                      for seed in range(batch)])
+        styles = engines[0].styles(z, np.ones(batch, np.float32))  # on the GPU, read by both engines
+        coords = pixel_grid(side, side)
+        xs, ys = grid_axes(side, side)
+        chunk, grid_chunk = auto_cuda_chunk(self.info, "fp16"), auto_cuda_chunk(self.info, "fp16", grid=True)
+        calls = {"pixel": lambda e: [e.render_band(s, coords, chunk) for s in styles],
+                 "grid": lambda e: [e.render_grids(styles, xs, ys, grid_chunk)]}
+        results = []
+        for graph, call in calls.items():
+            original, fused = (np.concatenate(call(e)) for e in engines)
+            difference = float(np.abs(fused - original).max())
+            times = [median_ms(lambda e=e: call(e), reps) for e in engines]
+            results.append({"graph": graph, "points": side * side, "latents": batch,
+                            "chunk": chunk if graph == "pixel" else grid_chunk, "original_ms": times[0],
+                            "fused_ms": times[1], "speedup": round(times[0] / times[1], 3),
+                            "max_abs_difference": difference, "ok": difference < RENDER_BOUND})
+            print(json.dumps(results[-1]), flush=True)
+        return results
+
+    # -- one call, everything on the device -----------------------------------------------------------
+    def device(self, engines, reps: int, side: int = 1024) -> list[dict]:
+        ort = self.ort
+        z = np.random.default_rng(0).standard_normal((1, self.info.style_dim)).astype(np.float32)
+        style = engines[0].styles(z, np.ones(1, np.float32))[0]
+        xs, ys = grid_axes(side, side)
+        values = {COORDS: pixel_grid(side, side), "xs": xs, "ys": ys}
+        on_device = {name: ort.OrtValue.ortvalue_from_numpy(v, "cuda", 0) for name, v in values.items()}
+        results = []
+        for graph in ("pixel", "grid"):
+            row = {"graph": graph, "points": side * side}
+            for tag, engine in zip(("original", "fused"), engines):
+                session = engine.pixel_session if graph == "pixel" else engine.grid_session
+                names = {i.name for i in session.get_inputs()}
+                binding = session.io_binding()
+                for name in names & set(on_device):
+                    binding.bind_ortvalue_input(name, on_device[name])
+                if EMBEDDING in names:
+                    binding.bind_ortvalue_input(EMBEDDING, engine.table)
+                engine._bind_weights(binding, style, names)
+                out = ort.OrtValue.ortvalue_from_shape_and_type([side * side, 3], np.float32, "cuda", 0)
+                binding.bind_ortvalue_output(RGB, out)
+                row[f"{tag}_ms"] = median_ms(lambda s=session, b=binding: s.run_with_iobinding(b), reps)
+            row["speedup"] = round(row["original_ms"] / row["fused_ms"], 3)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+        return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="cips-edge ONNX file with fp16 graphs")
+    parser.add_argument("--library", type=Path, default=None,
+                        help="the built library (default: $CIPS_CUDA_OPS, else runtime/cuda_ops/build/)")
+    parser.add_argument("--reps", type=int, default=20, help="timed calls per measurement (medians)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file")
+    args = parser.parse_args()
+    library = args.library or fuse_ops.library_path()
+    if library is None or not library.is_file():
+        raise fail(f"no library at {library or fuse_ops.LIBRARY}: build it with bash runtime/cuda_ops/build.sh")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise fail("onnxruntime is not installed (the GPU machine needs onnxruntime-gpu)") from None
+    ort.set_default_logger_severity(3)
+    if CUDA not in ort.get_available_providers():
+        raise fail(f"this onnxruntime ({ort.__version__}) has no {CUDA} (it has "
+                   f"{', '.join(ort.get_available_providers())}): run on a GPU machine with onnxruntime-gpu")
+    check = Check(ort, args.model, library)
+    report = {"benchmark": "cuda-ops-check", "model": str(args.model), "library": str(library),
+              "onnxruntime": ort.__version__, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "render_bound": RENDER_BOUND, "op_bound": OP_BOUND, "op": check.op()}
+    engines = check.engines()
+    report["fused_layers"] = check.fused_layers
+    report["render"] = check.render(engines, args.reps, 1024, 1) + check.render(engines, args.reps, 256, 16)
+    report["device"] = check.device(engines, args.reps)
+    report["providers"] = check.providers
+    report["ok"] = all(r["ok"] for r in report["op"] + report["render"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}; {'all differences within bounds' if report['ok'] else 'DIFFERENCES OUT OF BOUNDS'}")
+    if not report["ok"]:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
