@@ -683,6 +683,26 @@ def test_a_discriminator_still_at_chance_after_its_warm_up_is_a_warning(straight
         assert not blind
 
 
+def test_a_run_that_ends_within_the_d_warm_up_says_g_does_not_train(straight, train_images, tmp_path):
+    """From a model file with --kimg inside the warm-up, G never trains: one warning line says so (a run
+    that goes past the warm-up gets none)."""
+    from cips_edge.export import export_checkpoint, generator_from_onnx
+
+    model_file = tmp_path / "source.onnx"
+    export_checkpoint(model_file, straight[0])
+    out, err = run_quietly(options(train_images, tmp_path / "held", init_from=model_file, d_channel_max=16,
+                                   kimg=KIMG, d_warmup_kimg=2 * KIMG))
+    held = [line for line in err.splitlines() if "G and its EMA do not train in this run" in line]
+    assert len(held) == 1 and f"--kimg {KIMG:g} ends within D's {2 * KIMG:g} kimg warm-up" in held[0]
+    last = torch.load(run_checkpoints(out)[-1], map_location="cpu", weights_only=False)
+    start = generator_from_onnx(model_file)[0].state_dict()
+    for key in ("g", "g_ema"):
+        assert all(torch.equal(last[key][k], start[k]) for k in start), key
+    _, err = run_quietly(options(train_images, tmp_path / "trains", init_from=model_file, d_channel_max=16,
+                                 d_warmup_kimg=KIMG / 2))
+    assert "do not train in this run" not in err
+
+
 def test_init_from_a_model_file_of_another_shape_is_one_line(straight, train_images, tmp_path):
     from cips_edge.export import export_checkpoint
 

@@ -456,6 +456,9 @@ class Run:
 
         first_step = step
         warmup_end = hold if step < hold else None  # D's warm-up ends in this process: check D then
+        if step < hold and total_steps <= hold:
+            reporter.warn(f"--kimg {o.kimg:g} ends within D's {o.warmup_kimg:g} kimg warm-up (--d-warmup-kimg): "
+                          "G and its EMA do not train in this run")
         t_start = time.perf_counter()
         elapsed = lambda: elapsed0 + time.perf_counter() - t_start  # noqa: E731
         reporter.start(step * o.batch)
