@@ -13,7 +13,7 @@ import numpy as np
 
 from cips_edge.core.config import GeneratorConfig
 
-from . import graphcut, onnxproto
+from . import fuse_ops, graphcut, onnxproto
 from cips_edge.core.errors import UserError
 from cips_edge.core.files import check_input_file
 from cips_edge.core.format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
@@ -65,6 +65,25 @@ def count_parameters(config: GeneratorConfig) -> int:
     rgb_in = [config.synthesis_widths[(k + 1) * config.to_rgb_every - 1] for k in range(config.n_to_rgb)]
     to_rgbs = sum(3 * c + s * c + c + 3 for c in rgb_in)
     return mapping + fourier + table + layers + to_rgbs
+
+
+def _with_cuda_ops(source: str | bytes, options) -> str | bytes:
+    """A CUDA session's graph with the cips.fast fused op (runtime/cuda_ops/) where $CIPS_CUDA_OPS names the
+    built library, which is registered on options; the graph as it is otherwise. Opt-in: the op is not yet
+    measured on a GPU."""
+    wanted = os.environ.get("CIPS_CUDA_OPS")
+    if not wanted or not isinstance(source, bytes):
+        return source
+    if not Path(wanted).is_file():
+        raise UserError(f"CIPS_CUDA_OPS={wanted}: no such file (bash runtime/cuda_ops/build.sh builds it)")
+    fused, library = fuse_ops.for_cuda(source)
+    if library is None:
+        return source
+    try:
+        options.register_custom_ops_library(str(library))
+    except Exception as e:  # onnxruntime's own error types
+        raise UserError(f"CIPS_CUDA_OPS={wanted}: onnxruntime cannot load it: {_first_line(e)}") from None
+    return fused
 
 
 def _first_line(e: Exception) -> str:
@@ -190,6 +209,8 @@ class CIPSModel:
             providers = [(CUDA, self._cuda_options()), CPU]
         if tensorrt:
             providers.insert(0, (TENSORRT, self._tensorrt_options()))
+        elif cuda:
+            source = _with_cuda_ops(source, options)
         try:
             try:
                 session = ort.InferenceSession(source, options, providers=providers)

@@ -143,3 +143,27 @@ def test_for_cuda_fuses_only_where_the_library_is(packaged, monkeypatch, tmp_pat
     source, found = fuse_ops.for_cuda(fast.pixel)
     assert found == library and source != fast.pixel
     assert [n.op_type for n in onnxproto.parse(source).graph.node].count(fuse_ops.OP) == 8
+
+
+def test_cuda_sessions_take_the_fused_op_only_when_cips_cuda_ops_names_a_library(packaged, monkeypatch, tmp_path):
+    """The renderer's CUDA sessions opt in through $CIPS_CUDA_OPS: unset, the graph stays as it is; a path
+    that is missing or is not a library is one line naming it, before any session is made."""
+    from cips_edge.core.errors import UserError
+    from cips_edge.runtime.model import _with_cuda_ops
+
+    fast, _ = packaged
+    options = ort.SessionOptions()
+    monkeypatch.delenv("CIPS_CUDA_OPS", raising=False)
+    assert _with_cuda_ops(fast.pixel, options) is fast.pixel
+    missing = tmp_path / "missing.so"
+    monkeypatch.setenv("CIPS_CUDA_OPS", str(missing))
+    assert _with_cuda_ops("model.onnx", options) == "model.onnx"  # a file path: nothing to rewrite in memory
+    with pytest.raises(UserError, match="no such file") as e:
+        _with_cuda_ops(fast.pixel, options)
+    assert str(missing) in str(e.value) and "\n" not in str(e.value)
+    not_a_library = tmp_path / "libcips_cuda_ops.so"
+    not_a_library.write_text("not a shared library")
+    monkeypatch.setenv("CIPS_CUDA_OPS", str(not_a_library))
+    with pytest.raises(UserError, match="onnxruntime cannot load it") as e:
+        _with_cuda_ops(fast.pixel, options)
+    assert str(not_a_library) in str(e.value) and "\n" not in str(e.value)
