@@ -12,7 +12,8 @@ much faster (issue 18)? On the CUDA provider, with the built library registered:
   copies): the graphs' own time.
 
 Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON); the exit
-status is 1 when a difference exceeds its bound.
+status is 1 when a difference exceeds its bound. `--tile 128x256` runs the op with its wider tile
+configuration (the default is 128x128), so the two can be compared in one device call.
 
     bash runtime/cuda_ops/build.sh     # where nvcc and the network are (the GPU machine has neither need)
     bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -191,6 +193,8 @@ def main() -> None:
     parser.add_argument("--library", type=Path, default=None,
                         help="the built library (default: $CIPS_CUDA_OPS, else runtime/cuda_ops/build/)")
     parser.add_argument("--reps", type=int, default=20, help="timed calls per measurement (medians)")
+    parser.add_argument("--tile", choices=["128x128", "128x256"], default="128x128",
+                        help="the op's tile configuration ($CIPS_CUDA_OPS_TILE, read as each session is made)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file")
     args = parser.parse_args()
     library = args.library or fuse_ops.library_path()
@@ -204,9 +208,10 @@ def main() -> None:
     if CUDA not in ort.get_available_providers():
         raise fail(f"this onnxruntime ({ort.__version__}) has no {CUDA} (it has "
                    f"{', '.join(ort.get_available_providers())}): run on a GPU machine with onnxruntime-gpu")
+    os.environ["CIPS_CUDA_OPS_TILE"] = args.tile
     check = Check(ort, args.model, library)
     report = {"benchmark": "cuda-ops-check", "model": str(args.model), "library": str(library),
-              "onnxruntime": ort.__version__, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "onnxruntime": ort.__version__, "tile": args.tile, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "render_bound": RENDER_BOUND, "op_bound": OP_BOUND, "op": check.op()}
     engines = check.engines()
     report["fused_layers"] = check.fused_layers

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -33,34 +34,41 @@ using Half = cutlass::half_t;
 using RowMajor = cutlass::layout::RowMajor;
 constexpr int kAlign = 8;  // elements per 16 bytes: TMA's alignment for every operand
 
-// One tile configuration (build time): 128x128 output tiles, 64-deep K steps, two consumer warp
-// groups sharing each tile (cooperative), persistent CTAs, no clusters.
-using TileShape = Shape<_128, _128, _64>;
+// Two tile configurations, both with two consumer warp groups sharing each output tile (cooperative),
+// persistent CTAs, no clusters, 64-deep K steps: 128x128 (the default) and 128x256 (fewer passes over
+// X for wide layers). $CIPS_CUDA_OPS_TILE=128x256 picks the wider one when a session is made, so the two
+// can be compared on one machine (benchmarks/cuda_ops_check.py --tiles).
 using ClusterShape = Shape<_1, _1, _1>;
 
 // D = LeakyReLU(1 * acc + 0 * C + bias[col]); C is void, so no source operand is read at all.
 using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<
     cutlass::epilogue::thread::LeakyReLU, Half, float, Half>;
 
-using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
-    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-    void, RowMajor, kAlign,  // C
-    Half, RowMajor, kAlign,  // D = Y
-    cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+template <class TileShape>
+struct FusedGemm {
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+      void, RowMajor, kAlign,  // C
+      Half, RowMajor, kAlign,  // D = Y
+      cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
 
-// A = X [M, K] row-major (K-major); B = W [K, N] row-major, i.e. N-major, which WGMMA reads for
-// 16-bit types without a transpose.
-using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
-    Half, RowMajor, kAlign,
-    Half, RowMajor, kAlign,
-    float, TileShape, ClusterShape,
-    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-    cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+  // A = X [M, K] row-major (K-major); B = W [K, N] row-major, i.e. N-major, which WGMMA reads for
+  // 16-bit types without a transpose.
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
+      Half, RowMajor, kAlign,
+      Half, RowMajor, kAlign,
+      float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
 
-using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
-using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+using Tile128x128 = FusedGemm<Shape<_128, _128, _64>>;
+using Tile128x256 = FusedGemm<Shape<_128, _256, _64>>;
 
 void check(cutlass::Status status, const char* what) {
   if (status != cutlass::Status::kSuccess)
@@ -77,9 +85,13 @@ void fail(const std::string& message) { ORT_CXX_API_THROW("MatMulLeakyRelu: " + 
 
 bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-// Y = LeakyRelu(X @ W + b) on `stream`: x [m, k], w [k, n], bias [n] or null, y [m, n].
+// Y = LeakyRelu(X @ W + b) on `stream` with the tile configuration Config: x [m, k], w [k, n], bias [n]
+// or null, y [m, n].
+template <class Config>
 void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, int m, int n, int k,
                        float alpha, cudaStream_t stream) {
+  using Kernel = typename Config::Kernel;
+  using Gemm = typename Config::Gemm;
   int device = 0, sms = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -109,11 +121,21 @@ void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, 
   check(cudaGetLastError(), "launch");
 }
 
+// The tile configuration $CIPS_CUDA_OPS_TILE asks for (read when a session makes the kernel).
+bool wide_tiles() {
+  const char* tile = std::getenv("CIPS_CUDA_OPS_TILE");
+  if (tile == nullptr || *tile == 0 || std::string(tile) == "128x128") return false;
+  if (std::string(tile) == "128x256") return true;
+  fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128 or 128x256, not ") + tile);
+  return false;
+}
+
 struct MatMulLeakyReluKernel {
   float alpha;
+  bool wide;
 
   explicit MatMulLeakyReluKernel(const OrtKernelInfo* info)
-      : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")) {}
+      : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")), wide(wide_tiles()) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     try {
@@ -155,8 +177,11 @@ struct MatMulLeakyReluKernel {
     auto* y_data = reinterpret_cast<Half*>(y.GetTensorMutableRawData());
     if (!aligned(x_data) || !aligned(w_data) || !aligned(y_data) || (bias && !aligned(bias)))
       fail("X, W, b and Y must start on 16-byte boundaries (TMA)");
-    matmul_leaky_relu(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha,
-                      static_cast<cudaStream_t>(ctx.GetGPUComputeStream()));
+    auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    if (wide)
+      matmul_leaky_relu<Tile128x256>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
+    else
+      matmul_leaky_relu<Tile128x128>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
   }
 };
 
