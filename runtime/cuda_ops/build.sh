@@ -3,13 +3,14 @@
 # CUDA provider). Fetches the CUTLASS headers (PyPI's nvidia-cutlass wheel) and ONNX Runtime's C/C++
 # API headers (Debian's libonnxruntime-dev) into .cache/cuda_ops/ at the repository root, checks their
 # sha256, and compiles for sm_90a with nvcc. No GPU is needed to build.
-#   bash runtime/cuda_ops/build.sh        (NVCC=/path/to/nvcc, PYTHON=python3 to override)
+#   bash runtime/cuda_ops/build.sh [OUT_DIR]   (default runtime/cuda_ops/build; NVCC=/path/to/nvcc,
+#                                             PYTHON=python3, CACHE_DIR=.cache/cuda_ops to override)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-cache="$root/.cache/cuda_ops"
-out="$here/build"
+cache="${CACHE_DIR:-$root/.cache/cuda_ops}"
+out="${1:-$here/build}"
 NVCC="${NVCC:-nvcc}"
 PYTHON="${PYTHON:-python3}"
 
@@ -24,6 +25,7 @@ verify() {  # file sha256
 }
 
 mkdir -p "$cache" "$out"
+out="$(cd "$out" && pwd)"  # absolute: the steps below run in the cache folder
 cd "$cache"
 if [ ! -f "$CUTLASS_WHEEL" ]; then
   "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: nvidia-cutlass==4.2.0.0 -d .
