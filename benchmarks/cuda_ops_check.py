@@ -51,6 +51,20 @@ def fail(message: str) -> SystemExit:
     return SystemExit(f"cuda_ops_check: {message}")
 
 
+def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool) -> bytes:
+    """A graph of one cips.fast::MatMulLeakyRelu node (alpha 0.2): inputs x [x_shape], w [K, N] and, with
+    a bias, b [N], all float16; output y."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT16, list(x_shape)),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT16, [x_shape[-1], n])]
+    inputs += [helper.make_tensor_value_info("b", TensorProto.FLOAT16, [n])] if with_bias else []
+    node = helper.make_node(fuse_ops.OP, [i.name for i in inputs], ["y"], domain=fuse_ops.DOMAIN, alpha=0.2)
+    graph = helper.make_graph([node], "op", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(fuse_ops.DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
 def median_ms(fn, reps: int) -> float:
     fn()  # warm-up: the first call sizes ONNX Runtime's arena
     times = []
@@ -86,18 +100,10 @@ class Check:
 
     # -- the op alone ----------------------------------------------------------------------------------
     def op(self) -> list[dict]:
-        from onnx import TensorProto, helper
-
         results = []
         rng = np.random.default_rng(0)
         for x_shape, n, with_bias in OP_CASES:
             k = x_shape[-1]
-            inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT16, list(x_shape)),
-                      helper.make_tensor_value_info("w", TensorProto.FLOAT16, [k, n])]
-            inputs += [helper.make_tensor_value_info("b", TensorProto.FLOAT16, [n])] if with_bias else []
-            node = helper.make_node(fuse_ops.OP, [i.name for i in inputs], ["y"], domain=fuse_ops.DOMAIN, alpha=0.2)
-            graph = helper.make_graph([node], "op", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(fuse_ops.DOMAIN, 1)])
             feeds = {"x": rng.standard_normal(x_shape).astype(np.float16),
                      "w": (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16)}
             want = feeds["x"].astype(np.float32) @ feeds["w"].astype(np.float32)
@@ -105,7 +111,7 @@ class Check:
                 feeds["b"] = rng.standard_normal(n).astype(np.float16)
                 want += feeds["b"].astype(np.float32)
             want = np.where(want > 0, want, np.float32(0.2) * want)
-            session = self.session(model.SerializeToString(), f"op {x_shape}x{n}", fused=True)
+            session = self.session(op_model(x_shape, n, with_bias), f"op {x_shape}x{n}", fused=True)
             row = {"x": list(x_shape), "n": n, "bias": with_bias}
             try:
                 got = session.run(None, feeds)[0].astype(np.float32)

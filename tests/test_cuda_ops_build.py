@@ -4,6 +4,7 @@ only for want of a CPU kernel (the op is CUDA-only), not as an unknown op. Its r
 benchmarks/cuda_ops_check.py's to check."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -11,21 +12,13 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
-
-from cips_edge.runtime import fuse_ops
 
 REPO = Path(__file__).resolve().parents[1]
+# the GPU check's one-op graph (benchmarks/cuda_ops_check.py)
+_spec = importlib.util.spec_from_file_location("cuda_ops_check", REPO / "benchmarks" / "cuda_ops_check.py")
+check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(check)
 pytestmark = pytest.mark.slow  # about 80 s of nvcc on 2 cores
-
-
-def op_model() -> bytes:
-    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [4, 8]),
-              helper.make_tensor_value_info("w", TensorProto.FLOAT16, [8, 8])]
-    node = helper.make_node(fuse_ops.OP, ["x", "w"], ["y"], domain=fuse_ops.DOMAIN, alpha=0.2)
-    graph = helper.make_graph([node], "op", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [4, 8])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(fuse_ops.DOMAIN, 1)])
-    return model.SerializeToString()
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine (the CUDA toolkit builds the op)")
@@ -42,7 +35,8 @@ def test_the_library_builds_and_onnxruntime_registers_its_op(tmp_path):
         if register:
             options.register_custom_ops_library(str(library))
         with pytest.raises(Exception) as e:
-            ort.InferenceSession(op_model(), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(check.op_model((4, 8), 8, with_bias=False), options,
+                                 providers=["CPUExecutionProvider"])
         return str(e.value)
 
     assert "Could not find an implementation for MatMulLeakyRelu" in cpu_session(register=True)
