@@ -1,17 +1,27 @@
 """The whole command a newcomer runs first, `cips render --seed 7 --size 1024`, timed as a user sees it:
 a fresh process each run (wall time from spawn to exit, median of --runs after one untimed run that
-warms the disk cache), and where the time goes in a fresh process of its own (imports, opening the
-model, the render, writing the PNG). Also checks that the command prints nothing on stderr but its
-own lines (no provider warnings). Writes benchmarks/results/command-<machine>.json.
+warms the disk cache), with the command's own `--verbose` split (start-up to the render call, session,
+render, write; `outside` is the wall time the command cannot see: the interpreter starting and the
+process leaving), and where the time goes in a fresh process of its own (imports, opening the model,
+the render, writing the PNG). Also checks that the command prints nothing on stderr but its own lines
+(no provider warnings). Writes benchmarks/results/command-<machine>.json.
 
     python benchmarks/command.py --device cuda          # the GPU machine (benchmarks/on_gpu.sh)
-    python benchmarks/command.py --device cpu
+    python benchmarks/command.py --device cpu --size 64 --ab-pythonpath /tmp/other-typer
+    python benchmarks/command.py --device cuda --profile   # + ONNX Runtime's profile of renders 1 and 2
+
+--ab-pythonpath DIR times the command a second way in the same run, with DIR first on PYTHONPATH (a
+folder where `pip install --target` put another version of a dependency), A and B in turn, and reports
+the ratio of each pair. --profile runs the split process with ONNX Runtime's profiler on every session
+and sums its node times per operator for the first render and the second, to show what only the first
+one pays (on CUDA the node times are the host's: launches, first-use loading, allocation).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +38,20 @@ import json, sys, time
 t0 = time.perf_counter()
 import onnxruntime
 ta = time.perf_counter()
+size = int(sys.argv[3])
+profile = len(sys.argv) > 4 and sys.argv[4] == "profile"
+profiled = []
+if profile:
+    Session = onnxruntime.InferenceSession
+    class ProfiledSession(Session):
+        def __init__(self, source, options=None, *args, **kwargs):
+            options = options or onnxruntime.SessionOptions()
+            options.enable_profiling = True
+            options.profile_file_prefix = f"{sys.argv[2]}-session{len(profiled)}"
+            super().__init__(source, options, *args, **kwargs)
+            self.initialized = time.perf_counter()  # the profile's session_initialization ends here
+            profiled.append(self)
+    onnxruntime.InferenceSession = ProfiledSession
 from cips_edge import cli
 from cips_edge.runtime import CIPSModel, latent_for_seed, packaged_model, render_image
 from cips_edge.runtime.image import write_output
@@ -43,16 +67,106 @@ def timed_session(self, *args, **kwargs):
 CIPSModel._session = timed_session
 model = CIPSModel(packaged_model(), device=sys.argv[1])
 t2 = time.perf_counter()
-rgb = render_image(model, latent_for_seed(7, model.style_dim), 1024, 1024)
+rgb = render_image(model, latent_for_seed(7, model.style_dim), size, size)
 t3 = time.perf_counter()
-rgb = render_image(model, latent_for_seed(8, model.style_dim), 1024, 1024)
+rgb = render_image(model, latent_for_seed(8, model.style_dim), size, size)
 t3b = time.perf_counter()
 write_output(sys.argv[2], rgb)
 t4 = time.perf_counter()
 print(json.dumps({"import_onnxruntime": ta - t0, "imports": t1 - t0, "session": t2 - t1, "render": t3 - t2,
                   "second_render": t3b - t3, "png": t4 - t3b, "sessions_ms": sessions,
-                  "provider": model.provider, "precision": model.precision, "grid": model.grid_ready}))
+                  "provider": model.provider, "precision": model.precision, "grid": model.grid_ready,
+                  "profiles": [[session.end_profiling(), session.initialized] for session in profiled],
+                  "renders": [[t2, t3], [t3, t3b]]}))
 """
+
+
+TIME_LINE = re.compile(r"time: start-up (\d+) ms, session (\d+) ms, render (\d+) ms, write (\d+) ms, total (\d+) ms")
+
+
+def verbose_split(stderr: str, wall_s: float) -> dict:
+    """The command's own `time:` line as numbers (ms), and the wall time outside it."""
+    found = TIME_LINE.search(stderr)
+    if found is None:
+        raise SystemExit(f"no time line in the command's output: {stderr.strip()[-300:]}")
+    split = dict(zip(("start_up", "session", "render", "write", "total"), map(float, found.groups())))
+    split["outside"] = 1000 * wall_s - split["total"]
+    return split
+
+
+def median_split(splits: list[dict]) -> dict:
+    return {key: round(statistics.median(s[key] for s in splits), 1) for key in splits[0]}
+
+
+def profile_by_render(profiles: list, renders: list) -> dict:
+    """ONNX Runtime's profiles (one JSON file per session, with the perf_counter time at which the session
+    finished initializing) summed per operator over each render: the first, then the second. A session's
+    profile clock is tied to perf_counter by the end of its session_initialization event; each model_run
+    falls in the render whose window holds its start."""
+    out = [{"runs": 0, "run_ms": 0.0, "ops_ms": {}} for _ in renders]
+    inits = []
+    for path, initialized in profiles:
+        events = json.loads(Path(path).read_text())
+        init = next(e for e in events if e.get("name") == "session_initialization")
+        inits.append(round(init["dur"] / 1000, 1))
+        offset = initialized - (init["ts"] + init["dur"]) / 1e6  # profile microseconds -> perf_counter seconds
+        runs = []
+        for e in events:
+            if e.get("name") == "model_run":
+                start = offset + e["ts"] / 1e6
+                k = next((i for i, (a, b) in enumerate(renders) if a <= start <= b), None)
+                runs.append((e["ts"], e["ts"] + e["dur"], k))
+                if k is not None:
+                    out[k]["runs"] += 1
+                    out[k]["run_ms"] += e["dur"] / 1000
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            k = next((k for start, end, k in runs if start <= e["ts"] <= end), None)
+            if k is None:
+                continue
+            op = e.get("args", {}).get("op_name", "?")
+            out[k]["ops_ms"][op] = out[k]["ops_ms"].get(op, 0.0) + e["dur"] / 1000
+    for render in out:
+        render["run_ms"] = round(render["run_ms"], 2)
+        render["ops_ms"] = {op: round(ms, 2) for op, ms in sorted(render["ops_ms"].items(), key=lambda kv: -kv[1])}
+    return {"session_initialization_ms": inits, "first_render": out[0], "second_render": out[1]}
+
+
+def timed_runs(command: list[str], runs: int, cwd: Path, ab_pythonpath: Path | None) -> dict:
+    """`runs` timed runs after one untimed one; with ab_pythonpath, B runs with it first on PYTHONPATH,
+    A and B in turn."""
+    ways = {"a": dict(os.environ)}
+    if ab_pythonpath is not None:
+        b = dict(os.environ)
+        b["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ab_pythonpath), b.get("PYTHONPATH")]))
+        ways["b"] = b
+    walls = {way: [] for way in ways}
+    splits = {way: [] for way in ways}
+    stderr = ""
+    for k in range(runs + 1):
+        for way, env in ways.items():
+            start = time.perf_counter()
+            r = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
+            wall = time.perf_counter() - start
+            if r.returncode != 0:
+                raise SystemExit(f"the command failed ({way}, {r.returncode}): {r.stderr.strip()[-500:]}")
+            if k:
+                walls[way].append(wall)
+                splits[way].append(verbose_split(r.stderr, wall))
+            if way == "a":
+                stderr = r.stderr
+    out = {}
+    for way in ways:
+        out[way] = {"wall_s": {"median": round(statistics.median(walls[way]), 3), "min": round(min(walls[way]), 3),
+                               "max": round(max(walls[way]), 3), "runs": [round(w, 3) for w in walls[way]]},
+                    "verbose_split_ms": median_split(splits[way])}
+    if ab_pythonpath is not None:
+        ratios = [a / b for a, b in zip(walls["a"], walls["b"])]
+        out["a_over_b_wall"] = {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
+                                "max": round(max(ratios), 3)}
+    own = [line for line in stderr.strip().splitlines() if not TIME_LINE.search(line)]
+    return {**out, "stderr": own}
 
 
 def machine_name(device: str) -> str:
@@ -66,46 +180,54 @@ def machine_name(device: str) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", help="cuda or cpu (default cuda)")
+    p.add_argument("--size", type=int, default=1024, help="image width and height in pixels (default 1024)")
     p.add_argument("--runs", type=int, default=5, help="timed runs of each kind (default 5)")
+    p.add_argument("--ab-pythonpath", type=Path, help="time the command a second way, with this folder first "
+                                                      "on PYTHONPATH (default: one way only)")
+    p.add_argument("--ab-label", default="", help="what B is, for the results file")
+    p.add_argument("--profile", action="store_true", help="profile renders 1 and 2 with ONNX Runtime's profiler")
     p.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/command-<machine>.json)")
     args = p.parse_args(argv)
+    if args.ab_pythonpath is not None and not args.ab_pythonpath.is_dir():
+        raise SystemExit(f"--ab-pythonpath {args.ab_pythonpath}: no such folder")
     folder = Path(tempfile.mkdtemp(prefix="cips-command-"))
     png = folder / "seed7.png"
-    command = [sys.executable, "-m", "cips_edge.cli", "render", "--seed", "7", "--size", "1024",
-               "--device", args.device, "--out", str(png), "--force"]
-    walls, stderr = [], ""
-    for k in range(args.runs + 1):
-        start = time.perf_counter()
-        r = subprocess.run(command, capture_output=True, text=True, cwd=folder)
-        wall = time.perf_counter() - start
-        if r.returncode != 0:
-            raise SystemExit(f"the command failed ({r.returncode}): {r.stderr.strip()[-500:]}")
-        if k:
-            walls.append(wall)
-        stderr = r.stderr
+    # as the installed `cips` script starts it (`python -m cips_edge.cli` would import the module twice,
+    # as __main__ and again under its name, and restart the command's own clock at the second)
+    command = [sys.executable, "-c", "from cips_edge.cli import main; main()", "render", "--seed", "7",
+               "--size", str(args.size), "--device", args.device, "--out", str(png), "--force", "--verbose"]
+    timed = timed_runs(command, args.runs, folder, args.ab_pythonpath)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     interpreter = time.perf_counter() - start
     splits = []
-    for _ in range(args.runs):
-        r = subprocess.run([sys.executable, "-c", SPLIT, args.device, str(folder / "split.png")],
-                           capture_output=True, text=True, cwd=folder)
+    for k in range(args.runs):
+        extra = ["profile"] if args.profile and k == args.runs - 1 else []
+        r = subprocess.run([sys.executable, "-c", SPLIT, args.device, str(folder / "split.png"), str(args.size),
+                            *extra], capture_output=True, text=True, cwd=folder)
         if r.returncode != 0:
             raise SystemExit(f"the split run failed: {r.stderr.strip()[-500:]}")
         splits.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    split = {key: round(1000 * statistics.median(s[key] for s in splits), 1)
+    # the profiled run is left out of the medians: the profiler slows it
+    plain = [s for s in splits if not s["profiles"]] or splits
+    split = {key: round(1000 * statistics.median(s[key] for s in plain), 1)
              for key in ("import_onnxruntime", "imports", "session", "render", "second_render", "png")}
-    split["sessions_ms"] = splits[-1]["sessions_ms"]  # each session opened, in order (style first)
+    split["sessions_ms"] = plain[-1]["sessions_ms"]  # each session opened, in order (style first)
     result = {
         "benchmark": "command", "machine": machine_name(args.device), "device": args.device,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(["cips", *command[3:-3]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(["cips", *command[3:-4], "--verbose"]),
         "provider": splits[0]["provider"], "precision": splits[0]["precision"], "grid_graph": splits[0]["grid"],
-        "wall_s": {"median": round(statistics.median(walls), 3), "min": round(min(walls), 3),
-                   "max": round(max(walls), 3), "runs": [round(w, 3) for w in walls]},
+        "wall_s": timed["a"]["wall_s"],
+        "verbose_split_ms": timed["a"]["verbose_split_ms"],
         "split_ms": {"interpreter": round(1000 * interpreter, 1), **split},
-        "stderr": stderr.strip().splitlines(),
+        "stderr": timed["stderr"],
         "png_bytes": png.stat().st_size,
     }
+    if args.ab_pythonpath is not None:
+        result["b"] = {"pythonpath": str(args.ab_pythonpath), "what": args.ab_label, **timed["b"]}
+        result["a_over_b_wall"] = timed["a_over_b_wall"]
+    if args.profile:
+        result["profile"] = profile_by_render(splits[-1]["profiles"], splits[-1]["renders"])
     print(json.dumps(result, indent=1))
     out = args.out or RESULTS / f"command-{result['machine']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
