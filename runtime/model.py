@@ -29,13 +29,14 @@ TENSORRT = "TensorrtExecutionProvider"
 # by what is asked rather than to the next power of two (bounded memory for big images).
 CUDA_OPTIONS = {"use_tf32": "0", "arena_extend_strategy": "kSameAsRequested"}
 TRT_CACHE = Path(os.environ.get("CIPS_TRT_CACHE", Path.home() / ".cache" / "cips-edge" / "tensorrt"))
-_gpu_sessions = 0  # sessions opened on a GPU provider in this process (gpu_session_opened)
+_sessions = 0  # ONNX Runtime sessions opened in this process (session_opened)
 
 
-def gpu_session_opened() -> bool:
-    """Whether this process opened a session on a GPU provider: its exit then unloads the CUDA
-    libraries and context, ~0.3 s that a command line can skip once its work is written (cips_edge.cli)."""
-    return _gpu_sessions > 0
+def session_opened() -> bool:
+    """Whether this process opened an ONNX Runtime session: its exit then tears down the runtime, ~0.3 s
+    with a GPU provider (the CUDA libraries and context), ~0.05 s on 2 CPU cores, which a command line
+    can skip once its work is written (cips_edge.cli)."""
+    return _sessions > 0
 
 
 def _onnxruntime():
@@ -223,9 +224,8 @@ class CIPSModel:
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise UserError(f"{self.path} is not a loadable ONNX model (truncated or another format?): "
                             f"{_first_line(e)}") from None
-        if session.get_providers()[0] != CPU:
-            global _gpu_sessions
-            _gpu_sessions += 1
+        global _sessions
+        _sessions += 1
         return session
 
     def _cuda_options(self) -> dict:
