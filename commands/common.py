@@ -76,13 +76,14 @@ class Progress:
         self.total, self.show, self.unit, self.bar = total, show, unit, None
 
     def __enter__(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeRemainingColumn
-
         if not self.show:
             return None
+        from rich.console import Console  # imported only here: rich costs a command ~20 ms
+
         console = Console(stderr=True)
         if console.is_terminal:
+            from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+
             self.bar = Bar(TextColumn("rendering"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                            TimeRemainingColumn(), console=console, transient=True)
             self.bar.start()
