@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU machine's measurements of the cips.fast op (runtime/cuda_ops/), in one device call: the op and
+# the packaged model's fused graphs checked at both tile shapes (cuda_ops_check.py), render.py's paper-256
+# cases without and with the op, and the whole first command with its first render profiled
+# (command.py --profile). Needs onnxruntime-gpu under ORTSITE (benchmarks/on_gpu.sh) and the library built
+# here (bash runtime/cuda_ops/build.sh; carry runtime/cuda_ops/build). Each step has its own time limit and
+# a failed step does not stop the next; everything lands in $OUT, with the log.
+#   OUT=/tmp/out bash benchmarks/cuda_ops_round.sh
+set -u
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder for the results}"
+library=$PWD/runtime/cuda_ops/build/libcips_cuda_ops.so
+if [ ! -f "$library" ]; then
+    echo "no $library: build it (bash runtime/cuda_ops/build.sh) and carry runtime/cuda_ops/build" >&2
+    exit 2
+fi
+exec > >(tee "$OUT/cuda-ops-round.log") 2>&1
+step() {
+    local limit=$1
+    shift
+    echo "== $(date +%T) $* (limit ${limit} s)"
+    timeout "$limit" "$@" || echo "== exit $? from: $*"
+}
+step 150 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
+step 150 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --tile 128x256 \
+    --out "$OUT/cuda-ops-check-128x256-h200.json"
+step 180 bash benchmarks/render_gpu.sh --no-tensorrt --out "$OUT/render-h200-unfused.json"
+step 180 env CIPS_CUDA_OPS="$library" bash benchmarks/render_gpu.sh --no-tensorrt --out "$OUT/render-h200-fused.json"
+step 120 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --profile --out "$OUT/command-h200.json"
+echo "== $(date +%T) done"
