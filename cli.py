@@ -61,8 +61,8 @@ def main() -> None:
     model = sys.modules.get("cips_edge.runtime.model")
     if code == 0 and model is not None and model.session_opened():
         # the work is written (files are renamed into place before a command returns): skip the
-        # interpreter's teardown of ONNX Runtime, ~0.3 s with CUDA (its context and libraries), ~0.05 s
-        # on 2 CPU cores
+        # interpreter's teardown of ONNX Runtime (and of the CUDA context and libraries), a sizeable part
+        # of a short command (benchmarks/results/command-cpu2-64-teardown-ab.json)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

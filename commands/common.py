@@ -78,7 +78,7 @@ class Progress:
     def __enter__(self):
         if not self.show:
             return None
-        from rich.console import Console  # imported only here: rich costs a command ~20 ms
+        from rich.console import Console  # imported only here: a short command need not load rich
 
         console = Console(stderr=True)
         if console.is_terminal:

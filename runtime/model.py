@@ -33,9 +33,9 @@ _sessions = 0  # ONNX Runtime sessions opened in this process (session_opened)
 
 
 def session_opened() -> bool:
-    """Whether this process opened an ONNX Runtime session: its exit then tears down the runtime, ~0.3 s
-    with a GPU provider (the CUDA libraries and context), ~0.05 s on 2 CPU cores, which a command line
-    can skip once its work is written (cips_edge.cli)."""
+    """Whether this process opened an ONNX Runtime session: its exit then tears down the runtime (with a
+    GPU provider the CUDA libraries and context too), which a command line can skip once its work is
+    written (cips_edge.cli; benchmarks/results/command-cpu2-64-teardown-ab.json)."""
     return _sessions > 0
 
 
