@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import site
 import statistics
 import subprocess
 import sys
@@ -133,12 +134,30 @@ def profile_by_render(profiles: list, renders: list) -> dict:
     return {"session_initialization_ms": inits, "first_render": out[0], "second_render": out[1]}
 
 
-def timed_runs(command: list[str], runs: int, cwd: Path, ab_pythonpath: Path | None) -> dict:
+def python(no_site: bool) -> tuple[list[str], dict]:
+    """How to start Python for the runs: as it is, or (no_site) with -S and on PYTHONPATH the site-packages
+    folders and the folders their .pth files name, so the same packages load without the .pth files'
+    import hooks, as in a fresh virtual environment that holds only what cips needs."""
+    env = dict(os.environ)
+    if not no_site:
+        return [sys.executable], env
+    paths = []
+    for folder in site.getsitepackages():
+        paths.append(folder)
+        for pth in sorted(Path(folder).glob("*.pth")):
+            lines = pth.read_text(errors="replace").splitlines()
+            paths += [line for line in lines if line.strip() and not line.startswith(("#", "import ", "import\t"))
+                      and (Path(folder) / line).is_dir()]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), *paths]))
+    return [sys.executable, "-S"], env
+
+
+def timed_runs(command: list[str], runs: int, cwd: Path, ab_pythonpath: Path | None, env: dict) -> dict:
     """`runs` timed runs after one untimed one; with ab_pythonpath, B runs with it first on PYTHONPATH,
     A and B in turn."""
-    ways = {"a": dict(os.environ)}
+    ways = {"a": dict(env)}
     if ab_pythonpath is not None:
-        b = dict(os.environ)
+        b = dict(env)
         b["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ab_pythonpath), b.get("PYTHONPATH")]))
         ways["b"] = b
     walls = {way: [] for way in ways}
@@ -177,7 +196,8 @@ def wall(command: list[str]) -> float:
 
 def machine_name(device: str) -> str:
     if device == "cuda":
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True)
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True)
         name = out.stdout.strip().splitlines()[0].lower() if out.returncode == 0 and out.stdout.strip() else "gpu"
         return next((short for short in ("h200", "h100", "a100", "l40s", "l4") if short in name), name.split()[-1])
     return f"cpu{os.cpu_count()}"
@@ -191,6 +211,8 @@ def main(argv=None) -> None:
     p.add_argument("--ab-pythonpath", type=Path, help="time the command a second way, with this folder first "
                                                       "on PYTHONPATH (default: one way only)")
     p.add_argument("--ab-label", default="", help="what B is, for the results file")
+    p.add_argument("--no-site", action="store_true", help="start Python with -S and the site-packages folders on "
+                                                          "PYTHONPATH: no .pth hooks of the environment")
     p.add_argument("--profile", action="store_true", help="profile renders 1 and 2 with ONNX Runtime's profiler")
     p.add_argument("--out", type=Path, help="JSON file (default benchmarks/results/command-<machine>.json)")
     args = p.parse_args(argv)
@@ -200,9 +222,10 @@ def main(argv=None) -> None:
     png = folder / "seed7.png"
     # as the installed `cips` script starts it (`python -m cips_edge.cli` would import the module twice,
     # as __main__ and again under its name, and restart the command's own clock at the second)
-    command = [sys.executable, "-c", "from cips_edge.cli import main; main()", "render", "--seed", "7",
+    start_python, env = python(args.no_site)
+    command = [*start_python, "-c", "from cips_edge.cli import main; main()", "render", "--seed", "7",
                "--size", str(args.size), "--device", args.device, "--out", str(png), "--force", "--verbose"]
-    timed = timed_runs(command, args.runs, folder, args.ab_pythonpath)
+    timed = timed_runs(command, args.runs, folder, args.ab_pythonpath, env)
     # the interpreter alone, and without `site` (the environment's .pth files: a machine with many packages
     # installed globally pays for them in every command, which a user's own virtual environment need not)
     interpreter = statistics.median(wall([sys.executable, "-c", "pass"]) for _ in range(args.runs))
@@ -210,8 +233,8 @@ def main(argv=None) -> None:
     splits = []
     for k in range(args.runs):
         extra = ["profile"] if args.profile and k == args.runs - 1 else []
-        r = subprocess.run([sys.executable, "-c", SPLIT, args.device, str(folder / "split.png"), str(args.size),
-                            *extra], capture_output=True, text=True, cwd=folder)
+        r = subprocess.run([*start_python, "-c", SPLIT, args.device, str(folder / "split.png"), str(args.size),
+                            *extra], capture_output=True, text=True, cwd=folder, env=env)
         if r.returncode != 0:
             raise SystemExit(f"the split run failed: {r.stderr.strip()[-500:]}")
         splits.append(json.loads(r.stdout.strip().splitlines()[-1]))
@@ -222,7 +245,9 @@ def main(argv=None) -> None:
     split["sessions_ms"] = plain[-1]["sessions_ms"]  # each session opened, in order (style first)
     result = {
         "benchmark": "command", "machine": machine_name(args.device), "device": args.device,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(["cips", *command[3:-4], "--verbose"]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(["cips", *command[len(start_python) + 2:-4],
+                                                                                     "--verbose"]),
+        "no_site": args.no_site,
         "provider": splits[0]["provider"], "precision": splits[0]["precision"], "grid_graph": splits[0]["grid"],
         "wall_s": timed["a"]["wall_s"],
         "verbose_split_ms": timed["a"]["verbose_split_ms"],

@@ -2,9 +2,9 @@
 # The GPU machine's measurements of the cips.fast op (runtime/cuda_ops/), in one device call: the op and
 # the packaged model's fused graphs checked at both tile shapes (cuda_ops_check.py), render.py's paper-256
 # cases without and with the op, and the whole first command with its first render profiled
-# (command.py --profile). Needs onnxruntime-gpu under ORTSITE (benchmarks/on_gpu.sh) and the library built
+# (command.py --profile), then again without the machine's .pth hooks (--no-site). Needs onnxruntime-gpu under ORTSITE (benchmarks/on_gpu.sh) and the library built
 # here (bash runtime/cuda_ops/build.sh; carry runtime/cuda_ops/build). Each step has its own time limit and
-# a failed step does not stop the next (the limits add up to 580 s); everything lands in $OUT, with the log.
+# a failed step does not stop the next (the limits add up to 560 s); everything lands in $OUT, with the log.
 #   OUT=/tmp/out bash benchmarks/cuda_ops_round.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -21,10 +21,11 @@ step() {
     echo "== $(date +%T) $* (limit ${limit} s)"
     timeout "$limit" "$@" || echo "== exit $? from: $*"
 }
-step 90 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
-step 90 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --tile 128x256 \
+step 80 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
+step 80 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --tile 128x256 \
     --out "$OUT/cuda-ops-check-128x256-h200.json"
-step 150 bash benchmarks/render_gpu.sh --no-tensorrt --out "$OUT/render-h200-unfused.json"
-step 150 env CIPS_CUDA_OPS="$library" bash benchmarks/render_gpu.sh --no-tensorrt --out "$OUT/render-h200-fused.json"
-step 100 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --profile --out "$OUT/command-h200.json"
+step 120 bash benchmarks/render_gpu.sh --no-tensorrt --out "$OUT/render-h200-unfused.json"
+step 120 env CIPS_CUDA_OPS="$library" bash benchmarks/render_gpu.sh --no-tensorrt --out "$OUT/render-h200-fused.json"
+step 80 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --profile --out "$OUT/command-h200.json"
+step 80 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --no-site --out "$OUT/command-h200-no-site.json"
 echo "== $(date +%T) done"
