@@ -145,9 +145,9 @@ def python(no_site: bool) -> tuple[list[str], dict]:
     for folder in site.getsitepackages():
         paths.append(folder)
         for pth in sorted(Path(folder).glob("*.pth")):
-            lines = pth.read_text(errors="replace").splitlines()
-            paths += [line for line in lines if line.strip() and not line.startswith(("#", "import ", "import\t"))
-                      and (Path(folder) / line).is_dir()]
+            lines = [line.strip() for line in pth.read_text(errors="replace").splitlines()]
+            paths += [str(Path(folder) / line) for line in lines  # relative lines are relative to the folder
+                      if line and not line.startswith(("#", "import ", "import\t")) and (Path(folder) / line).is_dir()]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), *paths]))
     return [sys.executable, "-S"], env
 
@@ -164,9 +164,9 @@ def timed_runs(command: list[str], runs: int, cwd: Path, ab_pythonpath: Path | N
     splits = {way: [] for way in ways}
     stderr = ""
     for k in range(runs + 1):
-        for way, env in ways.items():
+        for way, way_env in ways.items():
             start = time.perf_counter()
-            r = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
+            r = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=way_env)
             wall = time.perf_counter() - start
             if r.returncode != 0:
                 raise SystemExit(f"the command failed ({way}, {r.returncode}): {r.stderr.strip()[-500:]}")
