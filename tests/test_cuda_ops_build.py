@@ -1,9 +1,11 @@
 """runtime/cuda_ops/build.sh builds the cips.fast library where nvcc is (no GPU needed), and ONNX Runtime
 takes it: registering it declares cips.fast::MatMulLeakyRelu, so a graph using the op fails on the CPU
-only for want of a CPU kernel (the op is CUDA-only), not as an unknown op. Its results on a GPU are
-benchmarks/cuda_ops_check.py's to check."""
+only for want of a CPU kernel (the op is CUDA-only), not as an unknown op. CUTLASS's host-side checks
+accept every layer of the packaged model's fused graphs, without a workspace the op would have to
+allocate. Its results on a GPU are benchmarks/cuda_ops_check.py's to check."""
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
@@ -13,22 +15,34 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
+from cips_edge.core.format import packaged_model
+from cips_edge.runtime import CIPSModel, fuse_ops, graphcut, onnxproto
+
 REPO = Path(__file__).resolve().parents[1]
 # the GPU check's one-op graph (benchmarks/cuda_ops_check.py)
 _spec = importlib.util.spec_from_file_location("cuda_ops_check", REPO / "benchmarks" / "cuda_ops_check.py")
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
-pytestmark = pytest.mark.slow  # about 80 s of nvcc on 2 cores
+pytestmark = [pytest.mark.slow,  # about 80 s of nvcc on 2 cores
+              pytest.mark.skipif(shutil.which("nvcc") is None,
+                                 reason="no nvcc on this machine (the CUDA toolkit builds the op)")]
+H200_SMS = 132
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc on this machine (the CUDA toolkit builds the op)")
-def test_the_library_builds_and_onnxruntime_registers_its_op(tmp_path):
-    out = tmp_path / "build"
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    """The library, built once for this module."""
+    where = tmp_path_factory.mktemp("cuda_ops")
+    out = where / "build"
     done = subprocess.run(["bash", str(REPO / "runtime" / "cuda_ops" / "build.sh"), str(out)], capture_output=True,
-                          text=True, env={**os.environ, "CACHE_DIR": str(tmp_path / "cache")})
+                          text=True, env={**os.environ, "CACHE_DIR": str(where / "cache")})
     assert done.returncode == 0, done.stderr[-2000:]
-    library = out / "libcips_cuda_ops.so"
-    assert library.is_file() and f"built {library}" in done.stdout
+    built = out / "libcips_cuda_ops.so"
+    assert built.is_file() and f"built {built}" in done.stdout
+    return built
+
+
+def test_the_library_builds_and_onnxruntime_registers_its_op(library):
 
     def cpu_session(register: bool) -> str:
         options = ort.SessionOptions()
@@ -41,3 +55,36 @@ def test_the_library_builds_and_onnxruntime_registers_its_op(tmp_path):
 
     assert "Could not find an implementation for MatMulLeakyRelu" in cpu_session(register=True)
     assert "is not a registered function/op" in cpu_session(register=False)
+
+
+def fused_layer_shapes() -> set[tuple[int, int]]:
+    """(K, N) of every MatMulLeakyRelu in the packaged model's fused fp16 pixel and grid graphs."""
+    path = packaged_model()
+    fast = graphcut.FastPaths(onnxproto.load(str(path), str(path)), CIPSModel(path, device="cpu").info, "fp16",
+                              str(path))
+    shapes = set()
+    for graph in (fast.pixel, fast.grid):
+        fused, count = fuse_ops.fuse(onnxproto.parse(graph))
+        declared = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in fused.graph.input}
+        declared.update({i.name: list(i.dims) for i in fused.graph.initializer})
+        layers = [n for n in fused.graph.node if n.domain == fuse_ops.DOMAIN]
+        assert len(layers) == count == 8
+        shapes |= {tuple(declared[n.input[1]]) for n in layers}
+    return shapes
+
+
+@pytest.mark.parametrize("wide", [0, 1])
+def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspace(library, wide):
+    plan = ctypes.CDLL(str(library)).CipsFastPlan
+    plan.argtypes = [ctypes.c_int] * 5 + [ctypes.POINTER(ctypes.c_int64)]
+    plan.restype = ctypes.c_int
+    workspace = ctypes.c_int64(-1)
+    shapes = fused_layer_shapes()
+    assert {(264, 264), (200, 136), (136, 136)} <= shapes
+    for k, n in shapes:
+        for m in (1024 * 1024, 65536, 1000, 7):  # a 1024x1024 grid, a 256x256 one, ragged chunks
+            assert plan(m, n, k, wide, H200_SMS, ctypes.byref(workspace)) == 0, (m, n, k)
+            assert workspace.value == 0, (m, n, k)
+    # and it does refuse: rows of 12 halves are not 16-byte aligned for TMA
+    assert plan(1000, 12, 136, wide, H200_SMS, ctypes.byref(workspace)) == 1
+    assert plan(1000, 136, 12, wide, H200_SMS, ctypes.byref(workspace)) == 1

@@ -85,17 +85,13 @@ void fail(const std::string& message) { ORT_CXX_API_THROW("MatMulLeakyRelu: " + 
 
 bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-// Y = LeakyRelu(X @ W + b) on `stream` with the tile configuration Config: x [m, k], w [k, n], bias [n]
-// or null, y [m, n].
+// CUTLASS's arguments for Y = LeakyRelu(X @ W + b) with the tile configuration Config: x [m, k], w [k, n],
+// bias [n] or null, y [m, n], on `sms` multiprocessors of `device`.
 template <class Config>
-void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, int m, int n, int k,
-                       float alpha, cudaStream_t stream) {
+typename Config::Gemm::Arguments gemm_arguments(const Half* x, const Half* w, const Half* bias, Half* y, int m,
+                                                int n, int k, float alpha, int device, int sms) {
   using Kernel = typename Config::Kernel;
   using Gemm = typename Config::Gemm;
-  int device = 0, sms = 0;
-  check(cudaGetDevice(&device), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-
   // Strides in (rows, columns, batch) order of each operand as CUTLASS sees it: A (M, K), B (N, K), D (M, N).
   typename Kernel::StrideA stride_x = make_stride(int64_t(k), Int<1>{}, int64_t(0));
   typename Kernel::StrideB stride_w = make_stride(Int<1>{}, int64_t(n), int64_t(0));
@@ -112,7 +108,18 @@ void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, 
   args.epilogue.thread.activation.leaky_alpha = alpha;
   args.hw_info.device_id = device;
   args.hw_info.sm_count = sms;
+  return args;
+}
 
+// Y = LeakyRelu(X @ W + b) on `stream` with the tile configuration Config.
+template <class Config>
+void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, int m, int n, int k,
+                       float alpha, cudaStream_t stream) {
+  using Gemm = typename Config::Gemm;
+  int device = 0, sms = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  typename Gemm::Arguments args = gemm_arguments<Config>(x, w, bias, y, m, n, k, alpha, device, sms);
   Gemm gemm;
   check(gemm.can_implement(args), "cannot run this problem");
   if (Gemm::get_workspace_size(args) != 0) fail("this kernel configuration wants a workspace; none is allocated");
@@ -205,7 +212,25 @@ struct MatMulLeakyReluOp : Ort::CustomOpBase<MatMulLeakyReluOp, MatMulLeakyReluK
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
 };
 
+// Host-side only, no GPU needed: whether CUTLASS accepts an m x n x k problem with the 128x128 (wide = 0)
+// or 128x256 tiles on `sms` multiprocessors (0 = yes), and the workspace it would want, which the op does not
+// allocate (it must be 0). The tests check every layer shape of the packaged model's fused graphs with it.
+template <class Config>
+int plan(int m, int n, int k, int sms, int64_t* workspace) {
+  using Gemm = typename Config::Gemm;
+  const auto* at = reinterpret_cast<Half*>(std::uintptr_t(256));  // never read: 16-byte aligned stand-ins
+  typename Gemm::Arguments args =
+      gemm_arguments<Config>(at, at, at, const_cast<Half*>(at), m, n, k, 0.2f, 0, sms);
+  *workspace = int64_t(Gemm::get_workspace_size(args));
+  return Gemm::can_implement(args) == cutlass::Status::kSuccess ? 0 : 1;
+}
+
 }  // namespace
+
+extern "C" __attribute__((visibility("default"))) int CipsFastPlan(int m, int n, int k, int wide, int sms,
+                                                                   int64_t* workspace) {
+  return wide ? plan<Tile128x256>(m, n, k, sms, workspace) : plan<Tile128x128>(m, n, k, sms, workspace);
+}
 
 // Called by SessionOptions.register_custom_ops_library (ONNX Runtime looks this name up).
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
