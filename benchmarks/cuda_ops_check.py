@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +34,9 @@ from cips_edge.runtime import fuse_ops, graphcut, onnxproto
 from cips_edge.runtime.coords import grid_axes, pixel_grid
 from cips_edge.runtime.model import CUDA, CUDA_OPTIONS
 from cips_edge.runtime.split import SplitEngine, auto_cuda_chunk
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cuda_graph_probe import median_ms as cold_median_ms  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "cips_edge" / "models" / "default.onnx"
 # Largest colour difference accepted between a graph and its fused form: the CPU test's bound
@@ -66,13 +69,9 @@ def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool) -> bytes:
 
 
 def median_ms(fn, reps: int) -> float:
-    fn()  # warm-up: the first call sizes ONNX Runtime's arena
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return round(statistics.median(times), 3)
+    """cuda_graph_probe's median of reps calls, after one untimed call: the first sizes ONNX Runtime's arena."""
+    fn()
+    return round(cold_median_ms(fn, reps), 3)
 
 
 class Check:
