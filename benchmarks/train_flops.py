@@ -13,8 +13,8 @@ No GPU needed. Writes benchmarks/results/train-flops-<config>.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,9 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from cips_edge.core.config import PRESETS
-from cips_edge.train.discriminator import DiscriminatorConfig
-from cips_edge.train.trainer import Recipe, Speed, Trainer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train import build_trainer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # The configs of issue 23's table: preset, training size, batch, D's width cap (the paper's D: 512).
@@ -53,10 +52,9 @@ class FlopCount(TorchDispatchMode):
 def phase_flops(preset: str, size: int, batch: int, r1_every: int) -> dict[str, float]:
     """FLOP per image of each phase, as the Trainer runs it (float32, eager, no augmentation, as
     train_memory.py measures it), counted on `batch` images."""
-    g_config = dataclasses.replace(PRESETS[preset], size=size)
-    recipe = Recipe(batch=batch, lr=0.002, r1_gamma=10.0, r1_every=r1_every, ema_half_life_kimg=10.0,
-                    global_batch=batch, augment=False, xflip=True, g_lazy_correction=True, seed=0)
-    trainer = Trainer(g_config, DiscriminatorConfig(size, 2, 512), recipe, torch.device("cpu"), speed=Speed())
+    args = argparse.Namespace(preset=preset, size=size, batch=batch, r1_every=r1_every, augment=False,
+                              d_channel_max=512)  # the paper's D widths, whatever the preset
+    trainer = build_trainer("plain", args, torch.device("cpu"))  # benchmarks/train.py's, on random images
     trainer.reseed(0)
     reals = torch.rand(batch, 3, size, size) * 2 - 1
     out = {}
