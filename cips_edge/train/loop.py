@@ -26,7 +26,8 @@ from cips_edge.core.files import clean_stale_temporaries, make_folders, remove_e
 from . import distributed, fit
 from .data import Decoded, ImageBank, load_images
 from .discriminator import DiscriminatorConfig
-from .options import AUGMENT_AUTO_BELOW, RECIPE_BATCH, TrainError, TrainOptions, merge_for_resume, resume_changes
+from .options import (AUGMENT_AUTO_BELOW, D_WARMUP_KIMG, RECIPE_BATCH, TrainError, TrainOptions, merge_for_resume,
+                      resume_changes)
 from .quality import QualityMetrics
 from .report import (Reporter, atomic_write_json, grid_name, render_images, sample_latents, save_grid,
                      truncate_metrics)
@@ -151,8 +152,8 @@ def blind_discriminator_note(stats: dict, warmup_kimg: float) -> str | None:
         return None
     return (f"after {warmup_kimg:g} kimg of warm-up D does not yet tell the generator's images from the data "
             f"(mean logits: real {stats['real_score']:+.4f}, generated {stats['fake_score']:+.4f}); with "
-            "DiffAugment on, a new D can need 500 kimg alone (--d-warmup-kimg), and until it sees, G trains "
-            "against a D at chance: docs/training.md")
+            f"DiffAugment on, a new D can need {D_WARMUP_KIMG:g} kimg alone (--d-warmup-kimg), and until it sees, "
+            "G trains against a D at chance: docs/training.md")
 
 
 def _count(module: torch.nn.Module) -> str:
