@@ -2,8 +2,8 @@
 only reader is a LeakyRelu becomes one cips.fast::MatMulLeakyRelu node, which adds the bias and applies
 the activation inside the GEMM instead of in separate passes over the activations.
 
-The rewrite happens in memory, on the graphs sent to the CUDA provider, and only where the library
-exists (for_cuda); model files are never changed.
+The rewrite happens in memory, on the graphs sent to a CUDA session that has registered the library
+(for_cuda); model files are never changed.
 """
 from __future__ import annotations
 
@@ -25,14 +25,11 @@ def library_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def for_cuda(model_bytes: bytes) -> tuple[bytes, Path | None]:
-    """A fast-path graph as the CUDA provider should get it: fused, with the library the session must
-    register (SessionOptions.register_custom_ops_library); unchanged, with None, where there is no library."""
-    library = library_path()
-    if library is None:
-        return model_bytes, None
+def for_cuda(model_bytes: bytes) -> bytes:
+    """A serialized fast-path graph with every fusable layer fused, for a session that has registered the
+    library (SessionOptions.register_custom_ops_library); the same bytes where nothing fuses."""
     fused, count = fuse(onnxproto.parse(model_bytes))
-    return (fused.SerializeToString(), library) if count else (model_bytes, None)
+    return fused.SerializeToString() if count else model_bytes
 
 
 def fuse(model):

@@ -70,21 +70,19 @@ def count_parameters(config: GeneratorConfig) -> int:
 
 def _with_cuda_ops(source: str | bytes, options) -> str | bytes:
     """A CUDA session's graph with the cips.fast fused op (runtime/cuda_ops/) where $CIPS_CUDA_OPS names the
-    built library, which is registered on options; the graph as it is otherwise. Opt-in: the op is not yet
-    measured on a GPU."""
+    built library, which is registered on options before the graph is rewritten (a library onnxruntime
+    cannot load is refused first); the graph as it is otherwise. Opt-in: the op is not yet measured on a
+    GPU."""
     wanted = os.environ.get("CIPS_CUDA_OPS")
     if not wanted or not isinstance(source, bytes):
         return source
     if not Path(wanted).is_file():
         raise UserError(f"CIPS_CUDA_OPS={wanted}: no such file (bash runtime/cuda_ops/build.sh builds it)")
-    fused, library = fuse_ops.for_cuda(source)
-    if library is None:
-        return source
     try:
-        options.register_custom_ops_library(str(library))
+        options.register_custom_ops_library(wanted)
     except Exception as e:  # onnxruntime's own error types
         raise UserError(f"CIPS_CUDA_OPS={wanted}: onnxruntime cannot load it: {_first_line(e)}") from None
-    return fused
+    return fuse_ops.for_cuda(source)
 
 
 def _first_line(e: Exception) -> str:

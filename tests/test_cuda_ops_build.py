@@ -88,3 +88,19 @@ def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspa
     # and it does refuse: rows of 12 halves are not 16-byte aligned for TMA
     assert plan(1000, 12, 136, wide, H200_SMS, ctypes.byref(workspace)) == 1
     assert plan(1000, 136, 12, wide, H200_SMS, ctypes.byref(workspace)) == 1
+
+
+def test_a_cuda_session_named_to_the_built_library_registers_it_and_gets_the_fused_graph(library, monkeypatch):
+    """$CIPS_CUDA_OPS naming the real library: the renderer's CUDA-session hook registers it on the options
+    and hands over the fused graph (here only the rewrite and the registration run: no GPU)."""
+    from cips_edge.runtime.model import _with_cuda_ops
+
+    path = packaged_model()
+    fast = graphcut.FastPaths(onnxproto.load(str(path), str(path)), CIPSModel(path, device="cpu").info, "fp16",
+                              str(path))
+    monkeypatch.setenv("CIPS_CUDA_OPS", str(library))
+    options = ort.SessionOptions()
+    fused = _with_cuda_ops(fast.pixel, options)
+    assert [n.op_type for n in onnxproto.parse(fused).graph.node].count(fuse_ops.OP) == 8
+    with pytest.raises(Exception, match="Could not find an implementation for MatMulLeakyRelu"):
+        ort.InferenceSession(check.op_model((4, 8), 8, with_bias=False), options, providers=["CPUExecutionProvider"])
