@@ -1,0 +1,170 @@
+"""What any CUDA process pays before its first useful kernel, on this machine: the floor under `cips render
+--device cuda`'s session and first render (benchmarks/command.py splits those). Each repetition is a fresh
+process that, through ctypes alone (no torch, no ONNX Runtime), loads the driver and initializes it, makes
+the device's primary context current and allocates on it, then loads cuBLAS and cuDNN and creates one
+handle of each, which is what ONNX Runtime's CUDA provider does for every thread that runs a session.
+Medians over the processes, per step, in ms, and the process's whole wall time from outside.
+
+    python benchmarks/cuda_floor.py --out benchmarks/results/cuda-floor-h200.json
+
+The libraries are the ones onnxruntime-gpu loads: the nvidia-* wheels' (nvidia/<name>/lib or
+nvidia/cu<N>/lib under any sys.path entry) first, then the loader's default search.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# library: candidate file names (CUDA 13's first, then 12's)
+LIBRARIES = {"cublasLt": ("libcublasLt.so.13", "libcublasLt.so.12"), "cublas": ("libcublas.so.13", "libcublas.so.12"),
+             "cudnn": ("libcudnn.so.9",)}
+
+
+def fail(message: str) -> SystemExit:
+    print(f"cuda_floor: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def find_library(names: tuple[str, ...], roots: list[str]) -> str | None:
+    """The first of `names` inside an nvidia wheel's lib folder under one of `roots`, else the first name
+    the loader finds on its own search path; None if neither."""
+    for root in map(Path, roots):
+        nvidia = root / "nvidia"
+        if not nvidia.is_dir():
+            continue
+        for name in names:
+            found = sorted(nvidia.glob(f"*/lib/{name}"))
+            if found:
+                return str(found[0])
+    for name in names:
+        try:
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            return name
+        except OSError:
+            continue
+    return None
+
+
+def check(call: str, status: int) -> None:
+    if status != 0:
+        raise fail(f"{call} returned {status}")
+
+
+def child() -> dict:
+    """One fresh process's steps, in ms each, from the driver's load to the cuDNN handle."""
+    times, t = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        times[name] = (now - t) * 1e3
+        t = now
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        raise fail("no CUDA driver here (libcuda.so.1 does not load): run on the GPU machine") from None
+    lap("load driver")
+    check("cuInit", cuda.cuInit(0))
+    lap("cuInit")
+    device, context, pointer = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_uint64()
+    check("cuDeviceGet", cuda.cuDeviceGet(ctypes.byref(device), 0))
+    check("cuDevicePrimaryCtxRetain", cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device))
+    check("cuCtxSetCurrent", cuda.cuCtxSetCurrent(context))
+    check("cuMemAlloc", cuda.cuMemAlloc_v2(ctypes.byref(pointer), ctypes.c_size_t(1 << 20)))
+    check("cuCtxSynchronize", cuda.cuCtxSynchronize())
+    lap("primary context and first allocation")
+    paths, errors = {}, {}
+    for name, names in LIBRARIES.items():
+        path = find_library(names, sys.path)
+        if path is None:
+            errors[name] = f"no {' or '.join(names)} (nvidia-* wheels or the loader's path)"
+        else:
+            paths[name] = path
+    lap("finding the libraries")
+
+    def handle(library: str, create: str, step: str) -> None:
+        """Load `library` (timed as 'load <library>') and time `create` on a new handle as `step`."""
+        nonlocal t
+        if library not in paths:
+            return
+        try:
+            loaded = ctypes.CDLL(paths[library], mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            errors[library] = str(e)
+            return
+        lap(f"load {library}")
+        status = getattr(loaded, create)(ctypes.byref(ctypes.c_void_p()))
+        if status != 0:
+            errors[library] = f"{create} returned {status}"
+            t = time.perf_counter()
+            return
+        lap(step)
+
+    handle("cublasLt", "cublasLtCreate", "cublasLtCreate")
+    handle("cublas", "cublasCreate_v2", "cublasCreate")
+    handle("cudnn", "cudnnCreate", "cudnnCreate")
+    return {"steps_ms": times, "libraries": paths, "errors": errors}
+
+
+def run_children(reps: int, python: str) -> tuple[list[dict], list[float]]:
+    """`reps` fresh processes of this script's --child, and each one's wall time in ms from outside."""
+    results, walls = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        done = subprocess.run([python, __file__, "--child"], capture_output=True, text=True)
+        walls.append((time.perf_counter() - t) * 1e3)
+        if done.returncode != 0:  # the child's own one-line reason, already prefixed
+            print((done.stderr.strip().splitlines() or [f"cuda_floor: a child exited with {done.returncode}"])[-1],
+                  file=sys.stderr)
+            raise SystemExit(2)
+        results.append(json.loads(done.stdout))
+    return results, walls
+
+
+def summarize(results: list[dict], walls: list[float], interpreter: list[float]) -> dict:
+    """Medians per step (ms, 0.1 ms) over the processes that reached it, their sum, and the processes'
+    median wall time against an empty interpreter's."""
+    names = list(dict.fromkeys(name for r in results for name in r["steps_ms"]))
+    steps = {name: round(float(np.median([r["steps_ms"][name] for r in results if name in r["steps_ms"]])), 1)
+             for name in names}
+    return {"steps_ms": steps, "steps_total_ms": round(sum(steps.values()), 1),
+            "process_wall_ms": round(float(np.median(walls)), 1),
+            "empty_interpreter_ms": round(float(np.median(interpreter)), 1),
+            "libraries": results[0]["libraries"],
+            "errors": {name: e for r in results for name, e in r["errors"].items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--reps", type=int, default=7, help="fresh processes (default 7)")
+    parser.add_argument("--out", type=Path, help="JSON file (default: print only)")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child()))
+        return
+    interpreter = []
+    for _ in range(args.reps):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import ctypes, json"], check=True)
+        interpreter.append((time.perf_counter() - t) * 1e3)
+    results, walls = run_children(args.reps, sys.executable)
+    result = {"benchmark": "CUDA start-up floor: fresh processes, ctypes only (driver, context, cuBLAS, cuDNN)",
+              "machine": platform.node(), "reps": args.reps, **summarize(results, walls, interpreter)}
+    print(json.dumps(result, indent=1))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""benchmarks/cuda_floor.py's parts that run without a GPU: it times the CUDA libraries onnxruntime-gpu
+would load (the nvidia-* wheels' first), and a machine without a driver gets one line and exit 2."""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_floor.py"
+_spec = importlib.util.spec_from_file_location("cuda_floor", SCRIPT)
+floor = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(floor)
+
+
+def test_libraries_come_from_the_nvidia_wheels_in_either_layout_newest_name_first(tmp_path):
+    plain, cu13 = tmp_path / "site-a", tmp_path / "site-b"
+    (plain / "nvidia" / "cublas" / "lib").mkdir(parents=True)
+    (plain / "nvidia" / "cublas" / "lib" / "libcublas.so.12").touch()
+    (cu13 / "nvidia" / "cu13" / "lib").mkdir(parents=True)
+    for name in ("libcublas.so.12", "libcublas.so.13"):
+        (cu13 / "nvidia" / "cu13" / "lib" / name).touch()
+    names = floor.LIBRARIES["cublas"]
+    assert floor.find_library(names, [str(tmp_path / "empty"), str(plain)]) == str(
+        plain / "nvidia" / "cublas" / "lib" / "libcublas.so.12")
+    assert floor.find_library(names, [str(cu13), str(plain)]) == str(cu13 / "nvidia" / "cu13" / "lib" / "libcublas.so.13")
+    assert floor.find_library(("libcips_no_such_library.so.1",), [str(plain)]) is None
+
+
+def test_the_summary_takes_medians_over_the_processes_that_reached_each_step():
+    runs = [{"steps_ms": {"cuInit": v, "cudnnCreate": 2 * v}, "libraries": {}, "errors": {}} for v in (1.0, 3.0, 9.0)]
+    runs.append({"steps_ms": {"cuInit": 5.0}, "libraries": {}, "errors": {"cudnn": "cudnnCreate returned 1"}})
+    s = floor.summarize(runs, walls=[10.0, 30.0, 20.0, 40.0], interpreter=[4.0, 6.0, 5.0])
+    assert s["steps_ms"] == {"cuInit": 4.0, "cudnnCreate": 6.0}
+    assert s["steps_total_ms"] == 10.0 and s["process_wall_ms"] == 25.0 and s["empty_interpreter_ms"] == 5.0
+
+
+def _has_driver() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(_has_driver(), reason="this machine has a CUDA driver")
+def test_without_a_driver_it_says_so_in_one_line_and_exits_2(tmp_path):
+    out = tmp_path / "floor.json"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--reps", "1", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == "cuda_floor: no CUDA driver here (libcuda.so.1 does not load): run on the GPU machine"
+    assert not out.exists()
