@@ -10,11 +10,19 @@ after the channel equalization that docs/onnx-format.md describes, unless "float
   float acts      int8 weights, float activations: what 8-bit weights alone cost
   first K float   "runtime" with the first K hidden layers left in float (--float-layers K,...): how
                   much a mixed path, 8 bits only where the error does not build up, would keep
+  calibrated      "runtime" with each layer's input channels equalized by measured activation ranges
+                  too (--calibrated A/B,...): channel k is divided by s_k = act_k^A / wmax_k^B and
+                  row k of the weights multiplied by it (exact in float), act_k the largest |input|
+                  of channel k over renders of --calibration-seeds, wmax_k the row's largest |weight|
+                  per latent; 0/0.5 is the file's own equalization, A/B pairs trade 8-bit error
+                  between activations and weights (static per-channel activation scales folded
+                  into the weights, as SmoothQuant does)
 With --model, the file's own int8 path renders the same seeds in ONNX Runtime too, which checks that
 "runtime" simulates it. The source may be the model file itself (its generator, read back).
 
     python benchmarks/int8_headroom.py RUN_OR_CHECKPOINT --model cips_edge/models/default.onnx
     python benchmarks/int8_headroom.py cips_edge/models/default.onnx --size 64 --float-layers 1,2,3,4
+    python benchmarks/int8_headroom.py cips_edge/models/default.onnx --calibrated 0/0.5,0.5/0.3 --float-layers 3,4
 """
 from __future__ import annotations
 
@@ -63,19 +71,33 @@ def fake_int8_columns(weight: torch.Tensor) -> torch.Tensor:  # [B, in, out], on
 
 class FakeQuant:
     """While active, ModulatedFC layers other than the input layer (and the first `float_layers` hidden
-    layers) multiply fake-quantized operands."""
+    layers) multiply fake-quantized operands. With `calibrating` set, layers run in float and record
+    the largest |input| per channel instead (`act_max`, by hidden layer); `smooth` = (A, B) equalizes
+    with those (see the module docstring)."""
 
     def __init__(self, generator: cips_model.CIPSGenerator, chunk: int):
         self.generator, self.chunk, self.scheme, self.float_layers = generator, chunk, None, 0
+        self.calibrating, self.act_max, self.smooth = False, {}, None
         self.plain = cips_model.ModulatedFC.apply_weight
         fake = self
+        hidden = list(generator.layers)
 
         def apply_weight(layer, x, weight, gain=True):
+            if fake.calibrating and layer is not fake.generator.input_layer:
+                i = next(i for i, h in enumerate(hidden) if h is layer)
+                seen = x.abs().amax(dim=(0, 1))
+                fake.act_max[i] = torch.maximum(fake.act_max.get(i, seen), seen)
             kept = fake.generator.layers[:fake.float_layers]
             if fake.scheme is None or layer is fake.generator.input_layer or any(layer is k for k in kept):
                 return fake.plain(layer, x, weight, gain)
             acts, weights = SCHEMES[fake.scheme]
-            g = torch.sqrt(weight.abs().amax(2, keepdim=True))  # equalize input channel k by g_k
+            row_max = weight.abs().amax(2, keepdim=True).clamp_min(1e-12)  # [B, in, 1]
+            if fake.smooth is None:
+                g = torch.sqrt(row_max)  # equalize input channel k by g_k
+            else:
+                a, b = fake.smooth
+                i = next(i for i, h in enumerate(hidden) if h is layer)
+                g = row_max ** b / fake.act_max[i].clamp_min(1e-6)[None, :, None] ** a
             weight, x = weight / g, x * g.transpose(1, 2)
             if weights == "int8":
                 weight = fake_int8_columns(weight)
@@ -101,6 +123,10 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="points per activation scale, as the CPU renders")
     parser.add_argument("--float-layers", default="",
                         help="comma-separated K: also the runtime scheme with the first K hidden layers in float")
+    parser.add_argument("--calibrated", default="",
+                        help="comma-separated A/B: also the runtime scheme equalized by calibrated activation ranges")
+    parser.add_argument("--calibration-seeds", default="100-131",
+                        help="seeds whose renders measure the activation ranges (default 100-131, apart from --seeds)")
     parser.add_argument("--out", type=Path, default=RESULTS / "int8-headroom.json")
     args = parser.parse_args()
 
@@ -112,7 +138,12 @@ def main() -> None:
         g, images_seen = loaded.generator, loaded.images_seen
         source = resolve_checkpoint_path(args.checkpoint).name
     mixed = {f"runtime, first {k} float": int(k) for k in args.float_layers.split(",") if k}
-    schemes = {**{name: 0 for name in SCHEMES}, **mixed}  # name: leading hidden layers left in float
+    smooth, calibrated = {}, {}  # name: (A, B); name: leading hidden layers left in float
+    for ab in filter(None, args.calibrated.split(",")):
+        for k in (0, *mixed.values()):
+            name = f"runtime, calibrated {ab}" + (f", first {k} float" if k else "")
+            smooth[name], calibrated[name] = tuple(float(v) for v in ab.split("/")), k
+    schemes = {**{name: 0 for name in SCHEMES}, **mixed, **calibrated}  # name: leading hidden layers left in float
     points = region_grid(*FULL_FRAME, args.size, args.size)  # the pixel centres a render uses
     coords = torch.from_numpy(points)[None]
     seeds = parse_seeds([args.seeds])
@@ -124,12 +155,18 @@ def main() -> None:
     per_seed = {name: [] for name in schemes}
     try:
         with torch.no_grad():
+            if smooth:
+                fake.calibrating = True
+                for seed in parse_seeds([args.calibration_seeds]):
+                    g(coords, torch.from_numpy(latent_for_seed(seed, g.config.style_dim))[None])
+                fake.calibrating = False
             for seed in seeds:
                 z = latent_for_seed(seed, g.config.style_dim)
 
                 def render(scheme: str | None) -> np.ndarray:
                     fake.scheme = None if scheme is None else scheme if scheme in SCHEMES else "runtime"
                     fake.float_layers = schemes.get(scheme, 0)
+                    fake.smooth = smooth.get(scheme)
                     return g(coords, torch.from_numpy(z)[None])[0].numpy()
 
                 reference = render(None)
@@ -150,7 +187,11 @@ def main() -> None:
     result = {"benchmark": "int8 headroom: PSNR (dB) of 8-bit renders against float32, fake-quantized in PyTorch",
               "checkpoint": source, "images_seen": images_seen, "hidden_layers": len(g.layers),
               "model": None if args.model is None else args.model.name, "seeds": args.seeds, "size": args.size,
-              "chunk": args.chunk, "schemes": summary}
+              "chunk": args.chunk, "calibration_seeds": args.calibration_seeds if smooth else None,
+              # per hidden layer: its input channels' largest |value| over the calibration renders, the
+              # largest channel's against the median channel's (how unequal the channels are)
+              "calibrated_range_ratio": {i: round(float(a.max() / a.median()), 2) for i, a in sorted(fake.act_max.items())},
+              "schemes": summary}
     for name, s in summary.items():
         print(f"{name}: min {s['min']} dB, median {s['median']:.2f} dB")
     args.out.parent.mkdir(parents=True, exist_ok=True)
