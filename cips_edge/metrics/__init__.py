@@ -6,16 +6,16 @@ from cips_edge.imagefolder import decode_image, prepare_image
 
 from .errors import MetricsError
 from .evaluation import (SampleSource, check_request, evaluate, evaluate_draws, print_report, render, report_rows,
-                         write_report)
+                         torch_device, write_report)
 from .feature_metrics import feature_stats, fid_from_features, frechet_distance, kid, precision_recall
 from .images import ImageSource, load_image_folder, load_images
 from .sliced_wasserstein import swd
-from .sources import generator_source, onnx_source, torch_device
+from .sources import generator_source, onnx_source
 
 __all__ = [
     "MetricsError", "SampleSource", "check_request", "evaluate", "evaluate_draws", "print_report", "render",
-    "report_rows", "write_report",
+    "report_rows", "torch_device", "write_report",
     "feature_stats", "fid_from_features", "frechet_distance", "kid", "precision_recall",
     "ImageSource", "decode_image", "load_image_folder", "load_images", "prepare_image", "swd",
-    "generator_source", "onnx_source", "torch_device",
+    "generator_source", "onnx_source",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -85,7 +86,6 @@ def evaluate(sample_source: SampleSource, data: str | os.PathLike, num_images: i
     extractor = None
     if any(m in FEATURE_METRICS for m in wanted):
         from .inception import load_inception  # torch, only when needed
-        from .sources import torch_device
         extractor = load_inception(inception_weights, device=torch_device(device),
                                    random_init_for_tests=random_init_for_tests)
 
@@ -191,6 +191,22 @@ def evaluate_draws(sample_source: SampleSource, data: str | os.PathLike, draws: 
     combined.update(draws=results, spread=spread,
                     seconds={"total": round(sum(sum(r["seconds"].values()) for r in results), 3)})
     return combined
+
+
+def torch_device(name: str) -> str:
+    """'auto' (CUDA when torch sees a GPU, else CPU), 'cpu', 'cuda' or 'cuda:N' -> a torch device name;
+    asking for CUDA where torch has none is an error, never a silent CPU run."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if not re.fullmatch(r"cuda(:\d+)?", name):
+        raise MetricsError(f"unknown device {name!r}: choose auto, cpu or cuda")
+    if not torch.cuda.is_available():
+        raise MetricsError(f"--device {name}: torch sees no CUDA GPU here; use --device cpu")
+    return name
 
 
 def _features(extractor, images: np.ndarray, description: str, progress: bool) -> np.ndarray:

@@ -4,7 +4,6 @@ so one seed gives the same image from a checkpoint and from its export."""
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 
@@ -59,19 +58,3 @@ def generator_source(generator, size: int, truncation: float = 1.0,
             rgb[:, start:start + step] = generator(piece, z, truncation=truncation, w_avg=w_avg).float().cpu().numpy()
         return to_uint8(rgb).reshape(len(seeds), size, size, 3)
     return source
-
-
-def torch_device(name: str) -> str:
-    """'auto' (CUDA when torch sees a GPU, else CPU), 'cpu', 'cuda' or 'cuda:N' -> a torch device name;
-    asking for CUDA where torch has none is an error, never a silent CPU run."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return name
-    if not re.fullmatch(r"cuda(:\d+)?", name):
-        raise MetricsError(f"unknown device {name!r}: choose auto, cpu or cuda")
-    if not torch.cuda.is_available():
-        raise MetricsError(f"--device {name}: torch sees no CUDA GPU here; use --device cpu")
-    return name
