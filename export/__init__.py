@@ -5,7 +5,8 @@
     export_generator(generator, "model.onnx", precision="fp16")    # from a CIPSGenerator in memory
     generator, info = generator_from_onnx("model.onnx")           # and back (cips train --init-from)
 """
-from .exporter import ExportError, ExportReport, export_checkpoint, export_generator
+from .errors import ExportError
+from .exporter import ExportReport, export_checkpoint, export_generator
 from .graph import OPSET, build_onnx
 from .pixels import pixel_graph
 from .readback import generator_from_onnx

@@ -11,6 +11,8 @@ the CPU's chunks, so what it measures is what `--precision int8` renders.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnxruntime as ort
 import torch
@@ -22,6 +24,7 @@ from cips_edge.runtime.coords import pixel_grid
 from cips_edge.runtime.image import psnr_uint8, to_uint8
 from cips_edge.runtime.latents import latent_for_seed
 
+from .errors import ExportError
 from .pixels import pixel_graph, shared_weights
 from .style import FastStyle, StyleGraph, bias_names, biases
 
@@ -79,3 +82,21 @@ def calibrate_int8(generator: CIPSGenerator, w_avg: torch.Tensor, target_db: flo
         else:
             lo = mid + 1
     return lo, found[lo] if lo in found else worst(lo)
+
+
+def int8_facts(generator: CIPSGenerator, w_avg: torch.Tensor, float_layers: int | None,
+               say: Callable[[str], None] = lambda line: None) -> dict:
+    """What a file records of its int8 graph: the leading hidden layers it keeps in float32, calibrated
+    unless given, with the worst seed's PSNR that chose them."""
+    hidden = len(generator.config.layer_shapes) - 1
+    if float_layers is not None:
+        if not 0 <= float_layers <= hidden:
+            raise ExportError(f"int8_float_layers must be in 0..{hidden} (the hidden layers), got {float_layers}")
+        return {"float_layers": float_layers, "hidden_layers": hidden, "chosen": "given"}
+    say(f"int8 pixel graph: finding how many of the {hidden} hidden layers stay float32 (seeds "
+        f"{CALIBRATION_SEEDS[0]}-{CALIBRATION_SEEDS[-1]} at {CALIBRATION_SIDE}x{CALIBRATION_SIDE}, a few seconds to a minute)")
+    k, worst = calibrate_int8(generator, w_avg)
+    return {"float_layers": k, "hidden_layers": hidden,
+            "chosen": f"fewest with every seed of {CALIBRATION_SEEDS[0]}-{CALIBRATION_SEEDS[-1]} at "
+                      f"{CALIBRATION_SIDE}x{CALIBRATION_SIDE} within {INT8_TARGET_DB:g} dB of float32",
+            "worst_psnr_db": round(worst, 2)}

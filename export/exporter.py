@@ -23,16 +23,14 @@ from cips_edge.core.format import PRECISIONS, int8_summary, metadata_props
 from cips_edge.core.files import atomic_write
 from cips_edge.runtime.image import prepare_output
 
-from .calibrate import CALIBRATION_SEEDS, CALIBRATION_SIDE, INT8_TARGET_DB, calibrate_int8
+from .calibrate import int8_facts
+from .errors import ExportError
 from .graph import OPSET, build_onnx, build_style_extension
 from .pixels import grid_graph, pixel_graph, shared_weights
 from .verify import verify_file
 
 MEAN_W_LATENTS = 4096  # latents averaged for w_avg (truncation's centre)
 
-
-class ExportError(UserError):
-    pass
 
 
 @dataclass
@@ -114,24 +112,6 @@ def export_generator(generator: CIPSGenerator, path: str | os.PathLike, *, w_avg
         raise ExportError(f"export refused, no file written: {e}") from None
     rel, max_abs, precision_error = verified[0]
     return ExportReport(path, len(data), rel, max_abs, opset, precision, precision_error, facts.get("int8"))
-
-
-def int8_facts(generator: CIPSGenerator, w_avg: torch.Tensor, float_layers: int | None,
-               say: Callable[[str], None] = lambda line: None) -> dict:
-    """What a file records of its int8 graph: the leading hidden layers it keeps in float32, calibrated
-    unless given, with the worst seed's PSNR that chose them."""
-    hidden = len(generator.config.layer_shapes) - 1
-    if float_layers is not None:
-        if not 0 <= float_layers <= hidden:
-            raise ExportError(f"int8_float_layers must be in 0..{hidden} (the hidden layers), got {float_layers}")
-        return {"float_layers": float_layers, "hidden_layers": hidden, "chosen": "given"}
-    say(f"int8 pixel graph: finding how many of the {hidden} hidden layers stay float32 (seeds "
-        f"{CALIBRATION_SEEDS[0]}-{CALIBRATION_SEEDS[-1]} at {CALIBRATION_SIDE}x{CALIBRATION_SIDE}, a few seconds to a minute)")
-    k, worst = calibrate_int8(generator, w_avg)
-    return {"float_layers": k, "hidden_layers": hidden,
-            "chosen": f"fewest with every seed of {CALIBRATION_SEEDS[0]}-{CALIBRATION_SEEDS[-1]} at "
-                      f"{CALIBRATION_SIDE}x{CALIBRATION_SIDE} within {INT8_TARGET_DB:g} dB of float32",
-            "worst_psnr_db": round(worst, 2)}
 
 
 def default_checkpoint(runs_dir: str | os.PathLike = DEFAULT_RUNS_DIR) -> Path:

@@ -28,7 +28,7 @@ from cips_edge.core.format import EMBEDDING, KEY_PROVENANCE, STYLE_INPUTS, parse
 from cips_edge.model import CIPSGenerator
 from cips_edge.runtime import onnxproto
 
-from .exporter import ExportError
+from .errors import ExportError
 from .graph import _trace
 from .pixels import shared_names, table_columns
 from .style import StyleGraph, fourier_width, plain_names

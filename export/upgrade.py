@@ -33,7 +33,7 @@ from cips_edge.runtime.model import CIPSModel
 from cips_edge.runtime.render import render_image
 from cips_edge.runtime.split import texel_rows
 
-from .exporter import int8_facts
+from .calibrate import int8_facts
 from .graph import build_style_extension, join_pixels
 from .pixels import file_shared_weights, grid_graph, pixel_graph, shared_names
 from .readback import generator_from_onnx
