@@ -10,7 +10,7 @@ from cips_edge.core.errors import UserError
 from . import pyramid as pz
 from .coords import FULL_FRAME, check_region, panorama_view
 from .image import check_image_size, output_paths, output_pattern, prepare_output
-from .job import JobReport, ProgressFactory, RenderJob, Timings, latents_of
+from .jobspec import JobReport, ProgressFactory, RenderJob, Timings, latents_of
 from .latents import CLUSTER_MAX_SEEDS, parse_seeds
 from .model import CIPSModel
 from .stream import STREAM_MIN_PIXELS, streams
