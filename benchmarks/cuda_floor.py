@@ -1,8 +1,9 @@
 """What any CUDA process pays before its first useful kernel, on this machine: the floor under `cips render
 --device cuda`'s session and first render (benchmarks/command.py splits those). Each repetition is a fresh
 process that, through ctypes alone (no torch, no ONNX Runtime), loads the driver and initializes it, makes
-the device's primary context current and allocates on it, then loads cuBLAS and cuDNN and creates one
-handle of each, which is what ONNX Runtime's CUDA provider does for every thread that runs a session.
+the device's primary context current and allocates on it, then loads cuBLAS and cuDNN and creates two
+handles of each: ONNX Runtime's CUDA provider makes one of each for every stream it creates (each session has its own), and `cips
+render` of an image runs two sessions on CUDA (the style graph and the grid graph).
 Medians over the processes, per step, in ms, and the process's whole wall time from outside.
 
     python benchmarks/cuda_floor.py --out benchmarks/results/cuda-floor-h200.json
@@ -92,7 +93,8 @@ def child() -> dict:
     lap("finding the libraries")
 
     def handle(library: str, create: str, step: str) -> None:
-        """Load `library` (timed as 'load <library>') and time `create` on a new handle as `step`."""
+        """Load `library` (timed as 'load <library>') and time `create` on a new handle as `step`, then on
+        another: each ONNX Runtime session on CUDA makes its own (an image render opens two)."""
         nonlocal t
         if library not in paths:
             return
@@ -102,12 +104,13 @@ def child() -> dict:
             errors[library] = str(e)
             return
         lap(f"load {library}")
-        status = getattr(loaded, create)(ctypes.byref(ctypes.c_void_p()))
-        if status != 0:
-            errors[library] = f"{create} returned {status}"
-            t = time.perf_counter()
-            return
-        lap(step)
+        for name in (step, f"{step}, second handle"):
+            status = getattr(loaded, create)(ctypes.byref(ctypes.c_void_p()))
+            if status != 0:
+                errors[library] = f"{create} returned {status}"
+                t = time.perf_counter()
+                return
+            lap(name)
 
     handle("cublasLt", "cublasLtCreate", "cublasLtCreate")
     handle("cublas", "cublasCreate_v2", "cublasCreate")
