@@ -2,8 +2,8 @@
 --device cuda`'s session and first render (benchmarks/command.py splits those). Each repetition is a fresh
 process that, through ctypes alone (no torch, no ONNX Runtime), loads the driver and initializes it, makes
 the device's primary context current and allocates on it, then loads cuBLAS and cuDNN and creates two
-handles of each: ONNX Runtime's CUDA provider makes one of each for every stream it creates (each session has its own), and `cips
-render` of an image runs two sessions on CUDA (the style graph and the grid graph).
+handles of each: ONNX Runtime's CUDA provider makes one of each for every stream it creates (each
+session has its own), and `cips render` of an image runs two sessions on CUDA (style and grid graphs).
 Medians over the processes, per step, in ms, and the process's whole wall time from outside.
 
     python benchmarks/cuda_floor.py --out benchmarks/results/cuda-floor-h200.json
