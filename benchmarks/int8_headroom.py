@@ -80,12 +80,11 @@ class FakeQuant:
         self.calibrating, self.act_max, self.smooth = False, {}, None
         self.plain = cips_model.ModulatedFC.apply_weight
         fake = self
-        hidden = list(generator.layers)
+        position = {id(h): i for i, h in enumerate(generator.layers)}  # hidden layer -> its index
 
         def apply_weight(layer, x, weight, gain=True):
             if fake.calibrating and layer is not fake.generator.input_layer:
-                i = next(i for i, h in enumerate(hidden) if h is layer)
-                seen = x.abs().amax(dim=(0, 1))
+                i, seen = position[id(layer)], x.abs().amax(dim=(0, 1))
                 fake.act_max[i] = torch.maximum(fake.act_max.get(i, seen), seen)
             kept = fake.generator.layers[:fake.float_layers]
             if fake.scheme is None or layer is fake.generator.input_layer or any(layer is k for k in kept):
@@ -96,8 +95,7 @@ class FakeQuant:
                 g = torch.sqrt(row_max)  # equalize input channel k by g_k
             else:
                 a, b = fake.smooth
-                i = next(i for i, h in enumerate(hidden) if h is layer)
-                g = row_max ** b / fake.act_max[i].clamp_min(1e-6)[None, :, None] ** a
+                g = row_max ** b / fake.act_max[position[id(layer)]].clamp_min(1e-6)[None, :, None] ** a
             weight, x = weight / g, x * g.transpose(1, 2)
             if weights == "int8":
                 weight = fake_int8_columns(weight)
@@ -190,7 +188,8 @@ def main() -> None:
               "chunk": args.chunk, "calibration_seeds": args.calibration_seeds if smooth else None,
               # per hidden layer: its input channels' largest |value| over the calibration renders, the
               # largest channel's against the median channel's (how unequal the channels are)
-              "calibrated_range_ratio": {i: round(float(a.max() / a.median()), 2) for i, a in sorted(fake.act_max.items())},
+              "calibrated_range_ratio": {i: round(float(a.max() / a.median()), 2)
+                                         for i, a in sorted(fake.act_max.items())},
               "schemes": summary}
     for name, s in summary.items():
         print(f"{name}: min {s['min']} dB, median {s['median']:.2f} dB")

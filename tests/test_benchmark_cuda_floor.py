@@ -26,7 +26,8 @@ def test_libraries_come_from_the_nvidia_wheels_in_either_layout_newest_name_firs
     names = floor.LIBRARIES["cublas"]
     assert floor.find_library(names, [str(tmp_path / "empty"), str(plain)]) == str(
         plain / "nvidia" / "cublas" / "lib" / "libcublas.so.12")
-    assert floor.find_library(names, [str(cu13), str(plain)]) == str(cu13 / "nvidia" / "cu13" / "lib" / "libcublas.so.13")
+    newest = cu13 / "nvidia" / "cu13" / "lib" / "libcublas.so.13"
+    assert floor.find_library(names, [str(cu13), str(plain)]) == str(newest)
     assert floor.find_library(("libcips_no_such_library.so.1",), [str(plain)]) is None
 
 
