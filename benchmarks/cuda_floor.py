@@ -4,6 +4,7 @@ process that, through ctypes alone (no torch, no ONNX Runtime), loads the driver
 the device's primary context current and allocates on it, then loads cuBLAS and cuDNN and creates two
 handles of each: ONNX Runtime's CUDA provider makes one of each for every stream it creates (each
 session has its own), and `cips render` of an image runs two sessions on CUDA (style and grid graphs).
+Last, where onnxruntime-gpu is installed, the load of its CUDA provider library alone (270 MB).
 Medians over the processes, per step, in ms, and the process's whole wall time from outside.
 
     python benchmarks/cuda_floor.py --out benchmarks/results/cuda-floor-h200.json
@@ -60,7 +61,8 @@ def check(call: str, status: int) -> None:
 
 
 def child() -> dict:
-    """One fresh process's steps, in ms each, from the driver's load to the cuDNN handle."""
+    """One fresh process's steps, in ms each, from the driver's load to the cuDNN handles, then the load
+    of onnxruntime-gpu's CUDA provider library where it is installed."""
     times, t = {}, time.perf_counter()
 
     def lap(name: str) -> None:
@@ -115,7 +117,26 @@ def child() -> dict:
     handle("cublasLt", "cublasLtCreate", "cublasLtCreate")
     handle("cublas", "cublasCreate_v2", "cublasCreate")
     handle("cudnn", "cudnnCreate", "cudnnCreate")
+    provider = ort_cuda_provider(sys.path)
+    if provider is not None:  # onnxruntime-gpu's own library, loaded, not started (no session)
+        paths["onnxruntime CUDA provider"] = str(provider)
+        t = time.perf_counter()
+        try:
+            ctypes.CDLL(str(provider.with_name("libonnxruntime_providers_shared.so")), mode=ctypes.RTLD_GLOBAL)
+            ctypes.CDLL(str(provider), mode=ctypes.RTLD_GLOBAL)
+            lap("load onnxruntime's CUDA provider library")
+        except OSError as e:
+            errors["onnxruntime CUDA provider"] = str(e)
     return {"steps_ms": times, "libraries": paths, "errors": errors}
+
+
+def ort_cuda_provider(roots: list[str]) -> Path | None:
+    """onnxruntime-gpu's libonnxruntime_providers_cuda.so under one of `roots` (no import of onnxruntime)."""
+    for root in map(Path, roots):
+        found = root / "onnxruntime" / "capi" / "libonnxruntime_providers_cuda.so"
+        if found.is_file():
+            return found
+    return None
 
 
 def run_children(reps: int, python: str) -> tuple[list[dict], list[float]]:

@@ -54,3 +54,12 @@ def test_without_a_driver_it_says_so_in_one_line_and_exits_2(tmp_path):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip() == "cuda_floor: no CUDA driver here (libcuda.so.1 does not load): run on the GPU machine"
     assert not out.exists()
+
+
+def test_the_onnxruntime_cuda_provider_is_found_without_importing_onnxruntime(tmp_path):
+    capi = tmp_path / "site" / "onnxruntime" / "capi"
+    capi.mkdir(parents=True)
+    assert floor.ort_cuda_provider([str(tmp_path / "site")]) is None  # the CPU build has no such library
+    (capi / "libonnxruntime_providers_cuda.so").touch()
+    assert floor.ort_cuda_provider([str(tmp_path / "empty"), str(tmp_path / "site")]) == \
+        capi / "libonnxruntime_providers_cuda.so"
