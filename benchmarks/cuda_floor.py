@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -36,8 +38,9 @@ def fail(message: str) -> SystemExit:
 
 
 def find_library(names: tuple[str, ...], roots: list[str]) -> str | None:
-    """The first of `names` inside an nvidia wheel's lib folder under one of `roots`, else the first name
-    the loader finds on its own search path; None if neither."""
+    """The path of the first of `names` inside an nvidia wheel's lib folder under one of `roots`, else in a
+    folder of $LD_LIBRARY_PATH or the loader's cache (ldconfig -p); None if none. Nothing is loaded here:
+    the load is a timed step of its own."""
     for root in map(Path, roots):
         nvidia = root / "nvidia"
         if not nvidia.is_dir():
@@ -46,12 +49,18 @@ def find_library(names: tuple[str, ...], roots: list[str]) -> str | None:
             found = sorted(nvidia.glob(f"*/lib/{name}"))
             if found:
                 return str(found[0])
+    folders = [Path(d) for d in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if d]
+    try:
+        cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    except OSError:  # no ldconfig on PATH
+        cache = ""
+    cached: dict[str, str] = {}
+    for name, path in re.findall(r"^\s*(\S+) \(.*\) => (\S+)$", cache, re.MULTILINE):
+        cached.setdefault(name, path)  # the cache's first entry, as the loader takes it
     for name in names:
-        try:
-            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-            return name
-        except OSError:
-            continue
+        found = next((str(d / name) for d in folders if (d / name).is_file()), None) or cached.get(name)
+        if found is not None:
+            return found
     return None
 
 

@@ -63,3 +63,11 @@ def test_the_onnxruntime_cuda_provider_is_found_without_importing_onnxruntime(tm
     (capi / "libonnxruntime_providers_cuda.so").touch()
     assert floor.ort_cuda_provider([str(tmp_path / "empty"), str(tmp_path / "site")]) == \
         capi / "libonnxruntime_providers_cuda.so"
+
+
+def test_outside_the_wheels_a_library_is_found_on_ld_library_path_without_being_loaded(tmp_path, monkeypatch):
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    (folder / "libcublas.so.12").write_bytes(b"not a shared library")  # loading it would fail
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{tmp_path / 'none'}:{folder}")
+    assert floor.find_library(floor.LIBRARIES["cublas"], [str(tmp_path)]) == str(folder / "libcublas.so.12")
