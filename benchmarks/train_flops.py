@@ -84,7 +84,8 @@ def main(argv=None) -> None:
     r1_every = measured.get("r1_every", 16)
     started = time.perf_counter()
     flops = phase_flops(preset, size, args.count_batch, r1_every)
-    per_image = {name: flops[name] / (r1_every if name == "R1 step" else 1) for name in PHASES}  # R1 amortized
+    steps_per = {name: r1_every if name == "R1 step" else 1 for name in PHASES}  # R1 runs once in r1_every steps
+    per_image = {name: flops[name] / steps_per[name] for name in PHASES}
     total = sum(per_image.values())
     phases = {}
     for name in PHASES:
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
         rate = flops[name] * batch / (ms / 1000) / 1e12
         phases[name] = {"gflop_per_image": round(flops[name] / 1e9, 2), "ms": ms, "tflops": round(rate, 1),
                         "of_gemm_rate": round(rate / args.gemm_tflops, 3),
-                        "share_of_step": round(ms / (r1_every if name == "R1 step" else 1) / base["step_ms"], 3)}
+                        "share_of_step": round(ms / steps_per[name] / base["step_ms"], 3)}
     step_rate = total * base["images_per_s"] / 1e12
     authors = measured["authors"][args.config]["images_per_s"]
     targets = {}
