@@ -69,15 +69,17 @@ def check(call: str, status: int) -> None:
         raise fail(f"{call} returned {status}")
 
 
-def child() -> dict:
-    """One fresh process's steps, in ms each, from the driver's load to the cuDNN handles, then the load
-    of onnxruntime-gpu's CUDA provider library where it is installed."""
-    times, t = {}, time.perf_counter()
+def child() -> None:
+    """One fresh process's steps, from the driver's load to the cuDNN handles, then the load of
+    onnxruntime-gpu's CUDA provider library where it is installed: one JSON line per step as it ends
+    ({"step": name, "ms": ...}), written at once, so that a process that crashes still tells which steps
+    it finished; last a line with the libraries used and the errors met."""
+    t = time.perf_counter()
 
     def lap(name: str) -> None:
         nonlocal t
         now = time.perf_counter()
-        times[name] = (now - t) * 1e3
+        emit({"step": name, "ms": (now - t) * 1e3})
         t = now
 
     try:
@@ -136,7 +138,12 @@ def child() -> dict:
             lap("load onnxruntime's CUDA provider library")
         except OSError as e:
             errors["onnxruntime CUDA provider"] = str(e)
-    return {"steps_ms": times, "libraries": paths, "errors": errors}
+    emit({"libraries": paths, "errors": errors})
+
+
+def emit(record: dict) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
 
 
 def ort_cuda_provider(roots: list[str]) -> Path | None:
@@ -148,6 +155,22 @@ def ort_cuda_provider(roots: list[str]) -> Path | None:
     return None
 
 
+def parse_child(stdout: str, returncode: int) -> dict:
+    """One child's steps (ms), libraries and errors from its lines; a child killed by a signal keeps the
+    steps it finished, and the error says after which one it died."""
+    steps, result = {}, {"libraries": {}, "errors": {}}
+    for line in stdout.splitlines():
+        record = json.loads(line)
+        if "step" in record:
+            steps[record["step"]] = record["ms"]
+        else:
+            result = record
+    if returncode < 0:
+        last = next(reversed(steps), "start")
+        result["errors"]["crash"] = f"killed by signal {-returncode} after step {last!r}"
+    return {"steps_ms": steps, **result}
+
+
 def run_children(reps: int, python: str) -> tuple[list[dict], list[float]]:
     """`reps` fresh processes of this script's --child, and each one's wall time in ms from outside."""
     results, walls = [], []
@@ -155,11 +178,11 @@ def run_children(reps: int, python: str) -> tuple[list[dict], list[float]]:
         t = time.perf_counter()
         done = subprocess.run([python, __file__, "--child"], capture_output=True, text=True)
         walls.append((time.perf_counter() - t) * 1e3)
-        if done.returncode != 0:  # the child's own one-line reason, already prefixed
+        if done.returncode > 0:  # the child's own one-line reason, already prefixed
             print((done.stderr.strip().splitlines() or [f"cuda_floor: a child exited with {done.returncode}"])[-1],
                   file=sys.stderr)
             raise SystemExit(2)
-        results.append(json.loads(done.stdout))
+        results.append(parse_child(done.stdout, done.returncode))
     return results, walls
 
 
@@ -183,8 +206,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON file (default: print only)")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child()))
-        return
+        child()
+        os._exit(0)  # no teardown: unloading the CUDA libraries is not a step of the floor
     interpreter = []
     for _ in range(args.reps):
         t = time.perf_counter()

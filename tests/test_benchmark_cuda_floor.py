@@ -39,6 +39,15 @@ def test_the_summary_takes_medians_over_the_processes_that_reached_each_step():
     assert s["steps_total_ms"] == 10.0 and s["process_wall_ms"] == 25.0 and s["empty_interpreter_ms"] == 5.0
 
 
+def test_a_child_killed_by_a_signal_keeps_its_finished_steps_and_says_after_which_it_died():
+    lines = "\n".join(['{"step": "load driver", "ms": 2.0}', '{"step": "cuInit", "ms": 90.0}']) + "\n"
+    crashed = floor.parse_child(lines, -11)
+    assert crashed["steps_ms"] == {"load driver": 2.0, "cuInit": 90.0}
+    assert crashed["errors"] == {"crash": "killed by signal 11 after step 'cuInit'"}
+    whole = floor.parse_child(lines + '{"libraries": {"cudnn": "/x/libcudnn.so.9"}, "errors": {}}\n', 0)
+    assert whole["libraries"] == {"cudnn": "/x/libcudnn.so.9"} and whole["errors"] == {}
+
+
 def _has_driver() -> bool:
     try:
         ctypes.CDLL("libcuda.so.1")
