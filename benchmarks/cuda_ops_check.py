@@ -65,7 +65,9 @@ def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool) -> bytes:
     node = helper.make_node(fuse_ops.OP, [i.name for i in inputs], ["y"], domain=fuse_ops.DOMAIN, alpha=0.2)
     graph = helper.make_graph([node], "op", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(fuse_ops.DOMAIN, 1)]
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8  # what export/ writes: onnx's own default can be newer than the onnxruntime reading it
+    return model.SerializeToString()
 
 
 def median_ms(fn, reps: int) -> float:
