@@ -276,6 +276,9 @@ def run(args) -> dict:
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__
+    # CUDA sessions run the cips.fast fused op where this names its library (runtime/model.py refuses to
+    # open a session if it cannot load it, so a result that names it rendered with it)
+    result["cuda_ops_library"] = os.environ.get("CIPS_CUDA_OPS")
     print(f"render benchmark: {result['preset']} ({mflop:.2f} MFLOP/pixel) on {result['device_name']}", flush=True)
     start = time.perf_counter()
     result["matmul_peak_tflops"] = peaks = matmul_peak(device)
