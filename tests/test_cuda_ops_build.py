@@ -73,8 +73,8 @@ def fused_layer_shapes() -> set[tuple[int, int]]:
     return shapes
 
 
-@pytest.mark.parametrize("wide", [0, 1])
-def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspace(library, wide):
+@pytest.mark.parametrize("tile", [0, 1, 2])  # 128x128, 128x256, 128x128-pingpong
+def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspace(library, tile):
     plan = ctypes.CDLL(str(library)).CipsFastPlan
     plan.argtypes = [ctypes.c_int] * 5 + [ctypes.POINTER(ctypes.c_int64)]
     plan.restype = ctypes.c_int
@@ -83,11 +83,12 @@ def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspa
     assert {(264, 264), (200, 136), (136, 136)} <= shapes
     for k, n in shapes:
         for m in (1024 * 1024, 65536, 1000, 7):  # a 1024x1024 grid, a 256x256 one, ragged chunks
-            assert plan(m, n, k, wide, H200_SMS, ctypes.byref(workspace)) == 0, (m, n, k)
+            assert plan(m, n, k, tile, H200_SMS, ctypes.byref(workspace)) == 0, (m, n, k)
             assert workspace.value == 0, (m, n, k)
     # and it does refuse: rows of 12 halves are not 16-byte aligned for TMA
-    assert plan(1000, 12, 136, wide, H200_SMS, ctypes.byref(workspace)) == 1
-    assert plan(1000, 136, 12, wide, H200_SMS, ctypes.byref(workspace)) == 1
+    assert plan(1000, 12, 136, tile, H200_SMS, ctypes.byref(workspace)) == 1
+    assert plan(1000, 136, 12, tile, H200_SMS, ctypes.byref(workspace)) == 1
+    assert plan(1000, 136, 136, 3, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
 
 
 def test_a_cuda_session_named_to_the_built_library_registers_it_and_gets_the_fused_graph(library, monkeypatch):

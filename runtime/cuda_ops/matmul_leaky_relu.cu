@@ -34,24 +34,26 @@ using Half = cutlass::half_t;
 using RowMajor = cutlass::layout::RowMajor;
 constexpr int kAlign = 8;  // elements per 16 bytes: TMA's alignment for every operand
 
-// Two tile configurations, both with two consumer warp groups sharing each output tile (cooperative),
-// persistent CTAs, no clusters, 64-deep K steps: 128x128 (the default) and 128x256 (fewer passes over
-// X for wide layers). $CIPS_CUDA_OPS_TILE=128x256 picks the wider one when a session is made, so the two
-// can be compared on one machine (benchmarks/cuda_ops_check.py --tiles).
+// Three tile configurations, all with persistent CTAs, no clusters and 64-deep K steps: 128x128 and
+// 128x256 (fewer passes over X for wide layers) with two consumer warp groups sharing each output tile
+// (cooperative), and 128x128 with each consumer warp group on a tile of its own, taking turns (ping-pong):
+// one group's epilogue runs while the other's MMAs do, which matters when K is short (512 here: 8 K steps
+// a tile). $CIPS_CUDA_OPS_TILE picks one when a session is made (128x128, the default; 128x256;
+// 128x128-pingpong), so they can be compared on one machine (benchmarks/cuda_ops_check.py --tile).
 using ClusterShape = Shape<_1, _1, _1>;
 
 // D = LeakyReLU(1 * acc + 0 * C + bias[col]); C is void, so no source operand is read at all.
 using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<
     cutlass::epilogue::thread::LeakyReLU, Half, float, Half>;
 
-template <class TileShape>
+template <class TileShape, class MainloopSchedule, class EpilogueSchedule>
 struct FusedGemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float,
       void, RowMajor, kAlign,  // C
       Half, RowMajor, kAlign,  // D = Y
-      cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+      EpilogueSchedule, Fusion>::CollectiveOp;
 
   // A = X [M, K] row-major (K-major); B = W [K, N] row-major, i.e. N-major, which WGMMA reads for
   // 16-bit types without a transpose.
@@ -61,14 +63,22 @@ struct FusedGemm {
       Half, RowMajor, kAlign,
       float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+      MainloopSchedule>::CollectiveOp;
 
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
-using Tile128x128 = FusedGemm<Shape<_128, _128, _64>>;
-using Tile128x256 = FusedGemm<Shape<_128, _256, _64>>;
+using Cooperative = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+using CooperativeEpilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
+using Tile128x128 = FusedGemm<Shape<_128, _128, _64>, Cooperative, CooperativeEpilogue>;
+using Tile128x256 = FusedGemm<Shape<_128, _256, _64>, Cooperative, CooperativeEpilogue>;
+using Tile128x128Pingpong = FusedGemm<Shape<_128, _128, _64>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+                                      cutlass::epilogue::TmaWarpSpecialized>;
+
+// The configurations by number: $CIPS_CUDA_OPS_TILE's values in this order, and CipsFastPlan's `tile`.
+enum Tile { kTile128x128 = 0, kTile128x256 = 1, kTile128x128Pingpong = 2 };
+const char* const kTileNames[] = {"128x128", "128x256", "128x128-pingpong"};
 
 void check(cutlass::Status status, const char* what) {
   if (status != cutlass::Status::kSuccess)
@@ -129,20 +139,21 @@ void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, 
 }
 
 // The tile configuration $CIPS_CUDA_OPS_TILE asks for (read when a session makes the kernel).
-bool wide_tiles() {
+Tile chosen_tile() {
   const char* tile = std::getenv("CIPS_CUDA_OPS_TILE");
-  if (tile == nullptr || *tile == 0 || std::string(tile) == "128x128") return false;
-  if (std::string(tile) == "128x256") return true;
-  fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128 or 128x256, not ") + tile);
-  return false;
+  if (tile == nullptr || *tile == 0) return kTile128x128;
+  for (int t = kTile128x128; t <= kTile128x128Pingpong; ++t)
+    if (std::string(tile) == kTileNames[t]) return Tile(t);
+  fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128, 128x256 or 128x128-pingpong, not ") + tile);
+  return kTile128x128;
 }
 
 struct MatMulLeakyReluKernel {
   float alpha;
-  bool wide;
+  Tile tile;
 
   explicit MatMulLeakyReluKernel(const OrtKernelInfo* info)
-      : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")), wide(wide_tiles()) {}
+      : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")), tile(chosen_tile()) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     try {
@@ -185,8 +196,10 @@ struct MatMulLeakyReluKernel {
     if (!aligned(x_data) || !aligned(w_data) || !aligned(y_data) || (bias && !aligned(bias)))
       fail("X, W, b and Y must start on 16-byte boundaries (TMA)");
     auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-    if (wide)
+    if (tile == kTile128x256)
       matmul_leaky_relu<Tile128x256>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
+    else if (tile == kTile128x128Pingpong)
+      matmul_leaky_relu<Tile128x128Pingpong>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
     else
       matmul_leaky_relu<Tile128x128>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
   }
@@ -212,9 +225,10 @@ struct MatMulLeakyReluOp : Ort::CustomOpBase<MatMulLeakyReluOp, MatMulLeakyReluK
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
 };
 
-// Host-side only, no GPU needed: whether CUTLASS accepts an m x n x k problem with the 128x128 (wide = 0)
-// or 128x256 tiles on `sms` multiprocessors (0 = yes), and the workspace it would want, which the op does not
-// allocate (it must be 0). The tests check every layer shape of the packaged model's fused graphs with it.
+// Host-side only, no GPU needed: whether CUTLASS accepts an m x n x k problem with configuration `tile`
+// (enum Tile) on `sms` multiprocessors (0 = yes, 1 = no, 2 = no such configuration), and the workspace it
+// would want, which the op does not allocate (it must be 0). The tests check every layer shape of the
+// packaged model's fused graphs with it.
 template <class Config>
 int plan(int m, int n, int k, int sms, int64_t* workspace) {
   using Gemm = typename Config::Gemm;
@@ -227,9 +241,12 @@ int plan(int m, int n, int k, int sms, int64_t* workspace) {
 
 }  // namespace
 
-extern "C" __attribute__((visibility("default"))) int CipsFastPlan(int m, int n, int k, int wide, int sms,
+extern "C" __attribute__((visibility("default"))) int CipsFastPlan(int m, int n, int k, int tile, int sms,
                                                                    int64_t* workspace) {
-  return wide ? plan<Tile128x256>(m, n, k, sms, workspace) : plan<Tile128x128>(m, n, k, sms, workspace);
+  if (tile == kTile128x256) return plan<Tile128x256>(m, n, k, sms, workspace);
+  if (tile == kTile128x128Pingpong) return plan<Tile128x128Pingpong>(m, n, k, sms, workspace);
+  if (tile == kTile128x128) return plan<Tile128x128>(m, n, k, sms, workspace);
+  return 2;  // no such configuration
 }
 
 // Called by SessionOptions.register_custom_ops_library (ONNX Runtime looks this name up).
