@@ -4,8 +4,13 @@ process that, through ctypes alone (no torch, no ONNX Runtime), loads the driver
 the device's primary context current and allocates on it, then loads cuBLAS and cuDNN and creates two
 handles of each: ONNX Runtime's CUDA provider makes one of each for every stream it creates (each
 session has its own), and `cips render` of an image runs two sessions on CUDA (style and grid graphs).
-Last, where onnxruntime-gpu is installed, the load of its CUDA provider library alone (270 MB).
 Medians over the processes, per step, in ms, and the process's whole wall time from outside.
+
+Then, where onnxruntime is installed with its CUDA provider, the same for ONNX Runtime itself in fresh
+processes: the import, a first and a second CUDA session of a one-layer graph (64x64 MatMul and
+LeakyRelu, float32; default provider options), and the first and second runs of each. That is the
+least any `cips render --device cuda` pays before its own graphs' work; a machine without the provider
+gets the reason in the result instead.
 
     python benchmarks/cuda_floor.py --out benchmarks/results/cuda-floor-h200.json
 
@@ -16,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import json
 import os
 import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,8 +77,7 @@ def check(call: str, status: int) -> None:
 
 
 def child() -> None:
-    """One fresh process's steps, from the driver's load to the cuDNN handles, then the load of
-    onnxruntime-gpu's CUDA provider library where it is installed: one JSON line per step as it ends
+    """One fresh process's steps, from the driver's load to the cuDNN handles: one JSON line per step as it ends
     ({"step": name, "ms": ...}), written at once, so that a process that crashes still tells which steps
     it finished; last a line with the libraries used and the errors met."""
     t = time.perf_counter()
@@ -128,17 +134,39 @@ def child() -> None:
     handle("cublasLt", "cublasLtCreate", "cublasLtCreate")
     handle("cublas", "cublasCreate_v2", "cublasCreate")
     handle("cudnn", "cudnnCreate", "cudnnCreate")
-    provider = ort_cuda_provider(sys.path)
-    if provider is not None:  # onnxruntime-gpu's own library, loaded, not started (no session)
-        paths["onnxruntime CUDA provider"] = str(provider)
-        t = time.perf_counter()
-        try:
-            ctypes.CDLL(str(provider.with_name("libonnxruntime_providers_shared.so")), mode=ctypes.RTLD_GLOBAL)
-            ctypes.CDLL(str(provider), mode=ctypes.RTLD_GLOBAL)
-            lap("load onnxruntime's CUDA provider library")
-        except OSError as e:
-            errors["onnxruntime CUDA provider"] = str(e)
     emit({"libraries": paths, "errors": errors})
+
+
+def ort_child(model: str) -> None:
+    """One fresh process's ONNX Runtime steps on CUDA for the graph at `model`, a line per step as in
+    child(); exit 2 with one line where onnxruntime has no CUDA provider or the session falls back."""
+    t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        emit({"step": name, "ms": (now - t) * 1e3})
+        t = now
+
+    import onnxruntime as ort
+
+    lap("import onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise fail(f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider")
+    ort.set_default_logger_severity(3)
+    x = np.ones((64, 64), np.float32)
+    sessions = []
+    for name in ("first CUDA session", "second CUDA session"):
+        session = ort.InferenceSession(model, providers=["CUDAExecutionProvider"])
+        if session.get_providers()[0] != "CUDAExecutionProvider":
+            raise fail("onnxruntime could not start its CUDA provider")
+        sessions.append(session)
+        lap(name)
+    for k, session in enumerate(sessions):
+        for run in ("first", "second"):
+            session.run(None, {"x": x})
+            lap(f"{run} run" + (" of the second session" if k else ""))
+    emit({"libraries": {"onnxruntime": str(Path(ort.__file__).parent)}, "errors": {}})
 
 
 def emit(record: dict) -> None:
@@ -146,13 +174,18 @@ def emit(record: dict) -> None:
     sys.stdout.flush()
 
 
-def ort_cuda_provider(roots: list[str]) -> Path | None:
-    """onnxruntime-gpu's libonnxruntime_providers_cuda.so under one of `roots` (no import of onnxruntime)."""
-    for root in map(Path, roots):
-        found = root / "onnxruntime" / "capi" / "libonnxruntime_providers_cuda.so"
-        if found.is_file():
-            return found
-    return None
+def layer_model(path: Path) -> None:
+    """A one-layer graph at `path`: y = LeakyRelu(x [64, 64] @ W [64, 64]), float32, IR version 8."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((64, 64), 0.01, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("LeakyRelu", ["h"], ["y"], alpha=0.2)],
+        "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 64])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
 
 
 def parse_child(stdout: str, returncode: int) -> dict:
@@ -171,17 +204,19 @@ def parse_child(stdout: str, returncode: int) -> dict:
     return {"steps_ms": steps, **result}
 
 
-def run_children(reps: int, python: str) -> tuple[list[dict], list[float]]:
-    """`reps` fresh processes of this script's --child, and each one's wall time in ms from outside."""
+class ChildFailed(Exception):
+    """A child that exited with an error, and its one-line reason."""
+
+
+def run_children(reps: int, python: str, child_args: tuple[str, ...] = ("--child",)) -> tuple[list[dict], list[float]]:
+    """`reps` fresh processes of this script with `child_args`, and each one's wall time in ms from outside."""
     results, walls = [], []
     for _ in range(reps):
         t = time.perf_counter()
-        done = subprocess.run([python, __file__, "--child"], capture_output=True, text=True)
+        done = subprocess.run([python, __file__, *child_args], capture_output=True, text=True)
         walls.append((time.perf_counter() - t) * 1e3)
         if done.returncode > 0:  # the child's own one-line reason, already prefixed
-            print((done.stderr.strip().splitlines() or [f"cuda_floor: a child exited with {done.returncode}"])[-1],
-                  file=sys.stderr)
-            raise SystemExit(2)
+            raise ChildFailed((done.stderr.strip().splitlines() or [f"cuda_floor: a child exited with {done.returncode}"])[-1])
         results.append(parse_child(done.stdout, done.returncode))
     return results, walls
 
@@ -199,23 +234,43 @@ def summarize(results: list[dict], walls: list[float], interpreter: list[float])
             "errors": {name: e for r in results for name, e in r["errors"].items()}}
 
 
+def ort_floor(reps: int, interpreter: list[float]) -> dict:
+    """ONNX Runtime's own steps on CUDA (ort_child) summarized as the ctypes ones, or why there are none."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return {"skipped": "onnxruntime is not installed"}
+    with tempfile.TemporaryDirectory() as folder:
+        model = Path(folder) / "layer.onnx"
+        layer_model(model)
+        try:
+            results, walls = run_children(reps, sys.executable, ("--child-ort", str(model)))
+        except ChildFailed as e:
+            return {"skipped": str(e).removeprefix("cuda_floor: ")}
+    return summarize(results, walls, interpreter)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-ort", metavar="MODEL", help=argparse.SUPPRESS)
     parser.add_argument("--reps", type=int, default=7, help="fresh processes (default 7)")
     parser.add_argument("--out", type=Path, help="JSON file (default: print only)")
     args = parser.parse_args()
-    if args.child:
-        child()
+    if args.child or args.child_ort:
+        child() if args.child else ort_child(args.child_ort)
         os._exit(0)  # no teardown: unloading the CUDA libraries is not a step of the floor
     interpreter = []
     for _ in range(args.reps):
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import ctypes, json"], check=True)
         interpreter.append((time.perf_counter() - t) * 1e3)
-    results, walls = run_children(args.reps, sys.executable)
+    try:
+        results, walls = run_children(args.reps, sys.executable)
+    except ChildFailed as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(2) from None
     result = {"benchmark": "CUDA start-up floor: fresh processes, ctypes only (driver, context, cuBLAS, cuDNN)",
               "machine": platform.node(), "reps": args.reps, **summarize(results, walls, interpreter)}
+    result["onnxruntime"] = ort_floor(args.reps, interpreter)
     print(json.dumps(result, indent=1))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

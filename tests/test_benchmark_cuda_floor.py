@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_floor.py"
@@ -65,13 +66,16 @@ def test_without_a_driver_it_says_so_in_one_line_and_exits_2(tmp_path):
     assert not out.exists()
 
 
-def test_the_onnxruntime_cuda_provider_is_found_without_importing_onnxruntime(tmp_path):
-    capi = tmp_path / "site" / "onnxruntime" / "capi"
-    capi.mkdir(parents=True)
-    assert floor.ort_cuda_provider([str(tmp_path / "site")]) is None  # the CPU build has no such library
-    (capi / "libonnxruntime_providers_cuda.so").touch()
-    assert floor.ort_cuda_provider([str(tmp_path / "empty"), str(tmp_path / "site")]) == \
-        capi / "libonnxruntime_providers_cuda.so"
+def test_onnxruntime_without_its_cuda_provider_is_skipped_with_the_reason(tmp_path):
+    """The CPU build here: the ONNX Runtime part of the floor records why it has no numbers."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has its CUDA provider")
+    model = tmp_path / "layer.onnx"
+    floor.layer_model(model)
+    y = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"x": np.ones((64, 64), np.float32)})[0]
+    np.testing.assert_allclose(y, np.full((64, 64), 0.64, np.float32), rtol=1e-6)  # 64 x 1 x 0.01, positive
+    assert floor.ort_floor(1, [5.0]) == {"skipped": f"this onnxruntime ({ort.__version__}) has no CUDAExecutionProvider"}
 
 
 def test_outside_the_wheels_a_library_is_found_on_ld_library_path_without_being_loaded(tmp_path, monkeypatch):
