@@ -4,16 +4,18 @@ much faster (issue 18)? On the CUDA provider, with the built library registered:
 - op: cips.fast::MatMulLeakyRelu alone against numpy (float32 maths of the same fp16 inputs) on shapes
   the packaged model does not exercise: a bias input, X of rank 3, M not a multiple of the 128-row tile,
   N = 8 and N = 520;
-- render: the packaged model's fp16 pixel graph and grid graph, as they are and fused by
+- render: the model's (default: the packaged one's) fp16 pixel graph and grid graph, as they are and fused by
   runtime/fuse_ops.py, run through the renderer's own bound paths (runtime/split.py: weights on the GPU,
   points uploaded per band, colours copied back once), at 1024x1024 points for one latent and at
-  256x256 for a batch of 16 latents: medians of --reps calls each, and the largest colour difference;
+  256x256 for a batch of 16 latents: medians of --reps calls each, and the largest colour difference,
+  also of each against the file's fp32 graphs where it has them: a fused render passes when it is within
+  the bound of the unfused one, or no farther from float32 than the unfused one is;
 - device: one 1024x1024 call of each graph with every input and the output already on the GPU (no
   copies): the graphs' own time.
 
 Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON); the exit
-status is 1 when a difference exceeds its bound. `--tile 128x256` or `--tile 128x128-pingpong` runs the op
-with another tile configuration (the default is 128x128), so they can be compared in one device call.
+status is 1 when a difference exceeds its bound. `--tile 128x256`, `128x128-pingpong` or `256x128-1x2` runs the
+op with another configuration (the default is 128x128), so they can be compared in one device call.
 
     bash runtime/cuda_ops/build.sh     # where nvcc and the network are (the GPU machine has neither need)
     bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
@@ -70,6 +72,19 @@ def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool) -> bytes:
     return model.SerializeToString()
 
 
+def differences(original: np.ndarray, fused: np.ndarray, reference: np.ndarray | None) -> dict:
+    """The largest colour difference of the fused render from the unfused one and, given the float32
+    render, of each from it; ok: within RENDER_BOUND of the unfused render, or no farther from float32
+    than the unfused render is."""
+    row = {"max_abs_difference": float(np.abs(fused - original).max())}
+    if reference is not None:
+        row["original_vs_fp32"] = float(np.abs(original - reference).max())
+        row["fused_vs_fp32"] = float(np.abs(fused - reference).max())
+    row["ok"] = bool(row["max_abs_difference"] < RENDER_BOUND
+                     or row.get("fused_vs_fp32", np.inf) <= row.get("original_vs_fp32", -np.inf))
+    return row
+
+
 def median_ms(fn, reps: int) -> float:
     """cuda_graph_probe's median of reps calls, after one untimed call: the first sizes ONNX Runtime's arena."""
     fn()
@@ -84,6 +99,9 @@ class Check:
         if "fp16" not in self.info.pixel_graphs or "fp16" not in self.info.grid_graphs:
             raise fail(f"{model} has no fp16 pixel and grid graphs")
         self.fast = graphcut.FastPaths(main, self.info, "fp16", str(model))
+        # the reference the two fp16 forms are held against where they differ (None: the file has no fp32)
+        self.fast32 = (graphcut.FastPaths(main, self.info, "fp32", str(model))
+                       if "fp32" in self.info.pixel_graphs and "fp32" in self.info.grid_graphs else None)
         self.providers: dict[str, list[str]] = {}
 
     def session(self, source: bytes, name: str, fused: bool = False):
@@ -141,6 +159,13 @@ class Check:
             return SplitEngine(self.ort, style, self.session(pixel_source, f"pixel {tag}", fused), info, "fp16",
                                bound="cuda", table=fast.table, batch_style=batch,
                                grid_session=self.session(grid_source, f"grid {tag}", fused))
+        self.reference = None
+        if self.fast32 is not None:
+            f32 = self.fast32
+            self.reference = SplitEngine(self.ort, self.session(f32.style_one, "style fp32"),
+                                         self.session(f32.pixel, "pixel fp32"), info, "fp32", bound="cuda",
+                                         table=f32.table, batch_style=self.session(f32.style, "style fp32 (batch)"),
+                                         grid_session=self.session(f32.grid, "grid fp32"))
         return (engine(fast.pixel, fast.grid, False),
                 engine(pixel.SerializeToString(), grid.SerializeToString(), True))
 
@@ -151,18 +176,22 @@ class Check:
         coords = pixel_grid(side, side)
         xs, ys = grid_axes(side, side)
         chunk, grid_chunk = auto_cuda_chunk(self.info, "fp16"), auto_cuda_chunk(self.info, "fp16", grid=True)
-        calls = {"pixel": lambda e: [e.render_band(s, coords, chunk) for s in styles],
-                 "grid": lambda e: [e.render_grids(styles, xs, ys, grid_chunk)]}
+        calls = {"pixel": lambda e, styles=styles: [e.render_band(s, coords, chunk) for s in styles],
+                 "grid": lambda e, styles=styles: [e.render_grids(styles, xs, ys, grid_chunk)]}
+        reference = None
+        if self.reference is not None:  # float32 colours of the same latents, once per graph
+            styles32 = self.reference.styles(z, np.ones(batch, np.float32))
+            reference = {graph: np.concatenate(call(self.reference, styles32)) for graph, call in calls.items()}
         results = []
         for graph, call in calls.items():
             original, fused = (np.concatenate(call(e)) for e in engines)
-            difference = float(np.abs(fused - original).max())
             times = [median_ms(lambda e=e: call(e), reps) for e in engines]
-            results.append({"graph": graph, "points": side * side, "latents": batch,
-                            "chunk": chunk if graph == "pixel" else grid_chunk, "original_ms": times[0],
-                            "fused_ms": times[1], "speedup": round(times[0] / times[1], 3),
-                            "max_abs_difference": difference, "ok": difference < RENDER_BOUND})
-            print(json.dumps(results[-1]), flush=True)
+            row = {"graph": graph, "points": side * side, "latents": batch,
+                   "chunk": chunk if graph == "pixel" else grid_chunk, "original_ms": times[0],
+                   "fused_ms": times[1], "speedup": round(times[0] / times[1], 3),
+                   **differences(original, fused, None if reference is None else reference[graph])}
+            results.append(row)
+            print(json.dumps(row), flush=True)
         return results
 
     # -- one call, everything on the device -----------------------------------------------------------
@@ -200,7 +229,7 @@ def main() -> None:
     parser.add_argument("--library", type=Path, default=None,
                         help="the built library (default: $CIPS_CUDA_OPS, else runtime/cuda_ops/build/)")
     parser.add_argument("--reps", type=int, default=20, help="timed calls per measurement (medians)")
-    parser.add_argument("--tile", choices=["128x128", "128x256", "128x128-pingpong"], default="128x128",
+    parser.add_argument("--tile", choices=["128x128", "128x256", "128x128-pingpong", "256x128-1x2"], default="128x128",
                         help="the op's tile configuration ($CIPS_CUDA_OPS_TILE, read as each session is made)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file")
     args = parser.parse_args()

@@ -73,7 +73,7 @@ def fused_layer_shapes() -> set[tuple[int, int]]:
     return shapes
 
 
-@pytest.mark.parametrize("tile", [0, 1, 2])  # 128x128, 128x256, 128x128-pingpong
+@pytest.mark.parametrize("tile", [0, 1, 2, 3])  # 128x128, 128x256, 128x128-pingpong, 256x128-1x2
 def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspace(library, tile):
     plan = ctypes.CDLL(str(library)).CipsFastPlan
     plan.argtypes = [ctypes.c_int] * 5 + [ctypes.POINTER(ctypes.c_int64)]
@@ -88,7 +88,7 @@ def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspa
     # and it does refuse: rows of 12 halves are not 16-byte aligned for TMA
     assert plan(1000, 12, 136, tile, H200_SMS, ctypes.byref(workspace)) == 1
     assert plan(1000, 136, 12, tile, H200_SMS, ctypes.byref(workspace)) == 1
-    assert plan(1000, 136, 136, 3, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
+    assert plan(1000, 136, 136, 4, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
 
 
 def test_a_cuda_session_named_to_the_built_library_registers_it_and_gets_the_fused_graph(library, monkeypatch):

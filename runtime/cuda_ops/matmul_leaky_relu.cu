@@ -34,19 +34,20 @@ using Half = cutlass::half_t;
 using RowMajor = cutlass::layout::RowMajor;
 constexpr int kAlign = 8;  // elements per 16 bytes: TMA's alignment for every operand
 
-// Three tile configurations, all with persistent CTAs, no clusters and 64-deep K steps: 128x128 and
-// 128x256 (fewer passes over X for wide layers) with two consumer warp groups sharing each output tile
-// (cooperative), and 128x128 with each consumer warp group on a tile of its own, taking turns (ping-pong):
-// one group's epilogue runs while the other's MMAs do, which matters when K is short (512 here: 8 K steps
-// a tile). $CIPS_CUDA_OPS_TILE picks one when a session is made (128x128, the default; 128x256;
-// 128x128-pingpong), so they can be compared on one machine (benchmarks/cuda_ops_check.py --tile).
-using ClusterShape = Shape<_1, _1, _1>;
+// Four configurations, all with persistent CTAs and 64-deep K steps: 128x128 and 128x256 tiles (fewer
+// passes over X for wide layers) with two consumer warp groups sharing each output tile (cooperative);
+// 128x128 with each consumer warp group on a tile of its own, taking turns (ping-pong): one group's
+// epilogue runs while the other's MMAs do, which matters when K is short (512 here: 8 K steps a tile);
+// and 256x128 cooperative tiles on clusters of two CTAs along N, which share each X tile through TMA
+// multicast (cuBLAS's own kernels for these layers use 1x2 clusters). $CIPS_CUDA_OPS_TILE picks one when
+// a session is made (128x128, the default; 128x256; 128x128-pingpong; 256x128-1x2), so they can be
+// compared on one machine (benchmarks/cuda_ops_check.py --tile).
 
 // D = LeakyReLU(1 * acc + 0 * C + bias[col]); C is void, so no source operand is read at all.
 using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<
     cutlass::epilogue::thread::LeakyReLU, Half, float, Half>;
 
-template <class TileShape, class MainloopSchedule, class EpilogueSchedule>
+template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule>
 struct FusedGemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
@@ -71,14 +72,27 @@ struct FusedGemm {
 
 using Cooperative = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
 using CooperativeEpilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
-using Tile128x128 = FusedGemm<Shape<_128, _128, _64>, Cooperative, CooperativeEpilogue>;
-using Tile128x256 = FusedGemm<Shape<_128, _256, _64>, Cooperative, CooperativeEpilogue>;
-using Tile128x128Pingpong = FusedGemm<Shape<_128, _128, _64>, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+using NoCluster = Shape<_1, _1, _1>;
+using Tile128x128 = FusedGemm<Shape<_128, _128, _64>, NoCluster, Cooperative, CooperativeEpilogue>;
+using Tile128x256 = FusedGemm<Shape<_128, _256, _64>, NoCluster, Cooperative, CooperativeEpilogue>;
+using Tile128x128Pingpong = FusedGemm<Shape<_128, _128, _64>, NoCluster, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                       cutlass::epilogue::TmaWarpSpecialized>;
+using Tile256x128Cluster1x2 = FusedGemm<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Cooperative, CooperativeEpilogue>;
 
 // The configurations by number: $CIPS_CUDA_OPS_TILE's values in this order, and CipsFastPlan's `tile`.
-enum Tile { kTile128x128 = 0, kTile128x256 = 1, kTile128x128Pingpong = 2 };
-const char* const kTileNames[] = {"128x128", "128x256", "128x128-pingpong"};
+enum TileConfig { kTile128x128 = 0, kTile128x256 = 1, kTile128x128Pingpong = 2, kTile256x128Cluster1x2 = 3, kTiles = 4 };
+const char* const kTileNames[kTiles] = {"128x128", "128x256", "128x128-pingpong", "256x128-1x2"};
+
+// f(Config{}) with the configuration `tile` names.
+template <class F>
+auto with_tile(TileConfig tile, F&& f) {
+  switch (tile) {
+    case kTile128x256: return f(Tile128x256{});
+    case kTile128x128Pingpong: return f(Tile128x128Pingpong{});
+    case kTile256x128Cluster1x2: return f(Tile256x128Cluster1x2{});
+    default: return f(Tile128x128{});
+  }
+}
 
 void check(cutlass::Status status, const char* what) {
   if (status != cutlass::Status::kSuccess)
@@ -139,18 +153,18 @@ void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, 
 }
 
 // The tile configuration $CIPS_CUDA_OPS_TILE asks for (read when a session makes the kernel).
-Tile chosen_tile() {
+TileConfig chosen_tile() {
   const char* tile = std::getenv("CIPS_CUDA_OPS_TILE");
   if (tile == nullptr || *tile == 0) return kTile128x128;
-  for (int t = kTile128x128; t <= kTile128x128Pingpong; ++t)
-    if (std::string(tile) == kTileNames[t]) return Tile(t);
-  fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128, 128x256 or 128x128-pingpong, not ") + tile);
+  for (int t = 0; t < kTiles; ++t)
+    if (std::string(tile) == kTileNames[t]) return TileConfig(t);
+  fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128, 128x256, 128x128-pingpong or 256x128-1x2, not ") + tile);
   return kTile128x128;
 }
 
 struct MatMulLeakyReluKernel {
   float alpha;
-  Tile tile;
+  TileConfig tile;
 
   explicit MatMulLeakyReluKernel(const OrtKernelInfo* info)
       : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")), tile(chosen_tile()) {}
@@ -196,12 +210,9 @@ struct MatMulLeakyReluKernel {
     if (!aligned(x_data) || !aligned(w_data) || !aligned(y_data) || (bias && !aligned(bias)))
       fail("X, W, b and Y must start on 16-byte boundaries (TMA)");
     auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-    if (tile == kTile128x256)
-      matmul_leaky_relu<Tile128x256>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
-    else if (tile == kTile128x128Pingpong)
-      matmul_leaky_relu<Tile128x128Pingpong>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
-    else
-      matmul_leaky_relu<Tile128x128>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
+    with_tile(tile, [&](auto config) {
+      matmul_leaky_relu<decltype(config)>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
+    });
   }
 };
 
@@ -226,7 +237,7 @@ struct MatMulLeakyReluOp : Ort::CustomOpBase<MatMulLeakyReluOp, MatMulLeakyReluK
 };
 
 // Host-side only, no GPU needed: whether CUTLASS accepts an m x n x k problem with configuration `tile`
-// (enum Tile) on `sms` multiprocessors (0 = yes, 1 = no, 2 = no such configuration), and the workspace it
+// (enum TileConfig) on `sms` multiprocessors (0 = yes, 1 = no, 2 = no such configuration), and the workspace it
 // would want, which the op does not allocate (it must be 0). The tests check every layer shape of the
 // packaged model's fused graphs with it.
 template <class Config>
@@ -243,10 +254,8 @@ int plan(int m, int n, int k, int sms, int64_t* workspace) {
 
 extern "C" __attribute__((visibility("default"))) int CipsFastPlan(int m, int n, int k, int tile, int sms,
                                                                    int64_t* workspace) {
-  if (tile == kTile128x256) return plan<Tile128x256>(m, n, k, sms, workspace);
-  if (tile == kTile128x128Pingpong) return plan<Tile128x128Pingpong>(m, n, k, sms, workspace);
-  if (tile == kTile128x128) return plan<Tile128x128>(m, n, k, sms, workspace);
-  return 2;  // no such configuration
+  if (tile < 0 || tile >= kTiles) return 2;  // no such configuration
+  return with_tile(TileConfig(tile), [&](auto config) { return plan<decltype(config)>(m, n, k, sms, workspace); });
 }
 
 // Called by SessionOptions.register_custom_ops_library (ONNX Runtime looks this name up).
