@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The GPU machine's measurements of the cips.fast op (runtime/cuda_ops/), in one device call: the op and
-# the packaged model's fused graphs checked at both tile shapes (cuda_ops_check.py), render.py's paper-256
-# cases without and with the op, and the whole first command with its first render profiled
-# (command.py --profile), then again without the machine's .pth hooks (--no-site), and the floor any CUDA
-# process pays before its first kernel (cuda_floor.py). Needs onnxruntime-gpu under ORTSITE (benchmarks/on_gpu.sh) and the library built
-# here (bash runtime/cuda_ops/build.sh; carry runtime/cuda_ops/build). Each step has its own time limit and
-# a failed step does not stop the next (the limits add up to 560 s). Everything, the log and the scripts' own
-# logs included, goes into one archive, $OUT/cuda-ops-round.tgz, written again after every step (a device
+# The GPU machine's measurements of the cips.fast op (runtime/cuda_ops/), in one device call:
+#   1. render.py's paper-256 cases as exported (the issue's benchmark), keeping that model;
+#   2. cuda_ops_check.py on that paper-256 model at each configuration of the op (op, bound renders of
+#      1024x1024 and 16 x 256x256, graphs on the device; unfused and fused in the same process);
+#   3. the same check on the packaged model for 256x128-1x2, the configuration not yet measured there;
+#   4. render.py again with the op, at the configuration whose fused grid graph rendered 1024x1024
+#      fastest in step 2 (an A/B of step 1 in the same call);
+#   5. cuda_floor.py: CUDA's and ONNX Runtime's own start-up in fresh processes.
+# Needs onnxruntime-gpu under ORTSITE (benchmarks/on_gpu.sh) and the library built here (bash
+# runtime/cuda_ops/build.sh; carry runtime/cuda_ops/build). Each step has its own time limit (they add
+# up to 540 s) and a failed step does not stop the next. Everything, the log and the scripts' own logs
+# included, goes into one archive, $OUT/cuda-ops-round.tgz, written again after every step (a device
 # call returns at most 8 files, and a call cut short still returns the steps done).
 #   OUT=/tmp/out bash benchmarks/cuda_ops_round.sh
 set -u
@@ -28,13 +32,21 @@ step() {
     timeout "$limit" "$@" || echo "== exit $? from: $*"
     tar czf "$archive.part" -C "$OUT" . && mv "$archive.part" "$archive"
 }
-step 80 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
-step 80 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --tile 128x256 \
-    --out "$OUT/cuda-ops-check-128x256-h200.json"
-step 120 bash benchmarks/render_gpu.sh --no-tensorrt --out "$OUT/render-h200-unfused.json"
-step 120 env CIPS_CUDA_OPS="$library" bash benchmarks/render_gpu.sh --no-tensorrt --out "$OUT/render-h200-fused.json"
-step 70 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --profile --out "$OUT/command-h200.json"
-step 70 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --no-site --out "$OUT/command-h200-no-site.json"
-step 20 bash benchmarks/on_gpu.sh benchmarks/cuda_floor.py --out "$OUT/cuda-floor-h200.json"
+paper=$(mktemp -d)/paper-256.onnx
+tiles="128x128 128x256 128x128-pingpong 256x128-1x2"
+step 120 bash benchmarks/render_gpu.sh --no-tensorrt --save-model "$paper" --out "$OUT/render-h200-unfused.json"
+for tile in $tiles; do
+    step 55 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --model "$paper" --tile "$tile" \
+        --out "$OUT/cuda-ops-check-paper-$tile-h200.json"
+done
+step 55 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --tile 256x128-1x2 \
+    --out "$OUT/cuda-ops-check-256x128-1x2-h200.json"
+best=$(python3 benchmarks/cuda_ops_best.py "$OUT"/cuda-ops-check-paper-*-h200.json)
+echo "== fastest fused grid graph at 1024x1024: ${best:-none}"
+if [ -n "$best" ]; then
+    step 120 env CIPS_CUDA_OPS="$library" CIPS_CUDA_OPS_TILE="$best" bash benchmarks/render_gpu.sh --no-tensorrt \
+        --out "$OUT/render-h200-fused.json"
+fi
+step 30 bash benchmarks/on_gpu.sh benchmarks/cuda_floor.py --out "$OUT/cuda-floor-h200.json"
 echo "== $(date +%T) done"
 tar czf "$archive.part" -C "$OUT" . && mv "$archive.part" "$archive"
