@@ -80,14 +80,7 @@ def child() -> None:
     """One fresh process's steps, from the driver's load to the cuDNN handles: one JSON line per step as it ends
     ({"step": name, "ms": ...}), written at once, so that a process that crashes still tells which steps
     it finished; last a line with the libraries used and the errors met."""
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        emit({"step": name, "ms": (now - t) * 1e3})
-        t = now
-
+    lap = Lap()
     try:
         cuda = ctypes.CDLL("libcuda.so.1", mode=ctypes.RTLD_GLOBAL)
     except OSError:
@@ -114,20 +107,20 @@ def child() -> None:
     def handle(library: str, create: str, step: str) -> None:
         """Load `library` (timed as 'load <library>') and time `create` on a new handle as `step`, then on
         another: each ONNX Runtime session on CUDA makes its own (an image render opens two)."""
-        nonlocal t
         if library not in paths:
             return
         try:
             loaded = ctypes.CDLL(paths[library], mode=ctypes.RTLD_GLOBAL)
         except OSError as e:
             errors[library] = str(e)
+            lap.restart()
             return
         lap(f"load {library}")
         for name in (step, f"{step}, second handle"):
             status = getattr(loaded, create)(ctypes.byref(ctypes.c_void_p()))
             if status != 0:
                 errors[library] = f"{create} returned {status}"
-                t = time.perf_counter()
+                lap.restart()
                 return
             lap(name)
 
@@ -140,14 +133,7 @@ def child() -> None:
 def ort_child(model: str) -> None:
     """One fresh process's ONNX Runtime steps on CUDA for the graph at `model`, a line per step as in
     child(); exit 2 with one line where onnxruntime has no CUDA provider or the session falls back."""
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t
-        now = time.perf_counter()
-        emit({"step": name, "ms": (now - t) * 1e3})
-        t = now
-
+    lap = Lap()
     import onnxruntime as ort
 
     lap("import onnxruntime")
@@ -167,6 +153,21 @@ def ort_child(model: str) -> None:
             session.run(None, {"x": x})
             lap(f"{run} run" + (" of the second session" if k else ""))
     emit({"libraries": {"onnxruntime": str(Path(ort.__file__).parent)}, "errors": {}})
+
+
+class Lap:
+    """lap(name): the time since the last lap (or since made, or restarted) written as a step's line."""
+
+    def __init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        self.t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        emit({"step": name, "ms": (now - self.t) * 1e3})
+        self.t = now
 
 
 def emit(record: dict) -> None:

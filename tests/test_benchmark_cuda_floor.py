@@ -49,6 +49,15 @@ def test_a_child_killed_by_a_signal_keeps_its_finished_steps_and_says_after_whic
     assert whole["libraries"] == {"cudnn": "/x/libcudnn.so.9"} and whole["errors"] == {}
 
 
+def test_each_lap_is_a_line_that_the_parent_reads_back(capsys):
+    lap = floor.Lap()
+    lap("first")
+    lap.restart()
+    lap("second")
+    got = floor.parse_child(capsys.readouterr().out, 0)
+    assert list(got["steps_ms"]) == ["first", "second"] and all(ms >= 0 for ms in got["steps_ms"].values())
+
+
 def _has_driver() -> bool:
     try:
         ctypes.CDLL("libcuda.so.1")
