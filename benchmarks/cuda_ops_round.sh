@@ -3,7 +3,8 @@
 #   1. render.py's paper-256 cases as exported (the benchmark), keeping that model;
 #   2. cuda_ops_check.py on that paper-256 model at each configuration of the op (op, bound renders of
 #      1024x1024 and 16 x 256x256, graphs on the device; unfused and fused in the same process);
-#   3. the same check on the packaged model for 256x128-1x2, the configuration not yet measured there;
+#   3. the same check on the packaged model for 256x128-1x2 (the others have packaged-model results in
+#      benchmarks/results/);
 #   4. render.py again with the op, at the configuration whose fused grid graph rendered 1024x1024
 #      fastest in step 2 (an A/B of step 1 in the same call);
 #   5. cuda_floor.py: CUDA's and ONNX Runtime's own start-up in fresh processes.
