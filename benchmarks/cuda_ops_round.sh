@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU machine's measurements of the cips.fast op (runtime/cuda_ops/), in one device call:
-#   1. render.py's paper-256 cases as exported (the benchmark), keeping that model;
+#   1. render.py's paper-256 cases as exported (the README's GPU figures), keeping that model;
 #   2. cuda_ops_check.py on that paper-256 model at each configuration of the op (op, bound renders of
 #      1024x1024 and 16 x 256x256, graphs on the device; unfused and fused in the same process);
 #   3. the same check on the packaged model for 256x128-1x2 (the others have packaged-model results in
