@@ -1,5 +1,5 @@
 """Does the cips.fast CUDA library (runtime/cuda_ops/) compute what the graphs it replaces compute, and how
-much faster (issue 18)? On the CUDA provider, with the built library registered:
+much faster? On the CUDA provider, with the built library registered:
 
 - op: cips.fast::MatMulLeakyRelu alone against numpy (float32 maths of the same fp16 inputs) on shapes
   the packaged model does not exercise: a bias input, X of rank 3, M not a multiple of the 128-row tile,
