@@ -9,10 +9,12 @@ the render, writing the PNG). Also checks that the command prints nothing on std
     python benchmarks/command.py --device cuda          # the GPU machine (benchmarks/on_gpu.sh)
     python benchmarks/command.py --device cpu --size 64 --ab-pythonpath /tmp/other-typer
     python benchmarks/command.py --device cuda --profile   # + ONNX Runtime's profile of renders 1 and 2
+    python benchmarks/command.py --device cuda --ab-env CIPS_CUDA_EARLY=1
 
 --ab-pythonpath DIR times the command a second way in the same run, with DIR first on PYTHONPATH (a
 folder where `pip install --target` put another version of a dependency), A and B in turn, and reports
-the ratio of each pair. --profile runs the split process with ONNX Runtime's profiler on every session
+the ratio of each pair; --ab-env NAME=VALUE does the same with an environment variable set for B (e.g.
+CIPS_CUDA_EARLY=1), and both together make one B. --profile runs the split process with ONNX Runtime's profiler on every session
 and sums its node times per operator for the first render and the second, to show what only the first
 one pays (on CUDA the node times are the host's: launches, first-use loading, allocation).
 """
@@ -152,14 +154,22 @@ def python(no_site: bool) -> tuple[list[str], dict]:
     return [sys.executable, "-S"], env
 
 
-def timed_runs(command: list[str], runs: int, cwd: Path, ab_pythonpath: Path | None, env: dict) -> dict:
-    """`runs` timed runs after one untimed one; with ab_pythonpath, B runs with it first on PYTHONPATH,
-    A and B in turn."""
-    ways = {"a": dict(env)}
+def b_environment(env: dict, ab_pythonpath: Path | None, ab_env: dict) -> dict | None:
+    """B's environment: A's with ab_pythonpath first on PYTHONPATH and ab_env's variables set; None when
+    neither asks for a B."""
+    if ab_pythonpath is None and not ab_env:
+        return None
+    b = {**env, **ab_env}
     if ab_pythonpath is not None:
-        b = dict(env)
         b["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ab_pythonpath), b.get("PYTHONPATH")]))
-        ways["b"] = b
+    return b
+
+
+def timed_runs(command: list[str], runs: int, cwd: Path, b_env: dict | None, env: dict) -> dict:
+    """`runs` timed runs after one untimed one; with b_env, B runs in that environment, A and B in turn."""
+    ways = {"a": dict(env)}
+    if b_env is not None:
+        ways["b"] = b_env
     walls = {way: [] for way in ways}
     splits = {way: [] for way in ways}
     stderr = ""
@@ -180,7 +190,7 @@ def timed_runs(command: list[str], runs: int, cwd: Path, ab_pythonpath: Path | N
         out[way] = {"wall_s": {"median": round(statistics.median(walls[way]), 3), "min": round(min(walls[way]), 3),
                                "max": round(max(walls[way]), 3), "runs": [round(w, 3) for w in walls[way]]},
                     "verbose_split_ms": median_split(splits[way])}
-    if ab_pythonpath is not None:
+    if b_env is not None:
         ratios = [a / b for a, b in zip(walls["a"], walls["b"])]
         out["a_over_b_wall"] = {"median": round(statistics.median(ratios), 3), "min": round(min(ratios), 3),
                                 "max": round(max(ratios), 3)}
@@ -210,6 +220,8 @@ def main(argv=None) -> None:
     p.add_argument("--runs", type=int, default=5, help="timed runs of each kind (default 5)")
     p.add_argument("--ab-pythonpath", type=Path, help="time the command a second way, with this folder first "
                                                       "on PYTHONPATH (default: one way only)")
+    p.add_argument("--ab-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="time the command a second way, with this variable set (repeatable; default: none)")
     p.add_argument("--ab-label", default="", help="what B is, for the results file")
     p.add_argument("--no-site", action="store_true", help="start Python with -S and the site-packages folders on "
                                                           "PYTHONPATH: no .pth hooks of the environment")
@@ -218,6 +230,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.ab_pythonpath is not None and not args.ab_pythonpath.is_dir():
         raise SystemExit(f"--ab-pythonpath {args.ab_pythonpath}: no such folder")
+    if any("=" not in item or item.startswith("=") for item in args.ab_env):
+        raise SystemExit(f"--ab-env takes NAME=VALUE, got {args.ab_env}")
+    ab_env = dict(item.split("=", 1) for item in args.ab_env)
     folder = Path(tempfile.mkdtemp(prefix="cips-command-"))
     png = folder / "seed7.png"
     # as the installed `cips` script starts it (`python -m cips_edge.cli` would import the module twice,
@@ -225,7 +240,8 @@ def main(argv=None) -> None:
     start_python, env = python(args.no_site)
     command = [*start_python, "-c", "from cips_edge.cli import main; main()", "render", "--seed", "7",
                "--size", str(args.size), "--device", args.device, "--out", str(png), "--force", "--verbose"]
-    timed = timed_runs(command, args.runs, folder, args.ab_pythonpath, env)
+    b_env = b_environment(env, args.ab_pythonpath, ab_env)
+    timed = timed_runs(command, args.runs, folder, b_env, env)
     # the interpreter alone, and without `site` (the environment's .pth files: a machine with many packages
     # installed globally pays for them in every command, which a user's own virtual environment need not)
     interpreter = statistics.median(wall([sys.executable, "-c", "pass"]) for _ in range(args.runs))
@@ -256,8 +272,9 @@ def main(argv=None) -> None:
         "stderr": timed["stderr"],
         "png_bytes": png.stat().st_size,
     }
-    if args.ab_pythonpath is not None:
-        result["b"] = {"pythonpath": str(args.ab_pythonpath), "what": args.ab_label, **timed["b"]}
+    if b_env is not None:
+        result["b"] = {"pythonpath": args.ab_pythonpath and str(args.ab_pythonpath), "env": ab_env,
+                       "what": args.ab_label, **timed["b"]}
         result["a_over_b_wall"] = timed["a_over_b_wall"]
     if args.profile:
         result["profile"] = profile_by_render(splits[-1]["profiles"], splits[-1]["renders"])

@@ -7,10 +7,11 @@
 #      benchmarks/results/);
 #   4. render.py again with the op, at the configuration whose fused grid graph rendered 1024x1024
 #      fastest in step 2 (an A/B of step 1 in the same call);
-#   5. cuda_floor.py: CUDA's and ONNX Runtime's own start-up in fresh processes.
+#   5. cuda_floor.py: CUDA's and ONNX Runtime's own start-up in fresh processes;
+#   6. command.py: the whole first command, A without and B with CIPS_CUDA_EARLY=1 in turn.
 # Needs onnxruntime-gpu under ORTSITE (benchmarks/on_gpu.sh) and the library built here (bash
 # runtime/cuda_ops/build.sh; carry runtime/cuda_ops/build). Each step has its own time limit (they add
-# up to 540 s) and a failed step does not stop the next. Everything, the log and the scripts' own logs
+# up to 565 s) and a failed step does not stop the next. Everything, the log and the scripts' own logs
 # included, goes into one archive, $OUT/cuda-ops-round.tgz, written again after every step (a device
 # call returns at most 8 files, and a call cut short still returns the steps done).
 #   OUT=/tmp/out bash benchmarks/cuda_ops_round.sh
@@ -37,10 +38,10 @@ paper=$(mktemp -d)/paper-256.onnx
 tiles="128x128 128x256 128x128-pingpong 256x128-1x2"
 step 120 bash benchmarks/render_gpu.sh --no-tensorrt --save-model "$paper" --out "$OUT/render-h200-unfused.json"
 for tile in $tiles; do
-    step 55 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --model "$paper" --tile "$tile" \
+    step 45 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --model "$paper" --tile "$tile" \
         --out "$OUT/cuda-ops-check-paper-$tile-h200.json"
 done
-step 55 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --tile 256x128-1x2 \
+step 45 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --tile 256x128-1x2 \
     --out "$OUT/cuda-ops-check-256x128-1x2-h200.json"
 best=$(python3 benchmarks/cuda_ops_best.py "$OUT"/cuda-ops-check-paper-*-h200.json)
 echo "== fastest fused grid graph at 1024x1024: ${best:-none}"
@@ -49,5 +50,7 @@ if [ -n "$best" ]; then
         --out "$OUT/render-h200-fused.json"
 fi
 step 30 bash benchmarks/on_gpu.sh benchmarks/cuda_floor.py --out "$OUT/cuda-floor-h200.json"
+step 70 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --ab-env CIPS_CUDA_EARLY=1 \
+    --ab-label "CUDA's primary context made on a thread while onnxruntime imports" --out "$OUT/command-h200-early.json"
 echo "== $(date +%T) done"
 tar czf "$archive.part" -C "$OUT" . && mv "$archive.part" "$archive"

@@ -13,7 +13,7 @@ import numpy as np
 
 from cips_edge.core.config import GeneratorConfig
 
-from . import fuse_ops, graphcut, onnxproto
+from . import cuda_early, fuse_ops, graphcut, onnxproto
 from cips_edge.core.errors import UserError
 from cips_edge.core.files import check_input_file
 from cips_edge.core.format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
@@ -118,6 +118,8 @@ class CIPSModel:
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: int | None = None,
                  precision: str | None = None, device_id: int = 0):
+        if cuda_early.wanted(device):  # CUDA's start-up beside the import of onnxruntime
+            cuda_early.start(device_id)
         ort = self.ort = _onnxruntime()
         self.path = Path(path)
         self.device_id = device_id

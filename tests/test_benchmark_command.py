@@ -53,3 +53,18 @@ def test_the_profile_is_split_between_the_first_render_and_the_second(tmp_path):
     assert out["first_render"] == {"runs": 2, "run_ms": 305.0, "ops_ms": {"MatMul": 250.0, "Sin": 10.0,
                                                                           "Resize": 4.0}}
     assert out["second_render"] == {"runs": 2, "run_ms": 24.0, "ops_ms": {"MatMul": 15.0, "Resize": 3.0}}
+
+
+def test_b_runs_with_the_asked_variables_and_pythonpath_and_a_is_untouched(tmp_path):
+    a = {"PATH": "/bin", "PYTHONPATH": "/site"}
+    assert bench.b_environment(a, None, {}) is None  # no B asked for
+    b = bench.b_environment(a, None, {"CIPS_CUDA_EARLY": "1"})
+    assert b == {"PATH": "/bin", "PYTHONPATH": "/site", "CIPS_CUDA_EARLY": "1"}
+    both = bench.b_environment(a, tmp_path, {"X": "y=z"})
+    assert both["PYTHONPATH"] == f"{tmp_path}{__import__('os').pathsep}/site" and both["X"] == "y=z"
+    assert a == {"PATH": "/bin", "PYTHONPATH": "/site"}
+
+
+def test_ab_env_without_a_name_and_value_is_refused_before_anything_runs():
+    with pytest.raises(SystemExit, match="--ab-env takes NAME=VALUE"):
+        bench.main(["--device", "cpu", "--ab-env", "CIPS_CUDA_EARLY"])
