@@ -14,9 +14,10 @@ the render, writing the PNG). Also checks that the command prints nothing on std
 --ab-pythonpath DIR times the command a second way in the same run, with DIR first on PYTHONPATH (a
 folder where `pip install --target` put another version of a dependency), A and B in turn, and reports
 the ratio of each pair; --ab-env NAME=VALUE does the same with an environment variable set for B (e.g.
-CIPS_CUDA_EARLY=1), and both together make one B. --profile runs the split process with ONNX Runtime's profiler on every session
-and sums its node times per operator for the first render and the second, to show what only the first
-one pays (on CUDA the node times are the host's: launches, first-use loading, allocation).
+CIPS_CUDA_EARLY=1), and both together make one B. --profile runs the split process with ONNX Runtime's
+profiler on every session and sums its node times per operator for the first render and the second, to
+show what only the first one pays (on CUDA the node times are the host's: launches, first-use loading,
+allocation).
 """
 from __future__ import annotations
 
