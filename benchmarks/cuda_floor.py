@@ -217,7 +217,8 @@ def run_children(reps: int, python: str, child_args: tuple[str, ...] = ("--child
         done = subprocess.run([python, __file__, *child_args], capture_output=True, text=True)
         walls.append((time.perf_counter() - t) * 1e3)
         if done.returncode > 0:  # the child's own one-line reason, already prefixed
-            raise ChildFailed((done.stderr.strip().splitlines() or [f"cuda_floor: a child exited with {done.returncode}"])[-1])
+            lines = done.stderr.strip().splitlines() or [f"cuda_floor: a child exited with {done.returncode}"]
+            raise ChildFailed(lines[-1])
         results.append(parse_child(done.stdout, done.returncode))
     return results, walls
 

@@ -180,7 +180,8 @@ class Check:
                  "grid": lambda e, styles=styles: [e.render_grids(styles, xs, ys, grid_chunk)]}
         reference = None
         if self.reference is not None:  # float32 colours of the same latents and points, once
-            reference = np.concatenate(calls["pixel"](self.reference, self.reference.styles(z, np.ones(batch, np.float32))))
+            styles32 = self.reference.styles(z, np.ones(batch, np.float32))
+            reference = np.concatenate(calls["pixel"](self.reference, styles32))
         results = []
         for graph, call in calls.items():
             original, fused = (np.concatenate(call(e)) for e in engines)

@@ -62,7 +62,8 @@ def test_the_script_skips_missing_and_broken_files_and_prints_nothing_without_a_
     good.write_text(json.dumps(_report("128x256", 25.0)))
     broken.write_text('{"tile": ')  # a step cut short mid-write
     script = [sys.executable, str(BENCHMARKS / "cuda_ops_best.py")]
-    r = subprocess.run(script + [str(good), str(broken), str(tmp_path / "missing.json")], capture_output=True, text=True)
+    r = subprocess.run(script + [str(good), str(broken), str(tmp_path / "missing.json")], capture_output=True,
+                       text=True)
     assert r.returncode == 0 and r.stdout == "128x256\n"
     r = subprocess.run(script + [str(broken)], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == "\n"

@@ -75,12 +75,19 @@ using CooperativeEpilogue = cutlass::epilogue::TmaWarpSpecializedCooperative;
 using NoCluster = Shape<_1, _1, _1>;
 using Tile128x128 = FusedGemm<Shape<_128, _128, _64>, NoCluster, Cooperative, CooperativeEpilogue>;
 using Tile128x256 = FusedGemm<Shape<_128, _256, _64>, NoCluster, Cooperative, CooperativeEpilogue>;
-using Tile128x128Pingpong = FusedGemm<Shape<_128, _128, _64>, NoCluster, cutlass::gemm::KernelTmaWarpSpecializedPingpong,
+using Tile128x128Pingpong = FusedGemm<Shape<_128, _128, _64>, NoCluster,
+                                      cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                       cutlass::epilogue::TmaWarpSpecialized>;
 using Tile256x128Cluster1x2 = FusedGemm<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Cooperative, CooperativeEpilogue>;
 
 // The configurations by number: $CIPS_CUDA_OPS_TILE's values in this order, and CipsFastPlan's `tile`.
-enum TileConfig { kTile128x128 = 0, kTile128x256 = 1, kTile128x128Pingpong = 2, kTile256x128Cluster1x2 = 3, kTiles = 4 };
+enum TileConfig {
+  kTile128x128 = 0,
+  kTile128x256 = 1,
+  kTile128x128Pingpong = 2,
+  kTile256x128Cluster1x2 = 3,
+  kTiles = 4
+};
 const char* const kTileNames[kTiles] = {"128x128", "128x256", "128x128-pingpong", "256x128-1x2"};
 
 // f(Config{}) with the configuration `tile` names.
@@ -237,9 +244,9 @@ struct MatMulLeakyReluOp : Ort::CustomOpBase<MatMulLeakyReluOp, MatMulLeakyReluK
 };
 
 // Host-side only, no GPU needed: whether CUTLASS accepts an m x n x k problem with configuration `tile`
-// (enum TileConfig) on `sms` multiprocessors (0 = yes, 1 = no, 2 = no such configuration), and the workspace it
-// would want, which the op does not allocate (it must be 0). The tests check every layer shape of the
-// packaged model's fused graphs with it.
+// (enum TileConfig) on `sms` multiprocessors (0 = yes, 1 = no, 2 = no such configuration), and the
+// workspace it would want, which the op does not allocate (it must be 0). The tests check every layer
+// shape of the packaged model's fused graphs with it.
 template <class Config>
 int plan(int m, int n, int k, int sms, int64_t* workspace) {
   using Gemm = typename Config::Gemm;
