@@ -4,8 +4,9 @@ context, the one the CUDA runtime (and so ONNX Runtime's CUDA provider) uses. On
 take about 126 ms of a fresh process (benchmarks/results/cuda-floor-h200.json), and the import of
 onnxruntime, which runs meanwhile, about 290 ms; the provider then finds the context made.
 
-Through ctypes and the driver alone: no CUDA library is loaded here, nothing is allocated, and a machine
-without a driver or a GPU makes the thread end at once, leaving everything to ONNX Runtime as before."""
+Through ctypes and the driver alone: no CUDA library is loaded here and no memory is asked for beyond
+what the context itself takes, and a machine without a driver or a GPU makes the thread end at once,
+leaving everything to ONNX Runtime."""
 from __future__ import annotations
 
 import ctypes
