@@ -14,8 +14,9 @@ much faster? On the CUDA provider, with the built library registered:
   copies): the graphs' own time.
 
 Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON); the exit
-status is 1 when a difference exceeds its bound. `--tile 128x256`, `128x128-pingpong` or `256x128-1x2` runs the
-op with another configuration (the default is 128x128), so they can be compared in one device call.
+status is 1 when a difference exceeds its bound. `--tile 128x128`, `128x256` or `128x128-pingpong` runs the
+op with another configuration (the default is the op's own, 256x128-1x2), so they can be compared in one
+device call.
 
     bash runtime/cuda_ops/build.sh     # where nvcc and the network are (the GPU machine has neither need)
     bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
@@ -229,7 +230,7 @@ def main() -> None:
     parser.add_argument("--library", type=Path, default=None,
                         help="the built library (default: $CIPS_CUDA_OPS, else runtime/cuda_ops/build/)")
     parser.add_argument("--reps", type=int, default=20, help="timed calls per measurement (medians)")
-    parser.add_argument("--tile", choices=["128x128", "128x256", "128x128-pingpong", "256x128-1x2"], default="128x128",
+    parser.add_argument("--tile", choices=["128x128", "128x256", "128x128-pingpong", "256x128-1x2"], default="256x128-1x2",
                         help="the op's tile configuration ($CIPS_CUDA_OPS_TILE, read as each session is made)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file")
     args = parser.parse_args()
