@@ -9,12 +9,12 @@ the render, writing the PNG). Also checks that the command prints nothing on std
     python benchmarks/command.py --device cuda          # the GPU machine (benchmarks/on_gpu.sh)
     python benchmarks/command.py --device cpu --size 64 --ab-pythonpath /tmp/other-typer
     python benchmarks/command.py --device cuda --profile   # + ONNX Runtime's profile of renders 1 and 2
-    python benchmarks/command.py --device cuda --ab-env CIPS_CUDA_EARLY=1
+    python benchmarks/command.py --device cuda --ab-env CIPS_CUDA_EARLY=0
 
 --ab-pythonpath DIR times the command a second way in the same run, with DIR first on PYTHONPATH (a
 folder where `pip install --target` put another version of a dependency), A and B in turn, and reports
 the ratio of each pair; --ab-env NAME=VALUE does the same with an environment variable set for B (e.g.
-CIPS_CUDA_EARLY=1), and both together make one B. --profile runs the split process with ONNX Runtime's
+CIPS_CUDA_EARLY=0), and both together make one B. --profile runs the split process with ONNX Runtime's
 profiler on every session and sums its node times per operator for the first render and the second, to
 show what only the first one pays (on CUDA the node times are the host's: launches, first-use loading,
 allocation).

@@ -8,7 +8,8 @@
 #   4. render.py again with the op, at the configuration whose fused grid graph rendered 1024x1024
 #      fastest in step 2 (an A/B of step 1 in the same call);
 #   5. cuda_floor.py: CUDA's and ONNX Runtime's own start-up in fresh processes;
-#   6. command.py: the whole first command, A without and B with CIPS_CUDA_EARLY=1 in turn.
+#   6. command.py: the whole first command, A as it is and B with CIPS_CUDA_EARLY=0 (CUDA's start-up left
+#      to ONNX Runtime) in turn.
 # Needs onnxruntime-gpu under ORTSITE (benchmarks/on_gpu.sh) and the library built here (bash
 # runtime/cuda_ops/build.sh; carry runtime/cuda_ops/build). Each step has its own time limit (they add
 # up to 565 s) and a failed step does not stop the next. Everything, the log and the scripts' own logs
@@ -50,7 +51,7 @@ if [ -n "$best" ]; then
         --out "$OUT/render-h200-fused.json"
 fi
 step 30 bash benchmarks/on_gpu.sh benchmarks/cuda_floor.py --out "$OUT/cuda-floor-h200.json"
-step 70 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --ab-env CIPS_CUDA_EARLY=1 \
-    --ab-label "CUDA's primary context made on a thread while onnxruntime imports" --out "$OUT/command-h200-early.json"
+step 70 bash benchmarks/on_gpu.sh benchmarks/command.py --device cuda --ab-env CIPS_CUDA_EARLY=0 \
+    --ab-label "CUDA's start-up left to ONNX Runtime, after its import" --out "$OUT/command-h200-early.json"
 echo "== $(date +%T) done"
 tar czf "$archive.part" -C "$OUT" . && mv "$archive.part" "$archive"

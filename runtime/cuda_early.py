@@ -1,8 +1,10 @@
-"""CUDA's own start-up, begun on a thread while onnxruntime imports: where $CIPS_CUDA_EARLY is 1, a model
-opened for CUDA first starts a daemon thread that initializes the driver and makes the device's primary
-context, the one the CUDA runtime (and so ONNX Runtime's CUDA provider) uses. On an H200 those two steps
-take about 126 ms of a fresh process (benchmarks/results/cuda-floor-h200.json), and the import of
-onnxruntime, which runs meanwhile, about 290 ms; the provider then finds the context made.
+"""CUDA's own start-up, begun on a thread while onnxruntime imports: a model opened for CUDA first starts
+a daemon thread that initializes the driver and makes the device's primary context, the one the CUDA
+runtime (and so ONNX Runtime's CUDA provider) uses. On an H200 those two steps take about 130 ms of a
+fresh process (benchmarks/results/cuda-floor-h200.json), and the import of onnxruntime, which runs
+meanwhile, about 280 ms; the provider then finds the context made, and `cips render --seed 7 --size 1024
+--device cuda` takes 1.31 s instead of 1.45 s (medians of 5, A and B in turn:
+benchmarks/results/command-h200-early.json). $CIPS_CUDA_EARLY=0 turns it off.
 
 Through ctypes and the driver alone: no CUDA library is loaded here and no memory is asked for beyond
 what the context itself takes, and a machine without a driver or a GPU makes the thread end at once,
@@ -21,10 +23,10 @@ _lock = threading.Lock()
 
 
 def wanted(device: str) -> bool:
-    """Whether a model opened on `device` should start CUDA early: the switch is on, the device may be
+    """Whether a model opened on `device` should start CUDA early: the switch is not 0, the device may be
     CUDA, and the installed onnxruntime is a GPU build (its CUDA provider library is there; nothing is
     imported to find out)."""
-    if os.environ.get(SWITCH) != "1" or device not in ("auto", "cuda", "tensorrt"):
+    if os.environ.get(SWITCH) == "0" or device not in ("auto", "cuda", "tensorrt"):
         return False
     spec = importlib.util.find_spec("onnxruntime")
     if spec is None or not spec.submodule_search_locations:

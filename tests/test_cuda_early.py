@@ -1,5 +1,5 @@
-"""runtime/cuda_early.py: CUDA's start-up on a thread while onnxruntime imports, only where asked for
-($CIPS_CUDA_EARLY=1), only for CUDA-capable devices of a GPU build, and harmless without a driver."""
+"""runtime/cuda_early.py: CUDA's start-up on a thread while onnxruntime imports, unless turned off
+($CIPS_CUDA_EARLY=0), only for CUDA-capable devices of a GPU build, and harmless without a driver."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +10,7 @@ import pytest
 from cips_edge.runtime import cuda_early, model
 
 
-def test_off_unless_the_switch_is_1_and_never_for_the_cpu(monkeypatch, tmp_path):
+def test_on_unless_the_switch_is_0_and_never_for_the_cpu(monkeypatch, tmp_path):
     capi = tmp_path / "onnxruntime" / "capi"
     capi.mkdir(parents=True)
     (capi.parent / "__init__.py").touch()
@@ -18,12 +18,12 @@ def test_off_unless_the_switch_is_1_and_never_for_the_cpu(monkeypatch, tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
     monkeypatch.delenv(cuda_early.SWITCH, raising=False)
-    assert not cuda_early.wanted("cuda")
-    monkeypatch.setenv(cuda_early.SWITCH, "0")
-    assert not cuda_early.wanted("auto")
-    monkeypatch.setenv(cuda_early.SWITCH, "1")
     assert cuda_early.wanted("auto") and cuda_early.wanted("cuda") and cuda_early.wanted("tensorrt")
     assert not cuda_early.wanted("cpu")
+    monkeypatch.setenv(cuda_early.SWITCH, "0")
+    assert not cuda_early.wanted("auto") and not cuda_early.wanted("cuda")
+    monkeypatch.setenv(cuda_early.SWITCH, "1")
+    assert cuda_early.wanted("cuda")
     (capi / "libonnxruntime_providers_cuda.so").unlink()  # the CPU build
     assert not cuda_early.wanted("cuda")
 
