@@ -2,19 +2,14 @@
 our generator: otherwise its timings would compare different models."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
+from benchmark_scripts import load
 from cips_edge.core.config import preset
 from cips_edge.coords import pixel_grid
 from cips_edge.model import CIPSGenerator
 
-_spec = importlib.util.spec_from_file_location(
-    "original_style", Path(__file__).resolve().parents[1] / "benchmarks" / "original_style.py")
-original_style = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(original_style)
+original_style = load("original_style")
 
 
 def test_original_style_baseline_matches_generator():

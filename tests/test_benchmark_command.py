@@ -2,7 +2,6 @@
 the command prints today, and split ONNX Runtime's profile between the two renders of the split process."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("command_bench",
-                                               Path(__file__).resolve().parents[1] / "benchmarks" / "command.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from benchmark_scripts import load
+
+bench = load("command")
 
 
 def test_the_verbose_split_reads_the_commands_own_time_line(tiny_onnx, tmp_path):

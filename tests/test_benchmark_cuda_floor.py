@@ -3,18 +3,16 @@ would load (the nvidia-* wheels' first), and a machine without a driver gets one
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cuda_floor.py"
-_spec = importlib.util.spec_from_file_location("cuda_floor", SCRIPT)
-floor = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(floor)
+from benchmark_scripts import BENCHMARKS, load
+
+SCRIPT = BENCHMARKS / "cuda_floor.py"
+floor = load("cuda_floor")
 
 
 def test_libraries_come_from_the_nvidia_wheels_in_either_layout_newest_name_first(tmp_path):

@@ -2,27 +2,17 @@
 render's colours, and cuda_ops_best.py's choice of the configuration to render with."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_scripts import BENCHMARKS, load
 
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load("cuda_ops_check")
-best = _load("cuda_ops_best")
+check = load("cuda_ops_check")
+best = load("cuda_ops_best")
 
 
 def test_a_fused_render_within_the_bound_of_the_unfused_one_passes():

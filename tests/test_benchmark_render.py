@@ -2,18 +2,14 @@
 runtime case reports consistent numbers, and the table shows every row (skipped ones too)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
+from benchmark_scripts import load
 from cips_edge.core.config import preset
 from cips_edge.model import CIPSGenerator
 
-_spec = importlib.util.spec_from_file_location("render_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "render.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load("render")
 
 
 def test_trained_like_weights_have_the_spread_of_images():

@@ -3,16 +3,12 @@ training step (R1's double backward included, which torch's own FlopCounterMode 
 figures do not depend on the batch counted."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-_spec = importlib.util.spec_from_file_location("train_flops",
-                                               Path(__file__).resolve().parents[1] / "benchmarks" / "train_flops.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from benchmark_scripts import load
+
+bench = load("train_flops")
 
 
 def test_the_counter_is_exact_on_a_matmul_and_a_convolution():

@@ -14,6 +14,7 @@ from cips_edge.core.config import preset
 from cips_edge.runtime import (CIPSModel, UserError, latent_for_seed, psnr, region_grid, render_image, render_images,
                                render_points)
 from cips_edge.runtime.split import SplitEngine, grid_calls
+from benchmark_scripts import load
 
 REGIONS = [((-1.0, -1.0, 1.0, 1.0), 21, 34), ((-1.4, 0.3, 2.2, -1.25), 9, 40), ((0.2, 0.5, 0.2001, 0.9), 6, 5)]
 
@@ -151,21 +152,12 @@ def test_a_streamed_png_renders_through_the_grid_graph(fp16_file, tmp_path, monk
     assert np.array_equal(got, render_image(model, z, 17, 30, region=region, truncation=0.8, chunk=40, uint8=True))
 
 
-def _grid_fourier_bench():
-    import importlib.util
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_fourier.py"
-    spec = importlib.util.spec_from_file_location("grid_fourier_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("mode,half_head", [("product", False), ("gemm", False), ("sum", True), ("gemm", True)])
 def test_every_way_of_forming_the_fourier_features_renders_the_same_picture(fp16_file, tmp_path, mode, half_head):
     """grid_graph's variants (benchmarks/grid_fourier.py times them): the same colours as the sum mode
     with a float32 ToRGB that the file holds, up to float16 rounding, including a deep zoom where the
     phases matter."""
-    other = _grid_fourier_bench().with_grid_fourier(fp16_file, tmp_path / f"{mode}.onnx", mode, half_head)
+    other = load("grid_fourier").with_grid_fourier(fp16_file, tmp_path / f"{mode}.onnx", mode, half_head)
     base = CIPSModel(fp16_file, device="cpu", precision="fp16")
     model = CIPSModel(other, device="cpu", precision="fp16")
     reference = CIPSModel(fp16_file, device="cpu", precision="fp32")
@@ -190,12 +182,7 @@ def test_an_unknown_fourier_mode_is_refused():
 def test_the_batched_grid_graph_renders_each_latents_image(fp16_file):
     """grid_graph(batched=True) (benchmarks/grid_batch_probe.py times it): the style part's batched
     weights as they are, the Fourier block once, batched MatMuls: the runtime's images, latent by latent."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "grid_batch_probe.py"
-    spec = importlib.util.spec_from_file_location("grid_batch_probe", path)
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
+    probe = load("grid_batch_probe")
     model = CIPSModel(fp16_file, device="cpu", precision="fp16")
     z = np.stack([latent_for_seed(s, model.style_dim) for s in (2, 5, 11)])
     expected = render_images(model, z, 12, 12)
