@@ -11,10 +11,12 @@ from pathlib import Path
 
 
 def best_tile(reports: list[dict]) -> str | None:
-    """The `tile` of the report with the lowest fused_ms on the one-latent 1024x1024 grid row, among rows
-    whose colours are within bounds."""
+    """The `tile` of the report with the lowest fused_ms on the one-latent 1024x1024 grid row fused as the
+    renderer fuses (ops "fused"; files without `ops` have only those rows), among rows whose colours are
+    within bounds."""
     timed = [(row["fused_ms"], report["tile"]) for report in reports for row in report.get("render", [])
-             if row["graph"] == "grid" and row["points"] == 1024 * 1024 and row["latents"] == 1 and row["ok"]]
+             if row["graph"] == "grid" and row["points"] == 1024 * 1024 and row["latents"] == 1 and row["ok"]
+             and row.get("ops", "fused") == "fused"]
     return min(timed)[1] if timed else None
 
 

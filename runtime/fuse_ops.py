@@ -1,6 +1,9 @@
-"""The fp16 fast-path graphs rewritten for the cips.fast CUDA library (runtime/cuda_ops/): each GEMM whose
-only reader is a LeakyRelu becomes one cips.fast::MatMulLeakyRelu node, which adds the bias and applies
-the activation inside the GEMM instead of in separate passes over the activations.
+"""The fp16 fast-path graphs rewritten for the cips.fast CUDA library (runtime/cuda_ops/):
+
+- MatMulLeakyRelu: each GEMM whose only reader is a LeakyRelu becomes one node, which adds the bias and
+  applies the activation inside the GEMM instead of in separate passes over the activations;
+- GridSin: the grid graph's Fourier block, Add(Unsqueeze(A, 0), Unsqueeze(B, 1)) -> Sin -> Cast(float16),
+  becomes one node that writes only the float16 result.
 
 The rewrite happens in memory, on the graphs sent to a CUDA session that has registered the library
 (for_cuda); model files are never changed.
@@ -15,8 +18,12 @@ import numpy as np
 from . import onnxproto
 from .onnxproto import FLOAT16, to_array
 
-DOMAIN, OP = "cips.fast", "MatMulLeakyRelu"
+DOMAIN, OP, GRID_SIN = "cips.fast", "MatMulLeakyRelu", "GridSin"
+OPS = (OP, GRID_SIN)  # every op the library has
+# what for_cuda rewrites: GridSin has not yet run on a GPU (benchmarks/cuda_ops_check.py checks it there)
+RENDER_OPS = (OP,)
 LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_cuda_ops.so"  # runtime/cuda_ops/build.sh
+INT64 = 7  # TensorProto.DataType
 
 
 def library_path() -> Path | None:
@@ -26,20 +33,25 @@ def library_path() -> Path | None:
 
 
 def for_cuda(model_bytes: bytes) -> bytes:
-    """A serialized fast-path graph with every fusable layer fused, for a session that has registered the
-    library (SessionOptions.register_custom_ops_library); the same bytes where nothing fuses."""
+    """A serialized fast-path graph with every fusable pattern of RENDER_OPS fused, for a session that has
+    registered the library (SessionOptions.register_custom_ops_library); the same bytes where nothing fuses."""
     fused, count = fuse(onnxproto.parse(model_bytes))
     return fused.SerializeToString() if count else model_bytes
 
 
-def fuse(model):
-    """(a copy of model with every fusable GEMM + LeakyRelu replaced, how many were replaced).
+def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
+    """(a copy of model with every fusable pattern of the ops named replaced, how many nodes replaced them).
 
-    Fusable: a LeakyRelu whose input comes, through nodes read by nothing else, from
+    MatMulLeakyRelu fuses a LeakyRelu whose input comes, through nodes read by nothing else, from
     MatMul(X, W) [+ Add(bias)] or Gemm(X, W[, bias]) (transA 0), optionally times a constant scalar,
     with W a float16 [K, N] matrix (K, N multiples of 8: the kernel's alignment) and bias [N]. Gemm's
     transB, alpha, beta and the scalar are folded into W and the bias only where they are constants and
-    the folded float16 values are exact; anything else stays as it is."""
+    the folded float16 values are exact; anything else stays as it is. GridSin fuses a Cast to float16
+    of a Sin of an Add of two Unsqueezes, one along axis 0 (A [W, F] -> [1, W, F]) and one along axis 1
+    (B [H, F] -> [H, 1, F]), each read by nothing but the next."""
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        raise ValueError(f"no such cips.fast op: {sorted(unknown)}; the library has {OPS}")
     out = onnxproto.messages().ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -52,10 +64,16 @@ def fuse(model):
         readers[v.name] = readers.get(v.name, 0) + 1
     inits = {t.name: t for t in graph.initializer}
     declared = {v.name: v.type.tensor_type for v in [*graph.input, *graph.value_info, *graph.output]}
-    fused: dict[int, object] = {}  # id of the LeakyRelu node -> its replacement
+    fused: dict[int, object] = {}  # id of the last node of a pattern -> its replacement
     dropped: set[int] = set()
+    if GRID_SIN in ops:
+        for cast in graph.node:
+            found = _grid_sin(cast, producer, readers, inits)
+            if found is not None:
+                fused[id(cast)], replaced = found
+                dropped.update(id(n) for n in replaced)
     for act in graph.node:
-        if act.op_type != "LeakyRelu" or act.domain not in ("", "ai.onnx"):
+        if OP not in ops or act.op_type != "LeakyRelu" or act.domain not in ("", "ai.onnx"):
             continue
         chain = _chain(act.input[0], producer, readers, inits)
         if chain is None:
@@ -85,6 +103,34 @@ def fuse(model):
     if not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.add(domain=DOMAIN, version=1)
     return out, len(fused)
+
+
+def _grid_sin(cast, producer: dict, readers: dict, inits: dict):
+    """(a GridSin node computing what cast computes, the nodes it replaces besides cast) where cast ends the
+    grid Fourier pattern (fuse); else None."""
+    to = next((a.i for a in cast.attribute if a.name == "to"), None)
+    if cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx") or to != FLOAT16:
+        return None
+    sin = _sole_producer(cast.input[0], producer, readers)
+    add = _sole_producer(sin.input[0], producer, readers) if sin is not None and sin.op_type == "Sin" else None
+    if add is None or add.op_type != "Add":
+        return None
+    sides = {}  # axis -> Unsqueeze node
+    for name in add.input:
+        node = _sole_producer(name, producer, readers)
+        if node is None or node.op_type != "Unsqueeze" or len(node.input) != 2:  # opset 13+: axes an input
+            return None
+        axes = inits.get(node.input[1])
+        if axes is None or axes.data_type != INT64 or list(axes.dims) not in ([1], []):
+            return None
+        axis = int(np.frombuffer(axes.raw_data, "<i8")[0]) if axes.raw_data else int(axes.int64_data[0])
+        sides[axis] = node
+    if sorted(sides) != [0, 1]:
+        return None
+    node = onnxproto.messages().NodeProto(op_type=GRID_SIN, domain=DOMAIN, output=[cast.output[0]],
+                                          input=[sides[0].input[0], sides[1].input[0]],
+                                          name=f"{cast.name or cast.output[0]}_fused")
+    return node, (sin, add, sides[0], sides[1])
 
 
 def _chain(name: str, producer: dict, readers: dict, inits: dict) -> dict | None:

@@ -1,6 +1,6 @@
 """runtime/cuda_ops/build.sh builds the cips.fast library where nvcc is (no GPU needed), and ONNX Runtime
-takes it: registering it declares cips.fast::MatMulLeakyRelu, so a graph using the op fails on the CPU
-only for want of a CPU kernel (the op is CUDA-only), not as an unknown op. CUTLASS's host-side checks
+takes it: registering it declares cips.fast::MatMulLeakyRelu and GridSin, so a graph using either op
+fails on the CPU only for want of a CPU kernel (the ops are CUDA-only), not as an unknown op. CUTLASS's host-side checks
 accept every layer of the packaged model's fused graphs, without a workspace the op would have to
 allocate. Its results on a GPU are benchmarks/cuda_ops_check.py's to check."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cuda_ops_check", REPO / "benchmarks" / "cuda_ops_check.py")
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
-pytestmark = [pytest.mark.slow,  # about 80 s of nvcc on 2 cores
+pytestmark = [pytest.mark.slow,  # about 110 s of nvcc on 2 cores
               pytest.mark.skipif(shutil.which("nvcc") is None,
                                  reason="no nvcc on this machine (the CUDA toolkit builds the op)")]
 H200_SMS = 132
@@ -42,18 +42,19 @@ def library(tmp_path_factory) -> Path:
     return built
 
 
-def test_the_library_builds_and_onnxruntime_registers_its_op(library):
+@pytest.mark.parametrize("op", ["MatMulLeakyRelu", "GridSin"])
+def test_the_library_builds_and_onnxruntime_registers_its_ops(library, op):
+    model = check.op_model((4, 8), 8, with_bias=False) if op == fuse_ops.OP else check.grid_sin_model(4, 3, 8, True)
 
     def cpu_session(register: bool) -> str:
         options = ort.SessionOptions()
         if register:
             options.register_custom_ops_library(str(library))
         with pytest.raises(Exception) as e:
-            ort.InferenceSession(check.op_model((4, 8), 8, with_bias=False), options,
-                                 providers=["CPUExecutionProvider"])
+            ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         return str(e.value)
 
-    assert "Could not find an implementation for MatMulLeakyRelu" in cpu_session(register=True)
+    assert f"Could not find an implementation for {op}" in cpu_session(register=True)
     assert "is not a registered function/op" in cpu_session(register=False)
 
 

@@ -1,6 +1,6 @@
 """The cips.fast rewrite (runtime/fuse_ops.py): fused graphs compute what the originals compute. On the CPU
-the fused op runs as an ONNX model-local function (MatMul, Add, LeakyRelu), so these tests check the
-rewrite, not the CUDA kernel (benchmarks/cuda_ops_check.py does that on a GPU)."""
+the fused ops run as ONNX model-local functions (MatMul, Add, LeakyRelu; Unsqueeze, Add, Sin, Cast), so
+these tests check the rewrite, not the CUDA kernels (benchmarks/cuda_ops_check.py does that on a GPU)."""
 from __future__ import annotations
 
 import numpy as np
@@ -31,12 +31,30 @@ def reference_function(with_bias: bool):
                                 nodes, [helper.make_opsetid("", 17)], ["alpha"])
 
 
-def cpu_session(model, with_bias: bool = False):
-    if any(n.domain == fuse_ops.DOMAIN for n in model.graph.node):
+def grid_sin_function():
+    """cips.fast::GridSin as an ONNX function: Cast(Sin(Unsqueeze(A, 0) + Unsqueeze(B, 1)), float16)."""
+    axes = [helper.make_node("Constant", [], [f"axis{k}"], value=numpy_helper.from_array(np.array([k], np.int64)))
+            for k in (0, 1)]
+    nodes = [*axes, helper.make_node("Unsqueeze", ["A", "axis0"], ["columns"]),
+             helper.make_node("Unsqueeze", ["B", "axis1"], ["rows"]),
+             helper.make_node("Add", ["columns", "rows"], ["angle"]), helper.make_node("Sin", ["angle"], ["sine"]),
+             helper.make_node("Cast", ["sine"], ["Y"], to=TensorProto.FLOAT16)]
+    return helper.make_function(fuse_ops.DOMAIN, fuse_ops.GRID_SIN, ["A", "B"], ["Y"], nodes,
+                                [helper.make_opsetid("", 17)])
+
+
+def cpu_session(model, with_bias: bool = False, optimize: bool = True):
+    ops = {n.op_type for n in model.graph.node if n.domain == fuse_ops.DOMAIN}
+    if ops:
         model = onnx.ModelProto.FromString(model.SerializeToString())
-        model.functions.append(reference_function(with_bias))
+        if fuse_ops.OP in ops:
+            model.functions.append(reference_function(with_bias))
+        if fuse_ops.GRID_SIN in ops:
+            model.functions.append(grid_sin_function())
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -78,6 +96,43 @@ def test_fused_fp16_graphs_render_the_packaged_models_pictures(packaged, graph):
             node.attribute[0].f = 0.21
     wrong = _renders(cpu_session(fused), graph, fast, styles)
     assert max(float(np.abs(g - w).max()) for g, w in zip(wrong, want)) > 10 * TOLERANCE
+
+
+def test_the_grid_graphs_fourier_block_becomes_one_grid_sin_with_the_same_colours_to_the_bit(packaged):
+    fast, styles = packaged
+    original = onnxproto.parse(fast.grid)
+    fused, count = fuse_ops.fuse(original, ops=(fuse_ops.GRID_SIN,))
+    assert count == 1
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count(fuse_ops.GRID_SIN) == 1 and "Sin" not in ops
+    assert len(ops) == len(original.graph.node) - 4  # Unsqueeze twice, Add, Sin, Cast: one node
+    # the same float32 ops in the same order: the same colours, with ONNX Runtime's own graph rewrites
+    # off (they treat a function's nodes differently from the graph's: within TOLERANCE with them on)
+    want = _renders(cpu_session(original, optimize=False), "grid", fast, styles)
+    assert all(np.array_equal(g, w) for g, w in zip(_renders(cpu_session(fused, optimize=False), "grid", fast, styles),
+                                                    want))
+    assert max(float(np.abs(g - w).max()) for g, w in zip(_renders(cpu_session(fused), "grid", fast, styles),
+                                                          want)) < TOLERANCE
+
+    node = next(n for n in fused.graph.node if n.op_type == fuse_ops.GRID_SIN)  # the check can fail: rows
+    node.input[0], node.input[1] = node.input[1], node.input[0]               # and columns swapped
+    wrong = _renders(cpu_session(fused, optimize=False), "grid", fast, styles)
+    assert max(float(np.abs(g - w).max()) for g, w in zip(wrong, want)) > 10 * TOLERANCE
+
+
+def test_both_ops_fuse_the_grid_graph_together_and_the_renderer_takes_only_matmul_leaky_relu(packaged):
+    fast, styles = packaged
+    original = onnxproto.parse(fast.grid)
+    fused, count = fuse_ops.fuse(original, ops=fuse_ops.OPS)
+    assert count == 9 and [n.op_type for n in fused.graph.node].count(fuse_ops.GRID_SIN) == 1
+    want = _renders(cpu_session(original), "grid", fast, styles)
+    got = _renders(cpu_session(fused), "grid", fast, styles)
+    assert max(float(np.abs(g - w).max()) for g, w in zip(got, want)) < TOLERANCE
+    # the pixel graph forms its features from a GEMM of the points: no grid pattern
+    assert fuse_ops.fuse(onnxproto.parse(fast.pixel), ops=(fuse_ops.GRID_SIN,))[1] == 0
+    assert fuse_ops.GRID_SIN not in [n.op_type for n in onnxproto.parse(fuse_ops.for_cuda(fast.grid)).graph.node]
+    with pytest.raises(ValueError, match="no such cips.fast op"):
+        fuse_ops.fuse(original, ops=("GridCos",))
 
 
 def _chain(k: int, n: int, gain: float | None, gemm: bool, shared_output: bool = False, dtype=np.float16):

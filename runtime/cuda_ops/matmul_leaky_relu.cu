@@ -7,8 +7,7 @@
 // epilogue adds the per-column bias and applies LeakyReLU before the fp16 store. TMA needs 16-byte
 // aligned rows, hence K and N multiples of 8; M is free (TMA clips the last tile's rows).
 
-#define ORT_API_MANUAL_INIT
-#include <onnxruntime_cxx_api.h>
+#include "cips_ops.h"
 
 #include <cuda_runtime.h>
 
@@ -281,6 +280,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     static Ort::CustomOpDomain* domain = [] {
       auto* d = new Ort::CustomOpDomain("cips.fast");
       d->Add(&op);
+      add_grid_sin(*d);
       return d;
     }();
     Ort::UnownedSessionOptions(options).Add(*domain);
