@@ -4,16 +4,18 @@ much faster? On the CUDA provider, with the built library registered:
 - op: cips.fast::MatMulLeakyRelu alone against numpy (float32 maths of the same fp16 inputs) on shapes
   the packaged model does not exercise: a bias input, X of rank 3, M not a multiple of the 128-row tile,
   N = 8 and N = 520;
-- grid_sin: cips.fast::GridSin alone against numpy and against the Unsqueeze/Add/Sin/Cast graph it
-  replaces on the same provider (the values that differ from it, if any), at the grid graph's sizes and
-  at a width of 12 features (its one-feature-a-thread path); and the time of both at 128 x 1024 x 520;
+- grid_sin, narrow: cips.fast::GridSin and NarrowMatMul alone against numpy and against the nodes each
+  replaces on the same provider (GridSin: Unsqueeze/Add/Sin/Cast, how many values differ; NarrowMatMul:
+  Cast/Gemm), at the sizes of a 1024-wide call of the paper configuration and of the packaged model and
+  at widths that take the kernels' one-value-a-thread paths; and both ways timed at the first size;
 - render: the model's (default: the packaged one's) fp16 pixel graph and grid graph, as they are, fused by
-  runtime/fuse_ops.py as the renderer does (MatMulLeakyRelu), and with GridSin too (grid graph), run
-  through the renderer's own bound paths (runtime/split.py: weights on the GPU, points uploaded per band,
-  colours copied back once), at 1024x1024 points for one latent and at 256x256 for a batch of 16
-  latents: medians of --reps calls each, and the largest colour difference, also of each against the
-  file's fp32 graphs where it has them: a fused render passes when it is within the bound of the unfused
-  one, or no farther from float32 than the unfused one is;
+  runtime/fuse_ops.py as the renderer does (MatMulLeakyRelu), with GridSin, with NarrowMatMul and with
+  every op (each graph only where that changes it), run through the renderer's own bound paths
+  (runtime/split.py: weights on the GPU, points uploaded per band, colours copied back once), at
+  1024x1024 points for one latent and at 256x256 for a batch of 16 latents: medians of --reps calls
+  each, and the largest colour difference, also of each against the file's fp32 graphs where it has
+  them: a fused render passes when it is within the bound of the unfused one, or no farther from
+  float32 than the unfused one is;
 - device: one 1024x1024 call of each graph with every input and the output already on the GPU (no
   copies): the graphs' own time.
 
@@ -58,6 +60,19 @@ GRID_SIN_CASES = [  # (W, H, F): one 1024-wide call of the paper configuration, 
     (33, 7, 12),
     (5, 3, 520),
 ]
+# NarrowMatMul against float64 products of the same values, relative to max(1, max |Y|): float32 sums
+NARROW_BOUND = 1e-5
+NARROW_CASES = [  # (M, K, N): a 1024-wide call of paper-256's head, the packaged model's, a K not a
+    (131_072, 520, 3),  # multiple of 8 (one value a lane), the widest W, one column
+    (1000, 136, 3),
+    (37, 12, 3),
+    (5, 264, 8),
+    (64, 16, 1),
+]
+# the renderer's engines: the graphs as exported, fused as the renderer fuses them, and with the ops it
+# leaves out, one at a time and together
+VARIANTS = {"original": (), "fused": fuse_ops.RENDER_OPS, "fused+GridSin": (*fuse_ops.RENDER_OPS, fuse_ops.GRID_SIN),
+            "fused+NarrowMatMul": (*fuse_ops.RENDER_OPS, fuse_ops.NARROW), "all": fuse_ops.OPS}
 OP_CASES = [  # (X shape, N, with bias)
     ((1000, 264), 200, True),
     ((2, 333, 64), 8, True),
@@ -103,6 +118,24 @@ def grid_sin_model(width: int, height: int, features: int, fused: bool) -> bytes
                  helper.make_node("Cast", ["sine"], ["y"], to=TensorProto.FLOAT16)]
     graph = helper.make_graph(nodes, "grid_sin", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)],
                               inits)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(fuse_ops.DOMAIN, 1)] if fused else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def narrow_model(rows: int, k: int, n: int, fused: bool) -> bytes:
+    """cips.fast::NarrowMatMul of x [M, K] float16 and w [K, N] float32 -> y [M, N] float32 as one node, or
+    (fused False) as the Cast and Gemm of the fp16 graphs' colour head it replaces."""
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [rows, k]),
+              helper.make_tensor_value_info("w", TensorProto.FLOAT, [k, n])]
+    if fused:
+        nodes = [helper.make_node(fuse_ops.NARROW, ["x", "w"], ["y"], domain=fuse_ops.DOMAIN)]
+    else:
+        nodes = [helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT), helper.make_node("Gemm", ["x32", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "narrow", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(fuse_ops.DOMAIN, 1)] if fused else [])
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8
@@ -184,34 +217,61 @@ class Check:
         return results
 
     def grid_sin(self, reps: int) -> list[dict]:
-        results = []
         rng = np.random.default_rng(1)
+        results = []
         for width, height, features in GRID_SIN_CASES:
             # angles as the grid graph's: up to tens of radians (trained frequencies times coordinates)
             feeds = {"a": rng.uniform(-20, 20, (width, features)).astype(np.float32),
                      "b": rng.uniform(-20, 20, (height, features)).astype(np.float32)}
             want = np.sin(feeds["a"][None] + feeds["b"][:, None]).astype(np.float16)
-            name = f"grid_sin {width}x{height}x{features}"
-            sessions = [self.session(grid_sin_model(width, height, features, fused), f"{name} {tag}", fused)
-                        for tag, fused in (("as the graph", False), ("op", True))]
-            row = {"w": width, "h": height, "f": features}
-            try:
-                got, graph = (s.run(None, feeds)[0] for s in reversed(sessions))
-            except Exception as e:  # noqa: BLE001 (the kernel's own one-line reason is the result)
-                row.update(error=str(e).strip().splitlines()[0][:300], ok=False)
-            else:
-                row["shape"] = list(got.shape)
-                if got.shape == want.shape:
-                    row["max_abs_vs_numpy"] = float(np.abs(got.astype(np.float32) - want.astype(np.float32)).max())
-                    row["differing_from_graph"] = int((got.view(np.uint16) != graph.view(np.uint16)).sum())
-                    row["max_abs_vs_graph"] = float(np.abs(got.astype(np.float32) - graph.astype(np.float32)).max())
-                row["ok"] = row.get("max_abs_vs_numpy", np.inf) <= GRID_SIN_BOUND and \
-                    row.get("max_abs_vs_graph", np.inf) <= GRID_SIN_BOUND
-                if (width, height, features) == GRID_SIN_CASES[0] and row["ok"]:  # inputs and output on the GPU
-                    row.update(zip(("graph_ms", "op_ms"), (self.device_ms(s, feeds, "y", got, reps) for s in sessions)))
-            results.append(row)
-            print(json.dumps(row), flush=True)
+
+            def compare(got: np.ndarray, graph: np.ndarray, want=want) -> dict:
+                row = {"max_abs_vs_numpy": float(np.abs(got.astype(np.float32) - want.astype(np.float32)).max()),
+                       "differing_from_graph": int((got.view(np.uint16) != graph.view(np.uint16)).sum()),
+                       "max_abs_vs_graph": float(np.abs(got.astype(np.float32) - graph.astype(np.float32)).max())}
+                row["ok"] = row["max_abs_vs_numpy"] <= GRID_SIN_BOUND and row["max_abs_vs_graph"] <= GRID_SIN_BOUND
+                return row
+            results.append(self.replacement(
+                {"w": width, "h": height, "f": features}, feeds, want.shape, compare,
+                [grid_sin_model(width, height, features, fused) for fused in (False, True)], reps if not results else 0))
         return results
+
+    def narrow(self, reps: int) -> list[dict]:
+        rng = np.random.default_rng(2)
+        results = []
+        for rows, k, n in NARROW_CASES:
+            feeds = {"x": rng.standard_normal((rows, k)).astype(np.float16),
+                     "w": (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)}
+            want = feeds["x"].astype(np.float64) @ feeds["w"].astype(np.float64)
+
+            def compare(got: np.ndarray, graph: np.ndarray, want=want) -> dict:
+                scale = max(1.0, float(np.abs(want).max()))
+                row = {"max_relative_vs_numpy": float(np.abs(got - want).max() / scale),
+                       "max_relative_vs_graph": float(np.abs(got - graph).max() / scale)}
+                row["ok"] = row["max_relative_vs_numpy"] <= NARROW_BOUND and row["max_relative_vs_graph"] <= NARROW_BOUND
+                return row
+            results.append(self.replacement({"m": rows, "k": k, "n": n}, feeds, want.shape, compare,
+                                            [narrow_model(rows, k, n, fused) for fused in (False, True)],
+                                            reps if not results else 0))
+        return results
+
+    def replacement(self, row: dict, feeds: dict, shape: tuple, compare, models: list[bytes], reps: int) -> dict:
+        """One case of an op against the nodes it replaces: models = [those nodes, the op], both run on
+        feeds; compare(the op's output, the nodes') -> the row's differences and ok. With reps, both are
+        timed with inputs and output on the GPU."""
+        name = " ".join(f"{k}={v}" for k, v in row.items())
+        sessions = [self.session(model, f"{name} {tag}", tag == "op") for model, tag in zip(models, ("graph", "op"))]
+        try:
+            graph, got = (s.run(None, feeds)[0] for s in sessions)
+        except Exception as e:  # noqa: BLE001 (the kernel's own one-line reason is the result)
+            row.update(error=str(e).strip().splitlines()[0][:300], ok=False)
+        else:
+            row["shape"] = list(got.shape)
+            row.update(compare(got, graph) if got.shape == shape else {"ok": False})
+            if reps and row["ok"]:
+                row.update(zip(("graph_ms", "op_ms"), (self.device_ms(s, feeds, "y", got, reps) for s in sessions)))
+        print(json.dumps(row), flush=True)
+        return row
 
     def device_ms(self, session, feeds: dict, output: str, like: np.ndarray, reps: int) -> float:
         """Median ms of one call of session with its inputs and output bound on the GPU."""
@@ -225,12 +285,13 @@ class Check:
 
     # -- the renderer's paths --------------------------------------------------------------------------
     def engines(self) -> dict[str, SplitEngine]:
-        """The renderer's engines: as exported ("original"), fused as the renderer fuses ("fused"), and with
-        every op of the library ("fused+grid_sin": the grid graph's Fourier block too)."""
+        """The renderer's engines, one per VARIANTS entry; self.same[graph]: the variants whose graph is an
+        earlier variant's (not run again)."""
         fast, info = self.fast, self.info
         style = self.session(fast.style_one, "style")
         batch = self.session(fast.style, "style (batch)")
-        self.fused_layers = {}
+        self.fused_layers, self.same = {}, {"pixel": set(), "grid": set()}
+        seen: dict[str, set[bytes]] = {"pixel": set(), "grid": set()}
 
         def engine(tag: str, ops: tuple[str, ...]) -> SplitEngine:
             sources = {}
@@ -240,6 +301,9 @@ class Check:
                     fused, count = fuse_ops.fuse(onnxproto.parse(source), ops=ops)
                     self.fused_layers[f"{graph} {tag}"] = count
                     source = fused.SerializeToString()
+                if source in seen[graph]:
+                    self.same[graph].add(tag)
+                seen[graph].add(source)
                 sources[graph] = source
             return SplitEngine(self.ort, style, self.session(sources["pixel"], f"pixel {tag}", bool(ops)), info,
                                "fp16", bound="cuda", table=fast.table, batch_style=batch,
@@ -250,8 +314,7 @@ class Check:
             self.reference = SplitEngine(self.ort, self.session(f32.style_one, "style fp32"),
                                          self.session(f32.pixel, "pixel fp32"), info, "fp32", bound="cuda",
                                          table=f32.table, batch_style=self.session(f32.style, "style fp32 (batch)"))
-        return {"original": engine("original", ()), "fused": engine("fused", fuse_ops.RENDER_OPS),
-                "fused+grid_sin": engine("fused+grid_sin", fuse_ops.OPS)}
+        return {tag: engine(tag, ops) for tag, ops in VARIANTS.items()}
 
     def render(self, engines: dict, reps: int, side: int, batch: int) -> list[dict]:
         z = np.stack([np.random.default_rng(seed).standard_normal(self.info.style_dim).astype(np.float32)
@@ -268,8 +331,7 @@ class Check:
             reference = np.concatenate(calls["pixel"](self.reference, styles32))
         results = []
         for graph, call in calls.items():
-            # the pixel graph has no grid Fourier block: its fused+grid_sin graph is the fused one
-            tags = ["original", "fused"] + (["fused+grid_sin"] if graph == "grid" else [])
+            tags = [tag for tag in engines if tag not in self.same[graph]]
             colours = {tag: np.concatenate(call(engines[tag])) for tag in tags}
             times = {tag: median_ms(lambda e=engines[tag]: call(e), reps) for tag in tags}
             for tag in tags[1:]:
@@ -294,8 +356,8 @@ class Check:
         for graph in ("pixel", "grid"):
             row = {"graph": graph, "points": side * side}
             for tag, engine in engines.items():
-                if graph == "pixel" and tag == "fused+grid_sin":
-                    continue  # the same graph as "fused"
+                if tag in self.same[graph]:
+                    continue
                 session = engine.pixel_session if graph == "pixel" else engine.grid_session
                 names = {i.name for i in session.get_inputs()}
                 binding = session.io_binding()
@@ -308,8 +370,9 @@ class Check:
                 binding.bind_ortvalue_output(RGB, out)
                 row[f"{tag}_ms"] = median_ms(lambda s=session, b=binding: s.run_with_iobinding(b), reps)
             row["speedup"] = round(row["original_ms"] / row["fused_ms"], 3)
-            if "fused+grid_sin_ms" in row:
-                row["grid_sin_speedup"] = round(row["fused_ms"] / row["fused+grid_sin_ms"], 3)
+            for tag in engines:  # the ops the renderer leaves out, over the renderer's fusion
+                if tag not in ("original", "fused") and f"{tag}_ms" in row:
+                    row[f"{tag}_over_fused"] = round(row["fused_ms"] / row[f"{tag}_ms"], 3)
             results.append(row)
             print(json.dumps(row), flush=True)
         return results
@@ -341,13 +404,14 @@ def main() -> None:
     report = {"benchmark": "cuda-ops-check", "model": str(args.model), "library": str(library),
               "onnxruntime": ort.__version__, "tile": args.tile, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "render_bound": RENDER_BOUND, "op_bound": OP_BOUND, "grid_sin_bound": GRID_SIN_BOUND,
-              "op": check.op(), "grid_sin": check.grid_sin(args.reps)}
+              "narrow_bound": NARROW_BOUND, "op": check.op(), "grid_sin": check.grid_sin(args.reps),
+              "narrow": check.narrow(args.reps)}
     engines = check.engines()
     report["fused_layers"] = check.fused_layers
     report["render"] = check.render(engines, args.reps, 1024, 1) + check.render(engines, args.reps, 256, 16)
     report["device"] = check.device(engines, args.reps)
     report["providers"] = check.providers
-    report["ok"] = all(r["ok"] for r in report["op"] + report["grid_sin"] + report["render"])
+    report["ok"] = all(r["ok"] for r in report["op"] + report["grid_sin"] + report["narrow"] + report["render"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}; {'all differences within bounds' if report['ok'] else 'DIFFERENCES OUT OF BOUNDS'}")

@@ -3,7 +3,9 @@
 - MatMulLeakyRelu: each GEMM whose only reader is a LeakyRelu becomes one node, which adds the bias and
   applies the activation inside the GEMM instead of in separate passes over the activations;
 - GridSin: the grid graph's Fourier block, Add(Unsqueeze(A, 0), Unsqueeze(B, 1)) -> Sin -> Cast(float16),
-  becomes one node that writes only the float16 result.
+  becomes one node that writes only the float16 result;
+- NarrowMatMul: the colour head, Cast(X float16 -> float32) -> Gemm with a float32 W of at most 8 columns,
+  becomes one node that reads X once, without the float32 copy.
 
 The rewrite happens in memory, on the graphs sent to a CUDA session that has registered the library
 (for_cuda); model files are never changed.
@@ -18,10 +20,12 @@ import numpy as np
 from . import onnxproto
 from .onnxproto import FLOAT16, to_array
 
-DOMAIN, OP, GRID_SIN = "cips.fast", "MatMulLeakyRelu", "GridSin"
-OPS = (OP, GRID_SIN)  # every op the library has
-# what for_cuda rewrites: GridSin has not yet run on a GPU (benchmarks/cuda_ops_check.py checks it there)
+DOMAIN, OP, GRID_SIN, NARROW = "cips.fast", "MatMulLeakyRelu", "GridSin", "NarrowMatMul"
+OPS = (OP, GRID_SIN, NARROW)  # every op the library has
+# what for_cuda rewrites: GridSin and NarrowMatMul have not yet run on a GPU (benchmarks/cuda_ops_check.py
+# checks them there)
 RENDER_OPS = (OP,)
+NARROW_COLUMNS, NARROW_WEIGHTS = 8, 12_288  # NarrowMatMul's W: at most 8 columns, in 48 KB of shared memory
 LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_cuda_ops.so"  # runtime/cuda_ops/build.sh
 INT64 = 7  # TensorProto.DataType
 
@@ -48,7 +52,9 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     transB, alpha, beta and the scalar are folded into W and the bias only where they are constants and
     the folded float16 values are exact; anything else stays as it is. GridSin fuses a Cast to float16
     of a Sin of an Add of two Unsqueezes, one along axis 0 (A [W, F] -> [1, W, F]) and one along axis 1
-    (B [H, F] -> [H, 1, F]), each read by nothing but the next."""
+    (B [H, F] -> [H, 1, F]), each read by nothing but the next. NarrowMatMul fuses a Gemm (no C, alpha 1,
+    neither input transposed) of a Cast to float32 of a float16 value, read by nothing else, and a float32
+    W [K, N] (N <= 8, K x N <= 12,288)."""
     unknown = set(ops) - set(OPS)
     if unknown:
         raise ValueError(f"no such cips.fast op: {sorted(unknown)}; the library has {OPS}")
@@ -72,6 +78,13 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
             if found is not None:
                 fused[id(cast)], replaced = found
                 dropped.update(id(n) for n in replaced)
+    if NARROW in ops:
+        types: dict = {}
+        for gemm in graph.node:
+            found = _narrow(gemm, producer, readers, inits, declared, types)
+            if found is not None:
+                fused[id(gemm)], cast = found
+                dropped.add(id(cast))
     for act in graph.node:
         if OP not in ops or act.op_type != "LeakyRelu" or act.domain not in ("", "ai.onnx"):
             continue
@@ -131,6 +144,61 @@ def _grid_sin(cast, producer: dict, readers: dict, inits: dict):
                                           input=[sides[0].input[0], sides[1].input[0]],
                                           name=f"{cast.name or cast.output[0]}_fused")
     return node, (sin, add, sides[0], sides[1])
+
+
+def _narrow(gemm, producer: dict, readers: dict, inits: dict, declared: dict, types: dict):
+    """(a NarrowMatMul node computing what gemm computes, the Cast it replaces besides gemm) where gemm is
+    the colour-head pattern (fuse); else None."""
+    if gemm.op_type != "Gemm" or gemm.domain not in ("", "ai.onnx") or len(gemm.input) != 2:
+        return None
+    attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in gemm.attribute}
+    if attrs.get("transA", 0) or attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0:
+        return None
+    cast = _sole_producer(gemm.input[0], producer, readers)
+    if cast is None or cast.op_type != "Cast" or next((a.i for a in cast.attribute if a.name == "to"), None) != onnxproto.FLOAT:
+        return None
+    if _elem_type(cast.input[0], producer, inits, declared, types) != FLOAT16:
+        return None
+    w = gemm.input[1]
+    if w in inits:
+        elem, dims = inits[w].data_type, list(inits[w].dims)
+    elif w in declared:
+        elem, dims = declared[w].elem_type, [d.dim_value if d.HasField("dim_value") else 0 for d in declared[w].shape.dim]
+    else:
+        return None
+    if elem != onnxproto.FLOAT or len(dims) != 2 or not (0 < dims[1] <= NARROW_COLUMNS) or not (0 < dims[0] * dims[1] <= NARROW_WEIGHTS):
+        return None
+    node = onnxproto.messages().NodeProto(op_type=NARROW, domain=DOMAIN, input=[cast.input[0], w],
+                                          output=[gemm.output[0]], name=f"{gemm.name or gemm.output[0]}_fused")
+    return node, cast
+
+
+# ops whose output has the element type of their first input
+_SAME_TYPE = {"Add", "Sub", "Mul", "Div", "Gemm", "MatMul", "LeakyRelu", "Relu", "Reshape", "Flatten", "Transpose",
+              "Concat", "Slice", "Squeeze", "Unsqueeze", "Identity", "Sin", "Cos", "Neg", "Abs"}
+
+
+def _elem_type(name: str, producer: dict, inits: dict, declared: dict, types: dict) -> int | None:
+    """The element type of value name: declared, an initializer's, a Cast's target, or through the ops
+    that keep their first input's type; None where unknown. types memoizes (0: unknown)."""
+    path = []  # values whose type is the next one's, name's first
+    while name not in types:
+        if name in inits:
+            types[name] = inits[name].data_type
+        elif name in declared and declared[name].elem_type:
+            types[name] = declared[name].elem_type
+        else:
+            node = producer.get(name)
+            standard = node is not None and node.domain in ("", "ai.onnx")
+            if standard and node.op_type in _SAME_TYPE and node.input:
+                path.append(name)
+                name = node.input[0]
+                continue
+            cast = standard and node.op_type == "Cast"
+            types[name] = next((a.i for a in node.attribute if a.name == "to"), 0) if cast else 0
+    for value in path:
+        types[value] = types[name]
+    return types[name] or None
 
 
 def _chain(name: str, producer: dict, readers: dict, inits: dict) -> dict | None:

@@ -1,6 +1,6 @@
 """runtime/cuda_ops/build.sh builds the cips.fast library where nvcc is (no GPU needed), and ONNX Runtime
-takes it: registering it declares cips.fast::MatMulLeakyRelu and GridSin, so a graph using either op
-fails on the CPU only for want of a CPU kernel (the ops are CUDA-only), not as an unknown op. CUTLASS's host-side checks
+takes it: registering it declares cips.fast::MatMulLeakyRelu, GridSin and NarrowMatMul, so a graph using
+any of them fails on the CPU only for want of a CPU kernel (the ops are CUDA-only), not as an unknown op. CUTLASS's host-side checks
 accept every layer of the packaged model's fused graphs, without a workspace the op would have to
 allocate. Its results on a GPU are benchmarks/cuda_ops_check.py's to check."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cuda_ops_check", REPO / "benchmarks" / "cuda_ops_check.py")
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
-pytestmark = [pytest.mark.slow,  # about 110 s of nvcc on 2 cores
+pytestmark = [pytest.mark.slow,  # about 115 s of nvcc on 2 cores
               pytest.mark.skipif(shutil.which("nvcc") is None,
                                  reason="no nvcc on this machine (the CUDA toolkit builds the op)")]
 H200_SMS = 132
@@ -42,9 +42,11 @@ def library(tmp_path_factory) -> Path:
     return built
 
 
-@pytest.mark.parametrize("op", ["MatMulLeakyRelu", "GridSin"])
+@pytest.mark.parametrize("op", ["MatMulLeakyRelu", "GridSin", "NarrowMatMul"])
 def test_the_library_builds_and_onnxruntime_registers_its_ops(library, op):
-    model = check.op_model((4, 8), 8, with_bias=False) if op == fuse_ops.OP else check.grid_sin_model(4, 3, 8, True)
+    model = {"MatMulLeakyRelu": lambda: check.op_model((4, 8), 8, with_bias=False),
+             "GridSin": lambda: check.grid_sin_model(4, 3, 8, fused=True),
+             "NarrowMatMul": lambda: check.narrow_model(4, 8, 3, fused=True)}[op]()
 
     def cpu_session(register: bool) -> str:
         options = ort.SessionOptions()

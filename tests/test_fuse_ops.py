@@ -1,5 +1,6 @@
 """The cips.fast rewrite (runtime/fuse_ops.py): fused graphs compute what the originals compute. On the CPU
-the fused ops run as ONNX model-local functions (MatMul, Add, LeakyRelu; Unsqueeze, Add, Sin, Cast), so
+the fused ops run as ONNX model-local functions (MatMul, Add, LeakyRelu; Unsqueeze, Add, Sin, Cast; Cast,
+MatMul), so
 these tests check the rewrite, not the CUDA kernels (benchmarks/cuda_ops_check.py does that on a GPU)."""
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def grid_sin_function():
                                 [helper.make_opsetid("", 17)])
 
 
+def narrow_function():
+    """cips.fast::NarrowMatMul as an ONNX function: MatMul(Cast(X, float32), W)."""
+    nodes = [helper.make_node("Cast", ["X"], ["X32"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["X32", "W"], ["Y"])]
+    return helper.make_function(fuse_ops.DOMAIN, fuse_ops.NARROW, ["X", "W"], ["Y"], nodes, [helper.make_opsetid("", 17)])
+
+
 def cpu_session(model, with_bias: bool = False, optimize: bool = True):
     ops = {n.op_type for n in model.graph.node if n.domain == fuse_ops.DOMAIN}
     if ops:
@@ -51,6 +58,8 @@ def cpu_session(model, with_bias: bool = False, optimize: bool = True):
             model.functions.append(reference_function(with_bias))
         if fuse_ops.GRID_SIN in ops:
             model.functions.append(grid_sin_function())
+        if fuse_ops.NARROW in ops:
+            model.functions.append(narrow_function())
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     if not optimize:
@@ -120,19 +129,72 @@ def test_the_grid_graphs_fourier_block_becomes_one_grid_sin_with_the_same_colour
     assert max(float(np.abs(g - w).max()) for g, w in zip(wrong, want)) > 10 * TOLERANCE
 
 
-def test_both_ops_fuse_the_grid_graph_together_and_the_renderer_takes_only_matmul_leaky_relu(packaged):
+@pytest.mark.parametrize("graph", ["pixel", "grid"])
+def test_the_colour_head_becomes_one_narrow_matmul_with_the_same_colours(packaged, graph):
+    fast, styles = packaged
+    original = onnxproto.parse(getattr(fast, graph))
+    fused, count = fuse_ops.fuse(original, ops=(fuse_ops.NARROW,))
+    assert count == 1
+    ops = [n.op_type for n in fused.graph.node]
+    assert ops.count(fuse_ops.NARROW) == 1 and len(ops) == len(original.graph.node) - 1  # Cast and Gemm
+    head = next(n for n in fused.graph.node if n.op_type == fuse_ops.NARROW)
+    assert head.input[1] == "rgb_weight"
+    # float32 sums of the same products, with ONNX Runtime's graph rewrites off (as for GridSin)
+    want = _renders(cpu_session(original, optimize=False), graph, fast, styles)
+    got = _renders(cpu_session(fused, optimize=False), graph, fast, styles)
+    assert max(float(np.abs(g - w).max()) for g, w in zip(got, want)) < 1e-5
+    got = _renders(cpu_session(fused), graph, fast, styles)
+    assert max(float(np.abs(g - w).max()) for g, w in zip(got, want)) < TOLERANCE
+
+    producer = {o: n for n in fused.graph.node for o in n.output}  # the check can fail: the head reading
+    last_gemm = producer[producer[head.input[0]].input[0]]          # the layer before the last (136 wide too)
+    head.input[0] = last_gemm.input[0]
+    wrong = _renders(cpu_session(fused, optimize=False), graph, fast, styles)
+    assert max(float(np.abs(g - w).max()) for g, w in zip(wrong, want)) > 10 * TOLERANCE
+
+
+def test_every_op_fuses_the_grid_graph_together_and_the_renderer_takes_only_matmul_leaky_relu(packaged):
     fast, styles = packaged
     original = onnxproto.parse(fast.grid)
     fused, count = fuse_ops.fuse(original, ops=fuse_ops.OPS)
-    assert count == 9 and [n.op_type for n in fused.graph.node].count(fuse_ops.GRID_SIN) == 1
+    assert count == 10
+    ops = [n.op_type for n in fused.graph.node]
+    assert (ops.count(fuse_ops.OP), ops.count(fuse_ops.GRID_SIN), ops.count(fuse_ops.NARROW)) == (8, 1, 1)
     want = _renders(cpu_session(original), "grid", fast, styles)
     got = _renders(cpu_session(fused), "grid", fast, styles)
     assert max(float(np.abs(g - w).max()) for g, w in zip(got, want)) < TOLERANCE
     # the pixel graph forms its features from a GEMM of the points: no grid pattern
     assert fuse_ops.fuse(onnxproto.parse(fast.pixel), ops=(fuse_ops.GRID_SIN,))[1] == 0
-    assert fuse_ops.GRID_SIN not in [n.op_type for n in onnxproto.parse(fuse_ops.for_cuda(fast.grid)).graph.node]
+    rendered = [n.op_type for n in onnxproto.parse(fuse_ops.for_cuda(fast.grid)).graph.node]
+    assert fuse_ops.GRID_SIN not in rendered and fuse_ops.NARROW not in rendered
     with pytest.raises(ValueError, match="no such cips.fast op"):
         fuse_ops.fuse(original, ops=("GridCos",))
+
+
+def _head(source: str = "float16", columns: int = 3, **gemm):
+    """x -> (x as float16 or float32) -> Cast(float32) -> Gemm(., w [16, columns] float32)."""
+    elem = {"float16": TensorProto.FLOAT16, "float32": TensorProto.FLOAT}[source]
+    w = np.random.default_rng(0).standard_normal((16, columns)).astype(np.float32)
+    inits = [numpy_helper.from_array(np.ascontiguousarray(w.T) if gemm.get("transB") else w, "w")]
+    inputs = ["x32", "w"]
+    if gemm.pop("with_c", False):
+        inits.append(numpy_helper.from_array(np.ones(columns, np.float32), "c"))
+        inputs.append("c")
+    nodes = [helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT), helper.make_node("Gemm", inputs, ["y"], **gemm)]
+    graph = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", elem, ["points", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["points", columns])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_colour_head_fuses_only_from_float16_into_a_narrow_float32_weight():
+    fused, count = fuse_ops.fuse(_head(), ops=(fuse_ops.NARROW,))
+    assert count == 1 and [n.op_type for n in fused.graph.node] == [fuse_ops.NARROW]
+    x = np.random.default_rng(1).standard_normal((9, 16)).astype(np.float16)
+    want = cpu_session(_head()).run(None, {"x": x})[0]
+    assert np.abs(cpu_session(fused).run(None, {"x": x})[0] - want).max() < 1e-5
+    for model in (_head("float32"), _head(columns=9), _head(with_c=True), _head(transB=1), _head(alpha=2.0)):
+        fused, count = fuse_ops.fuse(model, ops=(fuse_ops.NARROW,))
+        assert count == 0 and fused.SerializeToString() == model.SerializeToString()
 
 
 def _chain(k: int, n: int, gain: float | None, gemm: bool, shared_output: bool = False, dtype=np.float16):

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds runtime/cuda_ops/build/libcips_cuda_ops.so (cips.fast::MatMulLeakyRelu and GridSin for ONNX
-# Runtime's CUDA provider). Fetches the CUTLASS headers (PyPI's nvidia-cutlass wheel) and ONNX Runtime's C/C++
-# API headers (Debian's libonnxruntime-dev) into .cache/cuda_ops/ at the repository root, checks their
-# sha256, and compiles for sm_90a with nvcc. No GPU is needed to build.
+# Builds runtime/cuda_ops/build/libcips_cuda_ops.so (cips.fast::MatMulLeakyRelu, GridSin and
+# NarrowMatMul for ONNX Runtime's CUDA provider). Fetches the CUTLASS headers (PyPI's nvidia-cutlass
+# wheel) and ONNX Runtime's C/C++ API headers (Debian's libonnxruntime-dev) into .cache/cuda_ops/ at the
+# repository root, checks their sha256, and compiles for sm_90a with nvcc. No GPU is needed to build.
 #   bash runtime/cuda_ops/build.sh [OUT_DIR]   (default runtime/cuda_ops/build; NVCC=/path/to/nvcc,
 #                                             PYTHON=python3, CACHE_DIR=.cache/cuda_ops to override)
 set -euo pipefail
@@ -51,5 +51,6 @@ start=$(date +%s)
 "$NVCC" -std=c++17 -O3 -DNDEBUG -arch=sm_90a --expt-relaxed-constexpr \
   -I"$cutlass" -I"$ort" \
   -Xcompiler=-fPIC,-fvisibility=hidden -shared -cudart static -Xlinker=--exclude-libs,ALL \
-  -o "$out/libcips_cuda_ops.so" "$here/matmul_leaky_relu.cu" "$here/grid_sin.cu"
+  -o "$out/libcips_cuda_ops.so" "$here/matmul_leaky_relu.cu" "$here/grid_sin.cu" \
+  "$here/narrow_matmul.cu"
 echo "built $out/libcips_cuda_ops.so ($(du -h "$out/libcips_cuda_ops.so" | cut -f1), $(( $(date +%s) - start )) s)"

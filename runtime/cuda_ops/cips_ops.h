@@ -8,3 +8,6 @@
 
 // cips.fast::GridSin (grid_sin.cu) added to the domain.
 void add_grid_sin(Ort::CustomOpDomain& domain);
+
+// cips.fast::NarrowMatMul (narrow_matmul.cu) added to the domain.
+void add_narrow_matmul(Ort::CustomOpDomain& domain);

@@ -281,6 +281,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       auto* d = new Ort::CustomOpDomain("cips.fast");
       d->Add(&op);
       add_grid_sin(*d);
+      add_narrow_matmul(*d);
       return d;
     }();
     Ort::UnownedSessionOptions(options).Add(*domain);
