@@ -3,14 +3,15 @@ much faster? On the CUDA provider, with the built library registered:
 
 - op: cips.fast::MatMulLeakyRelu alone against numpy (float32 maths of the same fp16 inputs) on shapes
   the packaged model does not exercise: a bias input, X of rank 3, M not a multiple of the 128-row tile,
-  N = 8 and N = 520;
+  N = 8 and N = 520; and MatMulAddLeakyRelu (a full matrix C) at the input layers of a 1024-wide call of
+  paper-256 and of the packaged model, with ragged M and rank-3 X;
 - grid_sin, narrow: cips.fast::GridSin and NarrowMatMul alone against numpy and against the nodes each
   replaces on the same provider (GridSin: Unsqueeze/Add/Sin/Cast, how many values differ; NarrowMatMul:
   Cast/Gemm), at the sizes of a 1024-wide call of the paper configuration and of the packaged model and
   at widths that take the kernels' one-value-a-thread paths; and both ways timed at the first size;
 - render: the model's (default: the packaged one's) fp16 pixel graph and grid graph, as they are, fused by
-  runtime/fuse_ops.py as the renderer does (MatMulLeakyRelu), with GridSin, with NarrowMatMul and with
-  every op (each graph only where that changes it), run through the renderer's own bound paths
+  runtime/fuse_ops.py as the renderer does (MatMulLeakyRelu), with each op the renderer leaves out and
+  with every op (each graph only where that changes it), run through the renderer's own bound paths
   (runtime/split.py: weights on the GPU, points uploaded per band, colours copied back once), at
   1024x1024 points for one latent and at 256x256 for a batch of 16 latents: medians of --reps calls
   each, and the largest colour difference, also of each against the file's fp32 graphs where it has
@@ -71,13 +72,17 @@ NARROW_CASES = [  # (M, K, N): a 1024-wide call of paper-256's head, the package
 ]
 # the renderer's engines: the graphs as exported, fused as the renderer fuses them, and with the ops it
 # leaves out, one at a time and together
-VARIANTS = {"original": (), "fused": fuse_ops.RENDER_OPS, "fused+GridSin": (*fuse_ops.RENDER_OPS, fuse_ops.GRID_SIN),
-            "fused+NarrowMatMul": (*fuse_ops.RENDER_OPS, fuse_ops.NARROW), "all": fuse_ops.OPS}
-OP_CASES = [  # (X shape, N, with bias)
-    ((1000, 264), 200, True),
-    ((2, 333, 64), 8, True),
-    ((5, 8), 520, False),
-    ((131_072, 520), 520, True),
+VARIANTS = {"original": (), "fused": fuse_ops.RENDER_OPS,
+            **{f"fused+{op}": (*fuse_ops.RENDER_OPS, op) for op in fuse_ops.OPS if op not in fuse_ops.RENDER_OPS},
+            "all": fuse_ops.OPS}
+OP_CASES = [  # (X shape, N, "bias", "c" (MatMulAddLeakyRelu) or None)
+    ((1000, 264), 200, "bias"),
+    ((2, 333, 64), 8, "bias"),
+    ((5, 8), 520, None),
+    ((131_072, 520), 520, "bias"),
+    ((131_072, 520), 520, "c"),  # paper-256's input layer, one 1024-wide grid call
+    ((4096, 136), 264, "c"),  # the packaged model's
+    ((2, 333, 64), 8, "c"),
 ]
 
 
@@ -85,15 +90,17 @@ def fail(message: str) -> SystemExit:
     return SystemExit(f"cuda_ops_check: {message}")
 
 
-def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool) -> bytes:
+def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool, with_c: bool = False) -> bytes:
     """A graph of one cips.fast::MatMulLeakyRelu node (alpha 0.2): inputs x [x_shape], w [K, N] and, with
-    a bias, b [N], all float16; output y."""
+    a bias, b [N], all float16; output y. with_c: MatMulAddLeakyRelu, its third input c shaped as y."""
     from onnx import TensorProto, helper
 
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT16, list(x_shape)),
               helper.make_tensor_value_info("w", TensorProto.FLOAT16, [x_shape[-1], n])]
     inputs += [helper.make_tensor_value_info("b", TensorProto.FLOAT16, [n])] if with_bias else []
-    node = helper.make_node(fuse_ops.OP, [i.name for i in inputs], ["y"], domain=fuse_ops.DOMAIN, alpha=0.2)
+    inputs += [helper.make_tensor_value_info("c", TensorProto.FLOAT16, [*x_shape[:-1], n])] if with_c else []
+    node = helper.make_node(fuse_ops.ADD_OP if with_c else fuse_ops.OP, [i.name for i in inputs], ["y"],
+                            domain=fuse_ops.DOMAIN, alpha=0.2)
     graph = helper.make_graph([node], "op", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(fuse_ops.DOMAIN, 1)]
     model = helper.make_model(graph, opset_imports=opsets)
@@ -192,17 +199,21 @@ class Check:
     def op(self) -> list[dict]:
         results = []
         rng = np.random.default_rng(0)
-        for x_shape, n, with_bias in OP_CASES:
+        for x_shape, n, extra in OP_CASES:
             k = x_shape[-1]
             feeds = {"x": rng.standard_normal(x_shape).astype(np.float16),
                      "w": (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float16)}
             want = feeds["x"].astype(np.float32) @ feeds["w"].astype(np.float32)
-            if with_bias:
+            if extra == "bias":
                 feeds["b"] = rng.standard_normal(n).astype(np.float16)
                 want += feeds["b"].astype(np.float32)
+            if extra == "c":
+                feeds["c"] = rng.standard_normal(want.shape).astype(np.float16)
+                want += feeds["c"].astype(np.float32)
             want = np.where(want > 0, want, np.float32(0.2) * want)
-            session = self.session(op_model(x_shape, n, with_bias), f"op {x_shape}x{n}", fused=True)
-            row = {"x": list(x_shape), "n": n, "bias": with_bias}
+            session = self.session(op_model(x_shape, n, extra == "bias", extra == "c"), f"op {x_shape}x{n} {extra}",
+                                   fused=True)
+            row = {"x": list(x_shape), "n": n, "bias": extra == "bias", "c": extra == "c"}
             try:
                 got = session.run(None, feeds)[0].astype(np.float32)
             except Exception as e:  # noqa: BLE001 (the kernel's own one-line reason is the result)

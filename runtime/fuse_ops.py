@@ -2,6 +2,7 @@
 
 - MatMulLeakyRelu: each GEMM whose only reader is a LeakyRelu becomes one node, which adds the bias and
   applies the activation inside the GEMM instead of in separate passes over the activations;
+  MatMulAddLeakyRelu: the same where the GEMM adds a full matrix (the grid graph's input layer);
 - GridSin: the grid graph's Fourier block, Add(Unsqueeze(A, 0), Unsqueeze(B, 1)) -> Sin -> Cast(float16),
   becomes one node that writes only the float16 result;
 - NarrowMatMul: the colour head, Cast(X float16 -> float32) -> Gemm with a float32 W of at most 8 columns,
@@ -20,10 +21,10 @@ import numpy as np
 from . import onnxproto
 from .onnxproto import FLOAT16, to_array
 
-DOMAIN, OP, GRID_SIN, NARROW = "cips.fast", "MatMulLeakyRelu", "GridSin", "NarrowMatMul"
-OPS = (OP, GRID_SIN, NARROW)  # every op the library has
-# what for_cuda rewrites: GridSin and NarrowMatMul have not yet run on a GPU (benchmarks/cuda_ops_check.py
-# checks them there)
+DOMAIN, OP, ADD_OP, GRID_SIN, NARROW = "cips.fast", "MatMulLeakyRelu", "MatMulAddLeakyRelu", "GridSin", "NarrowMatMul"
+OPS = (OP, ADD_OP, GRID_SIN, NARROW)  # every op the library has
+# what for_cuda rewrites: the other ops have not yet run on a GPU (benchmarks/cuda_ops_check.py checks
+# them there)
 RENDER_OPS = (OP,)
 NARROW_COLUMNS, NARROW_WEIGHTS = 8, 12_288  # NarrowMatMul's W: at most 8 columns, in 48 KB of shared memory
 LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_cuda_ops.so"  # runtime/cuda_ops/build.sh
@@ -50,7 +51,9 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     MatMul(X, W) [+ Add(bias)] or Gemm(X, W[, bias]) (transA 0), optionally times a constant scalar,
     with W a float16 [K, N] matrix (K, N multiples of 8: the kernel's alignment) and bias [N]. Gemm's
     transB, alpha, beta and the scalar are folded into W and the bias only where they are constants and
-    the folded float16 values are exact; anything else stays as it is. GridSin fuses a Cast to float16
+    the folded float16 values are exact; anything else stays as it is. MatMulAddLeakyRelu fuses a
+    LeakyRelu of Gemm(X, W, C) (alpha and beta 1, transA 0) whose C is a Reshape to [-1, N]: a full
+    matrix. GridSin fuses a Cast to float16
     of a Sin of an Add of two Unsqueezes, one along axis 0 (A [W, F] -> [1, W, F]) and one along axis 1
     (B [H, F] -> [H, 1, F]), each read by nothing but the next. NarrowMatMul fuses a Gemm (no C, alpha 1,
     neither input transposed) of a Cast to float32 of a float16 value, read by nothing else, and a float32
@@ -86,17 +89,21 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
                 fused[id(gemm)], cast = found
                 dropped.add(id(cast))
     for act in graph.node:
-        if OP not in ops or act.op_type != "LeakyRelu" or act.domain not in ("", "ai.onnx"):
+        if act.op_type != "LeakyRelu" or act.domain not in ("", "ai.onnx"):
             continue
         chain = _chain(act.input[0], producer, readers, inits)
         if chain is None:
             continue
         new_inits: list = []
-        operands = _operands(chain, inits, declared, new_inits)
+        matrix = _full_matrix(chain, producer, inits)
+        op_type = OP if matrix is None else ADD_OP
+        if op_type not in ops:
+            continue
+        operands = _operands(chain, inits, declared, new_inits, matrix)
         if operands is None:
             continue
         alpha = next((a.f for a in act.attribute if a.name == "alpha"), 0.01)
-        node = onnxproto.messages().NodeProto(op_type=OP, domain=DOMAIN, input=operands, output=[act.output[0]],
+        node = onnxproto.messages().NodeProto(op_type=op_type, domain=DOMAIN, input=operands, output=[act.output[0]],
                                               name=f"{act.name or act.output[0]}_fused")
         attribute = node.attribute.add(name="alpha", f=alpha)
         attribute.type = attribute.FLOAT
@@ -230,13 +237,34 @@ def _sole_producer(name: str, producer: dict, readers: dict):
     return node if node is not None and node.domain in ("", "ai.onnx") and readers.get(name, 0) == 1 else None
 
 
-def _operands(chain: dict, inits: dict, declared: dict, new_inits: list) -> list[str] | None:
-    """[X, W, bias] names for the fused node (new, folded initializers appended to new_inits); None when
-    the chain cannot be fused exactly."""
+def _full_matrix(chain: dict, producer: dict, inits: dict) -> str | None:
+    """The C of a chain's Gemm(X, W, C) where C is a Reshape to [-1, N]: a full [M, N] matrix; else None
+    (no C, or a bias that broadcasts)."""
+    gemm = chain["gemm"]
+    if gemm.op_type != "Gemm" or len(gemm.input) < 3 or not gemm.input[2]:
+        return None
+    reshape = producer.get(gemm.input[2])
+    if reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx"):
+        return None
+    shape = inits.get(reshape.input[1])
+    if shape is None or shape.data_type != INT64 or list(shape.dims) != [2]:
+        return None
+    dims = np.frombuffer(shape.raw_data, "<i8") if shape.raw_data else np.asarray(shape.int64_data, np.int64)
+    return gemm.input[2] if dims[0] == -1 and dims[1] > 0 else None
+
+
+def _operands(chain: dict, inits: dict, declared: dict, new_inits: list, matrix: str | None = None) -> list[str] | None:
+    """[X, W, bias] names for the fused node, or [X, W, C] with a full matrix C (alpha and beta 1, no
+    scalar); new, folded initializers appended to new_inits. None when the chain cannot be fused exactly."""
     gemm, add, mul = chain["gemm"], chain["add"], chain["mul"]
     attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in gemm.attribute}
     if attrs.get("transA", 0):
         return None
+    if matrix is not None:
+        if mul is not None or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            return None
+        w = _matrix(gemm.input[1], inits, declared, bool(attrs.get("transB", 0)), 1.0, new_inits)
+        return None if w is None else [gemm.input[0], w[0], matrix]
     x, w = gemm.input[0], gemm.input[1]
     bias = add[1] if add is not None else (gemm.input[2] if len(gemm.input) > 2 and gemm.input[2] else None)
     scale = 1.0

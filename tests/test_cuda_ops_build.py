@@ -1,6 +1,6 @@
 """runtime/cuda_ops/build.sh builds the cips.fast library where nvcc is (no GPU needed), and ONNX Runtime
-takes it: registering it declares cips.fast::MatMulLeakyRelu, GridSin and NarrowMatMul, so a graph using
-any of them fails on the CPU only for want of a CPU kernel (the ops are CUDA-only), not as an unknown op. CUTLASS's host-side checks
+takes it: registering it declares cips.fast::MatMulLeakyRelu, MatMulAddLeakyRelu, GridSin and NarrowMatMul,
+so a graph using any of them fails on the CPU only for want of a CPU kernel (the ops are CUDA-only), not as an unknown op. CUTLASS's host-side checks
 accept every layer of the packaged model's fused graphs, without a workspace the op would have to
 allocate. Its results on a GPU are benchmarks/cuda_ops_check.py's to check."""
 from __future__ import annotations
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("cuda_ops_check", REPO / "benchmarks" / "cuda_ops_check.py")
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
-pytestmark = [pytest.mark.slow,  # about 115 s of nvcc on 2 cores
+pytestmark = [pytest.mark.slow,  # about 110 s of nvcc on 2 cores
               pytest.mark.skipif(shutil.which("nvcc") is None,
                                  reason="no nvcc on this machine (the CUDA toolkit builds the op)")]
 H200_SMS = 132
@@ -42,9 +42,10 @@ def library(tmp_path_factory) -> Path:
     return built
 
 
-@pytest.mark.parametrize("op", ["MatMulLeakyRelu", "GridSin", "NarrowMatMul"])
+@pytest.mark.parametrize("op", ["MatMulLeakyRelu", "MatMulAddLeakyRelu", "GridSin", "NarrowMatMul"])
 def test_the_library_builds_and_onnxruntime_registers_its_ops(library, op):
     model = {"MatMulLeakyRelu": lambda: check.op_model((4, 8), 8, with_bias=False),
+             "MatMulAddLeakyRelu": lambda: check.op_model((4, 8), 8, with_bias=False, with_c=True),
              "GridSin": lambda: check.grid_sin_model(4, 3, 8, fused=True),
              "NarrowMatMul": lambda: check.narrow_model(4, 8, 3, fused=True)}[op]()
 
@@ -60,11 +61,15 @@ def test_the_library_builds_and_onnxruntime_registers_its_ops(library, op):
     assert "is not a registered function/op" in cpu_session(register=False)
 
 
+def _packaged_fast() -> graphcut.FastPaths:
+    path = packaged_model()
+    return graphcut.FastPaths(onnxproto.load(str(path), str(path)), CIPSModel(path, device="cpu").info, "fp16",
+                              str(path))
+
+
 def fused_layer_shapes() -> set[tuple[int, int]]:
     """(K, N) of every MatMulLeakyRelu in the packaged model's fused fp16 pixel and grid graphs."""
-    path = packaged_model()
-    fast = graphcut.FastPaths(onnxproto.load(str(path), str(path)), CIPSModel(path, device="cpu").info, "fp16",
-                              str(path))
+    fast = _packaged_fast()
     shapes = set()
     for graph in (fast.pixel, fast.grid):
         fused, count = fuse_ops.fuse(onnxproto.parse(graph))
@@ -91,7 +96,25 @@ def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspa
     # and it does refuse: rows of 12 halves are not 16-byte aligned for TMA
     assert plan(1000, 12, 136, tile, H200_SMS, ctypes.byref(workspace)) == 1
     assert plan(1000, 136, 12, tile, H200_SMS, ctypes.byref(workspace)) == 1
-    assert plan(1000, 136, 136, 4, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
+    assert plan(1000, 136, 136, 5, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
+
+
+def test_cutlass_takes_the_grid_graphs_input_layer_with_its_full_matrix_c(library):
+    """MatMulAddLeakyRelu's one configuration (CipsFastPlan's tile 4): the packaged model's input layer
+    (K 136, N 264) and paper-256's (K 520, N 520)."""
+    plan = ctypes.CDLL(str(library)).CipsFastPlan
+    plan.argtypes = [ctypes.c_int] * 5 + [ctypes.POINTER(ctypes.c_int64)]
+    plan.restype = ctypes.c_int
+    workspace = ctypes.c_int64(-1)
+    fused, _ = fuse_ops.fuse(onnxproto.parse(_packaged_fast().grid), ops=(fuse_ops.ADD_OP,))
+    declared = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in fused.graph.input}
+    layer = next(n for n in fused.graph.node if n.op_type == fuse_ops.ADD_OP)
+    assert declared[layer.input[1]] == [136, 264]
+    for k, n in ((136, 264), (520, 520)):
+        for m in (1024 * 1024, 65536, 1000, 7):
+            assert plan(m, n, k, 4, H200_SMS, ctypes.byref(workspace)) == 0, (m, n, k)
+            assert workspace.value == 0, (m, n, k)
+    assert plan(1000, 12, 136, 4, H200_SMS, ctypes.byref(workspace)) == 1
 
 
 def test_a_cuda_session_named_to_the_built_library_registers_it_and_gets_the_fused_graph(library, monkeypatch):
@@ -99,9 +122,7 @@ def test_a_cuda_session_named_to_the_built_library_registers_it_and_gets_the_fus
     and hands over the fused graph (here only the rewrite and the registration run: no GPU)."""
     from cips_edge.runtime.model import _with_cuda_ops
 
-    path = packaged_model()
-    fast = graphcut.FastPaths(onnxproto.load(str(path), str(path)), CIPSModel(path, device="cpu").info, "fp16",
-                              str(path))
+    fast = _packaged_fast()
     monkeypatch.setenv("CIPS_CUDA_OPS", str(library))
     options = ort.SessionOptions()
     fused = _with_cuda_ops(fast.pixel, options)

@@ -1,8 +1,11 @@
 // cips.fast::MatMulLeakyRelu for ONNX Runtime's CUDA execution provider:
 // Y = LeakyRelu(X @ W + b, alpha) in one kernel, so the activation is written once instead of being
 // read and written again by separate bias and LeakyRelu passes (docs: runtime/cuda_ops/README.md).
+// cips.fast::MatMulAddLeakyRelu: Y = LeakyRelu(X @ W + C, alpha) with a full matrix C, as the grid
+// graph's input layer adds its table half.
 //
-// X [M, K] or [B, M, K] fp16 row-major, W [K, N] fp16 row-major, b [N] fp16 (optional), Y fp16 [.., N].
+// X [M, K] or [B, M, K] fp16 row-major, W [K, N] fp16 row-major, b [N] fp16 (optional), C fp16 shaped as
+// Y, Y fp16 [.., N].
 // The GEMM is a CUTLASS 3 kernel for SM90 (TMA loads, warp-specialized WGMMA, fp32 accumulation); the
 // epilogue adds the per-column bias and applies LeakyReLU before the fp16 store. TMA needs 16-byte
 // aligned rows, hence K and N multiples of 8; M is free (TMA clips the last tile's rows).
@@ -43,16 +46,17 @@ constexpr int kAlign = 8;  // elements per 16 bytes: TMA's alignment for every o
 // faster than the unfused graph on an H200), so they can be compared on one machine
 // (benchmarks/cuda_ops_check.py --tile).
 
-// D = LeakyReLU(1 * acc + 0 * C + bias[col]); C is void, so no source operand is read at all.
+// D = LeakyReLU(1 * acc + beta * C + bias[col]). ElementC void: no source operand is read at all
+// (MatMulLeakyRelu); Half: C is loaded by TMA and beta is 1 (MatMulAddLeakyRelu).
 using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<
     cutlass::epilogue::thread::LeakyReLU, Half, float, Half>;
 
-template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule>
+template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, class ElementC = void>
 struct FusedGemm {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float,
-      void, RowMajor, kAlign,  // C
+      ElementC, RowMajor, kAlign,  // C
       Half, RowMajor, kAlign,  // D = Y
       EpilogueSchedule, Fusion>::CollectiveOp;
 
@@ -79,14 +83,19 @@ using Tile128x128Pingpong = FusedGemm<Shape<_128, _128, _64>, NoCluster,
                                       cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                       cutlass::epilogue::TmaWarpSpecialized>;
 using Tile256x128Cluster1x2 = FusedGemm<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Cooperative, CooperativeEpilogue>;
+// MatMulAddLeakyRelu's one configuration: the default's, reading C
+using Tile256x128Cluster1x2WithC =
+    FusedGemm<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Cooperative, CooperativeEpilogue, Half>;
 
-// The configurations by number: $CIPS_CUDA_OPS_TILE's values in this order, and CipsFastPlan's `tile`.
+// The configurations by number: $CIPS_CUDA_OPS_TILE's values in this order, and CipsFastPlan's `tile`
+// (which also takes kTileWithC, MatMulAddLeakyRelu's).
 enum TileConfig {
   kTile128x128 = 0,
   kTile128x256 = 1,
   kTile128x128Pingpong = 2,
   kTile256x128Cluster1x2 = 3,
-  kTiles = 4
+  kTiles = 4,
+  kTileWithC = 4
 };
 const char* const kTileNames[kTiles] = {"128x128", "128x256", "128x128-pingpong", "256x128-1x2"};
 
@@ -97,6 +106,7 @@ auto with_tile(TileConfig tile, F&& f) {
     case kTile128x256: return f(Tile128x256{});
     case kTile128x128Pingpong: return f(Tile128x128Pingpong{});
     case kTile256x128Cluster1x2: return f(Tile256x128Cluster1x2{});
+    case kTileWithC: return f(Tile256x128Cluster1x2WithC{});
     default: return f(Tile128x128{});
   }
 }
@@ -116,11 +126,12 @@ void fail(const std::string& message) { ORT_CXX_API_THROW("MatMulLeakyRelu: " + 
 
 bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
-// CUTLASS's arguments for Y = LeakyRelu(X @ W + b) with the tile configuration Config: x [m, k], w [k, n],
-// bias [n] or null, y [m, n], on `sms` multiprocessors of `device`.
+// CUTLASS's arguments for Y = LeakyRelu(X @ W + b + C) with the tile configuration Config: x [m, k],
+// w [k, n], bias [n] or null, c [m, n] (configurations that read C) or null, y [m, n], on `sms`
+// multiprocessors of `device`.
 template <class Config>
-typename Config::Gemm::Arguments gemm_arguments(const Half* x, const Half* w, const Half* bias, Half* y, int m,
-                                                int n, int k, float alpha, int device, int sms) {
+typename Config::Gemm::Arguments gemm_arguments(const Half* x, const Half* w, const Half* bias, const Half* c,
+                                                Half* y, int m, int n, int k, float alpha, int device, int sms) {
   using Kernel = typename Config::Kernel;
   using Gemm = typename Config::Gemm;
   // Strides in (rows, columns, batch) order of each operand as CUTLASS sees it: A (M, K), B (N, K), D (M, N).
@@ -132,9 +143,9 @@ typename Config::Gemm::Arguments gemm_arguments(const Half* x, const Half* w, co
   typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
                                 {m, n, k, 1},
                                 {x, stride_x, w, stride_w},
-                                {{}, nullptr, stride_c, y, stride_y}};
+                                {{}, c, stride_c, y, stride_y}};
   args.epilogue.thread.alpha = 1.0f;
-  args.epilogue.thread.beta = 0.0f;
+  args.epilogue.thread.beta = c == nullptr ? 0.0f : 1.0f;
   args.epilogue.thread.bias_ptr = bias;  // null: CUTLASS broadcasts 0 instead
   args.epilogue.thread.activation.leaky_alpha = alpha;
   args.hw_info.device_id = device;
@@ -142,15 +153,15 @@ typename Config::Gemm::Arguments gemm_arguments(const Half* x, const Half* w, co
   return args;
 }
 
-// Y = LeakyRelu(X @ W + b) on `stream` with the tile configuration Config.
+// Y = LeakyRelu(X @ W + b + C) on `stream` with the tile configuration Config.
 template <class Config>
-void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, Half* y, int m, int n, int k,
-                       float alpha, cudaStream_t stream) {
+void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, const Half* c, Half* y, int m, int n,
+                       int k, float alpha, cudaStream_t stream) {
   using Gemm = typename Config::Gemm;
   int device = 0, sms = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-  typename Gemm::Arguments args = gemm_arguments<Config>(x, w, bias, y, m, n, k, alpha, device, sms);
+  typename Gemm::Arguments args = gemm_arguments<Config>(x, w, bias, c, y, m, n, k, alpha, device, sms);
   Gemm gemm;
   check(gemm.can_implement(args), "cannot run this problem");
   if (Gemm::get_workspace_size(args) != 0) fail("this kernel configuration wants a workspace; none is allocated");
@@ -169,12 +180,16 @@ TileConfig chosen_tile() {
   return kTile128x128;
 }
 
+// with_c: MatMulAddLeakyRelu (inputs X, W, C); else MatMulLeakyRelu (X, W, optional b).
 struct MatMulLeakyReluKernel {
   float alpha;
   TileConfig tile;
+  bool with_c;
 
-  explicit MatMulLeakyReluKernel(const OrtKernelInfo* info)
-      : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")), tile(chosen_tile()) {}
+  MatMulLeakyReluKernel(const OrtKernelInfo* info, bool with_c)
+      : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")),
+        tile(with_c ? kTileWithC : chosen_tile()),
+        with_c(with_c) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     try {
@@ -198,8 +213,15 @@ struct MatMulLeakyReluKernel {
     for (size_t i = 0; i + 1 < x_shape.size(); ++i) m *= x_shape[i];
     if (k % kAlign || n % kAlign) fail("K and N must be multiples of 8 (16-byte rows for TMA)");
     if (m > INT32_MAX || k > INT32_MAX || n > INT32_MAX) fail("a dimension exceeds 2^31 - 1");
+    std::vector<int64_t> y_shape(x_shape.begin(), x_shape.end() - 1);
+    y_shape.push_back(n);
     const Half* bias = nullptr;
-    if (ctx.GetInputCount() > 2) {
+    const Half* c = nullptr;
+    if (with_c) {
+      Ort::ConstValue c_value = ctx.GetInput(2);
+      if (c_value.GetTensorTypeAndShapeInfo().GetShape() != y_shape) fail("C must have Y's shape, [..., M, N]");
+      c = reinterpret_cast<const Half*>(c_value.GetTensorRawData());
+    } else if (ctx.GetInputCount() > 2) {
       Ort::ConstValue b = ctx.GetInput(2);  // empty where the node leaves the optional input out
       if (b != nullptr) {
         std::vector<int64_t> b_shape = b.GetTensorTypeAndShapeInfo().GetShape();
@@ -207,52 +229,54 @@ struct MatMulLeakyReluKernel {
         bias = reinterpret_cast<const Half*>(b.GetTensorRawData());
       }
     }
-    std::vector<int64_t> y_shape(x_shape.begin(), x_shape.end() - 1);
-    y_shape.push_back(n);
     Ort::UnownedValue y = ctx.GetOutput(0, y_shape);
     if (m == 0) return;
     auto* x_data = reinterpret_cast<const Half*>(x.GetTensorRawData());
     auto* w_data = reinterpret_cast<const Half*>(w.GetTensorRawData());
     auto* y_data = reinterpret_cast<Half*>(y.GetTensorMutableRawData());
-    if (!aligned(x_data) || !aligned(w_data) || !aligned(y_data) || (bias && !aligned(bias)))
-      fail("X, W, b and Y must start on 16-byte boundaries (TMA)");
+    if (!aligned(x_data) || !aligned(w_data) || !aligned(y_data) || (bias && !aligned(bias)) || (c && !aligned(c)))
+      fail("X, W, b, C and Y must start on 16-byte boundaries (TMA)");
     auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
     with_tile(tile, [&](auto config) {
-      matmul_leaky_relu<decltype(config)>(x_data, w_data, bias, y_data, int(m), int(n), int(k), alpha, stream);
+      matmul_leaky_relu<decltype(config)>(x_data, w_data, bias, c, y_data, int(m), int(n), int(k), alpha, stream);
     });
   }
 };
 
-struct MatMulLeakyReluOp : Ort::CustomOpBase<MatMulLeakyReluOp, MatMulLeakyReluKernel, /*WithStatus=*/true> {
+// MatMulLeakyRelu (X, W, optional b) or, with kWithC, MatMulAddLeakyRelu (X, W, C).
+template <bool kWithC>
+struct MatMulLeakyReluOp
+    : Ort::CustomOpBase<MatMulLeakyReluOp<kWithC>, MatMulLeakyReluKernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
     try {
-      *kernel = new MatMulLeakyReluKernel(info);
+      *kernel = new MatMulLeakyReluKernel(info, kWithC);
     } catch (const Ort::Exception& e) {
       return Ort::Status(e).release();
     }
     return nullptr;
   }
-  const char* GetName() const { return "MatMulLeakyRelu"; }
+  const char* GetName() const { return kWithC ? "MatMulAddLeakyRelu" : "MatMulLeakyRelu"; }
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
   size_t GetInputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == 2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // b: the graph may fold it into W
+    // b: the graph may fold it into W; C is always given
+    return index == 2 && !kWithC ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16; }
 };
 
 // Host-side only, no GPU needed: whether CUTLASS accepts an m x n x k problem with configuration `tile`
-// (enum TileConfig) on `sms` multiprocessors (0 = yes, 1 = no, 2 = no such configuration), and the
-// workspace it would want, which the op does not allocate (it must be 0). The tests check every layer
-// shape of the packaged model's fused graphs with it.
+// (enum TileConfig; kTileWithC: MatMulAddLeakyRelu's) on `sms` multiprocessors (0 = yes, 1 = no, 2 = no
+// such configuration), and the workspace it would want, which the op does not allocate (it must be 0).
+// The tests check every layer shape of the packaged model's fused graphs with it.
 template <class Config>
-int plan(int m, int n, int k, int sms, int64_t* workspace) {
+int plan(int m, int n, int k, bool with_c, int sms, int64_t* workspace) {
   using Gemm = typename Config::Gemm;
   const auto* at = reinterpret_cast<Half*>(std::uintptr_t(256));  // never read: 16-byte aligned stand-ins
   typename Gemm::Arguments args =
-      gemm_arguments<Config>(at, at, at, const_cast<Half*>(at), m, n, k, 0.2f, 0, sms);
+      gemm_arguments<Config>(at, at, at, with_c ? at : nullptr, const_cast<Half*>(at), m, n, k, 0.2f, 0, sms);
   *workspace = int64_t(Gemm::get_workspace_size(args));
   return Gemm::can_implement(args) == cutlass::Status::kSuccess ? 0 : 1;
 }
@@ -261,8 +285,10 @@ int plan(int m, int n, int k, int sms, int64_t* workspace) {
 
 extern "C" __attribute__((visibility("default"))) int CipsFastPlan(int m, int n, int k, int tile, int sms,
                                                                    int64_t* workspace) {
-  if (tile < 0 || tile >= kTiles) return 2;  // no such configuration
-  return with_tile(TileConfig(tile), [&](auto config) { return plan<decltype(config)>(m, n, k, sms, workspace); });
+  if (tile < 0 || tile > kTileWithC) return 2;  // no such configuration
+  return with_tile(TileConfig(tile), [&](auto config) {
+    return plan<decltype(config)>(m, n, k, tile == kTileWithC, sms, workspace);
+  });
 }
 
 // Called by SessionOptions.register_custom_ops_library (ONNX Runtime looks this name up).
@@ -275,11 +301,13 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   }
   Ort::InitApi(api);
   try {
-    static const MatMulLeakyReluOp op;
+    static const MatMulLeakyReluOp<false> op;
+    static const MatMulLeakyReluOp<true> op_with_c;
     // every session registered here reads the same domain, which must outlive them: never freed
     static Ort::CustomOpDomain* domain = [] {
       auto* d = new Ort::CustomOpDomain("cips.fast");
       d->Add(&op);
+      d->Add(&op_with_c);
       add_grid_sin(*d);
       add_narrow_matmul(*d);
       return d;
