@@ -38,6 +38,7 @@ class LoadedGenerator:
     images_seen: int | None
     notice: str | None = None  # one line to show the user (e.g. dropped noise weights)
     init_from: dict | None = None  # the run it started from (cips train --init-from): path, images_seen, options
+    elapsed_s: float | None = None  # the run's training time
 
 
 def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
@@ -128,13 +129,14 @@ def load_generator(path: str | os.PathLike, n_mlp: int | None = None, lr_mlp: fl
                                   "is stored in the file: leave --lr-mlp out)")
         state, kind, notice = ckpt["g_ema"], FORMAT, None
         step, seen, origin = ckpt.get("step"), ckpt.get("images_seen"), ckpt.get("init_from")
+        elapsed = ckpt.get("elapsed_s")
     elif legacy.is_original_checkpoint(ckpt):
         try:
             config = legacy.infer_config(ckpt["g_ema"], n_mlp=n_mlp, lr_mlp=0.01 if lr_mlp is None else lr_mlp)
             state, dropped = legacy.convert_state(ckpt["g_ema"], config)
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{file}: cannot read this original-format checkpoint: {e}") from None
-        kind, step, seen, origin = "original", None, None, None
+        kind, step, seen, origin, elapsed = "original", None, None, None, None
         notice = (f"original-format checkpoint: dropped {len(dropped)} per-pixel noise weights "
                   "(deterministic rendering has no noise)") if dropped else None
     else:
@@ -145,4 +147,37 @@ def load_generator(path: str | os.PathLike, n_mlp: int | None = None, lr_mlp: fl
     except RuntimeError as e:
         raise CheckpointError(f"{file}: weights do not fit the stored config ({str(e).splitlines()[0]})") from None
     generator.eval().requires_grad_(False).to(device)
-    return LoadedGenerator(generator, str(file), kind, step, seen, notice, origin)
+    return LoadedGenerator(generator, str(file), kind, step, seen, notice, origin, elapsed)
+
+
+def _plus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def training_total(loaded: LoadedGenerator) -> dict | None:
+    """All the training behind a run that started from another's weights (cips train --init-from), through
+    every run before it: {"runs": n, "images_seen": sum, "wall_s": sum}, a sum None where some run's
+    figure is not recorded; None for a run that started from scratch."""
+    origin = loaded.init_from
+    if not origin:
+        return None
+    runs, images, wall = 1, loaded.images_seen, loaded.elapsed_s
+    while origin:
+        if origin.get("model_file"):  # a model file ends the chain with what its provenance records
+            earlier = _file_total(origin.get("provenance") or {})
+            return {"runs": runs + earlier["runs"], "images_seen": _plus(images, earlier["images_seen"]),
+                    "wall_s": _plus(wall, earlier["wall_s"])}
+        runs, images, wall = runs + 1, _plus(images, origin.get("images_seen")), _plus(wall, origin.get("elapsed_s"))
+        origin = origin.get("init_from")
+    return {"runs": runs, "images_seen": images, "wall_s": wall}
+
+
+def _file_total(made: dict) -> dict:
+    """The training a model file's provenance records: its own total, or one run (its images and time), or
+    two where it started from another run (whose time it does not record)."""
+    if made.get("total"):
+        return made["total"]
+    before = made.get("init_from")
+    if not before:
+        return {"runs": 1, "images_seen": made.get("images_seen"), "wall_s": (made.get("training") or {}).get("wall_s")}
+    return {"runs": 2, "images_seen": _plus(made.get("images_seen"), before.get("images_seen")), "wall_s": None}

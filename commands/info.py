@@ -69,5 +69,12 @@ def _provenance_lines(p: dict, style_dim: int) -> list[tuple[str, str]]:
         before = ", ".join(f"{k}={v}" for k, v in (origin.get("training") or {}).items())
         lines.append(("init from", f"{origin.get('source')} (images seen {origin.get('images_seen')})"
                                    + (f"; {before}" if before else "")))
+    total = p.get("total")  # every run of an --init-from chain
+    if isinstance(total, dict) and total.get("runs"):
+        seen = total.get("images_seen")
+        parts = [f"{total['runs']} runs", f"{seen:,} images" if isinstance(seen, int) else "images not all recorded"]
+        wall = total.get("wall_s")
+        parts.append(f"{wall / 60:.1f} min of training" if isinstance(wall, (int, float)) else "time not all recorded")
+        lines.append(("in all", ", ".join(parts)))
     exported = f"{p.get('exported_at', '?')} with cips-edge {p.get('cips_edge', '?')}, torch {p.get('torch', '?')}"
     return [*lines, ("exported", exported)]

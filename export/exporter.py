@@ -16,7 +16,7 @@ import onnx
 import torch
 
 import cips_edge
-from cips_edge.checkpoint import DEFAULT_RUNS_DIR, CheckpointError, load_generator, newest_checkpoint
+from cips_edge.checkpoint import DEFAULT_RUNS_DIR, CheckpointError, load_generator, newest_checkpoint, training_total
 from cips_edge.model import CIPSGenerator
 from cips_edge.core.errors import UserError
 from cips_edge.core.format import PRECISIONS, int8_summary, metadata_props
@@ -161,4 +161,5 @@ def export_checkpoint(out: str | os.PathLike, checkpoint: str | os.PathLike | No
     if loaded.init_from:  # trained on from another run's weights: cips info names that run too
         provenance["init_from"] = {"source": loaded.init_from.get("path"),
                                    "images_seen": loaded.init_from.get("images_seen")}
+        provenance["total"] = training_total(loaded)
     return export_generator(loaded.generator, out, provenance=provenance, precision=precision, say=say)

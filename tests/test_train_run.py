@@ -563,6 +563,8 @@ def test_init_from_starts_a_new_recipe_from_another_runs_weights(straight, train
     origin = json.loads((out / "options.json").read_text())["init_from"]
     assert origin["images_seen"] == BATCH * STEPS and origin["path"].endswith(run_checkpoints(straight[0])[-1].name)
     assert tuned["init_from"] == origin and tuned["options"]["r1_gamma"] == 1.0
+    # the source's own time and origin (a run from scratch: none), so that a chain of runs adds up
+    assert origin["elapsed_s"] == source["elapsed_s"] > 0 and origin["init_from"] is None
 
     # The emoji recipe's export names both stages, and `cips info` shows them.
     onnx_file = tmp_path / "tuned.onnx"
@@ -576,6 +578,9 @@ def test_init_from_starts_a_new_recipe_from_another_runs_weights(straight, train
     assert "r1_gamma=1.0" in training and "lr=0.001" in training
     assert f"{run_checkpoints(straight[0])[-1].name} (images seen {BATCH * STEPS})" in started
     assert "r1_gamma=10.0" in started and "lr=0.002" in started
+    in_all = next(line for line in info.splitlines() if line.startswith("in all"))
+    minutes = (source["elapsed_s"] + tuned["elapsed_s"]) / 60
+    assert in_all.endswith(f"2 runs, {BATCH * STEPS + BATCH * STEPS // 2:,} images, {minutes:.1f} min of training")
     plain = tmp_path / "plain.onnx"  # `cips export` names the first stage too, without the recipe's options
     subprocess.run([sys.executable, "-m", "cips_edge.cli", "export", str(plain), "--checkpoint", str(out)],
                    check=True, capture_output=True, cwd=tmp_path)

@@ -279,8 +279,10 @@ class Run:
         check_init_shape(path, "generator", generator_fields(g_config.to_dict()), generator_fields(ckpt["config"]), same)
         check_init_shape(path, "discriminator", d_config.to_dict(), ckpt["d_config"], same)
         self.init = {key: ckpt[key] for key in ("g", "d", "g_ema")}
+        # with the source's own time and origin: the whole chain of runs stays traceable (training_total)
         self.init_info = {"path": str(path.absolute()), "images_seen": ckpt.get("images_seen"),
-                          "options": ckpt.get("options")}
+                          "options": ckpt.get("options"), "elapsed_s": ckpt.get("elapsed_s"),
+                          "init_from": ckpt.get("init_from")}
         self.notes.append(f"starting from the weights of {path} ({ckpt.get('images_seen', 0) / 1000:g} kimg); "
                           "Adam starts afresh")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cips_edge.checkpoint import load_generator, read_checkpoint, resolve_checkpoint_path
+from cips_edge.checkpoint import load_generator, read_checkpoint, resolve_checkpoint_path, training_total
 from cips_edge.export import export_generator
 
 RECIPE_KEYS = ("preset", "batch", "lr", "r1_gamma", "ema_kimg", "augment", "xflip", "d_channel_max", "seed")
@@ -43,6 +43,7 @@ def main() -> None:
         before = {k: earlier[k] for k in RECIPE_KEYS if k in earlier}
         provenance["init_from"] = {"source": Path(origin["path"]).name, "images_seen": origin.get("images_seen"),
                                    "training": before}
+        provenance["total"] = training_total(loaded)  # every run of the chain
     # fp32 everywhere by default, int8 on request (--precision int8). The fp16 graph is left out: its
     # folded, padded weight copies would take the file from 7.4 MB to 8.8 MB, over the 8 MB budget.
     report = export_generator(loaded.generator, args.out, provenance=provenance, include=("int8",))
