@@ -51,13 +51,14 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     MatMul(X, W) [+ Add(bias)] or Gemm(X, W[, bias]) (transA 0), optionally times a constant scalar,
     with W a float16 [K, N] matrix (K, N multiples of 8: the kernel's alignment) and bias [N]. Gemm's
     transB, alpha, beta and the scalar are folded into W and the bias only where they are constants and
-    the folded float16 values are exact; anything else stays as it is. MatMulAddLeakyRelu fuses a
-    LeakyRelu of Gemm(X, W, C) (alpha and beta 1, transA 0) whose C is a Reshape to [-1, N]: a full
-    matrix. GridSin fuses a Cast to float16
-    of a Sin of an Add of two Unsqueezes, one along axis 0 (A [W, F] -> [1, W, F]) and one along axis 1
-    (B [H, F] -> [H, 1, F]), each read by nothing but the next. NarrowMatMul fuses a Gemm (no C, alpha 1,
-    neither input transposed) of a Cast to float32 of a float16 value, read by nothing else, and a float32
-    W [K, N] (N <= 8, K x N <= 12,288)."""
+    the folded float16 values are exact; anything else stays as it is.
+
+    MatMulAddLeakyRelu fuses a LeakyRelu of Gemm(X, W, C) (alpha and beta 1, transA 0) whose C is a
+    Reshape to [-1, N]: a full matrix. GridSin fuses a Cast to float16 of a Sin of an Add of two
+    Unsqueezes, one along axis 0 (A [W, F] -> [1, W, F]) and one along axis 1 (B [H, F] -> [H, 1, F]),
+    each read by nothing but the next. NarrowMatMul fuses a Gemm (no C, alpha 1, neither input
+    transposed) of a Cast to float32 of a float16 value, read by nothing else, and a float32 W [K, N]
+    (N <= 8, K x N <= 12,288)."""
     unknown = set(ops) - set(OPS)
     if unknown:
         raise ValueError(f"no such cips.fast op: {sorted(unknown)}; the library has {OPS}")
@@ -140,11 +141,10 @@ def _grid_sin(cast, producer: dict, readers: dict, inits: dict):
         node = _sole_producer(name, producer, readers)
         if node is None or node.op_type != "Unsqueeze" or len(node.input) != 2:  # opset 13+: axes an input
             return None
-        axes = inits.get(node.input[1])
-        if axes is None or axes.data_type != INT64 or list(axes.dims) not in ([1], []):
+        axes = _int64s(inits.get(node.input[1]))
+        if axes is None or axes.size != 1:
             return None
-        axis = int(np.frombuffer(axes.raw_data, "<i8")[0]) if axes.raw_data else int(axes.int64_data[0])
-        sides[axis] = node
+        sides[int(axes[0])] = node
     if sorted(sides) != [0, 1]:
         return None
     node = onnxproto.messages().NodeProto(op_type=GRID_SIN, domain=DOMAIN, output=[cast.output[0]],
@@ -231,6 +231,14 @@ def _chain(name: str, producer: dict, readers: dict, inits: dict) -> dict | None
     return found
 
 
+def _int64s(tensor) -> np.ndarray | None:
+    """An int64 constant's values (in its shape), or None for anything else."""
+    if tensor is None or tensor.data_type != INT64:
+        return None
+    values = np.frombuffer(tensor.raw_data, "<i8") if tensor.raw_data else np.asarray(tensor.int64_data, np.int64)
+    return values.reshape(tuple(tensor.dims))
+
+
 def _sole_producer(name: str, producer: dict, readers: dict):
     """The standard-domain node that computes name, where nothing else reads name; else None."""
     node = producer.get(name)
@@ -246,11 +254,8 @@ def _full_matrix(chain: dict, producer: dict, inits: dict) -> str | None:
     reshape = producer.get(gemm.input[2])
     if reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx"):
         return None
-    shape = inits.get(reshape.input[1])
-    if shape is None or shape.data_type != INT64 or list(shape.dims) != [2]:
-        return None
-    dims = np.frombuffer(shape.raw_data, "<i8") if shape.raw_data else np.asarray(shape.int64_data, np.int64)
-    return gemm.input[2] if dims[0] == -1 and dims[1] > 0 else None
+    dims = _int64s(inits.get(reshape.input[1]))
+    return gemm.input[2] if dims is not None and dims.shape == (2,) and dims[0] == -1 and dims[1] > 0 else None
 
 
 def _operands(chain: dict, inits: dict, declared: dict, new_inits: list, matrix: str | None = None) -> list[str] | None:
