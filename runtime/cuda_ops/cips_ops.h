@@ -1,10 +1,53 @@
-// The cips.fast ops defined outside matmul_leaky_relu.cu, which registers the domain (RegisterCustomOps).
+// What the cips.fast ops share, and the ops defined outside matmul_leaky_relu.cu, which registers the
+// domain (RegisterCustomOps).
 #pragma once
 
 #ifndef ORT_API_MANUAL_INIT
 #define ORT_API_MANUAL_INIT  // Ort::InitApi in RegisterCustomOps
 #endif
 #include <onnxruntime_cxx_api.h>
+
+#include <cuda_runtime.h>
+
+#include <exception>
+#include <string>
+
+namespace cips {
+
+// f() with ONNX Runtime's exceptions and any other std::exception returned as a status (null: success),
+// for the noexcept entry points ONNX Runtime calls (ComputeV2, CreateKernelV2).
+template <class F>
+OrtStatusPtr as_status(F&& f) noexcept {
+  try {
+    f();
+  } catch (const Ort::Exception& e) {
+    return Ort::Status(e).release();
+  } catch (const std::exception& e) {
+    return Ort::Status(e.what(), ORT_RUNTIME_EXCEPTION).release();
+  }
+  return nullptr;
+}
+
+// The entry point ONNX Runtime calls on a kernel: Derived::Compute(Ort::KernelContext), its exceptions
+// returned as a status.
+template <class Derived>
+struct Kernel {
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
+    return as_status([&] { static_cast<Derived*>(this)->Compute(Ort::KernelContext(raw)); });
+  }
+};
+
+// Input the op cannot take: one line naming the op.
+[[noreturn]] inline void fail(const char* op, const std::string& message) {
+  ORT_CXX_API_THROW(std::string(op) + ": " + message, ORT_INVALID_ARGUMENT);
+}
+
+inline void check(cudaError_t error, const char* op, const char* what) {
+  if (error != cudaSuccess)
+    ORT_CXX_API_THROW(std::string(op) + ": " + what + ": " + cudaGetErrorString(error), ORT_RUNTIME_EXCEPTION);
+}
+
+}  // namespace cips
 
 // cips.fast::GridSin (grid_sin.cu) added to the domain.
 void add_grid_sin(Ort::CustomOpDomain& domain);

@@ -22,12 +22,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-void fail(const std::string& message) { ORT_CXX_API_THROW("GridSin: " + message, ORT_INVALID_ARGUMENT); }
+[[noreturn]] void fail(const std::string& message) { cips::fail("GridSin", message); }
 
-void check(cudaError_t error, const char* what) {
-  if (error != cudaSuccess)
-    ORT_CXX_API_THROW(std::string("GridSin: ") + what + ": " + cudaGetErrorString(error), ORT_RUNTIME_EXCEPTION);
-}
+void check(cudaError_t error, const char* what) { cips::check(error, "GridSin", what); }
 
 __device__ __forceinline__ uint32_t sin2(float a0, float b0, float a1, float b1) {
   __half2 h = __floats2half2_rn(sinf(a0 + b0), sinf(a1 + b1));
@@ -80,19 +77,8 @@ void launch(const float* a, const float* b, __half* y, int64_t h, int64_t w, int
   check(cudaGetLastError(), "launch");
 }
 
-struct GridSinKernel {
+struct GridSinKernel : cips::Kernel<GridSinKernel> {
   explicit GridSinKernel(const OrtKernelInfo*) {}
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
-    try {
-      Compute(Ort::KernelContext(raw));
-    } catch (const Ort::Exception& e) {
-      return Ort::Status(e).release();
-    } catch (const std::exception& e) {
-      return Ort::Status(e.what(), ORT_RUNTIME_EXCEPTION).release();
-    }
-    return nullptr;
-  }
 
   void Compute(Ort::KernelContext ctx) const {
     Ort::ConstValue a = ctx.GetInput(0), b = ctx.GetInput(1);
@@ -116,12 +102,7 @@ struct GridSinKernel {
 
 struct GridSinOp : Ort::CustomOpBase<GridSinOp, GridSinKernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
-    try {
-      *kernel = new GridSinKernel(info);
-    } catch (const Ort::Exception& e) {
-      return Ort::Status(e).release();
-    }
-    return nullptr;
+    return cips::as_status([&] { *kernel = new GridSinKernel(info); });
   }
   const char* GetName() const { return "GridSin"; }
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }

@@ -117,12 +117,9 @@ void check(cutlass::Status status, const char* what) {
                       ORT_RUNTIME_EXCEPTION);
 }
 
-void check(cudaError_t error, const char* what) {
-  if (error != cudaSuccess)
-    ORT_CXX_API_THROW(std::string("MatMulLeakyRelu: ") + what + ": " + cudaGetErrorString(error), ORT_RUNTIME_EXCEPTION);
-}
+void check(cudaError_t error, const char* what) { cips::check(error, "MatMulLeakyRelu", what); }
 
-void fail(const std::string& message) { ORT_CXX_API_THROW("MatMulLeakyRelu: " + message, ORT_INVALID_ARGUMENT); }
+[[noreturn]] void fail(const std::string& message) { cips::fail("MatMulLeakyRelu", message); }
 
 bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
@@ -181,7 +178,7 @@ TileConfig chosen_tile() {
 }
 
 // with_c: MatMulAddLeakyRelu (inputs X, W, C); else MatMulLeakyRelu (X, W, optional b).
-struct MatMulLeakyReluKernel {
+struct MatMulLeakyReluKernel : cips::Kernel<MatMulLeakyReluKernel> {
   float alpha;
   TileConfig tile;
   bool with_c;
@@ -190,17 +187,6 @@ struct MatMulLeakyReluKernel {
       : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")),
         tile(with_c ? kTileWithC : chosen_tile()),
         with_c(with_c) {}
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
-    try {
-      Compute(Ort::KernelContext(raw));
-    } catch (const Ort::Exception& e) {
-      return Ort::Status(e).release();
-    } catch (const std::exception& e) {
-      return Ort::Status(e.what(), ORT_RUNTIME_EXCEPTION).release();
-    }
-    return nullptr;
-  }
 
   void Compute(Ort::KernelContext ctx) const {
     Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
@@ -248,12 +234,7 @@ template <bool kWithC>
 struct MatMulLeakyReluOp
     : Ort::CustomOpBase<MatMulLeakyReluOp<kWithC>, MatMulLeakyReluKernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
-    try {
-      *kernel = new MatMulLeakyReluKernel(info, kWithC);
-    } catch (const Ort::Exception& e) {
-      return Ort::Status(e).release();
-    }
-    return nullptr;
+    return cips::as_status([&] { *kernel = new MatMulLeakyReluKernel(info, kWithC); });
   }
   const char* GetName() const { return kWithC ? "MatMulAddLeakyRelu" : "MatMulLeakyRelu"; }
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }

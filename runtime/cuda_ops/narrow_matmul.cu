@@ -24,12 +24,9 @@ constexpr int kMaxColumns = 8;
 constexpr int kWarps = 8;  // per block
 constexpr int64_t kMaxWeights = 48 * 1024 / sizeof(float);  // W in the default 48 KB of shared memory
 
-void fail(const std::string& message) { ORT_CXX_API_THROW("NarrowMatMul: " + message, ORT_INVALID_ARGUMENT); }
+[[noreturn]] void fail(const std::string& message) { cips::fail("NarrowMatMul", message); }
 
-void check(cudaError_t error, const char* what) {
-  if (error != cudaSuccess)
-    ORT_CXX_API_THROW(std::string("NarrowMatMul: ") + what + ": " + cudaGetErrorString(error), ORT_RUNTIME_EXCEPTION);
-}
+void check(cudaError_t error, const char* what) { cips::check(error, "NarrowMatMul", what); }
 
 // W is kept transposed in shared memory, [N][K]: a lane's 8 consecutive features of one column are two
 // 16-byte reads, and the 8 lanes of each quarter-warp phase read 8 consecutive 32-byte runs (no conflicts).
@@ -108,19 +105,8 @@ void launch_columns(int n, const __half* x, const float* w, float* y, int64_t ro
   }
 }
 
-struct NarrowMatMulKernel {
+struct NarrowMatMulKernel : cips::Kernel<NarrowMatMulKernel> {
   explicit NarrowMatMulKernel(const OrtKernelInfo*) {}
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
-    try {
-      Compute(Ort::KernelContext(raw));
-    } catch (const Ort::Exception& e) {
-      return Ort::Status(e).release();
-    } catch (const std::exception& e) {
-      return Ort::Status(e.what(), ORT_RUNTIME_EXCEPTION).release();
-    }
-    return nullptr;
-  }
 
   void Compute(Ort::KernelContext ctx) const {
     Ort::ConstValue x = ctx.GetInput(0), w = ctx.GetInput(1);
@@ -145,12 +131,7 @@ struct NarrowMatMulKernel {
 
 struct NarrowMatMulOp : Ort::CustomOpBase<NarrowMatMulOp, NarrowMatMulKernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
-    try {
-      *kernel = new NarrowMatMulKernel(info);
-    } catch (const Ort::Exception& e) {
-      return Ort::Status(e).release();
-    }
-    return nullptr;
+    return cips::as_status([&] { *kernel = new NarrowMatMulKernel(info); });
   }
   const char* GetName() const { return "NarrowMatMul"; }
   const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
