@@ -103,7 +103,7 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
         operands = _operands(chain, inits, declared, new_inits, matrix)
         if operands is None:
             continue
-        alpha = next((a.f for a in act.attribute if a.name == "alpha"), 0.01)
+        alpha = _attrs(act).get("alpha", 0.01)
         node = onnxproto.messages().NodeProto(op_type=op_type, domain=DOMAIN, input=operands, output=[act.output[0]],
                                               name=f"{act.name or act.output[0]}_fused")
         attribute = node.attribute.add(name="alpha", f=alpha)
@@ -129,8 +129,7 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
 def _grid_sin(cast, producer: dict, readers: dict, inits: dict):
     """(a GridSin node computing what cast computes, the nodes it replaces besides cast) where cast ends the
     grid Fourier pattern (fuse); else None."""
-    to = next((a.i for a in cast.attribute if a.name == "to"), None)
-    if cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx") or to != FLOAT16:
+    if cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx") or _attrs(cast).get("to") != FLOAT16:
         return None
     sin = _sole_producer(cast.input[0], producer, readers)
     add = _sole_producer(sin.input[0], producer, readers) if sin is not None and sin.op_type == "Sin" else None
@@ -158,11 +157,11 @@ def _narrow(gemm, producer: dict, readers: dict, inits: dict, declared: dict, ty
     the colour-head pattern (fuse); else None."""
     if gemm.op_type != "Gemm" or gemm.domain not in ("", "ai.onnx") or len(gemm.input) != 2:
         return None
-    attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in gemm.attribute}
+    attrs = _attrs(gemm)
     if attrs.get("transA", 0) or attrs.get("transB", 0) or attrs.get("alpha", 1.0) != 1.0:
         return None
     cast = _sole_producer(gemm.input[0], producer, readers)
-    if cast is None or cast.op_type != "Cast" or next((a.i for a in cast.attribute if a.name == "to"), None) != onnxproto.FLOAT:
+    if cast is None or cast.op_type != "Cast" or _attrs(cast).get("to") != onnxproto.FLOAT:
         return None
     if _elem_type(cast.input[0], producer, inits, declared, types) != FLOAT16:
         return None
@@ -170,10 +169,11 @@ def _narrow(gemm, producer: dict, readers: dict, inits: dict, declared: dict, ty
     if w in inits:
         elem, dims = inits[w].data_type, list(inits[w].dims)
     elif w in declared:
-        elem, dims = declared[w].elem_type, [d.dim_value if d.HasField("dim_value") else 0 for d in declared[w].shape.dim]
+        elem, dims = declared[w].elem_type, _dims(declared[w])
     else:
         return None
-    if elem != onnxproto.FLOAT or len(dims) != 2 or not (0 < dims[1] <= NARROW_COLUMNS) or not (0 < dims[0] * dims[1] <= NARROW_WEIGHTS):
+    if elem != onnxproto.FLOAT or len(dims) != 2 or None in dims or not (0 < dims[1] <= NARROW_COLUMNS) \
+            or not (0 < dims[0] * dims[1] <= NARROW_WEIGHTS):
         return None
     node = onnxproto.messages().NodeProto(op_type=NARROW, domain=DOMAIN, input=[cast.input[0], w],
                                           output=[gemm.output[0]], name=f"{gemm.name or gemm.output[0]}_fused")
@@ -202,7 +202,7 @@ def _elem_type(name: str, producer: dict, inits: dict, declared: dict, types: di
                 name = node.input[0]
                 continue
             cast = standard and node.op_type == "Cast"
-            types[name] = next((a.i for a in node.attribute if a.name == "to"), 0) if cast else 0
+            types[name] = _attrs(node).get("to", 0) if cast else 0
     for value in path:
         types[value] = types[name]
     return types[name] or None
@@ -229,6 +229,16 @@ def _chain(name: str, producer: dict, readers: dict, inits: dict) -> dict | None
         return None
     found["gemm"] = node
     return found
+
+
+def _attrs(node) -> dict:
+    """A node's float and int attributes by name."""
+    return {a.name: (a.f if a.type == a.FLOAT else a.i) for a in node.attribute}
+
+
+def _dims(typ) -> list[int | None]:
+    """A declared tensor type's dimensions, None where not fixed."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in typ.shape.dim]
 
 
 def _int64s(tensor) -> np.ndarray | None:
@@ -262,7 +272,7 @@ def _operands(chain: dict, inits: dict, declared: dict, new_inits: list, matrix:
     """[X, W, bias] names for the fused node, or [X, W, C] with a full matrix C (alpha and beta 1, no
     scalar); new, folded initializers appended to new_inits. None when the chain cannot be fused exactly."""
     gemm, add, mul = chain["gemm"], chain["add"], chain["mul"]
-    attrs = {a.name: (a.f if a.type == a.FLOAT else a.i) for a in gemm.attribute}
+    attrs = _attrs(gemm)
     if attrs.get("transA", 0):
         return None
     if matrix is not None:
@@ -313,7 +323,7 @@ def _matrix(name: str, inits: dict, declared: dict, transposed: bool, scale: flo
     typ = declared.get(name)
     if transposed or scale != 1.0 or typ is None or typ.elem_type != FLOAT16:
         return None
-    return _aligned(name, [d.dim_value if d.HasField("dim_value") else None for d in typ.shape.dim])
+    return _aligned(name, _dims(typ))
 
 
 def _aligned(name: str, dims: list):
@@ -336,8 +346,7 @@ def _vector(name: str, n: int, inits: dict, declared: dict, scale: float, new_in
         new_inits.append(_fp16(folded, new_name))
         return new_name
     typ = declared.get(name)
-    dims = [d.dim_value for d in typ.shape.dim] if typ is not None else None
-    return name if scale == 1.0 and typ is not None and typ.elem_type == FLOAT16 and dims == [n] else None
+    return name if scale == 1.0 and typ is not None and typ.elem_type == FLOAT16 and _dims(typ) == [n] else None
 
 
 def _exact(values: np.ndarray, scale: float) -> np.ndarray | None:
