@@ -101,8 +101,19 @@ def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool, with_c: bool = F
     inputs += [helper.make_tensor_value_info("c", TensorProto.FLOAT16, [*x_shape[:-1], n])] if with_c else []
     node = helper.make_node(fuse_ops.ADD_OP if with_c else fuse_ops.OP, [i.name for i in inputs], ["y"],
                             domain=fuse_ops.DOMAIN, alpha=0.2)
-    graph = helper.make_graph([node], "op", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(fuse_ops.DOMAIN, 1)]
+    return _model([node], inputs, TensorProto.FLOAT16)
+
+
+def _model(nodes: list, inputs: list, output_type: int, initializers: tuple = ()) -> bytes:
+    """A serialized model of nodes, with output y of output_type; cips.fast among its opsets where a node
+    uses it."""
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "check", inputs, [helper.make_tensor_value_info("y", output_type, None)],
+                              list(initializers))
+    opsets = [helper.make_opsetid("", 17)]
+    if any(n.domain == fuse_ops.DOMAIN for n in nodes):
+        opsets.append(helper.make_opsetid(fuse_ops.DOMAIN, 1))
     model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 8  # what export/ writes: onnx's own default can be newer than the onnxruntime reading it
     return model.SerializeToString()
@@ -123,12 +134,7 @@ def grid_sin_model(width: int, height: int, features: int, fused: bool) -> bytes
                  helper.make_node("Unsqueeze", ["b", "axis1"], ["rows"]),
                  helper.make_node("Add", ["columns", "rows"], ["angle"]), helper.make_node("Sin", ["angle"], ["sine"]),
                  helper.make_node("Cast", ["sine"], ["y"], to=TensorProto.FLOAT16)]
-    graph = helper.make_graph(nodes, "grid_sin", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)],
-                              inits)
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(fuse_ops.DOMAIN, 1)] if fused else [])
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    return model.SerializeToString()
+    return _model(nodes, inputs, TensorProto.FLOAT16, inits)
 
 
 def narrow_model(rows: int, k: int, n: int, fused: bool) -> bytes:
@@ -142,11 +148,7 @@ def narrow_model(rows: int, k: int, n: int, fused: bool) -> bytes:
         nodes = [helper.make_node(fuse_ops.NARROW, ["x", "w"], ["y"], domain=fuse_ops.DOMAIN)]
     else:
         nodes = [helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT), helper.make_node("Gemm", ["x32", "w"], ["y"])]
-    graph = helper.make_graph(nodes, "narrow", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(fuse_ops.DOMAIN, 1)] if fused else [])
-    model = helper.make_model(graph, opset_imports=opsets)
-    model.ir_version = 8
-    return model.SerializeToString()
+    return _model(nodes, inputs, TensorProto.FLOAT)
 
 
 def differences(original: np.ndarray, fused: np.ndarray, reference: np.ndarray | None) -> dict:
