@@ -22,7 +22,7 @@ def test_a_run_from_scratch_has_no_total():
 def test_a_chain_of_runs_sums_every_run_it_records():
     chain = checkpoint_origin(500, 30.0, checkpoint_origin(200, 10.0))
     assert training_total(run(1000, 60.0, chain)) == {"runs": 3, "images_seen": 1700, "wall_s": 100.0}
-    # a run that recorded no time (checkpoints written before they kept it): the time is unknown, not 0
+    # a run whose checkpoint records no time: the total time is unknown, not 0
     chain = checkpoint_origin(500, None, checkpoint_origin(200, 10.0))
     assert training_total(run(1000, 60.0, chain)) == {"runs": 3, "images_seen": 1700, "wall_s": None}
 
