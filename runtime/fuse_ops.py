@@ -54,9 +54,9 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     the folded float16 values are exact; anything else stays as it is.
 
     MatMulAddLeakyRelu fuses a LeakyRelu of Gemm(X, W, C) (alpha and beta 1, transA 0) whose C is a
-    Reshape to [-1, N]: a full matrix. GridSin fuses a Cast to float16 of a Sin of an Add of two
-    Unsqueezes, one along axis 0 (A [W, F] -> [1, W, F]) and one along axis 1 (B [H, F] -> [H, 1, F]),
-    each read by nothing but the next. NarrowMatMul fuses a Gemm (no C, alpha 1, neither input
+    Reshape to [-1, N] of a computed (not constant) value: a full matrix. GridSin fuses a Cast to float16
+    of a Sin of an Add of two Unsqueezes of float32 tables, one along axis 0 (A [W, F] -> [1, W, F]) and
+    one along axis 1 (B [H, F] -> [H, 1, F]), each read by nothing but the next. NarrowMatMul fuses a Gemm (no C, alpha 1, neither input
     transposed) of a Cast to float32 of a float16 value, read by nothing else, and a float32 W [K, N]
     (N <= 8, K x N <= 12,288)."""
     unknown = set(ops) - set(OPS)
@@ -76,14 +76,14 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     declared = {v.name: v.type.tensor_type for v in [*graph.input, *graph.value_info, *graph.output]}
     fused: dict[int, object] = {}  # id of the last node of a pattern -> its replacement
     dropped: set[int] = set()
+    types: dict = {}  # _elem_type's memo
     if GRID_SIN in ops:
         for cast in graph.node:
-            found = _grid_sin(cast, producer, readers, inits)
+            found = _grid_sin(cast, producer, readers, inits, declared, types)
             if found is not None:
                 fused[id(cast)], replaced = found
                 dropped.update(id(n) for n in replaced)
     if NARROW in ops:
-        types: dict = {}
         for gemm in graph.node:
             found = _narrow(gemm, producer, readers, inits, declared, types)
             if found is not None:
@@ -126,9 +126,9 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     return out, len(fused)
 
 
-def _grid_sin(cast, producer: dict, readers: dict, inits: dict):
+def _grid_sin(cast, producer: dict, readers: dict, inits: dict, declared: dict, types: dict):
     """(a GridSin node computing what cast computes, the nodes it replaces besides cast) where cast ends the
-    grid Fourier pattern (fuse); else None."""
+    grid Fourier pattern (fuse) on float32 tables; else None."""
     if cast.op_type != "Cast" or cast.domain not in ("", "ai.onnx") or _attrs(cast).get("to") != FLOAT16:
         return None
     sin = _sole_producer(cast.input[0], producer, readers)
@@ -146,6 +146,8 @@ def _grid_sin(cast, producer: dict, readers: dict, inits: dict):
         sides[int(axes[0])] = node
     if sorted(sides) != [0, 1]:
         return None
+    if any(_elem_type(side.input[0], producer, inits, declared, types) != onnxproto.FLOAT for side in sides.values()):
+        return None  # the op reads float32 tables
     node = onnxproto.messages().NodeProto(op_type=GRID_SIN, domain=DOMAIN, output=[cast.output[0]],
                                           input=[sides[0].input[0], sides[1].input[0]],
                                           name=f"{cast.name or cast.output[0]}_fused")
@@ -255,22 +257,28 @@ def _sole_producer(name: str, producer: dict, readers: dict):
     return node if node is not None and node.domain in ("", "ai.onnx") and readers.get(name, 0) == 1 else None
 
 
-def _full_matrix(chain: dict, producer: dict, inits: dict) -> str | None:
-    """The C of a chain's Gemm(X, W, C) where C is a Reshape to [-1, N]: a full [M, N] matrix; else None
-    (no C, or a bias that broadcasts)."""
+def _full_matrix(chain: dict, producer: dict, inits: dict) -> tuple[str, int] | None:
+    """(the C of a chain's Gemm(X, W, C), d) where C is a Reshape to [-1, d] of a value the graph computes:
+    a full matrix where d is W's N (_operands checks); else None (no C, or a C of another shape; a
+    constant C would be a bias that broadcasts, or fix the number of points)."""
     gemm = chain["gemm"]
     if gemm.op_type != "Gemm" or len(gemm.input) < 3 or not gemm.input[2]:
         return None
     reshape = producer.get(gemm.input[2])
-    if reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx"):
+    if reshape is None or reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx") \
+            or reshape.input[0] in inits:
         return None
     dims = _int64s(inits.get(reshape.input[1]))
-    return gemm.input[2] if dims is not None and dims.shape == (2,) and dims[0] == -1 and dims[1] > 0 else None
+    if dims is None or dims.shape != (2,) or dims[0] != -1 or dims[1] <= 0:
+        return None
+    return gemm.input[2], int(dims[1])
 
 
-def _operands(chain: dict, inits: dict, declared: dict, new_inits: list, matrix: str | None = None) -> list[str] | None:
-    """[X, W, bias] names for the fused node, or [X, W, C] with a full matrix C (alpha and beta 1, no
-    scalar); new, folded initializers appended to new_inits. None when the chain cannot be fused exactly."""
+def _operands(chain: dict, inits: dict, declared: dict, new_inits: list,
+              matrix: tuple[str, int] | None = None) -> list[str] | None:
+    """[X, W, bias] names for the fused node, or [X, W, C] with matrix = (C, its columns) a full matrix
+    (C's columns W's N, alpha and beta 1, no scalar); new, folded initializers appended to new_inits. None
+    when the chain cannot be fused exactly."""
     gemm, add, mul = chain["gemm"], chain["add"], chain["mul"]
     attrs = _attrs(gemm)
     if attrs.get("transA", 0):
@@ -279,7 +287,8 @@ def _operands(chain: dict, inits: dict, declared: dict, new_inits: list, matrix:
         if mul is not None or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
             return None
         w = _matrix(gemm.input[1], inits, declared, bool(attrs.get("transB", 0)), 1.0, new_inits)
-        return None if w is None else [gemm.input[0], w[0], matrix]
+        c, columns = matrix
+        return None if w is None or w[1] != columns else [gemm.input[0], w[0], c]  # [-1, 1] would broadcast
     x, w = gemm.input[0], gemm.input[1]
     bias = add[1] if add is not None else (gemm.input[2] if len(gemm.input) > 2 and gemm.input[2] else None)
     scale = 1.0

@@ -315,3 +315,58 @@ def test_cuda_sessions_take_the_fused_op_only_when_cips_cuda_ops_names_a_library
     with pytest.raises(UserError, match="onnxruntime cannot load it") as e:
         _with_cuda_ops(fast.pixel, options)
     assert str(not_a_library) in str(e.value) and "\n" not in str(e.value)
+
+
+def _grid_block(elem: int):
+    """a [W, 8], b [H, 8] of elem -> Cast(Sin(Unsqueeze(a, 0) + Unsqueeze(b, 1)), float16) [H, W, 8]."""
+    inits = [numpy_helper.from_array(np.array([k], np.int64), f"axis{k}") for k in (0, 1)]
+    nodes = [helper.make_node("Unsqueeze", ["a", "axis0"], ["columns"]), helper.make_node("Unsqueeze", ["b", "axis1"], ["rows"]),
+             helper.make_node("Add", ["columns", "rows"], ["angle"]), helper.make_node("Sin", ["angle"], ["sine"]),
+             helper.make_node("Cast", ["sine"], ["y"], to=TensorProto.FLOAT16)]
+    inputs = [helper.make_tensor_value_info("a", elem, ["w", 8]), helper.make_tensor_value_info("b", elem, ["h", 8])]
+    graph = helper.make_graph(nodes, "grid", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_fourier_block_fuses_into_grid_sin_only_from_float32_tables():
+    """GridSin reads float32 [W, F] and [H, F]: the same block on float16 tables stays as it is."""
+    fused, count = fuse_ops.fuse(_grid_block(TensorProto.FLOAT), ops=(fuse_ops.GRID_SIN,))
+    assert count == 1 and [n.op_type for n in fused.graph.node] == [fuse_ops.GRID_SIN]
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.uniform(-9, 9, (5, 8)).astype(np.float32), "b": rng.uniform(-9, 9, (3, 8)).astype(np.float32)}
+    want = cpu_session(_grid_block(TensorProto.FLOAT), optimize=False).run(None, feeds)[0]
+    assert np.array_equal(cpu_session(fused, optimize=False).run(None, feeds)[0].view(np.uint16), want.view(np.uint16))
+    half = _grid_block(TensorProto.FLOAT16)
+    fused, count = fuse_ops.fuse(half, ops=(fuse_ops.GRID_SIN,))
+    assert count == 0 and fused.SerializeToString() == half.SerializeToString()
+
+
+def _input_layer(columns: int, constant: bool = False):
+    """LeakyRelu(Gemm(x [P, 16], w [16, 24], Reshape(t, [-1, columns]))), all float16: t an input [P, columns]
+    (columns 24: a full matrix; 1: one value a point, broadcast over the 24 columns) or a constant [24]."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((16, 24)) / 8).astype(np.float16), "w"),
+             numpy_helper.from_array(np.array([-1, columns], np.int64), "shape")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["points", 16])]
+    if constant:
+        inits.append(numpy_helper.from_array(rng.standard_normal(24).astype(np.float16), "t"))
+    else:
+        inputs.append(helper.make_tensor_value_info("t", TensorProto.FLOAT16, ["points", columns]))
+    nodes = [helper.make_node("Reshape", ["t", "shape"], ["c"]), helper.make_node("Gemm", ["x", "w", "c"], ["z"]),
+             helper.make_node("LeakyRelu", ["z"], ["y"], alpha=0.2)]
+    graph = helper.make_graph(nodes, "layer", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_matmul_add_leaky_relu_takes_only_a_full_matrix():
+    """The op adds C element by element, as a [M, N] matrix: a C that broadcasts (one column, or a constant
+    row) leaves the layer as it is."""
+    fused, count = fuse_ops.fuse(_input_layer(24), ops=fuse_ops.OPS)
+    assert count == 1 and [n.op_type for n in fused.graph.node] == ["Reshape", fuse_ops.ADD_OP]
+    rng = np.random.default_rng(4)
+    feeds = {"x": rng.standard_normal((7, 16)).astype(np.float16), "t": rng.standard_normal((7, 24)).astype(np.float16)}
+    want = cpu_session(_input_layer(24)).run(None, feeds)[0].astype(np.float32)
+    assert np.abs(cpu_session(fused).run(None, feeds)[0].astype(np.float32) - want).max() <= 2e-3 * np.abs(want).max()
+    for model in (_input_layer(1), _input_layer(24, constant=True)):
+        fused, count = fuse_ops.fuse(model, ops=fuse_ops.OPS)
+        assert count == 0 and fused.SerializeToString() == model.SerializeToString()
