@@ -4,9 +4,11 @@
 //   Y = float32(X) @ W    X [M, K] float16, W [K, N] float32 with N <= 8 (3 colours), Y [M, N] float32
 //
 // The fp16 graphs compute it as Cast(X, float32) -> Gemm: a float32 copy of the last activations written
-// and read again, then a float32 GEMM whose 3 output columns leave the tensor cores out. Here a warp
-// takes a row at a time: each lane reads 8 of its halves (16 bytes), multiplies them by W (held in shared
-// memory, one row of N values per feature) and the lanes' sums meet by shuffles. X is read once.
+// and read again, then a float32 GEMM whose 3 output columns leave the tensor cores out. Here 8 lanes
+// share a row: each reads 8 of its halves (16 bytes) a step, multiplies them by W (in shared memory) and
+// the 8 lanes' sums meet by shuffles. A warp takes 8 rows at a time, two a lane, so each read of W serves
+// two rows; X is read once. As many blocks as the GPU holds at once loop over the rows, so W is loaded
+// into shared memory once a block, not once every few rows.
 
 #include "cips_ops.h"
 
@@ -21,79 +23,132 @@
 namespace {
 
 constexpr int kMaxColumns = 8;
-constexpr int kWarps = 8;  // per block
+constexpr int kWarps = 8;        // per block
+constexpr int kLanesPerRow = 8;  // lanes that share a row's features
+constexpr int kRowsPerLane = 2;  // rows a lane takes at a time: each W value read serves both
+constexpr int kGroups = 32 / kLanesPerRow;            // rows a warp reads at once
+constexpr int kRowsPerWarp = kGroups * kRowsPerLane;  // rows a warp takes at a time
 constexpr int64_t kMaxWeights = 48 * 1024 / sizeof(float);  // W in the default 48 KB of shared memory
 
 [[noreturn]] void fail(const std::string& message) { cips::fail("NarrowMatMul", message); }
 
 void check(cudaError_t error, const char* what) { cips::check(error, "NarrowMatMul", what); }
 
-// W is kept transposed in shared memory, [N][K]: a lane's 8 consecutive features of one column are two
-// 16-byte reads, and the 8 lanes of each quarter-warp phase read 8 consecutive 32-byte runs (no conflicts).
+__device__ __forceinline__ float dot8(const float (&v)[8], float4 w0, float4 w1) {
+  return v[0] * w0.x + v[1] * w0.y + v[2] * w0.z + v[3] * w0.w + v[4] * w1.x + v[5] * w1.y + v[6] * w1.z +
+         v[7] * w1.w;
+}
+
+// W in shared memory. kBy8 (K a multiple of 8): feature chunks of 8, each column's chunk split into two
+// float4 planes, planes[(h * N + n) * Q + q] = W[8q + 4h .. 8q + 4h + 3][n] (h = 0, 1; Q = K / 8): the 8
+// lanes of a row read 8 consecutive chunks, 128 contiguous bytes a plane (no bank conflicts), and the
+// warp's other rows read the same addresses. Otherwise transposed, W[k][n] at n * K + k.
 template <int N, bool kBy8>
 __global__ void narrow_matmul(const __half* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
                               int64_t rows, int k) {
   extern __shared__ float4 shared[];
-  float* wt = reinterpret_cast<float*>(shared);
-  for (int i = threadIdx.x; i < k * N; i += blockDim.x) wt[(i % N) * k + i / N] = w[i];
+  float* ws = reinterpret_cast<float*>(shared);
+  const int chunks = k / 8;
+  for (int i = threadIdx.x; i < k * N; i += blockDim.x) {
+    const int feature = i / N, n = i % N;
+    if (kBy8)
+      ws[(((feature % 8) / 4 * N + n) * chunks + feature / 8) * 4 + feature % 4] = w[i];
+    else
+      ws[n * k + feature] = w[i];
+  }
   __syncthreads();
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = int64_t(gridDim.x) * kWarps;
-  for (int64_t row = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; row < rows; row += warps) {
-    const __half* xr = x + row * k;
-    float acc[N];
+  const int lane = threadIdx.x % 32, part = lane % kLanesPerRow, group = lane / kLanesPerRow;
+  const int64_t step = int64_t(gridDim.x) * kWarps * kRowsPerWarp;
+  // each warp takes rows base .. base + kRowsPerWarp - 1 at a time: lane group g the rows base + g and
+  // base + g + kGroups, so that one load instruction reads kGroups consecutive rows
+  for (int64_t base = (int64_t(blockIdx.x) * kWarps + threadIdx.x / 32) * kRowsPerWarp; base < rows; base += step) {
+    int64_t row[kRowsPerLane];
+    float acc[kRowsPerLane][N];
 #pragma unroll
-    for (int n = 0; n < N; ++n) acc[n] = 0.0f;
+    for (int r = 0; r < kRowsPerLane; ++r) {
+      row[r] = base + group + r * kGroups;
+#pragma unroll
+      for (int n = 0; n < N; ++n) acc[r][n] = 0.0f;
+    }
     if (kBy8) {
-      for (int c = lane * 8; c < k; c += 32 * 8) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(xr + c);
-        const __half2* h = reinterpret_cast<const __half2*>(&raw);
-        float v[8];
+      const float4* planes = reinterpret_cast<const float4*>(ws);
+      for (int q = part; q < chunks; q += kLanesPerRow) {
+        float v[kRowsPerLane][8];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float2 f = __half22float2(h[j]);
-          v[2 * j] = f.x;
-          v[2 * j + 1] = f.y;
+        for (int r = 0; r < kRowsPerLane; ++r) {
+          uint4 raw = make_uint4(0, 0, 0, 0);  // a row past the end reads nothing and adds zeros
+          if (row[r] < rows) raw = *reinterpret_cast<const uint4*>(x + row[r] * k + q * 8);
+          const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const float2 f = __half22float2(h[j]);
+            v[r][2 * j] = f.x;
+            v[r][2 * j + 1] = f.y;
+          }
         }
 #pragma unroll
         for (int n = 0; n < N; ++n) {
-          const float4* col = reinterpret_cast<const float4*>(wt + n * k + c);
-          const float4 w0 = col[0], w1 = col[1];
-          acc[n] += v[0] * w0.x + v[1] * w0.y + v[2] * w0.z + v[3] * w0.w + v[4] * w1.x + v[5] * w1.y +
-                    v[6] * w1.z + v[7] * w1.w;
+          const float4 w0 = planes[n * chunks + q], w1 = planes[(N + n) * chunks + q];
+#pragma unroll
+          for (int r = 0; r < kRowsPerLane; ++r) acc[r][n] += dot8(v[r], w0, w1);
         }
       }
     } else {
-      for (int c = lane; c < k; c += 32) {
-        const float v = __half2float(xr[c]);
+      for (int c = part; c < k; c += kLanesPerRow) {
+        float v[kRowsPerLane];
 #pragma unroll
-        for (int n = 0; n < N; ++n) acc[n] += v * wt[n * k + c];
+        for (int r = 0; r < kRowsPerLane; ++r) v[r] = row[r] < rows ? __half2float(x[row[r] * k + c]) : 0.0f;
+#pragma unroll
+        for (int n = 0; n < N; ++n) {
+          const float wv = ws[n * k + c];
+#pragma unroll
+          for (int r = 0; r < kRowsPerLane; ++r) acc[r][n] += v[r] * wv;
+        }
       }
     }
+    // the sums of a row's 8 lanes: xor offsets below 8 stay within the lane group; every lane takes part
 #pragma unroll
-    for (int n = 0; n < N; ++n) {
+    for (int r = 0; r < kRowsPerLane; ++r) {
 #pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) acc[n] += __shfl_xor_sync(0xffffffffu, acc[n], offset);
+      for (int n = 0; n < N; ++n) {
+#pragma unroll
+        for (int offset = kLanesPerRow / 2; offset > 0; offset /= 2)
+          acc[r][n] += __shfl_xor_sync(0xffffffffu, acc[r][n], offset);
+      }
     }
-    if (lane == 0) {
+    if (part == 0) {
 #pragma unroll
-      for (int n = 0; n < N; ++n) y[row * N + n] = acc[n];
+      for (int r = 0; r < kRowsPerLane; ++r) {
+        if (row[r] < rows) {
+#pragma unroll
+          for (int n = 0; n < N; ++n) y[row[r] * N + n] = acc[r][n];
+        }
+      }
     }
   }
 }
 
 bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
+template <class Kernel>
+int64_t resident_blocks(Kernel kernel, size_t bytes) {
+  int device = 0, sms = 0, per_sm = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "multiprocessor count");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarps * 32, bytes), "occupancy");
+  return int64_t(sms) * std::max(per_sm, 1);
+}
+
 template <int N>
 void launch(const __half* x, const float* w, float* y, int64_t rows, int k, cudaStream_t stream) {
   const size_t bytes = size_t(k) * N * sizeof(float);
-  // a grid-stride loop over rows, kWarps rows a block at a time, at most 2^16 blocks
-  const int64_t blocks = std::min<int64_t>((rows + kWarps - 1) / kWarps, int64_t(1) << 16);
-  // 8 halves a lane: every row starts on 16 bytes (K a multiple of 8) and W's transposed rows on 16 bytes
-  if (k % 8 == 0 && aligned(x))
-    narrow_matmul<N, true><<<unsigned(blocks), kWarps * 32, bytes, stream>>>(x, w, y, rows, k);
-  else
-    narrow_matmul<N, false><<<unsigned(blocks), kWarps * 32, bytes, stream>>>(x, w, y, rows, k);
+  // 8 halves a lane: every row starts on 16 bytes (K a multiple of 8)
+  const bool by8 = k % 8 == 0 && aligned(x);
+  auto kernel = by8 ? narrow_matmul<N, true> : narrow_matmul<N, false>;
+  // the rows' loop: never more blocks than are resident at once, nor than there are rows for
+  const int64_t needed = (rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
+  const int64_t blocks = std::min(needed, resident_blocks(kernel, bytes));
+  kernel<<<unsigned(blocks), kWarps * 32, bytes, stream>>>(x, w, y, rows, k);
   check(cudaGetLastError(), "launch");
 }
 
