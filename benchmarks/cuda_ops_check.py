@@ -20,8 +20,9 @@ much faster? On the CUDA provider, with the built library registered:
 - device: one 1024x1024 call of each graph with every input and the output already on the GPU (no
   copies): the graphs' own time.
 
-Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON); the exit
-status is 1 when a difference exceeds its bound. `--tile 128x128`, `128x256` or `128x128-pingpong` runs the
+Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON) after each
+section: an op that fails (at its session or its run) is a row's or a variant's one-line error, and the
+rest still runs. The exit status is 1 when anything failed or a difference exceeds its bound. `--tile 128x128`, `128x256` or `128x128-pingpong` runs the
 op with another configuration (the default is the op's own, 256x128-1x2), so they can be compared in one
 device call.
 
@@ -63,8 +64,9 @@ GRID_SIN_CASES = [  # (W, H, F): one 1024-wide call of the paper configuration, 
 ]
 # NarrowMatMul against float64 products of the same values, relative to max(1, max |Y|): float32 sums
 NARROW_BOUND = 1e-5
-NARROW_CASES = [  # (M, K, N): a 1024-wide call of paper-256's head, the packaged model's, a K not a
-    (131_072, 520, 3),  # multiple of 8 (one value a lane), the widest W, one column
+NARROW_CASES = [  # (M, K, N): a 1024-wide call of paper-256's head, the packaged model's at a ragged M
+    (131_072, 520, 3),  # and many rows a warp, a K not a multiple of 8 (one value a lane), the widest W,
+    (262_147, 136, 3),  # one column
     (1000, 136, 3),
     (37, 12, 3),
     (5, 264, 8),
@@ -88,6 +90,11 @@ OP_CASES = [  # (X shape, N, "bias", "c" (MatMulAddLeakyRelu) or None)
 
 def fail(message: str) -> SystemExit:
     return SystemExit(f"cuda_ops_check: {message}")
+
+
+def first_line(error: Exception) -> str:
+    """An error's first line (ONNX Runtime's and the kernels' reasons), at most 300 characters."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool, with_c: bool = False) -> bytes:
@@ -183,6 +190,7 @@ class Check:
         self.fast32 = (graphcut.FastPaths(main, self.info, "fp32", str(model))
                        if "fp32" in self.info.pixel_graphs else None)
         self.providers: dict[str, list[str]] = {}
+        self.errors: dict[str, str] = {}  # what failed outside the rows of the ops alone: where, why
 
     def session(self, source: bytes, name: str, fused: bool = False):
         options = self.ort.SessionOptions()
@@ -213,13 +221,13 @@ class Check:
                 feeds["c"] = rng.standard_normal(want.shape).astype(np.float16)
                 want += feeds["c"].astype(np.float32)
             want = np.where(want > 0, want, np.float32(0.2) * want)
-            session = self.session(op_model(x_shape, n, extra == "bias", extra == "c"), f"op {x_shape}x{n} {extra}",
-                                   fused=True)
             row = {"x": list(x_shape), "n": n, "bias": extra == "bias", "c": extra == "c"}
             try:
+                session = self.session(op_model(x_shape, n, extra == "bias", extra == "c"),
+                                       f"op {x_shape}x{n} {extra}", fused=True)
                 got = session.run(None, feeds)[0].astype(np.float32)
             except Exception as e:  # noqa: BLE001 (the kernel's own one-line reason is the result)
-                row.update(error=str(e).strip().splitlines()[0][:300], ok=False)
+                row.update(error=first_line(e), ok=False)
             else:
                 row["shape"] = list(got.shape)
                 if got.shape == want.shape:
@@ -273,11 +281,11 @@ class Check:
         feeds; compare(the op's output, the nodes') -> the row's differences and ok. With reps, both are
         timed with inputs and output on the GPU."""
         name = " ".join(f"{k}={v}" for k, v in row.items())
-        sessions = [self.session(model, f"{name} {tag}", tag == "op") for model, tag in zip(models, ("graph", "op"))]
         try:
+            sessions = [self.session(model, f"{name} {tag}", tag == "op") for model, tag in zip(models, ("graph", "op"))]
             graph, got = (s.run(None, feeds)[0] for s in sessions)
         except Exception as e:  # noqa: BLE001 (the kernel's own one-line reason is the result)
-            row.update(error=str(e).strip().splitlines()[0][:300], ok=False)
+            row.update(error=first_line(e), ok=False)
         else:
             row["shape"] = list(got.shape)
             row.update(compare(got, graph) if got.shape == shape else {"ok": False})
@@ -298,8 +306,9 @@ class Check:
 
     # -- the renderer's paths --------------------------------------------------------------------------
     def engines(self) -> dict[str, SplitEngine]:
-        """The renderer's engines, one per VARIANTS entry; self.same[graph]: the variants whose graph is an
-        earlier variant's (not run again)."""
+        """The renderer's engines, one per VARIANTS entry whose sessions could be made (self.errors: the
+        others' one-line reasons); self.same[graph]: the variants whose graph is an earlier variant's (not
+        run again)."""
         fast, info = self.fast, self.info
         style = self.session(fast.style_one, "style")
         batch = self.session(fast.style, "style (batch)")
@@ -327,7 +336,16 @@ class Check:
             self.reference = SplitEngine(self.ort, self.session(f32.style_one, "style fp32"),
                                          self.session(f32.pixel, "pixel fp32"), info, "fp32", bound="cuda",
                                          table=f32.table, batch_style=self.session(f32.style, "style fp32 (batch)"))
-        return {tag: engine(tag, ops) for tag, ops in VARIANTS.items()}
+        engines = {}
+        for tag, ops in VARIANTS.items():
+            try:
+                engines[tag] = engine(tag, ops)
+            except Exception as e:  # noqa: BLE001 (an op that fails here must not lose the other variants)
+                self.errors[f"engine {tag}"] = first_line(e)
+                print(f"engine {tag}: {self.errors[f'engine {tag}']}", flush=True)
+        if "original" not in engines:
+            raise fail(f"the graphs as exported do not run: {self.errors['engine original']}")
+        return engines
 
     def render(self, engines: dict, reps: int, side: int, batch: int) -> list[dict]:
         z = np.stack([np.random.default_rng(seed).standard_normal(self.info.style_dim).astype(np.float32)
@@ -344,10 +362,16 @@ class Check:
             reference = np.concatenate(calls["pixel"](self.reference, styles32))
         results = []
         for graph, call in calls.items():
-            tags = [tag for tag in engines if tag not in self.same[graph]]
-            colours = {tag: np.concatenate(call(engines[tag])) for tag in tags}
-            times = {tag: median_ms(lambda e=engines[tag]: call(e), reps) for tag in tags}
-            for tag in tags[1:]:
+            colours, times = {}, {}
+            for tag in (tag for tag in engines if tag not in self.same[graph]):
+                try:
+                    colours[tag] = np.concatenate(call(engines[tag]))
+                    times[tag] = median_ms(lambda e=engines[tag]: call(e), reps)
+                except Exception as e:  # noqa: BLE001 (one failing variant must not lose the others)
+                    results.append({"graph": graph, "ops": tag, "points": side * side, "latents": batch,
+                                    "error": first_line(e), "ok": False})
+                    print(json.dumps(results[-1]), flush=True)
+            for tag in [tag for tag in times if tag != "original"] if "original" in times else []:
                 row = {"graph": graph, "ops": tag, "points": side * side, "latents": batch,
                        "chunk": chunk if graph == "pixel" else grid_chunk, "original_ms": times["original"],
                        "fused_ms": times[tag], "speedup": round(times["original"] / times[tag], 3),
@@ -381,10 +405,14 @@ class Check:
                 engine._bind_weights(binding, style, names)
                 out = ort.OrtValue.ortvalue_from_shape_and_type([side * side, 3], np.float32, "cuda", 0)
                 binding.bind_ortvalue_output(RGB, out)
-                row[f"{tag}_ms"] = median_ms(lambda s=session, b=binding: s.run_with_iobinding(b), reps)
-            row["speedup"] = round(row["original_ms"] / row["fused_ms"], 3)
+                try:
+                    row[f"{tag}_ms"] = median_ms(lambda s=session, b=binding: s.run_with_iobinding(b), reps)
+                except Exception as e:  # noqa: BLE001 (one failing variant must not lose the others)
+                    row[f"{tag}_error"] = first_line(e)
+            if "original_ms" in row and "fused_ms" in row:
+                row["speedup"] = round(row["original_ms"] / row["fused_ms"], 3)
             for tag in engines:  # the ops the renderer leaves out, over the renderer's fusion
-                if tag not in ("original", "fused") and f"{tag}_ms" in row:
+                if tag not in ("original", "fused") and f"{tag}_ms" in row and "fused_ms" in row:
                     row[f"{tag}_over_fused"] = round(row["fused_ms"] / row[f"{tag}_ms"], 3)
             results.append(row)
             print(json.dumps(row), flush=True)
@@ -417,17 +445,31 @@ def main() -> None:
     report = {"benchmark": "cuda-ops-check", "model": str(args.model), "library": str(library),
               "onnxruntime": ort.__version__, "tile": args.tile, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "render_bound": RENDER_BOUND, "op_bound": OP_BOUND, "grid_sin_bound": GRID_SIN_BOUND,
-              "narrow_bound": NARROW_BOUND, "op": check.op(), "grid_sin": check.grid_sin(args.reps),
-              "narrow": check.narrow(args.reps)}
+              "narrow_bound": NARROW_BOUND}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def section(name: str, run) -> None:
+        """report[name] = run(), or the one-line reason it failed; --out written after each section, so a
+        failure or a time limit later keeps what ran."""
+        try:
+            report[name] = run()
+        except Exception as e:  # noqa: BLE001 (ops that have never run may fail anywhere)
+            check.errors[name] = first_line(e)
+            print(f"{name}: {check.errors[name]}", flush=True)
+        report["providers"], report["errors"] = check.providers, check.errors
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    section("op", check.op)
+    section("grid_sin", lambda: check.grid_sin(args.reps))
+    section("narrow", lambda: check.narrow(args.reps))
     engines = check.engines()
     report["fused_layers"] = check.fused_layers
-    report["render"] = check.render(engines, args.reps, 1024, 1) + check.render(engines, args.reps, 256, 16)
-    report["device"] = check.device(engines, args.reps)
-    report["providers"] = check.providers
-    report["ok"] = all(r["ok"] for r in report["op"] + report["grid_sin"] + report["narrow"] + report["render"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    section("render", lambda: check.render(engines, args.reps, 1024, 1) + check.render(engines, args.reps, 256, 16))
+    section("device", lambda: check.device(engines, args.reps))
+    rows = [row for name in ("op", "grid_sin", "narrow", "render") for row in report.get(name, [])]
+    report["ok"] = not check.errors and all(row["ok"] for row in rows)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}; {'all differences within bounds' if report['ok'] else 'DIFFERENCES OUT OF BOUNDS'}")
+    print(f"wrote {args.out}; {'all differences within bounds' if report['ok'] else 'ERRORS OR DIFFERENCES OUT OF BOUNDS'}")
     if not report["ok"]:
         raise SystemExit(1)
 
