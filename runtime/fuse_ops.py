@@ -37,10 +37,23 @@ def library_path() -> Path | None:
     return path if path.is_file() else None
 
 
-def for_cuda(model_bytes: bytes) -> bytes:
-    """A serialized fast-path graph with every fusable pattern of RENDER_OPS fused, for a session that has
+def ops_named(text: str) -> tuple[str, ...]:
+    """The ops a comma-separated list names ("all": every op), as $CIPS_CUDA_OPS_FUSE gives them; ValueError
+    for a name the library does not have."""
+    if text.strip() == "all":
+        return OPS
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in OPS]
+    if unknown or not names:
+        raise ValueError(f"no such cips.fast op: {', '.join(unknown) or repr(text)}; the library has "
+                         f"{', '.join(OPS)} (or all)")
+    return names
+
+
+def for_cuda(model_bytes: bytes, ops: tuple[str, ...] = RENDER_OPS) -> bytes:
+    """A serialized fast-path graph with every fusable pattern of ops fused, for a session that has
     registered the library (SessionOptions.register_custom_ops_library); the same bytes where nothing fuses."""
-    fused, count = fuse(onnxproto.parse(model_bytes))
+    fused, count = fuse(onnxproto.parse(model_bytes), ops=ops)
     return fused.SerializeToString() if count else model_bytes
 
 

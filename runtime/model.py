@@ -69,20 +69,25 @@ def count_parameters(config: GeneratorConfig) -> int:
 
 
 def _with_cuda_ops(source: str | bytes, options) -> str | bytes:
-    """A CUDA session's graph with the cips.fast fused op (runtime/cuda_ops/) where $CIPS_CUDA_OPS names the
+    """A CUDA session's graph with the cips.fast fused ops (runtime/cuda_ops/) where $CIPS_CUDA_OPS names the
     built library, which is registered on options before the graph is rewritten (a library onnxruntime
-    cannot load is refused first); the graph as it is otherwise. Opt-in: the op is not yet measured on a
-    GPU."""
+    cannot load is refused first); the graph as it is otherwise. Opt-in: the library is not part of the
+    package. $CIPS_CUDA_OPS_FUSE picks the ops (comma-separated, or all; default fuse_ops.RENDER_OPS)."""
     wanted = os.environ.get("CIPS_CUDA_OPS")
     if not wanted or not isinstance(source, bytes):
         return source
+    picked = os.environ.get("CIPS_CUDA_OPS_FUSE")
+    try:
+        ops = fuse_ops.ops_named(picked) if picked is not None else fuse_ops.RENDER_OPS
+    except ValueError as e:
+        raise UserError(f"CIPS_CUDA_OPS_FUSE={picked}: {e}") from None
     if not Path(wanted).is_file():
         raise UserError(f"CIPS_CUDA_OPS={wanted}: no such file (bash runtime/cuda_ops/build.sh builds it)")
     try:
         options.register_custom_ops_library(wanted)
     except Exception as e:  # onnxruntime's own error types
         raise UserError(f"CIPS_CUDA_OPS={wanted}: onnxruntime cannot load it: {_first_line(e)}") from None
-    return fuse_ops.for_cuda(source)
+    return fuse_ops.for_cuda(source, ops)
 
 
 def _first_line(e: Exception) -> str:

@@ -370,3 +370,26 @@ def test_matmul_add_leaky_relu_takes_only_a_full_matrix():
     for model in (_input_layer(1), _input_layer(24, constant=True)):
         fused, count = fuse_ops.fuse(model, ops=fuse_ops.OPS)
         assert count == 0 and fused.SerializeToString() == model.SerializeToString()
+
+
+def test_cips_cuda_ops_fuse_picks_the_renderers_ops(packaged, monkeypatch, tmp_path):
+    """$CIPS_CUDA_OPS_FUSE names the ops the renderer's sessions fuse (all: every one); a name the library
+    does not have is one line, before the library is loaded."""
+    from cips_edge.core.errors import UserError
+    from cips_edge.runtime.model import _with_cuda_ops
+
+    fast, _ = packaged
+    assert fuse_ops.ops_named("all") == fuse_ops.OPS
+    assert fuse_ops.ops_named(" GridSin,NarrowMatMul ") == (fuse_ops.GRID_SIN, fuse_ops.NARROW)
+    every = [n.op_type for n in onnxproto.parse(fuse_ops.for_cuda(fast.grid, fuse_ops.ops_named("all"))).graph.node]
+    assert [every.count(op) for op in fuse_ops.OPS] == [8, 1, 1, 1]
+    for text in ("GridCos", "", " , "):
+        with pytest.raises(ValueError, match="no such cips.fast op"):
+            fuse_ops.ops_named(text)
+    library = tmp_path / "libcips_cuda_ops.so"
+    library.write_text("never loaded: the name is refused first")
+    monkeypatch.setenv("CIPS_CUDA_OPS", str(library))
+    monkeypatch.setenv("CIPS_CUDA_OPS_FUSE", "MatMulLeakyRelu,GridCos")
+    with pytest.raises(UserError, match="CIPS_CUDA_OPS_FUSE=MatMulLeakyRelu,GridCos: no such cips.fast op: GridCos") as e:
+        _with_cuda_ops(fast.grid, ort.SessionOptions())
+    assert "\n" not in str(e.value)
