@@ -480,6 +480,18 @@ def test_train_passes_its_options_to_the_training_entry():
     assert r.exit_code == 0 and "--preset" in r.stdout and "--resume" in r.stdout
 
 
+def test_train_without_torch_says_what_to_install(monkeypatch, tmp_path):
+    """`pip install cips-edge[cpu]` has no torch: cips train says so in one line; its --help still works."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    r = cips("train", "--data", tmp_path)
+    assert r.exit_code == 1 and r.stderr == ("error: training needs torch (torch is missing): "
+                                             "pip install torch==2.13.0 'cips-edge[train]'\n"), r.stderr
+    assert ok(cips("train", "--help")).startswith("usage: cips train")
+
+
 def test_train_help_states_each_default_once():
     """An option whose help gives its default in words gets no "(default: None)" after it, and every
     option with a real default shows it."""

@@ -18,4 +18,18 @@ def test_data_given_twice_differently_is_an_error(tmp_path, capsys):
         main([str(tmp_path / "a"), "--data", str(tmp_path / "b")], prog="cips train")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: cips train") and "either DATA or --data" in err
+    assert err == "error: give the data set once: either DATA or --data (cips train --help lists the options)\n"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--augment", "maybe"], "error: argument --augment: invalid choice: 'maybe' (choose from"),
+    (["--bogus"], "error: unrecognized arguments: --bogus"),
+    (["--kimg", "lots"], "error: argument --kimg: invalid float value: 'lots'"),
+])
+def test_usage_errors_are_one_line(args, message, capsys):
+    """As every other cips command gives them: one `error:` line, not argparse's usage block first."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args, prog="cips train")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert err.endswith("(cips train --help lists the options)\n")

@@ -35,10 +35,18 @@ class _DefaultsHelp(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one `error:` line, as every other cips command gives them (not argparse's usage
+    block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} ({self.prog} --help lists the options)\n")
+
+
 def build_parser(prog: str = "python -m cips_edge.train", defaults: bool = True) -> argparse.ArgumentParser:
     """The command line of TrainOptions; defaults=False leaves options that are not given out of the result."""
     default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog, formatter_class=_DefaultsHelp,
         description="Train a CIPS generator on a folder or zip of images (the paper's recipe). "
                     "Several GPUs: torchrun --nproc_per_node N -m cips_edge.train DATA ...")

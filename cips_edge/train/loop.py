@@ -21,7 +21,7 @@ from cips_edge import __version__, legacy
 from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torch_save, generator_checkpoint,
                                   newest_checkpoint, read_checkpoint, resolve_checkpoint_path, run_checkpoints)
 from cips_edge.core.config import LATER_FIELDS, PRESETS, GeneratorConfig
-from cips_edge.core.files import clean_stale_temporaries, make_folders, remove_empty_folders
+from cips_edge.core.files import clean_stale_temporaries, make_folders, remove_empty_folders, shown
 
 from . import distributed, fit
 from .data import Decoded, ImageBank, load_images
@@ -222,7 +222,9 @@ class Run:
                     self.notes.append(f"resuming with {', '.join(changes)}; every other option as the run had it")
         else:
             run_dir = o.out if o.out is not None else _next_run_dir(o)
-            if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            if run_dir.exists() and not run_dir.is_dir():
+                raise TrainError(f"--out {shown(run_dir)} is a file, not a run folder: choose another --out")
+            if run_dir.exists() and any(run_dir.iterdir()):
                 hint = ("it has no checkpoint yet: --resume starts it again in place"
                         if run_dir.is_dir() and not run_checkpoints(run_dir) else "pass --resume to continue it")
                 raise TrainError(f"run folder {run_dir} already exists: {hint}, or choose another --out")
@@ -354,7 +356,10 @@ class Run:
         o = self.options
         made: list[Path] = []  # the folders this run creates, the run's own first (cips-runs/ may be one)
         if world.is_main and not self.run_dir.exists():
-            made = make_folders(self.run_dir)
+            try:
+                made = make_folders(self.run_dir)
+            except OSError as e:
+                raise TrainError(f"cannot create the run folder {shown(self.run_dir)}: {e.strerror or e}") from None
             self.created_dir = self.ckpt is None
         try:
             return self._train()
