@@ -94,7 +94,8 @@ def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path
     shape = f"{w}x{h}" + (", region " + " ".join(f"{v:g}" for v in frame) if job.region is not None else "")
     if to_zarr:
         what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} pyramids, {paths[0]} ... {paths[-1]}"
-        summary = (f"wrote {what} (OME-Zarr {pz.NGFF_VERSION}, {shape}, {len(levels)} levels in {job.zarr_chunk}^2 "
+        levels_text = f"{len(levels)} level{'s' if len(levels) > 1 else ''}"
+        summary = (f"wrote {what} (OME-Zarr {pz.NGFF_VERSION}, {shape}, {levels_text} in {job.zarr_chunk}^2 "
                    f"chunks: {report.done} written, {report.skipped} already there) on {where} in {ms:.0f} ms")
         return JobReport(paths, summary, timings)
     what = str(sample[0]) if len(seeds) == 1 else f"{len(seeds)} files, {pattern}"

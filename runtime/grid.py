@@ -65,7 +65,7 @@ def grid_layout(count: int, cell: int, columns: int | None = None, padding: int 
     try:
         check_image_size(layout.width, layout.height, force)
     except UserError as e:
-        raise UserError(f"a grid of {layout.rows} x {layout.columns} cells: {e}") from None
+        raise UserError(f"a grid of {layout.rows} x {layout.columns} cells: {e}", params=e.params) from None
     return layout
 
 

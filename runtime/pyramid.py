@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from cips_edge.core.errors import UserError
+from cips_edge.core.files import shown
 
 NGFF_VERSION = "0.5"
 ZARR_SUFFIX = ".zarr"
@@ -146,12 +147,16 @@ def create(path: Path, levels: list[Level], params: dict) -> None:
     """An empty pyramid at `path`: the group's metadata (ome, and ours under PARAMS_KEY) and every
     level's array; no chunk yet."""
     zarr, LocalStore = _zarr()
-    group = zarr.open_group(LocalStore(path), mode="w-", zarr_format=3)
-    for lv in levels:
-        group.create_array(lv.path, shape=(3, lv.height, lv.width), chunks=(3, lv.chunk, lv.chunk), dtype="uint8",
-                           fill_value=0, dimension_names=["c", "y", "x"],
-                           config={"write_empty_chunks": True})  # a black chunk is written too: done is on disk
-    group.attrs.update({"ome": ome_metadata(levels, path.name.removesuffix(".partial")), PARAMS_KEY: params})
+    name = path.name.removesuffix(".partial")
+    try:
+        group = zarr.open_group(LocalStore(path), mode="w-", zarr_format=3)
+        for lv in levels:
+            group.create_array(lv.path, shape=(3, lv.height, lv.width), chunks=(3, lv.chunk, lv.chunk),
+                               dtype="uint8", fill_value=0, dimension_names=["c", "y", "x"],
+                               config={"write_empty_chunks": True})  # a black chunk is written too: done is on disk
+        group.attrs.update({"ome": ome_metadata(levels, name), PARAMS_KEY: params})
+    except OSError as e:  # a folder the checks could not foresee (os.access says yes, mkdir says no)
+        raise UserError(f"cannot write {shown(path.with_name(name))}: {e.strerror or e}") from None
 
 
 def read_params(path: Path) -> dict | None:

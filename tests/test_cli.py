@@ -392,6 +392,8 @@ def test_a_finished_command_that_opened_a_session_skips_the_teardown(args, code,
     (["render", "--region", "0", "0", "0", "1"], "--region has zero width"),
     (["grid", "--seeds", "0", "--size", "20000"], "--size (the size of a cell): image size 20000 x 20000 is beyond "
                                                   "16384 pixels per side; pass --force if you mean it"),
+    (["grid", "--seeds", "0-3", "--size", "10000"], "a grid of 2 x 2 cells: image size 20006 x 20006 is beyond 16384 "
+                                                    "pixels per side; pass --force if you mean it"),
     (["zoom", "--frames", "1"], "--frames must be at least 2, got 1"),
     (["interpolate", "--seeds", "1,2", "--space", "x"], "unknown --space 'x'"),
 ])

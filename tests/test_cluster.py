@@ -201,6 +201,22 @@ def test_cli_errors_before_any_work(tmp_path, tiny_onnx, monkeypatch):
         assert message in result.stderr and result.stderr.count("\n") == 1, (args, result.stderr)
 
 
+def test_a_folder_that_refuses_the_pyramid_is_one_line(tmp_path, monkeypatch):
+    """A folder the checks pass (writable by os.access) whose mkdir is refused, as /sys is for root: one
+    line naming the output, not zarr's traceback."""
+    from cips_edge.core.errors import UserError
+
+    out = tmp_path / "b.zarr"
+    zarr, local_store = pz._zarr()
+
+    def refuse(store, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(pz.partial_path(out)))
+    monkeypatch.setattr(pz, "_zarr", lambda: (type("Zarr", (), {"open_group": staticmethod(refuse)}), local_store))
+    with pytest.raises(UserError) as e:
+        pz.create(pz.partial_path(out), pz.plan_levels(512, 512, CHUNK), {})
+    assert str(e.value) == f"cannot write {out}: Operation not permitted"
+
+
 def test_seeds_on_a_running_scheduler_are_the_files_a_plain_render_writes(tmp_path, tiny_onnx, client):
     alone, shards = tmp_path / "alone", tmp_path / "shards"
     alone.mkdir()
