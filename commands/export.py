@@ -17,7 +17,8 @@ def export(
     out: Annotated[Path, typer.Argument(help="the .onnx file to write")],
     checkpoint: Annotated[Optional[Path], typer.Option(help="checkpoint file, run folder, or original CIPS checkpoint "
                                                             "(default: newest under cips-runs/)")] = None,
-    n_mlp: Annotated[Optional[int], typer.Option(help="mapping layers (original-format checkpoints)")] = None,
+    n_mlp: Annotated[Optional[int], typer.Option(help="mapping layers (original-format checkpoints; default: as "
+                                                      "many as the checkpoint holds)")] = None,
     lr_mlp: Annotated[Optional[float], typer.Option(help="mapping lr multiplier (original-format checkpoints; "
                                                          "default 0.01)")] = None,
     precision: Annotated[Optional[str], typer.Option(help="default pixel precision of the file: fp32, fp16 (float16 "

@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 import typer
 
 from .common import Progress, model_path, user_errors
-from .options import ImageSize, Rendering, SeedsOpt, VerboseOpt, bundled, out_option
+from .options import SEEDS_HELP, ImageSize, Rendering, VerboseOpt, bundled, out_option
 
 
 @user_errors()
 @bundled
 def render(
-    seeds: SeedsOpt = None,
+    seeds: Annotated[Optional[list[str]], typer.Option("--seeds", "--seed", help=f"{SEEDS_HELP} (default: 0; "
+                                                       "none with --latent)")] = None,
     latent: Annotated[Optional[Path], typer.Option(help=".npy latent, shape (style_dim,) or (1, style_dim), "
                                                         "instead of a seed")] = None,
     coords: Annotated[Optional[Path], typer.Option(help=".npy points shaped (..., 2) (x' first); writes raw RGB "
@@ -28,7 +29,8 @@ def render(
         "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
     out: Annotated[Optional[str], out_option(
         "output .png, .tif (tiled BigTIFF), .npy or .zarr (an OME-Zarr pyramid, rendered on Dask); with several "
-        "seeds a folder or a pattern with {seed}")] = None,
+        "seeds a folder or a pattern with {seed} (default: cips-seed<seed>.png here; with --latent "
+        "cips-<latent file name>.png, with --coords cips-seed<seed>-rgb.npy)")] = None,
     run: Rendering = Rendering(),
     resume: Annotated[bool, typer.Option(help="continue the interrupted render kept in OUT.partial (same options "
                                               "needed), or start one; .png/.tif only (a .zarr always continues its "

@@ -101,7 +101,8 @@ class TrainOptions:
                                      "training images (a fixed subset; at most the data set); SWD is noisy "
                                      "below ~1000")
     inception_weights: Path | None = opt(None, "FID's Inception weights file, "
-                                               "pt_inception-2015-12-05-6726825d.pth (docs/metrics.md)")
+                                               "pt_inception-2015-12-05-6726825d.pth (docs/metrics.md); none by "
+                                               "default, which --metrics fid needs")
     # -- machine -------------------------------------------------------------------------------
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N; under torchrun: cuda:LOCAL_RANK")
     bf16: bool = opt(True, "bfloat16 autocast for G and D forward on CUDA (R1 and losses stay fp32); "
