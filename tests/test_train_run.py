@@ -84,6 +84,8 @@ def test_run_folder_layout_and_logs(straight):
     # The corrupt file is reported once, in one line.
     warnings = [line for line in err.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "skipped 1 of 41 files" in err and "broken.png" in err
+    # stderr is no terminal here (a log): plain lines, no progress bar cut short at 80 columns
+    assert "\u2501" not in err and "\u2026" not in err and f"{BATCH * 2 / 1000:.3f}/{KIMG:g} kimg  " in err, err
 
 
 def test_checkpoint_loads_as_the_ema_generator(straight):

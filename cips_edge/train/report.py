@@ -105,6 +105,9 @@ class Reporter:
         except ImportError:  # tensorboard is optional
             self._tb = None
 
+        self._mark = (time.perf_counter(), images_seen)
+        if not self.console.is_terminal:  # a log gets plain lines (log), not a bar cut to 80 columns at its end
+            return
         self._progress = Progress(
             TextColumn("[bold]train"), BarColumn(),
             TextColumn("{task.fields[kimg]}"), TextColumn("{task.fields[speed]}"),
@@ -113,7 +116,6 @@ class Reporter:
             console=self.console, transient=False,
         )
         self._progress.start()
-        self._mark = (time.perf_counter(), images_seen)
         self._task = self._progress.add_task("train", total=self.total, completed=images_seen,
                                              kimg=self._kimg(images_seen), speed="", losses="")
 
