@@ -33,3 +33,18 @@ def test_usage_errors_are_one_line(args, message, capsys):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith(message) and err.count("\n") == 1, err
     assert err.endswith("(cips train --help lists the options)\n")
+
+
+def test_init_from_packaged_is_the_model_cips_edge_ships(tmp_path, monkeypatch):
+    """--init-from packaged names the packaged model wherever cips-edge is installed; a folder of that name
+    in the working directory is taken as the folder."""
+    from pathlib import Path
+
+    from cips_edge.core.format import packaged_model
+    from cips_edge.train.options import TrainOptions
+
+    monkeypatch.chdir(tmp_path)
+    assert TrainOptions(data=tmp_path, init_from="packaged").init_from == packaged_model()
+    assert packaged_model().is_file()
+    (tmp_path / "packaged").mkdir()
+    assert TrainOptions(data=tmp_path, init_from="packaged").init_from == Path("packaged")

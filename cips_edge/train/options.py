@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cips_edge.core.config import PRESETS
+from cips_edge.core.format import packaged_model
 
 AUGMENT_MODES = ("auto", "on", "off")
 RECIPE_BATCH = 32  # the paper's global batch; --batch auto tries it first
@@ -31,6 +32,7 @@ class TrainError(ValueError):
 
 
 PATH_FIELDS = ("data", "out", "init_from", "inception_weights")
+PACKAGED = "packaged"  # --init-from packaged: the model cips-edge ships
 
 
 def opt(default, help: str):
@@ -52,7 +54,8 @@ class TrainOptions:
                                        "--lr, --r1-gamma or the data, may differ. Or from a cips-edge model file "
                                        "(.onnx, e.g. one `cips export` wrote): its generator, with the same preset, "
                                        "size and panorama, and a new discriminator of any widths (see "
-                                       "--d-warmup-kimg). Adam starts afresh and --kimg counts this run's own images")
+                                       "--d-warmup-kimg); `packaged` is the model cips-edge ships. Adam starts "
+                                       "afresh and --kimg counts this run's own images")
     # -- the model -----------------------------------------------------------------------------
     preset: str = opt("edge-64", f"generator preset: {', '.join(PRESETS)}")
     size: int | None = opt(None, f"training size override (power of two, {MIN_SIZE}..{MAX_SIZE}); "
@@ -131,6 +134,8 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
+        if self.init_from == Path(PACKAGED) and not self.init_from.exists():  # the word, not a folder of that name
+            object.__setattr__(self, "init_from", packaged_model())
         # --metrics swd,fid on the command line; a list or tuple from Python or a stored run.
         names = self.metrics.split(",") if isinstance(self.metrics, str) else (self.metrics or ())
         object.__setattr__(self, "metrics", tuple(dict.fromkeys(n.strip() for n in names if n.strip())))
