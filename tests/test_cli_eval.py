@@ -71,6 +71,10 @@ def test_draws_report_the_mean_and_spread_of_independent_evaluations(data, tiny_
     assert len(set(singles)) == 3  # the draws differ: other seeds, other data, other patches
     assert "mean ± std of 3 draws" in " ".join(out.split())  # the title, however the table wraps it
     assert f"{np.mean(singles):.2f} ± {np.std(singles, ddof=1):.2f}" in out
+    levels = np.array([d["swd"]["levels"] for d in result["draws"]])  # each level's row: its own spread
+    assert result["swd"]["levels_std"] == pytest.approx(levels.std(0, ddof=1).tolist(), rel=1e-9)
+    for mean, std in zip(levels.mean(0), levels.std(0, ddof=1)):
+        assert f"{mean:.2f} ± {std:.2f}" in out
 
 
 def test_size_sets_the_compared_resolution(data, tiny_onnx, tmp_path):

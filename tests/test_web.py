@@ -178,6 +178,9 @@ def test_missing_model_and_missing_parent_are_one_line_errors(tmp_path):
     assert result.exit_code == 1 and result.stderr.startswith("error: model not found")
     result = cips("web", tmp_path / "no" / "site", "--model", FORMAT_1)
     assert result.exit_code == 1 and "does not exist" in result.stderr and result.stderr.count("\n") == 1
+    (tmp_path / "notes.png").write_bytes(b"a file")
+    result = cips("web", tmp_path / "notes.png" / "site", "--model", FORMAT_1)
+    assert result.exit_code == 1 and result.stderr.endswith(f"{tmp_path / 'notes.png'} is a file\n"), result.stderr
 
 
 

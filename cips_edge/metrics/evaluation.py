@@ -178,8 +178,9 @@ def evaluate_draws(sample_source: SampleSource, data: str | os.PathLike, draws: 
         return float(np.mean(values))
 
     if "swd" in first:
-        levels = np.mean([r["swd"]["levels"] for r in results], axis=0)
-        combined["swd"] = {"resolutions": first["swd"]["resolutions"], "levels": [float(v) for v in levels],
+        levels = np.array([r["swd"]["levels"] for r in results])
+        combined["swd"] = {"resolutions": first["swd"]["resolutions"], "levels": [float(v) for v in levels.mean(0)],
+                           "levels_std": [float(v) for v in levels.std(0, ddof=1)],
                            "mean": mean_of([r["swd"]["mean"] for r in results], "swd")}
     if "fid" in first:
         combined["fid"] = mean_of([r["fid"] for r in results], "fid")
@@ -218,8 +219,8 @@ def _features(extractor, images: np.ndarray, description: str, progress: bool) -
 
 
 def report_rows(result: dict) -> list[tuple[str, str]]:
-    """(metric, value) pairs in display order; over several draws (evaluate_draws) the means, with the
-    standard deviation between draws after the headline figures."""
+    """(metric, value) pairs in display order; over several draws (evaluate_draws) the means, each with
+    the standard deviation between draws."""
     rows = []
     spread = result.get("spread", {})
 
@@ -227,8 +228,9 @@ def report_rows(result: dict) -> list[tuple[str, str]]:
         return f" ± {scale * spread[name]['std']:.{digits}f}" if name in spread else ""
 
     if "swd" in result:
-        for res, value in zip(result["swd"]["resolutions"], result["swd"]["levels"]):
-            rows.append((f"SWD x1e3 @ {res}x{res}", f"{value:.2f}"))
+        stds = result["swd"].get("levels_std", [None] * len(result["swd"]["levels"]))
+        for res, value, std in zip(result["swd"]["resolutions"], result["swd"]["levels"], stds):
+            rows.append((f"SWD x1e3 @ {res}x{res}", f"{value:.2f}" + ("" if std is None else f" ± {std:.2f}")))
         rows.append(("SWD x1e3 (mean of levels)", f"{result['swd']['mean']:.2f}{between('swd', 1, 2)}"))
     if "fid" in result:
         rows.append(("FID", f"{result['fid']:.3f}{between('fid', 1, 3)}"))

@@ -78,7 +78,8 @@ def check_destination(out: Path) -> None:
         raise UserError(f"{out} is a folder with other files in it; give a new or empty folder (or an earlier "
                         "`cips web` site, which is replaced)")
     if not out.parent.is_dir():
-        raise UserError(f"cannot write the site to {out}: {out.parent} does not exist")
+        problem = "is a file" if out.parent.exists() else "does not exist"
+        raise UserError(f"cannot write the site to {out}: {out.parent} {problem}")
 
 
 def _index_html(info: dict) -> str:
