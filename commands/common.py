@@ -90,11 +90,12 @@ class Progress:
             task = self.bar.add_task("render", total=self.total)
             return lambda n: self.bar.advance(task, n)
         self.start = self.last_line = time.perf_counter()
-        self.done, self.tenths = 0, 0
+        self.done, self.tenths, self.started = 0, 0, False
         return self._plain
 
     def _plain(self, n: int) -> None:
-        if not self.done:
+        if not self.started:  # once, however many calls report nothing done yet
+            self.started = True
             typer.echo(f"rendering {self.total:,} {self.unit}", err=True)
         self.done += n
         tenths = self.done * 10 // max(self.total, 1)
@@ -103,7 +104,7 @@ class Progress:
             self.tenths, self.last_line = tenths, now
             elapsed = now - self.start
             left = elapsed * (self.total - self.done) / self.done
-            typer.echo(f"rendering: {tenths * 10}% of {self.total:,} {self.unit} after {elapsed:.0f} s, "
+            typer.echo(f"rendering: {100 * self.done // self.total}% of {self.total:,} {self.unit} after {elapsed:.0f} s, "
                        f"about {left:.0f} s left", err=True)
 
     def __exit__(self, *exc):

@@ -343,15 +343,24 @@ def test_progress_without_a_terminal_is_plain_lines_on_stderr(tiny_onnx, tmp_pat
     assert r.exit_code == 0 and r.stdout.startswith("wrote 2 files")
     lines = r.stderr.splitlines()
     assert lines[0] == "rendering 128 pixels"
-    assert [line.split("%")[0] for line in lines[1:]] == ["rendering: 10", "rendering: 20", "rendering: 30",
-                                                          "rendering: 50", "rendering: 60", "rendering: 70",
-                                                          "rendering: 80"]
+    # 16 of 128 points a call: a line each time another tenth is passed, with the share actually done
+    assert [line.split("%")[0] for line in lines[1:]] == ["rendering: 12", "rendering: 25", "rendering: 37",
+                                                          "rendering: 50", "rendering: 62", "rendering: 75",
+                                                          "rendering: 87"]
     assert all(" of 128 pixels after " in line and line.endswith(" s left") for line in lines[1:])
     r = cips("zoom", "--model", tiny_onnx, "--size", 8, "--frames", 2, "--out", tmp_path / "z.gif")
     [start, half] = r.stderr.splitlines()
     assert start == "rendering 2 frames" and half.startswith("rendering: 50% of 2 frames after ")
     r = cips("render", "--model", tiny_onnx, "--size", 8, "--out", tmp_path / "one.png")
     assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_plain_progress_says_its_start_once(capsys):
+    """Calls that report nothing done yet (a pyramid's levels before their first chunk) repeat nothing."""
+    with common.Progress(1000, show=True) as advance:
+        for n in (0, 0, 0, 10):
+            advance(n)
+    assert capsys.readouterr().err == "rendering 1,000 pixels\n"
 
 
 def test_verbose_render_prints_where_the_time_went(tiny_onnx, tmp_path):
