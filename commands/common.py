@@ -42,6 +42,8 @@ def user_errors(flags: dict[str, str] | None = None):
                 fail("out of memory: render fewer points at once (--chunk) or a smaller image")
             except Interrupted as e:  # a streamed render says what it kept (runtime/stream.py)
                 fail(e.spelled(spell), 130)
+            except KeyboardInterrupt:  # every file is written whole or not at all (core.files)
+                fail("interrupted: no file is left half-written", 130)
         return wrapper
     return decorate
 

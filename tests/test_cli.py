@@ -355,6 +355,18 @@ def test_progress_without_a_terminal_is_plain_lines_on_stderr(tiny_onnx, tmp_pat
     assert r.exit_code == 0 and r.stderr == ""
 
 
+def test_ctrl_c_during_an_in_memory_render_says_nothing_is_half_written(tiny_onnx, tmp_path, monkeypatch):
+    """Images rendered whole before they are written (not streamed): Ctrl-C is one line, exit 130, no file."""
+    from cips_edge.runtime import job
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(job, "render_image", stop)
+    r = cips("render", "--model", tiny_onnx, "--seed", 1, "--size", 8, "--out", tmp_path / "a.npy")
+    assert r.exit_code == 130 and r.stderr == "error: interrupted: no file is left half-written\n", r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_plain_progress_says_its_start_once(capsys):
     """Calls that report nothing done yet (a pyramid's levels before their first chunk) repeat nothing."""
     with common.Progress(1000, show=True) as advance:
