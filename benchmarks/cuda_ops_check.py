@@ -22,9 +22,9 @@ much faster? On the CUDA provider, with the built library registered:
 
 Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON) after each
 section: an op that fails (at its session or its run) is a row's or a variant's one-line error, and the
-rest still runs. The exit status is 1 when anything failed or a difference exceeds its bound. `--tile 128x128`, `128x256` or `128x128-pingpong` runs the
-op with another configuration (the default is the op's own, 256x128-1x2), so they can be compared in one
-device call.
+rest still runs. The exit status is 1 when anything failed or a difference exceeds its bound. `--tile
+128x128`, `128x256` or `128x128-pingpong` runs the op with another configuration (the default is the
+op's own, 256x128-1x2), so they can be compared in one device call.
 
     bash runtime/cuda_ops/build.sh     # where nvcc and the network are (the GPU machine has neither need)
     bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cips_edge.core.errors import first_line
 from cips_edge.core.format import COORDS, EMBEDDING, RGB, parse_metadata
 from cips_edge.runtime import fuse_ops, graphcut, onnxproto
 from cips_edge.runtime.coords import grid_axes, pixel_grid
@@ -65,8 +66,8 @@ GRID_SIN_CASES = [  # (W, H, F): one 1024-wide call of the paper configuration, 
 # NarrowMatMul against float64 products of the same values, relative to max(1, max |Y|): float32 sums
 NARROW_BOUND = 1e-5
 NARROW_CASES = [  # (M, K, N): a 1024-wide call of paper-256's head, the packaged model's at a ragged M
-    (131_072, 520, 3),  # and many rows a warp, a K not a multiple of 8 (one value a lane), the widest W,
-    (262_147, 136, 3),  # one column
+    (131_072, 520, 3),  # and many rows a warp, a K not a multiple of 8 (the kernel's one-value path), the
+    (262_147, 136, 3),  # widest W, one column
     (1000, 136, 3),
     (37, 12, 3),
     (5, 264, 8),
@@ -90,11 +91,6 @@ OP_CASES = [  # (X shape, N, "bias", "c" (MatMulAddLeakyRelu) or None)
 
 def fail(message: str) -> SystemExit:
     return SystemExit(f"cuda_ops_check: {message}")
-
-
-def first_line(error: Exception) -> str:
-    """An error's first line (ONNX Runtime's and the kernels' reasons), at most 300 characters."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
 
 def op_model(x_shape: tuple[int, ...], n: int, with_bias: bool, with_c: bool = False) -> bytes:
@@ -282,7 +278,8 @@ class Check:
         timed with inputs and output on the GPU."""
         name = " ".join(f"{k}={v}" for k, v in row.items())
         try:
-            sessions = [self.session(model, f"{name} {tag}", tag == "op") for model, tag in zip(models, ("graph", "op"))]
+            sessions = [self.session(model, f"{name} {tag}", tag == "op")
+                        for model, tag in zip(models, ("graph", "op"))]
             graph, got = (s.run(None, feeds)[0] for s in sessions)
         except Exception as e:  # noqa: BLE001 (the kernel's own one-line reason is the result)
             row.update(error=first_line(e), ok=False)
@@ -290,7 +287,10 @@ class Check:
             row["shape"] = list(got.shape)
             row.update(compare(got, graph) if got.shape == shape else {"ok": False})
             if reps and row["ok"]:
-                row.update(zip(("graph_ms", "op_ms"), (self.device_ms(s, feeds, "y", got, reps) for s in sessions)))
+                try:
+                    row.update(zip(("graph_ms", "op_ms"), [self.device_ms(s, feeds, "y", got, reps) for s in sessions]))
+                except Exception as e:  # noqa: BLE001 (the op ran from host arrays but not bound on the device)
+                    row.update(timing_error=first_line(e), ok=False)
         print(json.dumps(row), flush=True)
         return row
 
@@ -408,7 +408,7 @@ class Check:
                 try:
                     row[f"{tag}_ms"] = median_ms(lambda s=session, b=binding: s.run_with_iobinding(b), reps)
                 except Exception as e:  # noqa: BLE001 (one failing variant must not lose the others)
-                    row[f"{tag}_error"] = first_line(e)
+                    row[f"{tag}_error"] = self.errors[f"device {graph} {tag}"] = first_line(e)
             if "original_ms" in row and "fused_ms" in row:
                 row["speedup"] = round(row["original_ms"] / row["fused_ms"], 3)
             for tag in engines:  # the ops the renderer leaves out, over the renderer's fusion
@@ -469,7 +469,8 @@ def main() -> None:
     rows = [row for name in ("op", "grid_sin", "narrow", "render") for row in report.get(name, [])]
     report["ok"] = not check.errors and all(row["ok"] for row in rows)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}; {'all differences within bounds' if report['ok'] else 'ERRORS OR DIFFERENCES OUT OF BOUNDS'}")
+    verdict = "all differences within bounds" if report["ok"] else "ERRORS OR DIFFERENCES OUT OF BOUNDS"
+    print(f"wrote {args.out}; {verdict}")
     if not report["ok"]:
         raise SystemExit(1)
 
