@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -276,9 +275,13 @@ def run(args) -> dict:
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__
-    # CUDA sessions run the cips.fast fused op where this names its library (runtime/model.py refuses to
-    # open a session if it cannot load it, so a result that names it rendered with it)
-    result["cuda_ops_library"] = os.environ.get("CIPS_CUDA_OPS")
+    # CUDA sessions run the cips.fast fused ops where $CIPS_CUDA_OPS names their library, the ops
+    # $CIPS_CUDA_OPS_FUSE picks (runtime/model.py refuses to open a session if it cannot load the library,
+    # so a result that names it rendered with those ops)
+    from cips_edge.runtime.model import cuda_ops
+
+    chosen = cuda_ops()
+    result["cuda_ops_library"], result["cuda_ops_fused"] = (chosen[0], list(chosen[1])) if chosen else (None, None)
     print(f"render benchmark: {result['preset']} ({mflop:.2f} MFLOP/pixel) on {result['device_name']}", flush=True)
     start = time.perf_counter()
     result["matmul_peak_tflops"] = peaks = matmul_peak(device)

@@ -29,7 +29,7 @@ from distributed.scheduler import KilledWorker
 
 from . import pyramid as pz
 from .devices import visible_gpus
-from cips_edge.core.errors import Interrupted, UserError
+from cips_edge.core.errors import Interrupted, UserError, first_line
 from cips_edge.core.files import file_sha256
 from cips_edge.core.format import packaged_model
 from cips_edge.core.seeds import latent_for_seed
@@ -227,7 +227,7 @@ def connect(scheduler: str | None, plan: Plan | None) -> Iterator[Client]:
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as e:
-            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {_first_line(e)}") from None
+            raise UserError(f"cannot reach the Dask scheduler at {scheduler}: {first_line(e)}") from None
         with client:
             if not client.scheduler_info().get("workers"):
                 client.wait_for_workers(1, timeout=60)
@@ -248,7 +248,7 @@ def agree(client: Client, spec: ModelSpec) -> tuple[ModelSpec, list[str]]:
     except UserError:  # the model is missing or differs on a worker: the message says so
         raise
     except Exception as e:  # noqa: BLE001 - a worker's error from ONNX Runtime and the like
-        raise UserError(f"a worker could not open the model: {type(e).__name__}: {_first_line(e)}") from None
+        raise UserError(f"a worker could not open the model: {type(e).__name__}: {first_line(e)}") from None
     if not seen:
         raise UserError("the Dask cluster has no workers")
     precisions = sorted({p for _, p in seen.values()})
@@ -343,7 +343,7 @@ def render_pyramid(client: Client, spec: ModelSpec, out: Path, z: np.ndarray, wi
                           "continues") from None
     except KilledWorker as e:
         kept = sum(len(pyramid.done(lv)) for lv in levels)
-        raise UserError(f"a task ended every worker that ran it ({_first_line(e)}; out of memory?); {kept} of {total} "
+        raise UserError(f"a task ended every worker that ran it ({first_line(e)}; out of memory?); {kept} of {total} "
                         f"chunks of {out} are kept in {partial}, and the same command continues") from None
     finally:
         for future in wanted:
@@ -359,11 +359,6 @@ def _remove_strays(path: Path) -> None:
         for name in files:
             if name.endswith(".partial"):
                 Path(folder, name).unlink(missing_ok=True)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def seed_batches(seeds: list[int], width: int, height: int) -> list[list[int]]:
@@ -392,7 +387,7 @@ def render_files(client: Client, spec: ModelSpec, pattern: str, seeds: list[int]
         raise Interrupted(f"interrupted: {report.done + report.skipped} of {len(seeds)} images are written; the same "
                           "command renders the rest") from None
     except KilledWorker as e:
-        raise UserError(f"a task ended every worker that ran it ({_first_line(e)}; out of memory?); the same command "
+        raise UserError(f"a task ended every worker that ran it ({first_line(e)}; out of memory?); the same command "
                         "renders the images not yet written") from None
     finally:
         for future in wanted:

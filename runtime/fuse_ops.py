@@ -43,11 +43,15 @@ def ops_named(text: str) -> tuple[str, ...]:
     if text.strip() == "all":
         return OPS
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in OPS]
-    if unknown or not names:
-        raise ValueError(f"no such cips.fast op: {', '.join(unknown) or repr(text)}; the library has "
-                         f"{', '.join(OPS)} (or all)")
+    _check_known(names or (text,))
     return names
+
+
+def _check_known(names) -> None:
+    unknown = [name for name in names if name not in OPS]
+    if unknown:
+        raise ValueError(f"no such cips.fast op: {', '.join(map(repr, unknown))}; the library has "
+                         f"{', '.join(OPS)} (or all)")
 
 
 def for_cuda(model_bytes: bytes, ops: tuple[str, ...] = RENDER_OPS) -> bytes:
@@ -67,14 +71,15 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     the folded float16 values are exact; anything else stays as it is.
 
     MatMulAddLeakyRelu fuses a LeakyRelu of Gemm(X, W, C) (alpha and beta 1, transA 0) whose C is a
-    Reshape to [-1, N] of a computed (not constant) value: a full matrix. GridSin fuses a Cast to float16
-    of a Sin of an Add of two Unsqueezes of float32 tables, one along axis 0 (A [W, F] -> [1, W, F]) and
-    one along axis 1 (B [H, F] -> [H, 1, F]), each read by nothing but the next. NarrowMatMul fuses a Gemm (no C, alpha 1, neither input
-    transposed) of a Cast to float32 of a float16 value, read by nothing else, and a float32 W [K, N]
-    (N <= 8, K x N <= 12,288)."""
-    unknown = set(ops) - set(OPS)
-    if unknown:
-        raise ValueError(f"no such cips.fast op: {sorted(unknown)}; the library has {OPS}")
+    Reshape to [-1, N] of a computed (not constant) value: a full matrix.
+
+    GridSin fuses a Cast to float16 of a Sin of an Add of two Unsqueezes of float32 tables, one along
+    axis 0 (A [W, F] -> [1, W, F]) and one along axis 1 (B [H, F] -> [H, 1, F]), each read by nothing but
+    the next.
+
+    NarrowMatMul fuses a Gemm (no C, alpha 1, neither input transposed) of a Cast to float32 of a float16
+    value, read by nothing else, and a float32 W [K, N] (N <= 8, K x N <= 12,288)."""
+    _check_known(ops)
     out = onnxproto.messages().ModelProto()
     out.CopyFrom(model)
     graph = out.graph

@@ -14,7 +14,7 @@ import numpy as np
 from cips_edge.core.config import GeneratorConfig
 
 from . import cuda_early, fuse_ops, graphcut, onnxproto
-from cips_edge.core.errors import UserError
+from cips_edge.core.errors import UserError, first_line
 from cips_edge.core.files import check_input_file
 from cips_edge.core.format import INPUTS, OUTPUT, PRECISIONS, STYLE_INPUTS, ModelInfo, parse_metadata
 from .chunks import default_chunk
@@ -68,31 +68,37 @@ def count_parameters(config: GeneratorConfig) -> int:
     return mapping + fourier + table + layers + to_rgbs
 
 
-def _with_cuda_ops(source: str | bytes, options) -> str | bytes:
-    """A CUDA session's graph with the cips.fast fused ops (runtime/cuda_ops/) where $CIPS_CUDA_OPS names the
-    built library, which is registered on options before the graph is rewritten (a library onnxruntime
-    cannot load is refused first); the graph as it is otherwise. Opt-in: the library is not part of the
-    package. $CIPS_CUDA_OPS_FUSE picks the ops (comma-separated, or all; default fuse_ops.RENDER_OPS)."""
+def cuda_ops() -> tuple[str, tuple[str, ...]] | None:
+    """($CIPS_CUDA_OPS, the cips.fast ops $CIPS_CUDA_OPS_FUSE picks: comma-separated names or all; unset or
+    blank: fuse_ops.RENDER_OPS), or None where $CIPS_CUDA_OPS is unset or blank."""
     wanted = os.environ.get("CIPS_CUDA_OPS")
-    if not wanted or not isinstance(source, bytes):
-        return source
-    picked = os.environ.get("CIPS_CUDA_OPS_FUSE")
+    if not wanted:
+        return None
+    picked = os.environ.get("CIPS_CUDA_OPS_FUSE", "")
     try:
-        ops = fuse_ops.ops_named(picked) if picked is not None else fuse_ops.RENDER_OPS
+        return wanted, fuse_ops.ops_named(picked) if picked.strip() else fuse_ops.RENDER_OPS
     except ValueError as e:
         raise UserError(f"CIPS_CUDA_OPS_FUSE={picked}: {e}") from None
+
+
+def _with_cuda_ops(source: str | bytes, options) -> str | bytes:
+    """A CUDA session's graph with the cips.fast fused ops (runtime/cuda_ops/, picked by cuda_ops()) where
+    $CIPS_CUDA_OPS names the built library, which is registered on options before the graph is rewritten
+    (a library onnxruntime cannot load is refused first); the graph as it is otherwise. Opt-in: the
+    library is not part of the package."""
+    if not isinstance(source, bytes):
+        return source
+    chosen = cuda_ops()
+    if chosen is None:
+        return source
+    wanted, ops = chosen
     if not Path(wanted).is_file():
         raise UserError(f"CIPS_CUDA_OPS={wanted}: no such file (bash runtime/cuda_ops/build.sh builds it)")
     try:
         options.register_custom_ops_library(wanted)
     except Exception as e:  # onnxruntime's own error types
-        raise UserError(f"CIPS_CUDA_OPS={wanted}: onnxruntime cannot load it: {_first_line(e)}") from None
+        raise UserError(f"CIPS_CUDA_OPS={wanted}: onnxruntime cannot load it: {first_line(e)}") from None
     return fuse_ops.for_cuda(source, ops)
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
 
 
 def default_threads() -> int:
@@ -228,7 +234,7 @@ class CIPSModel:
                 session = ort.InferenceSession(source, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise UserError(f"{self.path} is not a loadable ONNX model (truncated or another format?): "
-                            f"{_first_line(e)}") from None
+                            f"{first_line(e)}") from None
         global _sessions
         _sessions += 1
         return session

@@ -320,11 +320,13 @@ def test_cuda_sessions_take_the_fused_op_only_when_cips_cuda_ops_names_a_library
 def _grid_block(elem: int):
     """a [W, 8], b [H, 8] of elem -> Cast(Sin(Unsqueeze(a, 0) + Unsqueeze(b, 1)), float16) [H, W, 8]."""
     inits = [numpy_helper.from_array(np.array([k], np.int64), f"axis{k}") for k in (0, 1)]
-    nodes = [helper.make_node("Unsqueeze", ["a", "axis0"], ["columns"]), helper.make_node("Unsqueeze", ["b", "axis1"], ["rows"]),
+    nodes = [helper.make_node("Unsqueeze", ["a", "axis0"], ["columns"]),
+             helper.make_node("Unsqueeze", ["b", "axis1"], ["rows"]),
              helper.make_node("Add", ["columns", "rows"], ["angle"]), helper.make_node("Sin", ["angle"], ["sine"]),
              helper.make_node("Cast", ["sine"], ["y"], to=TensorProto.FLOAT16)]
     inputs = [helper.make_tensor_value_info("a", elem, ["w", 8]), helper.make_tensor_value_info("b", elem, ["h", 8])]
-    graph = helper.make_graph(nodes, "grid", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)], inits)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)
+    graph = helper.make_graph(nodes, "grid", inputs, [y], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -354,7 +356,8 @@ def _input_layer(columns: int, constant: bool = False):
         inputs.append(helper.make_tensor_value_info("t", TensorProto.FLOAT16, ["points", columns]))
     nodes = [helper.make_node("Reshape", ["t", "shape"], ["c"]), helper.make_node("Gemm", ["x", "w", "c"], ["z"]),
              helper.make_node("LeakyRelu", ["z"], ["y"], alpha=0.2)]
-    graph = helper.make_graph(nodes, "layer", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)], inits)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)
+    graph = helper.make_graph(nodes, "layer", inputs, [y], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -373,23 +376,37 @@ def test_matmul_add_leaky_relu_takes_only_a_full_matrix():
 
 
 def test_cips_cuda_ops_fuse_picks_the_renderers_ops(packaged, monkeypatch, tmp_path):
-    """$CIPS_CUDA_OPS_FUSE names the ops the renderer's sessions fuse (all: every one); a name the library
-    does not have is one line, before the library is loaded."""
+    """$CIPS_CUDA_OPS_FUSE names the ops the renderer's sessions fuse (all: every one; unset or blank: the
+    renderer's own); a name the library does not have is one line, before the library is loaded."""
     from cips_edge.core.errors import UserError
     from cips_edge.runtime.model import _with_cuda_ops
+
+    class Options:  # a session's options that take any library (the built one needs a GPU to load)
+        def register_custom_ops_library(self, path):
+            self.library = path
+
+    def fused_ops(source: bytes) -> list[int]:
+        ops = [n.op_type for n in onnxproto.parse(_with_cuda_ops(source, Options())).graph.node]
+        return [ops.count(op) for op in fuse_ops.OPS]
 
     fast, _ = packaged
     assert fuse_ops.ops_named("all") == fuse_ops.OPS
     assert fuse_ops.ops_named(" GridSin,NarrowMatMul ") == (fuse_ops.GRID_SIN, fuse_ops.NARROW)
-    every = [n.op_type for n in onnxproto.parse(fuse_ops.for_cuda(fast.grid, fuse_ops.ops_named("all"))).graph.node]
-    assert [every.count(op) for op in fuse_ops.OPS] == [8, 1, 1, 1]
     for text in ("GridCos", "", " , "):
         with pytest.raises(ValueError, match="no such cips.fast op"):
             fuse_ops.ops_named(text)
     library = tmp_path / "libcips_cuda_ops.so"
-    library.write_text("never loaded: the name is refused first")
+    library.write_text("stands for the library")
     monkeypatch.setenv("CIPS_CUDA_OPS", str(library))
+    for picked, counts in [(None, [8, 0, 0, 0]), (" ", [8, 0, 0, 0]), ("all", [8, 1, 1, 1]),
+                           ("GridSin,NarrowMatMul", [0, 0, 1, 1])]:
+        if picked is None:
+            monkeypatch.delenv("CIPS_CUDA_OPS_FUSE", raising=False)
+        else:
+            monkeypatch.setenv("CIPS_CUDA_OPS_FUSE", picked)
+        assert fused_ops(fast.grid) == counts, picked
     monkeypatch.setenv("CIPS_CUDA_OPS_FUSE", "MatMulLeakyRelu,GridCos")
-    with pytest.raises(UserError, match="CIPS_CUDA_OPS_FUSE=MatMulLeakyRelu,GridCos: no such cips.fast op: GridCos") as e:
-        _with_cuda_ops(fast.grid, ort.SessionOptions())
+    with pytest.raises(UserError, match="CIPS_CUDA_OPS_FUSE=MatMulLeakyRelu,GridCos: no such cips.fast op: 'GridCos'"
+                       ) as e:
+        _with_cuda_ops(fast.grid, Options())
     assert "\n" not in str(e.value)

@@ -38,6 +38,13 @@ def _mentions(text: str, params: tuple[str, ...]) -> list[tuple[int, int, str]]:
     return sorted(found)
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's first line (the reason a library gives), at most limit characters; its type's name
+    when it has no text."""
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:limit]
+
+
 class UserError(_Named, Exception):
     """Its message is one line for the user; the CLI prints it on stderr and exits non-zero."""
 
