@@ -106,7 +106,8 @@ class Progress:
             self.tenths, self.last_line = tenths, now
             elapsed = now - self.start
             left = elapsed * (self.total - self.done) / self.done
-            typer.echo(f"rendering: {100 * self.done // self.total}% of {self.total:,} {self.unit} after {elapsed:.0f} s, "
+            share = 100 * self.done // self.total
+            typer.echo(f"rendering: {share}% of {self.total:,} {self.unit} after {elapsed:.0f} s, "
                        f"about {left:.0f} s left", err=True)
 
     def __exit__(self, *exc):

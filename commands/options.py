@@ -19,9 +19,9 @@ ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="cips-ed
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when it loads, else CPU), cuda (error if it cannot run), cpu, "
                                              "or tensorrt (ONNX Runtime's TensorRT provider; error if it cannot load)")]
 PrecisionOpt = Annotated[Optional[str], typer.Option(help="pixel precision: fp32, fp16 or int8, if the model holds it "
-                                                          "(default: the precision the file was exported with where the "
-                                                          "device suits it (fp16 on a GPU, int8 on a CPU), else fp32; "
-                                                          "the packaged model: fp16 on a GPU, fp32 on a CPU)")]
+                                                          "(default: the precision the file was exported with where "
+                                                          "the device suits it (fp16 on a GPU, int8 on a CPU), else "
+                                                          "fp32; the packaged model: fp16 on a GPU, fp32 on a CPU)")]
 ThreadsOpt = Annotated[int, typer.Option(help="CPU threads, each running whole chunks; 0 = the cores this process "
                                               "may use")]
 ChunkOpt = Annotated[Optional[int], typer.Option(help="points per ONNX Runtime call (default: 1024 on CPU (16384 for "

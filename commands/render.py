@@ -29,8 +29,8 @@ def render(
         "the left: --size or --height is the height, --width defaults to the model's frames x height")] = False,
     out: Annotated[Optional[str], out_option(
         "output .png, .tif (tiled BigTIFF), .npy or .zarr (an OME-Zarr pyramid, rendered on Dask); with several "
-        "seeds a folder or a pattern with {seed} (default: cips-seed<seed>.png here; with --latent "
-        "cips-<latent file name>.png, with --coords cips-seed<seed>-rgb.npy)")] = None,
+        "seeds a folder or a pattern with {seed} (default, in this folder: cips-seed7.png for seed 7, cips-z.png "
+        "for --latent z.npy; with --coords cips-seed7-rgb.npy or cips-z-rgb.npy)")] = None,
     run: Rendering = Rendering(),
     resume: Annotated[bool, typer.Option(help="continue the interrupted render kept in OUT.partial (same options "
                                               "needed), or start one; .png/.tif only (a .zarr always continues its "

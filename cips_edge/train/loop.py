@@ -226,7 +226,7 @@ class Run:
                 raise TrainError(f"--out {shown(run_dir)} is a file, not a run folder: choose another --out")
             if run_dir.exists() and any(run_dir.iterdir()):
                 hint = ("it has no checkpoint yet: --resume starts it again in place"
-                        if run_dir.is_dir() and not run_checkpoints(run_dir) else "pass --resume to continue it")
+                        if not run_checkpoints(run_dir) else "pass --resume to continue it")
                 raise TrainError(f"run folder {run_dir} already exists: {hint}, or choose another --out")
             self.options = dataclasses.replace(o, out=run_dir)
         if self.options.data is not None:  # recorded absolute, so a resume works from any folder

@@ -54,8 +54,9 @@ class TrainOptions:
                                        "--lr, --r1-gamma or the data, may differ. Or from a cips-edge model file "
                                        "(.onnx, e.g. one `cips export` wrote): its generator, with the same preset, "
                                        "size and panorama, and a new discriminator of any widths (see "
-                                       "--d-warmup-kimg); `packaged` is the model cips-edge ships. Adam starts "
-                                       "afresh and --kimg counts this run's own images")
+                                       "--d-warmup-kimg); `packaged` is the model cips-edge ships (a file or "
+                                       "folder of that name here comes first). Adam starts afresh and --kimg "
+                                       "counts this run's own images")
     # -- the model -----------------------------------------------------------------------------
     preset: str = opt("edge-64", f"generator preset: {', '.join(PRESETS)}")
     size: int | None = opt(None, f"training size override (power of two, {MIN_SIZE}..{MAX_SIZE}); "
@@ -104,8 +105,8 @@ class TrainOptions:
                                      "training images (a fixed subset; at most the data set); SWD is noisy "
                                      "below ~1000")
     inception_weights: Path | None = opt(None, "FID's Inception weights file, "
-                                               "pt_inception-2015-12-05-6726825d.pth (docs/metrics.md); none by "
-                                               "default, which --metrics fid needs")
+                                               "pt_inception-2015-12-05-6726825d.pth (docs/metrics.md) (default: "
+                                               "none; --metrics fid needs it)")
     # -- machine -------------------------------------------------------------------------------
     device: str = opt("auto", "auto (cuda if available), cpu, cuda, cuda:N; under torchrun: cuda:LOCAL_RANK")
     bf16: bool = opt(True, "bfloat16 autocast for G and D forward on CUDA (R1 and losses stay fp32); "
