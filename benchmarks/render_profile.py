@@ -8,6 +8,8 @@ Parts (each prints a line and lands in the JSON):
   and the same image's points through the pixel graph; the kernels they
   launch are recorded with torch.profiler (CUPTI sees every kernel of the process, ONNX Runtime's
   cuBLAS and its own kernels included) and summed per kernel name.
+- batch (--batch B): B latents at --side through render_images (the runtime's one grid call per latent),
+  its kernels' sum against the wall time: the GPU's idle share, which fewer, larger calls could win;
 - torch: the same per-pixel computation from the same style outputs, in PyTorch fp16 (features in
   float32, the chain in float16, the last GEMM in float32), eager: the same kernels ONNX Runtime could
   pick; and the GEMMs alone (no activation): what cuBLAS does for this shape chain.
@@ -34,7 +36,7 @@ from cips_edge.core.config import preset
 from cips_edge.export import export_generator
 from cips_edge.export.style import fp16_name, weight_names
 from cips_edge.model import CIPSGenerator, LRELU_SLOPE
-from cips_edge.runtime import CIPSModel, latent_for_seed, pixel_grid, render_image, render_points
+from cips_edge.runtime import CIPSModel, latent_for_seed, pixel_grid, render_image, render_images, render_points
 from cips_edge.runtime.coords import grid_chunks
 from cips_edge.runtime.model import CUDA_OPTIONS
 
@@ -58,7 +60,12 @@ def cuda_timed(fn, runs: int = 10) -> float:
 
 
 def kernel_table(fn, runs: int = 3, top: int = 25) -> list[dict]:
-    """GPU time per kernel name over `runs` calls of fn, per call, largest first."""
+    """GPU time per kernel name over `runs` calls of fn, per call, largest first (the top ones)."""
+    return kernel_times(fn, runs)[:top]
+
+
+def kernel_times(fn, runs: int = 3) -> list[dict]:
+    """GPU time per kernel name over `runs` calls of fn, per call, largest first: every kernel."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -76,7 +83,7 @@ def kernel_table(fn, runs: int = 3, top: int = 25) -> list[dict]:
     rows = [{"kernel": name[:120], "ms_per_call": round(ms / runs, 3), "launches_per_call": n // runs}
             for name, (ms, n) in totals.items()]
     rows.sort(key=lambda r: -r["ms_per_call"])
-    return rows[:top]
+    return rows
 
 
 def pixel_constants(model: CIPSModel) -> dict[str, np.ndarray]:
@@ -126,9 +133,29 @@ def torch_chain(path: Path, side: int):
     return full, gemms, x16
 
 
+def batch_profile(model: CIPSModel, side: int, batch: int) -> dict:
+    """render_images of `batch` latents at side x side (the runtime's one grid call per latent): its wall
+    time, every kernel's GPU time and their sum, and the GPU's idle share of the wall time (launches, host
+    work and copies between the kernels): what fewer, larger calls could win."""
+    zs = np.stack([latent_for_seed(seed, model.style_dim) for seed in range(batch)])
+    render = lambda: render_images(model, zs, side, side)  # noqa: E731
+    ms = cuda_timed(render, runs=5)
+    kernels = kernel_times(render)
+    busy = round(sum(k["ms_per_call"] for k in kernels), 3)
+    out = {"latents": batch, "ms": ms, "mpixel_per_s": round(batch * side * side / ms / 1000, 2),
+           "kernel_ms_sum": busy, "idle_share": round(max(0.0, 1 - busy / ms), 3), "kernels": kernels[:25]}
+    print(f"ort fp16 {batch} x {side}^2: {ms} ms ({out['mpixel_per_s']} Mpixel/s), kernels {busy} ms, GPU idle "
+          f"{100 * out['idle_share']:.0f}% of the wall time; kernels:", flush=True)
+    for k in kernels[:12]:
+        print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--side", type=int, default=1024, help="image side in pixels (default 1024)")
+    p.add_argument("--batch", type=int, default=1, help="also profile a batch of this many latents at --side "
+                                                        "(render_images; default 1: no batch)")
     p.add_argument("--preset", default="paper-256", help="generator preset (default paper-256)")
     p.add_argument("--compile", action="store_true", help="also torch.compile the chain (minutes)")
     p.add_argument("--out", type=Path, required=True, help="JSON file")
@@ -172,6 +199,8 @@ def main(argv=None) -> None:
         grid = pixel_grid(side, side)
         points = lambda: render_points(model, z, grid)  # noqa: E731
         row["points"] = {"ms": cuda_timed(points, runs=5), "kernels": kernel_table(points)}
+        if args.batch > 1:
+            row["batch"] = batch_profile(model, side, args.batch)
         result["ort"][variant or "default"] = row
         print(f"ort fp16 {side}^2 {options or ''}: {row['ms']} ms; phases {row['phases_ms']}; kernels:", flush=True)
         for k in row["kernels"][:12]:
