@@ -7,10 +7,11 @@ foveated, or in memory); a .zarr output or a cluster goes to cluster_job.py.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
-from cips_edge.core.errors import UserError
+from cips_edge.core.errors import Interrupted, UserError
 from cips_edge.core.files import remove_empty_folders
 
 from . import fovea as fv
@@ -97,11 +98,14 @@ def _render_here(job: RenderJob, progress: ProgressFactory, made: list[Path]) ->
     total = sum(s.remaining_pixels for s in streams_) if streamed else work * len(latents)
     unit = "points" if points is not None or plan is not None else "pixels"
     start = time.perf_counter()
-    with progress(total, streamed or len(latents) > 1 or work >= 1 << 20, unit) as advance:
+    written = 0
+    with progress(total, streamed or len(latents) > 1 or work >= 1 << 20, unit) as advance, \
+            _count_on_interrupt(lambda: written, len(paths)):
         for z, path, stream in zip(latents, paths, streams_ or [None] * len(paths)):
             if stream is not None:  # encoded and written while it renders: all of it counts as render
                 with timings.measure("render"):
                     stream.run(models, job.chunk, advance)
+                written += 1
                 continue
             with timings.measure("render"):
                 if points is not None:
@@ -116,6 +120,7 @@ def _render_here(job: RenderJob, progress: ProgressFactory, made: list[Path]) ->
                 if plan is not None and job.fovea_map is not None:
                     write_output(job.fovea_map, fv.sample_map(plan, rgb))
                 write_output(path, rgb)
+            written += 1
     ms = (time.perf_counter() - start) * 1000
 
     what = f"{len(paths)} files, {paths[0]} ... {paths[-1]}" if len(paths) > 1 else str(paths[0])
@@ -133,6 +138,20 @@ def _render_here(job: RenderJob, progress: ProgressFactory, made: list[Path]) ->
     where += "" if m.precision == "fp32" else f" ({m.precision})"
     verb = "kept" if streams_ and all(s.complete for s in streams_) else "wrote"  # --resume found them finished
     return JobReport(paths, f"{verb} {what} ({shape}) on {where} in {ms:.0f} ms", timings)
+
+
+@contextlib.contextmanager
+def _count_on_interrupt(written, count: int):
+    """Ctrl-C during a render of several files says how many were written (each whole); a streamed render's
+    own message (what it kept) passes as it is."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        if count == 1:
+            raise
+        raise Interrupted(f"interrupted: {written()} of {count} files are written, each whole") from None
 
 
 def _resumed(job: RenderJob, streams_: list[StreamRender]) -> str:

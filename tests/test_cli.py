@@ -365,6 +365,18 @@ def test_ctrl_c_during_an_in_memory_render_says_nothing_is_half_written(tiny_onn
     r = cips("render", "--model", tiny_onnx, "--seed", 1, "--size", 8, "--out", tmp_path / "a.npy")
     assert r.exit_code == 130 and r.stderr == "error: interrupted: no file is left half-written\n", r.stderr
     assert list(tmp_path.iterdir()) == []
+    # several seeds: how many files are there, each whole
+    calls = []
+
+    def stop_at_the_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return render_image(*args, **kwargs)
+    monkeypatch.setattr(job, "render_image", stop_at_the_third)
+    r = cips("render", "--model", tiny_onnx, "--seeds", "0-3", "--size", 8, "--out", f"{tmp_path}/")
+    assert r.exit_code == 130 and r.stderr.endswith("error: interrupted: 2 of 4 files are written, each whole\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cips-seed0.png", "cips-seed1.png"]
 
 
 def test_plain_progress_says_its_start_once(capsys):
