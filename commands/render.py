@@ -53,7 +53,8 @@ def render(
                                                             "output always uses one)")] = False,
     workers: Annotated[Optional[int], typer.Option(help="workers of the local Dask cluster (default: one per GPU, "
                                                         "else one per CPU socket, the cores shared out)")] = None,
-    zarr_chunk: Annotated[int, typer.Option(help="pixels per side of an OME-Zarr chunk, each one render task")] = 1024,
+    zarr_chunk: Annotated[Optional[int], typer.Option(help="pixels per side of a .zarr output's chunks, each one "
+                                                          "render task (default: 1024)")] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Render images (or raw RGB at given points) from a cips-edge ONNX model.

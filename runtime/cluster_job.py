@@ -28,6 +28,7 @@ def _cluster_module():
 def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path] | None = None) -> JobReport:
     cl = _cluster_module()
     to_zarr = job.out is not None and pz.is_zarr(job.out)
+    zarr_chunk = pz.CHUNK if job.zarr_chunk is None else job.zarr_chunk
     if job.latent is not None and not to_zarr:
         raise UserError("latent on a Dask cluster renders one big image: give out NAME.zarr",
                         params=("latent", "out"))
@@ -46,7 +47,7 @@ def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path
                             params=("panorama", "region"))
         w, frame = panorama_view(meta.config, h, job.width, str(job.model))
     if to_zarr:  # never held in memory whole: no force needed
-        pz.check_size(w, h, job.zarr_chunk)
+        pz.check_size(w, h, zarr_chunk)
     else:
         check_image_size(w, h, job.force)
     if job.region is not None:
@@ -71,7 +72,7 @@ def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path
     plan = None if job.scheduler is not None else cl.local_plan(job.workers, job.device, job.threads)
     if plan is not None:
         spec = plan.adapt(spec)
-    levels = pz.plan_levels(h, w, job.zarr_chunk)
+    levels = pz.plan_levels(h, w, zarr_chunk)
     total = len(paths) * sum(lv.height * lv.width for lv in levels) if to_zarr else len(seeds) * w * h
     start = time.perf_counter()
     with cl.connect(job.scheduler, plan) as client:
@@ -83,7 +84,7 @@ def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path
                 report = cl.Report()
                 for z, path in zip(latents, paths):
                     one = cl.render_pyramid(client, spec, path, z, w, h, frame, job.truncation, job.chunk,
-                                            job.zarr_chunk, advance)
+                                            zarr_chunk, advance)
                     report.done, report.skipped = report.done + one.done, report.skipped + one.skipped
             else:
                 report = cl.render_files(client, spec, pattern, seeds, w, h, frame, job.truncation, job.chunk,
@@ -95,7 +96,7 @@ def render_on_cluster(job: RenderJob, progress: ProgressFactory, made: list[Path
     if to_zarr:
         what = str(paths[0]) if len(paths) == 1 else f"{len(paths)} pyramids, {paths[0]} ... {paths[-1]}"
         levels_text = f"{len(levels)} level{'s' if len(levels) > 1 else ''}"
-        summary = (f"wrote {what} (OME-Zarr {pz.NGFF_VERSION}, {shape}, {levels_text} in {job.zarr_chunk}^2 "
+        summary = (f"wrote {what} (OME-Zarr {pz.NGFF_VERSION}, {shape}, {levels_text} in {zarr_chunk}^2 "
                    f"chunks: {report.done} written, {report.skipped} already there) on {where} in {ms:.0f} ms")
         return JobReport(paths, summary, timings)
     what = str(sample[0]) if len(seeds) == 1 else f"{len(seeds)} files, {pattern}"

@@ -20,6 +20,7 @@ from .devices import open_models, parse_devices
 from .image import IMAGE_SUFFIXES, check_image_size, output_paths, prepare_output, write_output
 from .jobspec import JobReport, ProgressFactory, RenderJob, Timings, latents_of, no_progress
 from .latents import parse_seeds
+from .pyramid import is_zarr
 from .render import check_truncation, render_image, render_points
 from .stream import STREAM_SUFFIXES, StreamRender, streams
 
@@ -45,6 +46,8 @@ def _render_job(job: RenderJob, progress: ProgressFactory, made: list[Path]) -> 
     if job.latent is not None and job.seeds:
         raise UserError("give either latent or seeds, not both", params=("latent", "seeds"))
     check_truncation(job.truncation)
+    if job.zarr_chunk is not None and not (job.out is not None and is_zarr(job.out)):
+        raise UserError("zarr_chunk sizes the chunks of a .zarr output (an OME-Zarr pyramid)", params="zarr_chunk")
     if job.on_cluster:
         for name in ("coords", "fovea", "fovea_map", "devices"):
             if getattr(job, name) is not None:

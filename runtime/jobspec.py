@@ -54,7 +54,7 @@ class RenderJob:
     scheduler: str | None = None  # a Dask scheduler's address (cluster_job.py)
     cluster: bool = False
     workers: int | None = None
-    zarr_chunk: int = 1024
+    zarr_chunk: int | None = None  # pixels per side of a .zarr output's chunks (None: pyramid.CHUNK, 1024)
     packaged: bool = False  # the model is the one packaged with cips-edge (cluster workers find their own)
 
     @property

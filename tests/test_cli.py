@@ -427,6 +427,7 @@ def test_a_finished_command_that_opened_a_session_skips_the_teardown(args, code,
                                                   "16384 pixels per side; pass --force if you mean it"),
     (["grid", "--seeds", "0-3", "--size", "10000"], "a grid of 2 x 2 cells: image size 20006 x 20006 is beyond 16384 "
                                                     "pixels per side; pass --force if you mean it"),
+    (["render", "--zarr-chunk", "512"], "--zarr-chunk sizes the chunks of a .zarr output (an OME-Zarr pyramid)"),
     (["zoom", "--frames", "1"], "--frames must be at least 2, got 1"),
     (["interpolate", "--seeds", "1,2", "--space", "x"], "unknown --space 'x'"),
 ])
