@@ -30,7 +30,7 @@ ChunkOpt = Annotated[Optional[int], typer.Option(help="points per ONNX Runtime c
                                                       "activations fit ~2 GB, 16384-1048576)")]
 TruncationOpt = Annotated[float, typer.Option(help="psi: 1 = none, smaller = closer to the average image")]
 SEEDS_HELP = "seeds: 7, 0-15 or 1,2,5; repeatable"
-SeedsOpt = Annotated[Optional[list[str]], typer.Option("--seeds", "--seed", help=SEEDS_HELP)]
+SeedsOpt = Annotated[Optional[list[str]], typer.Option("--seeds", "--seed", help=f"{SEEDS_HELP} (required)")]
 SeedOpt = Annotated[int, typer.Option(help="seed of the latent")]
 SizeOpt = Annotated[int, typer.Option(help="width and height in pixels")]
 WidthOpt = Annotated[Optional[int], typer.Option(help="width in pixels (default: --size)")]
