@@ -172,6 +172,15 @@ def test_killing_the_client_and_rerunning_skips_the_chunks_written(tmp_path, tin
     assert np.array_equal(pz.Pyramid(out).read(0, 0, 0, SIDE, SIDE), reference)
 
 
+def test_a_small_pyramid_is_one_level(tmp_path, tiny_onnx):
+    """An image within one chunk is a pyramid of one level, and the line says so in the singular."""
+    result = cips("render", "--seed", "1", "--size", 64, "--out", tmp_path / "one.zarr", "--model", tiny_onnx,
+                  "--workers", 1, "--threads", 1)
+    assert result.exit_code == 0, result.stderr
+    assert "(OME-Zarr 0.5, 64x64, 1 level in 1024^2 chunks: 1 written, 0 already there)" in result.stdout
+    assert len(pz.Pyramid(tmp_path / "one.zarr").done(pz.plan_levels(64, 64)[0])) == 1
+
+
 def test_cli_refuses_a_changed_render_of_an_unfinished_pyramid(tmp_path, tiny_onnx):
     out = tmp_path / "x.zarr"
     pz.create(pz.partial_path(out), pz.plan_levels(512, 512, CHUNK), {"version": pz.STATE_VERSION, "width": 512,
