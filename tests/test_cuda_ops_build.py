@@ -72,7 +72,7 @@ def fused_layer_shapes() -> set[tuple[int, int]]:
     fast = _packaged_fast()
     shapes = set()
     for graph in (fast.pixel, fast.grid):
-        fused, count = fuse_ops.fuse(onnxproto.parse(graph))
+        fused, count = fuse_ops.fuse(onnxproto.parse(graph), ops=(fuse_ops.OP,))
         declared = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in fused.graph.input}
         declared.update({i.name: list(i.dims) for i in fused.graph.initializer})
         layers = [n for n in fused.graph.node if n.domain == fuse_ops.DOMAIN]
