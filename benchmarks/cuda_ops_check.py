@@ -5,10 +5,11 @@ much faster? On the CUDA provider, with the built library registered:
   the packaged model does not exercise: a bias input, X of rank 3, M not a multiple of the 128-row tile,
   N = 8 and N = 520; and MatMulAddLeakyRelu (a full matrix C) at the input layers of a 1024-wide call of
   paper-256 and of the packaged model, with ragged M and rank-3 X;
-- grid_sin, narrow: cips.fast::GridSin and NarrowMatMul alone against numpy and against the nodes each
-  replaces on the same provider (GridSin: Unsqueeze/Add/Sin/Cast, how many values differ; NarrowMatMul:
-  Cast/Gemm), at the sizes of a 1024-wide call of the paper configuration and of the packaged model and
-  at widths that take the kernels' one-value-a-thread paths; and both ways timed at the first size;
+- grid_sin, narrow, grid_lookup: cips.fast::GridSin, NarrowMatMul and GridLookup alone against numpy and
+  against the nodes each replaces on the same provider (GridSin: Unsqueeze/Add/Sin/Cast, how many values
+  differ; NarrowMatMul: Cast/Gemm; GridLookup: the hat weights, their float16 pairs, Concats and two
+  MatMuls), at the sizes of a 1024-wide call of the paper configuration and of the packaged model and at
+  widths that take the kernels' one-value-a-thread paths; and both ways timed at the first size;
 - render: the model's (default: the packaged one's) fp16 pixel graph and grid graph, as they are, fused by
   runtime/fuse_ops.py as the renderer does (MatMulLeakyRelu), with each op the renderer leaves out and
   with every op (each graph only where that changes it), run through the renderer's own bound paths
@@ -72,6 +73,15 @@ NARROW_CASES = [  # (M, K, N): a 1024-wide call of paper-256's head, the package
     (37, 12, 3),
     (5, 264, 8),
     (64, 16, 1),
+]
+# GridLookup against float64 bilinear lookups and against the graph's lookup, relative to max |Y|: both
+# round the first axis's sums to float16, in float32 sums of another order (a float16 step or two)
+LOOKUP_BOUND = 2.0 ** -9
+LOOKUP_CASES = [  # (W, H, Tx, Ty, F): a 1024-wide call of paper-256, the packaged model at 256x256, an F
+    (1024, 128, 256, 256, 520),  # not a multiple of 8 (one value a thread), a small table of other sides
+    (256, 256, 64, 64, 264),
+    (37, 5, 64, 64, 12),
+    (3, 2, 7, 5, 8),
 ]
 # the renderer's engines: the graphs as exported, fused as the renderer fuses them, and with the ops it
 # leaves out, one at a time and together
@@ -152,6 +162,59 @@ def narrow_model(rows: int, k: int, n: int, fused: bool) -> bytes:
     else:
         nodes = [helper.make_node("Cast", ["x"], ["x32"], to=TensorProto.FLOAT), helper.make_node("Gemm", ["x32", "w"], ["y"])]
     return _model(nodes, inputs, TensorProto.FLOAT)
+
+
+def grid_lookup_model(width: int, height: int, tx: int, ty: int, features: int, fused: bool) -> bytes:
+    """cips.fast::GridLookup of x [W], y [H] (float32 texel coordinates) and t [Ty Tx, F] float16 -> y [H W, F]
+    float16 as a table Reshape and one node, or (fused False) as the grid graph's lookup it replaces."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [width]),
+              helper.make_tensor_value_info("yc", TensorProto.FLOAT, [height]),
+              helper.make_tensor_value_info("t", TensorProto.FLOAT16, [ty * tx, features])]
+    shape = {"table3": [ty, tx, features], "rows": [ty, tx * features], "band": [-1, tx, features],
+             "first": [-1, features]}
+    inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in shape.items()]
+    if fused:
+        nodes = [helper.make_node("Reshape", ["t", "table3"], ["t3"]),
+                 helper.make_node(fuse_ops.GRID_LOOKUP, ["x", "yc", "t3"], ["y"], domain=fuse_ops.DOMAIN)]
+        return _model(nodes, inputs, TensorProto.FLOAT16, inits)
+    inits += [numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+              numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes = []
+    for c, n in (("x", tx), ("yc", ty)):
+        inits.append(numpy_helper.from_array(np.arange(n, dtype=np.float32), f"{c}_texels"))
+        nodes += [helper.make_node("Unsqueeze", [c, "axis1"], [f"{c}_u"]),
+                  helper.make_node("Sub", [f"{c}_u", f"{c}_texels"], [f"{c}_d"]),
+                  helper.make_node("Abs", [f"{c}_d"], [f"{c}_a"]), helper.make_node("Sub", ["one", f"{c}_a"], [f"{c}_s"]),
+                  helper.make_node("Relu", [f"{c}_s"], [f"{c}_w"]),
+                  helper.make_node("Cast", [f"{c}_w"], [f"{c}_hi"], to=TensorProto.FLOAT16),
+                  helper.make_node("Cast", [f"{c}_hi"], [f"{c}_hi32"], to=TensorProto.FLOAT),
+                  helper.make_node("Sub", [f"{c}_w", f"{c}_hi32"], [f"{c}_rest"]),
+                  helper.make_node("Cast", [f"{c}_rest"], [f"{c}_lo"], to=TensorProto.FLOAT16),
+                  helper.make_node("Concat", [f"{c}_hi", f"{c}_lo"], [f"{c}_pair"], axis=1)]
+    nodes += [helper.make_node("Reshape", ["t", "rows"], ["t2"]),
+              helper.make_node("Concat", ["t2", "t2"], ["t22"], axis=0),
+              helper.make_node("MatMul", ["yc_pair", "t22"], ["a"]),
+              helper.make_node("Reshape", ["a", "band"], ["a3"]),
+              helper.make_node("Concat", ["a3", "a3"], ["a33"], axis=1),
+              helper.make_node("MatMul", ["x_pair", "a33"], ["b"]),
+              helper.make_node("Reshape", ["b", "first"], ["y"])]
+    return _model(nodes, inputs, TensorProto.FLOAT16, inits)
+
+
+def bilinear(x: np.ndarray, y: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """[H W, F] float64 bilinear lookups of table [Ty, Tx, F] at texel coordinates x [W], y [H]."""
+    def taps(c, n):
+        k0 = np.clip(np.floor(c).astype(np.int64), 0, n - 1)
+        k1 = np.minimum(k0 + 1, n - 1)
+        return k0, k1, np.clip(1 - np.abs(c - k0), 0, 1), np.where(k0 + 1 < n, np.clip(1 - np.abs(c - (k0 + 1)), 0, 1), 0)
+    x0, x1, wx0, wx1 = taps(x.astype(np.float64), table.shape[1])
+    y0, y1, wy0, wy1 = taps(y.astype(np.float64), table.shape[0])
+    t = table.astype(np.float64)
+    out = sum(wy[:, None, None] * wx[None, :, None] * t[yi][:, xi]
+              for yi, wy in ((y0, wy0), (y1, wy1)) for xi, wx in ((x0, wx0), (x1, wx1)))
+    return out.reshape(-1, table.shape[2])
 
 
 def differences(original: np.ndarray, fused: np.ndarray, reference: np.ndarray | None) -> dict:
@@ -270,6 +333,31 @@ class Check:
             results.append(self.replacement({"m": rows, "k": k, "n": n}, feeds, want.shape, compare,
                                             [narrow_model(rows, k, n, fused) for fused in (False, True)],
                                             reps if not results else 0))
+        return results
+
+    def grid_lookup(self, reps: int) -> list[dict]:
+        rng = np.random.default_rng(3)
+        results = []
+        for width, height, tx, ty, features in LOOKUP_CASES:
+            # texel coordinates as the graph's (clamped to the table), both ends and whole texels among them
+            x = np.concatenate([[0, tx - 1, min(1, tx - 1)], rng.uniform(0, tx - 1, width)])[:width].astype(np.float32)
+            y = np.concatenate([[ty - 1, 0], rng.uniform(0, ty - 1, height)])[:height].astype(np.float32)
+            table = rng.standard_normal((ty, tx, features)).astype(np.float16)
+            feeds = {"x": x, "yc": y, "t": table.reshape(ty * tx, features)}
+            want = bilinear(x, y, table)
+
+            def compare(got: np.ndarray, graph: np.ndarray, want=want) -> dict:
+                scale = float(np.abs(want).max())
+                got32 = got.astype(np.float64)
+                row = {"max_relative_vs_numpy": float(np.abs(got32 - want).max() / scale),
+                       "differing_from_graph": int((got.view(np.uint16) != graph.view(np.uint16)).sum()),
+                       "max_relative_vs_graph": float(np.abs(got32 - graph.astype(np.float64)).max() / scale)}
+                row["ok"] = row["max_relative_vs_numpy"] <= LOOKUP_BOUND and row["max_relative_vs_graph"] <= LOOKUP_BOUND
+                return row
+            results.append(self.replacement(
+                {"w": width, "h": height, "tx": tx, "ty": ty, "f": features}, feeds, want.shape, compare,
+                [grid_lookup_model(width, height, tx, ty, features, fused) for fused in (False, True)],
+                reps if not results else 0))
         return results
 
     def replacement(self, row: dict, feeds: dict, shape: tuple, compare, models: list[bytes], reps: int) -> dict:
@@ -447,7 +535,7 @@ def main() -> None:
     report = {"benchmark": "cuda-ops-check", "model": str(args.model), "library": str(library),
               "onnxruntime": ort.__version__, "tile": args.tile, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "render_bound": RENDER_BOUND, "op_bound": OP_BOUND, "grid_sin_bound": GRID_SIN_BOUND,
-              "narrow_bound": NARROW_BOUND}
+              "narrow_bound": NARROW_BOUND, "lookup_bound": LOOKUP_BOUND}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def section(name: str, run) -> None:
@@ -464,11 +552,12 @@ def main() -> None:
     section("op", check.op)
     section("grid_sin", lambda: check.grid_sin(args.reps))
     section("narrow", lambda: check.narrow(args.reps))
+    section("grid_lookup", lambda: check.grid_lookup(args.reps))
     engines = check.engines()
     report["fused_layers"] = check.fused_layers
     section("render", lambda: check.render(engines, args.reps, 1024, 1) + check.render(engines, args.reps, 256, 16))
     section("device", lambda: check.device(engines, args.reps))
-    rows = [row for name in ("op", "grid_sin", "narrow", "render") for row in report.get(name, [])]
+    rows = [row for name in ("op", "grid_sin", "narrow", "grid_lookup", "render") for row in report.get(name, [])]
     report["ok"] = not check.errors and all(row["ok"] for row in rows)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     verdict = "all differences within bounds" if report["ok"] else "ERRORS OR DIFFERENCES OUT OF BOUNDS"

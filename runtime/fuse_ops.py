@@ -6,7 +6,10 @@
 - GridSin: the grid graph's Fourier block, Add(Unsqueeze(A, 0), Unsqueeze(B, 1)) -> Sin -> Cast(float16),
   becomes one node that writes only the float16 result;
 - NarrowMatMul: the colour head, Cast(X float16 -> float32) -> Gemm with a float32 W of at most 8 columns,
-  becomes one node that reads X once, without the float32 copy.
+  becomes one node that reads X once, without the float32 copy;
+- GridLookup: the grid graph's bilinear lookup of the coordinate table, hat weights for every texel and two
+  dense GEMMs on float16 (hi, lo) weight pairs, becomes one node that reads the two texels of each axis
+  it needs.
 
 The rewrite happens in memory, on the graphs sent to a CUDA session that has registered the library
 (for_cuda); model files are never changed.
@@ -22,10 +25,12 @@ from . import onnxproto
 from .onnxproto import FLOAT16, to_array
 
 DOMAIN, OP, ADD_OP, GRID_SIN, NARROW = "cips.fast", "MatMulLeakyRelu", "MatMulAddLeakyRelu", "GridSin", "NarrowMatMul"
-OPS = (OP, ADD_OP, GRID_SIN, NARROW)  # every op the library has
+GRID_LOOKUP = "GridLookup"
+OPS = (OP, ADD_OP, GRID_SIN, NARROW, GRID_LOOKUP)  # every op the library has
 # what for_cuda rewrites unless $CIPS_CUDA_OPS_FUSE says otherwise. MatMulAddLeakyRelu is left out: on the
 # packaged model's 1024x1024 grid its render differs from the unfused fp16 one by more than
-# benchmarks/cuda_ops_check.py's bound (benchmarks/results/cuda-ops-check-newops-h100.json)
+# benchmarks/cuda_ops_check.py's bound (benchmarks/results/cuda-ops-check-newops-h100.json); GridLookup
+# has not run on a GPU
 RENDER_OPS = (OP, GRID_SIN, NARROW)
 NARROW_COLUMNS, NARROW_WEIGHTS = 8, 12_288  # NarrowMatMul's W: at most 8 columns, in 48 KB of shared memory
 LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_cuda_ops.so"  # runtime/cuda_ops/build.sh
@@ -79,7 +84,14 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     the next.
 
     NarrowMatMul fuses a Gemm (no C, alpha 1, neither input transposed) of a Cast to float32 of a float16
-    value, read by nothing else, and a float32 W [K, N] (N <= 8, K x N <= 12,288)."""
+    value, read by nothing else, and a float32 W [K, N] (N <= 8, K x N <= 12,288).
+
+    GridLookup fuses a Reshape to [-1, F] of MatMul(Concat(hi, lo of X's hat weights), Concat(B, B)),
+    B = Reshape(MatMul(Concat(hi, lo of Y's hat weights), Concat(T2, T2)), [-1, Tx, F]),
+    T2 = Reshape(T, [Ty, Tx F]) of a float16 table T, where a hat weight is Relu(1 - Abs(Unsqueeze(c, 1) -
+    [0, 1, ..., n - 1])) of a float32 coordinate c and its pair is hi = Cast(w, float16), lo = Cast(w -
+    Cast(hi, float32), float16); every value between read by nothing outside the pattern. The node reads
+    c for X and Y and T as [Ty, Tx, F] (a Reshape, which moves no data)."""
     _check_known(ops)
     out = onnxproto.messages().ModelProto()
     out.CopyFrom(model)
@@ -102,6 +114,21 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
             if found is not None:
                 fused[id(cast)], replaced = found
                 dropped.update(id(n) for n in replaced)
+    if GRID_LOOKUP in ops:
+        consumers: dict[str, list] = {}  # value -> the nodes that read it (None: the graph's output)
+        for n in graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n)
+        for v in graph.output:
+            consumers.setdefault(v.name, []).append(None)
+        for reshape in graph.node:
+            found = _grid_lookup(reshape, producer, consumers, inits, declared, types)
+            if found is not None:
+                nodes, replaced, table_shape = found
+                fused[id(reshape)] = nodes
+                dropped.update(id(n) for n in replaced)
+                graph.initializer.append(table_shape)
+                inits[table_shape.name] = table_shape
     if NARROW in ops:
         for gemm in graph.node:
             found = _narrow(gemm, producer, readers, inits, declared, types)
@@ -133,7 +160,11 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
         inits.update((t.name, t) for t in new_inits)
     if not fused:
         return out, 0
-    nodes = [fused.get(id(n), n) for n in graph.node if id(n) not in dropped]
+    nodes = []
+    for n in graph.node:
+        if id(n) not in dropped:
+            replacement = fused.get(id(n), n)
+            nodes.extend(replacement if isinstance(replacement, list) else [replacement])
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input} | {v.name for v in [*graph.input, *graph.output]}
@@ -143,6 +174,94 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     if not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.add(domain=DOMAIN, version=1)
     return out, len(fused)
+
+
+def _grid_lookup(reshape, producer: dict, consumers: dict, inits: dict, declared: dict, types: dict):
+    """([Reshape of the table to [Ty, Tx, F], a GridLookup node computing what reshape computes], the nodes
+    they replace besides reshape, the new shape initializer) where reshape ends the grid lookup pattern
+    (fuse); else None."""
+    def node(name, op_type):
+        found = producer.get(name)
+        ok = found is not None and found.op_type == op_type and found.domain in ("", "ai.onnx")
+        return found if ok else None
+
+    def pair(name, texels):  # Concat(hi, lo) of hat weights -> (coordinate, nodes) or None
+        concat = node(name, "Concat")
+        if concat is None or _attrs(concat).get("axis") != 1 or len(concat.input) != 2:
+            return None
+        hi, lo = node(concat.input[0], "Cast"), node(concat.input[1], "Cast")
+        if hi is None or lo is None or _attrs(hi).get("to") != FLOAT16 or _attrs(lo).get("to") != FLOAT16:
+            return None
+        sub = node(lo.input[0], "Sub")
+        back = node(sub.input[1], "Cast") if sub is not None else None
+        if back is None or back.input[0] != hi.output[0] or _attrs(back).get("to") != onnxproto.FLOAT \
+                or sub.input[0] != hi.input[0]:
+            return None
+        relu = node(hi.input[0], "Relu")
+        one_minus = node(relu.input[0], "Sub") if relu is not None else None
+        if one_minus is None or _scalar(one_minus.input[0], inits) != 1.0:
+            return None
+        absolute = node(one_minus.input[1], "Abs")
+        offset = node(absolute.input[0], "Sub") if absolute is not None else None
+        unsqueeze = node(offset.input[0], "Unsqueeze") if offset is not None else None
+        axes = _int64s(inits.get(unsqueeze.input[1])) if unsqueeze is not None and len(unsqueeze.input) == 2 else None
+        if axes is None or axes.ravel().tolist() != [1]:
+            return None
+        grid = inits.get(offset.input[1])
+        if grid is None or grid.data_type != onnxproto.FLOAT:
+            return None
+        values = to_array(grid).ravel()
+        if values.size != texels or not np.array_equal(values, np.arange(texels, dtype=np.float32)):
+            return None
+        if _elem_type(unsqueeze.input[0], producer, inits, declared, types) != onnxproto.FLOAT:
+            return None
+        return unsqueeze.input[0], [concat, hi, lo, sub, back, relu, one_minus, absolute, offset, unsqueeze]
+
+    if reshape.op_type != "Reshape" or reshape.domain not in ("", "ai.onnx"):
+        return None
+    first = _int64s(inits.get(reshape.input[1]))
+    second = node(reshape.input[0], "MatMul")
+    if first is None or first.shape != (2,) or first[0] != -1 or second is None:
+        return None
+    features = int(first[1])
+    doubled = node(second.input[1], "Concat")
+    if doubled is None or _attrs(doubled).get("axis") != 1 or len(set(doubled.input)) != 1 or len(doubled.input) != 2:
+        return None
+    band = node(doubled.input[0], "Reshape")
+    band_shape = _int64s(inits.get(band.input[1])) if band is not None else None
+    if band_shape is None or band_shape.shape != (3,) or band_shape[0] != -1 or band_shape[2] != features:
+        return None
+    columns = int(band_shape[1])
+    lookup = node(band.input[0], "MatMul")
+    table_pair = node(lookup.input[1], "Concat") if lookup is not None else None
+    if table_pair is None or _attrs(table_pair).get("axis") != 0 or len(set(table_pair.input)) != 1 \
+            or len(table_pair.input) != 2:
+        return None
+    rows_view = node(table_pair.input[0], "Reshape")
+    rows_shape = _int64s(inits.get(rows_view.input[1])) if rows_view is not None else None
+    if rows_shape is None or rows_shape.shape != (2,) or rows_shape[1] != columns * features or rows_shape[0] <= 0:
+        return None
+    rows = int(rows_shape[0])
+    table = rows_view.input[0]
+    if _elem_type(table, producer, inits, declared, types) != FLOAT16:
+        return None
+    x = pair(second.input[0], columns)
+    y = pair(lookup.input[0], rows)
+    if x is None or y is None:
+        return None
+    replaced = [second, doubled, band, lookup, table_pair, rows_view, *x[1], *y[1]]
+    inside = {id(n) for n in replaced} | {id(reshape)}
+    for n in replaced:  # nothing outside the pattern may read what it computes
+        if any(id(c) not in inside for o in n.output for c in consumers.get(o, [])):
+            return None
+    shape = _unique(f"{reshape.output[0]}_table_shape", inits, [])
+    table_shape = onnxproto.messages().TensorProto(name=shape, data_type=INT64, dims=[3],
+                                                   raw_data=np.array([rows, columns, features], "<i8").tobytes())
+    view = onnxproto.messages().NodeProto(op_type="Reshape", input=[table, shape], output=[f"{shape}_view"],
+                                          name=f"{shape}_view")
+    fused = onnxproto.messages().NodeProto(op_type=GRID_LOOKUP, domain=DOMAIN, input=[x[0], y[0], view.output[0]],
+                                           output=[reshape.output[0]], name=f"{reshape.name or reshape.output[0]}_fused")
+    return [view, fused], replaced, table_shape
 
 
 def _grid_sin(cast, producer: dict, readers: dict, inits: dict, declared: dict, types: dict):
@@ -203,7 +322,7 @@ def _narrow(gemm, producer: dict, readers: dict, inits: dict, declared: dict, ty
 
 # ops whose output has the element type of their first input
 _SAME_TYPE = {"Add", "Sub", "Mul", "Div", "Gemm", "MatMul", "LeakyRelu", "Relu", "Reshape", "Flatten", "Transpose",
-              "Concat", "Slice", "Squeeze", "Unsqueeze", "Identity", "Sin", "Cos", "Neg", "Abs"}
+              "Concat", "Slice", "Squeeze", "Unsqueeze", "Identity", "Sin", "Cos", "Neg", "Abs", "Min", "Max"}
 
 
 def _elem_type(name: str, producer: dict, inits: dict, declared: dict, types: dict) -> int | None:

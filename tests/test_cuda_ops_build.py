@@ -42,12 +42,13 @@ def library(tmp_path_factory) -> Path:
     return built
 
 
-@pytest.mark.parametrize("op", ["MatMulLeakyRelu", "MatMulAddLeakyRelu", "GridSin", "NarrowMatMul"])
+@pytest.mark.parametrize("op", ["MatMulLeakyRelu", "MatMulAddLeakyRelu", "GridSin", "NarrowMatMul", "GridLookup"])
 def test_the_library_builds_and_onnxruntime_registers_its_ops(library, op):
     model = {"MatMulLeakyRelu": lambda: check.op_model((4, 8), 8, with_bias=False),
              "MatMulAddLeakyRelu": lambda: check.op_model((4, 8), 8, with_bias=False, with_c=True),
              "GridSin": lambda: check.grid_sin_model(4, 3, 8, fused=True),
-             "NarrowMatMul": lambda: check.narrow_model(4, 8, 3, fused=True)}[op]()
+             "NarrowMatMul": lambda: check.narrow_model(4, 8, 3, fused=True),
+             "GridLookup": lambda: check.grid_lookup_model(4, 3, 5, 2, 8, fused=True)}[op]()
 
     def cpu_session(register: bool) -> str:
         options = ort.SessionOptions()

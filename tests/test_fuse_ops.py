@@ -1,6 +1,6 @@
 """The cips.fast rewrite (runtime/fuse_ops.py): fused graphs compute what the originals compute. On the CPU
 the fused ops run as ONNX model-local functions (MatMul, Add, LeakyRelu; Unsqueeze, Add, Sin, Cast; Cast,
-MatMul), so
+MatMul; hat weights and two float32 MatMuls), so
 these tests check the rewrite, not the CUDA kernels (benchmarks/cuda_ops_check.py does that on a GPU)."""
 from __future__ import annotations
 
@@ -53,6 +53,47 @@ def grid_sin_function():
                                 [helper.make_opsetid("", 17)])
 
 
+def grid_lookup_function():
+    """cips.fast::GridLookup as an ONNX function: hat weights relu(1 - |c - k|) of X [W] and Y [H] for every
+    texel k of the table T [Ty, Tx, F], float32 MatMuls along Ty then Tx with the first result rounded to
+    float16 (as the grid graph's first GEMM rounds), the result float16 [H W, F]."""
+    def const(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(value)))
+
+    def hats(c, axis, out):  # [n] coordinates -> [n, texels] weights
+        return [helper.make_node("Gather", ["shape", f"s{axis}"], [f"n{axis}"], axis=0),
+                helper.make_node("Cast", [f"n{axis}"], [f"nf{axis}"], to=TensorProto.FLOAT),
+                helper.make_node("Range", ["zero", f"nf{axis}", "one"], [f"k{axis}"]),
+                helper.make_node("Unsqueeze", [c, "v1"], [f"{c}1"]),
+                helper.make_node("Sub", [f"{c}1", f"k{axis}"], [f"d{axis}"]),
+                helper.make_node("Abs", [f"d{axis}"], [f"a{axis}"]),
+                helper.make_node("Sub", ["one", f"a{axis}"], [f"s_{axis}"]),
+                helper.make_node("Relu", [f"s_{axis}"], [out])]
+
+    nodes = [const("zero", np.float32(0)), const("one", np.float32(1)), const("s0", np.int64(0)),
+             const("s1", np.int64(1)), const("s2", np.int64(2)), const("v0", np.array([0], np.int64)),
+             const("v1", np.array([1], np.int64)), const("minus", np.array([-1], np.int64)),
+             helper.make_node("Shape", ["T"], ["shape"]),
+             *hats("Y", 0, "wy"), *hats("X", 1, "wx"),
+             helper.make_node("Gather", ["shape", "s2"], ["f"], axis=0),
+             helper.make_node("Unsqueeze", ["n0", "v0"], ["n0v"]), helper.make_node("Unsqueeze", ["n1", "v0"], ["n1v"]),
+             helper.make_node("Unsqueeze", ["f", "v0"], ["fv"]),
+             helper.make_node("Concat", ["n0v", "minus"], ["rows_shape"], axis=0),
+             helper.make_node("Concat", ["minus", "n1v", "fv"], ["band_shape"], axis=0),
+             helper.make_node("Concat", ["minus", "fv"], ["out_shape"], axis=0),
+             helper.make_node("Cast", ["T"], ["T32"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["T32", "rows_shape"], ["T2"]),
+             helper.make_node("MatMul", ["wy", "T2"], ["A"]),
+             helper.make_node("Cast", ["A"], ["A16"], to=TensorProto.FLOAT16),
+             helper.make_node("Cast", ["A16"], ["A32"], to=TensorProto.FLOAT),
+             helper.make_node("Reshape", ["A32", "band_shape"], ["band"]),
+             helper.make_node("MatMul", ["wx", "band"], ["B"]),
+             helper.make_node("Cast", ["B"], ["B16"], to=TensorProto.FLOAT16),
+             helper.make_node("Reshape", ["B16", "out_shape"], ["Z"])]
+    return helper.make_function(fuse_ops.DOMAIN, fuse_ops.GRID_LOOKUP, ["X", "Y", "T"], ["Z"], nodes,
+                                [helper.make_opsetid("", 17)])
+
+
 def narrow_function():
     """cips.fast::NarrowMatMul as an ONNX function: MatMul(Cast(X, float32), W)."""
     nodes = [helper.make_node("Cast", ["X"], ["X32"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["X32", "W"], ["Y"])]
@@ -71,6 +112,8 @@ def cpu_session(model, with_bias: bool = False, optimize: bool = True):
             model.functions.append(grid_sin_function())
         if fuse_ops.NARROW in ops:
             model.functions.append(narrow_function())
+        if fuse_ops.GRID_LOOKUP in ops:
+            model.functions.append(grid_lookup_function())
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     if not optimize:
@@ -143,6 +186,42 @@ def test_the_grid_graphs_fourier_block_becomes_one_grid_sin_with_the_same_colour
     assert worst(wrong, want) > 10 * TOLERANCE
 
 
+def test_the_grid_graphs_lookup_becomes_one_grid_lookup_with_the_same_colours(packaged):
+    fast, styles = packaged
+    original = onnxproto.parse(fast.grid)
+    fused, count = fuse_ops.fuse(original, ops=(fuse_ops.GRID_LOOKUP,))
+    assert count == 1
+    ops = [n.op_type for n in fused.graph.node]
+    # the hat weights, their float16 pairs, the Concats and both lookup GEMMs: a table view and one node
+    assert ops.count(fuse_ops.GRID_LOOKUP) == 1 and "Concat" not in ops and "Relu" not in ops
+    assert ops.count("MatMul") == [n.op_type for n in original.graph.node].count("MatMul") - 2
+    want = _renders(cpu_session(original), "grid", fast, styles)
+    assert worst(_renders(cpu_session(fused), "grid", fast, styles), want) < TOLERANCE
+
+    # the check can fail: the columns looked up at half their coordinates
+    at = next(k for k, n in enumerate(fused.graph.node) if n.op_type == fuse_ops.GRID_LOOKUP)
+    fused.graph.initializer.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    fused.graph.node.insert(at, helper.make_node("Mul", [fused.graph.node[at].input[0], "half"], ["halved"]))
+    fused.graph.node[at + 1].input[0] = "halved"
+    assert worst(_renders(cpu_session(fused), "grid", fast, styles), want) > 10 * TOLERANCE
+
+
+def test_a_lookup_that_is_not_the_hat_pattern_or_is_read_elsewhere_is_left_as_it_is(packaged):
+    """Texels that are not 0, 1, ..., n - 1 make other weights than the op computes; a value of the
+    pattern that something else reads would be lost."""
+    fast, _ = packaged
+    shifted = onnxproto.parse(fast.grid)
+    texels = next(t for t in shifted.graph.initializer if t.name == "hat_texels_x")
+    texels.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(texels) + np.float32(0.5), "hat_texels_x"))
+    assert fuse_ops.fuse(shifted, ops=(fuse_ops.GRID_LOOKUP,))[1] == 0
+    read = onnxproto.parse(fast.grid)
+    band = next(n for n in read.graph.node if n.op_type == "Concat" and n.input[0] == n.input[1]
+                and any(a.name == "axis" and a.i == 1 for a in n.attribute))
+    read.graph.output.add().CopyFrom(helper.make_tensor_value_info(band.output[0], TensorProto.FLOAT16, None))
+    assert fuse_ops.fuse(read, ops=(fuse_ops.GRID_LOOKUP,))[1] == 0
+    assert fuse_ops.fuse(onnxproto.parse(fast.grid), ops=(fuse_ops.GRID_LOOKUP,))[1] == 1
+
+
 @pytest.mark.parametrize("graph", ["pixel", "grid"])
 def test_the_colour_head_becomes_one_narrow_matmul_with_the_same_colours(packaged, graph):
     fast, styles = packaged
@@ -192,16 +271,16 @@ def test_every_op_fuses_the_grid_graph_together_and_the_renderer_leaves_out_only
     fast, styles = packaged
     original = onnxproto.parse(fast.grid)
     fused, count = fuse_ops.fuse(original, ops=fuse_ops.OPS)
-    assert count == 11
+    assert count == 12
     ops = [n.op_type for n in fused.graph.node]
-    assert [ops.count(op) for op in fuse_ops.OPS] == [8, 1, 1, 1] and "LeakyRelu" not in ops
+    assert [ops.count(op) for op in fuse_ops.OPS] == [8, 1, 1, 1, 1] and "LeakyRelu" not in ops
     want = _renders(cpu_session(original), "grid", fast, styles)
     got = _renders(cpu_session(fused), "grid", fast, styles)
     assert worst(got, want) < TOLERANCE
     # the pixel graph forms its features from a GEMM of the points: no grid pattern
     assert fuse_ops.fuse(onnxproto.parse(fast.pixel), ops=(fuse_ops.GRID_SIN,))[1] == 0
     rendered = [n.op_type for n in onnxproto.parse(fuse_ops.for_cuda(fast.grid)).graph.node]
-    assert [rendered.count(op) for op in fuse_ops.OPS] == [8, 0, 1, 1]
+    assert [rendered.count(op) for op in fuse_ops.OPS] == [8, 0, 1, 1, 0]
     with pytest.raises(ValueError, match="no such cips.fast op"):
         fuse_ops.fuse(original, ops=("GridCos",))
 
@@ -289,7 +368,7 @@ def test_for_cuda_fuses_what_fuses_and_leaves_other_graphs_as_bytes_they_were(pa
     fast, _ = packaged
     source = fuse_ops.for_cuda(fast.pixel)
     ops = [n.op_type for n in onnxproto.parse(source).graph.node]
-    assert [ops.count(op) for op in fuse_ops.OPS] == [8, 0, 0, 1]  # the colour head; no grid block here
+    assert [ops.count(op) for op in fuse_ops.OPS] == [8, 0, 0, 1, 0]  # the colour head; no grid block here
     fp32 = CIPSModel(packaged_model(), device="cpu", precision="fp32").info.pixel_graphs["fp32"]
     assert fuse_ops.for_cuda(fp32) is fp32
 
@@ -399,9 +478,9 @@ def test_cips_cuda_ops_fuse_picks_the_renderers_ops(packaged, monkeypatch, tmp_p
     library = tmp_path / "libcips_cuda_ops.so"
     library.write_text("stands for the library")
     monkeypatch.setenv("CIPS_CUDA_OPS", str(library))
-    for picked, counts in [(None, [8, 0, 1, 1]), (" ", [8, 0, 1, 1]), ("all", [8, 1, 1, 1]),
-                           ("MatMulLeakyRelu", [8, 0, 0, 0]),
-                           ("GridSin,NarrowMatMul", [0, 0, 1, 1])]:
+    for picked, counts in [(None, [8, 0, 1, 1, 0]), (" ", [8, 0, 1, 1, 0]), ("all", [8, 1, 1, 1, 1]),
+                           ("MatMulLeakyRelu", [8, 0, 0, 0, 0]),
+                           ("GridSin,NarrowMatMul", [0, 0, 1, 1, 0])]:
         if picked is None:
             monkeypatch.delenv("CIPS_CUDA_OPS_FUSE", raising=False)
         else:

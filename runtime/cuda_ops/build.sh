@@ -52,5 +52,5 @@ start=$(date +%s)
   -I"$cutlass" -I"$ort" \
   -Xcompiler=-fPIC,-fvisibility=hidden -shared -cudart static -Xlinker=--exclude-libs,ALL \
   -o "$out/libcips_cuda_ops.so" "$here/matmul_leaky_relu.cu" "$here/grid_sin.cu" \
-  "$here/narrow_matmul.cu"
+  "$here/narrow_matmul.cu" "$here/grid_lookup.cu"
 echo "built $out/libcips_cuda_ops.so ($(du -h "$out/libcips_cuda_ops.so" | cut -f1), $(( $(date +%s) - start )) s)"

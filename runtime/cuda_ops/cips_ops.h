@@ -54,3 +54,6 @@ void add_grid_sin(Ort::CustomOpDomain& domain);
 
 // cips.fast::NarrowMatMul (narrow_matmul.cu) added to the domain.
 void add_narrow_matmul(Ort::CustomOpDomain& domain);
+
+// cips.fast::GridLookup (grid_lookup.cu) added to the domain.
+void add_grid_lookup(Ort::CustomOpDomain& domain);

@@ -291,6 +291,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
       d->Add(&op_with_c);
       add_grid_sin(*d);
       add_narrow_matmul(*d);
+      add_grid_lookup(*d);
       return d;
     }();
     Ort::UnownedSessionOptions(options).Add(*domain);
