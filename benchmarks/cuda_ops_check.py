@@ -79,10 +79,11 @@ NARROW_CASES = [  # (M, K, N): a 1024-wide call of paper-256's head, the package
 LOOKUP_BOUND = 2.0 ** -9
 LOOKUP_CASES = [  # (W, H, Tx, Ty, F): a 1024-wide call of paper-256, the packaged model at 256x256, an F
     (1024, 128, 256, 256, 520),  # not a multiple of 8 (one value a thread), a small table of other sides
-    (256, 256, 64, 64, 264),
-    (37, 5, 64, 64, 12),
-    (3, 2, 7, 5, 8),
+    (256, 256, 64, 64, 264),     # with coordinates outside it (the op, like the graph's hat weights, takes
+    (37, 5, 64, 64, 12),         # any: a texel past an end has weight 0)
+    (4, 3, 7, 5, 8),
 ]
+LOOKUP_OUTSIDE = {"x": [-0.5, 6.99, 7.5, 100.0], "y": [-2.0, 4.5, 2.25]}  # the last case's coordinates
 # the renderer's engines: the graphs as exported, fused as the renderer fuses them, and with the ops it
 # leaves out, one at a time and together
 VARIANTS = {"original": (), "fused": fuse_ops.RENDER_OPS,
@@ -172,8 +173,8 @@ def grid_lookup_model(width: int, height: int, tx: int, ty: int, features: int, 
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [width]),
               helper.make_tensor_value_info("yc", TensorProto.FLOAT, [height]),
               helper.make_tensor_value_info("t", TensorProto.FLOAT16, [ty * tx, features])]
-    shape = {"table3": [ty, tx, features], "rows": [ty, tx * features], "band": [-1, tx, features],
-             "first": [-1, features]}
+    shape = {"table3": [ty, tx, features]} if fused else {"rows": [ty, tx * features], "band": [-1, tx, features],
+                                                           "first": [-1, features]}
     inits = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in shape.items()]
     if fused:
         nodes = [helper.make_node("Reshape", ["t", "table3"], ["t3"]),
@@ -342,6 +343,8 @@ class Check:
             # texel coordinates as the graph's (clamped to the table), both ends and whole texels among them
             x = np.concatenate([[0, tx - 1, min(1, tx - 1)], rng.uniform(0, tx - 1, width)])[:width].astype(np.float32)
             y = np.concatenate([[ty - 1, 0], rng.uniform(0, ty - 1, height)])[:height].astype(np.float32)
+            if (width, height, tx, ty, features) == LOOKUP_CASES[-1]:
+                x, y = (np.array(LOOKUP_OUTSIDE[axis], np.float32) for axis in ("x", "y"))
             table = rng.standard_normal((ty, tx, features)).astype(np.float16)
             feeds = {"x": x, "yc": y, "t": table.reshape(ty * tx, features)}
             want = bilinear(x, y, table)

@@ -254,7 +254,8 @@ def _grid_lookup(reshape, producer: dict, consumers: dict, inits: dict, declared
     for n in replaced:  # nothing outside the pattern may read what it computes
         if any(id(c) not in inside for o in n.output for c in consumers.get(o, [])):
             return None
-    shape = _unique(f"{reshape.output[0]}_table_shape", inits, [])
+    values = {o for n in producer.values() for o in n.output} | set(declared)
+    shape = _unique(f"{reshape.output[0]}_table_shape", {**dict.fromkeys(values), **inits}, [])
     table_shape = onnxproto.messages().TensorProto(name=shape, data_type=INT64, dims=[3],
                                                    raw_data=np.array([rows, columns, features], "<i8").tobytes())
     view = onnxproto.messages().NodeProto(op_type="Reshape", input=[table, shape], output=[f"{shape}_view"],

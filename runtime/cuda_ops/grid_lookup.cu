@@ -1,8 +1,9 @@
 // cips.fast::GridLookup for ONNX Runtime's CUDA execution provider: the bilinear lookup of a grid graph's
 // coordinate embedding without its dense GEMMs (docs: runtime/cuda_ops/README.md).
 //
-//   Y[h * W + w, :] = the table T [Ty, Tx, F] float16 looked up at (X[w], Y[h]), texel coordinates
-//                     float32 already clamped to [0, Tx - 1] and [0, Ty - 1]
+//   Y[h * W + w, :] = the table T [Ty, Tx, F] float16 looked up at (X[w], Y[h]), float32 texel
+//                     coordinates (the graph clamps them to [0, Tx - 1] and [0, Ty - 1]; outside, the
+//                     hat weights of texels past an end are 0 here as there)
 //
 // The grid graph forms it with hat weights relu(1 - |x - k|) for every texel k: a dense [H, 2 Ty] x
 // [2 Ty, Tx F] GEMM, then a batched [W, 2 Tx] x [2 Tx, F] one, each weight split into a float16 pair
