@@ -97,12 +97,12 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     out.CopyFrom(model)
     graph = out.graph
     producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, int] = {}
+    readers: dict[str, list] = {}  # value -> the nodes that read it (None: the graph's output)
     for n in graph.node:
         for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
+            readers.setdefault(i, []).append(n)
     for v in graph.output:
-        readers[v.name] = readers.get(v.name, 0) + 1
+        readers.setdefault(v.name, []).append(None)
     inits = {t.name: t for t in graph.initializer}
     declared = {v.name: v.type.tensor_type for v in [*graph.input, *graph.value_info, *graph.output]}
     fused: dict[int, object] = {}  # id of the last node of a pattern -> its replacement
@@ -115,14 +115,8 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
                 fused[id(cast)], replaced = found
                 dropped.update(id(n) for n in replaced)
     if GRID_LOOKUP in ops:
-        consumers: dict[str, list] = {}  # value -> the nodes that read it (None: the graph's output)
-        for n in graph.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n)
-        for v in graph.output:
-            consumers.setdefault(v.name, []).append(None)
         for reshape in graph.node:
-            found = _grid_lookup(reshape, producer, consumers, inits, declared, types)
+            found = _grid_lookup(reshape, producer, readers, inits, declared, types)
             if found is not None:
                 nodes, replaced, table_shape = found
                 fused[id(reshape)] = nodes
@@ -176,7 +170,7 @@ def fuse(model, ops: tuple[str, ...] = RENDER_OPS):
     return out, len(fused)
 
 
-def _grid_lookup(reshape, producer: dict, consumers: dict, inits: dict, declared: dict, types: dict):
+def _grid_lookup(reshape, producer: dict, readers: dict, inits: dict, declared: dict, types: dict):
     """([Reshape of the table to [Ty, Tx, F], a GridLookup node computing what reshape computes], the nodes
     they replace besides reshape, the new shape initializer) where reshape ends the grid lookup pattern
     (fuse); else None."""
@@ -252,10 +246,9 @@ def _grid_lookup(reshape, producer: dict, consumers: dict, inits: dict, declared
     replaced = [second, doubled, band, lookup, table_pair, rows_view, *x[1], *y[1]]
     inside = {id(n) for n in replaced} | {id(reshape)}
     for n in replaced:  # nothing outside the pattern may read what it computes
-        if any(id(c) not in inside for o in n.output for c in consumers.get(o, [])):
+        if any(id(c) not in inside for o in n.output for c in readers.get(o, [])):
             return None
-    values = {o for n in producer.values() for o in n.output} | set(declared)
-    shape = _unique(f"{reshape.output[0]}_table_shape", {**dict.fromkeys(values), **inits}, [])
+    shape = _unique(f"{reshape.output[0]}_table_shape", {*producer, *declared, *inits}, [])
     table_shape = onnxproto.messages().TensorProto(name=shape, data_type=INT64, dims=[3],
                                                    raw_data=np.array([rows, columns, features], "<i8").tobytes())
     view = onnxproto.messages().NodeProto(op_type="Reshape", input=[table, shape], output=[f"{shape}_view"],
@@ -393,7 +386,7 @@ def _int64s(tensor) -> np.ndarray | None:
 def _sole_producer(name: str, producer: dict, readers: dict):
     """The standard-domain node that computes name, where nothing else reads name; else None."""
     node = producer.get(name)
-    return node if node is not None and node.domain in ("", "ai.onnx") and readers.get(name, 0) == 1 else None
+    return node if node is not None and node.domain in ("", "ai.onnx") and len(readers.get(name, ())) == 1 else None
 
 
 def _full_matrix(chain: dict, producer: dict, inits: dict) -> tuple[str, int] | None:
@@ -505,7 +498,9 @@ def _exact(values: np.ndarray, scale: float) -> np.ndarray | None:
     return got if np.array_equal(got.astype(np.float64), wanted) else None
 
 
-def _unique(name: str, inits: dict, new_inits: list) -> str:
+def _unique(name: str, inits, new_inits: list) -> str:
+    """name, or name with a number, unlike every name in inits (initializers by name, or any names) and
+    new_inits."""
     taken = set(inits) | {t.name for t in new_inits}
     k, candidate = 0, name
     while candidate in taken:
