@@ -86,6 +86,12 @@ def kernel_times(fn, runs: int = 3) -> list[dict]:
     return rows
 
 
+def print_kernels(rows: list[dict], top: int) -> None:
+    """The first `top` rows of a kernel table, one line each."""
+    for k in rows[:top]:
+        print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
+
+
 def pixel_constants(model: CIPSModel) -> dict[str, np.ndarray]:
     """The fp16 pixel graph's constants: its own initializers, and (format 3) the per-point weights it
     reads from the file's graph by name."""
@@ -146,8 +152,7 @@ def batch_profile(model: CIPSModel, side: int, batch: int) -> dict:
            "kernel_ms_sum": busy, "idle_share": round(max(0.0, 1 - busy / ms), 3), "kernels": kernels[:25]}
     print(f"ort fp16 {batch} x {side}^2: {ms} ms ({out['mpixel_per_s']} Mpixel/s), kernels {busy} ms, GPU idle "
           f"{100 * out['idle_share']:.0f}% of the wall time; kernels:", flush=True)
-    for k in kernels[:12]:
-        print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
+    print_kernels(kernels, 12)
     return out
 
 
@@ -203,11 +208,9 @@ def main(argv=None) -> None:
             row["batch"] = batch_profile(model, side, args.batch)
         result["ort"][variant or "default"] = row
         print(f"ort fp16 {side}^2 {options or ''}: {row['ms']} ms; phases {row['phases_ms']}; kernels:", flush=True)
-        for k in row["kernels"][:12]:
-            print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
+        print_kernels(row["kernels"], 12)
         print(f"ort fp16 {side}^2 as points: {row['points']['ms']} ms; the style run's kernels:", flush=True)
-        for k in row["style_kernels"][:8]:
-            print(f"  {k['ms_per_call']:8.3f} ms  x{k['launches_per_call']:<4} {k['kernel']}", flush=True)
+        print_kernels(row["style_kernels"], 8)
         del model
 
     full, gemms, x16 = torch_chain(path, side)
@@ -221,8 +224,7 @@ def main(argv=None) -> None:
         print(f"torch eager fp16 chain: {result['torch_eager_ms']} ms; GEMMs alone {result['torch_gemms_only_ms']} ms; "
               f"max |torch - ort| {result['torch_vs_ort_max_abs']:.4f}",
               flush=True)
-        for row in result["torch_kernels"][:10]:
-            print(f"  {row['ms_per_call']:8.3f} ms  x{row['launches_per_call']:<4} {row['kernel']}", flush=True)
+        print_kernels(result["torch_kernels"], 10)
         if args.compile:
             start = time.perf_counter()
             compiled = torch.compile(full, mode="max-autotune-no-cudagraphs")
