@@ -9,6 +9,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <exception>
 #include <string>
 
@@ -45,6 +47,15 @@ struct Kernel {
 inline void check(cudaError_t error, const char* op, const char* what) {
   if (error != cudaSuccess)
     ORT_CXX_API_THROW(std::string(op) + ": " + what + ": " + cudaGetErrorString(error), ORT_RUNTIME_EXCEPTION);
+}
+
+// Whether p may be read or written 16 bytes (8 halves) at a time.
+inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+// Blocks of `threads` for a grid-stride loop over `total` items: enough to fill any GPU several times
+// over, never more than there is work.
+inline int64_t stride_blocks(int64_t total, int threads) {
+  return std::min<int64_t>((total + threads - 1) / threads, int64_t(1) << 20);
 }
 
 }  // namespace cips

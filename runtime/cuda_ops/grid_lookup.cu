@@ -18,7 +18,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -110,14 +109,12 @@ __global__ void grid_lookup1(const float* __restrict__ xs, const float* __restri
   }
 }
 
-bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 template <class Index>
 void launch(const float* xs, const float* ys, const __half* table, __half* out, int64_t h, int64_t w, int64_t tx,
             int64_t ty, int64_t f, cudaStream_t stream) {
-  const bool by8 = f % 8 == 0 && aligned(table) && aligned(out);
+  const bool by8 = f % 8 == 0 && cips::aligned16(table) && cips::aligned16(out);
   const int64_t total = by8 ? h * w * (f / 8) : h * w * f;
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 20);
+  const int64_t blocks = cips::stride_blocks(total, kThreads);
   if (by8)
     grid_lookup8<Index><<<unsigned(blocks), kThreads, 0, stream>>>(xs, ys, table, out, Index(w), int(tx), int(ty),
                                                                     Index(f / 8), Index(total));

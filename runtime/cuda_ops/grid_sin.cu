@@ -13,7 +13,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -62,14 +61,11 @@ __global__ void grid_sin1(const float* __restrict__ a, const float* __restrict__
   }
 }
 
-bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 template <class Index>
 void launch(const float* a, const float* b, __half* y, int64_t h, int64_t w, int64_t f, cudaStream_t stream) {
-  const bool by8 = f % 8 == 0 && aligned(a) && aligned(b) && aligned(y);
+  const bool by8 = f % 8 == 0 && cips::aligned16(a) && cips::aligned16(b) && cips::aligned16(y);
   const int64_t total = by8 ? h * w * (f / 8) : h * w * f;
-  // a grid-stride loop: enough blocks to fill any GPU several times over, never more than there is work
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, int64_t(1) << 20);
+  const int64_t blocks = cips::stride_blocks(total, kThreads);
   if (by8)
     grid_sin8<Index><<<unsigned(blocks), kThreads, 0, stream>>>(a, b, y, Index(w), Index(f / 8), Index(total));
   else

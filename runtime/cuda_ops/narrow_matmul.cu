@@ -128,8 +128,6 @@ __global__ void narrow_matmul(const __half* __restrict__ x, const float* __restr
   }
 }
 
-bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 template <class Kernel>
 int64_t resident_blocks(Kernel kernel, size_t bytes) {
   int device = 0, sms = 0, per_sm = 0;
@@ -143,7 +141,7 @@ template <int N>
 void launch(const __half* x, const float* w, float* y, int64_t rows, int k, cudaStream_t stream) {
   const size_t bytes = size_t(k) * N * sizeof(float);
   // 8 halves a lane: every row starts on 16 bytes (K a multiple of 8)
-  const bool by8 = k % 8 == 0 && aligned(x);
+  const bool by8 = k % 8 == 0 && cips::aligned16(x);
   auto kernel = by8 ? narrow_matmul<N, true> : narrow_matmul<N, false>;
   // the rows' loop: never more blocks than are resident at once, nor than there are rows for
   const int64_t needed = (rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
