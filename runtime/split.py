@@ -106,6 +106,14 @@ class SplitEngine:
             self.sync_options = ort.RunOptions()
             self.async_options = ort.RunOptions()
             self.async_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            # ONNX Runtime's arena reuses a freed block only for requests that fit it, so grid calls of a
+            # new shape (4096^2 after 1024^2) grow it by what the old blocks' sizes waste. A render whose
+            # calls differ in shape from the last render's first makes a 1x1 call with these options, at
+            # whose end the arena hands its unused regions back (benchmarks/results/grid-arena-h100.json)
+            self.shrink_options = ort.RunOptions()
+            self.shrink_options.add_run_config_entry("memory.enable_memory_arena_shrinkage",
+                                                     f"{'cpu' if bound == 'cpu' else 'gpu'}:{device_id}")
+        self.grid_shapes: set[tuple[int, int]] | None = None  # (rows, columns) of the last render's grid calls
 
     @property
     def pixel_session(self):
@@ -210,17 +218,22 @@ class SplitEngine:
         rows = ort.OrtValue.ortvalue_from_numpy(ys, device, index)
         out = ort.OrtValue.ortvalue_from_shape_and_type([len(styles), h * w, 3], dtype, device, index)
         size = 3 * np.dtype(dtype).itemsize  # bytes per point
+        shapes = {(r1 - r0, c1 - c0) for _, (c0, c1), (r0, r1) in calls}
+        shrink, self.grid_shapes = self.grid_shapes is not None and shapes != self.grid_shapes, shapes
         inputs = set(self.grid_weights)
         for b, style in enumerate(styles):
             binding = self.grid_session.io_binding()
             self._bind_weights(binding, style, inputs)
-            for k, (start, (c0, c1), (r0, r1)) in enumerate(calls):
+            first = shrink and b == 0  # a 1x1 call ahead, after which the unused regions go (its colour is rewritten)
+            calls_now = [(0, (0, 1), (0, 1)), *calls] if first else calls
+            for k, (start, (c0, c1), (r0, r1)) in enumerate(calls_now):
                 binding.bind_input("xs", device, index, np.float32, [c1 - c0], columns.data_ptr() + 4 * c0)
                 binding.bind_input("ys", device, index, np.float32, [r1 - r0], rows.data_ptr() + 4 * r0)
                 n = (c1 - c0) * (r1 - r0)
                 binding.bind_output(name, device, index, dtype, [n, 3], out.data_ptr() + size * (b * h * w + start))
-                last = b == len(styles) - 1 and k == len(calls) - 1
-                self.grid_session.run_with_iobinding(binding, self.sync_options if last else self.async_options)
+                last = b == len(styles) - 1 and k == len(calls_now) - 1
+                options = self.sync_options if last else self.async_options
+                self.grid_session.run_with_iobinding(binding, self.shrink_options if first and k == 0 else options)
         return out.numpy()
 
 

@@ -81,6 +81,43 @@ def test_the_bound_grid_path_gives_the_plain_paths_pixels(fp16_file):
     assert np.array_equal(got, expected)
 
 
+class _Recorded:
+    """A session whose run_with_iobinding calls are counted by run options."""
+
+    def __init__(self, session):
+        self.session, self.options = session, []
+
+    def io_binding(self):
+        return self.session.io_binding()
+
+    def run_with_iobinding(self, binding, options):
+        self.options.append(options)
+        self.session.run_with_iobinding(binding, options)
+
+
+def test_the_bound_grid_path_hands_arena_regions_back_only_when_its_call_shapes_change(fp16_file):
+    """A render whose grid calls differ in shape from the last render's runs one more call first, with
+    ONNX Runtime's arena shrinkage on; the pixels stay the plain path's."""
+    plain = CIPSModel(fp16_file, device="cpu", precision="fp16")
+    e = plain.engine
+    bound = SplitEngine(plain.ort, e.style_session, e.pixel_session, e.info, e.precision, bound="cpu",
+                        table=e.host_table, grid_session=e.grid_session, batch_style=e.style_for(2))
+    bound.grid_session = recorded = _Recorded(e.grid_session)
+    z = np.stack([latent_for_seed(s, plain.style_dim) for s in (4, 9)])
+    psi = np.ones(2, np.float32)
+    wide, narrow = np.linspace(-1, 1, 23, dtype=np.float32), np.linspace(-1, 1, 12, dtype=np.float32)
+    ys = np.linspace(1.0, -1.0, 11, dtype=np.float32)
+    shrinks = []
+    for xs in (wide, wide, narrow, wide):  # calls of 2 x 23 and 1 x 23, the same, 4 x 12 and 3 x 12, as first
+        recorded.options.clear()
+        got = bound.render_grids(bound.styles(z, psi), xs, ys, chunk=50)
+        assert np.array_equal(got, e.render_grids(plain.styles(z, psi), xs, ys, chunk=50))
+        shrinks.append(sum(o is bound.shrink_options for o in recorded.options))
+        assert len(recorded.options) == 2 * len(list(grid_calls(11, len(xs), 50))) + shrinks[-1]
+        assert recorded.options[-1] is bound.sync_options
+    assert shrinks == [0, 0, 1, 1]
+
+
 @pytest.mark.parametrize("height,width,chunk", [(5, 7, 7), (5, 7, 20), (4, 10, 3), (3, 1, 1), (1, 9, 100)])
 def test_grid_calls_cover_every_pixel_once(height, width, chunk):
     seen = np.zeros(height * width, int)
