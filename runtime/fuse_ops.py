@@ -29,9 +29,8 @@ GRID_LOOKUP = "GridLookup"
 OPS = (OP, ADD_OP, GRID_SIN, NARROW, GRID_LOOKUP)  # every op the library has
 # what for_cuda rewrites unless $CIPS_CUDA_OPS_FUSE says otherwise. MatMulAddLeakyRelu is left out: on the
 # packaged model's 1024x1024 grid its render differs from the unfused fp16 one by more than
-# benchmarks/cuda_ops_check.py's bound (benchmarks/results/cuda-ops-check-newops-h100.json); GridLookup
-# has not run on a GPU
-RENDER_OPS = (OP, GRID_SIN, NARROW)
+# benchmarks/cuda_ops_check.py's bound (benchmarks/results/cuda-ops-check-lookup-h200.json)
+RENDER_OPS = (OP, GRID_SIN, NARROW, GRID_LOOKUP)
 NARROW_COLUMNS, NARROW_WEIGHTS = 8, 12_288  # NarrowMatMul's W: at most 8 columns, in 48 KB of shared memory
 LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_cuda_ops.so"  # runtime/cuda_ops/build.sh
 INT64 = 7  # TensorProto.DataType
