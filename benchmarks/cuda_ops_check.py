@@ -24,8 +24,8 @@ much faster? On the CUDA provider, with the built library registered:
 Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON) after each
 section: an op that fails (at its session or its run) is a row's or a variant's one-line error, and the
 rest still runs. The exit status is 1 when anything failed or a difference exceeds its bound. `--tile
-128x128`, `128x256` or `128x128-pingpong` runs the op with another configuration (the default is the
-op's own, 256x128-1x2), so they can be compared in one device call.
+128x128`, `128x256`, `128x128-pingpong`, `128x192` or `256x192` runs the op with another configuration (the
+default is the op's own, 256x128-1x2), so they can be compared in one device call.
 
     bash runtime/cuda_ops/build.sh     # where nvcc and the network are (the GPU machine has neither need)
     bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"
@@ -518,7 +518,7 @@ def main() -> None:
     parser.add_argument("--library", type=Path, default=None,
                         help="the built library (default: $CIPS_CUDA_OPS, else runtime/cuda_ops/build/)")
     parser.add_argument("--reps", type=int, default=20, help="timed calls per measurement (medians)")
-    parser.add_argument("--tile", choices=["128x128", "128x256", "128x128-pingpong", "256x128-1x2"], default="256x128-1x2",
+    parser.add_argument("--tile", choices=["128x128", "128x256", "128x128-pingpong", "256x128-1x2", "128x192", "256x192"], default="256x128-1x2",
                         help="the op's tile configuration ($CIPS_CUDA_OPS_TILE, read as each session is made)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file")
     args = parser.parse_args()

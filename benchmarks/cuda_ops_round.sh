@@ -36,7 +36,7 @@ step() {
     tar czf "$archive.part" -C "$OUT" . && mv "$archive.part" "$archive"
 }
 paper=$(mktemp -d)/paper-256.onnx
-tiles="128x128 128x256 128x128-pingpong 256x128-1x2"
+tiles="128x128 128x256 128x128-pingpong 256x128-1x2 128x192 256x192"
 step 120 bash benchmarks/render_gpu.sh --no-tensorrt --save-model "$paper" --out "$OUT/render-h200-unfused.json"
 for tile in $tiles; do
     step 45 bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --model "$paper" --tile "$tile" \

@@ -82,7 +82,7 @@ def fused_layer_shapes() -> set[tuple[int, int]]:
     return shapes
 
 
-@pytest.mark.parametrize("tile", [0, 1, 2, 3])  # 128x128, 128x256, 128x128-pingpong, 256x128-1x2
+@pytest.mark.parametrize("tile", range(6))  # 128x128, 128x256, 128x128-pingpong, 256x128-1x2, 128x192, 256x192
 def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspace(library, tile):
     plan = ctypes.CDLL(str(library)).CipsFastPlan
     plan.argtypes = [ctypes.c_int] * 5 + [ctypes.POINTER(ctypes.c_int64)]
@@ -90,18 +90,18 @@ def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspa
     workspace = ctypes.c_int64(-1)
     shapes = fused_layer_shapes()
     assert {(264, 264), (200, 136), (136, 136)} <= shapes
-    for k, n in shapes:
+    for k, n in shapes | {(520, 520)}:  # and paper-256's 512-wide layers
         for m in (1024 * 1024, 65536, 1000, 7):  # a 1024x1024 grid, a 256x256 one, ragged chunks
             assert plan(m, n, k, tile, H200_SMS, ctypes.byref(workspace)) == 0, (m, n, k)
             assert workspace.value == 0, (m, n, k)
     # and it does refuse: rows of 12 halves are not 16-byte aligned for TMA
     assert plan(1000, 12, 136, tile, H200_SMS, ctypes.byref(workspace)) == 1
     assert plan(1000, 136, 12, tile, H200_SMS, ctypes.byref(workspace)) == 1
-    assert plan(1000, 136, 136, 5, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
+    assert plan(1000, 136, 136, 7, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
 
 
 def test_cutlass_takes_the_grid_graphs_input_layer_with_its_full_matrix_c(library):
-    """MatMulAddLeakyRelu's one configuration (CipsFastPlan's tile 4): the packaged model's input layer
+    """MatMulAddLeakyRelu's one configuration (CipsFastPlan's tile 6): the packaged model's input layer
     (K 136, N 264) and paper-256's (K 520, N 520)."""
     plan = ctypes.CDLL(str(library)).CipsFastPlan
     plan.argtypes = [ctypes.c_int] * 5 + [ctypes.POINTER(ctypes.c_int64)]
@@ -113,9 +113,9 @@ def test_cutlass_takes_the_grid_graphs_input_layer_with_its_full_matrix_c(librar
     assert declared[layer.input[1]] == [136, 264]
     for k, n in ((136, 264), (520, 520)):
         for m in (1024 * 1024, 65536, 1000, 7):
-            assert plan(m, n, k, 4, H200_SMS, ctypes.byref(workspace)) == 0, (m, n, k)
+            assert plan(m, n, k, 6, H200_SMS, ctypes.byref(workspace)) == 0, (m, n, k)
             assert workspace.value == 0, (m, n, k)
-    assert plan(1000, 12, 136, 4, H200_SMS, ctypes.byref(workspace)) == 1
+    assert plan(1000, 12, 136, 6, H200_SMS, ctypes.byref(workspace)) == 1
 
 
 def test_a_cuda_session_named_to_the_built_library_registers_it_and_gets_the_fused_graph(library, monkeypatch):

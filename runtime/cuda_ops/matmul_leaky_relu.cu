@@ -36,15 +36,18 @@ using Half = cutlass::half_t;
 using RowMajor = cutlass::layout::RowMajor;
 constexpr int kAlign = 8;  // elements per 16 bytes: TMA's alignment for every operand
 
-// Four configurations, all with persistent CTAs and 64-deep K steps: 128x128 and 128x256 tiles (fewer
+// Six configurations, all with persistent CTAs and 64-deep K steps: 128x128 and 128x256 tiles (fewer
 // passes over X for wide layers) with two consumer warp groups sharing each output tile (cooperative);
 // 128x128 with each consumer warp group on a tile of its own, taking turns (ping-pong): one group's
 // epilogue runs while the other's MMAs do, which matters when K is short (512 here: 8 K steps a tile);
-// and 256x128 cooperative tiles on clusters of two CTAs along N, which share each X tile through TMA
-// multicast (cuBLAS's own kernels for these layers use 1x2 clusters). $CIPS_CUDA_OPS_TILE picks one when
-// a session is made (128x128; 128x256; 128x128-pingpong; 256x128-1x2, the default: the one measured
-// faster than the unfused graph on an H200), so they can be compared on one machine
-// (benchmarks/cuda_ops_check.py --tile).
+// 256x128 cooperative tiles on clusters of two CTAs along N, which share each X tile through TMA
+// multicast (cuBLAS's own kernels for these layers use 1x2 clusters); and 128x192 and 256x192
+// cooperative tiles without clusters, for the widths the fp16 graphs have (a width plus its 7 extra
+// columns, padded to 8: 520, 264, 136). CUTLASS rounds a problem's tiles up to whole clusters, and their
+// MMAs run whether or not a tile holds any columns, so 520 columns cost 6 tiles of 128 (768) on 1x2
+// clusters against 3 of 192 (576). $CIPS_CUDA_OPS_TILE picks one when a session is made (128x128;
+// 128x256; 128x128-pingpong; 256x128-1x2, the default: the one measured faster than the unfused graph on
+// an H200; 128x192; 256x192), so they can be compared on one machine (benchmarks/cuda_ops_check.py --tile).
 
 // D = LeakyReLU(1 * acc + beta * C + bias[col]). ElementC void: no source operand is read at all
 // (MatMulLeakyRelu); Half: C is loaded by TMA and beta is 1 (MatMulAddLeakyRelu).
@@ -83,6 +86,8 @@ using Tile128x128Pingpong = FusedGemm<Shape<_128, _128, _64>, NoCluster,
                                       cutlass::gemm::KernelTmaWarpSpecializedPingpong,
                                       cutlass::epilogue::TmaWarpSpecialized>;
 using Tile256x128Cluster1x2 = FusedGemm<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Cooperative, CooperativeEpilogue>;
+using Tile128x192 = FusedGemm<Shape<_128, _192, _64>, NoCluster, Cooperative, CooperativeEpilogue>;
+using Tile256x192 = FusedGemm<Shape<_256, _192, _64>, NoCluster, Cooperative, CooperativeEpilogue>;
 // MatMulAddLeakyRelu's one configuration: the default's, reading C
 using Tile256x128Cluster1x2WithC =
     FusedGemm<Shape<_256, _128, _64>, Shape<_1, _2, _1>, Cooperative, CooperativeEpilogue, Half>;
@@ -94,10 +99,13 @@ enum TileConfig {
   kTile128x256 = 1,
   kTile128x128Pingpong = 2,
   kTile256x128Cluster1x2 = 3,
-  kTiles = 4,
-  kTileWithC = 4
+  kTile128x192 = 4,
+  kTile256x192 = 5,
+  kTiles = 6,
+  kTileWithC = 6
 };
-const char* const kTileNames[kTiles] = {"128x128", "128x256", "128x128-pingpong", "256x128-1x2"};
+const char* const kTileNames[kTiles] = {"128x128", "128x256", "128x128-pingpong", "256x128-1x2", "128x192",
+                                        "256x192"};
 
 // f(Config{}) with the configuration `tile` names.
 template <class F>
@@ -106,6 +114,8 @@ auto with_tile(TileConfig tile, F&& f) {
     case kTile128x256: return f(Tile128x256{});
     case kTile128x128Pingpong: return f(Tile128x128Pingpong{});
     case kTile256x128Cluster1x2: return f(Tile256x128Cluster1x2{});
+    case kTile128x192: return f(Tile128x192{});
+    case kTile256x192: return f(Tile256x192{});
     case kTileWithC: return f(Tile256x128Cluster1x2WithC{});
     default: return f(Tile128x128{});
   }
@@ -173,7 +183,8 @@ TileConfig chosen_tile() {
   if (tile == nullptr || *tile == 0) return kTile256x128Cluster1x2;
   for (int t = 0; t < kTiles; ++t)
     if (std::string(tile) == kTileNames[t]) return TileConfig(t);
-  fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128, 128x256, 128x128-pingpong or 256x128-1x2, not ") + tile);
+  fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128, 128x256, 128x128-pingpong, 256x128-1x2, 128x192 or "
+                   "256x192, not ") + tile);
   return kTile128x128;
 }
 
