@@ -31,7 +31,7 @@ import onnx
 from onnx import shape_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from render import PeakMemory  # noqa: E402
+from render import PeakMemory, cuda_ops_record  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ITEM = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.UINT8: 1,
@@ -145,12 +145,10 @@ def main(argv=None) -> None:
         static[f"{rows}x{columns}"] = {"points": rows * columns, "mib": round(peak / 2**20, 1),
                                        "bytes_per_point": round(peak / (rows * columns)), "at": where}
     print(json.dumps(static, indent=1), flush=True)
-    from cips_edge.runtime.model import cuda_ops
-
-    chosen = cuda_ops()  # the children inherit $CIPS_CUDA_OPS and $CIPS_CUDA_OPS_FUSE
     result = {"benchmark": "grid-memory", "model": str(args.model or f"{args.preset}, random weights"),
-              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cuda_ops_library": chosen[0] if chosen else None,
-              "cuda_ops_fused": list(chosen[1]) if chosen else None, "static": static, "settings": []}
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              **cuda_ops_record(),  # the children inherit $CIPS_CUDA_OPS and $CIPS_CUDA_OPS_FUSE
+              "static": static, "settings": []}
     for name in args.settings.split(","):
         r = subprocess.run([sys.executable, __file__, "--device", args.device, "--child", str(path), name],
                            capture_output=True, text=True, timeout=600)

@@ -111,6 +111,16 @@ class PeakMemory:
         return out
 
 
+def cuda_ops_record() -> dict:
+    """The cips.fast library CUDA sessions load ($CIPS_CUDA_OPS) and the ops they fuse ($CIPS_CUDA_OPS_FUSE),
+    both None without it. runtime/model.py refuses to open a session that cannot load the library, so a
+    result that names it rendered with those ops."""
+    from cips_edge.runtime.model import cuda_ops
+
+    chosen = cuda_ops()
+    return {"cuda_ops_library": chosen[0] if chosen else None, "cuda_ops_fused": list(chosen[1]) if chosen else None}
+
+
 def timed(fn, sync=lambda: None, budget_s: float = 2.0, max_runs: int = 10) -> list[float]:
     """One warm-up, then runs until budget_s is spent (at least 2, at most max_runs); seconds each."""
     fn()
@@ -275,13 +285,7 @@ def run(args) -> dict:
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__
-    # CUDA sessions run the cips.fast fused ops where $CIPS_CUDA_OPS names their library, the ops
-    # $CIPS_CUDA_OPS_FUSE picks (runtime/model.py refuses to open a session if it cannot load the library,
-    # so a result that names it rendered with those ops)
-    from cips_edge.runtime.model import cuda_ops
-
-    chosen = cuda_ops()
-    result["cuda_ops_library"], result["cuda_ops_fused"] = (chosen[0], list(chosen[1])) if chosen else (None, None)
+    result.update(cuda_ops_record())
     print(f"render benchmark: {result['preset']} ({mflop:.2f} MFLOP/pixel) on {result['device_name']}", flush=True)
     start = time.perf_counter()
     result["matmul_peak_tflops"] = peaks = matmul_peak(device)
