@@ -518,8 +518,10 @@ def main() -> None:
     parser.add_argument("--library", type=Path, default=None,
                         help="the built library (default: $CIPS_CUDA_OPS, else runtime/cuda_ops/build/)")
     parser.add_argument("--reps", type=int, default=20, help="timed calls per measurement (medians)")
-    parser.add_argument("--tile", choices=["128x128", "128x256", "128x128-pingpong", "256x128-1x2", "128x192", "256x192"], default="256x128-1x2",
-                        help="the op's tile configuration ($CIPS_CUDA_OPS_TILE, read as each session is made)")
+    parser.add_argument("--tile", choices=["auto", "128x128", "128x256", "128x128-pingpong", "256x128-1x2", "128x192",
+                                           "256x192"], default="auto",
+                        help="the op's tile configuration for every layer ($CIPS_CUDA_OPS_TILE, read as each session "
+                             "is made); auto: each layer's by its width, as renders pick (default)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file")
     args = parser.parse_args()
     library = args.library or fuse_ops.library_path()
@@ -533,7 +535,10 @@ def main() -> None:
     if CUDA not in ort.get_available_providers():
         raise fail(f"this onnxruntime ({ort.__version__}) has no {CUDA} (it has "
                    f"{', '.join(ort.get_available_providers())}): run on a GPU machine with onnxruntime-gpu")
-    os.environ["CIPS_CUDA_OPS_TILE"] = args.tile
+    if args.tile == "auto":
+        os.environ.pop("CIPS_CUDA_OPS_TILE", None)
+    else:
+        os.environ["CIPS_CUDA_OPS_TILE"] = args.tile
     check = Check(ort, args.model, library)
     report = {"benchmark": "cuda-ops-check", "model": str(args.model), "library": str(library),
               "onnxruntime": ort.__version__, "tile": args.tile, "reps": args.reps, "date": time.strftime("%Y-%m-%d %H:%M:%S"),

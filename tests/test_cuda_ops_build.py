@@ -2,7 +2,7 @@
 takes it: registering it declares cips.fast::MatMulLeakyRelu, MatMulAddLeakyRelu, GridSin and NarrowMatMul,
 so a graph using any of them fails on the CPU only for want of a CPU kernel (the ops are CUDA-only), not as an unknown op. CUTLASS's host-side checks
 accept every layer of the packaged model's fused graphs, without a workspace the op would have to
-allocate. Its results on a GPU are benchmarks/cuda_ops_check.py's to check."""
+allocate, and each layer's width picks its tile configuration. Its results on a GPU are benchmarks/cuda_ops_check.py's to check."""
 from __future__ import annotations
 
 import ctypes
@@ -98,6 +98,20 @@ def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspa
     assert plan(1000, 12, 136, tile, H200_SMS, ctypes.byref(workspace)) == 1
     assert plan(1000, 136, 12, tile, H200_SMS, ctypes.byref(workspace)) == 1
     assert plan(1000, 136, 136, 7, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
+
+
+def test_each_layer_width_takes_the_192_wide_tile_only_where_it_saves_enough_column_work(library):
+    """Without $CIPS_CUDA_OPS_TILE a layer takes 256x192 (5) where 192-wide tiles pad its width to fewer
+    columns of work than 256x128 tiles on 1x2 clusters (3) round it up to, by more than 11%, as paper-256's
+    520 (576 against 768, measured faster on an H200); else 256x128-1x2."""
+    default = ctypes.CDLL(str(library)).CipsFastDefaultTile
+    default.argtypes = [ctypes.c_int64]
+    default.restype = ctypes.c_int
+    assert {n for _, n in fused_layer_shapes()} == {264, 200, 136}
+    expected = {520: 5, 264: 5, 136: 5, 128: 5,  # 576 / 768, 384 / 512, 192 / 256, 192 / 256 columns
+                200: 3, 512: 3, 256: 3,  # 384 / 256, 576 / 512, 384 / 256
+                2600: 3}  # 2688 / 2816: 0.95, within the 192-wide tile's extra cost per column (11%)
+    assert {n: default(n) for n in expected} == expected
 
 
 def test_cutlass_takes_the_grid_graphs_input_layer_with_its_full_matrix_c(library):

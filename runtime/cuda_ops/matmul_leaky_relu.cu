@@ -45,9 +45,10 @@ constexpr int kAlign = 8;  // elements per 16 bytes: TMA's alignment for every o
 // cooperative tiles without clusters, for the widths the fp16 graphs have (a width plus its 7 extra
 // columns, padded to 8: 520, 264, 136). CUTLASS rounds a problem's tiles up to whole clusters, and their
 // MMAs run whether or not a tile holds any columns, so 520 columns cost 6 tiles of 128 (768) on 1x2
-// clusters against 3 of 192 (576). $CIPS_CUDA_OPS_TILE picks one when a session is made (128x128;
-// 128x256; 128x128-pingpong; 256x128-1x2, the default: the one measured faster than the unfused graph on
-// an H200; 128x192; 256x192), so they can be compared on one machine (benchmarks/cuda_ops_check.py --tile).
+// clusters against 3 of 192 (576). By default each layer takes 256x192 or 256x128-1x2 by its width
+// (default_tile); $CIPS_CUDA_OPS_TILE fixes one for every layer when a session is made (128x128;
+// 128x256; 128x128-pingpong; 256x128-1x2; 128x192; 256x192), so they can be compared on one machine
+// (benchmarks/cuda_ops_check.py --tile).
 
 // D = LeakyReLU(1 * acc + beta * C + bias[col]). ElementC void: no source operand is read at all
 // (MatMulLeakyRelu); Half: C is loaded by TMA and beta is 1 (MatMulAddLeakyRelu).
@@ -177,26 +178,38 @@ void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, const Hal
   check(cudaGetLastError(), "launch");
 }
 
-// The tile configuration $CIPS_CUDA_OPS_TILE asks for (read when a session makes the kernel).
-TileConfig chosen_tile() {
+// The tile configuration $CIPS_CUDA_OPS_TILE asks for (read when a session makes the kernel), or kTiles
+// where it is unset (each layer then takes default_tile's).
+TileConfig forced_tile() {
   const char* tile = std::getenv("CIPS_CUDA_OPS_TILE");
-  if (tile == nullptr || *tile == 0) return kTile256x128Cluster1x2;
+  if (tile == nullptr || *tile == 0) return kTiles;
   for (int t = 0; t < kTiles; ++t)
     if (std::string(tile) == kTileNames[t]) return TileConfig(t);
   fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128, 128x256, 128x128-pingpong, 256x128-1x2, 128x192 or "
                    "256x192, not ") + tile);
-  return kTile128x128;
+  return kTiles;
+}
+
+// The configuration for a layer of n output columns: 256x192 where its tiles pad n to fewer columns of
+// MMA work than 256x128-1x2's clusters by more than a 192-wide tile's extra cost per column, else
+// 256x128-1x2. That cost is at most 11%: on an H200, paper-256's fused 1024x1024 grid graph (520-column
+// layers: 576 columns of work against 768, 0.75) took 20.8 ms against 24.9 (0.835; the other ops'
+// fixed time counts against the 192-wide tiles, so 0.835 / 0.75 bounds their cost from above).
+// 520, 264 and 136 columns take 256x192; 512, 256 and 200 take 256x128-1x2.
+TileConfig default_tile(int64_t n) {
+  const int64_t narrow = (n + 191) / 192 * 192, clustered = (n + 255) / 256 * 256;
+  return narrow * 111 < clustered * 100 ? kTile256x192 : kTile256x128Cluster1x2;
 }
 
 // with_c: MatMulAddLeakyRelu (inputs X, W, C); else MatMulLeakyRelu (X, W, optional b).
 struct MatMulLeakyReluKernel : cips::Kernel<MatMulLeakyReluKernel> {
   float alpha;
-  TileConfig tile;
+  TileConfig forced;  // kTiles: each call's width picks (default_tile)
   bool with_c;
 
   MatMulLeakyReluKernel(const OrtKernelInfo* info, bool with_c)
       : alpha(Ort::ConstKernelInfo(info).GetAttribute<float>("alpha")),
-        tile(with_c ? kTileWithC : chosen_tile()),
+        forced(with_c ? kTileWithC : forced_tile()),
         with_c(with_c) {}
 
   void Compute(Ort::KernelContext ctx) const {
@@ -234,7 +247,7 @@ struct MatMulLeakyReluKernel : cips::Kernel<MatMulLeakyReluKernel> {
     if (!aligned(x_data) || !aligned(w_data) || !aligned(y_data) || (bias && !aligned(bias)) || (c && !aligned(c)))
       fail("X, W, b, C and Y must start on 16-byte boundaries (TMA)");
     auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-    with_tile(tile, [&](auto config) {
+    with_tile(forced == kTiles ? default_tile(n) : forced, [&](auto config) {
       matmul_leaky_relu<decltype(config)>(x_data, w_data, bias, c, y_data, int(m), int(n), int(k), alpha, stream);
     });
   }
@@ -282,6 +295,10 @@ extern "C" __attribute__((visibility("default"))) int CipsFastPlan(int m, int n,
     return plan<decltype(config)>(m, n, k, tile == kTileWithC, sms, workspace);
   });
 }
+
+// Host-side only: the configuration (enum TileConfig) a layer of n output columns takes when
+// $CIPS_CUDA_OPS_TILE is unset.
+extern "C" __attribute__((visibility("default"))) int CipsFastDefaultTile(int64_t n) { return default_tile(n); }
 
 // Called by SessionOptions.register_custom_ops_library (ONNX Runtime looks this name up).
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
