@@ -24,8 +24,9 @@ much faster? On the CUDA provider, with the built library registered:
 Prints each session's providers and stops unless CUDA comes first. Writes --out (JSON) after each
 section: an op that fails (at its session or its run) is a row's or a variant's one-line error, and the
 rest still runs. The exit status is 1 when anything failed or a difference exceeds its bound. `--tile
-128x128`, `128x256`, `128x128-pingpong`, `128x192` or `256x192` runs the op with another configuration (the
-default is the op's own, 256x128-1x2), so they can be compared in one device call.
+128x128`, `128x256`, `128x128-pingpong`, `256x128-1x2`, `128x192` or `256x192` runs the op with that
+configuration for every layer (the default, auto, lets each layer's width pick, as renders do), so they
+can be compared in one device call.
 
     bash runtime/cuda_ops/build.sh     # where nvcc and the network are (the GPU machine has neither need)
     bash benchmarks/on_gpu.sh benchmarks/cuda_ops_check.py --out "$OUT/cuda-ops-check-h200.json"

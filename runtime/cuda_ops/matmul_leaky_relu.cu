@@ -132,8 +132,6 @@ void check(cudaError_t error, const char* what) { cips::check(error, "MatMulLeak
 
 [[noreturn]] void fail(const std::string& message) { cips::fail("MatMulLeakyRelu", message); }
 
-bool aligned(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
-
 // CUTLASS's arguments for Y = LeakyRelu(X @ W + b + C) with the tile configuration Config: x [m, k],
 // w [k, n], bias [n] or null, c [m, n] (configurations that read C) or null, y [m, n], on `sms`
 // multiprocessors of `device`.
@@ -244,7 +242,8 @@ struct MatMulLeakyReluKernel : cips::Kernel<MatMulLeakyReluKernel> {
     auto* x_data = reinterpret_cast<const Half*>(x.GetTensorRawData());
     auto* w_data = reinterpret_cast<const Half*>(w.GetTensorRawData());
     auto* y_data = reinterpret_cast<Half*>(y.GetTensorMutableRawData());
-    if (!aligned(x_data) || !aligned(w_data) || !aligned(y_data) || (bias && !aligned(bias)) || (c && !aligned(c)))
+    if (!cips::aligned16(x_data) || !cips::aligned16(w_data) || !cips::aligned16(y_data) ||
+        (bias && !cips::aligned16(bias)) || (c && !cips::aligned16(c)))
       fail("X, W, b, C and Y must start on 16-byte boundaries (TMA)");
     auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
     with_tile(forced == kTiles ? default_tile(n) : forced, [&](auto config) {
