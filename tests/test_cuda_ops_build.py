@@ -100,18 +100,42 @@ def test_cutlass_takes_every_fused_layer_of_the_packaged_model_without_a_workspa
     assert plan(1000, 136, 136, 7, H200_SMS, ctypes.byref(workspace)) == 2  # no such configuration
 
 
-def test_each_layer_width_takes_the_192_wide_tile_only_where_it_saves_enough_column_work(library):
+def _layer_tile(library):
+    layer_tile = ctypes.CDLL(str(library)).CipsFastLayerTile
+    layer_tile.argtypes = [ctypes.c_int, ctypes.c_int64]
+    layer_tile.restype = ctypes.c_int
+    return layer_tile
+
+
+def test_each_layer_width_takes_the_192_wide_tile_only_where_it_saves_enough_column_work(library, monkeypatch):
     """Without $CIPS_CUDA_OPS_TILE a layer takes 256x192 (5) where 192-wide tiles pad its width to fewer
     columns of work than 256x128 tiles on 1x2 clusters (3) round it up to, by more than 11%, as paper-256's
     520 (576 against 768, measured faster on an H200); else 256x128-1x2."""
-    default = ctypes.CDLL(str(library)).CipsFastDefaultTile
-    default.argtypes = [ctypes.c_int64]
-    default.restype = ctypes.c_int
+    monkeypatch.delenv("CIPS_CUDA_OPS_TILE", raising=False)
+    layer_tile = _layer_tile(library)
     assert {n for _, n in fused_layer_shapes()} == {264, 200, 136}
     expected = {520: 5, 264: 5, 136: 5, 128: 5,  # 576 / 768, 384 / 512, 192 / 256, 192 / 256 columns
                 200: 3, 512: 3, 256: 3,  # 384 / 256, 576 / 512, 384 / 256
                 2600: 3}  # 2688 / 2816: 0.95, within the 192-wide tile's extra cost per column (11%)
-    assert {n: default(n) for n in expected} == expected
+    assert {n: layer_tile(0, n) for n in expected} == expected
+
+
+@pytest.mark.parametrize("forced", [None, "128x192", "256x128-1x2"])
+def test_matmul_add_leaky_relu_keeps_its_one_configuration_whatever_the_width_or_the_environment(
+        library, monkeypatch, forced):
+    """MatMulAddLeakyRelu reads C, and only its own configuration (6) has a C operand: no width rule and no
+    $CIPS_CUDA_OPS_TILE may hand it another (a C-less kernel refuses a problem with C and beta 1)."""
+    if forced is None:
+        monkeypatch.delenv("CIPS_CUDA_OPS_TILE", raising=False)
+    else:
+        monkeypatch.setenv("CIPS_CUDA_OPS_TILE", forced)
+    layer_tile = _layer_tile(library)
+    by_width = {8: 5, 136: 5, 200: 3, 264: 5, 520: 5}
+    for n, tile in by_width.items():
+        assert layer_tile(1, n) == 6, n
+        assert layer_tile(0, n) == ({"128x192": 4, "256x128-1x2": 3}[forced] if forced else tile), n
+    monkeypatch.setenv("CIPS_CUDA_OPS_TILE", "64x64")
+    assert layer_tile(0, 136) == -1  # an unknown name is refused
 
 
 def test_cutlass_takes_the_grid_graphs_input_layer_with_its_full_matrix_c(library):

@@ -103,7 +103,8 @@ enum TileConfig {
   kTile128x192 = 4,
   kTile256x192 = 5,
   kTiles = 6,
-  kTileWithC = 6
+  kTileWithC = 6,
+  kTileByWidth = -1  // none forced: each call's width picks (default_tile)
 };
 const char* const kTileNames[kTiles] = {"128x128", "128x256", "128x128-pingpong", "256x128-1x2", "128x192",
                                         "256x192"};
@@ -176,16 +177,16 @@ void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, const Hal
   check(cudaGetLastError(), "launch");
 }
 
-// The tile configuration $CIPS_CUDA_OPS_TILE asks for (read when a session makes the kernel), or kTiles
-// where it is unset (each layer then takes default_tile's).
+// The tile configuration $CIPS_CUDA_OPS_TILE asks for (read when a session makes the kernel), or
+// kTileByWidth where it is unset (each layer then takes default_tile's).
 TileConfig forced_tile() {
   const char* tile = std::getenv("CIPS_CUDA_OPS_TILE");
-  if (tile == nullptr || *tile == 0) return kTiles;
+  if (tile == nullptr || *tile == 0) return kTileByWidth;
   for (int t = 0; t < kTiles; ++t)
     if (std::string(tile) == kTileNames[t]) return TileConfig(t);
   fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128, 128x256, 128x128-pingpong, 256x128-1x2, 128x192 or "
                    "256x192, not ") + tile);
-  return kTiles;
+  return kTileByWidth;
 }
 
 // The configuration for a layer of n output columns: 256x192 where its tiles pad n to fewer columns of
@@ -199,10 +200,13 @@ TileConfig default_tile(int64_t n) {
   return narrow * 111 < clustered * 100 ? kTile256x192 : kTile256x128Cluster1x2;
 }
 
+// The configuration a call of n output columns runs with, given the kernel's forced one.
+TileConfig layer_tile(TileConfig forced, int64_t n) { return forced == kTileByWidth ? default_tile(n) : forced; }
+
 // with_c: MatMulAddLeakyRelu (inputs X, W, C); else MatMulLeakyRelu (X, W, optional b).
 struct MatMulLeakyReluKernel : cips::Kernel<MatMulLeakyReluKernel> {
   float alpha;
-  TileConfig forced;  // kTiles: each call's width picks (default_tile)
+  TileConfig forced;  // kTileByWidth: each call's width picks (default_tile)
   bool with_c;
 
   MatMulLeakyReluKernel(const OrtKernelInfo* info, bool with_c)
@@ -246,7 +250,7 @@ struct MatMulLeakyReluKernel : cips::Kernel<MatMulLeakyReluKernel> {
         (bias && !cips::aligned16(bias)) || (c && !cips::aligned16(c)))
       fail("X, W, b, C and Y must start on 16-byte boundaries (TMA)");
     auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-    with_tile(forced == kTiles ? default_tile(n) : forced, [&](auto config) {
+    with_tile(layer_tile(forced, n), [&](auto config) {
       matmul_leaky_relu<decltype(config)>(x_data, w_data, bias, c, y_data, int(m), int(n), int(k), alpha, stream);
     });
   }
@@ -295,9 +299,16 @@ extern "C" __attribute__((visibility("default"))) int CipsFastPlan(int m, int n,
   });
 }
 
-// Host-side only: the configuration (enum TileConfig) a layer of n output columns takes when
-// $CIPS_CUDA_OPS_TILE is unset.
-extern "C" __attribute__((visibility("default"))) int CipsFastDefaultTile(int64_t n) { return default_tile(n); }
+// Host-side only: the configuration (enum TileConfig) a call of n output columns runs with, as a kernel
+// made now would choose it: MatMulAddLeakyRelu's (with_c) or MatMulLeakyRelu's, which reads
+// $CIPS_CUDA_OPS_TILE (an unknown name is an error: returns -1).
+extern "C" __attribute__((visibility("default"))) int CipsFastLayerTile(int with_c, int64_t n) {
+  try {
+    return layer_tile(with_c ? kTileWithC : forced_tile(), n);
+  } catch (...) {
+    return -1;
+  }
+}
 
 // Called by SessionOptions.register_custom_ops_library (ONNX Runtime looks this name up).
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
