@@ -90,11 +90,18 @@ CONFIGS = {
     "paper-64": ("paper-256", 64, 128, 249.1, 26.2),
     "smoke": ("tiny", 16, 4, 0.0, 0.0),  # --device cpu: checks the script runs (no authors' figures)
 }
+AUTOTUNE_ENV = {"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM_BACKENDS": "ATEN,TRITON",
+                "TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS": "ATEN", "TORCHINDUCTOR_COMPILE_THREADS": "16"}
 # Process settings: the path (as benchmarks/train.py names them), Speed overrides, environment, and the
 # variants measured on the same trainer after the first step.
 PROCESSES = {
     "compiled": ("fast+compile", {}, {}, ["base", "r1_bf16", "no-r1_compile", "recompute_g"]),
     "r1-compile": ("fast+compile", {}, {}, ["base", "no-r1_compile"]),  # the compiled process, R1's question only
+    "r1-bf16": ("fast+compile", {}, {}, ["base", "r1_bf16"]),  # the compiled R1 in float32 and under bf16
+    # compile's max-autotune: Triton GEMM templates beside cuBLAS, which can take G's bias + leaky ReLU (+ cast)
+    # into their epilogue; convolutions stay cuDNN's (Triton's convolution templates would add tuning time)
+    "autotune": ("fast+compile", {"autotune": "gd"}, AUTOTUNE_ENV, ["base"]),
+    "autotune-g": ("fast+compile", {"autotune": "g"}, AUTOTUNE_ENV, ["base"]),  # G's graph alone: fewer GEMMs to tune
     "cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": True}, {}, ["base", "r1_bf16"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),

@@ -49,7 +49,8 @@ class Speed:
     # take workspace from whatever GPU memory is free, so the first steps' peak is not what a step needs
     compile: bool = False
     fold_gain: bool = False  # G's sqrt(2) activation gains folded into the next weights (synthesize)
-    autotune: bool = False  # benchmarks only: compile in max-autotune mode (did not finish tuning in 9 min)
+    autotune: str = ""  # benchmarks only: which compiled graphs compile in max-autotune mode, "g" (G's) or
+    # "gd" (G's and D's: did not finish tuning in 9 min on an H200 nor in 700 s on an H100)
     r1_bf16: bool = False  # (rounding) R1's forward and double backward of D under bf16 autocast
     r1_compile: bool = False  # (rounding) R1 as one compiled function: torch.func's gradient of the input
     # gradient's norm, which torch.compile traces whole (it cannot take autograd's double backward)
@@ -157,9 +158,11 @@ class Trainer:
         self._r1_compiled = None  # the compiled R1 (speed.r1_compile), made on first use
         self._r1_params: frozenset[str] | None = None  # D's parameters R1 reaches (the others get no gradient)
         if speed.compile:
-            mode = "max-autotune-no-cudagraphs" if speed.autotune else None
-            self.generate = _with_budget(torch.compile(self._generate, mode=mode), speed.activation_budget)
-            self.discriminate = _with_budget(torch.compile(self._discriminate, mode=mode), speed.activation_budget)
+            def mode(part: str) -> str | None:
+                return "max-autotune-no-cudagraphs" if part in speed.autotune else None
+            self.generate = _with_budget(torch.compile(self._generate, mode=mode("g")), speed.activation_budget)
+            self.discriminate = _with_budget(torch.compile(self._discriminate, mode=mode("d")),
+                                             speed.activation_budget)
 
     # -- forward passes ------------------------------------------------------------------------
     def _generate(self, z: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
