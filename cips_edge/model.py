@@ -7,6 +7,7 @@ sample, and the per-point work is plain GEMMs. Training, export and rendering al
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ from .core.config import GeneratorConfig
 
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # StyleGAN2's fused leaky ReLU keeps unit second moment
+# (x, weight, bias, gain, slope) -> leaky_relu(x @ weight + bias, slope) * gain, or None where it cannot
+LayerOp = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], "torch.Tensor | None"]
 DEMOD_EPS = 1e-8
 
 
@@ -217,10 +220,15 @@ class ModulatedFC(nn.Module):
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.apply_weight(x, self.modulated_weight(w))
 
-    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, gain: bool = True) -> torch.Tensor:
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, gain: bool = True,
+                     layer_op: LayerOp | None = None) -> torch.Tensor:
         # [B, N, in] @ [B, in, out] -> [B, N, out]; bias then leaky ReLU (gain sqrt 2; gain=False leaves
         # it to the consumer's weights). The bias follows the matmul's dtype so that autocast keeps
-        # activations in bf16 between layers.
+        # activations in bf16 between layers. layer_op: the whole layer as one fused op, where it takes it.
+        if layer_op is not None and gain:
+            fused = layer_op(x, weight, self.bias, LRELU_GAIN, LRELU_SLOPE)
+            if fused is not None:
+                return fused
         out = torch.matmul(x, weight)
         if not gain:
             return F.leaky_relu(out + self.bias.to(out.dtype), LRELU_SLOPE)
@@ -288,7 +296,7 @@ class CIPSGenerator(nn.Module):
         return torch.cat([e_fo, e_co], dim=2)
 
     def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False,
-                   recompute: bool = False) -> torch.Tensor:
+                   recompute: bool = False, layer_op: LayerOp | None = None) -> torch.Tensor:
         """[B, N, 2H] features and baked per-sample weights -> raw RGB [B, N, 3].
 
         fold_gain: the same function with the activations' sqrt(2) gain moved into the weights that
@@ -296,7 +304,9 @@ class CIPSGenerator(nn.Module):
         and backward, on the [B, N, width] activations; the per-sample weights are small.
         recompute: activation checkpointing, one ToRGB group (the layers up to and including a ToRGB) at
         a time: the backward keeps only each group's input and recomputes the rest, the same operations
-        again (for training with less memory)."""
+        again (for training with less memory).
+        layer_op: computes a modulated layer (matmul, bias, leaky ReLU, gain) in one op where it returns a
+        tensor (training's fused kernel, cips_edge.train.fused_fc.layer); None: the layer computes itself."""
         n_conv = 1 + len(self.layers)
         if fold_gain:
             weights = [weights[0], *(wt * LRELU_GAIN for wt in weights[1:])]
@@ -306,13 +316,13 @@ class CIPSGenerator(nn.Module):
         def group(x: torch.Tensor, k: int, *group_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Layers k*every .. (k+1)*every - 1 and ToRGB k: -> (x, this group's RGB)."""
             for j, layer in enumerate(self.layers[k * every:(k + 1) * every]):
-                x = layer.apply_weight(x, group_weights[j], gain)
+                x = layer.apply_weight(x, group_weights[j], gain, layer_op)
             return x, self.to_rgbs[k].apply_weight(x, group_weights[-1])
 
         if recompute:
-            x = checkpoint(self.input_layer.apply_weight, e, weights[0], gain, use_reentrant=False)
+            x = checkpoint(self.input_layer.apply_weight, e, weights[0], gain, layer_op, use_reentrant=False)
         else:
-            x = self.input_layer.apply_weight(e, weights[0], gain)
+            x = self.input_layer.apply_weight(e, weights[0], gain, layer_op)
         rgb = None
         for k in range(len(self.to_rgbs)):
             group_weights = (*weights[1 + k * every:1 + (k + 1) * every], weights[n_conv + k])

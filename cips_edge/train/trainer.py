@@ -26,7 +26,7 @@ from cips_edge.core.config import GeneratorConfig
 from cips_edge.coords import native_grid
 from cips_edge.model import CIPSGenerator
 
-from . import distributed
+from . import distributed, fused_fc
 from .augment import apply_augment, augment_draws
 from .data import ImageBank
 from .discriminator import Discriminator, DiscriminatorConfig
@@ -58,18 +58,22 @@ class Speed:
     # G's step keeps about half the activations and runs G's forward twice
     activation_budget: float | None = None  # (rounding) compiled graphs: torch's activation memory budget
     # (fraction of the saved activations Inductor may keep; it recomputes the rest in the backward)
+    fused_fc: bool = False  # (rounding) benchmarks only: G's modulated layers as one CUTLASS kernel each,
+    # bias, leaky ReLU and gain in the GEMM's epilogue (fused_fc.py; needs bf16 and the built library)
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
         """`cips train`'s fast path on CUDA (R1 compiled with the rest, no cuDNN autotuning); on CPU only
         what changes nothing there. choices: the memory switches above (cudnn_benchmark, r1_bf16,
-        recompute_g, activation_budget) and r1_compile (with compile)."""
+        recompute_g, activation_budget), r1_compile (with compile) and fused_fc (with bf16)."""
         cuda = device.type == "cuda"
         choices = {"r1_compile": True, **choices}
         if not cuda:
             choices = {k: v for k, v in choices.items() if k == "recompute_g"}
         if not (compile and cuda):
             choices.pop("r1_compile", None)
+        if not (bf16 and cuda):
+            choices.pop("fused_fc", None)
         return cls(bf16=bf16 and cuda, channels_last=cuda, fused_adam=cuda, tuned_backends=cuda,
                    compile=compile and cuda, **choices)
 
@@ -180,7 +184,8 @@ class Trainer:
         e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain,
-                               recompute=self.speed.recompute_g and torch.is_grad_enabled())  # [B, S*S, 3]
+                               recompute=self.speed.recompute_g and torch.is_grad_enabled(),
+                               layer_op=fused_fc.layer if self.speed.fused_fc else None)  # [B, S*S, 3]
         img = rgb.float().reshape(-1, self.size, self.size, 3).permute(0, 3, 1, 2)  # NCHW view of NHWC
         return img if self.speed.channels_last else img.contiguous()
 

@@ -1,0 +1,137 @@
+"""Does cips_edge::modulated_fc's CUDA kernel (cips_edge/train/cuda_ops/, built by its build.sh) compute G's
+layer, and how much faster is it than the layer as the compiled training step runs it? On one GPU:
+
+- values: the op against the same function in float32 (product accumulated in float32, rounded once),
+  and against the unfused layer as training computes it under bf16 autocast (bf16 product, then bias,
+  leaky ReLU and gain), largest difference relative to max |Y|;
+- gradients: x, weight and bias through the op's backward against autograd of the unfused layer;
+- times: the forward alone (the D step's G forward runs it without grad) and forward + backward, the
+  op against the unfused layer compiled by torch.compile (Inductor's GEMM and its fused bias + leaky
+  ReLU + gain pass), medians of CUDA-event-timed calls, at the shapes of paper-256's hidden layers at
+  256^2 batch 16 and at 64^2 batch 128.
+
+    bash benchmarks/on_gpu.sh benchmarks/fused_fc_check.py --out "$OUT/fused-fc-check-h200.json"
+
+Exits 1 when a difference is out of bounds or the op fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from cips_edge.model import LRELU_GAIN, LRELU_SLOPE
+from cips_edge.train import fused_fc
+
+# The op rounds once where the unfused layer rounds twice (after the product, after the activation):
+# bf16 keeps 8 bits, so a value may move by one step of the product's rounding, 2^-8 of its size.
+VALUE_BOUND = 2 ** -7
+GRAD_BOUND = 2e-2  # relative to max |grad|: both backwards sum bf16 products in a different order
+SHAPES = {"paper-256 at 256^2, batch 16": (16, 256 * 256, 512, 512),
+          "paper-256 at 64^2, batch 128": (128, 64 * 64, 512, 512)}
+
+
+def unfused(x, weight, bias):
+    with torch.autocast("cuda", torch.bfloat16):
+        out = torch.matmul(x, weight)
+        return F.leaky_relu(out + bias.to(out.dtype), LRELU_SLOPE) * LRELU_GAIN
+
+
+def fused(x, weight, bias):
+    return torch.ops.cips_edge.modulated_fc(x, weight.to(torch.bfloat16), bias, LRELU_GAIN, LRELU_SLOPE)
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30))
+
+
+def median_ms(fn, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return round(statistics.median(times), 3)
+
+
+def check(batch: int, m: int, k: int, n: int, reps: int) -> dict:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    # activations as a trained layer sees them (unit scale), weights already demodulated (1/sqrt(k))
+    x = torch.randn(batch, m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    weight = torch.randn(batch, k, n, device="cuda", generator=gen) / k ** 0.5
+    bias = torch.randn(n, device="cuda", generator=gen) * 0.1
+    row = {"batch": batch, "m": m, "k": k, "n": n}
+    with torch.no_grad():
+        got = fused(x, weight, bias)
+        exact = fused_fc._reference(x, weight.to(torch.bfloat16), bias, LRELU_GAIN, LRELU_SLOPE)
+        plain = unfused(x, weight, bias)
+    row["vs_float32_once"] = relative(got, exact)
+    row["vs_unfused"] = relative(got, plain)
+    row["unfused_vs_float32_once"] = relative(plain, exact)
+
+    grads = {}
+    for name, fn in (("fused", fused), ("unfused", unfused)):
+        xs, ws, bs = (t.detach().clone().requires_grad_(True) for t in (x, weight, bias))
+        out = fn(xs, ws, bs)
+        out.backward(torch.ones_like(out) / out.numel() ** 0.5)
+        grads[name] = (xs.grad, ws.grad, bs.grad)
+    row["grad_relative"] = {name: relative(a, b) for name, a, b in zip(("x", "weight", "bias"), *grads.values())}
+
+    compiled = torch.compile(unfused)
+    for name, fn in (("fused", fused), ("unfused_compiled", compiled)):
+        with torch.no_grad():
+            row[f"{name}_forward_ms"] = median_ms(lambda: fn(x, weight, bias), reps)
+        xs, ws, bs = (t.detach().clone().requires_grad_(True) for t in (x, weight, bias))
+
+        def step():
+            out = fn(xs, ws, bs)
+            out.backward(torch.ones_like(out))
+        row[f"{name}_forward_backward_ms"] = median_ms(step, reps)
+    flop = 2 * batch * m * k * n
+    row["fused_forward_tflops"] = round(flop / row["fused_forward_ms"] / 1e9, 1)
+    row["unfused_forward_ms_ratio"] = round(row["unfused_compiled_forward_ms"] / row["fused_forward_ms"], 3)
+    row["ok"] = (row["vs_float32_once"] <= VALUE_BOUND and row["vs_unfused"] <= 2 * VALUE_BOUND
+                 and max(row["grad_relative"].values()) <= GRAD_BOUND)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("error: fused_fc_check.py needs a CUDA GPU")
+    report = {"benchmark": "fused-fc-check", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "device_name": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "library": str(fused_fc.library_path()), "value_bound": VALUE_BOUND, "grad_bound": GRAD_BOUND,
+              "rows": {}}
+    ok = True
+    for name, (batch, m, k, n) in SHAPES.items():
+        try:
+            row = check(batch, m, k, n, args.reps)
+        except Exception as e:  # noqa: BLE001 (a failing op is this row's one-line error)
+            row = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "ok": False}
+        report["rows"][name] = row
+        ok &= row["ok"]
+        print(name, json.dumps(row), flush=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    report["ok"] = ok
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}" + ("" if ok else "; ERRORS OR DIFFERENCES OUT OF BOUNDS"))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+// One modulated layer of G's per-pixel stack for training, in one kernel:
+//   Y[b] = LeakyReLU(gain * (X[b] @ W[b]) + bias_scaled, slope)       (bias_scaled = gain * bias)
+// which is leaky_relu(X @ W + bias) * gain for gain > 0, the layer as cips_edge.model computes it, with
+// the activation written once by the GEMM's epilogue instead of read and written again by a separate
+// bias + leaky ReLU + gain pass (that pass is about a tenth of a compiled paper-256 step on an H200).
+//
+// X [B, M, K] bf16 (rows contiguous, any non-zero batch stride that keeps 16-byte rows), W [B, K, N]
+// bf16 row-major (one weight matrix per sample: the modulated weights), bias_scaled [N] fp32, Y [B, M, N]
+// bf16 row-major. fp32 accumulation; the epilogue rounds to bf16 once. A CUTLASS 3 kernel for SM90
+// (TMA loads, warp-specialized WGMMA, persistent CTAs), 256x128 tiles on clusters of two along N (as
+// cuBLAS's kernels for these shapes). TMA wants 16-byte rows: K and N multiples of 8.
+//
+// Called through ctypes (cips_edge/train/fused_fc.py) with raw pointers and the caller's stream, so the
+// library depends on no torch ABI; cudart is linked statically.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/epilogue/thread/activation.h"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+
+namespace {
+
+using namespace cute;
+
+using Bf16 = cutlass::bfloat16_t;
+using RowMajor = cutlass::layout::RowMajor;
+constexpr int kAlign = 8;  // bf16 elements per 16 bytes
+
+using Fusion = cutlass::epilogue::fusion::LinCombPerColBiasEltAct<
+    cutlass::epilogue::thread::LeakyReLU, Bf16, float, float>;  // output, compute, bias
+using TileShape = Shape<_256, _128, _64>;
+using ClusterShape = Shape<_1, _2, _1>;
+
+using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+    cutlass::epilogue::collective::EpilogueTileAuto, float, float,
+    void, RowMajor, kAlign,  // no C
+    Bf16, RowMajor, kAlign,  // D = Y
+    cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+
+// A = X [M, K] row-major (K-major); B = W [K, N] row-major (N-major, read by WGMMA without a transpose).
+using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
+    Bf16, RowMajor, kAlign,
+    Bf16, RowMajor, kAlign,
+    float, TileShape, ClusterShape,
+    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+    cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+
+using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+// CUTLASS's arguments for `batch` problems of m x n x k, batch strides in elements (X's may be 0).
+Gemm::Arguments arguments(const Bf16* x, int64_t x_batch, const Bf16* w, const float* bias, Bf16* y, int batch,
+                          int m, int n, int k, float gain, float slope, int device, int sms) {
+  // Strides in (rows, columns, batch) order of each operand as CUTLASS sees it: A (M, K), B (N, K), D (M, N).
+  Kernel::StrideA stride_x = make_stride(int64_t(k), Int<1>{}, x_batch);
+  Kernel::StrideB stride_w = make_stride(Int<1>{}, int64_t(n), int64_t(k) * n);
+  Kernel::StrideD stride_y = make_stride(int64_t(n), Int<1>{}, int64_t(m) * n);
+  Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                       {m, n, k, batch},
+                       {x, stride_x, w, stride_w},
+                       {{}, nullptr, stride_y, y, stride_y}};
+  args.epilogue.thread.alpha = gain;
+  args.epilogue.thread.beta = 0.0f;
+  args.epilogue.thread.bias_ptr = bias;
+  args.epilogue.thread.activation.leaky_alpha = slope;
+  args.hw_info.device_id = device;
+  args.hw_info.sm_count = sms;
+  return args;
+}
+
+int fail(char* error, int error_len, const char* what, const char* detail) {
+  if (error != nullptr && error_len > 0) std::snprintf(error, size_t(error_len), "%s: %s", what, detail);
+  return 1;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+// Y = LeakyReLU(gain * X @ W + bias_scaled, slope) for `batch` samples on `stream` (a cudaStream_t of
+// GPU `device`: this library's runtime keeps its own current device, so the caller names it). X's rows
+// are contiguous, `x_batch_stride` elements apart from one sample to the next (a multiple of 8, not 0).
+// Returns 0, or 1 with a one-line reason in `error`.
+extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFc(
+    const void* x, int64_t x_batch_stride, const void* w, const float* bias_scaled, void* y, int batch, int m, int n,
+    int k, float gain, float slope, int device, void* stream, char* error, int error_len) {
+  if (k % kAlign || n % kAlign) return fail(error, error_len, "shape", "K and N must be multiples of 8");
+  if (!aligned16(x) || !aligned16(w) || !aligned16(y) || !aligned16(bias_scaled) || x_batch_stride % kAlign ||
+      x_batch_stride == 0)
+    return fail(error, error_len, "alignment",
+                "X, W, Y and the bias must start on 16-byte boundaries, X's samples a multiple of 8 elements apart");
+  if (batch <= 0 || m <= 0) return 0;
+  int sms = 0;
+  cudaError_t status = cudaSetDevice(device);
+  if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (status != cudaSuccess) return fail(error, error_len, "device", cudaGetErrorString(status));
+  Gemm::Arguments args = arguments(static_cast<const Bf16*>(x), x_batch_stride, static_cast<const Bf16*>(w),
+                                   bias_scaled, static_cast<Bf16*>(y), batch, m, n, k, gain, slope, device, sms);
+  Gemm gemm;
+  cutlass::Status result = gemm.can_implement(args);
+  if (result != cutlass::Status::kSuccess)
+    return fail(error, error_len, "CUTLASS cannot run this problem", cutlassGetStatusString(result));
+  if (Gemm::get_workspace_size(args) != 0)
+    return fail(error, error_len, "CUTLASS", "this configuration wants a workspace; none is allocated");
+  auto s = static_cast<cudaStream_t>(stream);
+  result = gemm.initialize(args, nullptr, s);
+  if (result == cutlass::Status::kSuccess) result = gemm.run(s);
+  if (result != cutlass::Status::kSuccess) return fail(error, error_len, "CUTLASS launch", cutlassGetStatusString(result));
+  status = cudaGetLastError();
+  if (status != cudaSuccess) return fail(error, error_len, "launch", cudaGetErrorString(status));
+  return 0;
+}
+
+// Host-side only (no GPU): whether CUTLASS takes `batch` problems of m x n x k on `sms` multiprocessors
+// (0 = yes, 1 = no) and the workspace it would want (the op allocates none: it must be 0).
+extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcPlan(int batch, int m, int n, int k,
+                                                                               int sms, int64_t* workspace) {
+  const auto* at = reinterpret_cast<const Bf16*>(std::uintptr_t(256));  // never read: aligned stand-ins
+  Gemm::Arguments args = arguments(at, int64_t(m) * k, at, reinterpret_cast<const float*>(at),
+                                   const_cast<Bf16*>(at), batch, m, n, k, 1.4142135f, 0.2f, 0, sms);
+  *workspace = int64_t(Gemm::get_workspace_size(args));
+  return Gemm::can_implement(args) == cutlass::Status::kSuccess ? 0 : 1;
+}

@@ -1,0 +1,125 @@
+"""G's modulated layers in training as one kernel each (Speed.fused_fc): leaky_relu(x @ W + b) * sqrt(2)
+with the bias, activation and gain in the GEMM's epilogue (cips_edge/train/cuda_ops/modulated_fc.cu, a
+CUTLASS kernel for SM90 GPUs), instead of a GEMM followed by a pass that reads and writes the whole
+activation again.
+
+The op, torch.ops.cips_edge.modulated_fc, is a torch custom op: torch.compile treats it as one opaque
+call and compiles its backward, written here in torch operations. On CUDA it runs the built library
+($CIPS_TRAIN_OPS, else cips_edge/train/cuda_ops/build/libcips_train_ops.so: `bash
+cips_edge/train/cuda_ops/build.sh`, nvcc and no GPU needed); elsewhere it computes the same function in
+torch, which the tests check the backward against.
+
+Rounding: the product accumulates in float32 and is rounded once, after the activation, to x's dtype;
+the unfused path rounds the product to bf16 before adding the bias.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+LIBRARY_ENV = "CIPS_TRAIN_OPS"
+LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_train_ops.so"
+ALIGN = 8  # elements: the kernel's TMA loads and stores want 16-byte rows of bf16
+
+
+def library_path() -> Path | None:
+    """$CIPS_TRAIN_OPS, else build.sh's output; None when neither names a file."""
+    path = Path(os.environ.get(LIBRARY_ENV) or LIBRARY)
+    return path if path.is_file() else None
+
+
+@functools.cache
+def _library(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)
+    fn = lib.CipsTrainModulatedFc
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                   ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_float,
+                   ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
+    compute = torch.promote_types(x.dtype, torch.float32)
+    acc = torch.matmul(x.to(compute), weight.to(compute))
+    return F.leaky_relu(acc * gain + bias.to(compute) * gain, slope).to(x.dtype)
+
+
+@torch.library.custom_op("cips_edge::modulated_fc", mutates_args=())
+def modulated_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float,
+                 slope: float) -> torch.Tensor:
+    """leaky_relu(x @ weight + bias, slope) * gain (gain > 0), rounded once to x's dtype: x [B, M, K],
+    weight [B, K, N] of x's dtype, bias [N]."""
+    return _reference(x, weight, bias, gain, slope)
+
+
+@modulated_fc.register_kernel("cuda")
+def _cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
+    path = library_path()
+    if path is None:
+        raise RuntimeError(f"the training ops library is not built: run cips_edge/train/cuda_ops/build.sh "
+                           f"or set {LIBRARY_ENV}")
+    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
+        raise TypeError(f"cips_edge::modulated_fc on CUDA takes bf16 x and weight, not {x.dtype} and {weight.dtype}")
+    batch, m, k = x.shape
+    n = weight.shape[-1]
+    if x.stride(2) != 1 or x.stride(1) != k or x.stride(0) % ALIGN or x.stride(0) == 0:
+        x = x.contiguous()  # rows contiguous; any batch stride the kernel takes
+    weight = weight.contiguous()
+    bias_scaled = (bias.float() * gain).contiguous()
+    y = torch.empty(batch, m, n, dtype=x.dtype, device=x.device)
+    error = ctypes.create_string_buffer(256)
+    status = _library(str(path)).CipsTrainModulatedFc(
+        x.data_ptr(), x.stride(0), weight.data_ptr(), bias_scaled.data_ptr(), y.data_ptr(), batch, m, n, k, gain,
+        slope, x.device.index if x.device.index is not None else torch.cuda.current_device(),
+        torch.cuda.current_stream(x.device).cuda_stream, error, len(error))
+    if status:
+        raise RuntimeError(f"cips_edge::modulated_fc: {error.value.decode(errors='replace')}")
+    return y
+
+
+@modulated_fc.register_fake
+def _fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[-1]))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, _, gain, slope = inputs
+    ctx.save_for_backward(x, weight, output)
+    ctx.gain, ctx.slope = gain, slope
+
+
+def _backward(ctx, grad: torch.Tensor):
+    """The activation's slope from the output's sign (gain and slope are positive, so out > 0 exactly where
+    the pre-activation is), the bias gradient in float32 at least, the products in x's dtype."""
+    x, weight, out = ctx.saved_tensors
+    pre = grad.to(torch.promote_types(x.dtype, torch.float32)) * ctx.gain
+    pre = torch.where(out > 0, pre, pre * ctx.slope)
+    grad_bias = pre.sum(dim=(0, 1))
+    pre = pre.to(x.dtype)
+    grad_x = torch.matmul(pre, weight.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
+    grad_weight = torch.matmul(x.transpose(-1, -2), pre) if ctx.needs_input_grad[1] else None
+    return grad_x, grad_weight, grad_bias, None, None
+
+
+modulated_fc.register_autograd(_backward, setup_context=_setup_context)
+
+
+def takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the kernel can run this layer: CUDA, x batched [B, M, K] with its own rows per sample (not
+    one table broadcast over the batch), K and N multiples of 8."""
+    return (x.is_cuda and x.dim() == 3 and x.stride(0) != 0 and weight.dim() == 3
+            and x.shape[-1] % ALIGN == 0 and weight.shape[-1] % ALIGN == 0)
+
+
+def layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor | None:
+    """G's layer through the op in bf16, or None where the kernel cannot take it (the caller computes it
+    the usual way)."""
+    if not takes(x, weight):
+        return None
+    return modulated_fc(x.to(torch.bfloat16), weight.to(torch.bfloat16), bias, gain, slope)

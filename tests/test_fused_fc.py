@@ -1,0 +1,101 @@
+"""cips_edge::modulated_fc, G's layer as one op for training (cips_edge/train/fused_fc.py): its function and
+the backward written for it, checked on the CPU (where the op computes in torch) against autograd of the
+model's own layers. The CUDA kernel's host-side checks are tests/test_train_ops_build.py's; its results on
+a GPU are benchmarks' to check."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cips_edge.core.config import PRESETS
+from cips_edge.model import LRELU_GAIN, LRELU_SLOPE, CIPSGenerator
+from cips_edge.train import fused_fc
+from cips_edge.train.trainer import Speed
+
+
+def op(x, w, b):
+    return torch.ops.cips_edge.modulated_fc(x, w, b, LRELU_GAIN, LRELU_SLOPE)
+
+
+def cpu_layer_op(x, weight, bias, gain, slope):
+    """fused_fc.layer without its CUDA condition: the op wherever x has rows of its own per sample."""
+    return None if x.stride(0) == 0 else torch.ops.cips_edge.modulated_fc(x, weight, bias, gain, slope)
+
+
+def test_the_ops_backward_is_the_gradient_of_its_function():
+    g = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+               for shape in ((2, 5, 8), (2, 8, 16), (16,)))
+    assert torch.autograd.gradcheck(op, (x, w, b))
+    expected = torch.nn.functional.leaky_relu(x @ w + b, LRELU_SLOPE) * LRELU_GAIN
+    assert torch.allclose(op(x, w, b), expected, rtol=0, atol=1e-12)
+
+
+def test_a_generator_with_the_fused_layers_computes_and_trains_as_the_plain_one():
+    """The same outputs and the same gradient for every parameter (float64, so rounding cannot hide a
+    wrong term); the input layer reads one table for the whole batch and stays unfused."""
+    torch.manual_seed(0)
+    g = CIPSGenerator(PRESETS["tiny"]).double()
+    z = torch.randn(3, g.config.style_dim, dtype=torch.float64)
+    coords = torch.rand(1, 40, 2, dtype=torch.float64) * 2 - 1
+    calls = []
+
+    def counted(*args):
+        out = cpu_layer_op(*args)
+        calls.append(out is not None)
+        return out
+
+    def run(layer_op):
+        g.zero_grad()
+        e = g.features(coords).expand(3, -1, -1)
+        rgb = g.synthesize(e, g.modulated_weights(g.mapping(z)), layer_op=layer_op)
+        (rgb * torch.linspace(-1, 1, rgb.numel(), dtype=torch.float64).reshape(rgb.shape)).sum().backward()
+        return rgb.detach(), {n: p.grad.clone() for n, p in g.named_parameters() if p.grad is not None}
+
+    plain_rgb, plain_grads = run(None)
+    fused_rgb, fused_grads = run(counted)
+    assert calls == [False] + [True] * len(g.layers)  # the input layer, then every hidden layer
+    assert torch.allclose(fused_rgb, plain_rgb, rtol=0, atol=1e-12)
+    assert fused_grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        assert torch.allclose(fused_grads[name], grad, rtol=1e-9, atol=1e-12), name
+
+
+def test_the_op_traces_under_torch_compile_with_its_backward():
+    g = torch.Generator().manual_seed(1)
+    x, w, b = (torch.randn(*shape, generator=g, requires_grad=True) for shape in ((2, 6, 8), (2, 8, 8), (8,)))
+    eager = op(x, w, b)
+    eager.square().sum().backward()
+    want = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    compiled = torch.compile(op, backend="aot_eager", fullgraph=True)(x, w, b)
+    compiled.square().sum().backward()
+    assert torch.allclose(compiled, eager)
+    for t, grad in zip((x, w, b), want):
+        assert torch.allclose(t.grad, grad, rtol=1e-5, atol=1e-6)
+
+
+def test_the_kernel_takes_only_batched_cuda_layers_with_aligned_widths():
+    x, w = torch.zeros(2, 4, 16), torch.zeros(2, 16, 8)
+    assert not fused_fc.takes(x, w)  # the CPU: the layer computes itself
+    assert fused_fc.layer(x, w, torch.zeros(8), LRELU_GAIN, LRELU_SLOPE) is None
+
+
+def test_fused_fc_is_a_cuda_bf16_switch():
+    cpu = Speed.for_device(torch.device("cpu"), bf16=True, compile=True, fused_fc=True)
+    assert cpu.fused_fc is False
+    cuda_fp32 = Speed.for_device(torch.device("cuda"), bf16=False, compile=True, fused_fc=True)
+    assert cuda_fp32.fused_fc is False
+    assert Speed.for_device(torch.device("cuda"), bf16=True, compile=True, fused_fc=True).fused_fc is True
+    assert dataclasses.replace(Speed(), fused_fc=True).fused_fc
+
+
+def test_the_cuda_kernel_without_its_library_says_how_to_build_it(monkeypatch, tmp_path):
+    monkeypatch.setenv(fused_fc.LIBRARY_ENV, str(tmp_path / "nowhere.so"))
+    assert fused_fc.library_path() is None
+    x, w = torch.zeros(2, 4, 16, dtype=torch.bfloat16), torch.zeros(2, 16, 8, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="not built: run cips_edge/train/cuda_ops/build.sh or set CIPS_TRAIN_OPS"):
+        fused_fc._cuda(x, w, torch.zeros(8), LRELU_GAIN, LRELU_SLOPE)
