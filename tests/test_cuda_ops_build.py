@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import onnxruntime as ort
@@ -17,29 +14,20 @@ import pytest
 
 from cips_edge.core.format import packaged_model
 from cips_edge.runtime import CIPSModel, fuse_ops, graphcut, onnxproto
+from nvcc_build import NEEDS_NVCC, REPO, build
 
-REPO = Path(__file__).resolve().parents[1]
 # the GPU check's one-op graph (benchmarks/cuda_ops_check.py)
 _spec = importlib.util.spec_from_file_location("cuda_ops_check", REPO / "benchmarks" / "cuda_ops_check.py")
 check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(check)
-pytestmark = [pytest.mark.slow,  # about 110 s of nvcc on 2 cores
-              pytest.mark.skipif(shutil.which("nvcc") is None,
-                                 reason="no nvcc on this machine (the CUDA toolkit builds the op)")]
+pytestmark = [pytest.mark.slow, NEEDS_NVCC]  # about 110 s of nvcc on 2 cores
 H200_SMS = 132
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
     """The library, built once for this module."""
-    where = tmp_path_factory.mktemp("cuda_ops")
-    out = where / "build"
-    done = subprocess.run(["bash", str(REPO / "runtime" / "cuda_ops" / "build.sh"), str(out)], capture_output=True,
-                          text=True, env={**os.environ, "CACHE_DIR": str(where / "cache")})
-    assert done.returncode == 0, done.stderr[-2000:]
-    built = out / "libcips_cuda_ops.so"
-    assert built.is_file() and f"built {built}" in done.stdout
-    return built
+    return build("runtime/cuda_ops/build.sh", "libcips_cuda_ops.so", tmp_path_factory.mktemp("cuda_ops"))
 
 
 @pytest.mark.parametrize("op", ["MatMulLeakyRelu", "MatMulAddLeakyRelu", "GridSin", "NarrowMatMul", "GridLookup"])

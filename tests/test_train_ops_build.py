@@ -5,30 +5,19 @@ have to allocate, and refuse rows that are not 16-byte aligned. Its results on a
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-pytestmark = [pytest.mark.slow,  # about a minute of nvcc on 2 cores
-              pytest.mark.skipif(shutil.which("nvcc") is None,
-                                 reason="no nvcc on this machine (the CUDA toolkit builds the op)")]
+from nvcc_build import NEEDS_NVCC, build
+
+pytestmark = [pytest.mark.slow, NEEDS_NVCC]  # about a minute of nvcc on 2 cores
 H200_SMS = 132
 
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory) -> Path:
-    where = tmp_path_factory.mktemp("train_ops")
-    out = where / "build"
-    done = subprocess.run(["bash", str(REPO / "cips_edge" / "train" / "cuda_ops" / "build.sh"), str(out)],
-                          capture_output=True, text=True, env={**os.environ, "CACHE_DIR": str(where / "cache")})
-    assert done.returncode == 0, done.stderr[-2000:]
-    built = out / "libcips_train_ops.so"
-    assert built.is_file() and f"built {built}" in done.stdout
-    return built
+    return build("cips_edge/train/cuda_ops/build.sh", "libcips_train_ops.so", tmp_path_factory.mktemp("train_ops"))
 
 
 def test_cutlass_takes_gs_layers_at_the_training_shapes_without_a_workspace(library):
