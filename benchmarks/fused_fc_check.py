@@ -7,8 +7,8 @@ layer, and how much faster is it than the layer as the compiled training step ru
 - gradients: x, weight and bias through the op's backward against autograd of the unfused layer;
 - times: the forward alone (the D step's G forward runs it without grad) and forward + backward, the
   op against the unfused layer compiled by torch.compile (Inductor's GEMM and its fused bias + leaky
-  ReLU + gain pass), medians of CUDA-event-timed calls, at the shapes of paper-256's hidden layers at
-  256^2 batch 16 and at 64^2 batch 128.
+  ReLU + gain pass), medians of CUDA-event-timed calls, at the shapes of paper-256's hidden layers and
+  its input layer (one table of features for every sample) at 256^2 batch 16 and at 64^2 batch 128.
 
     bash benchmarks/on_gpu.sh benchmarks/fused_fc_check.py --out "$OUT/fused-fc-check-h200.json"
 
@@ -33,8 +33,11 @@ from cips_edge.train import fused_fc
 # bf16 keeps 8 bits, so a value may move by one step of the product's rounding, 2^-8 of its size.
 VALUE_BOUND = 2 ** -7
 GRAD_BOUND = 2e-2  # relative to max |grad|: both backwards sum bf16 products in a different order
-SHAPES = {"paper-256 at 256^2, batch 16": (16, 256 * 256, 512, 512),
-          "paper-256 at 64^2, batch 128": (128, 64 * 64, 512, 512)}
+# (samples, rows of x: the batch or one shared table, M, K, N): paper-256's hidden and input layers
+SHAPES = {"paper-256 at 256^2, batch 16": (16, 16, 256 * 256, 512, 512),
+          "paper-256 at 256^2, batch 16, input layer": (16, 1, 256 * 256, 1024, 512),
+          "paper-256 at 64^2, batch 128": (128, 128, 64 * 64, 512, 512),
+          "paper-256 at 64^2, batch 128, input layer": (128, 1, 64 * 64, 1024, 512)}
 
 
 def unfused(x, weight, bias):
@@ -65,13 +68,13 @@ def median_ms(fn, reps: int) -> float:
     return round(statistics.median(times), 3)
 
 
-def check(batch: int, m: int, k: int, n: int, reps: int) -> dict:
+def check(batch: int, rows: int, m: int, k: int, n: int, reps: int) -> dict:
     gen = torch.Generator(device="cuda").manual_seed(0)
     # activations as a trained layer sees them (unit scale), weights already demodulated (1/sqrt(k))
-    x = torch.randn(batch, m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    x = torch.randn(rows, m, k, device="cuda", generator=gen).to(torch.bfloat16)
     weight = torch.randn(batch, k, n, device="cuda", generator=gen) / k ** 0.5
     bias = torch.randn(n, device="cuda", generator=gen) * 0.1
-    row = {"batch": batch, "m": m, "k": k, "n": n}
+    row = {"batch": batch, "x_rows": rows, "m": m, "k": k, "n": n}
     with torch.no_grad():
         got = fused(x, weight, bias)
         exact = fused_fc._reference(x, weight.to(torch.bfloat16), bias, LRELU_GAIN, LRELU_SLOPE)
@@ -118,9 +121,9 @@ def main() -> None:
               "library": str(fused_fc.library_path()), "value_bound": VALUE_BOUND, "grad_bound": GRAD_BOUND,
               "rows": {}}
     ok = True
-    for name, (batch, m, k, n) in SHAPES.items():
+    for name, (batch, rows, m, k, n) in SHAPES.items():
         try:
-            row = check(batch, m, k, n, args.reps)
+            row = check(batch, rows, m, k, n, args.reps)
         except Exception as e:  # noqa: BLE001 (a failing op is this row's one-line error)
             row = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "ok": False}
         report["rows"][name] = row

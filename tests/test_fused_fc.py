@@ -20,22 +20,28 @@ def op(x, w, b):
 
 
 def cpu_layer_op(x, weight, bias, gain, slope):
-    """fused_fc.layer without its CUDA condition: the op wherever x has rows of its own per sample."""
-    return None if x.stride(0) == 0 else torch.ops.cips_edge.modulated_fc(x, weight, bias, gain, slope)
+    """fused_fc.layer without its CUDA condition."""
+    if x.shape[0] > 1 and x.stride(0) == 0:
+        return None
+    return torch.ops.cips_edge.modulated_fc(x, weight, bias, gain, slope)
 
 
-def test_the_ops_backward_is_the_gradient_of_its_function():
+@pytest.mark.parametrize("rows", [2, 1], ids=["a batch of rows", "one table for every sample"])
+def test_the_ops_backward_is_the_gradient_of_its_function(rows):
     g = torch.Generator().manual_seed(0)
     x, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
-               for shape in ((2, 5, 8), (2, 8, 16), (16,)))
+               for shape in ((rows, 5, 8), (2, 8, 16), (16,)))
     assert torch.autograd.gradcheck(op, (x, w, b))
     expected = torch.nn.functional.leaky_relu(x @ w + b, LRELU_SLOPE) * LRELU_GAIN
-    assert torch.allclose(op(x, w, b), expected, rtol=0, atol=1e-12)
+    got = op(x, w, b)
+    assert got.shape == (2, 5, 16) and torch.allclose(got, expected, rtol=0, atol=1e-12)
+    if rows == 1:  # the samples side by side, as one GEMM against [K, B*N] writes them
+        assert got.stride() == (16, 32, 1)
 
 
 def test_a_generator_with_the_fused_layers_computes_and_trains_as_the_plain_one():
     """The same outputs and the same gradient for every parameter (float64, so rounding cannot hide a
-    wrong term); the input layer reads one table for the whole batch and stays unfused."""
+    wrong term). With the op the input layer takes the one table of features, as the trainer passes it."""
     torch.manual_seed(0)
     g = CIPSGenerator(PRESETS["tiny"]).double()
     z = torch.randn(3, g.config.style_dim, dtype=torch.float64)
@@ -49,23 +55,29 @@ def test_a_generator_with_the_fused_layers_computes_and_trains_as_the_plain_one(
 
     def run(layer_op):
         g.zero_grad()
-        e = g.features(coords).expand(3, -1, -1)
+        e = g.features(coords)
+        e = e if layer_op else e.expand(3, -1, -1)
         rgb = g.synthesize(e, g.modulated_weights(g.mapping(z)), layer_op=layer_op)
         (rgb * torch.linspace(-1, 1, rgb.numel(), dtype=torch.float64).reshape(rgb.shape)).sum().backward()
         return rgb.detach(), {n: p.grad.clone() for n, p in g.named_parameters() if p.grad is not None}
 
     plain_rgb, plain_grads = run(None)
     fused_rgb, fused_grads = run(counted)
-    assert calls == [False] + [True] * len(g.layers)  # the input layer, then every hidden layer
+    assert calls == [True] * (1 + len(g.layers))  # the input layer and every hidden layer
+    calls.clear()
+    g.zero_grad()
+    g.synthesize(g.features(coords).expand(3, -1, -1), g.modulated_weights(g.mapping(z)), layer_op=counted)
+    assert calls == [False] + [True] * len(g.layers)  # an expanded table is left to the layer itself
     assert torch.allclose(fused_rgb, plain_rgb, rtol=0, atol=1e-12)
     assert fused_grads.keys() == plain_grads.keys()
     for name, grad in plain_grads.items():
         assert torch.allclose(fused_grads[name], grad, rtol=1e-9, atol=1e-12), name
 
 
-def test_the_op_traces_under_torch_compile_with_its_backward():
+@pytest.mark.parametrize("rows", [2, 1], ids=["a batch of rows", "one table for every sample"])
+def test_the_op_traces_under_torch_compile_with_its_backward(rows):
     g = torch.Generator().manual_seed(1)
-    x, w, b = (torch.randn(*shape, generator=g, requires_grad=True) for shape in ((2, 6, 8), (2, 8, 8), (8,)))
+    x, w, b = (torch.randn(*shape, generator=g, requires_grad=True) for shape in ((rows, 6, 8), (2, 8, 8), (8,)))
     eager = op(x, w, b)
     eager.square().sum().backward()
     want = [t.grad.clone() for t in (x, w, b)]

@@ -37,24 +37,37 @@ def library_path() -> Path | None:
 def _library(path: str) -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     fn = lib.CipsTrainModulatedFc
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_float,
                    ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
     fn.restype = ctypes.c_int
     return lib
 
 
+def _shared(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """x is one table for every sample ([1, M, K] against B > 1 weights): the op then runs one GEMM of the
+    table against all samples' weights side by side, [M, K] @ [K, B*N], whose result is the batch laid out
+    [M, B, N] (the output's strides say so; the next layer reads it in place)."""
+    return x.shape[0] == 1 and weight.shape[0] > 1
+
+
+def _side_by_side(t: torch.Tensor) -> torch.Tensor:
+    """[B, M, N] -> the same values laid out [M, B, N] in memory (a view where they already are)."""
+    return t.permute(1, 0, 2).contiguous().permute(1, 0, 2)
+
+
 def _reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
     compute = torch.promote_types(x.dtype, torch.float32)
     acc = torch.matmul(x.to(compute), weight.to(compute))
-    return F.leaky_relu(acc * gain + bias.to(compute) * gain, slope).to(x.dtype)
+    out = F.leaky_relu(acc * gain + bias.to(compute) * gain, slope).to(x.dtype)
+    return _side_by_side(out) if _shared(x, weight) else out
 
 
 @torch.library.custom_op("cips_edge::modulated_fc", mutates_args=())
 def modulated_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float,
                  slope: float) -> torch.Tensor:
-    """leaky_relu(x @ weight + bias, slope) * gain (gain > 0), rounded once to x's dtype: x [B, M, K],
-    weight [B, K, N] of x's dtype, bias [N]."""
+    """leaky_relu(x @ weight + bias, slope) * gain (gain > 0), rounded once to x's dtype: x [B, M, K] or one
+    table for every sample [1, M, K], weight [B, K, N] of x's dtype, bias [N] -> [B, M, N]."""
     return _reference(x, weight, bias, gain, slope)
 
 
@@ -66,26 +79,36 @@ def _cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float
                            f"or set {LIBRARY_ENV}")
     if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
         raise TypeError(f"cips_edge::modulated_fc on CUDA takes bf16 x and weight, not {x.dtype} and {weight.dtype}")
-    batch, m, k = x.shape
-    n = weight.shape[-1]
-    if x.stride(2) != 1 or x.stride(1) != k or x.stride(0) % ALIGN or x.stride(0) == 0:
-        x = x.contiguous()  # rows contiguous; any batch stride the kernel takes
-    weight = weight.contiguous()
-    bias_scaled = (bias.float() * gain).contiguous()
-    y = torch.empty(batch, m, n, dtype=x.dtype, device=x.device)
+    batch, k, n = weight.shape
+    m = x.shape[1]
+    bias_scaled = bias.float() * gain
+    if _shared(x, weight):  # one GEMM: [M, K] @ [K, B*N]
+        weight = weight.permute(1, 0, 2).reshape(k, batch * n)[None]
+        bias_scaled = bias_scaled.repeat(batch)
+        rows = 1
+    else:
+        weight = weight.contiguous()
+        rows = batch
+    if x.stride(2) != 1 or x.stride(1) % ALIGN or x.stride(1) < k or (rows > 1 and (x.stride(0) % ALIGN or x.stride(0) == 0)):
+        x = x.contiguous()  # the kernel takes any row and batch strides of 16-byte multiples
+    y = torch.empty(rows, m, weight.shape[-1], dtype=x.dtype, device=x.device)
     error = ctypes.create_string_buffer(256)
     status = _library(str(path)).CipsTrainModulatedFc(
-        x.data_ptr(), x.stride(0), weight.data_ptr(), bias_scaled.data_ptr(), y.data_ptr(), batch, m, n, k, gain,
-        slope, x.device.index if x.device.index is not None else torch.cuda.current_device(),
+        x.data_ptr(), x.stride(1), x.stride(0), weight.data_ptr(), bias_scaled.contiguous().data_ptr(), y.data_ptr(),
+        rows, m, weight.shape[-1], k, gain, slope,
+        x.device.index if x.device.index is not None else torch.cuda.current_device(),
         torch.cuda.current_stream(x.device).cuda_stream, error, len(error))
     if status:
         raise RuntimeError(f"cips_edge::modulated_fc: {error.value.decode(errors='replace')}")
-    return y
+    return y[0].view(m, batch, n).permute(1, 0, 2) if rows == 1 and batch > 1 else y
 
 
 @modulated_fc.register_fake
 def _fake(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], weight.shape[-1]))
+    batch, m, n = weight.shape[0], x.shape[1], weight.shape[-1]
+    if _shared(x, weight):
+        return x.new_empty((m, batch, n)).permute(1, 0, 2)
+    return x.new_empty((batch, m, n))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -96,14 +119,27 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: torch.Tensor):
     """The activation's slope from the output's sign (gain and slope are positive, so out > 0 exactly where
-    the pre-activation is), the bias gradient in float32 at least, the products in x's dtype."""
+    the pre-activation is), the bias gradient in float32 at least, the products in x's dtype. A shared
+    table's gradients come from one GEMM each over all samples side by side (no [B, M, K] gradient is
+    formed and summed)."""
     x, weight, out = ctx.saved_tensors
     pre = grad.to(torch.promote_types(x.dtype, torch.float32)) * ctx.gain
     pre = torch.where(out > 0, pre, pre * ctx.slope)
     grad_bias = pre.sum(dim=(0, 1))
     pre = pre.to(x.dtype)
-    grad_x = torch.matmul(pre, weight.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
-    grad_weight = torch.matmul(x.transpose(-1, -2), pre) if ctx.needs_input_grad[1] else None
+    grad_x = grad_weight = None
+    if _shared(x, weight):
+        batch, k, n = weight.shape
+        pre = pre.permute(1, 0, 2).reshape(x.shape[1], batch * n)  # [M, B*N]
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.matmul(pre, weight.transpose(1, 2).reshape(batch * n, k))[None]
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.matmul(x[0].transpose(0, 1), pre).view(k, batch, n).permute(1, 0, 2)
+        return grad_x, grad_weight, grad_bias, None, None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.matmul(pre, weight.transpose(-1, -2))
+    if ctx.needs_input_grad[1]:
+        grad_weight = torch.matmul(x.transpose(-1, -2), pre)
     return grad_x, grad_weight, grad_bias, None, None
 
 
@@ -111,15 +147,16 @@ modulated_fc.register_autograd(_backward, setup_context=_setup_context)
 
 
 def takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the kernel can run this layer: CUDA, x batched [B, M, K] with its own rows per sample (not
-    one table broadcast over the batch), K and N multiples of 8."""
-    return (x.is_cuda and x.dim() == 3 and x.stride(0) != 0 and weight.dim() == 3
+    """Whether the kernel can run this layer: CUDA, x [B, M, K] or one table [1, M, K] for B samples' weights
+    [B, K, N], K and N multiples of 8."""
+    return (x.is_cuda and x.dim() == 3 and weight.dim() == 3 and x.shape[0] in (1, weight.shape[0])
             and x.shape[-1] % ALIGN == 0 and weight.shape[-1] % ALIGN == 0)
 
 
 def layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor | None:
     """G's layer through the op in bf16, or None where the kernel cannot take it (the caller computes it
-    the usual way)."""
-    if not takes(x, weight):
+    the usual way). A table shared by every sample is best passed as [1, M, K]: expanded over the batch it
+    is left to the caller (its gradient would be formed for every sample and summed)."""
+    if not takes(x, weight) or (x.shape[0] > 1 and x.stride(0) == 0):
         return None
     return modulated_fc(x.to(torch.bfloat16), weight.to(torch.bfloat16), bias, gain, slope)

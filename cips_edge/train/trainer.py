@@ -181,7 +181,8 @@ class Trainer:
         e = g.features(self.coords if coords is None else coords, native=True)  # [1 or B, S*S, 2H]
         if self.speed.bf16:
             e = e.to(torch.bfloat16)
-        e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
+        if not self.speed.fused_fc:  # the fused input layer takes the one table as it is
+            e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain,
                                recompute=self.speed.recompute_g and torch.is_grad_enabled(),

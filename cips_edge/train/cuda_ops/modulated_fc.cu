@@ -4,7 +4,7 @@
 // the activation written once by the GEMM's epilogue instead of read and written again by a separate
 // bias + leaky ReLU + gain pass (that pass is about a tenth of a compiled paper-256 step on an H200).
 //
-// X [B, M, K] bf16 (rows contiguous, any non-zero batch stride that keeps 16-byte rows), W [B, K, N]
+// X [B, M, K] bf16 (elements of a row contiguous; row and batch strides free, multiples of 8), W [B, K, N]
 // bf16 row-major (one weight matrix per sample: the modulated weights), bias_scaled [N] fp32, Y [B, M, N]
 // bf16 row-major. fp32 accumulation; the epilogue rounds to bf16 once. A CUTLASS 3 kernel for SM90
 // (TMA loads, warp-specialized WGMMA, persistent CTAs), 256x128 tiles on clusters of two along N (as
@@ -58,11 +58,11 @@ using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
 using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
 using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 
-// CUTLASS's arguments for `batch` problems of m x n x k, batch strides in elements (X's may be 0).
-Gemm::Arguments arguments(const Bf16* x, int64_t x_batch, const Bf16* w, const float* bias, Bf16* y, int batch,
-                          int m, int n, int k, float gain, float slope, int device, int sms) {
+// CUTLASS's arguments for `batch` problems of m x n x k; X's row and batch strides in elements.
+Gemm::Arguments arguments(const Bf16* x, int64_t x_row, int64_t x_batch, const Bf16* w, const float* bias, Bf16* y,
+                          int batch, int m, int n, int k, float gain, float slope, int device, int sms) {
   // Strides in (rows, columns, batch) order of each operand as CUTLASS sees it: A (M, K), B (N, K), D (M, N).
-  Kernel::StrideA stride_x = make_stride(int64_t(k), Int<1>{}, x_batch);
+  Kernel::StrideA stride_x = make_stride(x_row, Int<1>{}, x_batch);
   Kernel::StrideB stride_w = make_stride(Int<1>{}, int64_t(n), int64_t(k) * n);
   Kernel::StrideD stride_y = make_stride(int64_t(n), Int<1>{}, int64_t(m) * n);
   Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
@@ -89,23 +89,26 @@ bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 
 
 // Y = LeakyReLU(gain * X @ W + bias_scaled, slope) for `batch` samples on `stream` (a cudaStream_t of
 // GPU `device`: this library's runtime keeps its own current device, so the caller names it). X's rows
-// are contiguous, `x_batch_stride` elements apart from one sample to the next (a multiple of 8, not 0).
+// are `x_row_stride` elements apart (at least K) and its samples `x_batch_stride` (used where batch > 1).
 // Returns 0, or 1 with a one-line reason in `error`.
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFc(
-    const void* x, int64_t x_batch_stride, const void* w, const float* bias_scaled, void* y, int batch, int m, int n,
-    int k, float gain, float slope, int device, void* stream, char* error, int error_len) {
+    const void* x, int64_t x_row_stride, int64_t x_batch_stride, const void* w, const float* bias_scaled, void* y,
+    int batch, int m, int n, int k, float gain, float slope, int device, void* stream, char* error, int error_len) {
   if (k % kAlign || n % kAlign) return fail(error, error_len, "shape", "K and N must be multiples of 8");
-  if (!aligned16(x) || !aligned16(w) || !aligned16(y) || !aligned16(bias_scaled) || x_batch_stride % kAlign ||
-      x_batch_stride == 0)
+  if (batch == 1) x_batch_stride = int64_t(m) * x_row_stride;  // unused; any valid stride
+  if (!aligned16(x) || !aligned16(w) || !aligned16(y) || !aligned16(bias_scaled) || x_row_stride % kAlign ||
+      x_batch_stride % kAlign || x_row_stride < k || x_batch_stride <= 0)
     return fail(error, error_len, "alignment",
-                "X, W, Y and the bias must start on 16-byte boundaries, X's samples a multiple of 8 elements apart");
+                "X, W, Y and the bias must start on 16-byte boundaries, X's rows and samples a multiple of 8 elements "
+                "apart");
   if (batch <= 0 || m <= 0) return 0;
   int sms = 0;
   cudaError_t status = cudaSetDevice(device);
   if (status == cudaSuccess) status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (status != cudaSuccess) return fail(error, error_len, "device", cudaGetErrorString(status));
-  Gemm::Arguments args = arguments(static_cast<const Bf16*>(x), x_batch_stride, static_cast<const Bf16*>(w),
-                                   bias_scaled, static_cast<Bf16*>(y), batch, m, n, k, gain, slope, device, sms);
+  Gemm::Arguments args = arguments(static_cast<const Bf16*>(x), x_row_stride, x_batch_stride,
+                                   static_cast<const Bf16*>(w), bias_scaled, static_cast<Bf16*>(y), batch, m, n, k,
+                                   gain, slope, device, sms);
   Gemm gemm;
   cutlass::Status result = gemm.can_implement(args);
   if (result != cutlass::Status::kSuccess)
@@ -126,7 +129,7 @@ extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFc(
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcPlan(int batch, int m, int n, int k,
                                                                                int sms, int64_t* workspace) {
   const auto* at = reinterpret_cast<const Bf16*>(std::uintptr_t(256));  // never read: aligned stand-ins
-  Gemm::Arguments args = arguments(at, int64_t(m) * k, at, reinterpret_cast<const float*>(at),
+  Gemm::Arguments args = arguments(at, k, int64_t(m) * k, at, reinterpret_cast<const float*>(at),
                                    const_cast<Bf16*>(at), batch, m, n, k, 1.4142135f, 0.2f, 0, sms);
   *workspace = int64_t(Gemm::get_workspace_size(args));
   return Gemm::can_implement(args) == cutlass::Status::kSuccess ? 0 : 1;
