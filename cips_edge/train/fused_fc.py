@@ -89,8 +89,10 @@ def _cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float
     else:
         weight = weight.contiguous()
         rows = batch
-    if x.stride(2) != 1 or x.stride(1) % ALIGN or x.stride(1) < k or (rows > 1 and (x.stride(0) % ALIGN or x.stride(0) == 0)):
-        x = x.contiguous()  # the kernel takes any row and batch strides of 16-byte multiples
+    # the kernel takes any row and batch strides of 16-byte multiples
+    batch_stride_ok = rows == 1 or (x.stride(0) % ALIGN == 0 and x.stride(0) != 0)
+    if x.stride(2) != 1 or x.stride(1) % ALIGN or x.stride(1) < k or not batch_stride_ok:
+        x = x.contiguous()
     y = torch.empty(rows, m, weight.shape[-1], dtype=x.dtype, device=x.device)
     error = ctypes.create_string_buffer(256)
     status = _library(str(path)).CipsTrainModulatedFc(
