@@ -4,7 +4,9 @@ layer, and how much faster is it than the layer as the compiled training step ru
 - values: the op against the same function in float32 (product accumulated in float32, rounded once),
   and against the unfused layer as training computes it under bf16 autocast (bf16 product, then bias,
   leaky ReLU and gain), largest difference relative to max |Y|;
-- gradients: x, weight and bias through the op's backward against autograd of the unfused layer;
+- gradients: x, weight and bias through the op's backward against autograd of the unfused layer, and
+  at the hidden layers cips_edge::modulated_fc_grad_input (the backward into the layer before, with that
+  layer's activation derivative in the GEMM's epilogue) against float32 and the two-pass unfused form;
 - times: the forward alone (the D step's G forward runs it without grad) and forward + backward, the
   op against the unfused layer compiled by torch.compile (Inductor's GEMM and its fused bias + leaky
   ReLU + gain pass), medians of CUDA-event-timed calls, at the shapes of paper-256's hidden layers and
@@ -106,7 +108,33 @@ def check(batch: int, rows: int, m: int, k: int, n: int, reps: int) -> dict:
     row["unfused_forward_ms_ratio"] = round(row["unfused_compiled_forward_ms"] / row["fused_forward_ms"], 3)
     row["ok"] = (row["vs_float32_once"] <= VALUE_BOUND and row["vs_unfused"] <= 2 * VALUE_BOUND
                  and max(row["grad_relative"].values()) <= GRAD_BOUND)
+    if rows == batch and k == n:  # a hidden layer: also the backward into the layer before it
+        row["grad_input"] = check_grad_input(x, weight.to(torch.bfloat16), reps)
+        row["ok"] = row["ok"] and row["grad_input"]["ok"]
     return row
+
+
+def unfused_grad_input(grad, weight, z):
+    """The layer by layer backward: the gradient at the previous layer's output (bf16 product), then its
+    pre-activation's (a pass that reads it and z)."""
+    d = torch.matmul(grad, weight.transpose(-1, -2)).float() * LRELU_GAIN
+    return torch.where(z > 0, d, d * LRELU_SLOPE).to(grad.dtype)
+
+
+def check_grad_input(z: torch.Tensor, weight: torch.Tensor, reps: int) -> dict:
+    """modulated_fc_grad_input with z the layer's input, weight its [in, out] weights and a gradient at its
+    pre-activation of unit scale."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    grad = torch.randn(z.shape[0], z.shape[1], weight.shape[-1], device="cuda", generator=gen).to(torch.bfloat16)
+    op = torch.ops.cips_edge.modulated_fc_grad_input
+    got = op(grad, weight, z, LRELU_GAIN, LRELU_SLOPE)
+    exact = fused_fc._grad_input_reference(grad.float(), weight, z, LRELU_GAIN, LRELU_SLOPE)
+    compiled = torch.compile(unfused_grad_input)
+    out = {"vs_float32_once": relative(got, exact), "vs_unfused": relative(got, unfused_grad_input(grad, weight, z)),
+           "fused_ms": median_ms(lambda: op(grad, weight, z, LRELU_GAIN, LRELU_SLOPE), reps),
+           "unfused_compiled_ms": median_ms(lambda: compiled(grad, weight, z), reps)}
+    out["ok"] = out["vs_float32_once"] <= VALUE_BOUND and out["vs_unfused"] <= 2 * VALUE_BOUND
+    return out
 
 
 def main() -> None:

@@ -102,8 +102,9 @@ PROCESSES = {
     # into their epilogue; convolutions stay cuDNN's (Triton's convolution templates would add tuning time)
     "autotune": ("fast+compile", {"autotune": "gd"}, AUTOTUNE_ENV, ["base"]),
     "autotune-g": ("fast+compile", {"autotune": "g"}, AUTOTUNE_ENV, ["base"]),  # G's graph alone: fewer GEMMs to tune
-    # G's modulated layers as one CUTLASS kernel each (needs cips_edge/train/cuda_ops/build.sh's library)
-    "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc"]),
+    # G's modulated layers as one CUTLASS kernel each, then with each ToRGB group's backward fused too
+    # (needs cips_edge/train/cuda_ops/build.sh's library)
+    "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
     "cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": True}, {}, ["base", "r1_bf16"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),

@@ -20,6 +20,8 @@ LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)  # StyleGAN2's fused leaky ReLU keeps unit second moment
 # (x, weight, bias, gain, slope) -> leaky_relu(x @ weight + bias, slope) * gain, or None where it cannot
 LayerOp = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], "torch.Tensor | None"]
+# (x, [weight, ...], [bias, ...], gain, slope) -> those layers one after another, or None where it cannot
+StackOp = Callable[[torch.Tensor, list, list, float, float], "torch.Tensor | None"]
 DEMOD_EPS = 1e-8
 
 
@@ -296,7 +298,8 @@ class CIPSGenerator(nn.Module):
         return torch.cat([e_fo, e_co], dim=2)
 
     def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False,
-                   recompute: bool = False, layer_op: LayerOp | None = None) -> torch.Tensor:
+                   recompute: bool = False, layer_op: LayerOp | None = None,
+                   stack_op: StackOp | None = None) -> torch.Tensor:
         """[B, N, 2H] features and baked per-sample weights -> raw RGB [B, N, 3].
 
         fold_gain: the same function with the activations' sqrt(2) gain moved into the weights that
@@ -306,7 +309,9 @@ class CIPSGenerator(nn.Module):
         a time: the backward keeps only each group's input and recomputes the rest, the same operations
         again (for training with less memory).
         layer_op: computes a modulated layer (matmul, bias, leaky ReLU, gain) in one op where it returns a
-        tensor (training's fused kernel, cips_edge.train.fused_fc.layer); None: the layer computes itself."""
+        tensor (training's fused kernel, cips_edge.train.fused_fc.layer); None: the layer computes itself.
+        stack_op: computes a ToRGB group's modulated layers together where it returns a tensor
+        (cips_edge.train.fused_fc.stack); None, or where it returns None: layer by layer."""
         n_conv = 1 + len(self.layers)
         if fold_gain:
             weights = [weights[0], *(wt * LRELU_GAIN for wt in weights[1:])]
@@ -315,8 +320,16 @@ class CIPSGenerator(nn.Module):
 
         def group(x: torch.Tensor, k: int, *group_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Layers k*every .. (k+1)*every - 1 and ToRGB k: -> (x, this group's RGB)."""
-            for j, layer in enumerate(self.layers[k * every:(k + 1) * every]):
-                x = layer.apply_weight(x, group_weights[j], gain, layer_op)
+            layers = self.layers[k * every:(k + 1) * every]
+            together = None
+            if stack_op is not None and gain:
+                together = stack_op(x, list(group_weights[:-1]), [layer.bias for layer in layers], LRELU_GAIN,
+                                    LRELU_SLOPE)
+            if together is not None:
+                x = together
+            else:
+                for j, layer in enumerate(layers):
+                    x = layer.apply_weight(x, group_weights[j], gain, layer_op)
             return x, self.to_rgbs[k].apply_weight(x, group_weights[-1])
 
         if recompute:

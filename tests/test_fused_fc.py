@@ -26,6 +26,11 @@ def cpu_layer_op(x, weight, bias, gain, slope):
     return torch.ops.cips_edge.modulated_fc(x, weight, bias, gain, slope)
 
 
+def cpu_stack_op(x, weights, biases, gain, slope):
+    """fused_fc.stack without its CUDA condition."""
+    return None if x.stride(0) == 0 else fused_fc._Stack.apply(x, gain, slope, *weights, *biases)
+
+
 @pytest.mark.parametrize("rows", [2, 1], ids=["a batch of rows", "one table for every sample"])
 def test_the_ops_backward_is_the_gradient_of_its_function(rows):
     g = torch.Generator().manual_seed(0)
@@ -53,11 +58,11 @@ def test_a_generator_with_the_fused_layers_computes_and_trains_as_the_plain_one(
         calls.append(out is not None)
         return out
 
-    def run(layer_op):
+    def run(layer_op, stack_op=None):
         g.zero_grad()
         e = g.features(coords)
         e = e if layer_op else e.expand(3, -1, -1)
-        rgb = g.synthesize(e, g.modulated_weights(g.mapping(z)), layer_op=layer_op)
+        rgb = g.synthesize(e, g.modulated_weights(g.mapping(z)), layer_op=layer_op, stack_op=stack_op)
         (rgb * torch.linspace(-1, 1, rgb.numel(), dtype=torch.float64).reshape(rgb.shape)).sum().backward()
         return rgb.detach(), {n: p.grad.clone() for n, p in g.named_parameters() if p.grad is not None}
 
@@ -68,6 +73,14 @@ def test_a_generator_with_the_fused_layers_computes_and_trains_as_the_plain_one(
     g.zero_grad()
     g.synthesize(g.features(coords).expand(3, -1, -1), g.modulated_weights(g.mapping(z)), layer_op=counted)
     assert calls == [False] + [True] * len(g.layers)  # an expanded table is left to the layer itself
+
+    # each ToRGB group's layers together: the backward into the inner layers through modulated_fc_grad_input
+    calls.clear()
+    stacked_rgb, stacked_grads = run(counted, cpu_stack_op)
+    assert calls == [True]  # the input layer alone; the groups went through the stack
+    assert torch.allclose(stacked_rgb, plain_rgb, rtol=0, atol=1e-12)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(stacked_grads[name], grad, rtol=1e-9, atol=1e-12), name
     assert torch.allclose(fused_rgb, plain_rgb, rtol=0, atol=1e-12)
     assert fused_grads.keys() == plain_grads.keys()
     for name, grad in plain_grads.items():
@@ -90,10 +103,55 @@ def test_the_op_traces_under_torch_compile_with_its_backward(rows):
         assert torch.allclose(t.grad, grad, rtol=1e-5, atol=1e-6)
 
 
+def test_a_stack_of_layers_backpropagates_as_its_layers_one_by_one():
+    """gradcheck of the stack (three layers: two inner backwards through modulated_fc_grad_input), and the
+    op alone against autograd's gradient at the previous layer's pre-activation."""
+    g = torch.Generator().manual_seed(2)
+    shapes = ((2, 5, 8), (2, 8, 16), (2, 16, 8), (2, 8, 8), (16,), (8,), (8,))
+    x, *params = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True) for shape in shapes)
+    assert torch.autograd.gradcheck(lambda x, *p: cpu_stack_op(x, p[:3], p[3:], LRELU_GAIN, LRELU_SLOPE), (x, *params))
+
+    pre = (x @ params[0] + params[3]).detach().requires_grad_(True)  # the first layer's pre-activation
+    z = torch.nn.functional.leaky_relu(pre, LRELU_SLOPE) * LRELU_GAIN
+    nxt = z @ params[1] + params[4]
+    upstream = torch.randn(nxt.shape, generator=g, dtype=torch.float64)
+    nxt.backward(upstream)
+    got = torch.ops.cips_edge.modulated_fc_grad_input(upstream, params[1].detach(), z.detach(), LRELU_GAIN,
+                                                      LRELU_SLOPE)
+    assert torch.allclose(got, pre.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_a_generator_with_fused_layers_and_stacks_compiles_to_the_same_gradients():
+    """torch.compile traces the stack (an autograd.Function around the ops) and the ops, forward and
+    backward; float32, so within its rounding of the eager plain generator."""
+    torch.manual_seed(3)
+    g = CIPSGenerator(PRESETS["tiny"])
+    z = torch.randn(3, g.config.style_dim)
+    coords = torch.rand(1, 40, 2) * 2 - 1
+
+    def loss(layer_op, stack_op):
+        e = g.features(coords)
+        e = e if layer_op else e.expand(3, -1, -1)
+        rgb = g.synthesize(e, g.modulated_weights(g.mapping(z)), layer_op=layer_op, stack_op=stack_op)
+        return rgb.square().sum()
+
+    results = []
+    for fn in (lambda: loss(None, None), torch.compile(lambda: loss(cpu_layer_op, cpu_stack_op), backend="aot_eager")):
+        g.zero_grad()
+        value = fn()
+        value.backward()
+        results.append((value.detach(), {n: p.grad.clone() for n, p in g.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (fused, fused_grads) = results
+    assert torch.allclose(fused, plain, rtol=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max()), name
+
+
 def test_the_kernel_takes_only_batched_cuda_layers_with_aligned_widths():
     x, w = torch.zeros(2, 4, 16), torch.zeros(2, 16, 8)
     assert not fused_fc.takes(x, w)  # the CPU: the layer computes itself
     assert fused_fc.layer(x, w, torch.zeros(8), LRELU_GAIN, LRELU_SLOPE) is None
+    assert fused_fc.stack(x, [w], [torch.zeros(8)], LRELU_GAIN, LRELU_SLOPE) is None
 
 
 def test_fused_fc_is_a_cuda_bf16_switch():
@@ -102,6 +160,9 @@ def test_fused_fc_is_a_cuda_bf16_switch():
     cuda_fp32 = Speed.for_device(torch.device("cuda"), bf16=False, compile=True, fused_fc=True)
     assert cuda_fp32.fused_fc is False
     assert Speed.for_device(torch.device("cuda"), bf16=True, compile=True, fused_fc=True).fused_fc is True
+    assert Speed.for_device(torch.device("cuda"), bf16=True, compile=True, fused_stack=True).fused_stack is False
+    both = Speed.for_device(torch.device("cuda"), bf16=True, compile=True, fused_fc=True, fused_stack=True)
+    assert both.fused_fc and both.fused_stack
     assert dataclasses.replace(Speed(), fused_fc=True).fused_fc
 
 

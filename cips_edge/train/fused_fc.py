@@ -41,7 +41,31 @@ def _library(path: str) -> ctypes.CDLL:
                    ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_float,
                    ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
     fn.restype = ctypes.c_int
+    grad = lib.CipsTrainModulatedFcGradInput
+    grad.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                     ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_float,
+                     ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    grad.restype = ctypes.c_int
     return lib
+
+
+def _launch(name: str, device: torch.device, *args) -> None:
+    """Runs the library's entry point `name` with args, then the device and stream, on torch's current stream."""
+    path = library_path()
+    if path is None:
+        raise RuntimeError(f"the training ops library is not built: run cips_edge/train/cuda_ops/build.sh "
+                           f"or set {LIBRARY_ENV}")
+    error = ctypes.create_string_buffer(256)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    status = getattr(_library(str(path)), name)(*args, index, torch.cuda.current_stream(device).cuda_stream, error,
+                                                len(error))
+    if status:
+        raise RuntimeError(f"cips_edge::modulated_fc: {error.value.decode(errors='replace')}")
+
+
+def _bf16(*tensors: torch.Tensor) -> None:
+    if any(t.dtype != torch.bfloat16 for t in tensors):
+        raise TypeError(f"cips_edge's training ops on CUDA take bf16 tensors, not {[t.dtype for t in tensors]}")
 
 
 def _shared(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -73,12 +97,7 @@ def modulated_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain
 
 @modulated_fc.register_kernel("cuda")
 def _cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
-    path = library_path()
-    if path is None:
-        raise RuntimeError(f"the training ops library is not built: run cips_edge/train/cuda_ops/build.sh "
-                           f"or set {LIBRARY_ENV}")
-    if x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16:
-        raise TypeError(f"cips_edge::modulated_fc on CUDA takes bf16 x and weight, not {x.dtype} and {weight.dtype}")
+    _bf16(x, weight)
     batch, k, n = weight.shape
     m = x.shape[1]
     bias_scaled = bias.float() * gain
@@ -89,20 +108,21 @@ def _cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float
     else:
         weight = weight.contiguous()
         rows = batch
-    # the kernel takes any row and batch strides of 16-byte multiples
-    batch_stride_ok = rows == 1 or (x.stride(0) % ALIGN == 0 and x.stride(0) != 0)
-    if x.stride(2) != 1 or x.stride(1) % ALIGN or x.stride(1) < k or not batch_stride_ok:
-        x = x.contiguous()
+    x = _rows_in_place(x, k, rows)
     y = torch.empty(rows, m, weight.shape[-1], dtype=x.dtype, device=x.device)
-    error = ctypes.create_string_buffer(256)
-    status = _library(str(path)).CipsTrainModulatedFc(
-        x.data_ptr(), x.stride(1), x.stride(0), weight.data_ptr(), bias_scaled.contiguous().data_ptr(), y.data_ptr(),
-        rows, m, weight.shape[-1], k, gain, slope,
-        x.device.index if x.device.index is not None else torch.cuda.current_device(),
-        torch.cuda.current_stream(x.device).cuda_stream, error, len(error))
-    if status:
-        raise RuntimeError(f"cips_edge::modulated_fc: {error.value.decode(errors='replace')}")
+    bias_scaled = bias_scaled.contiguous()
+    _launch("CipsTrainModulatedFc", x.device, x.data_ptr(), x.stride(1), x.stride(0), weight.data_ptr(),
+            bias_scaled.data_ptr(), y.data_ptr(), rows, m, weight.shape[-1], k, gain, slope)
     return y[0].view(m, batch, n).permute(1, 0, 2) if rows == 1 and batch > 1 else y
+
+
+def _rows_in_place(x: torch.Tensor, width: int, batch: int) -> torch.Tensor:
+    """x as the kernels read it: elements of a row contiguous, rows and samples 16-byte multiples apart
+    (any such strides: the side-by-side layout too); else a contiguous copy."""
+    batch_ok = batch == 1 or (x.stride(0) % ALIGN == 0 and x.stride(0) != 0)
+    if x.stride(2) != 1 or x.stride(1) % ALIGN or x.stride(1) < width or not batch_ok:
+        return x.contiguous()
+    return x
 
 
 @modulated_fc.register_fake
@@ -162,3 +182,84 @@ def layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float
     if not takes(x, weight) or (x.shape[0] > 1 and x.stride(0) == 0):
         return None
     return modulated_fc(x.to(torch.bfloat16), weight.to(torch.bfloat16), bias, gain, slope)
+
+
+# -- a ToRGB group's layers together: the backward into each inner layer in one kernel ----------------
+def _grad_input_reference(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
+                          slope: float) -> torch.Tensor:
+    compute = torch.promote_types(grad.dtype, torch.float32)
+    d = torch.matmul(grad.to(compute), weight.to(compute).transpose(-1, -2)) * gain
+    return torch.where(z > 0, d, d * slope).to(grad.dtype)
+
+
+@torch.library.custom_op("cips_edge::modulated_fc_grad_input", mutates_args=())
+def modulated_fc_grad_input(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
+                            slope: float) -> torch.Tensor:
+    """The gradient at the previous layer's pre-activation from `grad`, the gradient at this layer's:
+    (grad @ weight^T) * gain * (1 where z > 0, else slope), rounded once; grad [B, M, K], weight [B, N, K]
+    (this layer's [in, out] weights), z [B, M, N] this layer's input (the previous layer's output)."""
+    return _grad_input_reference(grad, weight, z, gain, slope)
+
+
+@modulated_fc_grad_input.register_kernel("cuda")
+def _grad_input_cuda(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
+                     slope: float) -> torch.Tensor:
+    _bf16(grad, weight, z)
+    batch, m, k = grad.shape
+    n = weight.shape[1]
+    grad, weight = grad.contiguous(), weight.contiguous()
+    z = _rows_in_place(z, n, batch)
+    d = torch.empty(batch, m, n, dtype=grad.dtype, device=grad.device)
+    _launch("CipsTrainModulatedFcGradInput", grad.device, grad.data_ptr(), weight.data_ptr(), z.data_ptr(),
+            z.stride(1), z.stride(0), d.data_ptr(), batch, m, n, k, gain, slope)
+    return d
+
+
+@modulated_fc_grad_input.register_fake
+def _grad_input_fake(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
+                     slope: float) -> torch.Tensor:
+    return grad.new_empty((*grad.shape[:-1], weight.shape[1]))
+
+
+class _Stack(torch.autograd.Function):
+    """Consecutive layers, each through modulated_fc; the backward into each layer but the first from the
+    one after it in one kernel (modulated_fc_grad_input), where the layers one by one would form the
+    gradient at a layer's output and then read it again, with that output, for its pre-activation."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gain: float, slope: float, *params: torch.Tensor) -> torch.Tensor:
+        n = len(params) // 2
+        outs, h = [], x
+        for weight, bias in zip(params[:n], params[n:]):
+            h = torch.ops.cips_edge.modulated_fc(h, weight, bias, gain, slope)
+            outs.append(h)
+        ctx.save_for_backward(x, *params[:n], *outs)
+        ctx.gain, ctx.slope, ctx.n = gain, slope, n
+        return h
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        n, gain, slope = ctx.n, ctx.gain, ctx.slope
+        saved = ctx.saved_tensors
+        x, weights, outs = saved[0], saved[1:1 + n], saved[1 + n:]
+        pre = grad.to(torch.promote_types(x.dtype, torch.float32)) * gain
+        pre = torch.where(outs[-1] > 0, pre, pre * slope)
+        grad_weights, grad_biases, grad_x = [None] * n, [None] * n, None
+        for i in reversed(range(n)):
+            grad_biases[i] = pre.to(torch.promote_types(pre.dtype, torch.float32)).sum(dim=(0, 1))
+            pre = pre.to(x.dtype)
+            grad_weights[i] = torch.matmul((outs[i - 1] if i else x).transpose(-1, -2), pre)
+            if i:
+                pre = torch.ops.cips_edge.modulated_fc_grad_input(pre, weights[i], outs[i - 1], gain, slope)
+            else:
+                grad_x = torch.matmul(pre, weights[0].transpose(-1, -2))
+        return grad_x, None, None, *grad_weights, *grad_biases
+
+
+def stack(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], gain: float,
+          slope: float) -> torch.Tensor | None:
+    """A ToRGB group's layers (x's rows of its own per sample) through _Stack in bf16, or None where the
+    kernels cannot take one of them (the caller computes them the usual way)."""
+    if not all(takes(x, w) for w in weights) or x.shape[0] != weights[0].shape[0] or x.stride(0) == 0:
+        return None
+    return _Stack.apply(x.to(torch.bfloat16), gain, slope, *(w.to(torch.bfloat16) for w in weights), *biases)

@@ -60,12 +60,15 @@ class Speed:
     # (fraction of the saved activations Inductor may keep; it recomputes the rest in the backward)
     fused_fc: bool = False  # (rounding) benchmarks only: G's modulated layers as one CUTLASS kernel each,
     # bias, leaky ReLU and gain in the GEMM's epilogue (fused_fc.py; needs bf16 and the built library)
+    fused_stack: bool = False  # (rounding) with fused_fc: each ToRGB group's layers together, the backward
+    # into each inner layer with its activation's derivative in the GEMM's epilogue (fused_fc.stack)
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
         """`cips train`'s fast path on CUDA (R1 compiled with the rest, no cuDNN autotuning); on CPU only
         what changes nothing there. choices: the memory switches above (cudnn_benchmark, r1_bf16,
-        recompute_g, activation_budget), r1_compile (with compile) and fused_fc (with bf16)."""
+        recompute_g, activation_budget), r1_compile (with compile), fused_fc (with bf16) and fused_stack
+        (with fused_fc)."""
         cuda = device.type == "cuda"
         choices = {"r1_compile": True, **choices}
         if not cuda:
@@ -74,6 +77,8 @@ class Speed:
             choices.pop("r1_compile", None)
         if not (bf16 and cuda):
             choices.pop("fused_fc", None)
+        if not choices.get("fused_fc"):
+            choices.pop("fused_stack", None)
         return cls(bf16=bf16 and cuda, channels_last=cuda, fused_adam=cuda, tuned_backends=cuda,
                    compile=compile and cuda, **choices)
 
@@ -183,10 +188,12 @@ class Trainer:
             e = e.to(torch.bfloat16)
         if not self.speed.fused_fc:  # the fused input layer takes the one table as it is
             e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
+        layer_op = fused_fc.layer if self.speed.fused_fc else None
+        stack_op = fused_fc.stack if self.speed.fused_fc and self.speed.fused_stack else None
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain,
                                recompute=self.speed.recompute_g and torch.is_grad_enabled(),
-                               layer_op=fused_fc.layer if self.speed.fused_fc else None)  # [B, S*S, 3]
+                               layer_op=layer_op, stack_op=stack_op)  # [B, S*S, 3]
         img = rgb.float().reshape(-1, self.size, self.size, 3).permute(0, 3, 1, 2)  # NCHW view of NHWC
         return img if self.speed.channels_last else img.contiguous()
 
