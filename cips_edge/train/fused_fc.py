@@ -9,8 +9,13 @@ call and compiles its backward, written here in torch operations. On CUDA it run
 cips_edge/train/cuda_ops/build.sh`, nvcc and no GPU needed); elsewhere it computes the same function in
 torch, which the tests check the backward against.
 
-Rounding: the product accumulates in float32 and is rounded once, after the activation, to x's dtype;
-the unfused path rounds the product to bf16 before adding the bias.
+stack() runs a ToRGB group's layers together (Speed.fused_stack): its backward forms the gradient at each
+inner layer's pre-activation in the epilogue of the GEMM that reads the next layer's
+(torch.ops.cips_edge.modulated_fc_grad_input), where layer by layer a pass would read that GEMM's result
+and the layer's output again.
+
+Rounding: products accumulate in float32 and are rounded once, after the activation (or its
+derivative), to bf16; the unfused path rounds the product to bf16 first.
 """
 from __future__ import annotations
 
