@@ -300,7 +300,8 @@ class CIPSGenerator(nn.Module):
     def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False,
                    recompute: bool = False, layer_op: LayerOp | None = None,
                    stack_op: StackOp | None = None) -> torch.Tensor:
-        """[B, N, 2H] features and baked per-sample weights -> raw RGB [B, N, 3].
+        """[B, N, 2H] features (or [1, N, 2H], one table for every sample) and baked per-sample weights ->
+        raw RGB [B, N, 3].
 
         fold_gain: the same function with the activations' sqrt(2) gain moved into the weights that
         read them (leaky(x) @ (g W) = (g leaky(x)) @ W): one elementwise pass fewer per layer, forward
