@@ -65,7 +65,7 @@ def _launch(name: str, device: torch.device, *args) -> None:
     status = getattr(_library(str(path)), name)(*args, index, torch.cuda.current_stream(device).cuda_stream, error,
                                                 len(error))
     if status:
-        raise RuntimeError(f"cips_edge::modulated_fc: {error.value.decode(errors='replace')}")
+        raise RuntimeError(f"{name}: {error.value.decode(errors='replace')}")
 
 
 def _bf16(*tensors: torch.Tensor) -> None:
@@ -144,15 +144,24 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.gain, ctx.slope = gain, slope
 
 
+def _pre_activation_grad(grad: torch.Tensor, out: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
+    """The gradient at a layer's pre-activation from the gradient at its output, in float32 at least: the
+    activation's slope from the output's sign (gain and slope are positive, so out > 0 exactly where the
+    pre-activation is)."""
+    pre = grad.to(torch.promote_types(grad.dtype, torch.float32)) * gain
+    return torch.where(out > 0, pre, pre * slope)
+
+
+def _bias_grad(pre: torch.Tensor) -> torch.Tensor:
+    return pre.to(torch.promote_types(pre.dtype, torch.float32)).sum(dim=(0, 1))
+
+
 def _backward(ctx, grad: torch.Tensor):
-    """The activation's slope from the output's sign (gain and slope are positive, so out > 0 exactly where
-    the pre-activation is), the bias gradient in float32 at least, the products in x's dtype. A shared
-    table's gradients come from one GEMM each over all samples side by side (no [B, M, K] gradient is
-    formed and summed)."""
+    """The bias gradient in float32 at least, the products in x's dtype. A shared table's gradients come
+    from one GEMM each over all samples side by side (no [B, M, K] gradient is formed and summed)."""
     x, weight, out = ctx.saved_tensors
-    pre = grad.to(torch.promote_types(x.dtype, torch.float32)) * ctx.gain
-    pre = torch.where(out > 0, pre, pre * ctx.slope)
-    grad_bias = pre.sum(dim=(0, 1))
+    pre = _pre_activation_grad(grad, out, ctx.gain, ctx.slope)
+    grad_bias = _bias_grad(pre)
     pre = pre.to(x.dtype)
     grad_x = grad_weight = None
     if _shared(x, weight):
@@ -247,11 +256,10 @@ class _Stack(torch.autograd.Function):
         n, gain, slope = ctx.n, ctx.gain, ctx.slope
         saved = ctx.saved_tensors
         x, weights, outs = saved[0], saved[1:1 + n], saved[1 + n:]
-        pre = grad.to(torch.promote_types(x.dtype, torch.float32)) * gain
-        pre = torch.where(outs[-1] > 0, pre, pre * slope)
+        pre = _pre_activation_grad(grad, outs[-1], gain, slope)
         grad_weights, grad_biases, grad_x = [None] * n, [None] * n, None
         for i in reversed(range(n)):
-            grad_biases[i] = pre.to(torch.promote_types(pre.dtype, torch.float32)).sum(dim=(0, 1))
+            grad_biases[i] = _bias_grad(pre)
             pre = pre.to(x.dtype)
             grad_weights[i] = torch.matmul((outs[i - 1] if i else x).transpose(-1, -2), pre)
             if i:
