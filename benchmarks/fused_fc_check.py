@@ -9,7 +9,7 @@ layer, and how much faster is it than the layer as the compiled training step ru
   layer's activation derivative in the GEMM's epilogue) against float32 and the two-pass unfused form;
 - times: the forward alone (the D step's G forward runs it without grad) and forward + backward, the
   op against the unfused layer compiled by torch.compile (Inductor's GEMM and its fused bias + leaky
-  ReLU + gain pass), medians of CUDA-event-timed calls, at the shapes of paper-256's hidden layers and
+  ReLU + gain pass), medians of synchronised calls, at the shapes of paper-256's hidden layers and
   its input layer (one table of features for every sample) at 256^2 batch 16 and at 64^2 batch 128.
 
     bash benchmarks/on_gpu.sh benchmarks/fused_fc_check.py --out "$OUT/fused-fc-check-h200.json"
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -30,6 +31,9 @@ from torch.nn import functional as F
 
 from cips_edge.model import LRELU_GAIN, LRELU_SLOPE
 from cips_edge.train import fused_fc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render import timed  # noqa: E402
 
 # The op rounds once where the unfused layer rounds twice (after the product, after the activation):
 # bf16 keeps 8 bits, so a value may move by one step of the product's rounding, 2^-8 of its size.
@@ -57,17 +61,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def median_ms(fn, reps: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return round(statistics.median(times), 3)
+    """Median of `reps` synchronised calls after a warm-up (render.py's timer, run a fixed number of times)."""
+    return round(statistics.median(timed(fn, torch.cuda.synchronize, budget_s=math.inf, max_runs=reps)) * 1000, 3)
 
 
 def check(batch: int, rows: int, m: int, k: int, n: int, reps: int) -> dict:
