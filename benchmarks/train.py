@@ -12,7 +12,8 @@ heuristics (no autotuning), TF32, fused Adam; fast+compile = fast with torch.com
 sqrt(2) activation gains folded into the next layer's weights (one elementwise pass fewer per layer;
 H200: +6% eager, nothing compiled, so not in `cips train`); +autotune = compile in max-autotune mode
 (Triton GEMM templates that can take the bias and leaky ReLU into their epilogue; on paper-256 it was
-still tuning after 9 minutes), +autotuneg the same for G's graph alone; +r1c = R1 compiled as well: fast+compile+r1c is `cips train` on CUDA.
+still tuning after 9 minutes), +autotuneg the same for G's graph alone; +r1c = R1 compiled as well:
+fast+compile+r1c is `cips train` on CUDA.
 """
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ def speed_for(path: str, device: torch.device) -> Speed:
         speed = Speed.for_device(device, bf16=True, compile="compile" in parts or bool(autotune))
         return dataclasses.replace(speed, fold_gain="fold" in parts, autotune=autotune,
                                    r1_compile="r1c" in parts and speed.compile)
-    raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune, +autotuneg, +r1c")
+    raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune, +autotuneg, "
+                     "+r1c")
 
 
 def build_trainer(path: str, args, device: torch.device) -> Trainer:
@@ -162,9 +164,8 @@ def main() -> None:
     parser.add_argument("--phase-reps", type=int, default=3, help="repetitions of the per-phase timing")
     parser.add_argument("--paths", default="plain,fast",
                         help="comma list of plain, fast, fast+compile, fast+fold (gains folded into the weights), "
-                             "fast+compile+fold, fast+autotune (compile, max-autotune), fast+autotuneg (G's graph alone in "
-                             "max-autotune), fast+autotune+fold, "
-                             "fast+compile+r1c (R1 compiled too)")
+                             "fast+compile+fold, fast+autotune (compile, max-autotune), fast+autotuneg (G's graph "
+                             "alone in max-autotune), fast+autotune+fold, fast+compile+r1c (R1 compiled too)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     args = parser.parse_args()
     device = resolve_device(args.device)
