@@ -14,33 +14,23 @@ out="${1:-$here/build}"
 NVCC="${NVCC:-nvcc}"
 PYTHON="${PYTHON:-python3}"
 
-CUTLASS_WHEEL=nvidia_cutlass-4.2.0.0-py3-none-any.whl
-CUTLASS_SHA256=f9599ada45c7bcb6bf53f7d3f0a7d154183e53451c01bfa59eecd37dd4a693f6
 ORT_DEB=libonnxruntime-dev_1.21.0+dfsg-1_amd64.deb  # ORT_API_VERSION 21: loads in any newer ONNX Runtime
 ORT_URL="http://deb.debian.org/debian/pool/main/o/onnxruntime/$ORT_DEB"
 ORT_SHA256=14f7d959d5deacbcf1504830d4189f91fc67382b399ed9ae9d3aa9c4050ced08
 
-verify() {  # file sha256
-  echo "$2  $1" | sha256sum --check --status || { echo "error: $1 does not have the expected sha256 $2" >&2; exit 1; }
-}
+# shellcheck source=cutlass.sh
+. "$here/cutlass.sh"
 
 mkdir -p "$cache" "$out"
-out="$(cd "$out" && pwd)"  # absolute: the steps below run in the cache folder
+cache="$(cd "$cache" && pwd)" out="$(cd "$out" && pwd)"  # absolute: the steps below run in the cache folder
 cd "$cache"
-if [ ! -f "$CUTLASS_WHEEL" ]; then
-  "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: nvidia-cutlass==4.2.0.0 -d .
-fi
-verify "$CUTLASS_WHEEL" "$CUTLASS_SHA256"
+fetch_cutlass "$cache" "$PYTHON"
 if [ ! -f "$ORT_DEB" ]; then
   curl -fsSL -o "$ORT_DEB.part" "$ORT_URL" && mv "$ORT_DEB.part" "$ORT_DEB"
 fi
-verify "$ORT_DEB" "$ORT_SHA256"
+verify_sha256 "$ORT_DEB" "$ORT_SHA256"
 
-cutlass="$cache/cutlass/cutlass_library/source/include"
 ort="$cache/ort/usr/include/onnxruntime"
-if [ ! -f "$cutlass/cutlass/cutlass.h" ]; then
-  rm -rf cutlass && unzip -q "$CUTLASS_WHEEL" 'cutlass_library/source/include/*' -d cutlass
-fi
 if [ ! -f "$ort/onnxruntime_cxx_api.h" ]; then
   rm -rf ort && dpkg-deb -x "$ORT_DEB" ort
 fi
