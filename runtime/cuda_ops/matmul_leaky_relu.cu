@@ -182,10 +182,12 @@ void matmul_leaky_relu(const Half* x, const Half* w, const Half* bias, const Hal
 TileConfig forced_tile() {
   const char* tile = std::getenv("CIPS_CUDA_OPS_TILE");
   if (tile == nullptr || *tile == 0) return kTileByWidth;
-  for (int t = 0; t < kTiles; ++t)
+  std::string names;
+  for (int t = 0; t < kTiles; ++t) {
     if (std::string(tile) == kTileNames[t]) return TileConfig(t);
-  fail(std::string("CIPS_CUDA_OPS_TILE must be 128x128, 128x256, 128x128-pingpong, 256x128-1x2, 128x192 or "
-                   "256x192, not ") + tile);
+    names += std::string(t == 0 ? "" : t + 1 == kTiles ? " or " : ", ") + kTileNames[t];
+  }
+  fail("CIPS_CUDA_OPS_TILE must be " + names + ", not " + tile);
   return kTileByWidth;
 }
 
