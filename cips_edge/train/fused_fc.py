@@ -15,7 +15,8 @@ inner layer's pre-activation in the epilogue of the GEMM that reads the next lay
 and the layer's output again.
 
 Rounding: products accumulate in float32 and are rounded once, after the activation (or its
-derivative), to bf16; the unfused path rounds the product to bf16 first.
+derivative), to bf16; the unfused path rounds the product to bf16 first. The bias gradient sums, in
+float32, the bf16 pre-activation gradient the products take.
 """
 from __future__ import annotations
 
@@ -153,30 +154,32 @@ def _pre_activation_grad(grad: torch.Tensor, out: torch.Tensor, gain: float, slo
 
 
 def _bias_grad(pre: torch.Tensor) -> torch.Tensor:
-    return pre.to(torch.promote_types(pre.dtype, torch.float32)).sum(dim=(0, 1))
+    """The sum over samples and rows of the pre-activation's gradient as the products take it (x's dtype),
+    in float32 at least. Called after the products: Inductor then reads their stored operand in one pass,
+    where it would otherwise form the gradient again from the output's gradient(s) and the output."""
+    return pre.sum(dim=(0, 1), dtype=torch.promote_types(pre.dtype, torch.float32))
 
 
 def _backward(ctx, grad: torch.Tensor):
-    """The bias gradient in float32 at least, the products in x's dtype. A shared table's gradients come
-    from one GEMM each over all samples side by side (no [B, M, K] gradient is formed and summed)."""
+    """The products in x's dtype, the bias gradient from the same values in float32 at least. A shared
+    table's gradients come from one GEMM each over all samples side by side (no [B, M, K] gradient is
+    formed and summed)."""
     x, weight, out = ctx.saved_tensors
-    pre = _pre_activation_grad(grad, out, ctx.gain, ctx.slope)
-    grad_bias = _bias_grad(pre)
-    pre = pre.to(x.dtype)
+    pre = _pre_activation_grad(grad, out, ctx.gain, ctx.slope).to(x.dtype)
     grad_x = grad_weight = None
     if _shared(x, weight):
         batch, k, n = weight.shape
-        pre = pre.permute(1, 0, 2).reshape(x.shape[1], batch * n)  # [M, B*N]
+        wide = pre.permute(1, 0, 2).reshape(x.shape[1], batch * n)  # [M, B*N]
         if ctx.needs_input_grad[0]:
-            grad_x = torch.matmul(pre, weight.transpose(1, 2).reshape(batch * n, k))[None]
+            grad_x = torch.matmul(wide, weight.transpose(1, 2).reshape(batch * n, k))[None]
         if ctx.needs_input_grad[1]:
-            grad_weight = torch.matmul(x[0].transpose(0, 1), pre).view(k, batch, n).permute(1, 0, 2)
-        return grad_x, grad_weight, grad_bias, None, None
-    if ctx.needs_input_grad[0]:
-        grad_x = torch.matmul(pre, weight.transpose(-1, -2))
-    if ctx.needs_input_grad[1]:
-        grad_weight = torch.matmul(x.transpose(-1, -2), pre)
-    return grad_x, grad_weight, grad_bias, None, None
+            grad_weight = torch.matmul(x[0].transpose(0, 1), wide).view(k, batch, n).permute(1, 0, 2)
+    else:
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.matmul(pre, weight.transpose(-1, -2))
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.matmul(x.transpose(-1, -2), pre)
+    return grad_x, grad_weight, _bias_grad(pre), None, None
 
 
 modulated_fc.register_autograd(_backward, setup_context=_setup_context)
@@ -256,12 +259,11 @@ class _Stack(torch.autograd.Function):
         n, gain, slope = ctx.n, ctx.gain, ctx.slope
         saved = ctx.saved_tensors
         x, weights, outs = saved[0], saved[1:1 + n], saved[1 + n:]
-        pre = _pre_activation_grad(grad, outs[-1], gain, slope)
+        pre = _pre_activation_grad(grad, outs[-1], gain, slope).to(x.dtype)
         grad_weights, grad_biases, grad_x = [None] * n, [None] * n, None
         for i in reversed(range(n)):
-            grad_biases[i] = _bias_grad(pre)
-            pre = pre.to(x.dtype)
             grad_weights[i] = torch.matmul((outs[i - 1] if i else x).transpose(-1, -2), pre)
+            grad_biases[i] = _bias_grad(pre)
             if i:
                 pre = torch.ops.cips_edge.modulated_fc_grad_input(pre, weights[i], outs[i - 1], gain, slope)
             else:
