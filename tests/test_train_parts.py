@@ -311,11 +311,15 @@ def test_output_keeping_activation_gives_autograds_generator_gradients(monkeypat
     assert all(torch.equal(x, y) for x, y in zip(ga, gb))
 
 
-def test_r1_in_bf16_stays_close_to_float32():
+def test_r1_in_bf16_stays_close_to_float32(monkeypatch):
     """Speed.r1_bf16 runs R1's forward and double backward under bf16 autocast: the penalty within bf16
-    rounding of float32's, and D's gradients point the same way."""
+    rounding of float32's, and D's gradients point the same way. On PyTorch's own CPU convolutions: on a
+    CPU with AMX, oneDNN's bf16 double backward (torch 2.13) loses most of the first block's first weight
+    gradient (norm 0.016 against float32's 0.339), a fault of that kernel, not of the recipe; r1_bf16 runs
+    on CUDA only."""
     from cips_edge.train.trainer import Speed
 
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)
     plain, low = tiny_trainer(), tiny_trainer()
     low.speed = Speed(r1_bf16=True)
     reals = torch.rand(4, 3, 16, 16) * 2 - 1
