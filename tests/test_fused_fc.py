@@ -12,6 +12,8 @@ import torch
 from cips_edge.core.config import PRESETS
 from cips_edge.model import LRELU_GAIN, LRELU_SLOPE, CIPSGenerator
 from cips_edge.train import fused_fc
+from cips_edge.train.loop import speed_for
+from cips_edge.train.options import TrainError, TrainOptions
 from cips_edge.train.trainer import Speed
 
 
@@ -172,3 +174,38 @@ def test_the_cuda_kernel_without_its_library_says_how_to_build_it(monkeypatch, t
     x, w = torch.zeros(2, 4, 16, dtype=torch.bfloat16), torch.zeros(2, 16, 8, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="not built: run cips_edge/train/cuda_ops/build.sh or set CIPS_TRAIN_OPS"):
         fused_fc._cuda(x, w, torch.zeros(8), LRELU_GAIN, LRELU_SLOPE)
+
+
+@pytest.fixture
+def hopper(monkeypatch, tmp_path):
+    """A CUDA device that says it is an H100, with a library file where $CIPS_TRAIN_OPS points."""
+    library = tmp_path / "libcips_train_ops.so"
+    library.write_bytes(b"")
+    monkeypatch.setenv(fused_fc.LIBRARY_ENV, str(library))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    return library
+
+
+def test_fused_layers_turns_on_both_switches_on_a_hopper_gpu_and_nothing_on_the_cpu(hopper):
+    on = speed_for(TrainOptions(data="d", fused_layers=True), torch.device("cuda:0"))
+    assert on.fused_fc and on.fused_stack
+    off = speed_for(TrainOptions(data="d"), torch.device("cuda:0"))
+    assert not (off.fused_fc or off.fused_stack)
+    cpu = speed_for(TrainOptions(data="d", fused_layers=True), torch.device("cpu"))
+    assert not (cpu.fused_fc or cpu.fused_stack)
+    assert speed_for(TrainOptions(data="d", fused_layers=True, plain=True), torch.device("cuda:0")) == Speed()
+
+
+def test_fused_layers_refuses_in_one_line_what_its_kernels_cannot_run(hopper, monkeypatch):
+    cuda = torch.device("cuda:0")
+    with pytest.raises(TrainError, match=r"^--fused-layers needs --bf16: its kernels take bfloat16$"):
+        speed_for(TrainOptions(data="d", fused_layers=True, bf16=False), cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
+    with pytest.raises(TrainError, match=r"compute capability 9\.0\): cuda:0 is NVIDIA A100-SXM4-80GB \(8\.0\)$"):
+        speed_for(TrainOptions(data="d", fused_layers=True), cuda)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    hopper.unlink()
+    with pytest.raises(TrainError, match=r"not built; in a source checkout run `bash cips_edge/train/cuda_ops/build.sh`"):
+        speed_for(TrainOptions(data="d", fused_layers=True), cuda)

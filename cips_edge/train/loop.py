@@ -23,7 +23,7 @@ from cips_edge.checkpoint import (DEFAULT_RUNS_DIR, CheckpointError, atomic_torc
 from cips_edge.core.config import LATER_FIELDS, PRESETS, GeneratorConfig
 from cips_edge.core.files import clean_stale_temporaries, make_folders, remove_empty_folders, shown
 
-from . import distributed, fit
+from . import distributed, fit, fused_fc
 from .data import Decoded, ImageBank, load_images
 from .discriminator import DiscriminatorConfig
 from .options import (AUGMENT_AUTO_BELOW, D_WARMUP_KIMG, RECIPE_BATCH, TrainError, TrainOptions, merge_for_resume,
@@ -66,8 +66,25 @@ def speed_for(options: TrainOptions, device: torch.device) -> Speed:
     o = options
     if o.plain:
         return Speed()
+    if o.fused_layers and device.type == "cuda":
+        check_fused_layers(o, device)
     return Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark, r1_bf16=o.r1_bf16,
-                            r1_compile=o.r1_compile, recompute_g=o.recompute_g)
+                            r1_compile=o.r1_compile, recompute_g=o.recompute_g, fused_fc=o.fused_layers,
+                            fused_stack=o.fused_layers)
+
+
+def check_fused_layers(options: TrainOptions, device: torch.device) -> None:
+    """--fused-layers on CUDA: bf16, a Hopper GPU (the kernels are built for sm_90a) and the built library."""
+    if not options.bf16:
+        raise TrainError("--fused-layers needs --bf16: its kernels take bfloat16")
+    capability = torch.cuda.get_device_capability(device)
+    if capability != (9, 0):
+        raise TrainError(f"--fused-layers needs a Hopper GPU (compute capability 9.0): {device} is "
+                         f"{torch.cuda.get_device_name(device)} ({capability[0]}.{capability[1]})")
+    if fused_fc.library_path() is None:
+        raise TrainError(f"--fused-layers: the training kernels are not built; in a source checkout run "
+                         f"`bash cips_edge/train/cuda_ops/build.sh` (needs nvcc, no GPU) or set "
+                         f"{fused_fc.LIBRARY_ENV} to the built library")
 
 
 def steps_for(kimg: float, batch: int) -> int:
@@ -392,12 +409,12 @@ class Run:
         if self.ckpt is not None and self.ckpt["step"] >= self.total_steps():
             reporter.say(f"nothing to do: the run is at {start_images / 1000:g} kimg, --kimg is {self.options.kimg:g}")
             return self.run_dir
-        decoded = self.load_data()
         o = self.options
+        speed = speed_for(o, device)  # before the data: its refusals are the quicker ones
+        decoded = self.load_data()
         n_images = len(decoded.images)
         augment = o.augment == "on" or (o.augment == "auto" and n_images < AUGMENT_AUTO_BELOW)
         g_config, d_config = self.model_configs()
-        speed = speed_for(o, device)
         speed.apply_backend_flags(device)
         bank = ImageBank(decoded.images, device)
         if o.batch == "auto":

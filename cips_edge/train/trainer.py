@@ -58,7 +58,7 @@ class Speed:
     # G's step keeps about half the activations and runs G's forward twice
     activation_budget: float | None = None  # (rounding) compiled graphs: torch's activation memory budget
     # (fraction of the saved activations Inductor may keep; it recomputes the rest in the backward)
-    fused_fc: bool = False  # (rounding) benchmarks only: G's modulated layers as one CUTLASS kernel each,
+    fused_fc: bool = False  # (rounding) G's modulated layers as one CUTLASS kernel each (--fused-layers),
     # bias, leaky ReLU and gain in the GEMM's epilogue (fused_fc.py; needs bf16 and the built library)
     fused_stack: bool = False  # (rounding) with fused_fc: each ToRGB group's layers together, the backward
     # into each inner layer with its activation's derivative in the GEMM's epilogue (fused_fc.stack)
