@@ -22,6 +22,8 @@ LRELU_GAIN = math.sqrt(2.0)  # StyleGAN2's fused leaky ReLU keeps unit second mo
 LayerOp = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], "torch.Tensor | None"]
 # (x, [weight, ...], [bias, ...], gain, slope) -> those layers one after another, or None where it cannot
 StackOp = Callable[[torch.Tensor, list, list, float, float], "torch.Tensor | None"]
+# (x, weight) -> x @ weight
+ProductOp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEMOD_EPS = 1e-8
 
 
@@ -247,8 +249,9 @@ class ToRGB(nn.Module):
     def modulated_weight(self, w: torch.Tensor) -> torch.Tensor:
         return self.fc.modulated_weight(w)
 
-    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        out = torch.matmul(x, weight)
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, product: ProductOp | None = None) -> torch.Tensor:
+        """product: computes x @ weight in its place (training's cips_edge.train.projection.project)."""
+        out = torch.matmul(x, weight) if product is None else product(x, weight)
         return out + self.fc.bias.to(out.dtype)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -299,7 +302,7 @@ class CIPSGenerator(nn.Module):
 
     def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False,
                    recompute: bool = False, layer_op: LayerOp | None = None,
-                   stack_op: StackOp | None = None) -> torch.Tensor:
+                   stack_op: StackOp | None = None, rgb_op: ProductOp | None = None) -> torch.Tensor:
         """[B, N, 2H] features (or [1, N, 2H], one table for every sample) and baked per-sample weights ->
         raw RGB [B, N, 3].
 
@@ -312,7 +315,9 @@ class CIPSGenerator(nn.Module):
         layer_op: computes a modulated layer (matmul, bias, leaky ReLU, gain) in one op where it returns a
         tensor (training's fused kernel, cips_edge.train.fused_fc.layer); None: the layer computes itself.
         stack_op: computes a ToRGB group's modulated layers together where it returns a tensor
-        (cips_edge.train.fused_fc.stack); None, or where it returns None: layer by layer."""
+        (cips_edge.train.fused_fc.stack); None, or where it returns None: layer by layer.
+        rgb_op: computes each ToRGB's product x @ weight (cips_edge.train.projection.project, whose
+        backward the compiled step fuses); None: torch.matmul."""
         n_conv = 1 + len(self.layers)
         if fold_gain:
             weights = [weights[0], *(wt * LRELU_GAIN for wt in weights[1:])]
@@ -331,7 +336,7 @@ class CIPSGenerator(nn.Module):
             else:
                 for j, layer in enumerate(layers):
                     x = layer.apply_weight(x, group_weights[j], gain, layer_op)
-            return x, self.to_rgbs[k].apply_weight(x, group_weights[-1])
+            return x, self.to_rgbs[k].apply_weight(x, group_weights[-1], rgb_op)
 
         if recompute:
             x = checkpoint(self.input_layer.apply_weight, e, weights[0], gain, layer_op, use_reentrant=False)

@@ -26,7 +26,7 @@ from cips_edge.core.config import GeneratorConfig
 from cips_edge.coords import native_grid
 from cips_edge.model import CIPSGenerator
 
-from . import distributed, fused_fc
+from . import distributed, fused_fc, projection
 from .augment import apply_augment, augment_draws
 from .data import ImageBank
 from .discriminator import Discriminator, DiscriminatorConfig
@@ -62,6 +62,8 @@ class Speed:
     # bias, leaky ReLU and gain in the GEMM's epilogue (fused_fc.py; needs bf16 and the built library)
     fused_stack: bool = False  # (rounding) with fused_fc: each ToRGB group's layers together, the backward
     # into each inner layer with its activation's derivative in the GEMM's epilogue (fused_fc.stack)
+    rgb_grad: bool = False  # benchmarks only: each ToRGB's gradient into its input as 3 multiply-adds that
+    # the compiled backward fuses into the pass that reads it (projection.py) instead of a GEMM of its own
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
@@ -190,10 +192,11 @@ class Trainer:
             e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
         layer_op = fused_fc.layer if self.speed.fused_fc else None
         stack_op = fused_fc.stack if self.speed.fused_fc and self.speed.fused_stack else None
+        rgb_op = projection.project if self.speed.rgb_grad else None
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain,
                                recompute=self.speed.recompute_g and torch.is_grad_enabled(),
-                               layer_op=layer_op, stack_op=stack_op)  # [B, S*S, 3]
+                               layer_op=layer_op, stack_op=stack_op, rgb_op=rgb_op)  # [B, S*S, 3]
         img = rgb.float().reshape(-1, self.size, self.size, 3).permute(0, 3, 1, 2)  # NCHW view of NHWC
         return img if self.speed.channels_last else img.contiguous()
 
