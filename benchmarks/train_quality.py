@@ -11,6 +11,7 @@ each is a `python -m cips_edge.train` process in its own folder under --work.
         --time-limit 560 --out "$OUT/train-quality-compiled-vs-plain.json"
     python benchmarks/train_quality.py --collect /root/tq --out ...   # a later call: what the runs logged
     ... --runs fused-seed0,compiled-seed0,plain-seed0,plain-seed1   # --fused-layers beside them
+    ... --runs fused-seed0 --baseline benchmarks/results/train-quality-compiled-vs-plain.json   # or alone
 
 Stopped by --time-limit, the runs get SIGTERM (each writes a checkpoint and exits) and the report keeps
 what they logged; `--resume` continues them in a later call. The report: each run's SWD per kimg, at
@@ -115,6 +116,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="continue runs already in --work")
     parser.add_argument("--collect", type=Path, default=None, help="only read the runs in this folder")
     parser.add_argument("--runs", default=DEFAULT_RUNS, help=f"comma list of {', '.join(RUNS)}")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="an earlier report of the same recipe: its runs not run now join the comparison "
+                             "(e.g. --runs fused-seed0 against the compiled and plain runs kept there)")
     parser.add_argument("--out", type=Path, default=RESULTS / "train-quality-compiled-vs-plain.json")
     args = parser.parse_args()
     if args.collect is None and args.data is None:
@@ -127,12 +131,16 @@ def main() -> None:
     args.metrics_kimg = args.metrics_kimg or args.kimg / 6
     codes = None if args.collect else run_all(args)
     swd = curves(work, args.runs)
+    if args.baseline is not None:
+        kept = json.loads(args.baseline.read_text())["swd"]
+        swd.update({name: {float(k): v for k, v in curve.items()} for name, curve in kept.items() if name not in swd})
     report = {"benchmark": "train-quality-compiled-vs-plain", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "note": f"SWD x1e3 of {args.metrics_samples} EMA samples against as many data images, lower is "
                       "better; the runs shared one GPU, so their images/s are not comparable",
               "commands": {name: " ".join(command(args, args.data or Path("DATA"), work, name, False)[1:])
                            for name in args.runs},
-              "exit_codes": codes, "swd": {name: {str(k): v for k, v in c.items()} for name, c in swd.items()},
+              "baseline": str(args.baseline) if args.baseline else None, "exit_codes": codes,
+              "swd": {name: {str(k): v for k, v in c.items()} for name, c in swd.items()},
               "compare": compare(swd)}
     for row in report["compare"]:
         print(f"{row['kimg']:>8g} kimg  " + "  ".join(f"{k} {v:+.2f}" if "minus" in k else f"{k} {v:7.2f}"
