@@ -458,7 +458,8 @@ class Run:
             f"{'resuming' if self.ckpt else 'training'} {o.preset} at {o.training_size}x{o.training_size}{pano} "
             f"(G {_count(trainer.G)}, D {_count(trainer.D)} params) on {n_images} images "
             f"({bank.location}); batch {o.batch} over {world.size} process(es) on {device}; "
-            f"augment {'on' if augment else 'off'}; bf16 {'on' if speed.bf16 else 'off'} -> {self.run_dir}")
+            f"augment {'on' if augment else 'off'}; bf16 {'on' if speed.bf16 else 'off'}"
+            f"{'; fused layers' if speed.fused_fc else ''} -> {self.run_dir}")
 
         ckpt_every = max(1, round(o.checkpoint_kimg * 1000))
         sample_every = max(1, round(o.sample_kimg * 1000))
