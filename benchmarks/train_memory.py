@@ -105,9 +105,10 @@ PROCESSES = {
     # G's modulated layers as one CUTLASS kernel each, then with each ToRGB group's backward fused too
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
-    # each ToRGB's gradient into its input inside the pass that reads it, alone and on the fused layers
-    "rgb-grad": ("fast+compile", {}, {}, ["base", "rgb_grad", "fused_fc+fused_stack",
-                                          "fused_fc+fused_stack+rgb_grad"]),
+    # each ToRGB's gradient into its input inside the pass that reads it, the D step's reals and fakes in one
+    # D call, each alone, then the fused layers without and with both
+    "levers": ("fast+compile", {}, {}, ["base", "rgb_grad", "d_pair", "fused_fc+fused_stack",
+                                        "fused_fc+fused_stack+rgb_grad+d_pair"]),
     "cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": True}, {}, ["base", "r1_bf16"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),

@@ -311,6 +311,40 @@ def test_output_keeping_activation_gives_autograds_generator_gradients(monkeypat
     assert all(torch.equal(x, y) for x, y in zip(ga, gb))
 
 
+@pytest.mark.parametrize("batch", [4, 6], ids=["one D call", "groups of 3 and 4: two calls"])
+def test_the_d_step_with_reals_and_fakes_in_one_call_gives_the_same_losses_and_gradients(batch):
+    """Speed.d_pair: D's step from one call on reals and fakes together (DiffAugment on, channels-last D),
+    against two calls: the same logits, loss and D gradients from the same seed, because every
+    minibatch-stddev group holds the same samples. With a batch of 6, 12 images would make groups of 4
+    where 6 make groups of 3: the step then keeps two calls."""
+    import dataclasses
+
+    from cips_edge.train.data import ImageBank
+    from cips_edge.train.trainer import Speed
+
+    recipe = Recipe(batch=batch, lr=0.002, r1_gamma=10.0, r1_every=16, ema_half_life_kimg=10.0, global_batch=batch,
+                    augment=True, xflip=True, g_lazy_correction=True, seed=0)
+    images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    trainer = Trainer(dataclasses.replace(preset("tiny"), size=16), DiscriminatorConfig(16, channel_max=8), recipe,
+                      torch.device("cpu"), speed=Speed(channels_last=True))
+    trainer.use_bank(ImageBank(images, torch.device("cpu")))
+    calls, results = [], []
+    pair = trainer.discriminate_pair
+    trainer.discriminate_pair = lambda *a: calls.append(len(a[0])) or pair(*a)
+    for d_pair in (False, True):
+        trainer.speed = dataclasses.replace(trainer.speed, d_pair=d_pair)
+        trainer.reseed(0)
+        trainer._stats.zero_()
+        trainer.d_backward(trainer.real_batch())
+        results.append((trainer._stats.clone(), [p.grad.clone() for p in trainer.D.parameters()]))
+    (two, two_grads), (one, one_grads) = results
+    assert calls == ([batch] if trainer.pairs_keep_groups(batch) else [])
+    assert trainer.pairs_keep_groups(batch) == (batch == 4)
+    assert two[0] > 0 and torch.allclose(one, two, rtol=1e-5, atol=1e-6)
+    for a, b in zip(one_grads, two_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max())), a.shape
+
+
 def test_r1_in_bf16_stays_close_to_float32(monkeypatch):
     """Speed.r1_bf16 runs R1's forward and double backward under bf16 autocast: the penalty within bf16
     rounding of float32's, and D's gradients point the same way. On PyTorch's own CPU convolutions: on a

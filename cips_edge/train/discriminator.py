@@ -179,10 +179,14 @@ class Discriminator(nn.Module):
         self.final_linear = EqualLinear(top * 4 * 4, top, activate=True)
         self.out = EqualLinear(top, 1, activate=False)
 
+    def mbstd_group(self, batch: int) -> int:
+        """The minibatch-stddev group size for a batch: the configured one, or the largest that divides it."""
+        return max(g for g in range(1, min(self.config.mbstd_group, batch) + 1) if batch % g == 0)
+
     def minibatch_stddev(self, x: torch.Tensor) -> torch.Tensor:
         """Append the mean over features of the stddev across a group (samples i, i + B/G, ...)."""
         batch, ch, h, w = x.shape
-        group = max(g for g in range(1, min(self.config.mbstd_group, batch) + 1) if batch % g == 0)
+        group = self.mbstd_group(batch)
         y = x.float().reshape(group, -1, ch, h, w)
         y = torch.sqrt(y.var(dim=0, unbiased=False) + 1e-8).mean(dim=(1, 2, 3))  # [B/G]
         y = y.reshape(1, -1, 1, 1, 1).expand(group, -1, 1, h, w).reshape(batch, 1, h, w)

@@ -64,6 +64,8 @@ class Speed:
     # into each inner layer with its activation's derivative in the GEMM's epilogue (fused_fc.stack)
     rgb_grad: bool = False  # benchmarks only: each ToRGB's gradient into its input as 3 multiply-adds that
     # the compiled backward fuses into the pass that reads it (projection.py) instead of a GEMM of its own
+    d_pair: bool = False  # benchmarks only: the D step's reals and fakes through D in one call of twice the
+    # batch, laid out so that every minibatch-stddev group holds the samples it holds in two calls
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
@@ -166,6 +168,7 @@ class Trainer:
         self._g_in_stats = 0
         self.generate = self._generate
         self.discriminate = self._discriminate
+        self.discriminate_pair = self._discriminate_pair
         self._r1_compiled = None  # the compiled R1 (speed.r1_compile), made on first use
         self._r1_params: frozenset[str] | None = None  # D's parameters R1 reaches (the others get no gradient)
         if speed.compile:
@@ -174,6 +177,8 @@ class Trainer:
             self.generate = _with_budget(torch.compile(self._generate, mode=mode("g")), speed.activation_budget)
             self.discriminate = _with_budget(torch.compile(self._discriminate, mode=mode("d")),
                                              speed.activation_budget)
+            self.discriminate_pair = _with_budget(torch.compile(self._discriminate_pair, mode=mode("d")),
+                                                  speed.activation_budget)
 
     # -- forward passes ------------------------------------------------------------------------
     def _generate(self, z: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,6 +211,25 @@ class Trainer:
         img = self._d_input(img, draws)
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             return self.D(img).float()
+
+    def _discriminate_pair(self, reals: torch.Tensor, fakes: torch.Tensor, real_draws: torch.Tensor | None,
+                           fake_draws: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits of reals and of fakes (B each) from one call on 2B images: both laid out [G, B/G] and
+        interleaved group by group, so that D's minibatch-stddev groups (samples i, i + 2B/G, ...) hold
+        the samples they hold in two calls of B. Needs D.mbstd_group(2B) == D.mbstd_group(B)."""
+        a, b = self._d_input(reals, real_draws), self._d_input(fakes, fake_draws)
+        batch, group = len(a), self.D.mbstd_group(len(a))
+        both = torch.stack([a.reshape(group, batch // group, *a.shape[1:]),
+                            b.reshape(group, batch // group, *b.shape[1:])], dim=1).reshape(2 * batch, *a.shape[1:])
+        if self.speed.channels_last:
+            both = both.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
+            logits = self.D(both).float().reshape(group, 2, batch // group)
+        return logits[:, 0].reshape(batch), logits[:, 1].reshape(batch)
+
+    def pairs_keep_groups(self, batch: int) -> bool:
+        """Whether D's minibatch-stddev groups of 2 * batch images are those of batch (see _discriminate_pair)."""
+        return self.D.mbstd_group(2 * batch) == self.D.mbstd_group(batch)
 
     def _d_input(self, img: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
         """What D reads: img augmented with draws (if given), channels-last on the fast path."""
@@ -273,8 +297,12 @@ class Trainer:
     def d_backward(self, reals: torch.Tensor) -> None:
         with torch.no_grad():
             fakes = self.generate(self.latents(), self.fake_coords())
-        real_logits = self.discriminate(reals, self.draws(len(reals)))
-        fake_logits = self.discriminate(fakes, self.draws(len(fakes)))
+        real_draws, fake_draws = self.draws(len(reals)), self.draws(len(fakes))
+        if self.speed.d_pair and len(reals) == len(fakes) and self.pairs_keep_groups(len(reals)):
+            real_logits, fake_logits = self.discriminate_pair(reals, fakes, real_draws, fake_draws)
+        else:
+            real_logits = self.discriminate(reals, real_draws)
+            fake_logits = self.discriminate(fakes, fake_draws)
         loss = d_logistic_loss(real_logits, fake_logits)
         self.d_optim.zero_grad(set_to_none=True)
         loss.backward()
