@@ -128,7 +128,7 @@ class TrainOptions:
                                     "gain), their backward fused per ToRGB group; Hopper GPUs (H100, H200) with "
                                     "--bf16, and the kernels built in a source checkout by `bash "
                                     "cips_edge/train/cuda_ops/build.sh`: 1.13x the images/s at paper-256 and 1.02x "
-                                    "at 64x64 on an H100, 7 GB less memory at paper-256; rounds closer to float32 "
+                                    "at 64x64 on an H100, 6.7 GB less memory at paper-256; rounds closer to float32 "
                                     "than the default; ignored on CPU")
     plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
                              "for-loop Adam (overrides --bf16 and --compile); slower, same recipe")
