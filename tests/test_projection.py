@@ -1,5 +1,6 @@
 """cips_edge.train.projection: ToRGB's product with a backward written as multiply-adds (Speed.rgb_grad),
-against autograd of torch.matmul: its gradient, the generator's with it, and the trainer's switch."""
+against autograd of torch.matmul: its gradient, the generator's with it, and under Inductor (the trainer's
+switch is tests/test_train_parts.py's)."""
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,6 @@ import torch
 from cips_edge.core.config import PRESETS
 from cips_edge.model import CIPSGenerator
 from cips_edge.train import projection
-from cips_edge.train.discriminator import DiscriminatorConfig
-from cips_edge.train.trainer import Recipe, Speed, Trainer
 
 
 def test_the_projections_backward_is_the_gradient_of_its_product():
@@ -87,22 +86,3 @@ def test_the_projection_compiles_and_its_gradient_fuses_into_the_next_pass():
         for a, b in zip(got, want):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
     assert products["projection"] == products["matmul"] - 1, products
-
-
-def test_the_trainer_with_rgb_grad_gives_g_the_same_gradients():
-    """float32: the same products summed in another order, within its rounding."""
-    recipe = Recipe(batch=2, lr=0.002, r1_gamma=10.0, r1_every=16, ema_half_life_kimg=10.0, global_batch=2,
-                    augment=False, xflip=False, g_lazy_correction=True, seed=0)
-    trainer = Trainer(PRESETS["tiny"], DiscriminatorConfig(16, channel_max=8), recipe, torch.device("cpu"))
-    z = torch.randn(2, trainer.G.config.style_dim, generator=torch.Generator().manual_seed(4))
-    results = []
-    for speed in (Speed(), Speed(rgb_grad=True)):
-        trainer.speed = speed
-        trainer.G.zero_grad(set_to_none=True)
-        img = trainer.generate(z)
-        (img * torch.linspace(-1, 1, img.numel()).reshape(img.shape)).sum().backward()
-        results.append((img.detach(), [p.grad.clone() for p in trainer.G.parameters() if p.grad is not None]))
-    (a, ga), (b, gb) = results
-    assert torch.equal(a, b) and len(ga) == len(gb) > 10
-    for x, y in zip(ga, gb):
-        assert torch.allclose(x, y, rtol=1e-5, atol=1e-5 * float(y.abs().max()))

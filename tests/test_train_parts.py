@@ -302,13 +302,35 @@ def test_output_keeping_activation_gives_autograds_generator_gradients(monkeypat
     results = []
     for fn in (model.scaled_leaky_relu, model._plain_scaled_leaky_relu):
         monkeypatch.setattr(model, "scaled_leaky_relu", fn)
-        trainer.G.zero_grad(set_to_none=True)
-        img = trainer.generate(z)
-        (img * torch.linspace(-1, 1, img.numel()).reshape(img.shape)).sum().backward()
-        results.append((img.detach(), [p.grad.clone() for p in trainer.G.parameters() if p.grad is not None]))
+        results.append(image_and_g_grads(trainer, z))
     (a, ga), (b, gb) = results
     assert torch.equal(a, b) and len(ga) == len(gb) > 10
     assert all(torch.equal(x, y) for x, y in zip(ga, gb))
+
+
+def test_rgb_grad_gives_the_generator_the_same_gradients():
+    """Speed.rgb_grad (each ToRGB's product through cips_edge.train.projection): the same images, and G's
+    gradients within float32 rounding (the same products summed in another order)."""
+    from cips_edge.train.trainer import Speed
+
+    trainer = tiny_trainer()
+    z = torch.randn(2, trainer.G.config.style_dim, generator=torch.Generator().manual_seed(4))
+    results = []
+    for speed in (Speed(), Speed(rgb_grad=True)):
+        trainer.speed = speed
+        results.append(image_and_g_grads(trainer, z))
+    (a, ga), (b, gb) = results
+    assert torch.equal(a, b) and len(ga) == len(gb) > 10
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, rtol=1e-5, atol=1e-5 * float(y.abs().max()))
+
+
+def image_and_g_grads(trainer: Trainer, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """G's images of z and its parameters' gradients of a weighted sum of them."""
+    trainer.G.zero_grad(set_to_none=True)
+    img = trainer.generate(z)
+    (img * torch.linspace(-1, 1, img.numel()).reshape(img.shape)).sum().backward()
+    return img.detach(), [p.grad.clone() for p in trainer.G.parameters() if p.grad is not None]
 
 
 @pytest.mark.parametrize("batch", [4, 6], ids=["one D call", "groups of 3 and 4: two calls"])
