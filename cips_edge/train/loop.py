@@ -74,17 +74,20 @@ def speed_for(options: TrainOptions, device: torch.device) -> Speed:
 
 
 def check_fused_layers(options: TrainOptions, device: torch.device) -> None:
-    """--fused-layers on CUDA: bf16, a Hopper GPU (the kernels are built for sm_90a) and the built library."""
+    """--fused-layers on CUDA: bf16, a Hopper GPU (the kernels are built for sm_90a) and the built library.
+    Each refusal ends with the way out, for a resumed run that keeps the option from another machine."""
     if not options.bf16:
-        raise TrainError("--fused-layers needs --bf16: its kernels take bfloat16")
+        raise TrainError("--fused-layers needs --bf16 (its kernels take bfloat16): drop --no-bf16 or give "
+                         "--no-fused-layers")
     capability = torch.cuda.get_device_capability(device)
     if capability != (9, 0):
         raise TrainError(f"--fused-layers needs a Hopper GPU (compute capability 9.0): {device} is "
-                         f"{torch.cuda.get_device_name(device)} ({capability[0]}.{capability[1]})")
+                         f"{torch.cuda.get_device_name(device)} ({capability[0]}.{capability[1]}); "
+                         f"give --no-fused-layers")
     if fused_fc.library_path() is None:
         raise TrainError(f"--fused-layers: the training kernels are not built; in a source checkout run "
                          f"`bash cips_edge/train/cuda_ops/build.sh` (needs nvcc, no GPU) or set "
-                         f"{fused_fc.LIBRARY_ENV} to the built library")
+                         f"{fused_fc.LIBRARY_ENV} to the built library, or give --no-fused-layers")
 
 
 def steps_for(kimg: float, batch: int) -> int:
