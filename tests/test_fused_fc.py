@@ -199,7 +199,8 @@ def test_fused_layers_turns_on_both_switches_on_a_hopper_gpu_and_nothing_on_the_
 
 def test_fused_layers_refuses_in_one_line_what_its_kernels_cannot_run(hopper, monkeypatch):
     cuda = torch.device("cuda:0")
-    with pytest.raises(TrainError, match=r"^--fused-layers needs --bf16 \(its kernels take bfloat16\): drop --no-bf16 or give --no-fused-layers$"):
+    with pytest.raises(TrainError, match=r"^--fused-layers needs --bf16 \(its kernels take bfloat16\): "
+                                         r"drop --no-bf16 or give --no-fused-layers$"):
         speed_for(TrainOptions(data="d", fused_layers=True, bf16=False), cuda)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100-SXM4-80GB")
