@@ -221,10 +221,7 @@ class Trainer:
         batch, group = len(a), self.D.mbstd_group(len(a))
         both = torch.stack([a.reshape(group, batch // group, *a.shape[1:]),
                             b.reshape(group, batch // group, *b.shape[1:])], dim=1).reshape(2 * batch, *a.shape[1:])
-        if self.speed.channels_last:
-            both = both.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
-            logits = self.D(both).float().reshape(group, 2, batch // group)
+        logits = self._discriminate(both).reshape(group, 2, batch // group)  # augmented already: no draws
         return logits[:, 0].reshape(batch), logits[:, 1].reshape(batch)
 
     def pairs_keep_groups(self, batch: int) -> bool:
