@@ -205,8 +205,8 @@ def layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float
 def _grad_input_reference(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
                           slope: float) -> torch.Tensor:
     compute = torch.promote_types(grad.dtype, torch.float32)
-    d = torch.matmul(grad.to(compute), weight.to(compute).transpose(-1, -2)) * gain
-    return torch.where(z > 0, d, d * slope).to(grad.dtype)
+    product = torch.matmul(grad.to(compute), weight.to(compute).transpose(-1, -2))
+    return _pre_activation_grad(product, z, gain, slope).to(grad.dtype)
 
 
 @torch.library.custom_op("cips_edge::modulated_fc_grad_input", mutates_args=())
