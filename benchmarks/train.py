@@ -8,15 +8,15 @@ Writes JSON to benchmarks/results/.
 Paths: plain = eager fp32, NCHW, TF32 matmuls off, no cuDNN autotuning, for-loop Adam (the original
 code's settings); fast = bf16 autocast for G's per-pixel layers and D's forward, channels-last D, cuDNN's
 heuristics (no autotuning), TF32, fused Adam; fast+compile = fast with torch.compile, R1 eager (ask with
---paths); +fold = G's
-sqrt(2) activation gains folded into the next layer's weights (one elementwise pass fewer per layer;
-H200: +6% eager, nothing compiled, so not in `cips train`); +autotune = compile in max-autotune mode
-(Triton GEMM templates that can take the bias and leaky ReLU into their epilogue; on paper-256 it was
-still tuning after 9 minutes), +autotuneg the same for G's graph alone; +r1c = R1 compiled as well:
-fast+compile+r1c is `cips train` on CUDA; +fused = G's layers as one CUTLASS kernel each (Speed.fused_fc,
-needs cips_edge/train/cuda_ops/build.sh's library), +stack = with +fused, each ToRGB group's backward
-fused too (Speed.fused_stack); +rgbgrad = each ToRGB's gradient into its input fused into the pass that
-reads it (Speed.rgb_grad); +dpair = the D step's reals and fakes in one D call (Speed.d_pair).
+--paths); +fold = G's sqrt(2) activation gains folded into the next layer's weights (one elementwise pass
+fewer per layer; H200: +6% eager, nothing compiled, so not in `cips train`); +autotune = compile in
+max-autotune mode (Triton GEMM templates that can take the bias and leaky ReLU into their epilogue; on
+paper-256 it was still tuning after 9 minutes), +autotuneg the same for G's graph alone; +r1c = R1
+compiled as well; +rgbgrad = each ToRGB's gradient into its input fused into the pass that reads it
+(Speed.rgb_grad); +dpair = the D step's reals and fakes in one D call (Speed.d_pair):
+fast+compile+r1c+rgbgrad+dpair is `cips train` on CUDA; +fused = G's layers as one CUTLASS kernel each
+(Speed.fused_fc, needs cips_edge/train/cuda_ops/build.sh's library), +stack = with +fused, each ToRGB
+group's backward fused too (Speed.fused_stack).
 """
 from __future__ import annotations
 

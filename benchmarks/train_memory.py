@@ -105,10 +105,10 @@ PROCESSES = {
     # G's modulated layers as one CUTLASS kernel each, then with each ToRGB group's backward fused too
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
-    # each ToRGB's gradient into its input inside the pass that reads it, the D step's reals and fakes in one
-    # D call, each alone, then the fused layers without and with both
-    "levers": ("fast+compile", {}, {}, ["base", "rgb_grad", "d_pair", "fused_fc+fused_stack",
-                                        "fused_fc+fused_stack+rgb_grad+d_pair"]),
+    # `cips train` without each ToRGB's gradient into its input inside the pass that reads it (rgb_grad), without
+    # the D step's reals and fakes in one D call (d_pair), without both; then with --fused-layers
+    "levers": ("fast+compile", {}, {}, ["base", "no-rgb_grad", "no-d_pair", "no-rgb_grad+no-d_pair",
+                                        "fused_fc+fused_stack"]),
     "cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": True}, {}, ["base", "r1_bf16"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),

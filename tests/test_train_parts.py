@@ -460,21 +460,24 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients():
                 assert same_layout(grads[name], g), name  # the layout fused Adam expects
 
 
-def test_r1_compile_applies_only_where_the_step_is_compiled():
+@pytest.mark.parametrize("switch", ["r1_compile", "rgb_grad", "d_pair"])
+def test_compiled_step_switches_apply_only_where_the_step_is_compiled(switch):
     from cips_edge.train.trainer import Speed
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert Speed.for_device(cuda, bf16=True, compile=True, r1_compile=True).r1_compile
-    assert not Speed.for_device(cuda, bf16=True, compile=False, r1_compile=True).r1_compile
-    assert not Speed.for_device(cpu, bf16=True, compile=True, r1_compile=True).r1_compile
-    assert Speed.for_device(cuda, bf16=True, compile=True).r1_compile  # on by default, as in `cips train`
-    assert not Speed.for_device(cuda, bf16=True, compile=True, r1_compile=False).r1_compile
-    assert not Speed.for_device(cpu, bf16=True, compile=True).r1_compile
+    on = {switch: True}
+    assert getattr(Speed.for_device(cuda, bf16=True, compile=True, **on), switch)
+    assert not getattr(Speed.for_device(cuda, bf16=True, compile=False, **on), switch)
+    assert not getattr(Speed.for_device(cpu, bf16=True, compile=True, **on), switch)
+    assert getattr(Speed.for_device(cuda, bf16=True, compile=True), switch)  # on by default, as in `cips train`
+    assert not getattr(Speed.for_device(cuda, bf16=True, compile=True, **{switch: False}), switch)
+    assert not getattr(Speed.for_device(cpu, bf16=True, compile=True), switch)
 
 
 def test_cips_train_defaults_are_the_fast_paths_defaults():
-    """The options `cips train` starts with give the Speed that benchmarks call `cips train`'s: R1 compiled
-    with the compiled step, cuDNN's heuristics rather than its autotuning (whose trials borrow free memory)."""
+    """The options `cips train` starts with give the Speed that benchmarks call `cips train`'s: R1, ToRGB's
+    input gradient and the paired D call with the compiled step, cuDNN's heuristics rather than its
+    autotuning (whose trials borrow free memory)."""
     from cips_edge.train.loop import speed_for
     from cips_edge.train.options import TrainOptions
     from cips_edge.train.trainer import Speed
@@ -483,6 +486,7 @@ def test_cips_train_defaults_are_the_fast_paths_defaults():
     defaults = speed_for(TrainOptions(data="images"), cuda)
     assert defaults == Speed.for_device(cuda, bf16=True, compile=True)
     assert defaults.r1_compile and not defaults.cudnn_benchmark and defaults.compile
+    assert defaults.rgb_grad and defaults.d_pair
     asked = speed_for(TrainOptions(data="images", cudnn_benchmark=True, r1_compile=False), cuda)
     assert asked.cudnn_benchmark and not asked.r1_compile
     assert speed_for(TrainOptions(data="images", plain=True), cuda) == Speed()

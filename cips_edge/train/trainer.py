@@ -62,23 +62,25 @@ class Speed:
     # bias, leaky ReLU and gain in the GEMM's epilogue (fused_fc.py; needs bf16 and the built library)
     fused_stack: bool = False  # (rounding) with fused_fc: each ToRGB group's layers together, the backward
     # into each inner layer with its activation's derivative in the GEMM's epilogue (fused_fc.stack)
-    rgb_grad: bool = False  # benchmarks only: each ToRGB's gradient into its input as 3 multiply-adds that
-    # the compiled backward fuses into the pass that reads it (projection.py) instead of a GEMM of its own
-    d_pair: bool = False  # benchmarks only: the D step's reals and fakes through D in one call of twice the
-    # batch, laid out so that every minibatch-stddev group holds the samples it holds in two calls
+    rgb_grad: bool = False  # (rounding) each ToRGB's gradient into its input as 3 multiply-adds that the
+    # compiled backward fuses into the pass that reads it (projection.py) instead of a GEMM of its own
+    d_pair: bool = False  # (rounding) the D step's reals and fakes through D in one call of twice the batch,
+    # laid out so that every minibatch-stddev group holds the samples it holds in two calls
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
-        """`cips train`'s fast path on CUDA (R1 compiled with the rest, no cuDNN autotuning); on CPU only
-        what changes nothing there. choices: the memory switches above (cudnn_benchmark, r1_bf16,
-        recompute_g, activation_budget), r1_compile (with compile), fused_fc (with bf16) and fused_stack
-        (with fused_fc)."""
+        """`cips train`'s fast path on CUDA (compiled: R1 with the rest, rgb_grad and d_pair; no cuDNN
+        autotuning); on CPU only what changes nothing there. choices: the memory switches above
+        (cudnn_benchmark, r1_bf16, recompute_g, activation_budget), r1_compile, rgb_grad and d_pair (with
+        compile), fused_fc (with bf16) and fused_stack (with fused_fc)."""
         cuda = device.type == "cuda"
-        choices = {"r1_compile": True, **choices}
+        compiled = ("r1_compile", "rgb_grad", "d_pair")  # on by default where the step is compiled
+        choices = {**dict.fromkeys(compiled, True), **choices}
         if not cuda:
             choices = {k: v for k, v in choices.items() if k == "recompute_g"}
         if not (compile and cuda):
-            choices.pop("r1_compile", None)
+            for key in compiled:
+                choices.pop(key, None)
         if not (bf16 and cuda):
             choices.pop("fused_fc", None)
         if not choices.get("fused_fc"):
