@@ -105,6 +105,7 @@ PROCESSES = {
     # G's modulated layers as one CUTLASS kernel each, then with each ToRGB group's backward fused too
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
+    "fused-layers": ("fast+compile", {}, {}, ["base", "fused_fc+fused_stack"]),  # `cips train` and --fused-layers
     # `cips train` without each ToRGB's gradient into its input inside the pass that reads it (rgb_grad), without
     # the D step's reals and fakes in one D call (d_pair), without both; then with --fused-layers
     "levers": ("fast+compile", {}, {}, ["base", "no-rgb_grad", "no-d_pair", "no-rgb_grad+no-d_pair",
