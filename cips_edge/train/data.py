@@ -49,7 +49,8 @@ def data_fingerprint(source: ImageFolder, size: int, width: int | None = None) -
 
 @dataclass
 class Decoded:
-    images: np.ndarray  # [N, size, size, 3] uint8, a panorama's [N, size, width, 3] (in memory or a read-only memory map)
+    # [N, size, size, 3] uint8, a panorama's [N, size, width, 3] (in memory or a read-only memory map)
+    images: np.ndarray
     fingerprint: str
     skipped: list[tuple[str, str]]  # (name, reason) of files that could not be read
     from_cache: bool

@@ -298,7 +298,8 @@ class Run:
                              "generator, the discriminator and their shapes)")
         g_config, d_config = self.model_configs()
         same = "preset, size, panorama and discriminator widths"
-        check_init_shape(path, "generator", generator_fields(g_config.to_dict()), generator_fields(ckpt["config"]), same)
+        check_init_shape(path, "generator", generator_fields(g_config.to_dict()), generator_fields(ckpt["config"]),
+                         same)
         check_init_shape(path, "discriminator", d_config.to_dict(), ckpt["d_config"], same)
         self.init = {key: ckpt[key] for key in ("g", "d", "g_ema")}
         # with the source's own time and origin: the whole chain of runs stays traceable (training_total)
@@ -596,7 +597,8 @@ class Run:
         if not self.world.is_main:
             return
         state = _to_cpu(trainer.state_dict())
-        ckpt = generator_checkpoint(trainer.G_ema, step, images_seen, **{k: v for k, v in state.items() if k != "g_ema"},
+        others = {k: v for k, v in state.items() if k != "g_ema"}
+        ckpt = generator_checkpoint(trainer.G_ema, step, images_seen, **others,
                                     options=self.options.to_dict(), rng=rng_states(), data=self.data_info,
                                     elapsed_s=elapsed_s, **self.meta)
         path = self.run_dir / "checkpoints" / checkpoint_name(images_seen)
@@ -605,7 +607,8 @@ class Run:
         except CheckpointError as e:  # disk full, say: nothing half-written, the older checkpoints stay
             kept = run_checkpoints(self.run_dir)
             where = f"the run is kept at {kept[-1].name}" if kept else "the run has no checkpoint yet"
-            raise TrainError(f"{e}; {where}: once there is space, continue with --resume --out {self.run_dir}") from None
+            raise TrainError(f"{e}; {where}: once there is space, continue with --resume --out {self.run_dir}") \
+                from None
         for old in run_checkpoints(self.run_dir)[:-self.options.keep_checkpoints]:
             old.unlink(missing_ok=True)
         reporter.advance(images_seen)

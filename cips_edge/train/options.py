@@ -128,8 +128,9 @@ class TrainOptions:
                                     "gain), their backward fused per ToRGB group; Hopper GPUs (H100, H200) with "
                                     "--bf16, and the kernels built in a source checkout by `bash "
                                     "cips_edge/train/cuda_ops/build.sh`: 1.13x the images/s at paper-256 and 1.02x "
-                                    "at 64x64 on an H100, 6.7 GB less memory at paper-256; rounds closer to float32 "
-                                    "than the default; ignored on CPU")
+                                    "at 64x64 on an H100 (measured on the compiled step without its ToRGB-gradient "
+                                    "and paired-D switches, docs/speed.md), 6.7 GB less memory at paper-256; rounds "
+                                    "closer to float32 than the default; ignored on CPU")
     plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
                              "for-loop Adam (overrides --bf16 and --compile); slower, same recipe")
     workers: int | None = opt(None, "threads decoding images once at start; default min(8, CPUs)")
@@ -169,7 +170,8 @@ class TrainOptions:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 return f"--{name.replace('_', '-')} must be positive, not {value}"
         if not (type(self.panorama) is int and 0 <= self.panorama <= MAX_PANORAMA):
-            return f"--panorama must be 0 (flat images) or a number of frames from 1 to {MAX_PANORAMA}, not {self.panorama}"
+            return (f"--panorama must be 0 (flat images) or a number of frames from 1 to {MAX_PANORAMA}, "
+                    f"not {self.panorama}")
         if self.d_warmup_kimg is not None and not (math.isfinite(self.d_warmup_kimg) and self.d_warmup_kimg >= 0):
             return f"--d-warmup-kimg must be >= 0, not {self.d_warmup_kimg}"
         if self.r1_gamma < 0:
