@@ -6,6 +6,8 @@ No GPU needed. Writes benchmarks/results/train-flops-<config>.json.
 
     python benchmarks/train_flops.py --config paper-64 --times benchmarks/results/train-memory-h200-defaults64.json
     python benchmarks/train_flops.py --config paper-256 --times benchmarks/results/train-memory-h200-defaults256.json
+    python benchmarks/train_flops.py --config paper-64 --times benchmarks/results/train-memory-levers-64-h100.json \
+        --variant fused_fc+fused_stack+rgb_grad+d_pair --out ...       # another variant of the same run
 
 --gemm-tflops is the card's dense bf16 GEMM rate to compare with (default 790: what
 ../shared/design/CIPS.md reports for the H200; 8192^3, the best case any kernel of the step can reach).
@@ -70,6 +72,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", choices=list(CONFIGS), required=True)
     p.add_argument("--times", type=Path, required=True, help="a train-memory results file with this config's run")
+    p.add_argument("--variant", default="base", help="which of the run's variants to take the times of (default base)")
     p.add_argument("--count-batch", type=int, default=2, help="images per counted step on the CPU (default 2)")
     p.add_argument("--targets", default="5,6", help="speed-ups over the authors' images/s to price (default 5,6)")
     p.add_argument("--gemm-tflops", type=float, default=790.0, help="the card's dense bf16 GEMM rate (default 790)")
@@ -80,7 +83,10 @@ def main(argv=None) -> None:
     run = next((v for k, v in measured["runs"].items() if k.startswith(args.config + "/")), None)
     if run is None:
         raise SystemExit(f"{args.times}: no run of {args.config}")
-    base = run["variants"]["base"]
+    base = run["variants"].get(args.variant)
+    if base is None or "phases" not in base:
+        raise SystemExit(f"{args.times}: {args.config} has no measured variant {args.variant!r} "
+                         f"(it has {', '.join(run['variants'])})")
     r1_every = measured.get("r1_every", 16)
     started = time.perf_counter()
     flops = phase_flops(preset, size, args.count_batch, r1_every)
@@ -106,7 +112,7 @@ def main(argv=None) -> None:
         "benchmark": "train-flops", "config": args.config, "preset": preset, "size": size, "batch": batch,
         "counted": f"torch's FLOP formulas (matmuls and convolutions) on the CPU, batch {args.count_batch}, "
                    f"float32 eager Trainer without augmentation; R1 every {r1_every} steps",
-        "times_from": args.times.name, "device_name": run.get("device_name"), "gemm_tflops": args.gemm_tflops,
+        "times_from": args.times.name, "variant": args.variant, "device_name": run.get("device_name"), "gemm_tflops": args.gemm_tflops,
         "gflop_per_image": round(total / 1e9, 1),
         "measured": {"images_per_s": base["images_per_s"], "step_ms": base["step_ms"],
                      "tflops": round(step_rate, 1), "of_gemm_rate": round(step_rate / args.gemm_tflops, 3)},

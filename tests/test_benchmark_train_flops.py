@@ -29,3 +29,14 @@ def test_every_phase_is_counted_and_per_image_work_does_not_depend_on_the_batch(
     assert list(two) == ["D step", "R1 step", "G step"] and all(v > 0 for v in two.values())
     # within 1e-5: G's coordinate features are computed once a batch (a few kFLOP here)
     assert two == pytest.approx(four, rel=1e-5)
+
+
+def test_a_variant_the_run_did_not_measure_is_refused_with_the_ones_it_did(tmp_path):
+    times = tmp_path / "times.json"
+    times.write_text('{"runs": {"paper-64/levers": {"variants": {"base": {"phases": {}}, '
+                     '"fused_fc": {"error": "out of memory"}}}}}')
+    with pytest.raises(SystemExit, match=r"no measured variant 'rgb_grad' \(it has base, fused_fc\)$"):
+        bench.main(["--config", "paper-64", "--times", str(times), "--variant", "rgb_grad", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match=r"no measured variant 'fused_fc' \(it has base, fused_fc\)$"):
+        bench.main(["--config", "paper-64", "--times", str(times), "--variant", "fused_fc", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
