@@ -16,7 +16,7 @@ compiled as well; +rgbgrad = each ToRGB's gradient into its input fused into the
 (Speed.rgb_grad); +dpair = the D step's reals and fakes in one D call (Speed.d_pair):
 fast+compile+r1c+rgbgrad+dpair is `cips train` on CUDA; +fused = G's layers as one CUTLASS kernel each
 (Speed.fused_fc, needs cips_edge/train/cuda_ops/build.sh's library), +stack = with +fused, each ToRGB
-group's backward fused too (Speed.fused_stack).
+group's backward fused too (Speed.fused_stack); +r1bf16 = R1 under bf16 autocast (Speed.r1_bf16).
 """
 from __future__ import annotations
 
@@ -52,15 +52,15 @@ def speed_for(path: str, device: torch.device) -> Speed:
         return Speed()
     parts = path.split("+")
     if parts[0] == "fast" and set(parts[1:]) <= {"compile", "fold", "autotune", "autotuneg", "r1c", "fused", "stack",
-                                                 "rgbgrad", "dpair"}:
+                                                 "rgbgrad", "dpair", "r1bf16"}:
         autotune = "gd" if "autotune" in parts else "g" if "autotuneg" in parts else ""
         speed = Speed.for_device(device, bf16=True, compile="compile" in parts or bool(autotune),
                                  fused_fc="fused" in parts, fused_stack="stack" in parts)
         return dataclasses.replace(speed, fold_gain="fold" in parts, autotune=autotune,
                                    r1_compile="r1c" in parts and speed.compile, rgb_grad="rgbgrad" in parts,
-                                   d_pair="dpair" in parts)
+                                   d_pair="dpair" in parts, r1_bf16="r1bf16" in parts)
     raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune, +autotuneg, "
-                     "+r1c, +fused, +stack, +rgbgrad, +dpair")
+                     "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16")
 
 
 def build_trainer(path: str, args, device: torch.device) -> Trainer:
