@@ -169,9 +169,9 @@ def main() -> None:
                                                               "amortises R1 as training does)")
     parser.add_argument("--phase-reps", type=int, default=3, help="repetitions of the per-phase timing")
     parser.add_argument("--paths", default="plain,fast",
-                        help="comma list of plain, fast, fast+compile, fast+fold (gains folded into the weights), "
-                             "fast+compile+fold, fast+autotune (compile, max-autotune), fast+autotuneg (G's graph "
-                             "alone in max-autotune), fast+autotune+fold, fast+compile+r1c (R1 compiled too)")
+                        help="comma list of plain, or fast with any of +compile, +fold, +autotune, +autotuneg, "
+                             "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16 (the module's docstring says what "
+                             "each turns on; fast+compile+r1c+rgbgrad+dpair is cips train's step)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     args = parser.parse_args()
     device = resolve_device(args.device)

@@ -83,8 +83,8 @@ def main(argv=None) -> None:
     run = next((v for k, v in measured["runs"].items() if k.startswith(args.config + "/")), None)
     if run is None:
         raise SystemExit(f"{args.times}: no run of {args.config}")
-    base = run["variants"].get(args.variant)
-    if base is None or "phases" not in base:
+    timed = run["variants"].get(args.variant)
+    if timed is None or "phases" not in timed:
         raise SystemExit(f"{args.times}: {args.config} has no measured variant {args.variant!r} "
                          f"(it has {', '.join(run['variants'])})")
     r1_every = measured.get("r1_every", 16)
@@ -95,12 +95,12 @@ def main(argv=None) -> None:
     total = sum(per_image.values())
     phases = {}
     for name in PHASES:
-        ms = base["phases"][name]["ms"]
+        ms = timed["phases"][name]["ms"]
         rate = flops[name] * batch / (ms / 1000) / 1e12
         phases[name] = {"gflop_per_image": round(flops[name] / 1e9, 2), "ms": ms, "tflops": round(rate, 1),
                         "of_gemm_rate": round(rate / args.gemm_tflops, 3),
-                        "share_of_step": round(ms / steps_per[name] / base["step_ms"], 3)}
-    step_rate = total * base["images_per_s"] / 1e12
+                        "share_of_step": round(ms / steps_per[name] / timed["step_ms"], 3)}
+    step_rate = total * timed["images_per_s"] / 1e12
     authors = measured["authors"][args.config]["images_per_s"]
     targets = {}
     for x in (float(t) for t in args.targets.split(",")):
@@ -112,9 +112,10 @@ def main(argv=None) -> None:
         "benchmark": "train-flops", "config": args.config, "preset": preset, "size": size, "batch": batch,
         "counted": f"torch's FLOP formulas (matmuls and convolutions) on the CPU, batch {args.count_batch}, "
                    f"float32 eager Trainer without augmentation; R1 every {r1_every} steps",
-        "times_from": args.times.name, "variant": args.variant, "device_name": run.get("device_name"), "gemm_tflops": args.gemm_tflops,
+        "times_from": args.times.name, "variant": args.variant, "device_name": run.get("device_name"),
+        "gemm_tflops": args.gemm_tflops,
         "gflop_per_image": round(total / 1e9, 1),
-        "measured": {"images_per_s": base["images_per_s"], "step_ms": base["step_ms"],
+        "measured": {"images_per_s": timed["images_per_s"], "step_ms": timed["step_ms"],
                      "tflops": round(step_rate, 1), "of_gemm_rate": round(step_rate / args.gemm_tflops, 3)},
         "phases": phases, "authors_images_per_s": authors, "targets": targets,
         "count_s": round(time.perf_counter() - started, 1), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
