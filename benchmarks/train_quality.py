@@ -31,7 +31,11 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 # name: (extra options, seed)
 RUNS = {"compiled-seed0": ([], 0), "plain-seed0": (["--plain"], 0), "plain-seed1": (["--plain"], 1),
-        "fused-seed0": (["--fused-layers"], 0)}  # needs a Hopper GPU and cips_edge/train/cuda_ops/build.sh's library
+        "fused-seed0": (["--fused-layers"], 0),  # needs a Hopper GPU and cips_edge/train/cuda_ops/build.sh's library
+        # the compiled path without its switches that round differently, one or all
+        "nor1c-seed0": (["--no-r1-compile"], 0), "norgb-seed0": (["--no-rgb-grad"], 0),
+        "nodpair-seed0": (["--no-d-pair"], 0),
+        "noswitch-seed0": (["--no-r1-compile", "--no-rgb-grad", "--no-d-pair"], 0)}
 DEFAULT_RUNS = "compiled-seed0,plain-seed0,plain-seed1"
 NOISE = ("plain-seed0", "plain-seed1")  # the same settings from two seeds
 RECIPE = ["--preset", "edge-64", "--d-channel-max", "256", "--xflip", "--metrics", "swd", "--checkpoint-kimg", "100",

@@ -478,6 +478,8 @@ def test_cips_train_defaults_are_the_fast_paths_defaults():
     """The options `cips train` starts with give the Speed that benchmarks call `cips train`'s: R1, ToRGB's
     input gradient and the paired D call with the compiled step, cuDNN's heuristics rather than its
     autotuning (whose trials borrow free memory)."""
+    import dataclasses
+
     from cips_edge.train.loop import speed_for
     from cips_edge.train.options import TrainOptions
     from cips_edge.train.trainer import Speed
@@ -488,5 +490,8 @@ def test_cips_train_defaults_are_the_fast_paths_defaults():
     assert defaults.r1_compile and not defaults.cudnn_benchmark and defaults.compile
     assert defaults.rgb_grad and defaults.d_pair
     asked = speed_for(TrainOptions(data="images", cudnn_benchmark=True, r1_compile=False), cuda)
-    assert asked.cudnn_benchmark and not asked.r1_compile
+    assert asked.cudnn_benchmark and not asked.r1_compile and asked.rgb_grad and asked.d_pair
+    for switch in ("rgb_grad", "d_pair"):  # --no-rgb-grad, --no-d-pair
+        off = speed_for(TrainOptions(data="images", **{switch: False}), cuda)
+        assert off == dataclasses.replace(defaults, **{switch: False})
     assert speed_for(TrainOptions(data="images", plain=True), cuda) == Speed()

@@ -122,6 +122,10 @@ class TrainOptions:
     r1_compile: bool = opt(True, "with --compile: R1 compiled too, as torch.func's gradient of its input "
                                  "gradient's norm (the first R1 step runs eager, the second compiles; rounds "
                                  "differently from autograd's double backward): about 5 percent more images/s")
+    rgb_grad: bool = opt(True, "with --compile: each ToRGB's gradient into its input as three multiply-adds "
+                               "inside the pass that reads it, not a GEMM of its own (rounds differently)")
+    d_pair: bool = opt(True, "with --compile: D's step runs reals and fakes through D in one call of twice "
+                             "the batch, with the same minibatch-stddev groups as two calls (rounds differently)")
     recompute_g: bool = opt(False, "recompute G's per-pixel activations in its backward, one ToRGB group at "
                                    "a time: less memory at the cost of a second G forward per step")
     fused_layers: bool = opt(False, "G's per-pixel layers as one CUDA kernel each (product, bias, leaky ReLU and "
