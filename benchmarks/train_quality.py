@@ -7,11 +7,11 @@ built kernels). The runs go side by side on one GPU (their images/s are then sha
 each is a `python -m cips_edge.train` process in its own folder under --work.
 
     python recipes/emoji/make_dataset.py emoji-64 --size 64 --zip      # the data set
-    bash benchmarks/on_gpu.sh benchmarks/train_quality.py emoji-64.zip --kimg 600 --work /root/tq \\
+    bash benchmarks/on_gpu.sh benchmarks/train_quality.py "$PWD/emoji-64.zip" --kimg 600 --work /root/tq \\
         --time-limit 560 --out "$OUT/train-quality-compiled-vs-plain.json"
     python benchmarks/train_quality.py --collect /root/tq --out ...   # a later call: what the runs logged
     ... --runs fused-seed0,compiled-seed0,plain-seed0,plain-seed1   # --fused-layers beside them
-    ... --runs fused-seed0 --baseline benchmarks/results/train-quality-compiled-vs-plain.json   # or alone
+    ... --runs fused-seed0 --baseline "$PWD/benchmarks/results/train-quality-compiled-vs-plain.json"  # or alone
 
 Stopped by --time-limit, the runs get SIGTERM (each writes a checkpoint and exits) and the report keeps
 what they logged; `--resume` continues them in a later call. The report: each run's SWD per kimg, at
@@ -132,6 +132,9 @@ def main() -> None:
     unknown = [r for r in args.runs if r not in RUNS]
     if unknown:
         parser.error(f"unknown run {', '.join(unknown)}: use {', '.join(RUNS)}")
+    for given in (args.data, args.baseline, args.collect):  # on_gpu.sh runs scripts from a scratch folder
+        if given is not None and not given.exists():
+            parser.error(f"{given} does not exist (from {Path.cwd()}; give an absolute path)")
     args.metrics_kimg = args.metrics_kimg or args.kimg / 6
     codes = None if args.collect else run_all(args)
     swd = curves(work, args.runs)
