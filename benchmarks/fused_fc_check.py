@@ -8,6 +8,10 @@ layer, and how much faster is it than the layer as the compiled training step ru
   (norm of the difference relative to the reference's; the unfused layer's beside them), and at the
   hidden layers cips_edge::modulated_fc_grad_input (the backward into the layer before, with that layer's
   activation derivative in the GEMM's epilogue) against float32 and the two-pass unfused form;
+- layouts: at the hidden layers, the op and the backward into the layer before reading their input in the
+  layout the shared input layer writes (the batch side by side, [M, B, K]), against a contiguous copy;
+- the whole generator (--generator): G's gradients from one fixed gradient at its images, each bf16 path
+  (unfused, fused layers, fused layers and group backward) against float32, per parameter;
 - times: the forward alone (the D step's G forward runs it without grad) and forward + backward, the
   op (its backward compiled by torch.compile, as in the training step) against the unfused layer compiled
   by torch.compile (Inductor's GEMM and its fused bias + leaky ReLU + gain pass), medians of synchronised
@@ -46,6 +50,9 @@ VALUE_BOUND = 2 ** -7
 # order for the op), two computations take different slopes of the leaky ReLU, and one such element moves
 # a gradient of x by up to (1 - slope) * its largest weight, a few percent of max |grad|.
 GRAD_BOUND = 1e-2
+# The whole generator: a fused path's gradient of a parameter may differ from float32's by at most this
+# many times the unfused bf16 path's difference (plus 1e-3); both round in bf16, the fused one less often.
+GENERATOR_SLACK = 2.0
 # (samples, rows of x: the batch or one shared table, M, K, N): paper-256's hidden and input layers, and
 # edge-64's (the emoji recipe's preset) at its batch, whose widths are not multiples of the kernels' tiles
 SHAPES = {"paper-256 at 256^2, batch 16": (16, 16, 256 * 256, 512, 512),
@@ -132,7 +139,24 @@ def check(batch: int, rows: int, m: int, k: int, n: int, reps: int) -> dict:
     if rows == batch:  # a hidden layer: also the backward into the layer before it
         row["grad_input"] = check_grad_input(x, weight.to(torch.bfloat16), reps)
         row["ok"] = row["ok"] and row["grad_input"]["ok"]
+        row["side_by_side"] = check_side_by_side(x, weight.to(torch.bfloat16), bias)
+        row["ok"] = row["ok"] and row["side_by_side"]["ok"]
     return row
+
+
+def check_side_by_side(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> dict:
+    """The layer after the shared input layer reads its input where that layer wrote it: the batch laid
+    out [M, B, K] (fused_fc._side_by_side). The op, and the backward into the layer before with z so laid
+    out, must give what they give on a contiguous copy, bit for bit."""
+    wide = fused_fc._side_by_side(x)
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    grad = torch.randn(*x.shape[:-1], weight.shape[-1], device="cuda", generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        forward = relative(fused(wide, weight, bias), fused(x, weight, bias))
+        op = torch.ops.cips_edge.modulated_fc_grad_input
+        backward = relative(op(grad, weight, wide, LRELU_GAIN, LRELU_SLOPE), op(grad, weight, x, LRELU_GAIN, LRELU_SLOPE))
+    return {"x_strides": list(wide.stride()), "forward_vs_contiguous": forward, "grad_input_vs_contiguous": backward,
+            "ok": forward == 0.0 and backward == 0.0}
 
 
 def unfused_grad_input(grad, weight, z):
@@ -158,11 +182,70 @@ def check_grad_input(z: torch.Tensor, weight: torch.Tensor, reps: int) -> dict:
     return out
 
 
+def check_generator(preset_name: str, size: int, batch: int, device: str = "cuda") -> dict:
+    """G's forward as the training step runs it (eager) from the same weights and latents, and its backward
+    from one fixed random gradient at the images (D's gradient would round differently on each path and
+    hide G's own differences): G's gradients of each bf16 path against the float32 path's, per parameter
+    (norm of the difference relative to float32's). The fused paths may not stray further than the
+    unfused bf16 path does, with room for rounding (GENERATOR_SLACK), on any parameter."""
+    import copy
+    import dataclasses
+
+    from cips_edge.core.config import preset
+    from cips_edge.train.discriminator import DiscriminatorConfig
+    from cips_edge.train.trainer import Recipe, Speed, Trainer
+
+    device = torch.device(device)
+    recipe = Recipe(batch=batch, lr=0.002, r1_gamma=10.0, r1_every=16, ema_half_life_kimg=10.0, global_batch=batch,
+                    augment=False, xflip=False, g_lazy_correction=True, seed=0)
+    g_config = dataclasses.replace(preset(preset_name), size=size)
+    d_config = DiscriminatorConfig(size, channel_max=32)
+    torch.manual_seed(0)
+    state = copy.deepcopy(Trainer(g_config, d_config, recipe, device, speed=Speed(channels_last=True)).state_dict())
+    gen = torch.Generator(device=device).manual_seed(3)
+    z = torch.randn(batch, g_config.style_dim, device=device, generator=gen)
+    cotangent = torch.randn(batch, 3, size, size, device=device, generator=gen)
+    bf16 = Speed(channels_last=True, bf16=True, tuned_backends=True)
+    paths = {"float32": Speed(channels_last=True), "bf16": bf16,
+             "fused_fc": dataclasses.replace(bf16, fused_fc=True),
+             "fused_fc+fused_stack": dataclasses.replace(bf16, fused_fc=True, fused_stack=True)}
+    grads, images_out = {}, {}
+    for name, speed in paths.items():
+        trainer = Trainer(g_config, d_config, recipe, device, speed=speed)
+        trainer.load_weights(copy.deepcopy(state))
+        img = trainer.generate(z)
+        (img * cotangent).sum().backward()
+        images_out[name] = img.detach().float()
+        grads[name] = {n: p.grad.float().clone() for n, p in trainer.G.named_parameters() if p.grad is not None}
+    ref = grads["float32"]
+    out = {"preset": preset_name, "size": size, "batch": batch, "paths": {}}
+    for name in ("bf16", "fused_fc", "fused_fc+fused_stack"):
+        missing = sorted(set(ref) ^ set(grads[name]))
+        rel = {n: relative_rms(grads[name][n], g) for n, g in ref.items() if n in grads[name]}
+        worst = sorted(rel.items(), key=lambda item: -item[1])[:6]
+        out["paths"][name] = {"image_vs_float32": relative(images_out[name], images_out["float32"]),
+                              "worst_grads_vs_float32": dict(worst), "missing_grads": missing, "all": rel}
+    unfused = out["paths"]["bf16"]["all"]
+    for name in ("fused_fc", "fused_fc+fused_stack"):
+        path = out["paths"][name]
+        over = {n: r for n, r in path["all"].items() if r > GENERATOR_SLACK * unfused[n] + 1e-3}
+        path["over_unfused"] = over
+        path["ok"] = not over and not path["missing_grads"]
+    for path in out["paths"].values():
+        del path["all"]
+    out["ok"] = all(out["paths"][name]["ok"] for name in ("fused_fc", "fused_fc+fused_stack"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--shapes", default="paper-256,edge-64",
                         help="comma list of presets whose layers to check (default: paper-256,edge-64)")
+    parser.add_argument("--generator", default="edge-64:64:8",
+                        help="PRESET:SIZE:BATCH of the whole-generator gradient check (default edge-64:64:8, "
+                             "the emoji recipe's preset); "
+                             "'none' skips it")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -184,6 +267,15 @@ def main() -> None:
         ok &= row["ok"]
         print(name, json.dumps(row), flush=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.generator != "none":
+        name, size, batch = args.generator.split(":")
+        try:
+            report["generator"] = check_generator(name, int(size), int(batch))
+        except Exception as e:  # noqa: BLE001 (as a row: one line)
+            report["generator"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                   "ok": False}
+        ok &= report["generator"]["ok"]
+        print("generator", json.dumps(report["generator"]), flush=True)
     report["ok"] = ok
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}" + ("" if ok else "; ERRORS OR DIFFERENCES OUT OF BOUNDS"))
