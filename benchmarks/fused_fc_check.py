@@ -188,7 +188,8 @@ def check_generator(preset_name: str, size: int, batch: int, device: str = "cuda
     would round differently on each path and hide G's own differences): G's gradients of each bf16 path
     against the float32 path's, per parameter (norm of the difference relative to float32's). The fused
     paths may not stray further than the unfused bf16 paths do, with room for rounding
-    (GENERATOR_SLACK), on any parameter."""
+    (GENERATOR_SLACK), on any parameter, nor on the images, with gradients on and off (D's step draws its
+    fakes without)."""
     import dataclasses
 
     from cips_edge.core.config import preset
@@ -205,6 +206,7 @@ def check_generator(preset_name: str, size: int, batch: int, device: str = "cuda
     gen = torch.Generator(device=device).manual_seed(3)
     z = torch.randn(batch, g_config.style_dim, device=device, generator=gen)
     cotangent = torch.randn(batch, 3, size, size, device=device, generator=gen)
+
     def speed(bf16: bool, compile: bool = False, **choices) -> Speed:  # the training step's switches
         return Speed.for_device(device, bf16=bf16, compile=compile, **choices)
     paths = {"float32": speed(False), "bf16": speed(True), "fused_fc": speed(True, fused_fc=True),
@@ -212,26 +214,33 @@ def check_generator(preset_name: str, size: int, batch: int, device: str = "cuda
              "bf16 compiled": speed(True, compile=True),
              "fused_fc+fused_stack compiled": speed(True, compile=True, fused_fc=True, fused_stack=True)}
     fused_paths = ("fused_fc", "fused_fc+fused_stack", "fused_fc+fused_stack compiled")
-    grads, images_out = {}, {}
-    for name, speed in paths.items():
-        trainer = Trainer(g_config, d_config, recipe, device, speed=speed)
+    grads, images_out, images_no_grad = {}, {}, {}
+    for name, switches in paths.items():
+        trainer = Trainer(g_config, d_config, recipe, device, speed=switches)
         trainer.load_weights(state)  # copies the values in
         img = trainer.generate(z)
         (img * cotangent).sum().backward()
         images_out[name] = img.detach().float()
+        with torch.no_grad():  # D's step draws its fakes so: another compiled graph, without the backward
+            images_no_grad[name] = trainer.generate(z).float()
         grads[name] = {n: p.grad.float().clone() for n, p in trainer.G.named_parameters() if p.grad is not None}
     ref = grads["float32"]
     rel = {name: {n: relative_rms(grads[name][n], g) for n, g in ref.items() if n in grads[name]}
            for name in paths if name != "float32"}
     unfused = {n: max(rel["bf16"].get(n, 0.0), rel["bf16 compiled"].get(n, 0.0)) for n in ref}
+    unfused_image = max(relative(images_out[name], images_out["float32"]) for name in ("bf16", "bf16 compiled"))
     out = {"preset": preset_name, "size": size, "batch": batch, "paths": {}}
     for name, errors in rel.items():
         path = out["paths"][name] = {
             "image_vs_float32": relative(images_out[name], images_out["float32"]),
+            "image_no_grad_vs_float32": relative(images_no_grad[name], images_out["float32"]),
             "worst_grads_vs_float32": dict(sorted(errors.items(), key=lambda item: -item[1])[:6]),
             "missing_grads": sorted(set(ref) ^ set(grads[name]))}
         if name in fused_paths:
             over = {n: r for n, r in errors.items() if r > GENERATOR_SLACK * unfused[n] + 1e-3}
+            for key in ("image_vs_float32", "image_no_grad_vs_float32"):
+                if path[key] > GENERATOR_SLACK * unfused_image + 1e-3:
+                    over[key] = path[key]
             path.update(over_unfused=over, ok=not over and not path["missing_grads"])
     out["ok"] = all(out["paths"][name]["ok"] for name in fused_paths)
     return out
