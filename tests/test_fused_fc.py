@@ -149,6 +149,27 @@ def test_a_generator_with_fused_layers_and_stacks_compiles_to_the_same_gradients
         assert torch.allclose(fused_grads[name], grad, rtol=1e-4, atol=1e-5 * grad.abs().max()), name
 
 
+@pytest.mark.parametrize("rows", [3, 1], ids=["a batch of rows", "one table for every sample"])
+def test_the_kernels_operands_read_as_it_reads_them_give_the_layer(rows):
+    """The CUDA kernel reads X with the strides it is given and W and the bias row-major from their first
+    element; the model's weights are transposed views (ModulatedFC.modulated_weight)."""
+    fc = CIPSGenerator(PRESETS["edge-64"]).layers[0]
+    weight = fc.modulated_weight(torch.randn(3, fc.modulation.weight.shape[1])).detach()
+    assert not weight.is_contiguous()
+    k, n = weight.shape[1:]
+    x = fused_fc._side_by_side(torch.randn(rows, 5, k)) if rows > 1 else torch.randn(1, 5, k)
+    bias = torch.randn(n)
+    x_op, w_op, b_op = fused_fc._forward_operands(x, weight, bias, LRELU_GAIN)
+    wide = w_op.shape[-1]
+    product = (torch.as_strided(x_op, (len(w_op), 5, k), (x_op.stride(0), x_op.stride(1), 1))
+               @ torch.as_strided(w_op, (len(w_op), k, wide), (k * wide, wide, 1)))
+    got = torch.nn.functional.leaky_relu(LRELU_GAIN * product + torch.as_strided(b_op, (wide,), (1,)), LRELU_SLOPE)
+    if rows == 1:  # [M, B*N]: the samples side by side
+        got = got[0].view(5, 3, n).permute(1, 0, 2)
+    expected = fused_fc._reference(x, weight, bias, LRELU_GAIN, LRELU_SLOPE)
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_the_kernel_takes_only_batched_cuda_layers_with_aligned_widths():
     x, w = torch.zeros(2, 4, 16), torch.zeros(2, 16, 8)
     assert not fused_fc.takes(x, w)  # the CPU: the layer computes itself

@@ -101,24 +101,29 @@ def modulated_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain
     return _reference(x, weight, bias, gain, slope)
 
 
+def _forward_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      gain: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward kernel's operands: x as it reads it (_rows_in_place), W [rows, K, N'] and the scaled
+    bias [N'] contiguous, rows = 1 with N' = B*N for a shared table (one GEMM, [M, K] @ [K, B*N]), else
+    rows = B with N' = N. Any weight layout: the model's are transposed views of [B, out, in] memory."""
+    batch, k, n = weight.shape
+    bias_scaled = bias.float() * gain
+    if _shared(x, weight):
+        weight = weight.permute(1, 0, 2).reshape(1, k, batch * n)
+        bias_scaled = bias_scaled.repeat(batch)
+    return _rows_in_place(x, k, weight.shape[0]), weight.contiguous(), bias_scaled.contiguous()
+
+
 @modulated_fc.register_kernel("cuda")
 def _cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float, slope: float) -> torch.Tensor:
     _bf16(x, weight)
     batch, k, n = weight.shape
     m = x.shape[1]
-    bias_scaled = bias.float() * gain
-    if _shared(x, weight):  # one GEMM: [M, K] @ [K, B*N]
-        weight = weight.permute(1, 0, 2).reshape(k, batch * n)[None]
-        bias_scaled = bias_scaled.repeat(batch)
-        rows = 1
-    else:
-        weight = weight.contiguous()
-        rows = batch
-    x = _rows_in_place(x, k, rows)
-    y = torch.empty(rows, m, weight.shape[-1], dtype=x.dtype, device=x.device)
-    bias_scaled = bias_scaled.contiguous()
-    _launch("CipsTrainModulatedFc", x.device, x.data_ptr(), x.stride(1), x.stride(0), weight.data_ptr(),
-            bias_scaled.data_ptr(), y.data_ptr(), rows, m, weight.shape[-1], k, gain, slope)
+    x, wide, bias_scaled = _forward_operands(x, weight, bias, gain)
+    rows = wide.shape[0]
+    y = torch.empty(rows, m, wide.shape[-1], dtype=x.dtype, device=x.device)
+    _launch("CipsTrainModulatedFc", x.device, x.data_ptr(), x.stride(1), x.stride(0), wide.data_ptr(),
+            bias_scaled.data_ptr(), y.data_ptr(), rows, m, wide.shape[-1], k, gain, slope)
     return y[0].view(m, batch, n).permute(1, 0, 2) if rows == 1 and batch > 1 else y
 
 
