@@ -763,20 +763,3 @@ def test_init_from_needs_a_training_checkpoint(train_images, tmp_path):
     with pytest.raises(TrainError, match="not a checkpoint of a cips-edge training run"):
         run_quietly(options(train_images, tmp_path / "new", init_from=bare))
     assert not (tmp_path / "new").exists()
-
-
-def test_a_run_with_the_fused_layers_warns_that_they_do_not_yet_train_as_the_default(train_images, tmp_path,
-                                                                                   monkeypatch):
-    """--fused-layers is for speed measurements: a run that has them says so in one warning line (here
-    the switch is forced on the CPU, where G's layers then compute the usual way); a run without them
-    gets no such line."""
-    import dataclasses
-
-    from cips_edge.train import loop
-
-    for_device = loop.speed_for
-    monkeypatch.setattr(loop, "speed_for", lambda o, d: dataclasses.replace(for_device(o, d), fused_fc=o.fused_layers))
-    for fused in (False, True):
-        _, err = run_quietly(options(train_images, tmp_path / f"fused-{fused}", fused_layers=fused))
-        lines = [line for line in err.splitlines() if loop.FUSED_LAYERS_WARNING in line]
-        assert len(lines) == (1 if fused else 0)

@@ -73,11 +73,6 @@ def speed_for(options: TrainOptions, device: torch.device) -> Speed:
                             recompute_g=o.recompute_g, fused_fc=o.fused_layers, fused_stack=o.fused_layers)
 
 
-FUSED_LAYERS_WARNING = ("--fused-layers is experimental: on the emoji recipe it trained to SWD 134 at 100 kimg "
-                        "where the default step reached 31 (docs/training.md); use it to measure speed, not to "
-                        "train a model")
-
-
 def check_fused_layers(options: TrainOptions, device: torch.device) -> None:
     """--fused-layers on CUDA: bf16, a Hopper GPU (the kernels are built for sm_90a) and the built library.
     Each refusal ends with the way out, for a resumed run that keeps the option from another machine."""
@@ -469,8 +464,6 @@ class Run:
             f"({bank.location}); batch {o.batch} over {world.size} process(es) on {device}; "
             f"augment {'on' if augment else 'off'}; bf16 {'on' if speed.bf16 else 'off'}"
             f"{'; fused layers' if speed.fused_fc else ''} -> {self.run_dir}")
-        if speed.fused_fc:
-            reporter.warn(FUSED_LAYERS_WARNING)
 
         ckpt_every = max(1, round(o.checkpoint_kimg * 1000))
         sample_every = max(1, round(o.sample_kimg * 1000))

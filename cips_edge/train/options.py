@@ -128,14 +128,12 @@ class TrainOptions:
                              "the batch, with the same minibatch-stddev groups as two calls (rounds differently)")
     recompute_g: bool = opt(False, "recompute G's per-pixel activations in its backward, one ToRGB group at "
                                    "a time: less memory at the cost of a second G forward per step")
-    fused_layers: bool = opt(False, "experimental, for speed measurements: G's per-pixel layers as one CUDA "
-                                    "kernel each (product, bias, leaky ReLU and gain), their backward fused per "
-                                    "ToRGB group: 1.13x the images/s at paper-256 on an H100 (both without --rgb-grad "
-                                    "and --d-pair), 6.7 GB less memory. "
-                                    "It does not yet train as the default step does (the emoji recipe: SWD 134 "
-                                    "at 100 kimg against 31; docs/training.md). Hopper GPUs (H100, H200) with "
-                                    "--bf16 and the kernels built in a source checkout by `bash "
-                                    "cips_edge/train/cuda_ops/build.sh`; ignored on CPU")
+    fused_layers: bool = opt(False, "G's per-pixel layers as one CUDA kernel each (product, bias, leaky ReLU "
+                                    "and gain), their backward fused per ToRGB group: on an H100, 1.13x the "
+                                    "images/s at paper-256 with 6.7 GB less memory, 1.02x at paper widths at 64x64; "
+                                    "trains the emoji recipe as the default step does (rounds differently; "
+                                    "docs/training.md). Hopper GPUs (H100, H200) with --bf16 and the kernels built "
+                                    "in a source checkout by `bash cips_edge/train/cuda_ops/build.sh`; ignored on CPU")
     plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
                              "for-loop Adam (overrides --bf16 and --compile); slower, same recipe")
     workers: int | None = opt(None, "threads decoding images once at start; default min(8, CPUs)")
