@@ -131,8 +131,8 @@ class TrainOptions:
     fused_layers: bool = opt(False, "G's per-pixel layers as one CUDA kernel each (product, bias, leaky ReLU "
                                     "and gain), their backward fused per ToRGB group: on an H100, 1.13x the "
                                     "images/s at paper-256 with 6.7 GB less memory, 1.02x at paper widths at 64x64 (at "
-                                    "edge-64's narrower layers its kernels are slower than the default's); "
-                                    "trains the emoji recipe as the default step does (rounds differently; "
+                                    "edge-64's narrower layers its kernels are slower than the unfused layers); "
+                                    "trains the emoji recipe as well as the unfused step (rounds differently; "
                                     "docs/training.md). Hopper GPUs (H100, H200) with --bf16 and the kernels built "
                                     "in a source checkout by `bash cips_edge/train/cuda_ops/build.sh`; ignored on CPU")
     plain: bool = opt(False, "the original code's settings for comparisons: fp32 without TF32, NCHW, "
