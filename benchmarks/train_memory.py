@@ -88,8 +88,12 @@ GB = 1e9
 CONFIGS = {
     "paper-256": ("paper-256", 256, 16, 23.44, 39.8),
     "paper-64": ("paper-256", 64, 128, 249.1, 26.2),
+    # the authors' CIPSskip at size 64 has ten 512-wide layers (five ToRGB groups), where the paper-256
+    # preset at 64 keeps its fourteen (down to 128 wide): their model, for a like-for-like ratio
+    "authors-64": ("paper-256", 64, 128, 249.1, 26.2),
     "smoke": ("tiny", 16, 4, 0.0, 0.0),  # --device cpu: checks the script runs (no authors' figures)
 }
+WIDTHS = {"authors-64": (512,) * 10}  # synthesis widths other than the preset's
 AUTOTUNE_ENV = {"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM_BACKENDS": "ATEN,TRITON",
                 "TORCHINDUCTOR_MAX_AUTOTUNE_CONV_BACKENDS": "ATEN", "TORCHINDUCTOR_COMPILE_THREADS": "16"}
 # Process settings: the path (as benchmarks/train.py names them), Speed overrides, environment, and the
@@ -175,6 +179,8 @@ def child(spec: dict) -> dict:
     if not cuda:
         speed = dataclasses.replace(speed, compile=False)
     g_config = dataclasses.replace(PRESETS[preset], size=size)
+    if spec.get("widths"):
+        g_config = dataclasses.replace(g_config, synthesis_widths=tuple(spec["widths"]))
     recipe = Recipe(batch=batch, lr=0.002, r1_gamma=10.0, r1_every=spec["r1_every"], ema_half_life_kimg=10.0,
                     global_batch=batch, augment=False, xflip=True, g_lazy_correction=True, seed=0)
     trainer = Trainer(g_config, DiscriminatorConfig(size, 2, 512 if cuda else 32), recipe, device, speed=speed)
@@ -355,7 +361,7 @@ def main() -> None:
             path, overrides, env, variants = PROCESSES[process]
             spec = {"preset": preset, "size": size, "batch": batch, "path": path, "overrides": overrides, "env": env,
                     "variants": variants, "steps": args.steps, "phase_reps": args.phase_reps,
-                    "r1_every": args.r1_every, "device": args.device}
+                    "r1_every": args.r1_every, "device": args.device, "widths": WIDTHS.get(config)}
             if process in CAPPED:
                 spec["memory_cap_gb"] = CONFIGS[config][4]
             if args.snapshot:
