@@ -49,8 +49,8 @@ def _accumulate(ema, model, decay: float) -> None:
         ema_params[name].data.mul_(decay).add_(p.data, alpha=1 - decay)
 
 
-def run_config(code: Path, name: str, steps: int, warmup: int, device: str) -> dict:
-    """One configuration in this process: the authors' models, their loop, timed."""
+def run_config(code: Path, size: int, batch: int, steps: int, warmup: int, device: str) -> dict:
+    """One configuration in this process: the authors' models at this size and batch, their loop, timed."""
     import torch
     import torch.nn.functional as F
 
@@ -58,7 +58,6 @@ def run_config(code: Path, name: str, steps: int, warmup: int, device: str) -> d
     import model as authors  # their package, from --code
     from tensor_transforms import convert_to_coord_format
 
-    size, batch = CONFIGS[name]
     device = torch.device(device)
     cuda = device.type == "cuda"
     torch.manual_seed(0)
@@ -146,15 +145,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, help="override the configs' size (a CPU smoke check)")
     parser.add_argument("--batch", type=int, help="override the configs' batch (a CPU smoke check)")
     parser.add_argument("--device", default="cuda", help="cuda, or cpu with a pure-torch `op` (smoke check)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # "SIZE,BATCH": one configuration, in this process
     args = parser.parse_args()
     if args.steps % R1_EVERY:
         parser.error(f"--steps must be a multiple of {R1_EVERY}")
+    unknown = [name for name in args.configs.split(",") if name not in CONFIGS]
+    if unknown and not args.child:
+        parser.error(f"unknown config {', '.join(unknown)}: use {', '.join(CONFIGS)}")
     if args.child:
-        if args.size or args.batch:
-            size, batch = CONFIGS[args.child]
-            CONFIGS[args.child] = (args.size or size, args.batch or batch)
-        print(json.dumps(run_config(args.code.resolve(), args.child, args.steps, args.warmup, args.device)))
+        size, batch = (int(v) for v in args.child.split(","))
+        print(json.dumps(run_config(args.code.resolve(), size, batch, args.steps, args.warmup, args.device)))
         return
 
     import torch
@@ -165,9 +165,10 @@ def main() -> None:
               "gpu": gpu, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "r1_every": R1_EVERY, "configs": {}}
     for name in args.configs.split(","):
+        size, batch = CONFIGS[name]
         cmd = [sys.executable, os.path.abspath(__file__), "--code", str(args.code), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--device", args.device, "--child", name]
-        cmd += [a for flag in ("size", "batch") if getattr(args, flag) for a in (f"--{flag}", str(getattr(args, flag)))]
+               "--warmup", str(args.warmup), "--device", args.device,
+               "--child", f"{args.size or size},{args.batch or batch}"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode:
             sys.stderr.write(proc.stderr[-4000:])

@@ -203,6 +203,7 @@ def child(spec: dict) -> dict:
 
     out = {"device_name": mem.get_device_name(device), "torch": torch.__version__,
            "total_memory_gb": mem.get_device_properties(device).total_memory / GB,
+           "synthesis_widths": list(g_config.synthesis_widths),
            "speed": dataclasses.asdict(speed), "env": spec["env"], "memory_cap_gb": cap_gb if cuda else None,
            "idle_before_first_step_gb": mem.memory_allocated(device) / GB}
     out["first_step"] = peak(lambda: trainer.train_step(0))  # compiles, autotunes, creates Adam's moments
