@@ -5,7 +5,8 @@
 # Fetches the CUTLASS headers (runtime/cuda_ops/cutlass.sh's pin) into .cache/cuda_ops/ at the repository
 # root, the cache runtime/cuda_ops/build.sh shares, and compiles for sm_90a with nvcc. No GPU is needed.
 #   bash cips_edge/train/cuda_ops/build.sh [OUT_DIR]   (default cips_edge/train/cuda_ops/build;
-#                                   NVCC=/path/to/nvcc, PYTHON=python3, CACHE_DIR=.cache/cuda_ops to override)
+#                                   NVCC=/path/to/nvcc, PYTHON=python3, CACHE_DIR=.cache/cuda_ops to override;
+#                                   NVCC_FLAGS: extra flags, e.g. modulated_fc.cu's tile and schedule macros)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,7 +24,7 @@ fetch_cutlass "$cache" "$PYTHON"
 
 # static cudart: only the CUDA driver is needed beside torch; hidden symbols keep CUTLASS's names private
 start=$(date +%s)
-"$NVCC" -std=c++17 -O3 -DNDEBUG -arch=sm_90a --expt-relaxed-constexpr -I"$cutlass" \
+"$NVCC" -std=c++17 -O3 -DNDEBUG -arch=sm_90a --expt-relaxed-constexpr -I"$cutlass" ${NVCC_FLAGS:-} \
   -Xcompiler=-fPIC,-fvisibility=hidden -shared -cudart static -Xlinker=--exclude-libs,ALL \
   -o "$out/libcips_train_ops.so" "$here/modulated_fc.cu"
 echo "built $out/libcips_train_ops.so ($(du -h "$out/libcips_train_ops.so" | cut -f1), $(( $(date +%s) - start )) s)"

@@ -39,8 +39,32 @@ using RowMajor = cutlass::layout::RowMajor;
 constexpr int kAlign = 8;  // bf16 elements per 16 bytes
 
 using ColumnMajor = cutlass::layout::ColumnMajor;
-using TileShape = Shape<_256, _128, _64>;
-using ClusterShape = Shape<_1, _2, _1>;
+// Tile, cluster and schedule: the defaults are the configuration the training results were measured with;
+// a build may set others for a comparison (build.sh's NVCC_FLAGS, e.g. "-DCIPS_FC_PINGPONG
+// -DCIPS_FC_TILE_M=128": two consumer warp groups on tiles of their own, each one's epilogue overlapping
+// the other's products, for short K), and benchmarks/fused_fc_check.py times a library named by
+// $CIPS_TRAIN_OPS against the unfused layer.
+#ifndef CIPS_FC_TILE_M
+#define CIPS_FC_TILE_M 256
+#endif
+#ifndef CIPS_FC_TILE_N
+#define CIPS_FC_TILE_N 128
+#endif
+#ifndef CIPS_FC_CLUSTER_M
+#define CIPS_FC_CLUSTER_M 1
+#endif
+#ifndef CIPS_FC_CLUSTER_N
+#define CIPS_FC_CLUSTER_N 2
+#endif
+using TileShape = Shape<Int<CIPS_FC_TILE_M>, Int<CIPS_FC_TILE_N>, _64>;
+using ClusterShape = Shape<Int<CIPS_FC_CLUSTER_M>, Int<CIPS_FC_CLUSTER_N>, _1>;
+#ifdef CIPS_FC_PINGPONG
+using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecialized;
+using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedPingpong;
+#else
+using EpilogueSchedule = cutlass::epilogue::TmaWarpSpecializedCooperative;
+using KernelSchedule = cutlass::gemm::KernelTmaWarpSpecializedCooperative;
+#endif
 
 // The backward's activation derivative over the forward's output Z (the previous layer's activation):
 // dY where Z > 0, else slope * dY (Z has the pre-activation's sign: gain and slope are positive).
@@ -78,14 +102,14 @@ struct FusedGemm {
       cutlass::epilogue::collective::EpilogueTileAuto, float, float,
       void, RowMajor, kAlign,  // no C
       Bf16, RowMajor, kAlign,  // D
-      cutlass::epilogue::TmaWarpSpecializedCooperative, Fusion>::CollectiveOp;
+      EpilogueSchedule, Fusion>::CollectiveOp;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp,
       Bf16, RowMajor, kAlign,
       Bf16, LayoutB, kAlign,
       float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
-      cutlass::gemm::KernelTmaWarpSpecializedCooperative>::CollectiveOp;
+      KernelSchedule>::CollectiveOp;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
