@@ -158,6 +158,8 @@ def main() -> None:
         return
 
     import torch
+
+    from cips_edge.train.report import atomic_write_json
     gpu = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     tag = gpu.split()[1].lower() if args.device == "cuda" and len(gpu.split()) > 1 else args.device
     out = args.out or RESULTS / f"authors-train-{tag}.json"
@@ -177,9 +179,7 @@ def main() -> None:
             result["configs"][name] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(name, json.dumps(result["configs"][name]), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(out)
+        atomic_write_json(out, result)
     print(f"wrote {out}")
     if any("error" in c for c in result["configs"].values()):
         sys.exit(1)
