@@ -71,7 +71,7 @@ def kernel_times(fn, reps: int, device: torch.device) -> dict:
     groups: dict[str, float] = {}
     for name, (ms, _) in per_kernel.items():
         groups[category(name)] = groups.get(category(name), 0.0) + ms
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:12]
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:20]
     return {
         "wall_ms_profiled": round(wall, 3),
         "kernel_ms": round(sum(groups.values()), 3),

@@ -151,8 +151,9 @@ def test_a_generator_with_fused_layers_and_stacks_compiles_to_the_same_gradients
 
 @pytest.mark.parametrize("rows", [3, 1], ids=["a batch of rows", "one table for every sample"])
 def test_the_kernels_operands_read_as_it_reads_them_give_the_layer(rows):
-    """The CUDA kernel reads X with the strides it is given and W and the bias row-major from their first
-    element; the model's weights are transposed views (ModulatedFC.modulated_weight)."""
+    """The CUDA kernel reads X with the strides it is given and W^T [N, K] and the bias row-major from their
+    first element. The model's weights are transposed views of [out, in] memory (ModulatedFC.modulated_weight),
+    which is W^T: the kernel reads that memory itself, without a copy."""
     fc = CIPSGenerator(PRESETS["edge-64"]).layers[0]
     weight = fc.modulated_weight(torch.randn(3, fc.modulation.weight.shape[1])).detach()
     assert not weight.is_contiguous()
@@ -160,9 +161,10 @@ def test_the_kernels_operands_read_as_it_reads_them_give_the_layer(rows):
     x = fused_fc._side_by_side(torch.randn(rows, 5, k)) if rows > 1 else torch.randn(1, 5, k)
     bias = torch.randn(n)
     x_op, w_op, b_op = fused_fc._forward_operands(x, weight, bias, LRELU_GAIN)
-    wide = w_op.shape[-1]
+    assert w_op.data_ptr() == weight.data_ptr()
+    wide = w_op.shape[1]
     product = (torch.as_strided(x_op, (len(w_op), 5, k), (x_op.stride(0), x_op.stride(1), 1))
-               @ torch.as_strided(w_op, (len(w_op), k, wide), (k * wide, wide, 1)))
+               @ torch.as_strided(w_op, (len(w_op), wide, k), (k * wide, k, 1)).transpose(1, 2))
     got = torch.nn.functional.leaky_relu(LRELU_GAIN * product + torch.as_strided(b_op, (wide,), (1,)), LRELU_SLOPE)
     if rows == 1:  # [M, B*N]: the samples side by side
         got = got[0].view(5, 3, n).permute(1, 0, 2)

@@ -103,15 +103,17 @@ def modulated_fc(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain
 
 def _forward_operands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       gain: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward kernel's operands: x as it reads it (_rows_in_place), W [rows, K, N'] and the scaled
-    bias [N'] contiguous, rows = 1 with N' = B*N for a shared table (one GEMM, [M, K] @ [K, B*N]), else
-    rows = B with N' = N. Any weight layout: the model's are transposed views of [B, out, in] memory."""
+    """The forward kernel's operands: x as it reads it (_rows_in_place), W^T [rows, N', K] and the scaled
+    bias [N'] contiguous, rows = 1 with N' = B*N for a shared table (one GEMM, [M, K] @ [K, B*N]: the
+    samples' W^T stacked), else rows = B with N' = N. Any weight layout; the model's are transposed views
+    of [B, out, in] memory, which is W^T itself (no copy)."""
     batch, k, n = weight.shape
     bias_scaled = bias.float() * gain
+    weight_t = weight.transpose(1, 2).contiguous()
     if _shared(x, weight):
-        weight = weight.permute(1, 0, 2).reshape(1, k, batch * n)
+        weight_t = weight_t.reshape(1, batch * n, k)
         bias_scaled = bias_scaled.repeat(batch)
-    return _rows_in_place(x, k, weight.shape[0]), weight.contiguous(), bias_scaled.contiguous()
+    return _rows_in_place(x, k, weight_t.shape[0]), weight_t, bias_scaled.contiguous()
 
 
 @modulated_fc.register_kernel("cuda")
@@ -119,11 +121,11 @@ def _cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float
     _bf16(x, weight)
     batch, k, n = weight.shape
     m = x.shape[1]
-    x, wide, bias_scaled = _forward_operands(x, weight, bias, gain)
-    rows = wide.shape[0]
-    y = torch.empty(rows, m, wide.shape[-1], dtype=x.dtype, device=x.device)
-    _launch("CipsTrainModulatedFc", x.device, x.data_ptr(), x.stride(1), x.stride(0), wide.data_ptr(),
-            bias_scaled.data_ptr(), y.data_ptr(), rows, m, wide.shape[-1], k, gain, slope)
+    x, weight_t, bias_scaled = _forward_operands(x, weight, bias, gain)
+    rows, wide = weight_t.shape[:2]
+    y = torch.empty(rows, m, wide, dtype=x.dtype, device=x.device)
+    _launch("CipsTrainModulatedFc", x.device, x.data_ptr(), x.stride(1), x.stride(0), weight_t.data_ptr(),
+            bias_scaled.data_ptr(), y.data_ptr(), rows, m, wide, k, gain, slope)
     return y[0].view(m, batch, n).permute(1, 0, 2) if rows == 1 and batch > 1 else y
 
 
@@ -229,10 +231,11 @@ def _grad_input_cuda(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, 
     _bf16(grad, weight, z)
     batch, m, k = grad.shape
     n = weight.shape[1]
-    grad, weight = grad.contiguous(), weight.contiguous()
+    # W^T [B, K, N] contiguous, as the kernel reads it: the model's [out, in] memory (no copy)
+    grad, weight_t = grad.contiguous(), weight.transpose(1, 2).contiguous()
     z = _rows_in_place(z, n, batch)
     d = torch.empty(batch, m, n, dtype=grad.dtype, device=grad.device)
-    _launch("CipsTrainModulatedFcGradInput", grad.device, grad.data_ptr(), weight.data_ptr(), z.data_ptr(),
+    _launch("CipsTrainModulatedFcGradInput", grad.device, grad.data_ptr(), weight_t.data_ptr(), z.data_ptr(),
             z.stride(1), z.stride(0), d.data_ptr(), batch, m, n, k, gain, slope)
     return d
 

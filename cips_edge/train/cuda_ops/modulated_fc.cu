@@ -4,15 +4,16 @@
 // the activation written once by the GEMM's epilogue instead of read and written again by a separate
 // bias + leaky ReLU + gain pass (that pass is about a tenth of a compiled paper-256 step on an H200).
 //
-// X [B, M, K] bf16 (elements of a row contiguous; row and batch strides free, multiples of 8), W [B, K, N]
-// bf16 row-major (one weight matrix per sample: the modulated weights), bias_scaled [N] fp32, Y [B, M, N]
-// bf16 row-major. fp32 accumulation; the epilogue rounds to bf16 once. A CUTLASS 3 kernel for SM90
-// (TMA loads, warp-specialized WGMMA, persistent CTAs), 256x128 tiles on clusters of two along N (as
-// cuBLAS's kernels for these shapes). TMA wants 16-byte rows: K and N multiples of 8.
+// X [B, M, K] bf16 (elements of a row contiguous; row and batch strides free, multiples of 8), W^T [B, N, K]
+// bf16 row-major (one weight matrix per sample, the modulated weights in the model's own [out, in] layout,
+// which WGMMA reads K-major without a transposed copy), bias_scaled [N] fp32, Y [B, M, N] bf16 row-major.
+// fp32 accumulation; the epilogue rounds to bf16 once. A CUTLASS 3 kernel for SM90 (TMA loads,
+// warp-specialized WGMMA, persistent CTAs), 256x128 tiles on clusters of two along N (as cuBLAS's kernels
+// for these shapes). TMA wants 16-byte rows: K and N multiples of 8.
 //
 // The backward through a layer into the one before it (CipsTrainModulatedFcGradInput) is one kernel the
 // same way: the GEMM G @ W^T with the previous layer's leaky ReLU derivative, read from its output, in the
-// epilogue.
+// epilogue. Both read the weights from the same [out, in] memory.
 //
 // Called through ctypes (cips_edge/train/fused_fc.py) with raw pointers and the caller's stream, so the
 // library depends on no torch ABI; cudart is linked statically.
@@ -116,10 +117,10 @@ struct FusedGemm {
 
 // Forward: Y = LeakyReLU(gain * X @ W + gain * b)
 using Forward = FusedGemm<cutlass::epilogue::fusion::LinCombPerColBiasEltAct<
-    cutlass::epilogue::thread::LeakyReLU, Bf16, float, float>, RowMajor>;  // output, compute, bias
+    cutlass::epilogue::thread::LeakyReLU, Bf16, float, float>, ColumnMajor>;  // output, compute, bias
 // Backward through a layer into the previous one: dPre = LeakyReluGrad(gain * dPreNext @ W^T, Z)
 using GradInput = FusedGemm<cutlass::epilogue::fusion::LinCombDeEltAct<
-    RowMajor, LeakyReluGrad, Bf16, float, Bf16>, ColumnMajor>;  // aux layout, output, compute, aux
+    RowMajor, LeakyReluGrad, Bf16, float, Bf16>, RowMajor>;  // aux layout, output, compute, aux
 // Forward's arguments for `batch` problems of m x n x k; X's row and batch strides in elements.
 Forward::Gemm::Arguments forward_arguments(const Bf16* x, int64_t x_row, int64_t x_batch, const Bf16* w,
                                            const float* bias, Bf16* y, int batch, int m, int n, int k, float gain,
@@ -127,7 +128,7 @@ Forward::Gemm::Arguments forward_arguments(const Bf16* x, int64_t x_row, int64_t
   using Kernel = Forward::Kernel;
   // Strides in (rows, columns, batch) order of each operand as CUTLASS sees it: A (M, K), B (N, K), D (M, N).
   typename Kernel::StrideA stride_x = make_stride(x_row, Int<1>{}, x_batch);
-  typename Kernel::StrideB stride_w = make_stride(Int<1>{}, int64_t(n), int64_t(k) * n);
+  typename Kernel::StrideB stride_w = make_stride(int64_t(k), Int<1>{}, int64_t(n) * k);  // W^T [n, k], K-major
   typename Kernel::StrideD stride_y = make_stride(int64_t(n), Int<1>{}, int64_t(m) * n);
   Forward::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
                                 {m, n, k, batch},
@@ -143,13 +144,13 @@ Forward::Gemm::Arguments forward_arguments(const Bf16* x, int64_t x_row, int64_t
 }
 
 // GradInput's arguments: D [m, n] = LeakyReluGrad(gain * G [m, k] @ W[n, k]^T, Z) per sample, with G and
-// D contiguous, W the layer's [n, k] row-major weights, Z's row and batch strides in elements.
+// D contiguous, W^T [k, n] row-major (the layer's [out, in] weights), Z's row and batch strides in elements.
 GradInput::Gemm::Arguments grad_input_arguments(const Bf16* g, const Bf16* w, const Bf16* z, int64_t z_row,
                                                 int64_t z_batch, Bf16* d, int batch, int m, int n, int k, float gain,
                                                 float slope, int device, int sms) {
   using Kernel = GradInput::Kernel;
   typename Kernel::StrideA stride_g = make_stride(int64_t(k), Int<1>{}, int64_t(m) * k);
-  typename Kernel::StrideB stride_w = make_stride(int64_t(k), Int<1>{}, int64_t(n) * k);  // B (N, K) = W, K-major
+  typename Kernel::StrideB stride_w = make_stride(Int<1>{}, int64_t(n), int64_t(k) * n);  // B (N, K) = W, N-major
   typename Kernel::StrideD stride_d = make_stride(int64_t(n), Int<1>{}, int64_t(m) * n);
   GradInput::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
                                   {m, n, k, batch},
@@ -208,8 +209,8 @@ int plan(typename Gemm::Arguments const& args, int64_t* workspace) {
 
 // Y = LeakyReLU(gain * X @ W + bias_scaled, slope) for `batch` samples on `stream` (a cudaStream_t of
 // GPU `device`: this library's runtime keeps its own current device, so the caller names it). X's rows
-// are `x_row_stride` elements apart (at least K) and its samples `x_batch_stride` (used where batch > 1).
-// Returns 0, or 1 with a one-line reason in `error`.
+// are `x_row_stride` elements apart (at least K) and its samples `x_batch_stride` (used where batch > 1);
+// `w` holds W^T [B, N, K] contiguous. Returns 0, or 1 with a one-line reason in `error`.
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFc(
     const void* x, int64_t x_row_stride, int64_t x_batch_stride, const void* w, const float* bias_scaled, void* y,
     int batch, int m, int n, int k, float gain, float slope, int device, void* stream, char* error, int error_len) {
@@ -231,8 +232,8 @@ extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFc(
 
 // The backward through one layer into the layer before it, for `batch` samples:
 //   D = G @ W^T * gain, times 1 where Z > 0 and `slope` elsewhere,
-// G [B, M, K] the gradient at this layer's pre-activation (contiguous), W [B, N, K] this layer's weights
-// ([in, out] row-major: N = its input width), Z [B, M, N] the layer before's output (this layer's input;
+// G [B, M, K] the gradient at this layer's pre-activation (contiguous), `w` this layer's weights W [B, N, K]
+// stored as W^T [B, K, N] row-major (its [out, in] memory: N = its input width), Z [B, M, N] the layer before's output (this layer's input;
 // rows and samples `z_row_stride` and `z_batch_stride` elements apart), D [B, M, N] contiguous: the
 // gradient at the layer before's pre-activation, without the pass that reads G @ W^T and Z and writes it.
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcGradInput(
