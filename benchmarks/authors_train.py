@@ -3,6 +3,9 @@ against, run on the card at hand beside benchmarks/train_memory.py.
 
     python benchmarks/authors_train.py --code DIR --configs paper-256,paper-64 --out authors-train.json
 
+(with cips-edge installed: it writes the JSON through cips_edge's writer; on a GPU machine without the
+install, `bash benchmarks/on_gpu.sh benchmarks/authors_train.py ...` lays the package out for it).
+
 DIR holds the authors' code as its import root: their `model` package (CIPSskip and Discriminator from
 advimman/CIPS), `tensor_transforms.py`, and the `op` package their blocks import (rosinality's
 fused_act and upfirdn2d CUDA extensions, which torch compiles on first import: nvcc and ninja needed).
