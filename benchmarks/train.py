@@ -16,7 +16,9 @@ compiled as well; +rgbgrad = each ToRGB's gradient into its input fused into the
 (Speed.rgb_grad); +dpair = the D step's reals and fakes in one D call (Speed.d_pair):
 fast+compile+r1c+rgbgrad+dpair is `cips train` on CUDA; +fused = G's layers as one CUTLASS kernel each
 (Speed.fused_fc, needs cips_edge/train/cuda_ops/build.sh's library), +stack = with +fused, each ToRGB
-group's backward fused too (Speed.fused_stack); +r1bf16 = R1 under bf16 autocast (Speed.r1_bf16).
+group's backward fused too (Speed.fused_stack); +r1bf16 = R1 under bf16 autocast (Speed.r1_bf16); +r1x =
+with +r1c, D's input gradient in R1 formed layer by layer, convolutions' as transposed convolutions
+(Speed.r1_explicit).
 """
 from __future__ import annotations
 
@@ -52,15 +54,16 @@ def speed_for(path: str, device: torch.device) -> Speed:
         return Speed()
     parts = path.split("+")
     if parts[0] == "fast" and set(parts[1:]) <= {"compile", "fold", "autotune", "autotuneg", "r1c", "fused", "stack",
-                                                 "rgbgrad", "dpair", "r1bf16"}:
+                                                 "rgbgrad", "dpair", "r1bf16", "r1x"}:
         autotune = "gd" if "autotune" in parts else "g" if "autotuneg" in parts else ""
         speed = Speed.for_device(device, bf16=True, compile="compile" in parts or bool(autotune),
                                  fused_fc="fused" in parts, fused_stack="stack" in parts)
         return dataclasses.replace(speed, fold_gain="fold" in parts, autotune=autotune,
                                    r1_compile="r1c" in parts and speed.compile, rgb_grad="rgbgrad" in parts,
-                                   d_pair="dpair" in parts, r1_bf16="r1bf16" in parts)
+                                   d_pair="dpair" in parts, r1_bf16="r1bf16" in parts,
+                                   r1_explicit="r1x" in parts and "r1c" in parts and speed.compile)
     raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune, +autotuneg, "
-                     "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16")
+                     "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16, +r1x")
 
 
 def build_trainer(path: str, args, device: torch.device) -> Trainer:
@@ -170,7 +173,7 @@ def main() -> None:
     parser.add_argument("--phase-reps", type=int, default=3, help="repetitions of the per-phase timing")
     parser.add_argument("--paths", default="plain,fast",
                         help="comma list of plain, or fast with any of +compile, +fold, +autotune, +autotuneg, "
-                             "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16 (the module's docstring says what "
+                             "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16, +r1x (the module's docstring says what "
                              "each turns on; fast+compile+r1c+rgbgrad+dpair is cips train's step)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     args = parser.parse_args()

@@ -102,6 +102,8 @@ PROCESSES = {
     "compiled": ("fast+compile", {}, {}, ["base", "r1_bf16", "no-r1_compile", "recompute_g"]),
     "r1-compile": ("fast+compile", {}, {}, ["base", "no-r1_compile"]),  # the compiled process, R1's question only
     "r1-bf16": ("fast+compile", {}, {}, ["base", "r1_bf16"]),  # the compiled R1 in float32 and under bf16
+    # the compiled R1 with D's input gradient formed explicitly (Speed.r1_explicit), in float32 and under bf16
+    "r1-explicit": ("fast+compile", {}, {}, ["base", "r1_explicit", "r1_bf16", "r1_explicit+r1_bf16"]),
     # compile's max-autotune: Triton GEMM templates beside cuBLAS, which can take G's bias + leaky ReLU (+ cast)
     # into their epilogue; convolutions stay cuDNN's (Triton's convolution templates would add tuning time)
     "autotune": ("fast+compile", {"autotune": "gd"}, AUTOTUNE_ENV, ["base"]),

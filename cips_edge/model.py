@@ -44,7 +44,7 @@ class _ScaledLeakyReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        out = _plain_scaled_leaky_relu(x)
+        out = plain_scaled_leaky_relu(x)
         ctx.save_for_backward(out)
         return out
 
@@ -74,12 +74,19 @@ def scaled_leaky_relu(x: torch.Tensor) -> torch.Tensor:
     compiled (Inductor fuses it and picks what to keep) or without gradients (rendering, export): the
     plain ops."""
     if torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return _plain_scaled_leaky_relu(x)
+        return plain_scaled_leaky_relu(x)
     return _ScaledLeakyReLU.apply(x)
 
 
-def _plain_scaled_leaky_relu(x: torch.Tensor) -> torch.Tensor:
+def plain_scaled_leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """scaled_leaky_relu in plain ops, whatever the mode (torch.func transforms take no Function above)."""
     return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN
+
+
+def scaled_leaky_relu_grad(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The gradient at scaled_leaky_relu's input from the gradient at its output `out`, as autograd forms
+    it, in plain ops (differentiable again: the mask has no gradient)."""
+    return _leaky_grad(grad, out, True)
 
 
 class EqualLinear(nn.Module):

@@ -30,6 +30,13 @@ def test_each_name_turns_on_its_switch_alone(part, switch):
     assert {k for k, v in vars(with_it).items() if v != vars(without)[k]} == {switch}
 
 
+def test_r1x_turns_on_the_explicit_input_gradient_of_the_compiled_r1_alone():
+    without = bench.speed_for("fast+compile+r1c", CUDA)
+    with_it = bench.speed_for("fast+compile+r1c+r1x", CUDA)
+    assert {k for k, v in vars(with_it).items() if v != vars(without)[k]} == {"r1_explicit"}
+    assert not bench.speed_for("fast+compile+r1x", CUDA).r1_explicit  # only for the compiled R1
+
+
 def test_an_unknown_path_names_the_known_ones():
-    with pytest.raises(SystemExit, match=r"unknown path 'fast\+bogus': .*\+dpair, \+r1bf16$"):
+    with pytest.raises(SystemExit, match=r"unknown path 'fast\+bogus': .*\+dpair, \+r1bf16, \+r1x$"):
         bench.speed_for("fast+bogus", CUDA)

@@ -114,9 +114,49 @@ def test_output_keeping_leaky_relu_matches_autograds_to_every_order(monkeypatch)
     D = Discriminator(DiscriminatorConfig(16, 2, 32))
     reals = torch.rand(4, 3, 16, 16) * 2 - 1
     new_penalty, new_grads = r1_and_grads(D, reals, augment=False)
-    monkeypatch.setattr(dmod, "scaled_leaky_relu", model._plain_scaled_leaky_relu)
+    monkeypatch.setattr(dmod, "scaled_leaky_relu", model.plain_scaled_leaky_relu)
     old_penalty, old_grads = r1_and_grads(D, reals, augment=False)
     assert old_penalty > 0 and torch.equal(new_penalty, old_penalty)
     assert new_grads.keys() == old_grads.keys()
     for name, g in old_grads.items():
         assert torch.equal(new_grads[name], g), name
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW (1x1 convolutions)", "channels-last (GEMMs)"])
+def test_explicit_input_gradient_gives_autograds_gradient_and_r1(channels_last):
+    """D(img, input_grad=True) forms the gradient of the logits' sum layer by layer, each convolution's as
+    a transposed convolution: the same logits, input gradient, R1 penalty and D gradients as autograd's
+    backward and double backward (float64), the latter through torch.func as the compiled R1 takes them
+    (a parameter R1 does not reach gets zeros there, and none from autograd)."""
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(16, 2, 32)).double()
+    with torch.no_grad():
+        for p in D.parameters():
+            if p.ndim == 1:
+                p.normal_()  # nonzero biases: every activation's mask matters
+    img = torch.rand(8, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    if channels_last:
+        D, img = D.to(memory_format=torch.channels_last), img.contiguous(memory_format=torch.channels_last)
+    x = img.clone().requires_grad_(True)
+    logits = D(x)
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    penalty = grad.square().sum(dim=(1, 2, 3)).mean()
+    names = [n for n, _ in D.named_parameters()]
+    expected = dict(zip(names, torch.autograd.grad(penalty, list(D.parameters()), allow_unused=True)))
+
+    explicit_logits, explicit_grad = D(img, input_grad=True)
+    assert torch.equal(explicit_logits, logits.detach())
+    torch.testing.assert_close(explicit_grad, grad.detach(), rtol=1e-12, atol=1e-12 * grad.abs().max().item())
+
+    def explicit_penalty(params):
+        _, g = torch.func.functional_call(D, params, (img,), {"input_grad": True})
+        return g.square().sum(dim=(1, 2, 3)).mean()
+
+    grads, value = torch.func.grad_and_value(explicit_penalty)({n: p.detach() for n, p in D.named_parameters()})
+    torch.testing.assert_close(value, penalty.detach(), rtol=1e-12, atol=0)
+    assert 0 < sum(g is None for g in expected.values()) < len(expected)
+    for name, want in expected.items():
+        if want is None:
+            assert not grads[name].any(), name
+        else:
+            torch.testing.assert_close(grads[name], want, rtol=1e-10, atol=1e-12 * want.abs().max().item(), msg=name)

@@ -300,7 +300,7 @@ def test_output_keeping_activation_gives_autograds_generator_gradients(monkeypat
     trainer = tiny_trainer()
     z = torch.randn(3, trainer.G.config.style_dim)
     results = []
-    for fn in (model.scaled_leaky_relu, model._plain_scaled_leaky_relu):
+    for fn in (model.scaled_leaky_relu, model.plain_scaled_leaky_relu):
         monkeypatch.setattr(model, "scaled_leaky_relu", fn)
         results.append(image_and_g_grads(trainer, z))
     (a, ga), (b, gb) = results
@@ -421,10 +421,12 @@ def test_compiled_training_steps_track_eager_ones(panorama, recompute):
 
 
 @pytest.mark.slow  # Inductor compiles R1's double backward on the CPU: about a minute
-def test_compiled_r1_gives_the_eager_penalty_and_gradients():
+@pytest.mark.parametrize("explicit", [False, True], ids=["torch.func's input gradient", "D's explicit one"])
+def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit):
     """--r1-compile: R1 as one compiled torch.func function must give autograd's penalty and D gradients
     (augmentation on, channels-last D), leave the parameters R1 does not reach without a gradient (so
-    Adam skips them, as in the eager step), and take over after the first, eager call."""
+    Adam skips them, as in the eager step), and take over after the first, eager call; with
+    Speed.r1_explicit, D's input gradient formed layer by layer (through the augmentation's own)."""
     import dataclasses
 
     from cips_edge.train.data import ImageBank
@@ -435,7 +437,7 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients():
     recipe = Recipe(batch=4, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=4,
                     augment=True, xflip=True, g_lazy_correction=True, seed=0)
     trainer = Trainer(g_config, DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
-                      speed=Speed(channels_last=True, r1_compile=True))
+                      speed=Speed(channels_last=True, r1_compile=True, r1_explicit=explicit))
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
     trainer.use_bank(ImageBank(images, torch.device("cpu")))
     trainer.reseed(0)

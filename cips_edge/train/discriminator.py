@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cips_edge.model import scaled_leaky_relu
+from cips_edge.model import (
+    plain_scaled_leaky_relu,
+    scaled_leaky_relu,
+    scaled_leaky_relu_grad,
+)
 
 BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)  # per axis, / 8 ([1, 1] / 2 three times); Blur is their outer product
+# An output and the map from the gradient at it to the gradient at the input (with_input_grad)
+WithInputGrad = tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -103,12 +110,16 @@ class Blur(nn.Module):
         self.pad, self.stride = pad, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p0, p1 = self.pad
-        x = F.pad(x, (p0, p1, p0, p1))
         if torch.compiler.is_compiling():
-            x = _taps(_taps(x, 3), 2)
-            return x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
-        return _ConstDepthwiseConv.apply(x, self.kernel, self.stride)
+            return self.taps(x)
+        p0, p1 = self.pad
+        return _ConstDepthwiseConv.apply(F.pad(x, (p0, p1, p0, p1)), self.kernel, self.stride)
+
+    def taps(self, x: torch.Tensor) -> torch.Tensor:
+        """The filter as shifted sums in plain ops: what runs under torch.compile."""
+        p0, p1 = self.pad
+        x = _taps(_taps(F.pad(x, (p0, p1, p0, p1)), 3), 2)
+        return x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
 
 
 class EqualConv2d(nn.Module):
@@ -124,16 +135,43 @@ class EqualConv2d(nn.Module):
         self.stride, self.padding, self.activate = stride, padding, activate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight * self.scale
-        if weight.shape[2] == 1 and self.stride == 1 and self.padding == 0 and not x.is_contiguous():
-            # A 1x1 convolution of channels-last activations is a GEMM over the channels. As GEMMs, from_rgb
-            # and the skips took R1's float32 double backward from 244 to 205 ms on an H200; as
-            # convolutions cuDNN ran part of their work in a slow "analytic" tf32 kernel
-            # (benchmarks/results/train-profile-paper-256-h200*.json).
-            out = F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), self.bias).permute(0, 3, 1, 2)
-        else:
-            out = F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
+        out = self._pre_activation(x, self.weight * self.scale)
         return scaled_leaky_relu(out) if self.activate else out
+
+    def _as_gemm(self, x: torch.Tensor) -> bool:
+        # A 1x1 convolution of channels-last activations is a GEMM over the channels. As GEMMs, from_rgb and
+        # the skips took R1's float32 double backward from 244 to 205 ms on an H200; as convolutions cuDNN
+        # ran part of their work in a slow "analytic" tf32 kernel
+        # (benchmarks/results/train-profile-paper-256-h200*.json).
+        return self.weight.shape[2] == 1 and self.stride == 1 and self.padding == 0 and not x.is_contiguous()
+
+    def _pre_activation(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self._as_gemm(x):
+            return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), self.bias).permute(0, 3, 1, 2)
+        return F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
+
+    def with_input_grad(self, x: torch.Tensor) -> WithInputGrad:
+        """forward(x) in plain ops, and the map from its output's gradient to x's: the convolution's
+        transpose, a transposed convolution (or the GEMM's transpose). Differentiated again (R1), that
+        op's weight gradient is cuDNN's weight-gradient kernel; autograd's double backward of a
+        convolution forms the same products as a forward convolution of batch-transposed tensors, whose
+        kernel is a whole activation (R1's slowest kernel on GPUs, docs/speed.md)."""
+        weight = self.weight * self.scale
+        out = self._pre_activation(x, weight)
+        if self.activate:
+            out = plain_scaled_leaky_relu(out)
+        gemm, size = self._as_gemm(x), x.shape[2:]
+
+        def input_grad(grad: torch.Tensor) -> torch.Tensor:
+            if self.activate:
+                grad = scaled_leaky_relu_grad(grad, out)
+            if gemm:
+                return (grad.permute(0, 2, 3, 1) @ weight.flatten(1)).permute(0, 3, 1, 2)
+            # conv2d's output drops up to stride - 1 trailing rows/columns; the transpose gets them back
+            extra = [n - ((o - 1) * self.stride - 2 * self.padding + k)
+                     for n, o, k in zip(size, grad.shape[2:], weight.shape[2:])]
+            return F.conv_transpose2d(grad, weight, stride=self.stride, padding=self.padding, output_padding=extra)
+        return out, input_grad
 
 
 class EqualLinear(nn.Module):
@@ -147,6 +185,17 @@ class EqualLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight * self.scale, self.bias)
         return scaled_leaky_relu(out) if self.activate else out
+
+    def with_input_grad(self, x: torch.Tensor) -> WithInputGrad:
+        """forward(x) in plain ops, and the map from its output's gradient to x's."""
+        weight = self.weight * self.scale
+        out = F.linear(x, weight, self.bias)
+        if self.activate:
+            out = plain_scaled_leaky_relu(out)
+
+        def input_grad(grad: torch.Tensor) -> torch.Tensor:
+            return (scaled_leaky_relu_grad(grad, out) if self.activate else grad) @ weight
+        return out, input_grad
 
 
 class ResBlock(nn.Module):
@@ -163,6 +212,19 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, R, R] -> [B, C', R/2, R/2]
         out = self.conv2(self.blur(self.conv1(x)))
         return (out + self.skip(self.skip_blur(x))) * (1.0 / math.sqrt(2.0))
+
+    def with_input_grad(self, x: torch.Tensor) -> WithInputGrad:
+        """forward(x) in plain ops, and the map from its output's gradient to x's."""
+        main, conv1_grad = self.conv1.with_input_grad(x)
+        main, blur_grad = torch.func.vjp(self.blur.taps, main)
+        main, conv2_grad = self.conv2.with_input_grad(main)
+        side, skip_blur_grad = torch.func.vjp(self.skip_blur.taps, x)
+        side, skip_grad = self.skip.with_input_grad(side)
+
+        def input_grad(grad: torch.Tensor) -> torch.Tensor:
+            grad = grad * (1.0 / math.sqrt(2.0))
+            return conv1_grad(blur_grad(conv2_grad(grad))[0]) + skip_blur_grad(skip_grad(grad))[0]
+        return (main + side) * (1.0 / math.sqrt(2.0)), input_grad
 
 
 class Discriminator(nn.Module):
@@ -192,9 +254,38 @@ class Discriminator(nn.Module):
         y = y.reshape(1, -1, 1, 1, 1).expand(group, -1, 1, h, w).reshape(batch, 1, h, w)
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:  # [B, 3, R, R] in [-1, 1] -> logits [B]
+    def forward(self, img: torch.Tensor, input_grad: bool = False):
+        """[B, 3, R, R] in [-1, 1] -> logits [B]; with input_grad, (logits, the gradient of their sum
+        with respect to img), the latter formed layer by layer in plain ops (with_input_grad): R1's input
+        gradient as a function that torch.func and torch.compile differentiate once more, where autograd
+        would differentiate its own backward (whose convolutions' weight gradients run slowly on GPUs)."""
         assert img.shape[1:] == (3, self.config.size, self.config.size), img.shape
+        if input_grad:
+            return self._with_input_grad(img)
         x = self.blocks(self.from_rgb(img))  # [B, C, 4, 4]
         x = self.final_conv(self.minibatch_stddev(x))
         x = self.final_linear(x.flatten(1))
         return self.out(x).squeeze(1).float()
+
+    def _with_input_grad(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = []
+
+        def vjp(fn, x: torch.Tensor) -> torch.Tensor:
+            out, grad_fn = torch.func.vjp(fn, x)
+            steps.append(lambda grad: grad_fn(grad)[0])
+            return out
+
+        def layer(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            out, grad_fn = module.with_input_grad(x)
+            steps.append(grad_fn)
+            return out
+
+        x = layer(self.from_rgb, img)
+        for block in self.blocks:
+            x = layer(block, x)
+        x = layer(self.final_conv, vjp(self.minibatch_stddev, x))
+        x = layer(self.out, layer(self.final_linear, vjp(lambda t: t.flatten(1), x)))
+        grad = torch.ones_like(x)  # d(sum of logits) / d(logits)
+        for grad_fn in reversed(steps):
+            grad = grad_fn(grad)
+        return x.squeeze(1).float(), grad

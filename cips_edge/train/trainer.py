@@ -54,6 +54,10 @@ class Speed:
     r1_bf16: bool = False  # (rounding) R1's forward and double backward of D under bf16 autocast
     r1_compile: bool = False  # (rounding) R1 as one compiled function: torch.func's gradient of the input
     # gradient's norm, which torch.compile traces whole (it cannot take autograd's double backward)
+    r1_explicit: bool = False  # (rounding) with r1_compile: D's input gradient formed layer by layer in plain
+    # ops (Discriminator.forward's input_grad), each convolution's as a transposed convolution, so that its
+    # weight gradients in R1 are cuDNN's weight-gradient kernels rather than forward convolutions of
+    # batch-transposed tensors
     recompute_g: bool = False  # activation checkpointing of G's per-pixel layers, one ToRGB group at a time:
     # G's step keeps about half the activations and runs G's forward twice
     activation_budget: float | None = None  # (rounding) compiled graphs: torch's activation memory budget
@@ -71,15 +75,15 @@ class Speed:
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
         """`cips train`'s fast path on CUDA (compiled: R1 with the rest, rgb_grad and d_pair; no cuDNN
         autotuning); on CPU only what changes nothing there. choices: the memory switches above
-        (cudnn_benchmark, r1_bf16, recompute_g, activation_budget), r1_compile, rgb_grad and d_pair (with
-        compile), fused_fc (with bf16) and fused_stack (with fused_fc)."""
+        (cudnn_benchmark, r1_bf16, recompute_g, activation_budget), r1_compile, r1_explicit, rgb_grad and
+        d_pair (with compile), fused_fc (with bf16) and fused_stack (with fused_fc)."""
         cuda = device.type == "cuda"
         compiled = ("r1_compile", "rgb_grad", "d_pair")  # on by default where the step is compiled
         choices = {**dict.fromkeys(compiled, True), **choices}
         if not cuda:
             choices = {k: v for k, v in choices.items() if k == "recompute_g"}
         if not (compile and cuda):
-            for key in compiled:
+            for key in (*compiled, "r1_explicit"):
                 choices.pop(key, None)
         if not (bf16 and cuda):
             choices.pop("fused_fc", None)
@@ -358,7 +362,14 @@ class Trainer:
                 d_in = self._d_input(x, draws)
                 with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
                     return torch.func.functional_call(self.D, {**p, **fixed}, (d_in,)).float().sum()
-            grad = torch.func.grad(logits_sum)(reals)
+
+            def input_grad(x: torch.Tensor) -> torch.Tensor:  # the same gradient, D's part formed explicitly
+                d_in, augment_grad = torch.func.vjp(lambda x: self._d_input(x, draws), x)
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.r1_bf16):
+                    _, grad = torch.func.functional_call(self.D, {**p, **fixed}, (d_in,), {"input_grad": True})
+                return augment_grad(grad.to(d_in.dtype))[0]
+
+            grad = input_grad(reals) if self.speed.r1_explicit else torch.func.grad(logits_sum)(reals)
             return grad.float().square().sum(dim=(1, 2, 3)).mean()
 
         grads, value = torch.func.grad_and_value(penalty)(params)
