@@ -11,7 +11,6 @@ timed calls. Paths as benchmarks/train.py names them (+r1x: Speed.r1_explicit).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
