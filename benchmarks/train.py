@@ -58,10 +58,10 @@ def speed_for(path: str, device: torch.device) -> Speed:
         autotune = "gd" if "autotune" in parts else "g" if "autotuneg" in parts else ""
         speed = Speed.for_device(device, bf16=True, compile="compile" in parts or bool(autotune),
                                  fused_fc="fused" in parts, fused_stack="stack" in parts)
-        return dataclasses.replace(speed, fold_gain="fold" in parts, autotune=autotune,
-                                   r1_compile="r1c" in parts and speed.compile, rgb_grad="rgbgrad" in parts,
-                                   d_pair="dpair" in parts, r1_bf16="r1bf16" in parts,
-                                   r1_explicit="r1x" in parts and "r1c" in parts and speed.compile)
+        r1_compile = "r1c" in parts and speed.compile
+        return dataclasses.replace(speed, fold_gain="fold" in parts, autotune=autotune, r1_compile=r1_compile,
+                                   rgb_grad="rgbgrad" in parts, d_pair="dpair" in parts, r1_bf16="r1bf16" in parts,
+                                   r1_explicit="r1x" in parts and r1_compile)
     raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune, +autotuneg, "
                      "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16, +r1x")
 

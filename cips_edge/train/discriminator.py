@@ -23,6 +23,12 @@ BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)  # per axis, / 8 ([1, 1] / 2 three times); Blur
 WithInputGrad = tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
+def _vjp(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> WithInputGrad:
+    """fn(x) and the map from its output's gradient to x's, through torch.func.vjp (fn in plain ops)."""
+    out, grad_fn = torch.func.vjp(fn, x)
+    return out, lambda grad: grad_fn(grad)[0]
+
+
 @dataclass(frozen=True)
 class DiscriminatorConfig:
     size: int  # input resolution, a power of two >= 8
@@ -216,14 +222,14 @@ class ResBlock(nn.Module):
     def with_input_grad(self, x: torch.Tensor) -> WithInputGrad:
         """forward(x) in plain ops, and the map from its output's gradient to x's."""
         main, conv1_grad = self.conv1.with_input_grad(x)
-        main, blur_grad = torch.func.vjp(self.blur.taps, main)
+        main, blur_grad = _vjp(self.blur.taps, main)
         main, conv2_grad = self.conv2.with_input_grad(main)
-        side, skip_blur_grad = torch.func.vjp(self.skip_blur.taps, x)
+        side, skip_blur_grad = _vjp(self.skip_blur.taps, x)
         side, skip_grad = self.skip.with_input_grad(side)
 
         def input_grad(grad: torch.Tensor) -> torch.Tensor:
             grad = grad * (1.0 / math.sqrt(2.0))
-            return conv1_grad(blur_grad(conv2_grad(grad))[0]) + skip_blur_grad(skip_grad(grad))[0]
+            return conv1_grad(blur_grad(conv2_grad(grad))) + skip_blur_grad(skip_grad(grad))
         return (main + side) * (1.0 / math.sqrt(2.0)), input_grad
 
 
@@ -268,23 +274,19 @@ class Discriminator(nn.Module):
         return self.out(x).squeeze(1).float()
 
     def _with_input_grad(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = []
+        steps = []  # each step's map from its output's gradient to its input's, in forward order
 
-        def vjp(fn, x: torch.Tensor) -> torch.Tensor:
-            out, grad_fn = torch.func.vjp(fn, x)
-            steps.append(lambda grad: grad_fn(grad)[0])
-            return out
-
-        def layer(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            out, grad_fn = module.with_input_grad(x)
+        def step(pair: WithInputGrad) -> torch.Tensor:
+            out, grad_fn = pair
             steps.append(grad_fn)
             return out
 
-        x = layer(self.from_rgb, img)
+        x = step(self.from_rgb.with_input_grad(img))
         for block in self.blocks:
-            x = layer(block, x)
-        x = layer(self.final_conv, vjp(self.minibatch_stddev, x))
-        x = layer(self.out, layer(self.final_linear, vjp(lambda t: t.flatten(1), x)))
+            x = step(block.with_input_grad(x))
+        x = step(self.final_conv.with_input_grad(step(_vjp(self.minibatch_stddev, x))))
+        x = step(_vjp(lambda t: t.flatten(1), x))
+        x = step(self.out.with_input_grad(step(self.final_linear.with_input_grad(x))))
         grad = torch.ones_like(x)  # d(sum of logits) / d(logits)
         for grad_fn in reversed(steps):
             grad = grad_fn(grad)

@@ -233,9 +233,10 @@ extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFc(
 // The backward through one layer into the layer before it, for `batch` samples:
 //   D = G @ W^T * gain, times 1 where Z > 0 and `slope` elsewhere,
 // G [B, M, K] the gradient at this layer's pre-activation (contiguous), `w` this layer's weights W [B, N, K]
-// stored as W^T [B, K, N] row-major (its [out, in] memory: N = its input width), Z [B, M, N] the layer before's output (this layer's input;
-// rows and samples `z_row_stride` and `z_batch_stride` elements apart), D [B, M, N] contiguous: the
-// gradient at the layer before's pre-activation, without the pass that reads G @ W^T and Z and writes it.
+// stored as W^T [B, K, N] row-major (its [out, in] memory: N = its input width), Z [B, M, N] the layer
+// before's output (this layer's input; rows and samples `z_row_stride` and `z_batch_stride` elements
+// apart), D [B, M, N] contiguous: the gradient at the layer before's pre-activation, without the pass that
+// reads G @ W^T and Z and writes it.
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcGradInput(
     const void* g, const void* w, const void* z, int64_t z_row_stride, int64_t z_batch_stride, void* d, int batch,
     int m, int n, int k, float gain, float slope, int device, void* stream, char* error, int error_len) {
