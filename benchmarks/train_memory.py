@@ -112,6 +112,9 @@ PROCESSES = {
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
     "fused-layers": ("fast+compile", {}, {}, ["base", "fused_fc+fused_stack"]),  # `cips train` and --fused-layers
+    # --fused-layers with D's input gradient in R1 formed explicitly (Speed.r1_explicit), in float32 and under bf16
+    "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+r1_explicit",
+                                           "fused_fc+fused_stack+r1_explicit+r1_bf16"]),
     # `cips train` without each ToRGB's gradient into its input inside the pass that reads it (rgb_grad), without
     # the D step's reals and fakes in one D call (d_pair), without both; then with --fused-layers
     "levers": ("fast+compile", {}, {}, ["base", "no-rgb_grad", "no-d_pair", "no-rgb_grad+no-d_pair",
