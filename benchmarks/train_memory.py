@@ -45,8 +45,10 @@ A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 b
    GiB (B), likely B's largest phase. Two tensors per level would be kept only for their shape or twice:
    the blur's padded input (1.1 GiB per blur at B's top level, two blurs; its backward keeps the shape
    alone: 2.8 GiB at B, 1.3 at A) and each activation's input (kept beside its output by autograd's
-   leaky ReLU; the output alone: 2.6 GiB at B, 1.6 at A). `--r1-bf16` halves the rest (rounding
-   changes; R1 runs every 16 steps).
+   leaky ReLU; the output alone: 2.6 GiB at B, 1.6 at A). R1 under bf16 halves the rest (rounding
+   changes; R1 runs every 16 steps). `cips train`'s R1 is compiled, with D's input gradient formed
+   explicitly and under bf16: one R1 call peaks at 7.1 GB at B against autograd's 15.6 GB in float32
+   (benchmarks/r1_time.py, r1-time-64-h100.json).
 4. D's step: the fakes come from G under no_grad (no G graph is kept across D's step); D's graphs for
    the real and the fake batch, bf16: ~1-2 GiB (A), ~5-6 GiB (B).
 5. Weights and optimizer state: G 44.3M / 12.9M parameters (A / B: the embedding table is 33.6M at
@@ -99,11 +101,15 @@ AUTOTUNE_ENV = {"TORCHINDUCTOR_MAX_AUTOTUNE_GEMM_BACKENDS": "ATEN,TRITON",
 # Process settings: the path (as benchmarks/train.py names them), Speed overrides, environment, and the
 # variants measured on the same trainer after the first step.
 PROCESSES = {
-    "compiled": ("fast+compile", {}, {}, ["base", "r1_bf16", "no-r1_compile", "recompute_g"]),
-    "r1-compile": ("fast+compile", {}, {}, ["base", "no-r1_compile"]),  # the compiled process, R1's question only
-    "r1-bf16": ("fast+compile", {}, {}, ["base", "r1_bf16"]),  # the compiled R1 in float32 and under bf16
-    # the compiled R1 with D's input gradient formed explicitly (Speed.r1_explicit), in float32 and under bf16
-    "r1-explicit": ("fast+compile", {}, {}, ["base", "r1_explicit", "r1_bf16", "r1_explicit+r1_bf16"]),
+    # `cips train`'s step (base: R1 compiled, its input gradient explicit, under bf16), R1 in float32, R1 eager
+    # in float32 (autograd's double backward), G recomputed
+    "compiled": ("fast+compile", {}, {}, ["base", "no-r1_bf16", "no-r1_compile+no-r1_bf16", "recompute_g"]),
+    # R1's question only: R1 compiled (the default) and eager, both in float32
+    "r1-compile": ("fast+compile", {}, {}, ["no-r1_bf16", "no-r1_compile+no-r1_bf16"]),
+    "r1-bf16": ("fast+compile", {}, {}, ["no-r1_bf16", "base"]),  # the compiled R1 in float32 and under bf16
+    # the compiled R1 through autograd's input gradient and explicitly (Speed.r1_explicit), in float32 and
+    # under bf16 (the last is the default)
+    "r1-explicit": ("fast+compile", {}, {}, ["no-r1_explicit+no-r1_bf16", "no-r1_bf16", "no-r1_explicit", "base"]),
     # compile's max-autotune: Triton GEMM templates beside cuBLAS, which can take G's bias + leaky ReLU (+ cast)
     # into their epilogue; convolutions stay cuDNN's (Triton's convolution templates would add tuning time)
     "autotune": ("fast+compile", {"autotune": "gd"}, AUTOTUNE_ENV, ["base"]),
@@ -112,14 +118,15 @@ PROCESSES = {
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
     "fused-layers": ("fast+compile", {}, {}, ["base", "fused_fc+fused_stack"]),  # `cips train` and --fused-layers
-    # --fused-layers with D's input gradient in R1 formed explicitly (Speed.r1_explicit), in float32 and under bf16
-    "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+r1_explicit",
-                                           "fused_fc+fused_stack+r1_explicit+r1_bf16"]),
+    # --fused-layers with R1 through autograd's input gradient in float32, then with the explicit one
+    # (Speed.r1_explicit) in float32, then under bf16 (the default)
+    "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-r1_explicit+no-r1_bf16",
+                                           "fused_fc+fused_stack+no-r1_bf16", "fused_fc+fused_stack"]),
     # `cips train` without each ToRGB's gradient into its input inside the pass that reads it (rgb_grad), without
     # the D step's reals and fakes in one D call (d_pair), without both; then with --fused-layers
     "levers": ("fast+compile", {}, {}, ["base", "no-rgb_grad", "no-d_pair", "no-rgb_grad+no-d_pair",
                                         "fused_fc+fused_stack"]),
-    "cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": True}, {}, ["base", "r1_bf16"]),
+    "cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": True}, {}, ["no-r1_bf16", "base"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),
     "wscap-256": ("fast+compile", {}, {"CUDNN_CONV_WSCAP_DBG": "256"}, ["base"]),
@@ -127,7 +134,7 @@ PROCESSES = {
     "eager": ("fast", {}, {}, ["base", "r1_bf16", "recompute_g"]),
     "eager-cudnn-benchmark": ("fast", {"cudnn_benchmark": True}, {}, ["base"]),
     "best": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"},
-             ["r1_bf16", "recompute_g", "r1_bf16+recompute_g"]),
+             ["base", "recompute_g"]),
     # `cips train` as it is, on a card no larger than the authors' peak (see CAPPED)
     "authors-cap": ("fast+compile", {}, {}, ["base"]),
 }

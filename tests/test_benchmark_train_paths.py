@@ -18,7 +18,8 @@ def test_cips_trains_path_is_the_step_cips_train_runs(monkeypatch, tmp_path):
 
     monkeypatch.setenv(fused_fc.LIBRARY_ENV, str(tmp_path / "nowhere.so"))  # no fused layers either way
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    assert bench.speed_for("fast+compile+r1c+rgbgrad+dpair", CUDA) == speed_for(TrainOptions(data="d"), CUDA)
+    cips_train = "fast+compile+r1c+rgbgrad+dpair+r1x+r1bf16"
+    assert bench.speed_for(cips_train, CUDA) == speed_for(TrainOptions(data="d"), CUDA)
 
 
 @pytest.mark.parametrize("part,switch", [("r1bf16", "r1_bf16"), ("rgbgrad", "rgb_grad"), ("dpair", "d_pair"),

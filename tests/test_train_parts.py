@@ -462,7 +462,7 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit):
                 assert same_layout(grads[name], g), name  # the layout fused Adam expects
 
 
-@pytest.mark.parametrize("switch", ["r1_compile", "rgb_grad", "d_pair"])
+@pytest.mark.parametrize("switch", ["r1_compile", "r1_explicit", "rgb_grad", "d_pair"])
 def test_compiled_step_switches_apply_only_where_the_step_is_compiled(switch):
     from cips_edge.train.trainer import Speed
 
@@ -490,10 +490,29 @@ def test_cips_train_defaults_are_the_fast_paths_defaults():
     defaults = speed_for(TrainOptions(data="images"), cuda)
     assert defaults == Speed.for_device(cuda, bf16=True, compile=True)
     assert defaults.r1_compile and not defaults.cudnn_benchmark and defaults.compile
-    assert defaults.rgb_grad and defaults.d_pair
+    assert defaults.rgb_grad and defaults.d_pair and defaults.r1_explicit and defaults.r1_bf16
     asked = speed_for(TrainOptions(data="images", cudnn_benchmark=True, r1_compile=False), cuda)
     assert asked.cudnn_benchmark and not asked.r1_compile and asked.rgb_grad and asked.d_pair
     for switch in ("rgb_grad", "d_pair"):  # --no-rgb-grad, --no-d-pair
         off = speed_for(TrainOptions(data="images", **{switch: False}), cuda)
         assert off == dataclasses.replace(defaults, **{switch: False})
     assert speed_for(TrainOptions(data="images", plain=True), cuda) == Speed()
+
+
+def test_r1_runs_under_bf16_by_default_only_where_its_input_gradient_is_explicit():
+    """R1 under bf16 is fast with the explicit input gradient and slower than float32 through autograd's:
+    its default follows --r1-explicit (and so --r1-compile and --compile) and --bf16; --r1-bf16 and
+    --no-r1-bf16 decide where given."""
+    from cips_edge.train.loop import speed_for
+    from cips_edge.train.options import TrainOptions
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+
+    def bf16(device=cuda, **given) -> bool:
+        return speed_for(TrainOptions(data="images", **given), device).r1_bf16
+
+    assert bf16()
+    assert not bf16(r1_explicit=False) and not bf16(r1_compile=False) and not bf16(compile=False)
+    assert not bf16(bf16=False) and not bf16(r1_bf16=False) and not bf16(cpu)
+    assert bf16(r1_explicit=False, r1_bf16=True) and bf16(compile=False, r1_bf16=True)
+    assert not speed_for(TrainOptions(data="images", r1_compile=False), cuda).r1_explicit

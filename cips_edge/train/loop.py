@@ -69,7 +69,7 @@ def speed_for(options: TrainOptions, device: torch.device) -> Speed:
     if o.fused_layers and device.type == "cuda":
         check_fused_layers(o, device)
     return Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark, r1_bf16=o.r1_bf16,
-                            r1_compile=o.r1_compile, rgb_grad=o.rgb_grad, d_pair=o.d_pair,
+                            r1_compile=o.r1_compile, r1_explicit=o.r1_explicit, rgb_grad=o.rgb_grad, d_pair=o.d_pair,
                             recompute_g=o.recompute_g, fused_fc=o.fused_layers, fused_stack=o.fused_layers)
 
 

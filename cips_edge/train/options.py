@@ -117,11 +117,21 @@ class TrainOptions:
     cudnn_benchmark: bool = opt(False, "let cuDNN time its convolution algorithms at the start (CUDA): its trials "
                                        "borrow whatever GPU memory is free, so the first step can peak far above "
                                        "the later ones, for about 1 percent more images/s")
-    r1_bf16: bool = opt(False, "R1's double backward under bf16 autocast on CUDA (faster, less memory; "
-                               "rounds differently from float32)")
+    r1_bf16: bool | None = opt(None, "R1's forward and double backward under bf16 autocast on CUDA (the penalty "
+                                     "summed in float32; rounds differently). Default: on with --bf16 where R1's "
+                                     "input gradient is explicit (--r1-explicit, the compiled step): there R1 "
+                                     "takes 56 ms against float32's 122 at 64x64 batch 128 on an H100, and "
+                                     "trains the emoji recipe within two float32 seeds' noise "
+                                     "(docs/training.md); off elsewhere (autograd's bf16 double backward is "
+                                     "slower than float32's: 202 against 170 ms)")
     r1_compile: bool = opt(True, "with --compile: R1 compiled too, as torch.func's gradient of its input "
                                  "gradient's norm (the first R1 step runs eager, the second compiles; rounds "
                                  "differently from autograd's double backward): about 5 percent more images/s")
+    r1_explicit: bool = opt(True, "with --r1-compile: D's input gradient in R1 formed layer by layer, each "
+                                  "convolution's as a transposed convolution, so R1's weight gradients run as "
+                                  "cuDNN's weight-gradient kernels: R1 1.4x faster and 2.3 GB less at 64x64 "
+                                  "batch 128 on an H100 (same values to float64 rounding; rounds differently "
+                                  "in float32)")
     rgb_grad: bool = opt(True, "with --compile: each ToRGB's gradient into its input as three multiply-adds "
                                "inside the pass that reads it, not a GEMM of its own (rounds differently)")
     d_pair: bool = opt(True, "with --compile: D's step runs reals and fakes through D in one call of twice "
