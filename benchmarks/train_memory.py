@@ -118,6 +118,9 @@ PROCESSES = {
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
     "fused-layers": ("fast+compile", {}, {}, ["base", "fused_fc+fused_stack"]),  # `cips train` and --fused-layers
+    # D's and R1's graphs compiled with Inductor's limits on inlined expressions raised (Speed.d_inline), without
+    # and with --fused-layers
+    "d-inline": ("fast+compile", {}, {}, ["base", "d_inline", "fused_fc+fused_stack", "fused_fc+fused_stack+d_inline"]),
     # --fused-layers with R1 through autograd's input gradient in float32, then with the explicit one
     # (Speed.r1_explicit) in float32, then under bf16 (the default)
     "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-r1_explicit+no-r1_bf16",

@@ -421,12 +421,14 @@ def test_compiled_training_steps_track_eager_ones(panorama, recompute):
 
 
 @pytest.mark.slow  # Inductor compiles R1's double backward on the CPU: about a minute
-@pytest.mark.parametrize("explicit", [False, True], ids=["torch.func's input gradient", "D's explicit one"])
-def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit):
+@pytest.mark.parametrize("explicit,inline", [(False, False), (True, False), (True, True)],
+                         ids=["torch.func's input gradient", "D's explicit one", "D's explicit one, d_inline"])
+def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit, inline):
     """--r1-compile: R1 as one compiled torch.func function must give autograd's penalty and D gradients
     (augmentation on, channels-last D), leave the parameters R1 does not reach without a gradient (so
     Adam skips them, as in the eager step), and take over after the first, eager call; with
-    Speed.r1_explicit, D's input gradient formed layer by layer (through the augmentation's own)."""
+    Speed.r1_explicit, D's input gradient formed layer by layer (through the augmentation's own), and
+    compiled with Speed.d_inline's limits."""
     import dataclasses
 
     from cips_edge.train.data import ImageBank
@@ -437,7 +439,7 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit):
     recipe = Recipe(batch=4, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=4,
                     augment=True, xflip=True, g_lazy_correction=True, seed=0)
     trainer = Trainer(g_config, DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
-                      speed=Speed(channels_last=True, r1_compile=True, r1_explicit=explicit))
+                      speed=Speed(channels_last=True, r1_compile=True, r1_explicit=explicit, d_inline=inline))
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
     trainer.use_bank(ImageBank(images, torch.device("cpu")))
     trainer.reseed(0)
@@ -516,3 +518,49 @@ def test_r1_runs_under_bf16_by_default_only_where_its_input_gradient_is_explicit
     assert not bf16(bf16=False) and not bf16(r1_bf16=False) and not bf16(cpu)
     assert bf16(r1_explicit=False, r1_bf16=True) and bf16(compile=False, r1_bf16=True)
     assert not speed_for(TrainOptions(data="images", r1_compile=False), cuda).r1_explicit
+
+
+def _compiled_d_buffers(d_inline: bool) -> tuple[set[tuple[int, ...]], torch.Tensor, list[torch.Tensor]]:
+    """The shapes of the buffers the compiled D's forward and backward store at 32x32 (Inductor on the
+    CPU), D's logits and its parameters' gradients."""
+    import dataclasses
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from cips_edge.train.trainer import Speed
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    recipe = Recipe(batch=4, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=4,
+                    augment=False, xflip=False, g_lazy_correction=True, seed=0)
+    g_config = dataclasses.replace(preset("tiny"), size=32)
+    trainer = Trainer(g_config, DiscriminatorConfig(32, 2, 16), recipe, torch.device("cpu"),
+                      speed=Speed(compile=True, channels_last=True, d_inline=d_inline))
+    img = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+
+    def step() -> torch.Tensor:
+        logits = trainer.discriminate(img)
+        logits.square().sum().backward()
+        return logits
+    logits, codes = run_and_get_code(step)
+    shapes = {tuple(int(n) for n in m.split(",") if n.strip())
+              for code in codes for m in re.findall(r"empty_strided_cpu\(\(([^)]*)\)", code)}
+    return shapes, logits.detach(), [p.grad.clone() for p in trainer.D.parameters()] + [img.grad.clone()]
+
+
+@pytest.mark.slow  # Inductor compiles D's forward and backward on the CPU twice: about 40 s
+def test_d_inline_computes_the_blurs_passes_inside_the_kernels_that_read_them():
+    """Speed.d_inline: compiled with D_INLINE, D's graphs store no 1-D pass of a blur or of its gradient
+    (the 32x32 level's blur pads to 36 and its taps give 33 along one axis: a [B, C, 36, 33] or
+    [B, C, 36, 36] buffer), where Inductor's default limits store them; the logits and gradients stay those
+    of the default compile."""
+    stored, logits, grads = _compiled_d_buffers(d_inline=False)
+    inlined, logits_i, grads_i = _compiled_d_buffers(d_inline=True)
+    passes = {s for s in stored if len(s) == 4 and {36} & set(s[2:])}
+    assert passes, stored  # what the default compile stores
+    assert not {s for s in inlined if len(s) == 4 and {36} & set(s[2:])}, inlined
+    assert len(inlined) < len(stored)
+    torch.testing.assert_close(logits_i, logits, rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads_i, grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)

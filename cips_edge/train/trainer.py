@@ -33,6 +33,11 @@ from .discriminator import Discriminator, DiscriminatorConfig
 from .losses import d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_settings, r1_penalty
 
 ADAM_BETAS = (0.0, 0.99)
+# Inductor stores a pointwise result whose expression has more than 30 ops or reads more than 4 (8 across
+# fused producers) buffers. The blur's taps with their padding masks pass those limits, so D's graphs store
+# each 1-D pass of the blur and of its gradient as a tensor of the level's full size; these limits keep them
+# inside the kernels that read them (Speed.d_inline).
+D_INLINE = {"realize_opcount_threshold": 1000, "realize_reads_threshold": 100, "realize_acc_reads_threshold": 100}
 G_REG_EVERY_ORIGINAL = 4  # the interval the original's G optimizer is corrected for (see TrainOptions)
 STAT_NAMES = ("loss_d", "loss_g", "r1", "real_score", "fake_score")
 
@@ -70,6 +75,9 @@ class Speed:
     # compiled backward fuses into the pass that reads it (projection.py) instead of a GEMM of its own
     d_pair: bool = False  # (rounding) the D step's reals and fakes through D in one call of twice the batch,
     # laid out so that every minibatch-stddev group holds the samples it holds in two calls
+    d_inline: bool = False  # (rounding) with compile: D's and R1's graphs compiled with D_INLINE, so that the
+    # blur's shifted sums and their gradients are computed inside the passes that read them instead of
+    # being stored (in bf16) between passes
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
@@ -185,11 +193,13 @@ class Trainer:
         if speed.compile:
             def mode(part: str) -> str | None:
                 return "max-autotune-no-cudagraphs" if part in speed.autotune else None
+            # torch.compile takes a mode or options: D_INLINE applies where D's graphs are not autotuned
+            d_options = D_INLINE if speed.d_inline and not mode("d") else None
             self.generate = _with_budget(torch.compile(self._generate, mode=mode("g")), speed.activation_budget)
-            self.discriminate = _with_budget(torch.compile(self._discriminate, mode=mode("d")),
+            self.discriminate = _with_budget(torch.compile(self._discriminate, mode=mode("d"), options=d_options),
                                              speed.activation_budget)
-            self.discriminate_pair = _with_budget(torch.compile(self._discriminate_pair, mode=mode("d")),
-                                                  speed.activation_budget)
+            self.discriminate_pair = _with_budget(
+                torch.compile(self._discriminate_pair, mode=mode("d"), options=d_options), speed.activation_budget)
 
     # -- forward passes ------------------------------------------------------------------------
     def _generate(self, z: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
@@ -344,7 +354,7 @@ class Trainer:
 
     def _r1_compiled_backward(self, reals: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
         if self._r1_compiled is None:
-            self._r1_compiled = torch.compile(self._r1_functional)
+            self._r1_compiled = torch.compile(self._r1_functional, options=D_INLINE if self.speed.d_inline else None)
         params, fixed = {}, dict(self.D.named_buffers())  # fixed: buffers and the parameters R1 does not reach
         for name, p in self.D.named_parameters():
             (params if name in self._r1_params else fixed)[name] = p.detach()
