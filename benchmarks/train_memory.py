@@ -118,9 +118,9 @@ PROCESSES = {
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
     "fused-layers": ("fast+compile", {}, {}, ["base", "fused_fc+fused_stack"]),  # `cips train` and --fused-layers
-    # D's and R1's graphs compiled with Inductor's limits on inlined expressions raised (Speed.d_inline), without
-    # and with --fused-layers (beside the fused-layers process)
-    "d-inline": ("fast+compile", {"d_inline": True}, {}, ["base", "fused_fc+fused_stack"]),
+    # D's blur under torch.compile as sixteen shifted terms (Speed.blur_shifts), without and with --fused-layers
+    # (beside the fused-layers process)
+    "blur-shifts": ("fast+compile", {"blur_shifts": True}, {}, ["base", "fused_fc+fused_stack"]),
     # --fused-layers with R1 through autograd's input gradient in float32, then with the explicit one
     # (Speed.r1_explicit) in float32, then under bf16 (the default)
     "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-r1_explicit+no-r1_bf16",
@@ -142,7 +142,7 @@ PROCESSES = {
     "authors-cap": ("fast+compile", {}, {}, ["base"]),
 }
 # Switches the trainer reads when it compiles its graphs: a process's Speed overrides, never a variant's
-AT_CONSTRUCTION = {"compile", "autotune", "activation_budget", "d_inline"}
+AT_CONSTRUCTION = {"compile", "autotune", "activation_budget", "blur_shifts"}
 # Processes whose PyTorch allocator is capped at the configuration's authors' peak GB
 # (torch.cuda.set_per_process_memory_fraction): the caching allocator raises out-of-memory above it, as a
 # card of that size would, and cuDNN's autotuning skips the plans whose workspace does not fit. Their

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from benchmark_scripts import load
+
 from cips_edge.train.trainer import Speed
 
 bench = load("train_memory")
@@ -15,7 +15,7 @@ bench = load("train_memory")
 
 @pytest.mark.parametrize("process", sorted(bench.PROCESSES))
 def test_variants_name_only_switches_a_built_trainer_reads(process):
-    path, overrides, _, variants = bench.PROCESSES[process]
+    _, overrides, _, variants = bench.PROCESSES[process]
     fields = {f.name for f in dataclasses.fields(Speed)}
     named = {part.removeprefix("no-") for variant in variants if variant != "base" for part in variant.split("+")}
     assert named <= fields, named - fields

@@ -1,6 +1,6 @@
 """The discriminator's blur: eager, a custom autograd Function (so R1's double backward does not form the
-blur kernel's gradient one channel group at a time); compiled, shifted sums of the separable taps. Both
-must give the same outputs, R1 penalty and gradients as the plain depthwise conv2d of the [1, 3, 3, 1]
+blur kernel's gradient one channel group at a time); compiled, shifted sums of the separable taps or of
+the sixteen 2-D ones. All must give the same outputs, R1 penalty and gradients as the plain depthwise conv2d of the [1, 3, 3, 1]
 taps (the original's upfirdn2d)."""
 import copy
 
@@ -63,13 +63,30 @@ def test_blur_grads_of_every_order_match_conv2d(stride, pad):
     torch.autograd.gradgradcheck(blur, (x,))
 
 
-@pytest.mark.slow  # Inductor compiles on the CPU
+@pytest.mark.parametrize("shifts", [False, True], ids=["separable", "sixteen shifts"])
 @pytest.mark.parametrize("stride,pad", [(1, (2, 2)), (2, (1, 1))])
-def test_compiled_blur_shifted_sums_match_conv2d(stride, pad):
-    """Under torch.compile the blur is shifted sums (the separable taps); outputs and input gradients must
-    match the depthwise convolution (Inductor on the CPU here; the GPU benchmarks run the same code)."""
+def test_blur_taps_in_plain_ops_match_conv2d_to_every_order(stride, pad, shifts):
+    """Blur.taps, what runs under torch.compile, in either form: the depthwise convolution's values and
+    gradients of the first and second order (float64)."""
+    torch.manual_seed(1)
+    blur = dmod.Blur(5, pad=pad, stride=stride).double()
+    blur.shifts = shifts
+    x = torch.randn(2, 5, 9, 9, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(blur.taps(x), plain_blur_forward(blur, x), rtol=0, atol=1e-12)
+    torch.autograd.gradcheck(blur.taps, (x,))
+    torch.autograd.gradgradcheck(blur.taps, (x,))
+
+
+@pytest.mark.slow  # Inductor compiles on the CPU
+@pytest.mark.parametrize("shifts", [False, True], ids=["separable", "sixteen shifts"])
+@pytest.mark.parametrize("stride,pad", [(1, (2, 2)), (2, (1, 1))])
+def test_compiled_blur_shifted_sums_match_conv2d(stride, pad, shifts):
+    """Under torch.compile the blur is shifted sums (the separable taps, or the sixteen 2-D ones); outputs
+    and input gradients must match the depthwise convolution (Inductor on the CPU here; the GPU
+    benchmarks run the same code)."""
     torch.manual_seed(2)
     blur = dmod.Blur(6, pad=pad, stride=stride)
+    blur.shifts = shifts
     x = torch.randn(2, 6, 12, 12, requires_grad=True)
     torch._dynamo.reset()
     compiled = torch.compile(blur, backend="inductor", fullgraph=True, dynamic=False)
@@ -160,3 +177,37 @@ def test_explicit_input_gradient_gives_autograds_gradient_and_r1(channels_last):
             assert not grads[name].any(), name
         else:
             torch.testing.assert_close(grads[name], want, rtol=1e-10, atol=1e-12 * want.abs().max().item(), msg=name)
+
+
+def _stored_shapes(shifts: bool) -> set[tuple[int, ...]]:
+    """The shapes of the buffers a compiled 32x32 D's forward and backward store, with Inductor's GPU
+    limits on what a kernel inlines (the CPU's are looser)."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(32, 2, 16)).to(memory_format=torch.channels_last)
+    for blur in D.modules():
+        if isinstance(blur, dmod.Blur):
+            blur.shifts = shifts
+    x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
+    torch._dynamo.reset()
+    step = torch.compile(lambda x: D(x).square().sum(),
+                         options={"realize_opcount_threshold": 30, "realize_acc_reads_threshold": 8})
+    _, codes = run_and_get_code(lambda: step(x).backward())
+    return {tuple(int(n) for n in m.split(",") if n.strip())
+            for code in codes for m in re.findall(r"empty_strided_cpu\(\(([^)]*)\)", code)}
+
+
+@pytest.mark.slow  # Inductor compiles D's forward and backward on the CPU twice: about 30 s
+def test_sixteen_shifts_keep_the_blurs_passes_inside_the_kernels_around_them():
+    """Compiled, the separable taps store each 1-D pass of a blur and of its gradient at the padded size
+    (the 32x32 level's blur pads to 36: [B, C, 36, 33] and [B, C, 36, 36] tensors); the sixteen shifts
+    store none: the forward's sum is the next convolution's input and the gradient's sum lands on the
+    32x32 activation's own size."""
+    def padded(shapes):
+        return {s for s in shapes if len(s) == 4 and {33, 34, 35, 36} & set(s[2:]) and s[2:] != (33, 33)}
+    separable, shifted = _stored_shapes(False), _stored_shapes(True)
+    assert padded(separable), separable
+    assert not padded(shifted), shifted

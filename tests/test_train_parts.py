@@ -390,12 +390,13 @@ def test_r1_in_bf16_stays_close_to_float32(monkeypatch):
 
 
 @pytest.mark.slow  # Inductor compiles on the CPU: about a minute
-@pytest.mark.parametrize("panorama,recompute", [(0, False), (2, False), (0, True)])
-def test_compiled_training_steps_track_eager_ones(panorama, recompute):
+@pytest.mark.parametrize("panorama,recompute,shifts", [(0, False, False), (2, False, False), (0, True, False),
+                                                       (0, False, True)])
+def test_compiled_training_steps_track_eager_ones(panorama, recompute, shifts):
     """`cips train` compiles G and D's forward on CUDA by default; the compiled step (the blur as shifted
     sums, Inductor's fused kernels) must give the eager step's losses and R1 from the same seed. Run with
     Inductor on the CPU here (flat and panorama models, DiffAugment on, channels-last D; and G's
-    activation checkpointing inside the compiled graph, --recompute-g)."""
+    activation checkpointing inside the compiled graph, --recompute-g; D's blurs as sixteen shifts)."""
     import dataclasses
 
     from cips_edge.train.data import ImageBank
@@ -409,7 +410,8 @@ def test_compiled_training_steps_track_eager_ones(panorama, recompute):
     for compile in (False, True):
         torch._dynamo.reset()
         trainer = Trainer(g_config, DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
-                          speed=Speed(compile=compile, channels_last=True, recompute_g=recompute and compile))
+                          speed=Speed(compile=compile, channels_last=True, recompute_g=recompute and compile,
+                                      blur_shifts=shifts))
         trainer.use_bank(ImageBank(images, torch.device("cpu")))
         for step in range(3):
             trainer.train_step(step)
@@ -421,14 +423,12 @@ def test_compiled_training_steps_track_eager_ones(panorama, recompute):
 
 
 @pytest.mark.slow  # Inductor compiles R1's double backward on the CPU: about a minute
-@pytest.mark.parametrize("explicit,inline", [(False, False), (True, False), (True, True)],
-                         ids=["torch.func's input gradient", "D's explicit one", "D's explicit one, d_inline"])
-def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit, inline):
+@pytest.mark.parametrize("explicit", [False, True], ids=["torch.func's input gradient", "D's explicit one"])
+def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit):
     """--r1-compile: R1 as one compiled torch.func function must give autograd's penalty and D gradients
     (augmentation on, channels-last D), leave the parameters R1 does not reach without a gradient (so
     Adam skips them, as in the eager step), and take over after the first, eager call; with
-    Speed.r1_explicit, D's input gradient formed layer by layer (through the augmentation's own), and
-    compiled with Speed.d_inline's limits."""
+    Speed.r1_explicit, D's input gradient formed layer by layer (through the augmentation's own)."""
     import dataclasses
 
     from cips_edge.train.data import ImageBank
@@ -439,7 +439,7 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit, inline):
     recipe = Recipe(batch=4, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=4,
                     augment=True, xflip=True, g_lazy_correction=True, seed=0)
     trainer = Trainer(g_config, DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
-                      speed=Speed(channels_last=True, r1_compile=True, r1_explicit=explicit, d_inline=inline))
+                      speed=Speed(channels_last=True, r1_compile=True, r1_explicit=explicit))
     images = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
     trainer.use_bank(ImageBank(images, torch.device("cpu")))
     trainer.reseed(0)
@@ -520,47 +520,14 @@ def test_r1_runs_under_bf16_by_default_only_where_its_input_gradient_is_explicit
     assert not speed_for(TrainOptions(data="images", r1_compile=False), cuda).r1_explicit
 
 
-def _compiled_d_buffers(d_inline: bool) -> tuple[set[tuple[int, ...]], torch.Tensor, list[torch.Tensor]]:
-    """The shapes of the buffers the compiled D's forward and backward store at 32x32 (Inductor on the
-    CPU), D's logits and its parameters' gradients."""
-    import dataclasses
-    import re
-
-    from torch._inductor.utils import run_and_get_code
-
+@pytest.mark.parametrize("shifts", [False, True])
+def test_the_trainer_gives_every_blur_of_d_the_form_speed_asks_for(shifts):
+    from cips_edge.train.discriminator import Blur
     from cips_edge.train.trainer import Speed
 
-    torch._dynamo.reset()
-    torch.manual_seed(0)
     recipe = Recipe(batch=4, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=4,
                     augment=False, xflip=False, g_lazy_correction=True, seed=0)
-    g_config = dataclasses.replace(preset("tiny"), size=32)
-    trainer = Trainer(g_config, DiscriminatorConfig(32, 2, 16), recipe, torch.device("cpu"),
-                      speed=Speed(compile=True, channels_last=True, d_inline=d_inline))
-    img = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
-
-    def step() -> torch.Tensor:
-        logits = trainer.discriminate(img)
-        logits.square().sum().backward()
-        return logits
-    logits, codes = run_and_get_code(step)
-    shapes = {tuple(int(n) for n in m.split(",") if n.strip())
-              for code in codes for m in re.findall(r"empty_strided_cpu\(\(([^)]*)\)", code)}
-    return shapes, logits.detach(), [p.grad.clone() for p in trainer.D.parameters()] + [img.grad.clone()]
-
-
-@pytest.mark.slow  # Inductor compiles D's forward and backward on the CPU twice: about 40 s
-def test_d_inline_computes_the_blurs_passes_inside_the_kernels_that_read_them():
-    """Speed.d_inline: compiled with D_INLINE, D's graphs store no 1-D pass of a blur or of its gradient
-    (the 32x32 level's blur pads to 36 and its taps give 33 along one axis: a [B, C, 36, 33] or
-    [B, C, 36, 36] buffer), where Inductor's default limits store them; the logits and gradients stay those
-    of the default compile."""
-    stored, logits, grads = _compiled_d_buffers(d_inline=False)
-    inlined, logits_i, grads_i = _compiled_d_buffers(d_inline=True)
-    passes = {s for s in stored if len(s) == 4 and {36} & set(s[2:])}
-    assert passes, stored  # what the default compile stores
-    assert not {s for s in inlined if len(s) == 4 and {36} & set(s[2:])}, inlined
-    assert len(inlined) < len(stored)
-    torch.testing.assert_close(logits_i, logits, rtol=1e-4, atol=1e-5)
-    for a, b in zip(grads_i, grads):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    trainer = Trainer(preset("tiny"), DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
+                      speed=Speed(blur_shifts=shifts))
+    blurs = [m for m in trainer.D.modules() if isinstance(m, Blur)]
+    assert len(blurs) >= 2 and {b.shifts for b in blurs} == {shifts}

@@ -103,10 +103,10 @@ class Blur(nn.Module):
     benchmarks/results/train-profile-paper-256-h200*.json):
     - eager (the plain and fast paths, and R1's double backward, which is never compiled): a depthwise
       convolution through _ConstDepthwiseConv.
-    - under torch.compile: the filter is separable, so it is the 1-D taps along columns then rows, as
-      sums of shifted slices, which Inductor fuses into one kernel. The convolution there cost ~45% of a
-      paper-256 D step (cuDNN's NHWC layout transforms and its depthwise data-gradient kernel). Eager,
-      the same filter as three 2x2 average pools was slower than the convolution (39 vs 50 img/s)."""
+    - under torch.compile: sums of shifted slices in plain ops (taps), which Inductor fuses with the
+      passes around them. The convolution there cost ~45% of a paper-256 D step (cuDNN's NHWC layout
+      transforms and its depthwise data-gradient kernel). Eager, the same filter as three 2x2 average
+      pools was slower than the convolution (39 vs 50 img/s)."""
 
     def __init__(self, channels: int, pad: tuple[int, int], stride: int = 1):
         super().__init__()
@@ -114,6 +114,7 @@ class Blur(nn.Module):
         kernel = torch.outer(taps, taps) / taps.sum() ** 2
         self.register_buffer("kernel", kernel.expand(channels, 1, 4, 4).contiguous(), persistent=False)
         self.pad, self.stride = pad, stride
+        self.shifts = False  # taps() as sixteen shifted terms (Speed.blur_shifts; set before compiling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
@@ -122,10 +123,24 @@ class Blur(nn.Module):
         return _ConstDepthwiseConv.apply(F.pad(x, (p0, p1, p0, p1)), self.kernel, self.stride)
 
     def taps(self, x: torch.Tensor) -> torch.Tensor:
-        """The filter as shifted sums in plain ops: what runs under torch.compile."""
+        """The filter as shifted sums in plain ops: what runs under torch.compile. Separable (the 1-D taps
+        along columns, then rows), or with self.shifts the sixteen 2-D taps, each a shift of x itself: a pad
+        that may crop (F.pad's negative widths), so that every term's gradient is a shift of the output's
+        gradient back to x's size, and the terms' sum has the iteration space of the passes around it
+        (Inductor stores each 1-D pass of the separable form, and of its gradient, at the padded size)."""
         p0, p1 = self.pad
-        x = _taps(_taps(F.pad(x, (p0, p1, p0, p1)), 3), 2)
-        return x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+        s = self.stride
+        if not self.shifts:
+            x = _taps(_taps(F.pad(x, (p0, p1, p0, p1)), 3), 2)
+            return x[:, :, ::s, ::s] if s > 1 else x
+        out = None
+        for i, wi in enumerate(BLUR_TAPS):
+            for j, wj in enumerate(BLUR_TAPS):
+                # term[r, c] = padded x[r + i, c + j]: x moved down p0 - i rows and right p0 - j columns
+                term = F.pad(x, (p0 - j, p1 - 3 + j, p0 - i, p1 - 3 + i))
+                term = (term[:, :, ::s, ::s] if s > 1 else term) * (wi * wj / 64.0)
+                out = term if out is None else out + term
+        return out
 
 
 class EqualConv2d(nn.Module):

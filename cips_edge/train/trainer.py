@@ -29,15 +29,10 @@ from cips_edge.model import CIPSGenerator
 from . import distributed, fused_fc, projection
 from .augment import apply_augment, augment_draws
 from .data import ImageBank
-from .discriminator import Discriminator, DiscriminatorConfig
+from .discriminator import Blur, Discriminator, DiscriminatorConfig
 from .losses import d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_settings, r1_penalty
 
 ADAM_BETAS = (0.0, 0.99)
-# Inductor stores a pointwise result whose expression has more than 30 ops or reads more than 4 (8 across
-# fused producers) buffers. The blur's taps with their padding masks pass those limits, so D's graphs store
-# each 1-D pass of the blur and of its gradient as a tensor of the level's full size; these limits keep them
-# inside the kernels that read them (Speed.d_inline).
-D_INLINE = {"realize_opcount_threshold": 1000, "realize_reads_threshold": 100, "realize_acc_reads_threshold": 100}
 G_REG_EVERY_ORIGINAL = 4  # the interval the original's G optimizer is corrected for (see TrainOptions)
 STAT_NAMES = ("loss_d", "loss_g", "r1", "real_score", "fake_score")
 
@@ -75,9 +70,8 @@ class Speed:
     # compiled backward fuses into the pass that reads it (projection.py) instead of a GEMM of its own
     d_pair: bool = False  # (rounding) the D step's reals and fakes through D in one call of twice the batch,
     # laid out so that every minibatch-stddev group holds the samples it holds in two calls
-    d_inline: bool = False  # (rounding) with compile: D's and R1's graphs compiled with D_INLINE, so that the
-    # blur's shifted sums and their gradients are computed inside the passes that read them instead of
-    # being stored (in bf16) between passes
+    blur_shifts: bool = False  # (rounding) compiled D: its blurs as sixteen shifted terms rather than two 1-D
+    # passes (Blur.taps), read when the trainer is built
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
@@ -164,6 +158,9 @@ class Trainer:
         distributed.broadcast_module(self.D, world)  # before channels-last: collectives want dense tensors
         if speed.channels_last:
             self.D = self.D.to(memory_format=torch.channels_last)
+        for blur in self.D.modules():
+            if isinstance(blur, Blur):
+                blur.shifts = speed.blur_shifts
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.ema_beta = ema_beta(recipe.global_batch, recipe.ema_half_life_kimg)
 
@@ -193,13 +190,11 @@ class Trainer:
         if speed.compile:
             def mode(part: str) -> str | None:
                 return "max-autotune-no-cudagraphs" if part in speed.autotune else None
-            # torch.compile takes a mode or options: D_INLINE applies where D's graphs are not autotuned
-            d_options = D_INLINE if speed.d_inline and not mode("d") else None
             self.generate = _with_budget(torch.compile(self._generate, mode=mode("g")), speed.activation_budget)
-            self.discriminate = _with_budget(torch.compile(self._discriminate, mode=mode("d"), options=d_options),
+            self.discriminate = _with_budget(torch.compile(self._discriminate, mode=mode("d")),
                                              speed.activation_budget)
-            self.discriminate_pair = _with_budget(
-                torch.compile(self._discriminate_pair, mode=mode("d"), options=d_options), speed.activation_budget)
+            self.discriminate_pair = _with_budget(torch.compile(self._discriminate_pair, mode=mode("d")),
+                                                  speed.activation_budget)
 
     # -- forward passes ------------------------------------------------------------------------
     def _generate(self, z: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
@@ -354,7 +349,7 @@ class Trainer:
 
     def _r1_compiled_backward(self, reals: torch.Tensor, draws: torch.Tensor | None) -> torch.Tensor:
         if self._r1_compiled is None:
-            self._r1_compiled = torch.compile(self._r1_functional, options=D_INLINE if self.speed.d_inline else None)
+            self._r1_compiled = torch.compile(self._r1_functional)
         params, fixed = {}, dict(self.D.named_buffers())  # fixed: buffers and the parameters R1 does not reach
         for name, p in self.D.named_parameters():
             (params if name in self._r1_params else fixed)[name] = p.detach()
