@@ -121,7 +121,7 @@ class TrainOptions:
                                      "summed in float32; rounds differently). Default: on with --bf16 where R1's "
                                      "input gradient is explicit (--r1-explicit, the compiled step): there R1 "
                                      "takes 56 ms against float32's 122 at 64x64 batch 128 on an H100, and "
-                                     "trains the emoji recipe within two float32 seeds' noise "
+                                     "trains the emoji recipe within the noise between two --plain seeds "
                                      "(docs/training.md); off elsewhere (autograd's bf16 double backward is "
                                      "slower than float32's: 202 against 170 ms)")
     r1_compile: bool = opt(True, "with --compile: R1 compiled too, as torch.func's gradient of its input "
