@@ -77,6 +77,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -301,19 +302,34 @@ def child(spec: dict) -> dict:
 
 
 # -- the parent: one subprocess per (config, process setting) ----------------------------------------
+def run_group(command: list[str], env: dict, timeout: float) -> tuple[int, str, str] | str:
+    """(exit code, stdout, stderr) of command, or the error line of one stopped at the timeout. It runs in
+    its own process group, and the whole group is stopped: Inductor's compile workers too, which would
+    otherwise hold the CPUs through the next process's compile."""
+    proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        last = [line for line in stderr.splitlines() if line.strip()][-1:]
+        return f"did not finish in {timeout:.0f} s" + (f" (last output: {last[0][:200]})" if last else "")
+    return proc.returncode, stdout, stderr
+
+
 def run_child(spec: dict, timeout: float) -> dict:
     env = {**os.environ, **spec["env"], "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
     t = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"did not finish in {timeout:.0f} s"}
+    done = run_group([sys.executable, __file__, "--child", json.dumps(spec)], env, timeout)
+    if isinstance(done, str):
+        return {"error": done}
+    returncode, stdout, stderr = done
     wall = round(time.perf_counter() - t, 1)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-        return {"error": f"exit {proc.returncode}: {tail}", "wall_s": wall}
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if returncode or not lines:
+        tail = "\n".join((stderr or stdout).strip().splitlines()[-6:])
+        return {"error": f"exit {returncode}: {tail}", "wall_s": wall}
     return {**json.loads(lines[-1]), "wall_s": wall}
 
 
