@@ -119,9 +119,13 @@ PROCESSES = {
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
     "fused-layers": ("fast+compile", {}, {}, ["base", "fused_fc+fused_stack"]),  # `cips train` and --fused-layers
-    # D's blur under torch.compile as sixteen shifted terms (Speed.blur_shifts), without and with --fused-layers
-    # (beside the fused-layers process)
-    "blur-shifts": ("fast+compile", {"blur_shifts": True}, {}, ["base", "fused_fc+fused_stack"]),
+    # --fused-layers with D's compiled forms: the blurs as sixteen shifted terms (Speed.blur_shifts), from_rgb as
+    # three multiply-adds (Speed.from_rgb_fma), both; each recompiles the graphs in the same process
+    "d-forms": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+blur_shifts",
+                                         "fused_fc+fused_stack+from_rgb_fma",
+                                         "fused_fc+fused_stack+blur_shifts+from_rgb_fma"]),
+    # `cips train` with both forms, then --fused-layers with both (its own process: no recompiles in between)
+    "d-forms-both": ("fast+compile", {"blur_shifts": True, "from_rgb_fma": True}, {}, ["base", "fused_fc+fused_stack"]),
     # --fused-layers with R1 through autograd's input gradient in float32, then with the explicit one
     # (Speed.r1_explicit) in float32, then under bf16 (the default)
     "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-r1_explicit+no-r1_bf16",
@@ -142,8 +146,6 @@ PROCESSES = {
     # `cips train` as it is, on a card no larger than the authors' peak (see CAPPED)
     "authors-cap": ("fast+compile", {}, {}, ["base"]),
 }
-# Switches the trainer reads when it compiles its graphs: a process's Speed overrides, never a variant's
-AT_CONSTRUCTION = {"compile", "autotune", "activation_budget", "blur_shifts"}
 # Processes whose PyTorch allocator is capped at the configuration's authors' peak GB
 # (torch.cuda.set_per_process_memory_fraction): the caching allocator raises out-of-memory above it, as a
 # card of that size would, and cuDNN's autotuning skips the plans whose workspace does not fit. Their
@@ -233,7 +235,7 @@ def child(spec: dict) -> dict:
     for variant in spec["variants"]:
         switches = {} if variant == "base" else {name.removeprefix("no-"): not name.startswith("no-")
                                                  for name in variant.split("+")}
-        trainer.speed = dataclasses.replace(speed, **switches)
+        trainer.set_speed(dataclasses.replace(speed, **switches))
         try:
             # Compiles / autotunes what the variant changes. R1 twice: with r1_compile the first call is
             # eager (it finds the parameters R1 reaches) and the second compiles.

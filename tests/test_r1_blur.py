@@ -179,11 +179,9 @@ def test_explicit_input_gradient_gives_autograds_gradient_and_r1(channels_last):
             torch.testing.assert_close(grads[name], want, rtol=1e-10, atol=1e-12 * want.abs().max().item(), msg=name)
 
 
-def _stored_shapes(shifts: bool) -> set[tuple[int, ...]]:
-    """The shapes of the buffers a compiled 32x32 D's forward and backward store, with Inductor's GPU
-    limits on what a kernel inlines (the CPU's are looser)."""
-    import re
-
+def _compiled_d_code(shifts: bool = False, fma: bool = False) -> list[str]:
+    """The code Inductor writes for a compiled 32x32 D's forward and backward, with its GPU limits on what a
+    kernel inlines (the CPU's are looser)."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
@@ -191,13 +189,21 @@ def _stored_shapes(shifts: bool) -> set[tuple[int, ...]]:
     for blur in D.modules():
         if isinstance(blur, dmod.Blur):
             blur.shifts = shifts
+    D.from_rgb.fma = fma
     x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
     torch._dynamo.reset()
     step = torch.compile(lambda x: D(x).square().sum(),
                          options={"realize_opcount_threshold": 30, "realize_acc_reads_threshold": 8})
     _, codes = run_and_get_code(lambda: step(x).backward())
+    return codes
+
+
+def _stored_shapes(shifts: bool) -> set[tuple[int, ...]]:
+    """The shapes of the buffers that code stores."""
+    import re
+
     return {tuple(int(n) for n in m.split(",") if n.strip())
-            for code in codes for m in re.findall(r"empty_strided_cpu\(\(([^)]*)\)", code)}
+            for code in _compiled_d_code(shifts) for m in re.findall(r"empty_strided_cpu\(\(([^)]*)\)", code)}
 
 
 @pytest.mark.slow  # Inductor compiles D's forward and backward on the CPU twice: about 30 s
@@ -211,3 +217,18 @@ def test_sixteen_shifts_keep_the_blurs_passes_inside_the_kernels_around_them():
     separable, shifted = _stored_shapes(False), _stored_shapes(True)
     assert padded(separable), separable
     assert not padded(shifted), shifted
+
+
+@pytest.mark.slow  # Inductor compiles D's forward and backward on the CPU twice: about 30 s
+def test_from_rgb_as_multiply_adds_leaves_no_gemm_with_an_inner_dimension_of_3():
+    """Speed.from_rgb_fma: compiled, from_rgb is no longer a GEMM of the [B*H*W, 3] image but multiply-adds
+    inside the pass that applies its activation; its two gradients are reductions fused into the passes
+    around them."""
+    def gemms(codes: list[str]) -> list[str]:
+        return [line.strip() for code in codes for line in code.splitlines()
+                if "extern_kernels.mm(" in line or "extern_kernels.addmm(" in line]
+
+    with_gemm, with_fma = gemms(_compiled_d_code(fma=False)), gemms(_compiled_d_code(fma=True))
+    image = "(4096, 3)"  # the [B*H*W, 3] image as a GEMM operand
+    assert any(image in line for line in with_gemm) and not any(image in line for line in with_fma), with_fma
+    assert len(with_fma) == len(with_gemm) - 3  # its forward, its weight gradient, the image's gradient

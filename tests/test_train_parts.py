@@ -390,13 +390,14 @@ def test_r1_in_bf16_stays_close_to_float32(monkeypatch):
 
 
 @pytest.mark.slow  # Inductor compiles on the CPU: about a minute
-@pytest.mark.parametrize("panorama,recompute,shifts", [(0, False, False), (2, False, False), (0, True, False),
-                                                       (0, False, True)])
-def test_compiled_training_steps_track_eager_ones(panorama, recompute, shifts):
+@pytest.mark.parametrize("panorama,recompute,d_forms", [(0, False, False), (2, False, False), (0, True, False),
+                                                        (0, False, True)])
+def test_compiled_training_steps_track_eager_ones(panorama, recompute, d_forms):
     """`cips train` compiles G and D's forward on CUDA by default; the compiled step (the blur as shifted
     sums, Inductor's fused kernels) must give the eager step's losses and R1 from the same seed. Run with
     Inductor on the CPU here (flat and panorama models, DiffAugment on, channels-last D; and G's
-    activation checkpointing inside the compiled graph, --recompute-g; D's blurs as sixteen shifts)."""
+    activation checkpointing inside the compiled graph, --recompute-g; D's blurs as sixteen shifts and
+    from_rgb as multiply-adds)."""
     import dataclasses
 
     from cips_edge.train.data import ImageBank
@@ -411,7 +412,7 @@ def test_compiled_training_steps_track_eager_ones(panorama, recompute, shifts):
         torch._dynamo.reset()
         trainer = Trainer(g_config, DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
                           speed=Speed(compile=compile, channels_last=True, recompute_g=recompute and compile,
-                                      blur_shifts=shifts))
+                                      blur_shifts=d_forms, from_rgb_fma=d_forms))
         trainer.use_bank(ImageBank(images, torch.device("cpu")))
         for step in range(3):
             trainer.train_step(step)
@@ -531,3 +532,46 @@ def test_the_trainer_gives_every_blur_of_d_the_form_speed_asks_for(shifts):
                       speed=Speed(blur_shifts=shifts))
     blurs = [m for m in trainer.D.modules() if isinstance(m, Blur)]
     assert len(blurs) >= 2 and {b.shifts for b in blurs} == {shifts}
+
+
+def test_from_rgbs_multiply_adds_round_as_its_gemm_does():
+    """EqualConv2d._multiply_adds (Speed.from_rgb_fma, what runs under compile): from_rgb's GEMM as three
+    multiply-adds, in float32 to the GEMM's rounding, and under bf16 autocast within one bf16 step of it
+    (the products are exact in float32 in both; only the order of the three sums may differ), channels-last."""
+    from cips_edge.train.discriminator import EqualConv2d
+
+    torch.manual_seed(0)
+    layer = EqualConv2d(3, 32, 1, activate=False)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last)
+    weight = layer.weight * layer.scale
+    gemm = layer._pre_activation(x, weight)
+    fma = layer._multiply_adds(x, weight)
+    torch.testing.assert_close(fma, gemm, rtol=1e-6, atol=1e-6)
+    assert fma.is_contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", torch.bfloat16):
+        gemm, fma = layer._pre_activation(x, weight), layer._multiply_adds(x, weight)
+    assert fma.dtype == gemm.dtype == torch.bfloat16
+    step = gemm.float().abs() * 2.0 ** -7
+    assert ((fma.float() - gemm.float()).abs() <= step).all()
+
+
+def test_set_speed_recompiles_for_a_graph_switch_and_refuses_a_built_one():
+    """Trainer.set_speed: blur_shifts and from_rgb_fma reach D's layers and give fresh compiled functions;
+    a switch read on every call keeps them; D's memory format and the optimizers cannot change."""
+    from cips_edge.train.discriminator import Blur
+    from cips_edge.train.trainer import Speed
+
+    recipe = Recipe(batch=4, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=4,
+                    augment=False, xflip=False, g_lazy_correction=True, seed=0)
+    trainer = Trainer(preset("tiny"), DiscriminatorConfig(16, 2, 32), recipe, torch.device("cpu"),
+                      speed=Speed(compile=True, channels_last=True))
+    blurs = [m for m in trainer.D.modules() if isinstance(m, Blur)]
+    first = trainer.discriminate
+    trainer.set_speed(Speed(compile=True, channels_last=True, r1_bf16=True))
+    assert trainer.discriminate is first and trainer.speed.r1_bf16
+    trainer.set_speed(Speed(compile=True, channels_last=True, blur_shifts=True, from_rgb_fma=True))
+    assert trainer.discriminate is not first and all(b.shifts for b in blurs) and trainer.D.from_rgb.fma
+    with pytest.raises(ValueError, match="^channels_last cannot change after the trainer is built$"):
+        trainer.set_speed(Speed(compile=True))

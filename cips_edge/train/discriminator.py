@@ -154,6 +154,7 @@ class EqualConv2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
         self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)
         self.stride, self.padding, self.activate = stride, padding, activate
+        self.fma = False  # a 1x1 layer under torch.compile as in_ch multiply-adds (Speed.from_rgb_fma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._pre_activation(x, self.weight * self.scale)
@@ -168,8 +169,26 @@ class EqualConv2d(nn.Module):
 
     def _pre_activation(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self._as_gemm(x):
+            if self.fma and torch.compiler.is_compiling():
+                return self._multiply_adds(x, weight)
             return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), self.bias).permute(0, 3, 1, 2)
         return F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
+
+    def _multiply_adds(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The 1x1 layer of channels-last x as one multiply-add per input channel, in plain ops: compiled, the
+        pass that applies the activation computes it, where a GEMM with an inner dimension of in_ch (3 for
+        from_rgb) writes the [B, H, W, out] result for that pass to read back. Rounded as the GEMM is: the
+        operands (and the bias, as autocast casts it) in the compute dtype, the products summed in float32,
+        the sum rounded to the compute dtype."""
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        rows = x.permute(0, 2, 3, 1).to(dtype).float()  # [B, H, W, in]
+        w = weight.flatten(1).to(dtype).float()  # [out, in]
+        out = None if self.bias is None else self.bias.to(dtype).float()
+        for c in range(w.shape[1]):
+            term = rows[..., c, None] * w[:, c]
+            out = term if out is None else out + term
+        return out.to(dtype).permute(0, 3, 1, 2)
 
     def with_input_grad(self, x: torch.Tensor) -> WithInputGrad:
         """forward(x) in plain ops, and the map from its output's gradient to x's: the convolution's

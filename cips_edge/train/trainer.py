@@ -33,6 +33,8 @@ from .discriminator import Blur, Discriminator, DiscriminatorConfig
 from .losses import d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_settings, r1_penalty
 
 ADAM_BETAS = (0.0, 0.99)
+GRAPH_SWITCHES = ("compile", "autotune", "activation_budget", "blur_shifts", "from_rgb_fma")  # set_speed compiles
+BUILT_SWITCHES = ("channels_last", "fused_adam")  # fixed when the trainer is built
 G_REG_EVERY_ORIGINAL = 4  # the interval the original's G optimizer is corrected for (see TrainOptions)
 STAT_NAMES = ("loss_d", "loss_g", "r1", "real_score", "fake_score")
 
@@ -71,7 +73,9 @@ class Speed:
     d_pair: bool = False  # (rounding) the D step's reals and fakes through D in one call of twice the batch,
     # laid out so that every minibatch-stddev group holds the samples it holds in two calls
     blur_shifts: bool = False  # (rounding) compiled D: its blurs as sixteen shifted terms rather than two 1-D
-    # passes (Blur.taps), read when the trainer is built
+    # passes (Blur.taps)
+    from_rgb_fma: bool = False  # (rounding) compiled D: from_rgb as three multiply-adds inside the pass that
+    # applies its bias and activation, not a GEMM with an inner dimension of 3 (EqualConv2d._multiply_adds)
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
@@ -158,9 +162,6 @@ class Trainer:
         distributed.broadcast_module(self.D, world)  # before channels-last: collectives want dense tensors
         if speed.channels_last:
             self.D = self.D.to(memory_format=torch.channels_last)
-        for blur in self.D.modules():
-            if isinstance(blur, Blur):
-                blur.shifts = speed.blur_shifts
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.ema_beta = ema_beta(recipe.global_batch, recipe.ema_half_life_kimg)
 
@@ -182,11 +183,20 @@ class Trainer:
         self._steps_in_stats = 0
         self._r1_in_stats = 0
         self._g_in_stats = 0
+        self._r1_params: frozenset[str] | None = None  # D's parameters R1 reaches (the others get no gradient)
+        self._build_graphs()
+
+    def _build_graphs(self) -> None:
+        """D's layer forms and the compiled functions (G's, D's, R1's on first use) that self.speed asks for."""
+        speed = self.speed
+        for module in self.D.modules():
+            if isinstance(module, Blur):
+                module.shifts = speed.blur_shifts
+        self.D.from_rgb.fma = speed.from_rgb_fma
         self.generate = self._generate
         self.discriminate = self._discriminate
         self.discriminate_pair = self._discriminate_pair
         self._r1_compiled = None  # the compiled R1 (speed.r1_compile), made on first use
-        self._r1_params: frozenset[str] | None = None  # D's parameters R1 reaches (the others get no gradient)
         if speed.compile:
             def mode(part: str) -> str | None:
                 return "max-autotune-no-cudagraphs" if part in speed.autotune else None
@@ -195,6 +205,19 @@ class Trainer:
                                              speed.activation_budget)
             self.discriminate_pair = _with_budget(torch.compile(self._discriminate_pair, mode=mode("d")),
                                                   speed.activation_budget)
+
+    def set_speed(self, speed: Speed) -> None:
+        """Switch the fast path between steps (benchmarks compare switches on one trainer). Switches that
+        shape the compiled graphs (GRAPH_SWITCHES) compile them afresh; those that shape the trainer's
+        state (D's memory format, the optimizers) cannot change."""
+        fixed = [f for f in BUILT_SWITCHES if getattr(speed, f) != getattr(self.speed, f)]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot change after the trainer is built")
+        rebuild = any(getattr(speed, f) != getattr(self.speed, f) for f in GRAPH_SWITCHES)
+        self.speed = speed
+        if rebuild:
+            torch._dynamo.reset()  # compiled code is cached per function: drop what the old switches traced
+            self._build_graphs()
 
     # -- forward passes ------------------------------------------------------------------------
     def _generate(self, z: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
