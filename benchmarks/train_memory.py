@@ -292,43 +292,48 @@ def child(spec: dict) -> dict:
         except Exception as e:  # noqa: BLE001 (a variant that fails to compile must not lose the others)
             variants[variant] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         mem.empty_cache()
-    out["variants"] = variants
-    out["first_step"] = {k: round(v, 3) for k, v in out["first_step"].items()}
-    out["process_peak_allocated_gb"] = round(max(
-        [out["first_step"]["peak_allocated_gb"]]
-        + [v.get("steady_peak_allocated_gb", 0) for v in variants.values()]), 3)
+        print(json.dumps(result_so_far(out, variants)), flush=True)  # what a process stopped later keeps
     if spec.get("snapshot") and cuda:
         torch.cuda.memory._dump_snapshot(spec["snapshot"])
         torch.cuda.memory._record_memory_history(enabled=None)
-    return out
+    return result_so_far(out, variants)
+
+
+def result_so_far(out: dict, variants: dict) -> dict:
+    first = {k: round(v, 3) for k, v in out["first_step"].items()}
+    peaks = [first["peak_allocated_gb"]] + [v.get("steady_peak_allocated_gb", 0) for v in variants.values()]
+    return {**out, "first_step": first, "variants": dict(variants), "process_peak_allocated_gb": round(max(peaks), 3)}
 
 
 # -- the parent: one subprocess per (config, process setting) ----------------------------------------
-def run_group(command: list[str], env: dict, timeout: float) -> tuple[int, str, str] | str:
-    """(exit code, stdout, stderr) of command, or the error line of one stopped at the timeout. It runs in
-    its own process group, and the whole group is stopped: Inductor's compile workers too, which would
-    otherwise hold the CPUs through the next process's compile."""
+def run_group(command: list[str], env: dict, timeout: float) -> tuple[int | None, str, str]:
+    """(exit code, stdout, stderr) of command; the exit code None for one stopped at the timeout, with the
+    output it wrote until then. It runs in its own process group, and the whole group is stopped:
+    Inductor's compile workers too, which would otherwise hold the CPUs through the next process's
+    compile."""
     proc = subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        last = [line for line in stderr.splitlines() if line.strip()][-1:]
-        return f"did not finish in {timeout:.0f} s" + (f" (last output: {last[0][:200]})" if last else "")
+        stdout, stderr = proc.communicate()
+        return None, stdout, stderr
     return proc.returncode, stdout, stderr
 
 
 def run_child(spec: dict, timeout: float) -> dict:
+    """One process's result; a process stopped at the timeout keeps the variants it finished, with a
+    `stopped` line that says where it was."""
     env = {**os.environ, **spec["env"], "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
     t = time.perf_counter()
-    done = run_group([sys.executable, __file__, "--child", json.dumps(spec)], env, timeout)
-    if isinstance(done, str):
-        return {"error": done}
-    returncode, stdout, stderr = done
+    returncode, stdout, stderr = run_group([sys.executable, __file__, "--child", json.dumps(spec)], env, timeout)
     wall = round(time.perf_counter() - t, 1)
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if returncode is None:
+        last = [line for line in stderr.splitlines() if line.strip()][-1:]
+        stopped = f"did not finish in {timeout:.0f} s" + (f" (last output: {last[0][:200]})" if last else "")
+        return {**json.loads(lines[-1]), "stopped": stopped, "wall_s": wall} if lines else {"error": stopped}
     if returncode or not lines:
         tail = "\n".join((stderr or stdout).strip().splitlines()[-6:])
         return {"error": f"exit {returncode}: {tail}", "wall_s": wall}
