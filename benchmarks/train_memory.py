@@ -6,12 +6,13 @@
 Each (configuration, process setting) runs in its own subprocess, so no peak, cuDNN algorithm cache or
 allocator state carries over; compiled graphs do (Inductor's on-disk cache), so only the first process
 of a configuration pays the full compile. In each process: one first step (step 0: D, R1, G, EMA; it
-compiles and lets cuDNN autotune), then per variant (switches that apply to the same trainer: R1 in bf16,
-G recomputed; no-NAME turns a default switch off) each phase alone with its own peak: data, D step (G forward without grad, D forward and
-backward, Adam), R1 step, G step (G and D forward, backward to G, Adam), EMA; then free-running steps
-for images/s (R1 amortised over its interval from the R1 phase's time). Writes
-benchmarks/results/train-memory-<gpu>.json after every process (a run cut short by --time-limit keeps
-what finished) and prints a table. GB are 1e9 bytes, as the authors' figures were given.
+compiles and lets cuDNN autotune), then per variant (Speed switches set on the same trainer through
+Trainer.set_speed, which compiles afresh for those that shape the graphs; no-NAME turns a default switch
+off) each phase alone with its own peak: data, D step (G forward without grad, D forward and backward,
+Adam), R1 step, G step (G and D forward, backward to G, Adam), EMA; then free-running steps for images/s
+(R1 amortised over its interval from the R1 phase's time). Writes benchmarks/results/train-memory-<gpu>.json
+after every process (a run cut short by --time-limit keeps what finished, a process stopped at --timeout
+the variants it finished) and prints a table. GB are 1e9 bytes, as the authors' figures were given.
 
 Where the memory goes (from the code and the H200 numbers in benchmarks/results/train-*-cuda.json;
 A = paper-256 at 256^2 batch 16, authors 39.8 GB; B = paper-256 widths at 64^2 batch 128, authors
