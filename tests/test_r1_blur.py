@@ -3,6 +3,7 @@ blur kernel's gradient one channel group at a time); compiled, shifted sums of t
 the sixteen 2-D ones. All must give the same outputs, R1 penalty and gradients as the plain depthwise conv2d of the [1, 3, 3, 1]
 taps (the original's upfirdn2d)."""
 import copy
+import functools
 
 import pytest
 import torch
@@ -179,7 +180,8 @@ def test_explicit_input_gradient_gives_autograds_gradient_and_r1(channels_last):
             torch.testing.assert_close(grads[name], want, rtol=1e-10, atol=1e-12 * want.abs().max().item(), msg=name)
 
 
-def _compiled_d_code(shifts: bool = False, fma: bool = False) -> list[str]:
+@functools.cache  # the default forms' code serves both tests below
+def _compiled_d_code(shifts: bool = False, fma: bool = False) -> tuple[str, ...]:
     """The code Inductor writes for a compiled 32x32 D's forward and backward, with its GPU limits on what a
     kernel inlines (the CPU's are looser)."""
     from torch._inductor.utils import run_and_get_code
@@ -195,7 +197,7 @@ def _compiled_d_code(shifts: bool = False, fma: bool = False) -> list[str]:
     step = torch.compile(lambda x: D(x).square().sum(),
                          options={"realize_opcount_threshold": 30, "realize_acc_reads_threshold": 8})
     _, codes = run_and_get_code(lambda: step(x).backward())
-    return codes
+    return tuple(codes)
 
 
 def _stored_shapes(shifts: bool) -> set[tuple[int, ...]]:
@@ -219,12 +221,12 @@ def test_sixteen_shifts_keep_the_blurs_passes_inside_the_kernels_around_them():
     assert not padded(shifted), shifted
 
 
-@pytest.mark.slow  # Inductor compiles D's forward and backward on the CPU twice: about 30 s
+@pytest.mark.slow  # Inductor compiles D's forward and backward on the CPU: about 15 s
 def test_from_rgb_as_multiply_adds_leaves_no_gemm_with_an_inner_dimension_of_3():
     """Speed.from_rgb_fma: compiled, from_rgb is no longer a GEMM of the [B*H*W, 3] image but multiply-adds
     inside the pass that applies its activation; its two gradients are reductions fused into the passes
     around them."""
-    def gemms(codes: list[str]) -> list[str]:
+    def gemms(codes: tuple[str, ...]) -> list[str]:
         return [line.strip() for code in codes for line in code.splitlines()
                 if "extern_kernels.mm(" in line or "extern_kernels.addmm(" in line]
 
