@@ -103,8 +103,8 @@ class Blur(nn.Module):
     benchmarks/results/train-profile-paper-256-h200*.json):
     - eager (the plain and fast paths, and R1's double backward, which is never compiled): a depthwise
       convolution through _ConstDepthwiseConv.
-    - under torch.compile: sums of shifted slices in plain ops (taps), which Inductor fuses with the
-      passes around them. The convolution there cost ~45% of a paper-256 D step (cuDNN's NHWC layout
+    - under torch.compile: sums of shifted slices in plain ops (taps), which Inductor compiles into its
+      pointwise kernels. The convolution there cost ~45% of a paper-256 D step (cuDNN's NHWC layout
       transforms and its depthwise data-gradient kernel). Eager, the same filter as three 2x2 average
       pools was slower than the convolution (39 vs 50 img/s)."""
 
