@@ -188,10 +188,7 @@ def _compiled_d_code(shifts: bool = False, fma: bool = False) -> tuple[str, ...]
 
     torch.manual_seed(0)
     D = Discriminator(DiscriminatorConfig(32, 2, 16)).to(memory_format=torch.channels_last)
-    for blur in D.modules():
-        if isinstance(blur, dmod.Blur):
-            blur.shifts = shifts
-    D.from_rgb.fma = fma
+    D.use_forms(blur_shifts=shifts, from_rgb_fma=fma)
     x = torch.randn(4, 3, 32, 32).to(memory_format=torch.channels_last).requires_grad_(True)
     torch._dynamo.reset()
     step = torch.compile(lambda x: D(x).square().sum(),

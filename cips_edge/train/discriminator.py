@@ -294,6 +294,14 @@ class Discriminator(nn.Module):
         y = y.reshape(1, -1, 1, 1, 1).expand(group, -1, 1, h, w).reshape(batch, 1, h, w)
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
+    def use_forms(self, blur_shifts: bool, from_rgb_fma: bool) -> None:
+        """The forms its layers take under torch.compile: every blur's taps as sixteen shifts (Blur.taps),
+        from_rgb as multiply-adds (EqualConv2d._multiply_adds). Set before compiling."""
+        for module in self.modules():
+            if isinstance(module, Blur):
+                module.shifts = blur_shifts
+        self.from_rgb.fma = from_rgb_fma
+
     def forward(self, img: torch.Tensor, input_grad: bool = False):
         """[B, 3, R, R] in [-1, 1] -> logits [B]; with input_grad, (logits, the gradient of their sum
         with respect to img), the latter formed layer by layer in plain ops (with_input_grad): R1's input

@@ -29,7 +29,7 @@ from cips_edge.model import CIPSGenerator
 from . import distributed, fused_fc, projection
 from .augment import apply_augment, augment_draws
 from .data import ImageBank
-from .discriminator import Blur, Discriminator, DiscriminatorConfig
+from .discriminator import Discriminator, DiscriminatorConfig
 from .losses import d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_settings, r1_penalty
 
 ADAM_BETAS = (0.0, 0.99)
@@ -189,10 +189,7 @@ class Trainer:
     def _build_graphs(self) -> None:
         """D's layer forms and the compiled functions (G's, D's, R1's on first use) that self.speed asks for."""
         speed = self.speed
-        for module in self.D.modules():
-            if isinstance(module, Blur):
-                module.shifts = speed.blur_shifts
-        self.D.from_rgb.fma = speed.from_rgb_fma
+        self.D.use_forms(speed.blur_shifts, speed.from_rgb_fma)
         self.generate = self._generate
         self.discriminate = self._discriminate
         self.discriminate_pair = self._discriminate_pair
