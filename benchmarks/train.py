@@ -14,7 +14,7 @@ max-autotune mode (Triton GEMM templates that can take the bias and leaky ReLU i
 paper-256 it was still tuning after 9 minutes), +autotuneg the same for G's graph alone; +r1c = R1
 compiled as well; +rgbgrad = each ToRGB's gradient into its input fused into the pass that reads it
 (Speed.rgb_grad); +dpair = the D step's reals and fakes in one D call (Speed.d_pair):
-fast+compile+r1c+rgbgrad+dpair+r1x+r1bf16 is `cips train` on CUDA; +fused = G's layers as one CUTLASS kernel each
+fast+compile+r1c+rgbgrad+dpair+r1x+r1bf16+bshift+rgbfma is `cips train` on CUDA; +fused = G's layers as one CUTLASS kernel each
 (Speed.fused_fc, needs cips_edge/train/cuda_ops/build.sh's library), +stack = with +fused, each ToRGB
 group's backward fused too (Speed.fused_stack); +r1bf16 = R1 under bf16 autocast (Speed.r1_bf16); +r1x =
 with +r1c, D's input gradient in R1 formed layer by layer, convolutions' as transposed convolutions
@@ -176,8 +176,8 @@ def main() -> None:
     parser.add_argument("--paths", default="plain,fast",
                         help="comma list of plain, or fast with any of +compile, +fold, +autotune, +autotuneg, "
                              "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16, +r1x, +bshift, +rgbfma (the module's "
-                             "docstring says what each turns on; fast+compile+r1c+rgbgrad+dpair+r1x+r1bf16 is "
-                             "cips train's step)")
+                             "docstring says what each turns on; "
+                             "fast+compile+r1c+rgbgrad+dpair+r1x+r1bf16+bshift+rgbfma is cips train's step)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/...)")
     args = parser.parse_args()
     device = resolve_device(args.device)

@@ -120,13 +120,14 @@ PROCESSES = {
     # (needs cips_edge/train/cuda_ops/build.sh's library)
     "fused-fc": ("fast+compile", {}, {}, ["base", "fused_fc", "fused_fc+fused_stack"]),
     "fused-layers": ("fast+compile", {}, {}, ["base", "fused_fc+fused_stack"]),  # `cips train` and --fused-layers
-    # --fused-layers with D's compiled forms: the blurs as sixteen shifted terms (Speed.blur_shifts), from_rgb as
-    # three multiply-adds (Speed.from_rgb_fma), both; each recompiles the graphs in the same process
-    "d-forms": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+blur_shifts",
-                                         "fused_fc+fused_stack+from_rgb_fma",
-                                         "fused_fc+fused_stack+blur_shifts+from_rgb_fma"]),
-    # `cips train` with both forms, then --fused-layers with both (its own process: no recompiles in between)
-    "d-forms-both": ("fast+compile", {"blur_shifts": True, "from_rgb_fma": True}, {}, ["base", "fused_fc+fused_stack"]),
+    # --fused-layers without D's compiled forms (--no-d-forms), with the blurs as sixteen shifted terms alone
+    # (Speed.blur_shifts), with from_rgb as three multiply-adds alone (Speed.from_rgb_fma), with both (the
+    # default); each recompiles the graphs in the same process
+    "d-forms": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-blur_shifts+no-from_rgb_fma",
+                                         "fused_fc+fused_stack+no-from_rgb_fma", "fused_fc+fused_stack+no-blur_shifts",
+                                         "fused_fc+fused_stack"]),
+    # `cips train --no-d-forms`, then with --fused-layers (its own process: no recompiles in between)
+    "no-d-forms": ("fast+compile", {"blur_shifts": False, "from_rgb_fma": False}, {}, ["base", "fused_fc+fused_stack"]),
     # --fused-layers with R1 through autograd's input gradient in float32, then with the explicit one
     # (Speed.r1_explicit) in float32, then under bf16 (the default)
     "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-r1_explicit+no-r1_bf16",
@@ -136,6 +137,7 @@ PROCESSES = {
     "levers": ("fast+compile", {}, {}, ["base", "no-rgb_grad", "no-d_pair", "no-rgb_grad+no-d_pair",
                                         "fused_fc+fused_stack"]),
     "cudnn-benchmark": ("fast+compile", {"cudnn_benchmark": True}, {}, ["no-r1_bf16", "base"]),
+    "cudnn-benchmark-fused": ("fast+compile", {"cudnn_benchmark": True}, {}, ["fused_fc+fused_stack"]),
     "expandable": ("fast+compile", {}, {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, ["base"]),
     "plain": ("plain", {}, {}, ["base"]),
     "wscap-256": ("fast+compile", {}, {"CUDNN_CONV_WSCAP_DBG": "256"}, ["base"]),

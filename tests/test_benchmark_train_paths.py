@@ -18,7 +18,7 @@ def test_cips_trains_path_is_the_step_cips_train_runs(monkeypatch, tmp_path):
 
     monkeypatch.setenv(fused_fc.LIBRARY_ENV, str(tmp_path / "nowhere.so"))  # no fused layers either way
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    cips_train = "fast+compile+r1c+rgbgrad+dpair+r1x+r1bf16"
+    cips_train = "fast+compile+r1c+rgbgrad+dpair+r1x+r1bf16+bshift+rgbfma"
     assert bench.speed_for(cips_train, CUDA) == speed_for(TrainOptions(data="d"), CUDA)
 
 

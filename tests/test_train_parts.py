@@ -465,7 +465,7 @@ def test_compiled_r1_gives_the_eager_penalty_and_gradients(explicit):
                 assert same_layout(grads[name], g), name  # the layout fused Adam expects
 
 
-@pytest.mark.parametrize("switch", ["r1_compile", "r1_explicit", "rgb_grad", "d_pair"])
+@pytest.mark.parametrize("switch", ["r1_compile", "r1_explicit", "rgb_grad", "d_pair", "blur_shifts", "from_rgb_fma"])
 def test_compiled_step_switches_apply_only_where_the_step_is_compiled(switch):
     from cips_edge.train.trainer import Speed
 
@@ -481,8 +481,8 @@ def test_compiled_step_switches_apply_only_where_the_step_is_compiled(switch):
 
 def test_cips_train_defaults_are_the_fast_paths_defaults():
     """The options `cips train` starts with give the Speed that benchmarks call `cips train`'s: R1, ToRGB's
-    input gradient and the paired D call with the compiled step, cuDNN's heuristics rather than its
-    autotuning (whose trials borrow free memory)."""
+    input gradient, the paired D call and D's forms with the compiled step, cuDNN's heuristics rather than
+    its autotuning (whose trials borrow free memory)."""
     import dataclasses
 
     from cips_edge.train.loop import speed_for
@@ -494,11 +494,14 @@ def test_cips_train_defaults_are_the_fast_paths_defaults():
     assert defaults == Speed.for_device(cuda, bf16=True, compile=True)
     assert defaults.r1_compile and not defaults.cudnn_benchmark and defaults.compile
     assert defaults.rgb_grad and defaults.d_pair and defaults.r1_explicit and defaults.r1_bf16
+    assert defaults.blur_shifts and defaults.from_rgb_fma
     asked = speed_for(TrainOptions(data="images", cudnn_benchmark=True, r1_compile=False), cuda)
     assert asked.cudnn_benchmark and not asked.r1_compile and asked.rgb_grad and asked.d_pair
     for switch in ("rgb_grad", "d_pair"):  # --no-rgb-grad, --no-d-pair
         off = speed_for(TrainOptions(data="images", **{switch: False}), cuda)
         assert off == dataclasses.replace(defaults, **{switch: False})
+    no_forms = speed_for(TrainOptions(data="images", d_forms=False), cuda)  # --no-d-forms: both forms off
+    assert no_forms == dataclasses.replace(defaults, blur_shifts=False, from_rgb_fma=False)
     assert speed_for(TrainOptions(data="images", plain=True), cuda) == Speed()
 
 

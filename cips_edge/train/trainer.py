@@ -80,12 +80,14 @@ class Speed:
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
         """`cips train`'s fast path on CUDA (compiled: R1 with the rest, its explicit input gradient and
-        under bf16, rgb_grad and d_pair; no cuDNN autotuning); on CPU only what changes nothing there.
-        choices: the memory switches above (cudnn_benchmark, r1_bf16, recompute_g, activation_budget),
-        r1_compile, r1_explicit (with r1_compile), rgb_grad and d_pair (with compile), fused_fc (with bf16)
-        and fused_stack (with fused_fc); r1_bf16 None or left out: on with bf16 where r1_explicit is."""
+        under bf16, rgb_grad, d_pair and D's forms; no cuDNN autotuning); on CPU only what changes nothing
+        there. choices: the memory switches above (cudnn_benchmark, r1_bf16, recompute_g, activation_budget),
+        r1_compile, r1_explicit (with r1_compile), rgb_grad, d_pair, blur_shifts and from_rgb_fma (with
+        compile), fused_fc (with bf16) and fused_stack (with fused_fc); r1_bf16 None or left out: on with bf16
+        where r1_explicit is."""
         cuda = device.type == "cuda"
-        compiled = ("r1_compile", "r1_explicit", "rgb_grad", "d_pair")  # on by default where the step is compiled
+        # on by default where the step is compiled
+        compiled = ("r1_compile", "r1_explicit", "rgb_grad", "d_pair", "blur_shifts", "from_rgb_fma")
         choices = {**dict.fromkeys(compiled, True), **choices}
         if not cuda:
             choices = {k: v for k, v in choices.items() if k == "recompute_g"}
