@@ -138,8 +138,9 @@ class TrainOptions:
                              "the batch, with the same minibatch-stddev groups as two calls (rounds differently)")
     d_forms: bool = opt(True, "with --compile: D's blurs as sixteen shifted terms and its from_rgb as three "
                               "multiply-adds, each inside the passes around it, so fewer whole activations are "
-                              "stored and read back: 1.02x the images/s and 1.3 GB less with --fused-layers at "
-                              "paper widths at 64x64 batch 128 on an H100 (rounds differently)")
+                              "stored and read back: 1.02x the images/s and 1.3 GB less with --fused-layers for "
+                              "the authors' 64x64 model (ten 512-wide layers) at batch 128 on an H100 (rounds "
+                              "differently)")
     recompute_g: bool = opt(False, "recompute G's per-pixel activations in its backward, one ToRGB group at "
                                    "a time: less memory at the cost of a second G forward per step")
     fused_layers: bool = opt(False, "G's per-pixel layers as one CUDA kernel each (product, bias, leaky ReLU "
