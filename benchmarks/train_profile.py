@@ -1,6 +1,7 @@
 """Where a training step's GPU time goes (issue 9): kernel times per phase (D step, R1, G step,
 optimizers + EMA) for one or more benchmark paths, grouped into GEMMs, convolutions, compiled (Triton)
-kernels, eager elementwise/reduction kernels, optimizer kernels and copies, with the largest kernels.
+kernels, eager elementwise/reduction kernels, optimizer kernels and copies, with the largest kernels and
+the operators (with their input shapes) that launched the most kernel time.
 
     python benchmarks/train_profile.py --preset paper-256 --batch 16 --paths fast,fast+compile \\
         --out benchmarks/results/train-profile-paper-256-h200.json
@@ -50,12 +51,26 @@ def category(name: str) -> str:
     return "other"
 
 
+def ops_by_shape(prof, reps: int, device: torch.device, top: int = 30) -> list[dict]:
+    """The operators that launched the most kernel time (CPU time on the CPU), per phase call, each with its
+    input shapes: which GEMM or convolution a kernel name stands for. Self time, so that an operator and
+    the ones inside it (aten::matmul around aten::mm) do not count the same kernels twice."""
+    cuda = device.type == "cuda"
+    rows = []
+    for event in prof.key_averages(group_by_input_shape=True):
+        ms = (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1000 / reps
+        if ms > 0:
+            rows.append({"op": event.key, "shapes": str(event.input_shapes)[:240], "ms": round(ms, 3),
+                         "calls": event.count // reps})
+    return sorted(rows, key=lambda row: -row["ms"])[:top]
+
+
 def kernel_times(fn, reps: int, device: torch.device) -> dict:
-    activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     kind = torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
     sync(device)
     start = time.perf_counter()
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=True) as prof:
         for _ in range(reps):
             fn()
         sync(device)
@@ -71,12 +86,13 @@ def kernel_times(fn, reps: int, device: torch.device) -> dict:
     groups: dict[str, float] = {}
     for name, (ms, _) in per_kernel.items():
         groups[category(name)] = groups.get(category(name), 0.0) + ms
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:20]
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:40]
     return {
         "wall_ms_profiled": round(wall, 3),
         "kernel_ms": round(sum(groups.values()), 3),
         "by_category_ms": {k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
         "top_kernels": [{"kernel": name[:110], "ms": round(ms, 3), "launches": n // reps} for name, (ms, n) in top],
+        "ops_by_shape": ops_by_shape(prof, reps, device),
     }
 
 
