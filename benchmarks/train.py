@@ -69,7 +69,8 @@ def speed_for(path: str, device: torch.device) -> Speed:
 
 
 def build_trainer(path: str, args, device: torch.device) -> Trainer:
-    """A trainer for `path` on random images (args: preset, size, batch, r1_every, augment, d_channel_max)."""
+    """A trainer for `path` on random images (args: preset, size, widths, batch, r1_every, augment,
+    d_channel_max)."""
     speed = speed_for(path, device)
     speed.apply_backend_flags(device)
     if device.type == "cuda":
@@ -77,6 +78,8 @@ def build_trainer(path: str, args, device: torch.device) -> Trainer:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     g_config = dataclasses.replace(PRESETS[args.preset], size=args.size or PRESETS[args.preset].size)
+    if getattr(args, "widths", None):
+        g_config = dataclasses.replace(g_config, synthesis_widths=tuple(args.widths))
     d_max = args.d_channel_max or (TINY_D_CHANNELS if args.preset == "tiny" else 512)
     d_config = DiscriminatorConfig(g_config.size, 2, d_max)
     recipe = Recipe(batch=args.batch, lr=0.002, r1_gamma=10.0, r1_every=args.r1_every, ema_half_life_kimg=10.0,
@@ -159,6 +162,9 @@ def add_trainer_args(parser: argparse.ArgumentParser, preset: str, batch: int, w
     """The options build_trainer reads, and --device (shared with train_profile.py)."""
     parser.add_argument("--preset", default=preset, choices=list(PRESETS))
     parser.add_argument("--size", type=int, default=None, help="override the preset's training size")
+    parser.add_argument("--widths", type=lambda text: [int(w) for w in text.split(",")], default=None,
+                        help="G's synthesis widths, comma-separated, instead of the preset's: ten of 512 are the "
+                             "authors' model at 64x64 (train_memory.py's authors-64)")
     parser.add_argument("--batch", type=int, default=batch, help="batch on this one device")
     parser.add_argument("--warmup", type=int, default=warmup, help="whole steps before measuring")
     parser.add_argument("--r1-every", type=int, default=16)

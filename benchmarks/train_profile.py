@@ -143,7 +143,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     report = {"benchmark": "train-profile", "preset": args.preset, "size": args.size or PRESETS[args.preset].size,
-              "batch": args.batch, "reps": args.reps, "device": str(device),
+              "widths": args.widths, "batch": args.batch, "reps": args.reps, "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
               "categories": {label: pattern for label, pattern in CATEGORIES},
