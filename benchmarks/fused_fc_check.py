@@ -10,6 +10,8 @@ layer, and how much faster is it than the layer as the compiled training step ru
   activation derivative in the GEMM's epilogue) against float32 and the two-pass unfused form;
 - layouts: at the hidden layers, the op and the backward into the layer before reading their input in the
   layout the shared input layer writes (the batch side by side, [M, B, K]), against a contiguous copy;
+- a ToRGB group's boundary (fused_fc.groups): the backward into the layer before writing rows with a ToRGB's
+  gradient beside, against the narrow rows, and reading a product whose inner dimension carries it;
 - the whole generator (--generator): G's gradients from one fixed gradient at its images, each bf16 path
   (unfused, fused layers, fused layers and group backward) against float32, per parameter;
 - times: the forward alone (the D step's G forward runs it without grad) and forward + backward, the
@@ -146,6 +148,8 @@ def check(batch: int, rows: int, m: int, k: int, n: int, reps: int) -> dict:
         row["ok"] = row["ok"] and row["grad_input"]["ok"]
         row["side_by_side"] = check_side_by_side(x, weight.to(torch.bfloat16), bias)
         row["ok"] = row["ok"] and row["side_by_side"]["ok"]
+        row["torgb_beside"] = check_side(x, weight.to(torch.bfloat16))
+        row["ok"] = row["ok"] and row["torgb_beside"]["ok"]
     return row
 
 
@@ -162,6 +166,32 @@ def check_side_by_side(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         backward = relative(op(grad, weight, wide, LRELU_GAIN, LRELU_SLOPE), op(grad, weight, x, LRELU_GAIN, LRELU_SLOPE))
     return {"x_strides": list(wide.stride()), "forward_vs_contiguous": forward, "grad_input_vs_contiguous": backward,
             "ok": forward == 0.0 and backward == 0.0}
+
+
+def check_side(z: torch.Tensor, weight: torch.Tensor) -> dict:
+    """fused_fc.groups' two uses of modulated_fc_grad_input: rows with a ToRGB's gradient beside (the kernel
+    writes its columns of rows SIDE wider: bit for bit those of the narrow rows), and a product whose inner
+    dimension carries the ToRGB's gradient and weights beside (against the same in float32)."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    batch, m, n = z.shape
+    k = weight.shape[-1]
+    grad = torch.randn(batch, m, k, device="cuda", generator=gen).to(torch.bfloat16)
+    side = torch.randn(batch, m, 3, device="cuda", generator=gen).to(torch.bfloat16)
+    rgb = (torch.randn(batch, n, 3, device="cuda", generator=gen) / n ** 0.5).to(torch.bfloat16)
+    op = torch.ops.cips_edge.modulated_fc_grad_input
+    with torch.no_grad():
+        narrow = op(grad, weight, z, LRELU_GAIN, LRELU_SLOPE)
+        wide = op(grad, weight, z, LRELU_GAIN, LRELU_SLOPE, side)
+        beside = fused_fc._beside(grad, side)
+        table = fused_fc._with_rgb(weight, rgb)
+        boundary = op(beside, table, z, LRELU_GAIN, LRELU_SLOPE)
+        exact = fused_fc._grad_input_reference(beside.float(), table, z, LRELU_GAIN, LRELU_SLOPE)
+    out = {"wide_rows_vs_narrow": relative(wide[..., :n], narrow),
+           "side_columns_equal": bool(torch.equal(wide[..., n:n + 3], side) and not wide[..., n + 3:].any()),
+           "boundary_vs_float32_once": relative(boundary, exact)}
+    out["ok"] = (out["wide_rows_vs_narrow"] == 0.0 and out["side_columns_equal"]
+                 and out["boundary_vs_float32_once"] <= VALUE_BOUND)
+    return out
 
 
 def unfused_grad_input(grad, weight, z):
@@ -216,9 +246,14 @@ def check_generator(preset_name: str, size: int, batch: int, device: str = "cuda
         return Speed.for_device(device, bf16=bf16, compile=compile, **choices)
     paths = {"float32": speed(False), "bf16": speed(True), "fused_fc": speed(True, fused_fc=True),
              "fused_fc+fused_stack": speed(True, fused_fc=True, fused_stack=True),
+             "fused_fc+fused_stack+fused_groups": speed(True, fused_fc=True, fused_stack=True, fused_groups=True),
              "bf16 compiled": speed(True, compile=True),
-             "fused_fc+fused_stack compiled": speed(True, compile=True, fused_fc=True, fused_stack=True)}
-    fused_paths = ("fused_fc", "fused_fc+fused_stack", "fused_fc+fused_stack compiled")
+             "fused_fc+fused_stack compiled": speed(True, compile=True, fused_fc=True, fused_stack=True),
+             "fused_fc+fused_stack+fused_groups compiled": speed(True, compile=True, fused_fc=True, fused_stack=True,
+                                                                 fused_groups=True),
+             "fused_fc+fused_stack+unfused_input compiled": speed(True, compile=True, fused_fc=True,
+                                                                  fused_stack=True, unfused_input=True)}
+    fused_paths = tuple(name for name in paths if name.startswith("fused_fc"))
     grads, images_out, images_no_grad = {}, {}, {}
     for name, switches in paths.items():
         trainer = Trainer(g_config, d_config, recipe, device, speed=switches)

@@ -22,6 +22,9 @@ LRELU_GAIN = math.sqrt(2.0)  # StyleGAN2's fused leaky ReLU keeps unit second mo
 LayerOp = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float, float], "torch.Tensor | None"]
 # (x, [weight, ...], [bias, ...], gain, slope) -> those layers one after another, or None where it cannot
 StackOp = Callable[[torch.Tensor, list, list, float, float], "torch.Tensor | None"]
+# (x, [weight, ...], [bias, ...], [ToRGB weight, ...], gain, slope) -> every ToRGB group's layers one after
+# another and each group's ToRGB product x @ weight (without its bias), or None where it cannot
+GroupsOp = Callable[[torch.Tensor, list, list, list, float, float], "list[torch.Tensor] | None"]
 # (x, weight) -> x @ weight
 ProductOp = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 DEMOD_EPS = 1e-8
@@ -258,8 +261,11 @@ class ToRGB(nn.Module):
 
     def apply_weight(self, x: torch.Tensor, weight: torch.Tensor, product: ProductOp | None = None) -> torch.Tensor:
         """product: computes x @ weight in its place (training's cips_edge.train.projection.project)."""
-        out = torch.matmul(x, weight) if product is None else product(x, weight)
-        return out + self.fc.bias.to(out.dtype)
+        return self.add_bias(torch.matmul(x, weight) if product is None else product(x, weight))
+
+    def add_bias(self, product: torch.Tensor) -> torch.Tensor:
+        """x @ weight (computed elsewhere) -> this ToRGB's output."""
+        return product + self.fc.bias.to(product.dtype)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.apply_weight(x, self.modulated_weight(w))
@@ -309,7 +315,8 @@ class CIPSGenerator(nn.Module):
 
     def synthesize(self, e: torch.Tensor, weights: list[torch.Tensor], fold_gain: bool = False,
                    recompute: bool = False, layer_op: LayerOp | None = None,
-                   stack_op: StackOp | None = None, rgb_op: ProductOp | None = None) -> torch.Tensor:
+                   stack_op: StackOp | None = None, rgb_op: ProductOp | None = None,
+                   groups_op: GroupsOp | None = None) -> torch.Tensor:
         """[B, N, 2H] features (or [1, N, 2H], one table for every sample) and baked per-sample weights ->
         raw RGB [B, N, 3].
 
@@ -324,7 +331,9 @@ class CIPSGenerator(nn.Module):
         stack_op: computes a ToRGB group's modulated layers together where it returns a tensor
         (cips_edge.train.fused_fc.stack); None, or where it returns None: layer by layer.
         rgb_op: computes each ToRGB's product x @ weight (cips_edge.train.projection.project, whose
-        backward the compiled step fuses); None: torch.matmul."""
+        backward the compiled step fuses); None: torch.matmul.
+        groups_op: computes all ToRGB groups' layers and ToRGB products together where it returns them
+        (cips_edge.train.fused_fc.groups); None, or where it returns None: group by group."""
         n_conv = 1 + len(self.layers)
         if fold_gain:
             weights = [weights[0], *(wt * LRELU_GAIN for wt in weights[1:])]
@@ -349,6 +358,14 @@ class CIPSGenerator(nn.Module):
             x = checkpoint(self.input_layer.apply_weight, e, weights[0], gain, layer_op, use_reentrant=False)
         else:
             x = self.input_layer.apply_weight(e, weights[0], gain, layer_op)
+        if groups_op is not None and gain and not recompute and len(self.layers) == every * len(self.to_rgbs):
+            products = groups_op(x, list(weights[1:n_conv]), [layer.bias for layer in self.layers],
+                                 list(weights[n_conv:]), LRELU_GAIN, LRELU_SLOPE)
+            if products is not None:
+                rgb = self.to_rgbs[0].add_bias(products[0])
+                for to_rgb, product in zip(self.to_rgbs[1:], products[1:]):
+                    rgb = rgb + to_rgb.add_bias(product)
+                return rgb
         rgb = None
         for k in range(len(self.to_rgbs)):
             group_weights = (*weights[1 + k * every:1 + (k + 1) * every], weights[n_conv + k])

@@ -123,22 +123,26 @@ def test_a_stack_of_layers_backpropagates_as_its_layers_one_by_one():
     assert torch.allclose(got, pre.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_a_generator_with_fused_layers_and_stacks_compiles_to_the_same_gradients():
-    """torch.compile traces the stack (an autograd.Function around the ops) and the ops, forward and
-    backward; float32, so within its rounding of the eager plain generator."""
+@pytest.mark.parametrize("groups", [False, True], ids=["stacks", "groups"])
+def test_a_generator_with_fused_layers_and_stacks_compiles_to_the_same_gradients(groups):
+    """torch.compile traces the stack or the groups (autograd.Functions around the ops) and the ops,
+    forward and backward; float32, so within its rounding of the eager plain generator."""
     torch.manual_seed(3)
     g = CIPSGenerator(PRESETS["tiny"])
     z = torch.randn(3, g.config.style_dim)
     coords = torch.rand(1, 40, 2) * 2 - 1
 
-    def loss(layer_op, stack_op):
+    def loss(layer_op, stack_op, groups_op=None):
         e = g.features(coords)
         e = e if layer_op else e.expand(3, -1, -1)
-        rgb = g.synthesize(e, g.modulated_weights(g.mapping(z)), layer_op=layer_op, stack_op=stack_op)
+        rgb = g.synthesize(e, g.modulated_weights(g.mapping(z)), layer_op=layer_op, stack_op=stack_op,
+                           groups_op=groups_op)
         return rgb.square().sum()
 
+    fused = torch.compile(lambda: loss(cpu_layer_op, cpu_stack_op, cpu_groups_op if groups else None),
+                          backend="aot_eager")
     results = []
-    for fn in (lambda: loss(None, None), torch.compile(lambda: loss(cpu_layer_op, cpu_stack_op), backend="aot_eager")):
+    for fn in (lambda: loss(None, None), fused):
         g.zero_grad()
         value = fn()
         value.backward()
@@ -274,3 +278,95 @@ def test_the_input_layer_is_fused_where_speed_asks_for_it(monkeypatch, unfused_i
     torch.testing.assert_close(img, img_fused, rtol=1e-5, atol=1e-6)
     for name, grad in grads_fused.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def cpu_groups_op(x, weights, biases, rgb_weights, gain, slope):
+    """fused_fc.groups without its CUDA condition."""
+    if x.stride(0) == 0:
+        return None
+    return list(fused_fc._Groups.apply(x, gain, slope, len(rgb_weights), *weights, *biases, *rgb_weights))
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_the_groups_backpropagate_as_their_layers_and_torgbs_one_by_one(every):
+    """gradcheck of _Groups (float64, three groups): within a group through modulated_fc_grad_input, across
+    each boundary through it too, with the ToRGB's gradient and weights beside the product's inner
+    dimension; and its products against the layers and ToRGBs one by one."""
+    g = torch.Generator().manual_seed(3)
+    n_groups, width, batch, rows = 3, 8, 2, 5
+    n = every * n_groups
+    x = torch.randn(batch, rows, width, generator=g, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(batch, width, width, generator=g, dtype=torch.float64) / width ** 0.5 for _ in range(n)]
+    biases = [torch.randn(width, generator=g, dtype=torch.float64) * 0.1 for _ in range(n)]
+    rgbs = [torch.randn(batch, width, 3, generator=g, dtype=torch.float64) for _ in range(n_groups)]
+    params = [t.requires_grad_(True) for t in (*weights, *biases, *rgbs)]
+
+    def together(x, *p):
+        return tuple(cpu_groups_op(x, list(p[:n]), list(p[n:2 * n]), list(p[2 * n:]), LRELU_GAIN, LRELU_SLOPE))
+
+    assert torch.autograd.gradcheck(together, (x, *params))
+
+    def one_by_one(x, *p):
+        h, out = x, []
+        for i in range(n):
+            h = torch.nn.functional.leaky_relu(h @ p[i] + p[n + i], LRELU_SLOPE) * LRELU_GAIN
+            if i % every == every - 1:
+                out.append(h @ p[2 * n + i // every])
+        return tuple(out)
+
+    upstream = [torch.randn(batch, rows, 3, generator=g, dtype=torch.float64) for _ in range(n_groups)]
+    grads = []
+    for fn in (together, one_by_one):
+        outs = fn(x, *params)
+        grads.append(torch.autograd.grad(outs, (x, *params), upstream))
+        if fn is together:
+            want = outs
+        else:
+            for got, expected in zip(want, outs):
+                assert torch.allclose(got, expected, rtol=0, atol=1e-12)
+    for got, expected in zip(*grads):
+        assert torch.allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_grad_input_op_writes_the_torgb_gradient_beside_its_rows():
+    g = torch.Generator().manual_seed(4)
+    grad, weight, z = (torch.randn(*shape, generator=g) for shape in ((2, 5, 16), (2, 8, 16), (2, 5, 8)))
+    side = torch.randn(2, 5, 3, generator=g)
+    narrow = torch.ops.cips_edge.modulated_fc_grad_input(grad, weight, z, LRELU_GAIN, LRELU_SLOPE)
+    wide = torch.ops.cips_edge.modulated_fc_grad_input(grad, weight, z, LRELU_GAIN, LRELU_SLOPE, side)
+    assert wide.shape == (2, 5, 8 + fused_fc.SIDE)
+    assert torch.equal(wide[..., :8], narrow) and torch.equal(wide[..., 8:11], side)
+    assert not wide[..., 11:].any()
+
+
+def test_a_generator_with_its_groups_together_computes_and_trains_as_the_plain_one():
+    """synthesize's groups_op: the same image and the same gradient for every parameter as the layers one by
+    one (float64), the ToRGB biases added outside; where the op declines, the groups run one by one."""
+    torch.manual_seed(0)
+    g = CIPSGenerator(PRESETS["tiny"]).double()
+    assert len(g.to_rgbs) > 1 and len(g.layers) == g.config.to_rgb_every * len(g.to_rgbs)
+    z = torch.randn(3, g.config.style_dim, dtype=torch.float64)
+    coords = torch.rand(1, 40, 2, dtype=torch.float64) * 2 - 1
+    calls = []
+
+    def counted(*args):
+        out = cpu_groups_op(*args)
+        calls.append(out is not None)
+        return out
+
+    def run(**ops):
+        g.zero_grad()
+        rgb = g.synthesize(g.features(coords).expand(3, -1, -1), g.modulated_weights(g.mapping(z)), **ops)
+        (rgb * torch.linspace(-1, 1, rgb.numel(), dtype=torch.float64).reshape(rgb.shape)).sum().backward()
+        return rgb.detach(), {n: p.grad.clone() for n, p in g.named_parameters() if p.grad is not None}
+
+    plain_rgb, plain_grads = run()
+    rgb, grads = run(groups_op=counted)
+    assert calls == [True]
+    assert torch.allclose(rgb, plain_rgb, rtol=0, atol=1e-12)
+    assert grads.keys() == plain_grads.keys()
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grads[name], grad, rtol=1e-9, atol=1e-12), name
+    calls.clear()
+    declined_rgb, _ = run(groups_op=lambda *args: calls.append(False))
+    assert calls == [False] and torch.equal(declined_rgb, plain_rgb)

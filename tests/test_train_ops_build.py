@@ -26,7 +26,7 @@ def test_cutlass_takes_gs_layers_at_the_training_shapes_without_a_workspace(libr
     lib = ctypes.CDLL(str(library))
     assert lib.CipsTrainModulatedFc and lib.CipsTrainModulatedFcGradInput  # the ops' entry points are exported
     plan = lib.CipsTrainModulatedFcPlan
-    plan.argtypes = [ctypes.c_int] * 6 + [ctypes.POINTER(ctypes.c_int64)]
+    plan.argtypes = [ctypes.c_int] * 6 + [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
     plan.restype = ctypes.c_int
     workspace = ctypes.c_int64(-1)
     # (batch, M, N, K): paper-256's input layer (all samples side by side) and hidden layers, at 256^2
@@ -35,8 +35,33 @@ def test_cutlass_takes_gs_layers_at_the_training_shapes_without_a_workspace(libr
               (1, 64 * 64, 128 * 512, 1024), (128, 64 * 64, 512, 512), (64, 64 * 64, 192, 256),
               (64, 64 * 64, 128, 192), (3, 7, 8, 8)]
     for batch, m, n, k in shapes:
-        assert plan(grad_input, batch, m, n, k, H200_SMS, ctypes.byref(workspace)) == 0, (batch, m, n, k)
+        assert plan(grad_input, batch, m, n, k, H200_SMS, n, ctypes.byref(workspace)) == 0, (batch, m, n, k)
         assert workspace.value == 0, (batch, m, n, k)
     # rows of 12 bf16 are not 16-byte aligned for TMA
-    assert plan(grad_input, 2, 100, 12, 512, H200_SMS, ctypes.byref(workspace)) == 1
-    assert plan(grad_input, 2, 100, 512, 12, H200_SMS, ctypes.byref(workspace)) == 1
+    assert plan(grad_input, 2, 100, 12, 512, H200_SMS, 12, ctypes.byref(workspace)) == 1
+    assert plan(grad_input, 2, 100, 512, 12, H200_SMS, 512, ctypes.byref(workspace)) == 1
+
+
+def test_cutlass_takes_the_group_boundarys_wide_rows(library):
+    """fused_fc.groups: at a ToRGB group's boundary the product's inner dimension carries the ToRGB's three
+    columns, padded to 8 (K = 512 + 8), and each group's first pre-activation gradient is written into rows
+    that wide (D's rows 520 elements apart). The op refuses rows apart by a count that is not a multiple of 8
+    in one line, before it touches a GPU."""
+    lib = ctypes.CDLL(str(library))
+    plan = lib.CipsTrainModulatedFcPlan
+    plan.argtypes = [ctypes.c_int] * 6 + [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64)]
+    plan.restype = ctypes.c_int
+    workspace = ctypes.c_int64(-1)
+    for batch, m, n, k, d_row in [(128, 64 * 64, 512, 520, 512), (128, 64 * 64, 512, 512, 520),
+                                  (16, 256 * 256, 256, 520, 264), (3, 7, 8, 16, 16)]:
+        assert plan(1, batch, m, n, k, H200_SMS, d_row, ctypes.byref(workspace)) == 0, (batch, m, n, k, d_row)
+        assert workspace.value == 0
+    grad_input = lib.CipsTrainModulatedFcGradInput
+    grad_input.argtypes = ([ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] + [ctypes.c_int64] * 2
+                           + [ctypes.c_int] * 4 + [ctypes.c_float] * 2 + [ctypes.c_int, ctypes.c_void_p,
+                                                                          ctypes.c_char_p, ctypes.c_int])
+    error = ctypes.create_string_buffer(256)
+    at = 256  # aligned stand-ins for the pointers, never read: the checks refuse first
+    status = grad_input(at, at, at, 512, 100 * 512, at, 516, 100 * 516, 2, 100, 512, 520, 1.41, 0.2, 0, None, error,
+                        len(error))
+    assert status == 1 and error.value.decode().startswith("alignment: ")

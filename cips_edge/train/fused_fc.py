@@ -49,8 +49,8 @@ def _library(path: str) -> ctypes.CDLL:
     fn.restype = ctypes.c_int
     grad = lib.CipsTrainModulatedFcGradInput
     grad.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                     ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_float,
-                     ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+                     ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                     ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
     grad.restype = ctypes.c_int
     return lib
 
@@ -209,6 +209,9 @@ def layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float
 
 
 # -- a ToRGB group's layers together: the backward into each inner layer in one kernel ----------------
+SIDE = 8  # columns beside a gradient for a ToRGB's (3, padded so that rows stay 16-byte multiples)
+
+
 def _grad_input_reference(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
                           slope: float) -> torch.Tensor:
     compute = torch.promote_types(grad.dtype, torch.float32)
@@ -216,34 +219,50 @@ def _grad_input_reference(grad: torch.Tensor, weight: torch.Tensor, z: torch.Ten
     return _pre_activation_grad(product, z, gain, slope).to(grad.dtype)
 
 
+def _beside(d: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    """[B, M, N] d and [B, M, C] side (C <= SIDE) as rows [d | side | 0] of N + SIDE columns."""
+    pad = d.new_zeros(*d.shape[:-1], SIDE - side.shape[-1])
+    return torch.cat([d, side.to(d.dtype), pad], dim=-1)
+
+
 @torch.library.custom_op("cips_edge::modulated_fc_grad_input", mutates_args=())
 def modulated_fc_grad_input(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
-                            slope: float) -> torch.Tensor:
+                            slope: float, side: torch.Tensor | None = None) -> torch.Tensor:
     """The gradient at the previous layer's pre-activation from `grad`, the gradient at this layer's:
     (grad @ weight^T) * gain * (1 where z > 0, else slope), rounded once; grad [B, M, K], weight [B, N, K]
-    (this layer's [in, out] weights), z [B, M, N] this layer's input (the previous layer's output)."""
-    return _grad_input_reference(grad, weight, z, gain, slope)
+    (this layer's [in, out] weights), z [B, M, N] this layer's input (the previous layer's output).
+    side [B, M, C] (C <= SIDE): the result's rows are [result | side | 0], N + SIDE wide, so that a product
+    at a ToRGB group's boundary reads the ToRGB's gradient beside it (fused_fc.groups)."""
+    d = _grad_input_reference(grad, weight, z, gain, slope)
+    return d if side is None else _beside(d, side)
 
 
 @modulated_fc_grad_input.register_kernel("cuda")
 def _grad_input_cuda(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
-                     slope: float) -> torch.Tensor:
+                     slope: float, side: torch.Tensor | None = None) -> torch.Tensor:
     _bf16(grad, weight, z)
     batch, m, k = grad.shape
     n = weight.shape[1]
     # W^T [B, K, N] contiguous, as the kernel reads it: the model's [out, in] memory (no copy)
     grad, weight_t = grad.contiguous(), weight.transpose(1, 2).contiguous()
     z = _rows_in_place(z, n, batch)
-    d = torch.empty(batch, m, n, dtype=grad.dtype, device=grad.device)
+    if side is None:
+        d = out = torch.empty(batch, m, n, dtype=grad.dtype, device=grad.device)
+    else:  # the kernel writes the first n columns of each row; the side columns are written here
+        out = torch.empty(batch, m, n + SIDE, dtype=grad.dtype, device=grad.device)
+        out[..., n:n + side.shape[-1]] = side
+        out[..., n + side.shape[-1]:] = 0
+        d = out[..., :n]
     _launch("CipsTrainModulatedFcGradInput", grad.device, grad.data_ptr(), weight_t.data_ptr(), z.data_ptr(),
-            z.stride(1), z.stride(0), d.data_ptr(), batch, m, n, k, gain, slope)
-    return d
+            z.stride(1), z.stride(0), d.data_ptr(), d.stride(1), d.stride(0), batch, m, n, k, gain, slope)
+    return out
 
 
 @modulated_fc_grad_input.register_fake
 def _grad_input_fake(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
-                     slope: float) -> torch.Tensor:
-    return grad.new_empty((*grad.shape[:-1], weight.shape[1]))
+                     slope: float, side: torch.Tensor | None = None) -> torch.Tensor:
+    width = weight.shape[1] + (0 if side is None else SIDE)
+    return grad.new_empty((*grad.shape[:-1], width))
 
 
 class _Stack(torch.autograd.Function):
@@ -286,3 +305,104 @@ def stack(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tenso
     if not all(takes(x, w) for w in weights) or x.shape[0] != weights[0].shape[0] or x.stride(0) == 0:
         return None
     return _Stack.apply(x.to(torch.bfloat16), gain, slope, *(w.to(torch.bfloat16) for w in weights), *biases)
+
+
+# -- every ToRGB group at once: the backward across each group boundary in one kernel too ---------------
+def _rgb_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A ToRGB's gradient into its input, grad [B, M, C] @ weight [B, N, C]^T, as C multiply-adds in float32
+    (projection.py's form, which Inductor fuses into the pass that reads it)."""
+    compute = torch.promote_types(grad.dtype, torch.float32)
+    rows = weight.transpose(-1, -2).unsqueeze(-3).to(compute)  # [B, 1, C, N]
+    total = None
+    for c in range(weight.shape[-1]):
+        term = grad[..., c, None].to(compute) * rows[..., c, :]
+        total = term if total is None else total + term
+    return total
+
+
+def _with_rgb(weight: torch.Tensor, rgb_weight: torch.Tensor) -> torch.Tensor:
+    """[B, N, K] layer weights and [B, N, C] ToRGB weights as one [B, N, K + SIDE] table [W | W_rgb | 0],
+    laid out as the grad-input kernel reads it ([B, K + SIDE, N] memory)."""
+    batch, n, _ = weight.shape
+    pad = weight.new_zeros(batch, SIDE - rgb_weight.shape[-1], n)
+    return torch.cat([weight.transpose(1, 2), rgb_weight.transpose(1, 2).to(weight.dtype), pad], dim=1).transpose(1, 2)
+
+
+class _Groups(torch.autograd.Function):
+    """G's ToRGB groups one after another (each layer through modulated_fc) and each group's ToRGB product;
+    the backward as _Stack's within a group, and across each boundary too: the gradient at a group's last
+    pre-activation, from the next group's first layer and from the group's own ToRGB, is one grad-input
+    kernel whose product carries the ToRGB's gradient and weights as SIDE more columns of its inner
+    dimension, where the groups one by one form the gradient at the group's output with one GEMM, then read
+    it again with the output and the ToRGB's gradient in a pass of their own. The next group's first layer
+    and the ToRGB read the same input, so one weight-gradient GEMM of those wide rows gives both."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gain: float, slope: float, n_groups: int, *params: torch.Tensor):
+        n = (len(params) - n_groups) // 2
+        weights, biases, rgb_weights = params[:n], params[n:2 * n], params[2 * n:]
+        every = n // n_groups
+        outs, products, h = [], [], x
+        for i, (weight, bias) in enumerate(zip(weights, biases)):
+            h = torch.ops.cips_edge.modulated_fc(h, weight, bias, gain, slope)
+            outs.append(h)
+            if i % every == every - 1:
+                products.append(torch.matmul(h, rgb_weights[i // every]))
+        ctx.save_for_backward(x, *weights, *rgb_weights, *outs)
+        ctx.gain, ctx.slope, ctx.n, ctx.n_groups = gain, slope, n, n_groups
+        return tuple(products)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        n, n_groups, gain, slope = ctx.n, ctx.n_groups, ctx.gain, ctx.slope
+        every = n // n_groups
+        saved = ctx.saved_tensors
+        x, weights = saved[0], saved[1:1 + n]
+        rgb_weights, outs = saved[1 + n:1 + n + n_groups], saved[1 + n + n_groups:]
+        g = [(outs[0].new_zeros(*outs[0].shape[:-1], w.shape[-1]) if gr is None else gr).to(x.dtype)
+             for gr, w in zip(grads, rgb_weights)]  # each ToRGB product's gradient (none: unused)
+
+        def side(i: int) -> torch.Tensor | None:
+            """The ToRGB gradient that goes beside layer i's pre-activation gradient: the one of the group
+            before, for a group's first layer (the boundary's product reads it)."""
+            return g[i // every - 1] if i % every == 0 and i > 0 else None
+
+        last = n - 1
+        pre = _pre_activation_grad(_rgb_input_grad(g[-1], rgb_weights[-1]), outs[last], gain, slope).to(x.dtype)
+        if side(last) is not None:
+            pre = _beside(pre, side(last))
+        grad_weights, grad_biases, grad_rgb, grad_x = [None] * n, [None] * n, [None] * n_groups, None
+        grad_rgb[-1] = torch.matmul(outs[-1].transpose(-1, -2), g[-1])
+        for i in reversed(range(n)):
+            width = weights[i].shape[-1]
+            core = pre[..., :width]
+            # A group's first layer reads the group before's output, as that group's ToRGB does: with the
+            # ToRGB's gradient beside, one product gives both weight gradients.
+            grad = torch.matmul((outs[i - 1] if i else x).transpose(-1, -2), pre)
+            grad_weights[i] = grad[..., :width]
+            if side(i) is not None:
+                grad_rgb[i // every - 1] = grad[..., width:width + g[i // every - 1].shape[-1]]
+            grad_biases[i] = _bias_grad(core)
+            if i == 0:
+                grad_x = torch.matmul(core, weights[0].transpose(-1, -2))
+            elif i % every:  # into the layer before, in the same group
+                pre = torch.ops.cips_edge.modulated_fc_grad_input(core, weights[i], outs[i - 1], gain, slope,
+                                                                  side(i - 1))
+            else:  # into the group before's last layer, with its ToRGB's gradient beside
+                weight = _with_rgb(weights[i], rgb_weights[i // every - 1])
+                pre = torch.ops.cips_edge.modulated_fc_grad_input(pre, weight, outs[i - 1], gain, slope,
+                                                                  side(i - 1))
+        return grad_x, None, None, None, *grad_weights, *grad_biases, *grad_rgb
+
+
+def groups(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], rgb_weights: list[torch.Tensor],
+           gain: float, slope: float) -> list[torch.Tensor] | None:
+    """G's ToRGB groups (x's rows of its own per sample; len(weights) / len(rgb_weights) layers each) through
+    _Groups in bf16: each group's ToRGB product (without its bias), or None where the kernels cannot take
+    one of the layers (the caller computes the groups the usual way)."""
+    if (not all(takes(x, w) for w in weights) or x.shape[0] != weights[0].shape[0] or x.stride(0) == 0
+            or not rgb_weights or len(weights) % len(rgb_weights) or rgb_weights[0].shape[-1] > SIDE):
+        return None
+    bf16 = torch.bfloat16
+    return list(_Groups.apply(x.to(bf16), gain, slope, len(rgb_weights), *(w.to(bf16) for w in weights), *biases,
+                              *(w.to(bf16) for w in rgb_weights)))

@@ -72,6 +72,8 @@ class Speed:
     # compiled backward fuses into the pass that reads it (projection.py) instead of a GEMM of its own
     d_pair: bool = False  # (rounding) the D step's reals and fakes through D in one call of twice the batch,
     # laid out so that every minibatch-stddev group holds the samples it holds in two calls
+    fused_groups: bool = False  # (rounding) with fused_stack: all ToRGB groups together, the backward across
+    # each group boundary in one grad-input kernel whose product carries the ToRGB's gradient (fused_fc.groups)
     unfused_input: bool = False  # with fused_fc: G's input layer through the fused kernel only where no
     # gradient is taken (the D step's fakes); where G's gradient is taken it runs unfused, on the table
     # broadcast over the batch (alone on an H100, its forward and backward took 4.47 ms unfused against 5.51
@@ -242,11 +244,13 @@ class Trainer:
             e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
         layer_op = fused_fc.layer if self.speed.fused_fc else None
         stack_op = fused_fc.stack if self.speed.fused_fc and self.speed.fused_stack else None
+        groups_op = fused_fc.groups if stack_op is not None and self.speed.fused_groups else None
         rgb_op = projection.project if self.speed.rgb_grad else None
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain,
                                recompute=self.speed.recompute_g and torch.is_grad_enabled(),
-                               layer_op=layer_op, stack_op=stack_op, rgb_op=rgb_op)  # [B, S*S, 3]
+                               layer_op=layer_op, stack_op=stack_op, rgb_op=rgb_op,
+                               groups_op=groups_op)  # [B, S*S, 3]
         img = rgb.float().reshape(-1, self.size, self.size, 3).permute(0, 3, 1, 2)  # NCHW view of NHWC
         return img if self.speed.channels_last else img.contiguous()
 

@@ -143,15 +143,16 @@ Forward::Gemm::Arguments forward_arguments(const Bf16* x, int64_t x_row, int64_t
   return args;
 }
 
-// GradInput's arguments: D [m, n] = LeakyReluGrad(gain * G [m, k] @ W[n, k]^T, Z) per sample, with G and
-// D contiguous, W^T [k, n] row-major (the layer's [out, in] weights), Z's row and batch strides in elements.
+// GradInput's arguments: D [m, n] = LeakyReluGrad(gain * G [m, k] @ W[n, k]^T, Z) per sample, with G
+// contiguous, W^T [k, n] row-major (the layer's [out, in] weights), Z's and D's row and batch strides in
+// elements (D's rows may be wider than n: the columns beyond are left as they are).
 GradInput::Gemm::Arguments grad_input_arguments(const Bf16* g, const Bf16* w, const Bf16* z, int64_t z_row,
-                                                int64_t z_batch, Bf16* d, int batch, int m, int n, int k, float gain,
-                                                float slope, int device, int sms) {
+                                                int64_t z_batch, Bf16* d, int64_t d_row, int64_t d_batch, int batch,
+                                                int m, int n, int k, float gain, float slope, int device, int sms) {
   using Kernel = GradInput::Kernel;
   typename Kernel::StrideA stride_g = make_stride(int64_t(k), Int<1>{}, int64_t(m) * k);
   typename Kernel::StrideB stride_w = make_stride(Int<1>{}, int64_t(n), int64_t(k) * n);  // B (N, K) = W, N-major
-  typename Kernel::StrideD stride_d = make_stride(int64_t(n), Int<1>{}, int64_t(m) * n);
+  typename Kernel::StrideD stride_d = make_stride(d_row, Int<1>{}, d_batch);
   GradInput::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
                                   {m, n, k, batch},
                                   {g, stride_g, w, stride_w},
@@ -235,38 +236,47 @@ extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFc(
 // G [B, M, K] the gradient at this layer's pre-activation (contiguous), `w` this layer's weights W [B, N, K]
 // stored as W^T [B, K, N] row-major (its [out, in] memory: N = its input width), Z [B, M, N] the layer
 // before's output (this layer's input; rows and samples `z_row_stride` and `z_batch_stride` elements
-// apart), D [B, M, N] contiguous: the gradient at the layer before's pre-activation, without the pass that
-// reads G @ W^T and Z and writes it.
+// apart), D [B, M, N] the gradient at the layer before's pre-activation (rows and samples `d_row_stride` and
+// `d_batch_stride` elements apart: rows wider than N leave room for columns the caller writes beside it),
+// without the pass that reads G @ W^T and Z and writes it.
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcGradInput(
-    const void* g, const void* w, const void* z, int64_t z_row_stride, int64_t z_batch_stride, void* d, int batch,
-    int m, int n, int k, float gain, float slope, int device, void* stream, char* error, int error_len) {
+    const void* g, const void* w, const void* z, int64_t z_row_stride, int64_t z_batch_stride, void* d,
+    int64_t d_row_stride, int64_t d_batch_stride, int batch, int m, int n, int k, float gain, float slope, int device,
+    void* stream, char* error, int error_len) {
   if (k % kAlign || n % kAlign) return fail(error, error_len, "shape", "K and N must be multiples of 8");
-  if (batch == 1) z_batch_stride = int64_t(m) * z_row_stride;
+  if (batch == 1) {
+    z_batch_stride = int64_t(m) * z_row_stride;
+    d_batch_stride = int64_t(m) * d_row_stride;
+  }
   if (!aligned16(g) || !aligned16(w) || !aligned16(z) || !aligned16(d) || z_row_stride % kAlign ||
-      z_batch_stride % kAlign || z_row_stride < n || z_batch_stride <= 0)
+      z_batch_stride % kAlign || z_row_stride < n || z_batch_stride <= 0 || d_row_stride % kAlign ||
+      d_batch_stride % kAlign || d_row_stride < n || d_batch_stride < int64_t(m) * d_row_stride)
     return fail(error, error_len, "alignment",
-                "G, W, Z and D must start on 16-byte boundaries, Z's rows and samples a multiple of 8 elements apart");
+                "G, W, Z and D must start on 16-byte boundaries, Z's and D's rows and samples a multiple of 8 "
+                "elements apart, D's samples apart by at least its rows");
   if (batch <= 0 || m <= 0) return 0;
   int sms = 0;
   if (use_device(device, &sms, error, error_len)) return 1;
   return run<GradInput::Gemm>(
       grad_input_arguments(static_cast<const Bf16*>(g), static_cast<const Bf16*>(w), static_cast<const Bf16*>(z),
-                           z_row_stride, z_batch_stride, static_cast<Bf16*>(d), batch, m, n, k, gain, slope, device,
-                           sms),
+                           z_row_stride, z_batch_stride, static_cast<Bf16*>(d), d_row_stride, d_batch_stride, batch,
+                           m, n, k, gain, slope, device, sms),
       stream, error, error_len);
 }
 
 // Host-side only (no GPU): whether CUTLASS takes `batch` problems of m x n x k on `sms` multiprocessors
-// (0 = yes, 1 = no), the forward's (grad_input 0) or the backward's (1), and the workspace it would want
-// (the ops allocate none: it must be 0).
+// (0 = yes, 1 = no), the forward's (grad_input 0) or the backward's (1, its output rows `d_row` elements
+// apart), and the workspace it would want (the ops allocate none: it must be 0).
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcPlan(int grad_input, int batch, int m,
-                                                                               int n, int k, int sms,
+                                                                               int n, int k, int sms, int64_t d_row,
                                                                                int64_t* workspace) {
   const auto* at = reinterpret_cast<const Bf16*>(std::uintptr_t(256));  // never read: aligned stand-ins
   auto* out = const_cast<Bf16*>(at);
   if (grad_input)
     return plan<GradInput::Gemm>(
-        grad_input_arguments(at, at, at, n, int64_t(m) * n, out, batch, m, n, k, 1.4142135f, 0.2f, 0, sms), workspace);
+        grad_input_arguments(at, at, at, n, int64_t(m) * n, out, d_row, int64_t(m) * d_row, batch, m, n, k,
+                             1.4142135f, 0.2f, 0, sms),
+        workspace);
   return plan<Forward::Gemm>(forward_arguments(at, k, int64_t(m) * k, at, reinterpret_cast<const float*>(at), out,
                                                batch, m, n, k, 1.4142135f, 0.2f, 0, sms),
                              workspace);
