@@ -209,6 +209,7 @@ def hopper(monkeypatch, tmp_path):
     library = tmp_path / "libcips_train_ops.so"
     library.write_bytes(b"")
     monkeypatch.setenv(fused_fc.LIBRARY_ENV, str(library))
+    monkeypatch.setattr(fused_fc, "library_abi", lambda path: fused_fc.ABI)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     return library
@@ -234,6 +235,15 @@ def test_fused_layers_refuses_in_one_line_what_its_kernels_cannot_run(hopper, mo
     with pytest.raises(TrainError, match=r"9\.0\): cuda:0 is NVIDIA A100-SXM4-80GB \(8\.0\); give --no-fused-layers$"):
         speed_for(TrainOptions(data="d", fused_layers=True), cuda)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(fused_fc, "library_abi", lambda path: fused_fc.ABI - 1)
+    with pytest.raises(TrainError, match=r"^--fused-layers: the training kernels at .* were built from other "
+                                         r"sources; run `bash cips_edge/train/cuda_ops/build.sh` again"):
+        speed_for(TrainOptions(data="d", fused_layers=True), cuda)
+    monkeypatch.undo()  # the real check: the fixture's empty file is no library
+    monkeypatch.setenv(fused_fc.LIBRARY_ENV, str(hopper))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    with pytest.raises(TrainError, match=r"^--fused-layers: cannot load the training kernels at .*\(.*\); run "):
+        speed_for(TrainOptions(data="d", fused_layers=True), cuda)
     hopper.unlink()
     with pytest.raises(TrainError, match=r"not built; in a source checkout run `bash cips_edge/train/cuda_ops/build.sh`"
                                          r".* or give --no-fused-layers$"):

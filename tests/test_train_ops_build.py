@@ -42,6 +42,12 @@ def test_cutlass_takes_gs_layers_at_the_training_shapes_without_a_workspace(libr
     assert plan(grad_input, 2, 100, 512, 12, H200_SMS, 512, ctypes.byref(workspace)) == 1
 
 
+def test_the_library_is_built_for_the_signatures_its_caller_uses(library):
+    from cips_edge.train import fused_fc
+
+    assert fused_fc.library_abi(library) == fused_fc.ABI
+
+
 def test_cutlass_takes_the_group_boundarys_wide_rows(library):
     """fused_fc.groups: at a ToRGB group's boundary the product's inner dimension carries the ToRGB's three
     columns, padded to 8 (K = 512 + 8), and each group's first pre-activation gradient is written into rows

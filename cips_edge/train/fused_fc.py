@@ -31,6 +31,7 @@ from torch.nn import functional as F
 LIBRARY_ENV = "CIPS_TRAIN_OPS"
 LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_train_ops.so"
 ALIGN = 8  # elements: the kernel's TMA loads and stores want 16-byte rows of bf16
+ABI = 2  # the entry points' signatures this module calls (modulated_fc.cu's CipsTrainOpsAbi)
 
 
 def library_path() -> Path | None:
@@ -39,8 +40,17 @@ def library_path() -> Path | None:
     return path if path.is_file() else None
 
 
+def library_abi(path: Path) -> int:
+    """The entry points' signatures the library at path was built with (1: before they were numbered)."""
+    lib = ctypes.CDLL(str(path))
+    return int(lib.CipsTrainOpsAbi()) if hasattr(lib, "CipsTrainOpsAbi") else 1
+
+
 @functools.cache
 def _library(path: str) -> ctypes.CDLL:
+    if library_abi(Path(path)) != ABI:
+        raise RuntimeError(f"the training ops library {path} was built from other sources: rebuild it with "
+                           f"`bash cips_edge/train/cuda_ops/build.sh`")
     lib = ctypes.CDLL(path)
     fn = lib.CipsTrainModulatedFc
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,

@@ -85,10 +85,19 @@ def check_fused_layers(options: TrainOptions, device: torch.device) -> None:
         raise TrainError(f"--fused-layers needs a Hopper GPU (compute capability 9.0): {device} is "
                          f"{torch.cuda.get_device_name(device)} ({capability[0]}.{capability[1]}); "
                          f"give --no-fused-layers")
-    if fused_fc.library_path() is None:
+    path = fused_fc.library_path()
+    if path is None:
         raise TrainError(f"--fused-layers: the training kernels are not built; in a source checkout run "
                          f"`bash cips_edge/train/cuda_ops/build.sh` (needs nvcc, no GPU) or set "
                          f"{fused_fc.LIBRARY_ENV} to the built library, or give --no-fused-layers")
+    try:
+        abi = fused_fc.library_abi(path)
+    except OSError as e:
+        raise TrainError(f"--fused-layers: cannot load the training kernels at {path} ({str(e).splitlines()[0]}); "
+                         f"run `bash cips_edge/train/cuda_ops/build.sh` again, or give --no-fused-layers") from None
+    if abi != fused_fc.ABI:
+        raise TrainError(f"--fused-layers: the training kernels at {path} were built from other sources; run "
+                         f"`bash cips_edge/train/cuda_ops/build.sh` again, or give --no-fused-layers")
 
 
 def steps_for(kimg: float, batch: int) -> int:

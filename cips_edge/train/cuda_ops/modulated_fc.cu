@@ -264,6 +264,10 @@ extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcGradIn
       stream, error, error_len);
 }
 
+// The entry points' signatures, for the caller to check against the one it was written for
+// (cips_edge/train/fused_fc.py's ABI): 2 = the grad-input kernel's output strides.
+extern "C" __attribute__((visibility("default"))) int CipsTrainOpsAbi() { return 2; }
+
 // Host-side only (no GPU): whether CUTLASS takes `batch` problems of m x n x k on `sms` multiprocessors
 // (0 = yes, 1 = no), the forward's (grad_input 0) or the backward's (1, its output rows `d_row` elements
 // apart), and the workspace it would want (the ops allocate none: it must be 0).
