@@ -33,6 +33,24 @@ def cpu_stack_op(x, weights, biases, gain, slope):
     return None if x.stride(0) == 0 else fused_fc._Stack.apply(x, gain, slope, *weights, *biases)
 
 
+def tiny_generator_float64() -> tuple[CIPSGenerator, torch.Tensor, torch.Tensor]:
+    """The tiny preset's generator in float64, three latents and 40 random points of the frame."""
+    torch.manual_seed(0)
+    g = CIPSGenerator(PRESETS["tiny"]).double()
+    z = torch.randn(3, g.config.style_dim, dtype=torch.float64)
+    coords = torch.rand(1, 40, 2, dtype=torch.float64) * 2 - 1
+    return g, z, coords
+
+
+def counting(op, calls: list):
+    """op, appending to calls whether it computed (rather than declined) each time it is called."""
+    def counted(*args):
+        out = op(*args)
+        calls.append(out is not None)
+        return out
+    return counted
+
+
 @pytest.mark.parametrize("rows", [2, 1], ids=["a batch of rows", "one table for every sample"])
 def test_the_ops_backward_is_the_gradient_of_its_function(rows):
     g = torch.Generator().manual_seed(0)
@@ -49,16 +67,9 @@ def test_the_ops_backward_is_the_gradient_of_its_function(rows):
 def test_a_generator_with_the_fused_layers_computes_and_trains_as_the_plain_one():
     """The same outputs and the same gradient for every parameter (float64, so rounding cannot hide a
     wrong term). With the op the input layer takes the one table of features, as the trainer passes it."""
-    torch.manual_seed(0)
-    g = CIPSGenerator(PRESETS["tiny"]).double()
-    z = torch.randn(3, g.config.style_dim, dtype=torch.float64)
-    coords = torch.rand(1, 40, 2, dtype=torch.float64) * 2 - 1
+    g, z, coords = tiny_generator_float64()
     calls = []
-
-    def counted(*args):
-        out = cpu_layer_op(*args)
-        calls.append(out is not None)
-        return out
+    counted = counting(cpu_layer_op, calls)
 
     def run(layer_op, stack_op=None):
         g.zero_grad()
@@ -352,17 +363,10 @@ def test_the_grad_input_op_writes_the_torgb_gradient_beside_its_rows():
 def test_a_generator_with_its_groups_together_computes_and_trains_as_the_plain_one():
     """synthesize's groups_op: the same image and the same gradient for every parameter as the layers one by
     one (float64), the ToRGB biases added outside; where the op declines, the groups run one by one."""
-    torch.manual_seed(0)
-    g = CIPSGenerator(PRESETS["tiny"]).double()
+    g, z, coords = tiny_generator_float64()
     assert len(g.to_rgbs) > 1 and len(g.layers) == g.config.to_rgb_every * len(g.to_rgbs)
-    z = torch.randn(3, g.config.style_dim, dtype=torch.float64)
-    coords = torch.rand(1, 40, 2, dtype=torch.float64) * 2 - 1
     calls = []
-
-    def counted(*args):
-        out = cpu_groups_op(*args)
-        calls.append(out is not None)
-        return out
+    counted = counting(cpu_groups_op, calls)
 
     def run(**ops):
         g.zero_grad()
