@@ -116,7 +116,7 @@ class TrainOptions:
                               "paper-256 on an H200; ignored on CPU")
     cudnn_benchmark: bool = opt(False, "let cuDNN time its convolution algorithms at the start (CUDA): its trials "
                                        "borrow whatever GPU memory is free, so the first step can peak far above "
-                                       "the later ones, for about 1 percent more images/s")
+                                       "the later ones, for 0.1 to 1 percent more images/s")
     r1_bf16: bool | None = opt(None, "R1's forward and double backward under bf16 autocast on CUDA (the penalty "
                                      "summed in float32; rounds differently). Default: on with --bf16 where R1's "
                                      "input gradient is explicit (--r1-explicit, the compiled step): there R1 "
