@@ -290,7 +290,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--shapes", default="paper-256,edge-64",
-                        help="comma list of presets whose layers to check (default: paper-256,edge-64)")
+                        help="comma list of the rows to check, each a start of their names: a preset for all its "
+                             "rows, or e.g. 'paper-256 at 64^2' (default: paper-256,edge-64)")
     parser.add_argument("--generator", default="edge-64:64:8",
                         help="PRESET:SIZE:BATCH of the whole-generator gradient check (default edge-64:64:8, "
                              "the emoji recipe's preset); "
@@ -306,7 +307,7 @@ def main() -> None:
     ok = True
     presets = args.shapes.split(",")
     for name, (batch, rows, m, k, n) in SHAPES.items():
-        if name.split(" ")[0] not in presets:
+        if not any(name.startswith(prefix) for prefix in presets):
             continue
         try:
             row = check(batch, rows, m, k, n, args.reps)
