@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from . import projection
+
 LIBRARY_ENV = "CIPS_TRAIN_OPS"
 LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_train_ops.so"
 ALIGN = 8  # elements: the kernel's TMA loads and stores want 16-byte rows of bf16
@@ -40,18 +42,21 @@ def library_path() -> Path | None:
     return path if path.is_file() else None
 
 
+def _abi(lib: ctypes.CDLL) -> int:
+    return int(lib.CipsTrainOpsAbi()) if hasattr(lib, "CipsTrainOpsAbi") else 1  # 1: before they were numbered
+
+
 def library_abi(path: Path) -> int:
-    """The entry points' signatures the library at path was built with (1: before they were numbered)."""
-    lib = ctypes.CDLL(str(path))
-    return int(lib.CipsTrainOpsAbi()) if hasattr(lib, "CipsTrainOpsAbi") else 1
+    """The entry points' signatures the library at path was built with."""
+    return _abi(ctypes.CDLL(str(path)))
 
 
 @functools.cache
 def _library(path: str) -> ctypes.CDLL:
-    if library_abi(Path(path)) != ABI:
+    lib = ctypes.CDLL(path)
+    if _abi(lib) != ABI:
         raise RuntimeError(f"the training ops library {path} was built from other sources: rebuild it with "
                            f"`bash cips_edge/train/cuda_ops/build.sh`")
-    lib = ctypes.CDLL(path)
     fn = lib.CipsTrainModulatedFc
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                    ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_float, ctypes.c_float,
@@ -318,18 +323,6 @@ def stack(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tenso
 
 
 # -- every ToRGB group at once: the backward across each group boundary in one kernel too ---------------
-def _rgb_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A ToRGB's gradient into its input, grad [B, M, C] @ weight [B, N, C]^T, as C multiply-adds in float32
-    (projection.py's form, which Inductor fuses into the pass that reads it)."""
-    compute = torch.promote_types(grad.dtype, torch.float32)
-    rows = weight.transpose(-1, -2).unsqueeze(-3).to(compute)  # [B, 1, C, N]
-    total = None
-    for c in range(weight.shape[-1]):
-        term = grad[..., c, None].to(compute) * rows[..., c, :]
-        total = term if total is None else total + term
-    return total
-
-
 def _with_rgb(weight: torch.Tensor, rgb_weight: torch.Tensor) -> torch.Tensor:
     """[B, N, K] layer weights and [B, N, C] ToRGB weights as one [B, N, K + SIDE] table [W | W_rgb | 0],
     laid out as the grad-input kernel reads it ([B, K + SIDE, N] memory)."""
@@ -378,7 +371,8 @@ class _Groups(torch.autograd.Function):
             return g[i // every - 1] if i % every == 0 and i > 0 else None
 
         last = n - 1
-        pre = _pre_activation_grad(_rgb_input_grad(g[-1], rgb_weights[-1]), outs[last], gain, slope).to(x.dtype)
+        pre = _pre_activation_grad(projection.input_grad(g[-1], rgb_weights[-1]), outs[last], gain, slope)
+        pre = pre.to(x.dtype)
         if side(last) is not None:
             pre = _beside(pre, side(last))
         grad_weights, grad_biases, grad_rgb, grad_x = [None] * n, [None] * n, [None] * n_groups, None

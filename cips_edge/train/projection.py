@@ -12,6 +12,18 @@ from __future__ import annotations
 import torch
 
 
+def input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """grad [B, N, C] @ weight [B, K, C]^T, the product's gradient into x, as C multiply-adds over x's width
+    in float32 at least (not rounded: the caller rounds it, or adds it to more first)."""
+    compute = torch.promote_types(grad.dtype, torch.float32)
+    rows = weight.transpose(-1, -2).unsqueeze(-3).to(compute)  # [B, 1, C, K]
+    total = None
+    for c in range(weight.shape[-1]):
+        term = grad[..., c, None].to(compute) * rows[..., c, :]  # [B, N, 1] * [B, 1, K]
+        total = term if total is None else total + term
+    return total
+
+
 class _Project(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -23,12 +35,7 @@ class _Project(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            compute = torch.promote_types(grad.dtype, torch.float32)
-            rows = weight.transpose(-1, -2).unsqueeze(-3).to(compute)  # [B, 1, C, K]
-            for c in range(weight.shape[-1]):
-                term = grad[..., c, None].to(compute) * rows[..., c, :]  # [B, N, 1] * [B, 1, K]
-                grad_x = term if grad_x is None else grad_x + term
-            grad_x = grad_x.to(x.dtype)
+            grad_x = input_grad(grad, weight).to(x.dtype)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.matmul(x.transpose(-1, -2), grad)
         return grad_x, grad_weight
