@@ -358,21 +358,20 @@ class CIPSGenerator(nn.Module):
             x = checkpoint(self.input_layer.apply_weight, e, weights[0], gain, layer_op, use_reentrant=False)
         else:
             x = self.input_layer.apply_weight(e, weights[0], gain, layer_op)
+        products = None  # every group's ToRGB product, where groups_op computes them all
         if groups_op is not None and gain and not recompute and len(self.layers) == every * len(self.to_rgbs):
             products = groups_op(x, list(weights[1:n_conv]), [layer.bias for layer in self.layers],
                                  list(weights[n_conv:]), LRELU_GAIN, LRELU_SLOPE)
-            if products is not None:
-                rgb = self.to_rgbs[0].add_bias(products[0])
-                for to_rgb, product in zip(self.to_rgbs[1:], products[1:]):
-                    rgb = rgb + to_rgb.add_bias(product)
-                return rgb
         rgb = None
         for k in range(len(self.to_rgbs)):
-            group_weights = (*weights[1 + k * every:1 + (k + 1) * every], weights[n_conv + k])
-            if recompute:
-                x, out = checkpoint(group, x, k, *group_weights, use_reentrant=False)
+            if products is not None:
+                out = self.to_rgbs[k].add_bias(products[k])
             else:
-                x, out = group(x, k, *group_weights)
+                group_weights = (*weights[1 + k * every:1 + (k + 1) * every], weights[n_conv + k])
+                if recompute:
+                    x, out = checkpoint(group, x, k, *group_weights, use_reentrant=False)
+                else:
+                    x, out = group(x, k, *group_weights)
             rgb = out if rgb is None else rgb + out
         return rgb
 
