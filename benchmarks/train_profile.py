@@ -54,10 +54,13 @@ def category(name: str) -> str:
 def ops_by_shape(prof, reps: int, device: torch.device, top: int = 30) -> list[dict]:
     """The operators that launched the most kernel time (CPU time on the CPU), per phase call, each with its
     input shapes: which GEMM or convolution a kernel name stands for. Self time, so that an operator and
-    the ones inside it (aten::matmul around aten::mm) do not count the same kernels twice."""
+    the ones inside it (aten::matmul around aten::mm) do not count the same kernels twice; the kernels'
+    own rows (device events, which the operators' device time already holds) are left out."""
     cuda = device.type == "cuda"
     rows = []
     for event in prof.key_averages(group_by_input_shape=True):
+        if event.device_type != torch.autograd.DeviceType.CPU:
+            continue
         ms = (event.self_device_time_total if cuda else event.self_cpu_time_total) / 1000 / reps
         if ms > 0:
             rows.append({"op": event.key, "shapes": str(event.input_shapes)[:240], "ms": round(ms, 3),
