@@ -25,6 +25,7 @@ def test_data_given_twice_differently_is_an_error(tmp_path, capsys):
     (["--augment", "maybe"], "error: argument --augment: invalid choice: 'maybe' (choose from"),
     (["--bogus"], "error: unrecognized arguments: --bogus"),
     (["--kimg", "lots"], "error: argument --kimg: invalid float value: 'lots'"),
+    (["--d-forms=no"], "error: argument --d-forms/--no-d-forms: ignored explicit argument 'no'"),
 ])
 def test_usage_errors_are_one_line(args, message, capsys):
     """As every other cips command gives them: one `error:` line, not argparse's usage block first."""
@@ -48,3 +49,17 @@ def test_init_from_packaged_is_the_model_cips_edge_ships(tmp_path, monkeypatch):
     assert packaged_model().is_file()
     (tmp_path / "packaged").mkdir()
     assert TrainOptions(data=tmp_path, init_from="packaged").init_from == Path("packaged")
+
+
+def test_switches_parse_both_ways_with_their_defaults_in_help(capsys):
+    """--d-forms and --no-d-forms reach TrainOptions.d_forms; --help shows the switch with its default."""
+    from cips_edge.train.__main__ import build_parser
+
+    parser = build_parser()
+    assert vars(parser.parse_args([]))["d_forms"] is True
+    assert vars(parser.parse_args(["--no-d-forms"]))["d_forms"] is False
+    with pytest.raises(SystemExit):
+        main(["--help"], prog="cips train")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--d-forms, --no-d-forms with --compile: D's blurs as sixteen shifted terms" in text
+    assert "(default: True)" in text.split("--d-forms, --no-d-forms", 1)[1].split("--recompute-g", 1)[0]
