@@ -82,6 +82,8 @@ def kernel_times(fn, reps: int, device: torch.device) -> dict:
     for event in prof.events():
         if event.device_type != kind or (kind == torch.autograd.DeviceType.CPU and event.cpu_parent is not None):
             continue
+        if getattr(event, "is_user_annotation", False):  # a range around kernels ("## Call CompiledFxGraph ##")
+            continue
         ms = (event.device_time if kind == torch.autograd.DeviceType.CUDA else event.cpu_time) / 1000
         entry = per_kernel.setdefault(event.name, [0.0, 0])
         entry[0] += ms / reps
