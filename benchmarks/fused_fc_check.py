@@ -250,9 +250,7 @@ def check_generator(preset_name: str, size: int, batch: int, device: str = "cuda
              "bf16 compiled": speed(True, compile=True),
              "fused_fc+fused_stack compiled": speed(True, compile=True, fused_fc=True, fused_stack=True),
              "fused_fc+fused_stack+fused_groups compiled": speed(True, compile=True, fused_fc=True, fused_stack=True,
-                                                                 fused_groups=True),
-             "fused_fc+fused_stack+unfused_input compiled": speed(True, compile=True, fused_fc=True,
-                                                                  fused_stack=True, unfused_input=True)}
+                                                                 fused_groups=True)}
     fused_paths = tuple(name for name in paths if name.startswith("fused_fc"))
     grads, images_out, images_no_grad = {}, {}, {}
     for name, switches in paths.items():

@@ -129,13 +129,8 @@ PROCESSES = {
     # `cips train --no-d-forms`, then with --fused-layers (its own process: no recompiles in between)
     "no-d-forms": ("fast+compile", {"blur_shifts": False, "from_rgb_fma": False}, {}, ["base", "fused_fc+fused_stack"]),
     # --fused-layers, then with all ToRGB groups together (Speed.fused_groups: the backward across each group
-    # boundary in one grad-input kernel), with G's input layer unfused where G's gradient is taken
-    # (Speed.unfused_input), with both; each recompiles G's graphs in the same process
-    "g-levers": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+fused_groups",
-                                          "fused_fc+fused_stack+unfused_input",
-                                          "fused_fc+fused_stack+fused_groups+unfused_input"]),
-    # --fused-layers with both, a process of its own (no recompiles)
-    "g-levers-both": ("fast+compile", {"fused_groups": True, "unfused_input": True}, {}, ["fused_fc+fused_stack"]),
+    # boundary in one grad-input kernel); recompiles G's graphs in the same process
+    "fused-groups": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+fused_groups"]),
     # --fused-layers with R1 through autograd's input gradient in float32, then with the explicit one
     # (Speed.r1_explicit) in float32, then under bf16 (the default)
     "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-r1_explicit+no-r1_bf16",

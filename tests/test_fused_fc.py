@@ -261,46 +261,6 @@ def test_fused_layers_refuses_in_one_line_what_its_kernels_cannot_run(hopper, mo
         speed_for(TrainOptions(data="d", fused_layers=True), cuda)
 
 
-@pytest.mark.parametrize("unfused_input", [False, True])
-def test_the_input_layer_is_fused_where_speed_asks_for_it(monkeypatch, unfused_input):
-    """Speed.unfused_input: where G's gradient is taken, the trainer hands its input layer the table
-    broadcast over the batch, which fused_fc.layer leaves to the layer itself; without a gradient (the D
-    step's fakes) the one table as it is, to the op. The images and G's gradients agree either way."""
-    from cips_edge.core.config import preset
-    from cips_edge.train.discriminator import DiscriminatorConfig
-    from cips_edge.train.trainer import Recipe, Trainer
-
-    calls = []
-
-    def spy(x, weight, bias, gain, slope):
-        calls.append("table" if x.shape[0] == 1 else "broadcast" if x.stride(0) == 0 else "rows")
-        return cpu_layer_op(x, weight, bias, gain, slope)
-
-    monkeypatch.setattr(fused_fc, "layer", spy)
-    recipe = Recipe(batch=3, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=3,
-                    augment=False, xflip=False, g_lazy_correction=True, seed=0)
-    results = {}
-    for unfused in (False, unfused_input):
-        trainer = Trainer(preset("tiny"), DiscriminatorConfig(16, channel_max=8), recipe, torch.device("cpu"),
-                          speed=Speed(fused_fc=True, unfused_input=unfused))
-        z = torch.randn(3, trainer.G.config.style_dim, generator=torch.Generator().manual_seed(0))
-        calls.clear()
-        hidden = ["rows"] * len(trainer.G.layers)  # the input layer first, then the hidden layers
-        with torch.no_grad():
-            fakes = trainer.generate(z)
-        assert calls == ["table", *hidden]
-        calls.clear()
-        img = trainer.generate(z)
-        assert calls == ["broadcast" if unfused else "table", *hidden]
-        torch.testing.assert_close(img, fakes, rtol=1e-4, atol=1e-5)  # the op rounds as its own function
-        img.square().mean().backward()
-        results[unfused] = img.detach(), {n: p.grad for n, p in trainer.G.named_parameters()}
-    (img_fused, grads_fused), (img, grads) = results[False], results[unfused_input]
-    torch.testing.assert_close(img, img_fused, rtol=1e-5, atol=1e-6)
-    for name, grad in grads_fused.items():
-        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
-
-
 def cpu_groups_op(x, weights, biases, rgb_weights, gain, slope):
     """fused_fc.groups without its CUDA condition."""
     if x.stride(0) == 0:

@@ -74,10 +74,6 @@ class Speed:
     # laid out so that every minibatch-stddev group holds the samples it holds in two calls
     fused_groups: bool = False  # (rounding) with fused_stack: all ToRGB groups together, the backward across
     # each group boundary in one grad-input kernel whose product carries the ToRGB's gradient (fused_fc.groups)
-    unfused_input: bool = False  # with fused_fc: G's input layer through the fused kernel only where no
-    # gradient is taken (the D step's fakes); where G's gradient is taken it runs unfused, on the table
-    # broadcast over the batch (alone on an H100, its forward and backward took 4.47 ms unfused against 5.51
-    # fused at 64x64, batch 128: fused-fc-check-schedules-h100.json)
     blur_shifts: bool = False  # (rounding) compiled D: its blurs as sixteen shifted terms rather than two 1-D
     # passes (Blur.taps)
     from_rgb_fma: bool = False  # (rounding) compiled D: from_rgb as three multiply-adds inside the pass that
@@ -237,10 +233,7 @@ class Trainer:
         e = g.features(self.coords if coords is None else coords, native=True)  # [1 or B, S*S, 2H]
         if self.speed.bf16:
             e = e.to(torch.bfloat16)
-        # The fused input layer takes the one table as it is; broadcast over the batch, the table is left to
-        # the layer itself by fused_fc.layer.
-        fused_input = self.speed.fused_fc and not (self.speed.unfused_input and torch.is_grad_enabled())
-        if not fused_input:
+        if not self.speed.fused_fc:  # the fused input layer takes the one table as it is
             e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
         layer_op = fused_fc.layer if self.speed.fused_fc else None
         stack_op = fused_fc.stack if self.speed.fused_fc and self.speed.fused_stack else None
