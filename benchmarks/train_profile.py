@@ -68,6 +68,23 @@ def ops_by_shape(prof, reps: int, device: torch.device, top: int = 30) -> list[d
     return sorted(rows, key=lambda row: -row["ms"])[:top]
 
 
+def kernels(events, kind: torch.autograd.DeviceType, reps: int) -> dict[str, list[float]]:
+    """Time (ms per phase call) and launches of each kernel among a profile's events: the device's (on the
+    CPU, the top-level operators), leaving out the annotation ranges the profiler also reports as device
+    events ("## Call CompiledFxGraph ##", "Optimizer.step#Adam.step"), which enclose kernels counted already."""
+    per_kernel: dict[str, list[float]] = {}
+    for event in events:
+        if event.device_type != kind or (kind == torch.autograd.DeviceType.CPU and event.cpu_parent is not None):
+            continue
+        if getattr(event, "is_user_annotation", False):
+            continue
+        ms = (event.device_time if kind == torch.autograd.DeviceType.CUDA else event.cpu_time) / 1000
+        entry = per_kernel.setdefault(event.name, [0.0, 0])
+        entry[0] += ms / reps
+        entry[1] += 1
+    return per_kernel
+
+
 def kernel_times(fn, reps: int, device: torch.device) -> dict:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     kind = torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
@@ -78,16 +95,7 @@ def kernel_times(fn, reps: int, device: torch.device) -> dict:
             fn()
         sync(device)
     wall = (time.perf_counter() - start) * 1000 / reps
-    per_kernel: dict[str, list[float]] = {}
-    for event in prof.events():
-        if event.device_type != kind or (kind == torch.autograd.DeviceType.CPU and event.cpu_parent is not None):
-            continue
-        if getattr(event, "is_user_annotation", False):  # a range around kernels ("## Call CompiledFxGraph ##")
-            continue
-        ms = (event.device_time if kind == torch.autograd.DeviceType.CUDA else event.cpu_time) / 1000
-        entry = per_kernel.setdefault(event.name, [0.0, 0])
-        entry[0] += ms / reps
-        entry[1] += 1
+    per_kernel = kernels(prof.events(), kind, reps)
     groups: dict[str, float] = {}
     for name, (ms, _) in per_kernel.items():
         groups[category(name)] = groups.get(category(name), 0.0) + ms

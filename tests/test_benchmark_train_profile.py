@@ -29,3 +29,22 @@ def test_each_operator_is_named_with_its_shapes_and_calls_per_phase_call():
     # aten::matmul twice
     rounding = 0.001 * len(table["ops_by_shape"])
     assert sum(row["ms"] for row in table["ops_by_shape"]) <= table["kernel_ms"] + rounding
+
+
+def test_annotation_ranges_the_profiler_reports_as_device_events_are_not_counted_as_kernels():
+    """torch's profiler reports the ranges around a compiled graph's kernels ("## Call CompiledFxGraph ##")
+    and around Adam's step as device events too; counted, they doubled a phase's kernel time."""
+    from types import SimpleNamespace
+
+    cuda = torch.autograd.DeviceType.CUDA
+
+    def event(name, us, annotation=False, kind=cuda):
+        return SimpleNamespace(name=name, device_time=us, device_type=kind, cpu_parent=None,
+                               is_user_annotation=annotation)
+
+    events = [event("## Call CompiledFxGraph abc ##", 3000.0, annotation=True),
+              event("triton_poi_fused_add_0", 1000.0), event("triton_poi_fused_add_0", 1000.0),
+              event("nvjet_sm90_tst_256x128", 1000.0), event("Optimizer.step#Adam.step", 500.0, annotation=True),
+              event("aten::mm", 9000.0, kind=torch.autograd.DeviceType.CPU)]
+    table = bench.kernels(events, cuda, reps=2)
+    assert table == {"triton_poi_fused_add_0": [1.0, 2], "nvjet_sm90_tst_256x128": [0.5, 1]}
