@@ -77,8 +77,13 @@ def _library(path: str) -> ctypes.CDLL:
 
 def _grad_input_tile() -> tuple[int, int]:
     """The grad-input kernel's CTA tile (rows, columns) in the built library: its column sums' layout."""
+    return _tile(str(library_path()))
+
+
+@functools.cache
+def _tile(path: str) -> tuple[int, int]:
     rows, columns = ctypes.c_int(), ctypes.c_int()
-    _library(str(library_path())).CipsTrainGradInputTile(ctypes.byref(rows), ctypes.byref(columns))
+    _library(path).CipsTrainGradInputTile(ctypes.byref(rows), ctypes.byref(columns))
     return rows.value, columns.value
 
 

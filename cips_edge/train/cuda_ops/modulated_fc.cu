@@ -115,27 +115,28 @@ struct DeEltActColumnSums
 }  // namespace cips_fusion
 
 namespace cutlass::epilogue::fusion {
+// The visitor tree: round(row_reduce(activation_grad(beta * C + alpha * acc, aux)))
+template <int Stages, template <class> class ActivationFn, class ElementOutput, class ElementAux,
+          class CtaTileShapeMNK, class EpilogueTile, class SmemLayoutAtom, class CopyOpS2R>
+using Sm90DeEltActColumnSums =
+    Sm90EVT<Sm90Compute<epilogue::thread::Identity, ElementOutput, float, FloatRoundStyle::round_to_nearest>,
+            Sm90EVT<Sm90RowReduction<plus, plus, plus, 0, CtaTileShapeMNK, float, float,
+                                     FloatRoundStyle::round_to_nearest, Stride<_0, _1, int64_t>, 4,
+                                     /*EnableNullptr=*/true, /*FinalReduction=*/false>,
+                    Sm90LinCombDeEltAct<CtaTileShapeMNK, EpilogueTile, Stages,
+                                        gemm::TagToStrideC_t<layout::RowMajor>, SmemLayoutAtom, CopyOpS2R,
+                                        ActivationFn, float, float, ElementAux, ElementOutput, float>>>;
+
 template <int StagesC, int StagesD, int FragmentSize, bool ReuseSmemC, bool DelayTmaStore,
           template <class> class ActivationFn, class ElementOutput, class ElementAux, class CtaTileShapeMNK,
           class EpilogueTile, class SmemLayoutAtom, class CopyOpS2R>
 struct FusionCallbacks<epilogue::Sm90TmaWarpSpecialized<StagesC, StagesD, FragmentSize, ReuseSmemC, DelayTmaStore>,
                        cips_fusion::DeEltActColumnSums<ActivationFn, ElementOutput, ElementAux>, CtaTileShapeMNK,
                        EpilogueTile, SmemLayoutAtom, CopyOpS2R>
-    : Sm90EVT<Sm90Compute<epilogue::thread::Identity, ElementOutput, float, FloatRoundStyle::round_to_nearest>,
-              Sm90EVT<Sm90RowReduction<plus, plus, plus, 0, CtaTileShapeMNK, float, float,
-                                       FloatRoundStyle::round_to_nearest, Stride<_0, _1, int64_t>, 4,
-                                       /*EnableNullptr=*/true, /*FinalReduction=*/false>,
-                      Sm90LinCombDeEltAct<CtaTileShapeMNK, EpilogueTile, StagesC,
-                                          gemm::TagToStrideC_t<layout::RowMajor>, SmemLayoutAtom, CopyOpS2R,
-                                          ActivationFn, float, float, ElementAux, ElementOutput, float>>> {
-  using Impl =
-      Sm90EVT<Sm90Compute<epilogue::thread::Identity, ElementOutput, float, FloatRoundStyle::round_to_nearest>,
-              Sm90EVT<Sm90RowReduction<plus, plus, plus, 0, CtaTileShapeMNK, float, float,
-                                       FloatRoundStyle::round_to_nearest, Stride<_0, _1, int64_t>, 4,
-                                       /*EnableNullptr=*/true, /*FinalReduction=*/false>,
-                      Sm90LinCombDeEltAct<CtaTileShapeMNK, EpilogueTile, StagesC,
-                                          gemm::TagToStrideC_t<layout::RowMajor>, SmemLayoutAtom, CopyOpS2R,
-                                          ActivationFn, float, float, ElementAux, ElementOutput, float>>>;
+    : Sm90DeEltActColumnSums<StagesC, ActivationFn, ElementOutput, ElementAux, CtaTileShapeMNK, EpilogueTile,
+                             SmemLayoutAtom, CopyOpS2R> {
+  using Impl = Sm90DeEltActColumnSums<StagesC, ActivationFn, ElementOutput, ElementAux, CtaTileShapeMNK,
+                                      EpilogueTile, SmemLayoutAtom, CopyOpS2R>;
   using Operation = cips_fusion::DeEltActColumnSums<ActivationFn, ElementOutput, ElementAux>;
 
   struct Arguments {
@@ -336,9 +337,9 @@ extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcGradIn
     d_batch_stride = int64_t(m) * d_row_stride;
   }
   if (!aligned16(g) || !aligned16(w) || !aligned16(z) || !aligned16(d) || !aligned16(column_sums) ||
-      z_row_stride % kAlign ||
-      z_batch_stride % kAlign || z_row_stride < n || z_batch_stride <= 0 || d_row_stride % kAlign ||
-      d_batch_stride % kAlign || d_row_stride < n || d_batch_stride < int64_t(m) * d_row_stride)
+      z_row_stride % kAlign || z_batch_stride % kAlign || z_row_stride < n || z_batch_stride <= 0 ||
+      d_row_stride % kAlign || d_batch_stride % kAlign || d_row_stride < n ||
+      d_batch_stride < int64_t(m) * d_row_stride)
     return fail(error, error_len, "alignment",
                 "G, W, Z and D must start on 16-byte boundaries, Z's and D's rows and samples a multiple of 8 "
                 "elements apart, D's samples apart by at least its rows");
