@@ -220,7 +220,7 @@ def test_sixteen_shifts_keep_the_blurs_passes_inside_the_kernels_around_them():
 
 @pytest.mark.slow  # Inductor compiles D's forward and backward on the CPU: about 15 s
 def test_from_rgb_as_multiply_adds_leaves_no_gemm_with_an_inner_dimension_of_3():
-    """Speed.from_rgb_fma: compiled, from_rgb is no longer a GEMM of the [B*H*W, 3] image but multiply-adds
+    """Speed.from_rgb_fma: compiled, from_rgb is not a GEMM of the [B*H*W, 3] image but multiply-adds
     inside the pass that applies its activation; its two gradients are reductions fused into the passes
     around them."""
     def gemms(codes: tuple[str, ...]) -> list[str]:

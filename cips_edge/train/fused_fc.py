@@ -45,7 +45,8 @@ def library_path() -> Path | None:
 
 
 def _abi(lib: ctypes.CDLL) -> int:
-    return int(lib.CipsTrainOpsAbi()) if hasattr(lib, "CipsTrainOpsAbi") else 1  # 1: before they were numbered
+    """The library's CipsTrainOpsAbi(); 1 (the first signatures) for a library without that entry point."""
+    return int(lib.CipsTrainOpsAbi()) if hasattr(lib, "CipsTrainOpsAbi") else 1
 
 
 def library_abi(path: Path) -> int:
