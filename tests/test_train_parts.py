@@ -560,6 +560,37 @@ def test_from_rgbs_multiply_adds_round_as_its_gemm_does():
     assert ((fma.float() - gemm.float()).abs() <= step).all()
 
 
+def test_from_rgbs_multiply_adds_have_a_gemms_gradients():
+    """_MultiplyAdds' backward (the weight's and bias's gradients as one GEMM with [rows, 1], the input's as
+    sums): exact in float64 to any order (gradcheck, gradgradcheck: R1 differentiates it again), and
+    under bf16 autocast within one bf16 step of the GEMM layer's own gradients."""
+    from cips_edge.train.discriminator import EqualConv2d, _MultiplyAdds
+
+    torch.manual_seed(0)
+    rows = torch.randn(2, 3, 5, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_MultiplyAdds.apply, (rows, weight, bias))
+    assert torch.autograd.gradgradcheck(_MultiplyAdds.apply, (rows, weight, bias))
+    assert torch.autograd.gradcheck(lambda r, w: _MultiplyAdds.apply(r, w, None), (rows, weight))
+
+    layer = EqualConv2d(3, 32, 1, activate=False)
+    with torch.no_grad():
+        layer.bias.normal_()
+    x = torch.randn(4, 3, 8, 8).to(memory_format=torch.channels_last).requires_grad_(True)
+    grad_out = torch.randn(4, 32, 8, 8)
+    grads = []
+    for form in (layer._pre_activation, layer._multiply_adds):
+        layer.zero_grad()
+        x.grad = None
+        with torch.autocast("cpu", torch.bfloat16):
+            out = form(x, layer.weight * layer.scale)
+        (out.float() * grad_out).sum().backward()
+        grads.append((x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone()))
+    for gemm, fma in zip(*grads):
+        assert ((fma - gemm).abs() <= gemm.abs() * 2.0 ** -7 + 1e-6).all()
+
+
 def test_set_speed_recompiles_for_a_graph_switch_and_refuses_a_built_one():
     """Trainer.set_speed: blur_shifts and from_rgb_fma reach D's layers and give fresh compiled functions;
     a switch read on every call keeps them; D's memory format and the optimizers cannot change."""

@@ -143,6 +143,51 @@ class Blur(nn.Module):
         return out
 
 
+class _MultiplyAdds(torch.autograd.Function):
+    """rows @ weight.T + bias for rows [..., in] with a small in: the products summed by multiply-adds in
+    float32 (or rows' wider dtype), rounded to rows' dtype. The gradients are rounded as a GEMM's are,
+    operands in their dtype with float32 sums: the input's as sums over the output channels (plain ops,
+    which Inductor fuses into the pass that forms the output's gradient), the weight's and the bias's as
+    one GEMM of that gradient with [rows, 1]. As plain ops, Inductor fuses the latter into the same pass as
+    a reduction over every row of the batch: for D's from_rgb at 64x64 with 256 images, a 5.6 ms kernel of
+    a 59.5 ms D step on an H100 (benchmarks/results/train-profile-authors-64-fused-h100.json)."""
+
+    @staticmethod
+    def forward(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        acc = torch.promote_types(rows.dtype, torch.float32)
+        out = None if bias is None else bias.to(acc)
+        for c in range(weight.shape[1]):
+            term = rows[..., c, None].to(acc) * weight[:, c].to(acc)
+            out = term if out is None else out + term
+        return out.to(rows.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        rows, weight, bias = inputs
+        ctx.save_for_backward(rows, weight)
+        ctx.with_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, weight = ctx.saved_tensors
+        grad_rows = grad_weight = grad_bias = None
+        inner = weight.shape[1]
+        if ctx.needs_input_grad[0]:
+            acc = torch.promote_types(rows.dtype, torch.float32)
+            g = grad.to(acc)
+            grad_rows = torch.stack([(g * weight[:, c].to(acc)).sum(-1) for c in range(inner)], -1).to(rows.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            flat = rows.reshape(-1, inner)
+            columns = [flat, flat.new_ones(len(flat), 1)] if ctx.with_bias else [flat]
+            pad = -(inner + ctx.with_bias) % 8  # [rows, 1] padded to 16-byte rows (bf16) for the GEMM
+            if pad:
+                columns.append(flat.new_zeros(len(flat), pad))
+            sums = grad.reshape(-1, grad.shape[-1]).t() @ torch.cat(columns, dim=1)  # [out, 8k]
+            grad_weight = sums[:, :inner]
+            grad_bias = sums[:, inner] if ctx.with_bias else None
+        return grad_rows, grad_weight, grad_bias
+
+
 class EqualConv2d(nn.Module):
     """Equalized-lr convolution (weights randn, scaled by 1/sqrt(fan_in) at run time); optional bias and
     fused leaky ReLU (bias added before it, output times sqrt 2)."""
@@ -175,20 +220,16 @@ class EqualConv2d(nn.Module):
         return F.conv2d(x, weight, self.bias, stride=self.stride, padding=self.padding)
 
     def _multiply_adds(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """The 1x1 layer of channels-last x as one multiply-add per input channel, in plain ops: compiled, the
-        pass that applies the activation computes it, where a GEMM with an inner dimension of in_ch (3 for
-        from_rgb) writes the [B, H, W, out] result for that pass to read back. Rounded as the GEMM is: the
-        operands (and the bias, as autocast casts it) in the compute dtype, the products summed in float32,
-        the sum rounded to the compute dtype."""
+        """The 1x1 layer of channels-last x as one multiply-add per input channel (_MultiplyAdds): compiled,
+        the pass that applies the activation computes it, where a GEMM with an inner dimension of in_ch (3
+        for from_rgb) writes the [B, H, W, out] result for that pass to read back. Rounded as the GEMM is:
+        the operands (and the bias, as autocast casts it) in the compute dtype, the products summed in
+        float32, the sum rounded to the compute dtype."""
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        rows = x.permute(0, 2, 3, 1).to(dtype).float()  # [B, H, W, in]
-        w = weight.flatten(1).to(dtype).float()  # [out, in]
-        out = None if self.bias is None else self.bias.to(dtype).float()
-        for c in range(w.shape[1]):
-            term = rows[..., c, None] * w[:, c]
-            out = term if out is None else out + term
-        return out.to(dtype).permute(0, 3, 1, 2)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        out = _MultiplyAdds.apply(x.permute(0, 2, 3, 1).to(dtype), weight.flatten(1).to(dtype), bias)
+        return out.permute(0, 3, 1, 2)
 
     def with_input_grad(self, x: torch.Tensor) -> WithInputGrad:
         """forward(x) in plain ops, and the map from its output's gradient to x's: the convolution's
