@@ -52,9 +52,6 @@ VALUE_BOUND = 2 ** -7
 # order for the op), two computations take different slopes of the leaky ReLU, and one such element moves
 # a gradient of x by up to (1 - slope) * its largest weight, a few percent of max |grad|.
 GRAD_BOUND = 1e-2
-# The grad-input kernel's column sums against float32's sum of the same gradient: the same float32 values
-# up to the product's summation order, summed in another order (largest difference relative to the largest sum).
-SUM_BOUND = 1e-4
 # The whole generator: a fused path's gradient of a parameter may differ from float32's by at most this
 # many times the unfused bf16 path's difference (plus 1e-3); both round in bf16, the fused one less often.
 GENERATOR_SLACK = 2.0
@@ -188,7 +185,7 @@ def check_side(z: torch.Tensor, weight: torch.Tensor) -> dict:
         beside = fused_fc._beside(grad, side)
         table = fused_fc._with_rgb(weight, rgb)
         boundary = op(beside, table, z, LRELU_GAIN, LRELU_SLOPE)
-        exact = fused_fc._grad_input_unrounded(beside.float(), table, z, LRELU_GAIN, LRELU_SLOPE)
+        exact = fused_fc._grad_input_reference(beside.float(), table, z, LRELU_GAIN, LRELU_SLOPE)
     out = {"wide_rows_vs_narrow": relative(wide[..., :n], narrow),
            "side_columns_equal": bool(torch.equal(wide[..., n:n + 3], side) and not wide[..., n + 3:].any()),
            "boundary_vs_float32_once": relative(boundary, exact)}
@@ -211,22 +208,12 @@ def check_grad_input(z: torch.Tensor, weight: torch.Tensor, reps: int) -> dict:
     grad = torch.randn(z.shape[0], z.shape[1], weight.shape[-1], device="cuda", generator=gen).to(torch.bfloat16)
     op = torch.ops.cips_edge.modulated_fc_grad_input
     got = op(grad, weight, z, LRELU_GAIN, LRELU_SLOPE)
-    exact = fused_fc._grad_input_unrounded(grad.float(), weight, z, LRELU_GAIN, LRELU_SLOPE)
+    exact = fused_fc._grad_input_reference(grad.float(), weight, z, LRELU_GAIN, LRELU_SLOPE)
     compiled = torch.compile(unfused_grad_input)
     out = {"vs_float32_once": relative(got, exact), "vs_unfused": relative(got, unfused_grad_input(grad, weight, z)),
            "fused_ms": median_ms(lambda: op(grad, weight, z, LRELU_GAIN, LRELU_SLOPE), reps),
            "unfused_compiled_ms": median_ms(lambda: compiled(grad, weight, z), reps)}
-    # The same kernel with its column sums: the rows bit for bit, the sums (the layer before's bias gradient)
-    # against float32's sum of the unrounded gradient, and its time against the kernel and a sum pass.
-    op_bias = torch.ops.cips_edge.modulated_fc_grad_input_bias
-    rows, sums = op_bias(grad, weight, z, LRELU_GAIN, LRELU_SLOPE)
-    out["bias_sums"] = {
-        "rows_vs_without": relative(rows, got), "vs_float32": relative(sums, exact.sum(dim=(0, 1))),
-        "ms": median_ms(lambda: op_bias(grad, weight, z, LRELU_GAIN, LRELU_SLOPE), reps),
-        "kernel_and_sum_pass_ms": median_ms(
-            lambda: op(grad, weight, z, LRELU_GAIN, LRELU_SLOPE).sum(dim=(0, 1), dtype=torch.float32), reps)}
-    out["ok"] = (out["vs_float32_once"] <= VALUE_BOUND and out["vs_unfused"] <= 2 * VALUE_BOUND
-                 and out["bias_sums"]["rows_vs_without"] == 0.0 and out["bias_sums"]["vs_float32"] <= SUM_BOUND)
+    out["ok"] = out["vs_float32_once"] <= VALUE_BOUND and out["vs_unfused"] <= 2 * VALUE_BOUND
     return out
 
 
@@ -263,10 +250,7 @@ def check_generator(preset_name: str, size: int, batch: int, device: str = "cuda
              "bf16 compiled": speed(True, compile=True),
              "fused_fc+fused_stack compiled": speed(True, compile=True, fused_fc=True, fused_stack=True),
              "fused_fc+fused_stack+fused_groups compiled": speed(True, compile=True, fused_fc=True, fused_stack=True,
-                                                                 fused_groups=True),
-             "fused_fc+fused_stack+fused_groups+bias_sums compiled": speed(True, compile=True, fused_fc=True,
-                                                                           fused_stack=True, fused_groups=True,
-                                                                           bias_sums=True)}
+                                                                 fused_groups=True)}
     fused_paths = tuple(name for name in paths if name.startswith("fused_fc"))
     grads, images_out, images_no_grad = {}, {}, {}
     for name, switches in paths.items():

@@ -131,10 +131,6 @@ PROCESSES = {
     # --fused-layers, then with all ToRGB groups together (Speed.fused_groups: the backward across each group
     # boundary in one grad-input kernel); recompiles G's graphs in the same process
     "fused-groups": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+fused_groups"]),
-    # --fused-layers, then with the bias gradients from the grad-input kernel's epilogue (Speed.bias_sums), then
-    # with all ToRGB groups together too (whose boundaries go through that kernel as well)
-    "bias-sums": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+bias_sums",
-                                           "fused_fc+fused_stack+fused_groups+bias_sums"]),
     # --fused-layers with R1 through autograd's input gradient in float32, then with the explicit one
     # (Speed.r1_explicit) in float32, then under bf16 (the default)
     "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-r1_explicit+no-r1_bf16",

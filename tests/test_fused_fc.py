@@ -5,7 +5,6 @@ a GPU are benchmarks' to check."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import pytest
 import torch
@@ -29,9 +28,9 @@ def cpu_layer_op(x, weight, bias, gain, slope):
     return torch.ops.cips_edge.modulated_fc(x, weight, bias, gain, slope)
 
 
-def cpu_stack_op(x, weights, biases, gain, slope, bias_sums=False):
+def cpu_stack_op(x, weights, biases, gain, slope):
     """fused_fc.stack without its CUDA condition."""
-    return None if x.stride(0) == 0 else fused_fc._Stack.apply(x, gain, slope, bias_sums, *weights, *biases)
+    return None if x.stride(0) == 0 else fused_fc._Stack.apply(x, gain, slope, *weights, *biases)
 
 
 def tiny_generator_float64() -> tuple[CIPSGenerator, torch.Tensor, torch.Tensor]:
@@ -117,16 +116,13 @@ def test_the_op_traces_under_torch_compile_with_its_backward(rows):
         assert torch.allclose(t.grad, grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bias_sums", [False, True], ids=["bias gradients summed apart", "bias sums"])
-def test_a_stack_of_layers_backpropagates_as_its_layers_one_by_one(bias_sums):
-    """gradcheck of the stack (three layers: two inner backwards through modulated_fc_grad_input, or with
-    bias_sums through modulated_fc_grad_input_bias, whose sums are the inner layers' bias gradients), and the
+def test_a_stack_of_layers_backpropagates_as_its_layers_one_by_one():
+    """gradcheck of the stack (three layers: two inner backwards through modulated_fc_grad_input), and the
     op alone against autograd's gradient at the previous layer's pre-activation."""
     g = torch.Generator().manual_seed(2)
     shapes = ((2, 5, 8), (2, 8, 16), (2, 16, 8), (2, 8, 8), (16,), (8,), (8,))
     x, *params = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True) for shape in shapes)
-    assert torch.autograd.gradcheck(lambda x, *p: cpu_stack_op(x, p[:3], p[3:], LRELU_GAIN, LRELU_SLOPE, bias_sums),
-                                    (x, *params))
+    assert torch.autograd.gradcheck(lambda x, *p: cpu_stack_op(x, p[:3], p[3:], LRELU_GAIN, LRELU_SLOPE), (x, *params))
 
     pre = (x @ params[0] + params[3]).detach().requires_grad_(True)  # the first layer's pre-activation
     z = torch.nn.functional.leaky_relu(pre, LRELU_SLOPE) * LRELU_GAIN
@@ -138,9 +134,8 @@ def test_a_stack_of_layers_backpropagates_as_its_layers_one_by_one(bias_sums):
     assert torch.allclose(got, pre.grad, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("bias_sums", [False, True], ids=["bias gradients summed apart", "bias sums"])
 @pytest.mark.parametrize("groups", [False, True], ids=["stacks", "groups"])
-def test_a_generator_with_fused_layers_and_stacks_compiles_to_the_same_gradients(groups, bias_sums):
+def test_a_generator_with_fused_layers_and_stacks_compiles_to_the_same_gradients(groups):
     """torch.compile traces the stack or the groups (autograd.Functions around the ops) and the ops,
     forward and backward; float32, so within its rounding of the eager plain generator."""
     torch.manual_seed(3)
@@ -155,9 +150,8 @@ def test_a_generator_with_fused_layers_and_stacks_compiles_to_the_same_gradients
                            groups_op=groups_op)
         return rgb.square().sum()
 
-    stack_op = functools.partial(cpu_stack_op, bias_sums=bias_sums)
-    groups_op = functools.partial(cpu_groups_op, bias_sums=bias_sums) if groups else None
-    fused = torch.compile(lambda: loss(cpu_layer_op, stack_op, groups_op), backend="aot_eager")
+    fused = torch.compile(lambda: loss(cpu_layer_op, cpu_stack_op, cpu_groups_op if groups else None),
+                          backend="aot_eager")
     results = []
     for fn in (lambda: loss(None, None), fused):
         g.zero_grad()
@@ -267,16 +261,15 @@ def test_fused_layers_refuses_in_one_line_what_its_kernels_cannot_run(hopper, mo
         speed_for(TrainOptions(data="d", fused_layers=True), cuda)
 
 
-def cpu_groups_op(x, weights, biases, rgb_weights, gain, slope, bias_sums=False):
+def cpu_groups_op(x, weights, biases, rgb_weights, gain, slope):
     """fused_fc.groups without its CUDA condition."""
     if x.stride(0) == 0:
         return None
-    return list(fused_fc._Groups.apply(x, gain, slope, len(rgb_weights), bias_sums, *weights, *biases, *rgb_weights))
+    return list(fused_fc._Groups.apply(x, gain, slope, len(rgb_weights), *weights, *biases, *rgb_weights))
 
 
-@pytest.mark.parametrize("bias_sums", [False, True], ids=["bias gradients summed apart", "bias sums"])
 @pytest.mark.parametrize("every", [1, 2, 3])
-def test_the_groups_backpropagate_as_their_layers_and_torgbs_one_by_one(every, bias_sums):
+def test_the_groups_backpropagate_as_their_layers_and_torgbs_one_by_one(every):
     """gradcheck of _Groups (float64, three groups): within a group through modulated_fc_grad_input, across
     each boundary through it too, with the ToRGB's gradient and weights beside the product's inner
     dimension; and its products against the layers and ToRGBs one by one."""
@@ -290,8 +283,7 @@ def test_the_groups_backpropagate_as_their_layers_and_torgbs_one_by_one(every, b
     params = [t.requires_grad_(True) for t in (*weights, *biases, *rgbs)]
 
     def together(x, *p):
-        return tuple(cpu_groups_op(x, list(p[:n]), list(p[n:2 * n]), list(p[2 * n:]), LRELU_GAIN, LRELU_SLOPE,
-                                   bias_sums))
+        return tuple(cpu_groups_op(x, list(p[:n]), list(p[n:2 * n]), list(p[2 * n:]), LRELU_GAIN, LRELU_SLOPE))
 
     assert torch.autograd.gradcheck(together, (x, *params))
 
@@ -352,61 +344,3 @@ def test_a_generator_with_its_groups_together_computes_and_trains_as_the_plain_o
     calls.clear()
     declined_rgb, _ = run(groups_op=lambda *args: calls.append(False))
     assert calls == [False] and torch.equal(declined_rgb, plain_rgb)
-
-
-def test_the_grad_input_op_with_the_bias_gives_the_same_rows_and_their_sum_before_rounding():
-    """modulated_fc_grad_input_bias: bf16 rows bit for bit those of modulated_fc_grad_input (with a ToRGB's
-    gradient beside too), and the sum over samples and rows of the float32 gradient before its rounding to
-    bf16: the layer before's bias gradient, as autograd gives it from the unrounded gradient."""
-    g = torch.Generator().manual_seed(5)
-    grad, weight, z = (torch.randn(*shape, generator=g).to(torch.bfloat16) for shape in ((2, 5, 16), (2, 8, 16),
-                                                                                          (2, 5, 8)))
-    side = torch.randn(2, 5, 3, generator=g).to(torch.bfloat16)
-    for beside in (None, side):
-        rows, sums = torch.ops.cips_edge.modulated_fc_grad_input_bias(grad, weight, z, LRELU_GAIN, LRELU_SLOPE, beside)
-        assert torch.equal(rows, torch.ops.cips_edge.modulated_fc_grad_input(grad, weight, z, LRELU_GAIN, LRELU_SLOPE,
-                                                                             beside))
-        assert sums.dtype == torch.float32 and sums.shape == (8,)
-        # The layer before's output from a pre-activation of z's signs (its slopes are all the op reads of z),
-        # through this layer's [in, out] weights to the gradient at this layer's pre-activation
-        bias = torch.zeros(8, requires_grad=True)
-        out = torch.nn.functional.leaky_relu(z.float() + bias, LRELU_SLOPE) * LRELU_GAIN
-        (out @ weight.float()).backward(grad.float())
-        assert torch.allclose(sums, bias.grad, rtol=1e-5, atol=1e-5)
-        assert not torch.equal(sums, rows[..., :8].float().sum(dim=(0, 1)))  # not the sum of the rounded rows
-
-
-def test_bias_sums_reach_the_stacks_and_groups_and_train_as_without(monkeypatch):
-    """Speed.bias_sums hands bias_sums=True to fused_fc.stack and fused_fc.groups (here their CPU forms), and
-    G's gradients are those without it, to float32 rounding."""
-    from cips_edge.core.config import preset
-    from cips_edge.train.discriminator import DiscriminatorConfig
-    from cips_edge.train.trainer import Recipe, Trainer
-
-    seen = []
-
-    def spy(op):
-        def wrapped(*args, bias_sums=False):
-            seen.append((op.__name__, bias_sums))
-            return op(*args, bias_sums=bias_sums)
-        wrapped.__name__ = op.__name__
-        return wrapped
-
-    monkeypatch.setattr(fused_fc, "layer", cpu_layer_op)
-    monkeypatch.setattr(fused_fc, "stack", spy(cpu_stack_op))
-    monkeypatch.setattr(fused_fc, "groups", spy(cpu_groups_op))
-    recipe = Recipe(batch=3, lr=0.002, r1_gamma=10.0, r1_every=2, ema_half_life_kimg=10.0, global_batch=3,
-                    augment=False, xflip=False, g_lazy_correction=True, seed=0)
-    for groups in (False, True):
-        results = {}
-        for bias_sums in (False, True):
-            trainer = Trainer(preset("tiny"), DiscriminatorConfig(16, channel_max=8), recipe, torch.device("cpu"),
-                              speed=Speed(fused_fc=True, fused_stack=True, fused_groups=groups, bias_sums=bias_sums))
-            z = torch.randn(3, trainer.G.config.style_dim, generator=torch.Generator().manual_seed(0))
-            seen.clear()
-            trainer.generate(z).square().mean().backward()
-            assert seen and all(flag == bias_sums for _, flag in seen)
-            assert {name for name, _ in seen} == ({"cpu_groups_op"} if groups else {"cpu_stack_op"})
-            results[bias_sums] = {n: p.grad for n, p in trainer.G.named_parameters()}
-        for name, grad in results[False].items():
-            torch.testing.assert_close(results[True][name], grad, rtol=1e-5, atol=1e-6, msg=name)

@@ -16,9 +16,7 @@ and the layer's output again.
 
 Rounding: products accumulate in float32 and are rounded once, after the activation (or its
 derivative), to bf16; the unfused path rounds the product to bf16 first. The bias gradient sums, in
-float32, the bf16 pre-activation gradient the products take; with bias_sums, an inner layer's is summed
-by the grad-input kernel from the float32 gradient before its rounding
-(torch.ops.cips_edge.modulated_fc_grad_input_bias).
+float32, the bf16 pre-activation gradient the products take.
 """
 from __future__ import annotations
 
@@ -35,7 +33,7 @@ from . import projection
 LIBRARY_ENV = "CIPS_TRAIN_OPS"
 LIBRARY = Path(__file__).resolve().parent / "cuda_ops" / "build" / "libcips_train_ops.so"
 ALIGN = 8  # elements: the kernel's TMA loads and stores want 16-byte rows of bf16
-ABI = 3  # the entry points' signatures this module calls (modulated_fc.cu's CipsTrainOpsAbi)
+ABI = 2  # the entry points' signatures this module calls (modulated_fc.cu's CipsTrainOpsAbi)
 
 
 def library_path() -> Path | None:
@@ -67,25 +65,10 @@ def _library(path: str) -> ctypes.CDLL:
     fn.restype = ctypes.c_int
     grad = lib.CipsTrainModulatedFcGradInput
     grad.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                     ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                     ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p,
-                     ctypes.c_int]
+                     ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                     ctypes.c_float, ctypes.c_float, ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
     grad.restype = ctypes.c_int
-    lib.CipsTrainGradInputTile.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
-    lib.CipsTrainGradInputTile.restype = None
     return lib
-
-
-def _grad_input_tile() -> tuple[int, int]:
-    """The grad-input kernel's CTA tile (rows, columns) in the built library: its column sums' layout."""
-    return _tile(str(library_path()))
-
-
-@functools.cache
-def _tile(path: str) -> tuple[int, int]:
-    rows, columns = ctypes.c_int(), ctypes.c_int()
-    _library(path).CipsTrainGradInputTile(ctypes.byref(rows), ctypes.byref(columns))
-    return rows.value, columns.value
 
 
 def _launch(name: str, device: torch.device, *args) -> None:
@@ -245,11 +228,11 @@ def layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gain: float
 SIDE = 8  # columns beside a gradient for a ToRGB's (3, padded so that rows stay 16-byte multiples)
 
 
-def _grad_input_unrounded(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
+def _grad_input_reference(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
                           slope: float) -> torch.Tensor:
     compute = torch.promote_types(grad.dtype, torch.float32)
     product = torch.matmul(grad.to(compute), weight.to(compute).transpose(-1, -2))
-    return _pre_activation_grad(product, z, gain, slope)
+    return _pre_activation_grad(product, z, gain, slope).to(grad.dtype)
 
 
 def _beside(d: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
@@ -266,19 +249,13 @@ def modulated_fc_grad_input(grad: torch.Tensor, weight: torch.Tensor, z: torch.T
     (this layer's [in, out] weights), z [B, M, N] this layer's input (the previous layer's output).
     side [B, M, C] (C <= SIDE): the result's rows are [result | side | 0], N + SIDE wide, so that a product
     at a ToRGB group's boundary reads the ToRGB's gradient beside it (fused_fc.groups)."""
-    d = _grad_input_unrounded(grad, weight, z, gain, slope).to(grad.dtype)
+    d = _grad_input_reference(grad, weight, z, gain, slope)
     return d if side is None else _beside(d, side)
 
 
 @modulated_fc_grad_input.register_kernel("cuda")
 def _grad_input_cuda(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
                      slope: float, side: torch.Tensor | None = None) -> torch.Tensor:
-    return _grad_input_launch(grad, weight, z, gain, slope, side, None)
-
-
-def _grad_input_launch(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float, slope: float,
-                       side: torch.Tensor | None, sums: torch.Tensor | None) -> torch.Tensor:
-    """The grad-input kernel on CUDA; sums (float32, zeroed) receives its column sums per tile, or None."""
     _bf16(grad, weight, z)
     batch, m, k = grad.shape
     n = weight.shape[1]
@@ -293,8 +270,7 @@ def _grad_input_launch(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor
         out[..., n + side.shape[-1]:] = 0
         d = out[..., :n]
     _launch("CipsTrainModulatedFcGradInput", grad.device, grad.data_ptr(), weight_t.data_ptr(), z.data_ptr(),
-            z.stride(1), z.stride(0), d.data_ptr(), d.stride(1), d.stride(0),
-            None if sums is None else sums.data_ptr(), batch, m, n, k, gain, slope)
+            z.stride(1), z.stride(0), d.data_ptr(), d.stride(1), d.stride(0), batch, m, n, k, gain, slope)
     return out
 
 
@@ -305,60 +281,20 @@ def _grad_input_fake(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, 
     return grad.new_empty((*grad.shape[:-1], width))
 
 
-@torch.library.custom_op("cips_edge::modulated_fc_grad_input_bias", mutates_args=())
-def modulated_fc_grad_input_bias(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
-                                 slope: float, side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """modulated_fc_grad_input, and the previous layer's bias gradient with it: the sum over samples and
-    rows of the gradient it writes, in float32 at least, before the rounding (on CUDA from the kernel's
-    epilogue, where otherwise a pass reads the written gradient again)."""
-    pre = _grad_input_unrounded(grad, weight, z, gain, slope)
-    d = pre.to(grad.dtype)
-    return (d if side is None else _beside(d, side)), pre.sum(dim=(0, 1))
-
-
-@modulated_fc_grad_input_bias.register_kernel("cuda")
-def _grad_input_bias_cuda(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
-                          slope: float, side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    batch, m = grad.shape[:2]
-    n = weight.shape[1]
-    tile_m, tile_n = _grad_input_tile()
-    # [B, tiles along M, N rounded up to whole tiles]: each tile's column sums (modulated_fc.cu)
-    sums = torch.zeros(batch, -(-m // tile_m), -(-n // tile_n) * tile_n, dtype=torch.float32, device=grad.device)
-    out = _grad_input_launch(grad, weight, z, gain, slope, side, sums)
-    return out, sums[..., :n].sum(dim=(0, 1))
-
-
-@modulated_fc_grad_input_bias.register_fake
-def _grad_input_bias_fake(grad: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float,
-                          slope: float, side: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    sums = grad.new_empty(weight.shape[1], dtype=torch.promote_types(grad.dtype, torch.float32))
-    return _grad_input_fake(grad, weight, z, gain, slope, side), sums
-
-
-def _grad_input(pre: torch.Tensor, weight: torch.Tensor, z: torch.Tensor, gain: float, slope: float,
-                side: torch.Tensor | None, bias_sums: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The gradient at the layer before's pre-activation and, with bias_sums, that layer's bias gradient
-    from the same kernel (else None: the caller sums the gradient)."""
-    if bias_sums:
-        return torch.ops.cips_edge.modulated_fc_grad_input_bias(pre, weight, z, gain, slope, side)
-    return torch.ops.cips_edge.modulated_fc_grad_input(pre, weight, z, gain, slope, side), None
-
-
 class _Stack(torch.autograd.Function):
     """Consecutive layers, each through modulated_fc; the backward into each layer but the first from the
     one after it in one kernel (modulated_fc_grad_input), where the layers one by one would form the
     gradient at a layer's output and then read it again, with that output, for its pre-activation."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, gain: float, slope: float, bias_sums: bool,
-                *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, gain: float, slope: float, *params: torch.Tensor) -> torch.Tensor:
         n = len(params) // 2
         outs, h = [], x
         for weight, bias in zip(params[:n], params[n:]):
             h = torch.ops.cips_edge.modulated_fc(h, weight, bias, gain, slope)
             outs.append(h)
         ctx.save_for_backward(x, *params[:n], *outs)
-        ctx.gain, ctx.slope, ctx.n, ctx.bias_sums = gain, slope, n, bias_sums
+        ctx.gain, ctx.slope, ctx.n = gain, slope, n
         return h
 
     @staticmethod
@@ -368,26 +304,23 @@ class _Stack(torch.autograd.Function):
         x, weights, outs = saved[0], saved[1:1 + n], saved[1 + n:]
         pre = _pre_activation_grad(grad, outs[-1], gain, slope).to(x.dtype)
         grad_weights, grad_biases, grad_x = [None] * n, [None] * n, None
-        bias = None  # layer i's bias gradient where the kernel into it summed it
         for i in reversed(range(n)):
             grad_weights[i] = torch.matmul((outs[i - 1] if i else x).transpose(-1, -2), pre)
-            grad_biases[i] = _bias_grad(pre) if bias is None else bias
+            grad_biases[i] = _bias_grad(pre)
             if i:
-                pre, bias = _grad_input(pre, weights[i], outs[i - 1], gain, slope, None, ctx.bias_sums)
+                pre = torch.ops.cips_edge.modulated_fc_grad_input(pre, weights[i], outs[i - 1], gain, slope)
             else:
                 grad_x = torch.matmul(pre, weights[0].transpose(-1, -2))
-        return grad_x, None, None, None, *grad_weights, *grad_biases
+        return grad_x, None, None, *grad_weights, *grad_biases
 
 
 def stack(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], gain: float,
-          slope: float, bias_sums: bool = False) -> torch.Tensor | None:
+          slope: float) -> torch.Tensor | None:
     """A ToRGB group's layers (x's rows of its own per sample) through _Stack in bf16, or None where the
-    kernels cannot take one of them (the caller computes them the usual way). bias_sums: each inner layer's
-    bias gradient from the grad-input kernel's epilogue."""
+    kernels cannot take one of them (the caller computes them the usual way)."""
     if not all(takes(x, w) for w in weights) or x.shape[0] != weights[0].shape[0] or x.stride(0) == 0:
         return None
-    return _Stack.apply(x.to(torch.bfloat16), gain, slope, bias_sums, *(w.to(torch.bfloat16) for w in weights),
-                        *biases)
+    return _Stack.apply(x.to(torch.bfloat16), gain, slope, *(w.to(torch.bfloat16) for w in weights), *biases)
 
 
 # -- every ToRGB group at once: the backward across each group boundary in one kernel too ---------------
@@ -409,8 +342,7 @@ class _Groups(torch.autograd.Function):
     and the ToRGB read the same input, so one weight-gradient GEMM of those wide rows gives both."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, gain: float, slope: float, n_groups: int, bias_sums: bool,
-                *params: torch.Tensor):
+    def forward(ctx, x: torch.Tensor, gain: float, slope: float, n_groups: int, *params: torch.Tensor):
         n = (len(params) - n_groups) // 2
         weights, biases, rgb_weights = params[:n], params[n:2 * n], params[2 * n:]
         every = n // n_groups
@@ -421,7 +353,7 @@ class _Groups(torch.autograd.Function):
             if i % every == every - 1:
                 products.append(torch.matmul(h, rgb_weights[i // every]))
         ctx.save_for_backward(x, *weights, *rgb_weights, *outs)
-        ctx.gain, ctx.slope, ctx.n, ctx.n_groups, ctx.bias_sums = gain, slope, n, n_groups, bias_sums
+        ctx.gain, ctx.slope, ctx.n, ctx.n_groups = gain, slope, n, n_groups
         return tuple(products)
 
     @staticmethod
@@ -446,7 +378,6 @@ class _Groups(torch.autograd.Function):
             pre = _beside(pre, side(last))
         grad_weights, grad_biases, grad_rgb, grad_x = [None] * n, [None] * n, [None] * n_groups, None
         grad_rgb[-1] = torch.matmul(outs[-1].transpose(-1, -2), g[-1])
-        bias = None  # layer i's bias gradient where the kernel into it summed it
         for i in reversed(range(n)):
             width = weights[i].shape[-1]
             core = pre[..., :width]
@@ -456,25 +387,27 @@ class _Groups(torch.autograd.Function):
             grad_weights[i] = grad[..., :width]
             if side(i) is not None:
                 grad_rgb[i // every - 1] = grad[..., width:width + g[i // every - 1].shape[-1]]
-            grad_biases[i] = _bias_grad(core) if bias is None else bias
+            grad_biases[i] = _bias_grad(core)
             if i == 0:
                 grad_x = torch.matmul(core, weights[0].transpose(-1, -2))
             elif i % every:  # into the layer before, in the same group
-                pre, bias = _grad_input(core, weights[i], outs[i - 1], gain, slope, side(i - 1), ctx.bias_sums)
+                pre = torch.ops.cips_edge.modulated_fc_grad_input(core, weights[i], outs[i - 1], gain, slope,
+                                                                  side(i - 1))
             else:  # into the group before's last layer, with its ToRGB's gradient beside
                 weight = _with_rgb(weights[i], rgb_weights[i // every - 1])
-                pre, bias = _grad_input(pre, weight, outs[i - 1], gain, slope, side(i - 1), ctx.bias_sums)
-        return grad_x, None, None, None, None, *grad_weights, *grad_biases, *grad_rgb
+                pre = torch.ops.cips_edge.modulated_fc_grad_input(pre, weight, outs[i - 1], gain, slope,
+                                                                  side(i - 1))
+        return grad_x, None, None, None, *grad_weights, *grad_biases, *grad_rgb
 
 
 def groups(x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], rgb_weights: list[torch.Tensor],
-           gain: float, slope: float, bias_sums: bool = False) -> list[torch.Tensor] | None:
+           gain: float, slope: float) -> list[torch.Tensor] | None:
     """G's ToRGB groups (x's rows of its own per sample; len(weights) / len(rgb_weights) layers each) through
     _Groups in bf16: each group's ToRGB product (without its bias), or None where the kernels cannot take
-    one of the layers (the caller computes the groups the usual way). bias_sums as stack's."""
+    one of the layers (the caller computes the groups the usual way)."""
     if (not all(takes(x, w) for w in weights) or x.shape[0] != weights[0].shape[0] or x.stride(0) == 0
             or not rgb_weights or len(weights) % len(rgb_weights) or rgb_weights[0].shape[-1] > SIDE):
         return None
     bf16 = torch.bfloat16
-    return list(_Groups.apply(x.to(bf16), gain, slope, len(rgb_weights), bias_sums, *(w.to(bf16) for w in weights),
-                              *biases, *(w.to(bf16) for w in rgb_weights)))
+    return list(_Groups.apply(x.to(bf16), gain, slope, len(rgb_weights), *(w.to(bf16) for w in weights), *biases,
+                              *(w.to(bf16) for w in rgb_weights)))

@@ -15,7 +15,6 @@ own columns of the circle's native grid (so G reads its wrapping coordinate tabl
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import warnings
 from dataclasses import dataclass
@@ -75,9 +74,6 @@ class Speed:
     # laid out so that every minibatch-stddev group holds the samples it holds in two calls
     fused_groups: bool = False  # (rounding) with fused_stack: all ToRGB groups together, the backward across
     # each group boundary in one grad-input kernel whose product carries the ToRGB's gradient (fused_fc.groups)
-    bias_sums: bool = False  # (rounding) with fused_stack: each layer's bias gradient summed by the epilogue of the
-    # grad-input kernel that writes its pre-activation gradient (before rounding), instead of by a pass that
-    # reads that gradient again
     blur_shifts: bool = False  # (rounding) compiled D: its blurs as sixteen shifted terms rather than two 1-D
     # passes (Blur.taps)
     from_rgb_fma: bool = False  # (rounding) compiled D: from_rgb as three multiply-adds inside the pass that
@@ -240,11 +236,8 @@ class Trainer:
         if not self.speed.fused_fc:  # the fused input layer takes the one table as it is
             e = e.expand(z.shape[0], -1, -1)  # [B, S*S, 2H]
         layer_op = fused_fc.layer if self.speed.fused_fc else None
-        stack_op = groups_op = None
-        if self.speed.fused_fc and self.speed.fused_stack:
-            stack_op = functools.partial(fused_fc.stack, bias_sums=self.speed.bias_sums)
-            if self.speed.fused_groups:
-                groups_op = functools.partial(fused_fc.groups, bias_sums=self.speed.bias_sums)
+        stack_op = fused_fc.stack if self.speed.fused_fc and self.speed.fused_stack else None
+        groups_op = fused_fc.groups if stack_op is not None and self.speed.fused_groups else None
         rgb_op = projection.project if self.speed.rgb_grad else None
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.speed.bf16):
             rgb = g.synthesize(e, weights, fold_gain=self.speed.fold_gain,

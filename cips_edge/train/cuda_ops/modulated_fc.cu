@@ -15,11 +15,6 @@
 // same way: the GEMM G @ W^T with the previous layer's leaky ReLU derivative, read from its output, in the
 // epilogue. Both read the weights from the same [out, in] memory.
 //
-// Where the caller asks for them, the grad-input kernel's epilogue also sums each column of D over the
-// rows of its tile (in float32, before D is rounded): the previous layer's bias gradient in partial sums,
-// without a pass that reads D again. Each tile writes its own sums (no atomics), so the caller's sum of
-// them is the same every run.
-//
 // Called through ctypes (cips_edge/train/fused_fc.py) with raw pointers and the caller's stream, so the
 // library depends on no torch ABI; cudart is linked statically.
 
@@ -27,7 +22,6 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <type_traits>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -100,79 +94,6 @@ struct LeakyReluGrad<cutlass::Array<T, N>> {
   }
 };
 
-}  // namespace
-
-// GradInput's epilogue: LinCombDeEltAct (D = activation_grad(alpha * acc, aux), rounded to ElementOutput)
-// with D's column sums over each CTA tile's rows beside it, in float32 before the rounding (CUTLASS's
-// LinCombDeEltActDePerRowBias does the same for row sums). The sums are partial (Sm90RowReduction without
-// its final reduction): [batch, ceil(M / tile M), N rounded up to tile N] float32 at `column_sums`, one
-// row per tile, which the caller adds up; a null pointer skips them.
-namespace cips_fusion {
-template <template <class> class ActivationFn, class ElementOutput, class ElementAux>
-struct DeEltActColumnSums
-    : cutlass::epilogue::fusion::LinCombDeEltAct<cutlass::layout::RowMajor, ActivationFn, ElementOutput, float,
-                                                 ElementAux> {};
-}  // namespace cips_fusion
-
-namespace cutlass::epilogue::fusion {
-// The visitor tree: round(row_reduce(activation_grad(beta * C + alpha * acc, aux)))
-template <int Stages, template <class> class ActivationFn, class ElementOutput, class ElementAux,
-          class CtaTileShapeMNK, class EpilogueTile, class SmemLayoutAtom, class CopyOpS2R>
-using Sm90DeEltActColumnSums =
-    Sm90EVT<Sm90Compute<epilogue::thread::Identity, ElementOutput, float, FloatRoundStyle::round_to_nearest>,
-            Sm90EVT<Sm90RowReduction<plus, plus, plus, 0, CtaTileShapeMNK, float, float,
-                                     FloatRoundStyle::round_to_nearest, Stride<_0, _1, int64_t>, 4,
-                                     /*EnableNullptr=*/true, /*FinalReduction=*/false>,
-                    Sm90LinCombDeEltAct<CtaTileShapeMNK, EpilogueTile, Stages,
-                                        gemm::TagToStrideC_t<layout::RowMajor>, SmemLayoutAtom, CopyOpS2R,
-                                        ActivationFn, float, float, ElementAux, ElementOutput, float>>>;
-
-template <int StagesC, int StagesD, int FragmentSize, bool ReuseSmemC, bool DelayTmaStore,
-          template <class> class ActivationFn, class ElementOutput, class ElementAux, class CtaTileShapeMNK,
-          class EpilogueTile, class SmemLayoutAtom, class CopyOpS2R>
-struct FusionCallbacks<epilogue::Sm90TmaWarpSpecialized<StagesC, StagesD, FragmentSize, ReuseSmemC, DelayTmaStore>,
-                       cips_fusion::DeEltActColumnSums<ActivationFn, ElementOutput, ElementAux>, CtaTileShapeMNK,
-                       EpilogueTile, SmemLayoutAtom, CopyOpS2R>
-    : Sm90DeEltActColumnSums<StagesC, ActivationFn, ElementOutput, ElementAux, CtaTileShapeMNK, EpilogueTile,
-                             SmemLayoutAtom, CopyOpS2R> {
-  using Impl = Sm90DeEltActColumnSums<StagesC, ActivationFn, ElementOutput, ElementAux, CtaTileShapeMNK,
-                                      EpilogueTile, SmemLayoutAtom, CopyOpS2R>;
-  using Operation = cips_fusion::DeEltActColumnSums<ActivationFn, ElementOutput, ElementAux>;
-
-  struct Arguments {
-    float alpha = 1.0f;
-    float beta = 0.0f;
-    using ActivationArguments = typename Sm90Compute<ActivationFn, float, float,
-                                                     FloatRoundStyle::round_to_nearest>::Arguments;
-    ActivationArguments activation = ActivationArguments();
-    using StrideAux = gemm::TagToStrideC_t<layout::RowMajor>;
-    ElementAux const* aux_ptr = nullptr;
-    StrideAux dAux = {};
-    float* column_sums = nullptr;  // the partial sums (see above), or null
-
-    operator typename Impl::Arguments() const {
-      using StrideScalar = Stride<_0, _0, int64_t>;
-      return {      // identity (the rounding to ElementOutput)
-          {         // column sums of
-              {     // activation_grad(beta * C + alpha * acc, aux)
-                  {                                                         // beta * C + (alpha * acc)
-                      {{beta}, {nullptr}, {StrideScalar{_0{}, _0{}, 0}}},  // beta
-                      {},                                                   // C
-                      {{{alpha}, {nullptr}, {StrideScalar{_0{}, _0{}, 0}}}, {}, {}},  // alpha * acc
-                      {}},
-                  {aux_ptr, ElementAux(0), dAux},  // aux
-                  activation},
-              {column_sums, 0.0f, {_0{}, _1{}, int64_t(0)}}},
-          {}};
-    }
-  };
-
-  using Impl::Impl;
-};
-}  // namespace cutlass::epilogue::fusion
-
-namespace {
-
 // A = [M, K] row-major (K-major), B as LayoutB: RowMajor = [K, N] row-major (N-major, read by WGMMA
 // without a transpose), ColumnMajor = K-major; D = [M, N] row-major bf16 from the epilogue `Fusion`.
 template <class Fusion, class LayoutB>
@@ -200,8 +121,6 @@ using Forward = FusedGemm<cutlass::epilogue::fusion::LinCombPerColBiasEltAct<
 // Backward through a layer into the previous one: dPre = LeakyReluGrad(gain * dPreNext @ W^T, Z)
 using GradInput = FusedGemm<cutlass::epilogue::fusion::LinCombDeEltAct<
     RowMajor, LeakyReluGrad, Bf16, float, Bf16>, RowMajor>;  // aux layout, output, compute, aux
-// The same with dPre's column sums per tile beside it
-using GradInputSums = FusedGemm<cips_fusion::DeEltActColumnSums<LeakyReluGrad, Bf16, Bf16>, RowMajor>;  // output, aux
 // Forward's arguments for `batch` problems of m x n x k; X's row and batch strides in elements.
 Forward::Gemm::Arguments forward_arguments(const Bf16* x, int64_t x_row, int64_t x_batch, const Bf16* w,
                                            const float* bias, Bf16* y, int batch, int m, int n, int k, float gain,
@@ -226,27 +145,23 @@ Forward::Gemm::Arguments forward_arguments(const Bf16* x, int64_t x_row, int64_t
 
 // GradInput's arguments: D [m, n] = LeakyReluGrad(gain * G [m, k] @ W[n, k]^T, Z) per sample, with G
 // contiguous, W^T [k, n] row-major (the layer's [out, in] weights), Z's and D's row and batch strides in
-// elements (D's rows may be wider than n: the columns beyond are left as they are). Of GradInputSums, `sums`
-// receives D's column sums per tile (GradInput has none: it must be null).
-template <class Fused>
-typename Fused::Gemm::Arguments grad_input_arguments(const Bf16* g, const Bf16* w, const Bf16* z, int64_t z_row,
-                                                     int64_t z_batch, Bf16* d, int64_t d_row, int64_t d_batch,
-                                                     float* sums, int batch, int m, int n, int k, float gain,
-                                                     float slope, int device, int sms) {
-  using Kernel = typename Fused::Kernel;
+// elements (D's rows may be wider than n: the columns beyond are left as they are).
+GradInput::Gemm::Arguments grad_input_arguments(const Bf16* g, const Bf16* w, const Bf16* z, int64_t z_row,
+                                                int64_t z_batch, Bf16* d, int64_t d_row, int64_t d_batch, int batch,
+                                                int m, int n, int k, float gain, float slope, int device, int sms) {
+  using Kernel = GradInput::Kernel;
   typename Kernel::StrideA stride_g = make_stride(int64_t(k), Int<1>{}, int64_t(m) * k);
   typename Kernel::StrideB stride_w = make_stride(Int<1>{}, int64_t(n), int64_t(k) * n);  // B (N, K) = W, N-major
   typename Kernel::StrideD stride_d = make_stride(d_row, Int<1>{}, d_batch);
-  typename Fused::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
-                                       {m, n, k, batch},
-                                       {g, stride_g, w, stride_w},
-                                       {{}, nullptr, stride_d, d, stride_d}};
+  GradInput::Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                  {m, n, k, batch},
+                                  {g, stride_g, w, stride_w},
+                                  {{}, nullptr, stride_d, d, stride_d}};
   args.epilogue.thread.alpha = gain;
   args.epilogue.thread.beta = 0.0f;
   args.epilogue.thread.activation.slope = slope;
   args.epilogue.thread.aux_ptr = z;
   args.epilogue.thread.dAux = make_stride(z_row, Int<1>{}, z_batch);
-  if constexpr (std::is_same_v<Fused, GradInputSums>) args.epilogue.thread.column_sums = sums;
   args.hw_info.device_id = device;
   args.hw_info.sm_count = sms;
   return args;
@@ -323,73 +238,48 @@ extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFc(
 // before's output (this layer's input; rows and samples `z_row_stride` and `z_batch_stride` elements
 // apart), D [B, M, N] the gradient at the layer before's pre-activation (rows and samples `d_row_stride` and
 // `d_batch_stride` elements apart: rows wider than N leave room for columns the caller writes beside it),
-// without the pass that reads G @ W^T and Z and writes it. `column_sums`: null, or float32
-// [B, ceil(M / tile M), N rounded up to tile N] (CipsTrainGradInputTile), zeroed by the caller, for D's
-// column sums over each tile's rows, before D's rounding: their sum over samples and tiles is the gradient
-// of the layer before's bias.
+// without the pass that reads G @ W^T and Z and writes it.
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcGradInput(
     const void* g, const void* w, const void* z, int64_t z_row_stride, int64_t z_batch_stride, void* d,
-    int64_t d_row_stride, int64_t d_batch_stride, void* column_sums, int batch, int m, int n, int k, float gain,
-    float slope, int device, void* stream, char* error, int error_len) {
+    int64_t d_row_stride, int64_t d_batch_stride, int batch, int m, int n, int k, float gain, float slope, int device,
+    void* stream, char* error, int error_len) {
   if (k % kAlign || n % kAlign) return fail(error, error_len, "shape", "K and N must be multiples of 8");
   if (batch == 1) {
     z_batch_stride = int64_t(m) * z_row_stride;
     d_batch_stride = int64_t(m) * d_row_stride;
   }
-  if (!aligned16(g) || !aligned16(w) || !aligned16(z) || !aligned16(d) || !aligned16(column_sums) ||
-      z_row_stride % kAlign || z_batch_stride % kAlign || z_row_stride < n || z_batch_stride <= 0 ||
-      d_row_stride % kAlign || d_batch_stride % kAlign || d_row_stride < n ||
-      d_batch_stride < int64_t(m) * d_row_stride)
+  if (!aligned16(g) || !aligned16(w) || !aligned16(z) || !aligned16(d) || z_row_stride % kAlign ||
+      z_batch_stride % kAlign || z_row_stride < n || z_batch_stride <= 0 || d_row_stride % kAlign ||
+      d_batch_stride % kAlign || d_row_stride < n || d_batch_stride < int64_t(m) * d_row_stride)
     return fail(error, error_len, "alignment",
                 "G, W, Z and D must start on 16-byte boundaries, Z's and D's rows and samples a multiple of 8 "
                 "elements apart, D's samples apart by at least its rows");
   if (batch <= 0 || m <= 0) return 0;
   int sms = 0;
   if (use_device(device, &sms, error, error_len)) return 1;
-  const auto* g16 = static_cast<const Bf16*>(g);
-  const auto* w16 = static_cast<const Bf16*>(w);
-  const auto* z16 = static_cast<const Bf16*>(z);
-  auto* d16 = static_cast<Bf16*>(d);
-  if (column_sums == nullptr)
-    return run<GradInput::Gemm>(
-        grad_input_arguments<GradInput>(g16, w16, z16, z_row_stride, z_batch_stride, d16, d_row_stride,
-                                        d_batch_stride, nullptr, batch, m, n, k, gain, slope, device, sms),
-        stream, error, error_len);
-  return run<GradInputSums::Gemm>(
-      grad_input_arguments<GradInputSums>(g16, w16, z16, z_row_stride, z_batch_stride, d16, d_row_stride,
-                                          d_batch_stride, static_cast<float*>(column_sums), batch, m, n, k, gain,
-                                          slope, device, sms),
+  return run<GradInput::Gemm>(
+      grad_input_arguments(static_cast<const Bf16*>(g), static_cast<const Bf16*>(w), static_cast<const Bf16*>(z),
+                           z_row_stride, z_batch_stride, static_cast<Bf16*>(d), d_row_stride, d_batch_stride, batch,
+                           m, n, k, gain, slope, device, sms),
       stream, error, error_len);
 }
 
 // The entry points' signatures, for the caller to check against the one it was written for
-// (cips_edge/train/fused_fc.py's ABI): 2 = the grad-input kernel's output strides; 3 = its column sums.
-extern "C" __attribute__((visibility("default"))) int CipsTrainOpsAbi() { return 3; }
-
-// The grad-input kernel's CTA tile (rows, columns), which lays out its column sums.
-extern "C" __attribute__((visibility("default"))) void CipsTrainGradInputTile(int* m, int* n) {
-  *m = CIPS_FC_TILE_M;
-  *n = CIPS_FC_TILE_N;
-}
+// (cips_edge/train/fused_fc.py's ABI): 2 = the grad-input kernel's output strides.
+extern "C" __attribute__((visibility("default"))) int CipsTrainOpsAbi() { return 2; }
 
 // Host-side only (no GPU): whether CUTLASS takes `batch` problems of m x n x k on `sms` multiprocessors
 // (0 = yes, 1 = no), the forward's (grad_input 0) or the backward's (1, its output rows `d_row` elements
-// apart; 2, the same with its column sums), and the workspace it would want (the ops allocate none: it
-// must be 0).
+// apart), and the workspace it would want (the ops allocate none: it must be 0).
 extern "C" __attribute__((visibility("default"))) int CipsTrainModulatedFcPlan(int grad_input, int batch, int m,
                                                                                int n, int k, int sms, int64_t d_row,
                                                                                int64_t* workspace) {
   const auto* at = reinterpret_cast<const Bf16*>(std::uintptr_t(256));  // never read: aligned stand-ins
   auto* out = const_cast<Bf16*>(at);
-  if (grad_input == 2)
-    return plan<GradInputSums::Gemm>(
-        grad_input_arguments<GradInputSums>(at, at, at, n, int64_t(m) * n, out, d_row, int64_t(m) * d_row,
-                                            reinterpret_cast<float*>(out), batch, m, n, k, 1.4142135f, 0.2f, 0, sms),
-        workspace);
   if (grad_input)
     return plan<GradInput::Gemm>(
-        grad_input_arguments<GradInput>(at, at, at, n, int64_t(m) * n, out, d_row, int64_t(m) * d_row, nullptr,
-                                        batch, m, n, k, 1.4142135f, 0.2f, 0, sms),
+        grad_input_arguments(at, at, at, n, int64_t(m) * n, out, d_row, int64_t(m) * d_row, batch, m, n, k,
+                             1.4142135f, 0.2f, 0, sms),
         workspace);
   return plan<Forward::Gemm>(forward_arguments(at, k, int64_t(m) * k, at, reinterpret_cast<const float*>(at), out,
                                                batch, m, n, k, 1.4142135f, 0.2f, 0, sms),
