@@ -20,7 +20,8 @@ group's backward fused too (Speed.fused_stack); +r1bf16 = R1 under bf16 autocast
 with +r1c, D's input gradient in R1 formed layer by layer, convolutions' as transposed convolutions
 (Speed.r1_explicit); +bshift = D's blurs under compile as sixteen shifted terms (Speed.blur_shifts);
 +rgbfma = D's from_rgb under compile as three multiply-adds (Speed.from_rgb_fma); +groups = with +stack, all
-ToRGB groups together, the backward across each group boundary in one kernel (Speed.fused_groups).
+ToRGB groups together, the backward across each group boundary in one kernel (Speed.fused_groups); +ablur =
+with +compile, each D block's first bias, leaky ReLU and blur as one Triton kernel (Speed.act_blur).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def speed_for(path: str, device: torch.device) -> Speed:
     parts = path.split("+")
     if parts[0] == "fast" and set(parts[1:]) <= {"compile", "fold", "autotune", "autotuneg", "r1c", "fused", "stack",
                                                  "rgbgrad", "dpair", "r1bf16", "r1x", "bshift", "rgbfma",
-                                                 "groups"}:
+                                                 "groups", "ablur"}:
         autotune = "gd" if "autotune" in parts else "g" if "autotuneg" in parts else ""
         speed = Speed.for_device(device, bf16=True, compile="compile" in parts or bool(autotune),
                                  fused_fc="fused" in parts, fused_stack="stack" in parts)
@@ -65,9 +66,10 @@ def speed_for(path: str, device: torch.device) -> Speed:
         return dataclasses.replace(speed, fold_gain="fold" in parts, autotune=autotune, r1_compile=r1_compile,
                                    rgb_grad="rgbgrad" in parts, d_pair="dpair" in parts, r1_bf16="r1bf16" in parts,
                                    r1_explicit="r1x" in parts and r1_compile, blur_shifts="bshift" in parts,
-                                   from_rgb_fma="rgbfma" in parts, fused_groups="groups" in parts)
+                                   from_rgb_fma="rgbfma" in parts, fused_groups="groups" in parts,
+                                   act_blur="ablur" in parts)
     raise SystemExit(f"unknown path {path!r}: use plain or fast with any of +compile, +fold, +autotune, +autotuneg, "
-                     "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16, +r1x, +bshift, +rgbfma, +groups")
+                     "+r1c, +fused, +stack, +rgbgrad, +dpair, +r1bf16, +r1x, +bshift, +rgbfma, +groups, +ablur")
 
 
 def build_trainer(path: str, args, device: torch.device) -> Trainer:

@@ -131,6 +131,9 @@ PROCESSES = {
     # --fused-layers, then with all ToRGB groups together (Speed.fused_groups: the backward across each group
     # boundary in one grad-input kernel); recompiles G's graphs in the same process
     "fused-groups": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+fused_groups"]),
+    # --fused-layers, then with each D block's first bias, activation and blur as one Triton kernel
+    # (Speed.act_blur); recompiles D's graphs in the same process
+    "act-blur": ("fast+compile", {}, {}, ["fused_fc+fused_stack", "fused_fc+fused_stack+act_blur"]),
     # --fused-layers with R1 through autograd's input gradient in float32, then with the explicit one
     # (Speed.r1_explicit) in float32, then under bf16 (the default)
     "fused-r1x": ("fast+compile", {}, {}, ["fused_fc+fused_stack+no-r1_explicit+no-r1_bf16",

@@ -24,7 +24,8 @@ def test_cips_trains_path_is_the_step_cips_train_runs(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("part,switch", [("r1bf16", "r1_bf16"), ("rgbgrad", "rgb_grad"), ("dpair", "d_pair"),
                                          ("r1c", "r1_compile"), ("bshift", "blur_shifts"),
-                                         ("rgbfma", "from_rgb_fma"), ("groups", "fused_groups")])
+                                         ("rgbfma", "from_rgb_fma"), ("groups", "fused_groups"),
+                                         ("ablur", "act_blur")])
 def test_each_name_turns_on_its_switch_alone(part, switch):
     without = bench.speed_for("fast+compile", CUDA)
     with_it = bench.speed_for(f"fast+compile+{part}", CUDA)
@@ -40,5 +41,5 @@ def test_r1x_turns_on_the_explicit_input_gradient_of_the_compiled_r1_alone():
 
 
 def test_an_unknown_path_names_the_known_ones():
-    with pytest.raises(SystemExit, match=r"unknown path 'fast\+bogus': .*\+bshift, \+rgbfma, \+groups$"):
+    with pytest.raises(SystemExit, match=r"unknown path 'fast\+bogus': .*\+bshift, \+rgbfma, \+groups, \+ablur$"):
         bench.speed_for("fast+bogus", CUDA)

@@ -17,8 +17,9 @@ from cips_edge.model import (
     scaled_leaky_relu,
     scaled_leaky_relu_grad,
 )
+from cips_edge.train.act_blur import TAPS, act_blur, shifted_taps
 
-BLUR_TAPS = (1.0, 3.0, 3.0, 1.0)  # per axis, / 8 ([1, 1] / 2 three times); Blur is their outer product
+BLUR_TAPS = TAPS  # per axis, / 8 ([1, 1] / 2 three times); Blur is their outer product
 # An output and the map from the gradient at it to the gradient at the input (with_input_grad)
 WithInputGrad = tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -133,14 +134,7 @@ class Blur(nn.Module):
         if not self.shifts:
             x = _taps(_taps(F.pad(x, (p0, p1, p0, p1)), 3), 2)
             return x[:, :, ::s, ::s] if s > 1 else x
-        out = None
-        for i, wi in enumerate(BLUR_TAPS):
-            for j, wj in enumerate(BLUR_TAPS):
-                # term[r, c] = padded x[r + i, c + j]: x moved down p0 - i rows and right p0 - j columns
-                term = F.pad(x, (p0 - j, p1 - 3 + j, p0 - i, p1 - 3 + i))
-                term = (term[:, :, ::s, ::s] if s > 1 else term) * (wi * wj / 64.0)
-                out = term if out is None else out + term
-        return out
+        return shifted_taps(x, self.pad, s)
 
 
 class _MultiplyAdds(torch.autograd.Function):
@@ -289,9 +283,15 @@ class ResBlock(nn.Module):
         self.conv2 = EqualConv2d(in_ch, out_ch, 3, stride=2)
         self.skip_blur = Blur(in_ch, pad=(1, 1), stride=2)  # blur sampled where the 1x1 stride 2 reads
         self.skip = EqualConv2d(in_ch, out_ch, 1, bias=False, activate=False)
+        self.act_blur = False  # compiled: conv1's bias and activation and the blur as one op (Speed.act_blur)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, R, R] -> [B, C', R/2, R/2]
-        out = self.conv2(self.blur(self.conv1(x)))
+        if self.act_blur and torch.compiler.is_compiling():
+            conv1 = self.conv1
+            pre = F.conv2d(x, conv1.weight * conv1.scale, padding=conv1.padding)  # its bias goes in the op
+            out = self.conv2(act_blur(pre, conv1.bias, self.blur.pad))
+        else:
+            out = self.conv2(self.blur(self.conv1(x)))
         return (out + self.skip(self.skip_blur(x))) * (1.0 / math.sqrt(2.0))
 
     def with_input_grad(self, x: torch.Tensor) -> WithInputGrad:
@@ -335,12 +335,15 @@ class Discriminator(nn.Module):
         y = y.reshape(1, -1, 1, 1, 1).expand(group, -1, 1, h, w).reshape(batch, 1, h, w)
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
-    def use_forms(self, blur_shifts: bool, from_rgb_fma: bool) -> None:
+    def use_forms(self, blur_shifts: bool, from_rgb_fma: bool, act_blur: bool = False) -> None:
         """The forms its layers take under torch.compile: every blur's taps as sixteen shifts (Blur.taps),
-        from_rgb as multiply-adds (EqualConv2d._multiply_adds). Set before compiling."""
+        from_rgb as multiply-adds (EqualConv2d._multiply_adds), each block's first bias, activation and
+        blur as one op (act_blur.py). Set before compiling."""
         for module in self.modules():
             if isinstance(module, Blur):
                 module.shifts = blur_shifts
+            if isinstance(module, ResBlock):
+                module.act_blur = act_blur
         self.from_rgb.fma = from_rgb_fma
 
     def forward(self, img: torch.Tensor, input_grad: bool = False):

@@ -33,7 +33,7 @@ from .discriminator import Discriminator, DiscriminatorConfig
 from .losses import d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_settings, r1_penalty
 
 ADAM_BETAS = (0.0, 0.99)
-GRAPH_SWITCHES = ("compile", "autotune", "activation_budget", "blur_shifts", "from_rgb_fma")  # set_speed compiles
+GRAPH_SWITCHES = ("compile", "autotune", "activation_budget", "blur_shifts", "from_rgb_fma", "act_blur")  # set_speed compiles
 BUILT_SWITCHES = ("channels_last", "fused_adam")  # fixed when the trainer is built
 G_REG_EVERY_ORIGINAL = 4  # the interval the original's G optimizer is corrected for (see TrainOptions)
 STAT_NAMES = ("loss_d", "loss_g", "r1", "real_score", "fake_score")
@@ -78,6 +78,8 @@ class Speed:
     # passes (Blur.taps)
     from_rgb_fma: bool = False  # (rounding) compiled D: from_rgb as three multiply-adds inside the pass that
     # applies its bias and activation, not a GEMM with an inner dimension of 3 (EqualConv2d._multiply_adds)
+    act_blur: bool = False  # (rounding) compiled D: each block's first bias, leaky ReLU and blur as one op, a
+    # Triton kernel on CUDA that reads the convolution's output once (act_blur.py)
 
     @classmethod
     def for_device(cls, device: torch.device, bf16: bool, compile: bool, **choices) -> "Speed":
@@ -193,7 +195,10 @@ class Trainer:
     def _build_graphs(self) -> None:
         """D's layer forms and the compiled functions (G's, D's, R1's on first use) that self.speed asks for."""
         speed = self.speed
-        self.D.use_forms(speed.blur_shifts, speed.from_rgb_fma)
+        if speed.act_blur and speed.compile and speed.r1_compile and not speed.r1_explicit:
+            # R1 through D's forward under torch.func inside compile: the op's backward is not differentiated
+            raise ValueError("act_blur needs r1_explicit where R1 is compiled")
+        self.D.use_forms(speed.blur_shifts, speed.from_rgb_fma, speed.act_blur)
         self.generate = self._generate
         self.discriminate = self._discriminate
         self.discriminate_pair = self._discriminate_pair
