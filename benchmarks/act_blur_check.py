@@ -1,7 +1,8 @@
-"""act_blur's Triton kernel (Speed.act_blur) on the GPU, at D's shapes, against the plain ops it replaces:
-its output against the float32 reference (within one bf16 step) and its signs exactly, then its time beside
-the same function in plain ops compiled by Inductor (the passes the D step runs without it), with each one's
-bytes per second. Writes JSON.
+"""act_blur's Triton kernels (Speed.act_blur) on the GPU, at D's shapes, against the plain ops they replace:
+the forward's output against the float32 reference (within one bf16 step) and its signs exactly, the
+backward's gradient likewise and its bias gradient to float32; then each kernel's time beside the same
+function in plain ops compiled by Inductor (the passes the D step runs without it), with the kernels' bytes
+per second. Writes JSON.
 
     bash benchmarks/on_gpu.sh benchmarks/act_blur_check.py --out "$OUT/act-blur-check-h100.json"
 """
@@ -42,6 +43,13 @@ def plain(y: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return ab.shifted_taps(plain_scaled_leaky_relu(v), PAD), v > 0
 
 
+def plain_grad(grad_out: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backward in plain ops: y's gradient and the bias's."""
+    grad = ab.shifted_taps(grad_out.float(), (3 - PAD[0], 3 - PAD[1])) * torch.where(positive, ab.GAIN,
+                                                                                     ab.SLOPE * ab.GAIN)
+    return grad.to(grad_out.dtype), grad.sum(dim=(0, 2, 3))
+
+
 def check(batch: int, channels: int, size: int, reps: int) -> dict:
     torch.manual_seed(0)
     y = torch.randn(batch, channels, size, size, device="cuda", dtype=torch.bfloat16)
@@ -56,8 +64,24 @@ def check(batch: int, channels: int, size: int, reps: int) -> dict:
     kernel_ms = timed(lambda: ab._cuda(y, bias, PAD), reps)
     compiled_ms = timed(lambda: compiled(y, bias), reps)
     nbytes = y.numel() * 2 + got.numel() * 2 + positive.numel()  # read y; write the output and the signs
-    ok = not over.any().item() and torch.equal(positive, want_positive)
+    grad_out = torch.randn_like(got)
+    want_grad = ab.shifted_taps(grad_out.float(), (3 - PAD[0], 3 - PAD[1])) * torch.where(
+        want_positive, ab.GAIN, ab.SLOPE * ab.GAIN)
+    grad, sums = ab._cuda_grad(grad_out, want_positive, PAD)
+    bias_grad = sums.view(batch, size, channels).sum(dim=(0, 1))
+    grad_over = (grad.float() - want_grad).abs() > 2 * (want_grad.abs() * 2.0 ** -8 + 1e-6)
+    bias_err = ((bias_grad - want_grad.sum(dim=(0, 2, 3))).abs().max() / want_grad.sum(dim=(0, 2, 3)).abs().max()).item()
+    compiled_grad = torch.compile(plain_grad)
+    grad_kernel_ms = timed(lambda: ab._cuda_grad(grad_out, want_positive, PAD), reps)
+    grad_compiled_ms = timed(lambda: compiled_grad(grad_out, want_positive), reps)
+    grad_bytes = grad_out.numel() * 2 + positive.numel() + grad.numel() * 2
+    ok = (not over.any().item() and torch.equal(positive, want_positive) and not grad_over.any().item()
+          and bias_err < 1e-5)
     return {"shape": [batch, channels, size, size], "ok": ok,
+            "grad_outside_one_bf16_step": int(grad_over.sum().item()), "bias_grad_rel_err": bias_err,
+            "grad_kernel_ms": round(grad_kernel_ms, 4), "grad_compiled_plain_ms": round(grad_compiled_ms, 4),
+            "grad_speedup": round(grad_compiled_ms / grad_kernel_ms, 3),
+            "grad_kernel_gb_per_s": round(grad_bytes / grad_kernel_ms / 1e6, 1),
             "outside_one_bf16_step": int(over.sum().item()),
             "max_abs_vs_float32": (got.float() - want_float).abs().max().item(),
             "max_abs_vs_reference": (got.float() - want.float()).abs().max().item(),

@@ -116,14 +116,23 @@ ab._kernel[(3, -(-size * 16 // 64))](y, bias, out, positive, 9, 9, size, size, C
 step = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -20
 assert ((out.float() - want.float()).abs() <= want.float().abs() * step + 1e-6).all()
 assert torch.equal(positive, want_positive)
+# the backward kernel: the blur's transpose of a gradient times the slope, and its sums over the rows
+g = torch.randn(3, 16, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
+want_grad = ab.shifted_taps(g.float(), (3 - pad[0], 3 - pad[1])) * torch.where(positive, ab.GAIN, ab.SLOPE * ab.GAIN)
+grad = torch.empty(y.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+sums = torch.empty(3, 9 * 16)
+ab._grad_kernel[(3, -(-9 * 16 // 64))](g, positive, grad, sums, 9, 9, size, size, C=16, Q0=3 - pad[0], BLOCK=64)
+assert ((grad.float() - want_grad).abs() <= want_grad.abs() * step + 1e-6).all()
+torch.testing.assert_close(sums.view(3, 9, 16).sum(dim=(0, 1)), want_grad.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
 """
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 @pytest.mark.parametrize("pad,dtype", [((2, 2), "float32"), ((2, 2), "bfloat16"), ((1, 2), "float32")])
 def test_the_triton_kernel_matches_the_plain_ops(pad, dtype):
-    """The kernel itself, run by Triton's interpreter on CPU tensors in a process of its own (the interpreter
-    is chosen when the kernel is defined): the output to its dtype's rounding, the signs exactly."""
+    """The kernels themselves, run by Triton's interpreter on CPU tensors in a process of its own (the
+    interpreter is chosen when a kernel is defined): the forward's output to its dtype's rounding and its
+    signs exactly; the backward's gradient to its dtype's rounding and its row sums to float32's."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK, str(pad[0]), str(pad[1]), dtype], env=env,
                           capture_output=True, text=True, timeout=300, check=False)

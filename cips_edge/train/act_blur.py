@@ -8,9 +8,11 @@ the convolution's output and sixteen of a stored sign mask, each a different row
 walks down the rows of a strip of (column, channel) pairs, keeps the last three rows' horizontal sums in
 registers, and reads each input once from memory (its column shifts come from the L1 cache); the output and
 the sign mask the backward needs are its only writes: 1.37 ms against 4.54 ms for the plain ops compiled
-(benchmarks/results/act-blur-check-h100.json). Elsewhere the same function runs in plain ops. The backward
-is plain ops (the blur's transpose, a blur with the complementary padding, times the activation's slope),
-which Inductor fuses, and which autograd differentiates again.
+(benchmarks/results/act-blur-check-h100.json). Its backward, the blur's transpose (a blur with the
+complementary padding) of the output's gradient times the activation's slope, is a second kernel of the same
+shape that also sums each (column, channel) over the rows for the bias gradient. Elsewhere both run in plain
+ops, which autograd differentiates again; the kernels' backward is not (ResBlock uses the op only under
+compile, and the trainer only where R1 does not differentiate D's forward twice).
 
 Layout: y and the outputs are channels-last [B, C, H, W]; the arithmetic is float32, rounded to y's dtype
 once at the end (as Inductor rounds its fused pass); float64 stays float64."""
@@ -68,7 +70,7 @@ if triton is not None:
 
     @triton.jit
     def _kernel(y_ptr, bias_ptr, out_ptr, mask_ptr, height, width, out_height, out_width,
-               C: tl.constexpr, P0: tl.constexpr, BLOCK: tl.constexpr):
+                C: tl.constexpr, P0: tl.constexpr, BLOCK: tl.constexpr):
         # one program: one image, BLOCK consecutive (output column, channel) pairs, every output row
         image = tl.program_id(0).to(tl.int64)
         e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -106,7 +108,46 @@ if triton is not None:
             h0, h1, h2 = h1, h2, h3
 
 
+    @triton.jit
+    def _grad_kernel(g_ptr, mask_ptr, out_ptr, sums_ptr, height, width, g_height, g_width,
+                     C: tl.constexpr, Q0: tl.constexpr, BLOCK: tl.constexpr):
+        # the backward: the blur with padding Q0 = 3 - P0 of the output's gradient g, back to y's size, times
+        # the activation's slope; one program: one image, BLOCK (column, channel) pairs of y, every row. Each
+        # program also writes its pairs' sums over the rows, which the bias gradient adds up.
+        image = tl.program_id(0).to(tl.int64)
+        e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        col, ch = e // C, e % C
+        in_cols = col < width
+        g_image = g_ptr + image * g_height * g_width * C
+        mask_image = mask_ptr + image * height * width * C
+        out_image = out_ptr + image * height * width * C
+        h0 = tl.zeros([BLOCK], tl.float32)
+        h1 = tl.zeros([BLOCK], tl.float32)
+        h2 = tl.zeros([BLOCK], tl.float32)
+        total = tl.zeros([BLOCK], tl.float32)
+        for r in range(height + 3):
+            row = tl.full([BLOCK], r - Q0, tl.int32)  # the gradient's row that y's row r - 3 reads last
+            row_ok = in_cols & (row >= 0) & (row < g_height)
+            row_ptr = g_image + row * g_width * C
+            h3 = tl.zeros([BLOCK], tl.float32)
+            for v in tl.static_range(4):
+                c = col - Q0 + v
+                ok = row_ok & (c >= 0) & (c < g_width)
+                tap = tl.load(row_ptr + c * C + ch, mask=ok, other=0.0).to(tl.float32)
+                h3 += tap * (3.0 if v == 1 or v == 2 else 1.0)
+            out_row = tl.full([BLOCK], r - 3, tl.int32)
+            store = in_cols & (out_row >= 0)
+            positive = tl.load(mask_image + out_row * width * C + e, mask=store, other=0).to(tl.int1)
+            grad = (h0 + h3 + 3.0 * (h1 + h2)) * (1.0 / 64.0) * tl.where(positive, 1.4142135623730951,
+                                                                       0.2 * 1.4142135623730951)
+            tl.store(out_image + out_row * width * C + e, grad.to(out_ptr.dtype.element_ty), mask=store)
+            total += tl.where(store, grad, 0.0)
+            h0, h1, h2 = h1, h2, h3
+        tl.store(sums_ptr + image * width * C + e, total, mask=in_cols)
+
+
 BLOCK, WARPS = 1024, 4
+GRAD_KERNEL = True  # the backward as _grad_kernel on CUDA (else plain ops there too)
 
 
 def _cuda(y: torch.Tensor, bias: torch.Tensor, pad: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +159,20 @@ def _cuda(y: torch.Tensor, bias: torch.Tensor, pad: tuple[int, int]) -> tuple[to
     positive = torch.empty(y.shape, dtype=torch.bool, device=y.device, memory_format=torch.channels_last)
     grid = (batch, -(-out_width * channels // BLOCK))
     _kernel[grid](y, bias.contiguous(), out, positive, height, width, out_height, out_width,
-                           C=channels, P0=pad[0], BLOCK=BLOCK, num_warps=WARPS)
+                  C=channels, P0=pad[0], BLOCK=BLOCK, num_warps=WARPS)
     return out, positive
+
+
+def _cuda_grad(grad_out: torch.Tensor, positive: torch.Tensor, pad: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, channels, height, width = positive.shape
+    grad_out = grad_out.contiguous(memory_format=torch.channels_last)
+    grad = torch.empty(positive.shape, dtype=grad_out.dtype, device=grad_out.device,
+                       memory_format=torch.channels_last)
+    sums = torch.empty((batch, width * channels), dtype=torch.float32, device=grad_out.device)
+    grid = (batch, -(-width * channels // BLOCK))
+    _grad_kernel[grid](grad_out, positive, grad, sums, height, width, grad_out.shape[2], grad_out.shape[3],
+                       C=channels, Q0=3 - pad[0], BLOCK=BLOCK, num_warps=WARPS)
+    return grad, sums
 
 
 def supported(y: torch.Tensor, pad: tuple[int, int]) -> bool:
@@ -146,9 +199,26 @@ def _(y, bias, pad0, pad1):
             torch.empty(y.shape, dtype=torch.bool, device=y.device, memory_format=torch.channels_last))
 
 
+@torch.library.custom_op("cips_edge::act_blur_grad", mutates_args=())
+def _act_blur_grad(grad_out: torch.Tensor, positive: torch.Tensor, pad0: int,
+                   pad1: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton backward (CUDA only): y's gradient in grad_out's dtype, and the float32 sums over the rows
+    of each (image, column, channel), [B, W * C], which the bias gradient adds up."""
+    return _cuda_grad(grad_out, positive, (pad0, pad1))
+
+
+@_act_blur_grad.register_fake
+def _(grad_out, positive, pad0, pad1):
+    batch, channels, _, width = positive.shape
+    return (torch.empty(positive.shape, dtype=grad_out.dtype, device=grad_out.device,
+                        memory_format=torch.channels_last),
+            torch.empty((batch, width * channels), dtype=torch.float32, device=grad_out.device))
+
+
 class _ActBlur(torch.autograd.Function):
     """_act_blur's output with its gradients (an autograd.Function rather than the op's own autograd
-    registration, so that torch.func's transforms, R1's, can take it)."""
+    registration, so that torch.func's transforms, R1's, can take it): on CUDA the backward kernel,
+    elsewhere plain ops."""
 
     @staticmethod
     def forward(y: torch.Tensor, bias: torch.Tensor, pad: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,6 +235,10 @@ class _ActBlur(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor, _grad_positive):
         (positive,) = ctx.saved_tensors
         p0, p1 = ctx.pad
+        if supported(positive, ctx.pad) and GRAD_KERNEL:  # not differentiable again (see ResBlock's use)
+            grad, sums = _act_blur_grad(grad_out, positive, p0, p1)
+            batch, channels, _, width = positive.shape
+            return grad.to(ctx.y_dtype), sums.view(batch, width, channels).sum(dim=(0, 1)).to(ctx.bias_dtype), None
         # the blur's transpose, a blur with the complementary padding, back to y's size; then the slope
         grad_act = shifted_taps(grad_out.to(torch.promote_types(grad_out.dtype, torch.float32)), (3 - p0, 3 - p1))
         grad_v = grad_act * torch.where(positive, GAIN, SLOPE * GAIN)
