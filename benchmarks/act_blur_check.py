@@ -50,7 +50,7 @@ def plain_grad(grad_out: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Te
     return grad.to(grad_out.dtype), grad.sum(dim=(0, 2, 3))
 
 
-def check(batch: int, channels: int, size: int, reps: int) -> dict:
+def check(batch: int, channels: int, size: int, reps: int, configs: list[tuple[int, int]]) -> dict:
     torch.manual_seed(0)
     y = torch.randn(batch, channels, size, size, device="cuda", dtype=torch.bfloat16)
     y = y.contiguous(memory_format=torch.channels_last)
@@ -75,6 +75,11 @@ def check(batch: int, channels: int, size: int, reps: int) -> dict:
     grad_kernel_ms = timed(lambda: ab._cuda_grad(grad_out, want_positive, PAD), reps)
     grad_compiled_ms = timed(lambda: compiled_grad(grad_out, want_positive), reps)
     grad_bytes = grad_out.numel() * 2 + positive.numel() + grad.numel() * 2
+    # the kernels' time at other (block, warps) settings: the same outputs, only the work per program differs
+    sweep = {f"{block}x{warps}": {"ms": round(timed(lambda b=block, w=warps: ab._cuda(y, bias, PAD, b, w), reps), 4),
+                                  "grad_ms": round(timed(lambda b=block, w=warps: ab._cuda_grad(
+                                      grad_out, want_positive, PAD, b, w), reps), 4)}
+             for block, warps in configs}
     ok = (not over.any().item() and torch.equal(positive, want_positive) and not grad_over.any().item()
           and bias_err < 1e-5)
     return {"shape": [batch, channels, size, size], "ok": ok,
@@ -88,7 +93,7 @@ def check(batch: int, channels: int, size: int, reps: int) -> dict:
             "signs_equal": torch.equal(positive, want_positive),
             "kernel_ms": round(kernel_ms, 4), "compiled_plain_ms": round(compiled_ms, 4),
             "speedup": round(compiled_ms / kernel_ms, 3),
-            "kernel_gb_per_s": round(nbytes / kernel_ms / 1e6, 1)}
+            "kernel_gb_per_s": round(nbytes / kernel_ms / 1e6, 1), "block_x_warps": sweep}
 
 
 def main() -> None:
@@ -97,6 +102,9 @@ def main() -> None:
                         help="comma list of BxCxS (batch, channels, size); default: the authors-64 D step's "
                              "blocks (256 images), the G step's (128)")
     parser.add_argument("--reps", type=int, default=20, help="timed calls per shape (median)")
+    parser.add_argument("--configs", default="512x4,1024x8,2048x8,4096x8",
+                        help="comma list of BLOCKxWARPS the kernels are also timed at (default: %(default)s; the "
+                             f"op runs {ab.BLOCK}x{ab.WARPS})")
     parser.add_argument("--out", type=Path, required=True, help="JSON file")
     args = parser.parse_args()
     if not torch.cuda.is_available() or ab.triton is None:
@@ -104,7 +112,8 @@ def main() -> None:
     rows = []
     for spec in args.shapes.split(","):
         batch, channels, size = (int(n) for n in spec.split("x"))
-        rows.append(check(batch, channels, size, args.reps))
+        configs = [tuple(int(n) for n in c.split("x")) for c in args.configs.split(",") if c]
+        rows.append(check(batch, channels, size, args.reps, configs))
         print(json.dumps(rows[-1]), flush=True)
     report = {"benchmark": "act-blur-check", "device_name": torch.cuda.get_device_name(), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv[1:]),

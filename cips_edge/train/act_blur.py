@@ -146,32 +146,34 @@ if triton is not None:
         tl.store(sums_ptr + image * width * C + e, total, mask=in_cols)
 
 
-BLOCK, WARPS = 1024, 4
+BLOCK, WARPS = 1024, 4  # (column, channel) pairs per program, and its warps (act_blur_check.py --configs)
 GRAD_KERNEL = True  # the backward as _grad_kernel on CUDA (else plain ops there too)
 
 
-def _cuda(y: torch.Tensor, bias: torch.Tensor, pad: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _cuda(y: torch.Tensor, bias: torch.Tensor, pad: tuple[int, int], block: int = BLOCK,
+          warps: int = WARPS) -> tuple[torch.Tensor, torch.Tensor]:
     batch, channels, height, width = y.shape
     out_height, out_width = output_size(height, pad), output_size(width, pad)
     y = y.contiguous(memory_format=torch.channels_last)
     out = torch.empty((batch, channels, out_height, out_width), dtype=y.dtype, device=y.device,
                       memory_format=torch.channels_last)
     positive = torch.empty(y.shape, dtype=torch.bool, device=y.device, memory_format=torch.channels_last)
-    grid = (batch, -(-out_width * channels // BLOCK))
+    grid = (batch, -(-out_width * channels // block))
     _kernel[grid](y, bias.contiguous(), out, positive, height, width, out_height, out_width,
-                  C=channels, P0=pad[0], BLOCK=BLOCK, num_warps=WARPS)
+                  C=channels, P0=pad[0], BLOCK=block, num_warps=warps)
     return out, positive
 
 
-def _cuda_grad(grad_out: torch.Tensor, positive: torch.Tensor, pad: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _cuda_grad(grad_out: torch.Tensor, positive: torch.Tensor, pad: tuple[int, int], block: int = BLOCK,
+               warps: int = WARPS) -> tuple[torch.Tensor, torch.Tensor]:
     batch, channels, height, width = positive.shape
     grad_out = grad_out.contiguous(memory_format=torch.channels_last)
     grad = torch.empty(positive.shape, dtype=grad_out.dtype, device=grad_out.device,
                        memory_format=torch.channels_last)
     sums = torch.empty((batch, width * channels), dtype=torch.float32, device=grad_out.device)
-    grid = (batch, -(-width * channels // BLOCK))
+    grid = (batch, -(-width * channels // block))
     _grad_kernel[grid](grad_out, positive, grad, sums, height, width, grad_out.shape[2], grad_out.shape[3],
-                       C=channels, Q0=3 - pad[0], BLOCK=BLOCK, num_warps=WARPS)
+                       C=channels, Q0=3 - pad[0], BLOCK=block, num_warps=warps)
     return grad, sums
 
 
