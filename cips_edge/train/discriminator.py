@@ -138,20 +138,20 @@ class Blur(nn.Module):
 
 
 class _MultiplyAdds(torch.autograd.Function):
-    """rows @ weight.T + bias for rows [..., in] with a small in: the products summed by multiply-adds in
+    """rows @ weight.T + bias for rows [N, in] with a small in: the products summed by multiply-adds in
     float32 (or rows' wider dtype), rounded to rows' dtype. The gradients are rounded as a GEMM's are,
-    operands in their dtype with float32 sums: the input's as sums over the output channels (plain ops,
-    which Inductor fuses into the pass that forms the output's gradient), the weight's and the bias's as
-    one GEMM of that gradient with [rows, 1]. As plain ops, Inductor fuses the latter into the same pass as
-    a reduction over every row of the batch: for D's from_rgb at 64x64 with 256 images, a 5.6 ms kernel of
-    a 59.5 ms D step on an H100 (benchmarks/results/train-profile-authors-64-fused-h100.json)."""
+    operands in their dtype with float32 sums: the rows' as sums over the output channels (plain ops, which
+    Inductor fuses into the pass that forms the output's gradient), the weight's and the bias's as one GEMM
+    of that gradient with [rows, 1]. As plain ops, Inductor fuses the latter into the same pass as a
+    reduction over every row of the batch: for D's from_rgb at 64x64 with 256 images, a 5.6 ms kernel of a
+    59.5 ms D step on an H100 (benchmarks/results/train-profile-authors-64-fused-h100.json)."""
 
     @staticmethod
     def forward(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         acc = torch.promote_types(rows.dtype, torch.float32)
         out = None if bias is None else bias.to(acc)
         for c in range(weight.shape[1]):
-            term = rows[..., c, None].to(acc) * weight[:, c].to(acc)
+            term = rows[:, c, None].to(acc) * weight[:, c].to(acc)
             out = term if out is None else out + term
         return out.to(rows.dtype)
 
@@ -171,12 +171,11 @@ class _MultiplyAdds(torch.autograd.Function):
             g = grad.to(acc)
             grad_rows = torch.stack([(g * weight[:, c].to(acc)).sum(-1) for c in range(inner)], -1).to(rows.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            flat = rows.reshape(-1, inner)
-            columns = [flat, flat.new_ones(len(flat), 1)] if ctx.with_bias else [flat]
+            columns = [rows, rows.new_ones(len(rows), 1)] if ctx.with_bias else [rows]
             pad = -(inner + ctx.with_bias) % 8  # [rows, 1] padded to 16-byte rows (bf16) for the GEMM
             if pad:
-                columns.append(flat.new_zeros(len(flat), pad))
-            sums = grad.reshape(-1, grad.shape[-1]).t() @ torch.cat(columns, dim=1)  # [out, 8k]
+                columns.append(rows.new_zeros(len(rows), pad))
+            sums = grad.t() @ torch.cat(columns, dim=1)  # [out, 8k]
             grad_weight = sums[:, :inner]
             grad_bias = sums[:, inner] if ctx.with_bias else None
         return grad_rows, grad_weight, grad_bias
@@ -222,8 +221,12 @@ class EqualConv2d(nn.Module):
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         bias = None if self.bias is None else self.bias.to(dtype)
-        out = _MultiplyAdds.apply(x.permute(0, 2, 3, 1).to(dtype), weight.flatten(1).to(dtype), bias)
-        return out.permute(0, 3, 1, 2)
+        # the rows as one [B*H*W, in] matrix: compiling a graph with convolutions, Inductor lays out the 4-D
+        # tensors it stores channels-last, which for [B, H, W, in] rows would put H fastest
+        batch, channels, height, width = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, channels).to(dtype)
+        out = _MultiplyAdds.apply(rows, weight.flatten(1).to(dtype), bias)
+        return out.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
 
     def with_input_grad(self, x: torch.Tensor) -> WithInputGrad:
         """forward(x) in plain ops, and the map from its output's gradient to x's: the convolution's

@@ -266,8 +266,10 @@ class Trainer:
         the samples they hold in two calls of B. Needs D.mbstd_group(2B) == D.mbstd_group(B)."""
         a, b = self._d_input(reals, real_draws), self._d_input(fakes, fake_draws)
         batch, group = len(a), self.D.mbstd_group(len(a))
-        both = torch.stack([a.reshape(group, batch // group, *a.shape[1:]),
-                            b.reshape(group, batch // group, *b.shape[1:])], dim=1).reshape(2 * batch, *a.shape[1:])
+        # stacked as [B, H, W, 3] rows, so that the pair keeps a channels-last input's layout (a stack of
+        # [B, 3, H, W] tensors is laid out [B, 3, H, W] whatever their strides)
+        rows = [x.permute(0, 2, 3, 1).reshape(group, batch // group, *x.shape[2:], x.shape[1]) for x in (a, b)]
+        both = torch.stack(rows, dim=1).reshape(2 * batch, *a.shape[2:], a.shape[1]).permute(0, 3, 1, 2)
         logits = self._discriminate(both).reshape(group, 2, batch // group)  # augmented already: no draws
         return logits[:, 0].reshape(batch), logits[:, 1].reshape(batch)
 
