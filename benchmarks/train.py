@@ -15,8 +15,8 @@ paper-256 it was still tuning after 9 minutes), +autotuneg the same for G's grap
 compiled as well; +rgbgrad = each ToRGB's gradient into its input fused into the pass that reads it
 (Speed.rgb_grad); +dpair = the D step's reals and fakes in one D call (Speed.d_pair):
 fast+compile+r1c+rgbgrad+dpair+r1x+r1bf16+bshift+rgbfma is `cips train` on CUDA; +fused = G's layers as
-one CUTLASS kernel each (Speed.fused_fc, needs cips_edge/train/cuda_ops/build.sh's library), +stack = with +fused, each ToRGB
-group's backward fused too (Speed.fused_stack); +r1bf16 = R1 under bf16 autocast (Speed.r1_bf16); +r1x =
+one CUTLASS kernel each (Speed.fused_fc, needs cips_edge/train/cuda_ops/build.sh's library), +stack = with
++fused, each ToRGB group's backward fused too (Speed.fused_stack); +r1bf16 = R1 under bf16 autocast (Speed.r1_bf16); +r1x =
 with +r1c, D's input gradient in R1 formed layer by layer, convolutions' as transposed convolutions
 (Speed.r1_explicit); +bshift = D's blurs under compile as sixteen shifted terms (Speed.blur_shifts);
 +rgbfma = D's from_rgb under compile as three multiply-adds (Speed.from_rgb_fma); +groups = with +stack, all

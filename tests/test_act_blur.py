@@ -110,18 +110,14 @@ y = (y + 0.1 * y.sign()).to(dtype).contiguous(memory_format=torch.channels_last)
 bias = torch.randn(16) * 0.01
 want, want_positive = ab._reference(y, bias, pad)
 size = ab.output_size(9, pad)
-out = torch.empty((3, 16, size, size), dtype=dtype).contiguous(memory_format=torch.channels_last)
-positive = torch.zeros(y.shape, dtype=torch.bool).contiguous(memory_format=torch.channels_last)
-ab._kernel[(3, -(-size * 16 // 64))](y, bias, out, positive, 9, 9, size, size, C=16, P0=pad[0], BLOCK=64)
+out, positive = ab._cuda(y, bias, pad, block=64)  # the launcher, on CPU tensors under the interpreter
 step = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -20
 assert ((out.float() - want.float()).abs() <= want.float().abs() * step + 1e-6).all()
 assert torch.equal(positive, want_positive)
 # the backward kernel: the blur's transpose of a gradient times the slope, and its sums over the rows
 g = torch.randn(3, 16, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
 want_grad = ab.shifted_taps(g.float(), (3 - pad[0], 3 - pad[1])) * torch.where(positive, ab.GAIN, ab.SLOPE * ab.GAIN)
-grad = torch.empty(y.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
-sums = torch.empty(3, 9 * 16)
-ab._grad_kernel[(3, -(-9 * 16 // 64))](g, positive, grad, sums, 9, 9, size, size, C=16, Q0=3 - pad[0], BLOCK=64)
+grad, sums = ab._cuda_grad(g, positive, pad, block=64)
 assert ((grad.float() - want_grad).abs() <= want_grad.abs() * step + 1e-6).all()
 torch.testing.assert_close(sums.view(3, 9, 16).sum(dim=(0, 1)), want_grad.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)
 """

@@ -18,11 +18,11 @@ Layout: y and the outputs are channels-last [B, C, H, W]; the arithmetic is floa
 once at the end (as Inductor rounds its fused pass); float64 stays float64."""
 from __future__ import annotations
 
-import math
-
 import torch
 
-SLOPE, GAIN = 0.2, math.sqrt(2.0)
+from cips_edge.model import LRELU_GAIN as GAIN
+from cips_edge.model import LRELU_SLOPE as SLOPE
+
 TAPS = (1.0, 3.0, 3.0, 1.0)  # per axis; the 2-D filter is their outer product / 64
 
 
@@ -61,20 +61,24 @@ except ImportError:
 
 if triton is not None:
     @triton.jit
-    def _act_at(row_ptr, col, ch, row_ok, width, bias, C: tl.constexpr):
+    def _strip(C: tl.constexpr, BLOCK: tl.constexpr):
+        """This program's image and its BLOCK consecutive (column, channel) pairs: (image, pair, column, channel)."""
+        e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        return tl.program_id(0).to(tl.int64), e, e // C, e % C
+
+    @triton.jit
+    def _act_at(row_ptr, col, ch, row_ok, width, bias, C: tl.constexpr, SLOPE: tl.constexpr, GAIN: tl.constexpr):
         """The activation at input column col of one row (0 outside the image) and its sign."""
         ok = row_ok & (col >= 0) & (col < width)
         v = tl.load(row_ptr + col * C + ch, mask=ok, other=0.0).to(tl.float32) + bias
         positive = v > 0
-        return tl.where(ok, tl.where(positive, v, v * 0.2) * 1.4142135623730951, 0.0), positive, ok
+        return tl.where(ok, tl.where(positive, v, v * SLOPE) * GAIN, 0.0), positive, ok
 
     @triton.jit
     def _kernel(y_ptr, bias_ptr, out_ptr, mask_ptr, height, width, out_height, out_width,
-                C: tl.constexpr, P0: tl.constexpr, BLOCK: tl.constexpr):
+                C: tl.constexpr, P0: tl.constexpr, BLOCK: tl.constexpr, SLOPE: tl.constexpr, GAIN: tl.constexpr):
         # one program: one image, BLOCK consecutive (output column, channel) pairs, every output row
-        image = tl.program_id(0).to(tl.int64)
-        e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        col, ch = e // C, e % C
+        image, e, col, ch = _strip(C, BLOCK)
         in_cols = col < out_width
         bias = tl.load(bias_ptr + ch).to(tl.float32)
         y_image = y_ptr + image * height * width * C
@@ -87,10 +91,10 @@ if triton is not None:
             row = tl.full([BLOCK], r - P0, tl.int32)  # the input row that output row r - 3 reads last
             row_ok = in_cols & (row >= 0) & (row < height)
             row_ptr = y_image + row * width * C
-            a0, s0, ok0 = _act_at(row_ptr, col - P0, ch, row_ok, width, bias, C)
-            a1, s1, ok1 = _act_at(row_ptr, col - P0 + 1, ch, row_ok, width, bias, C)
-            a2, s2, ok2 = _act_at(row_ptr, col - P0 + 2, ch, row_ok, width, bias, C)
-            a3, s3, ok3 = _act_at(row_ptr, col - P0 + 3, ch, row_ok, width, bias, C)
+            a0, s0, ok0 = _act_at(row_ptr, col - P0, ch, row_ok, width, bias, C, SLOPE, GAIN)
+            a1, s1, ok1 = _act_at(row_ptr, col - P0 + 1, ch, row_ok, width, bias, C, SLOPE, GAIN)
+            a2, s2, ok2 = _act_at(row_ptr, col - P0 + 2, ch, row_ok, width, bias, C, SLOPE, GAIN)
+            a3, s3, ok3 = _act_at(row_ptr, col - P0 + 3, ch, row_ok, width, bias, C, SLOPE, GAIN)
             # the sign of input column col (the tap P0 reads it), written by the one program that covers col
             if P0 == 0:
                 positive, ok = s0, ok0
@@ -110,13 +114,12 @@ if triton is not None:
 
     @triton.jit
     def _grad_kernel(g_ptr, mask_ptr, out_ptr, sums_ptr, height, width, g_height, g_width,
-                     C: tl.constexpr, Q0: tl.constexpr, BLOCK: tl.constexpr):
+                     C: tl.constexpr, Q0: tl.constexpr, BLOCK: tl.constexpr, SLOPE: tl.constexpr,
+                     GAIN: tl.constexpr):
         # the backward: the blur with padding Q0 = 3 - P0 of the output's gradient g, back to y's size, times
         # the activation's slope; one program: one image, BLOCK (column, channel) pairs of y, every row. Each
         # program also writes its pairs' sums over the rows, which the bias gradient adds up.
-        image = tl.program_id(0).to(tl.int64)
-        e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        col, ch = e // C, e % C
+        image, e, col, ch = _strip(C, BLOCK)
         in_cols = col < width
         g_image = g_ptr + image * g_height * g_width * C
         mask_image = mask_ptr + image * height * width * C
@@ -138,8 +141,7 @@ if triton is not None:
             out_row = tl.full([BLOCK], r - 3, tl.int32)
             store = in_cols & (out_row >= 0)
             positive = tl.load(mask_image + out_row * width * C + e, mask=store, other=0).to(tl.int1)
-            grad = (h0 + h3 + 3.0 * (h1 + h2)) * (1.0 / 64.0) * tl.where(positive, 1.4142135623730951,
-                                                                       0.2 * 1.4142135623730951)
+            grad = (h0 + h3 + 3.0 * (h1 + h2)) * (1.0 / 64.0) * tl.where(positive, GAIN, SLOPE * GAIN)
             tl.store(out_image + out_row * width * C + e, grad.to(out_ptr.dtype.element_ty), mask=store)
             total += tl.where(store, grad, 0.0)
             h0, h1, h2 = h1, h2, h3
@@ -160,7 +162,7 @@ def _cuda(y: torch.Tensor, bias: torch.Tensor, pad: tuple[int, int], block: int 
     positive = torch.empty(y.shape, dtype=torch.bool, device=y.device, memory_format=torch.channels_last)
     grid = (batch, -(-out_width * channels // block))
     _kernel[grid](y, bias.contiguous(), out, positive, height, width, out_height, out_width,
-                  C=channels, P0=pad[0], BLOCK=block, num_warps=warps)
+                  C=channels, P0=pad[0], BLOCK=block, SLOPE=SLOPE, GAIN=GAIN, num_warps=warps)
     return out, positive
 
 
@@ -173,7 +175,7 @@ def _cuda_grad(grad_out: torch.Tensor, positive: torch.Tensor, pad: tuple[int, i
     sums = torch.empty((batch, width * channels), dtype=torch.float32, device=grad_out.device)
     grid = (batch, -(-width * channels // block))
     _grad_kernel[grid](grad_out, positive, grad, sums, height, width, grad_out.shape[2], grad_out.shape[3],
-                       C=channels, Q0=3 - pad[0], BLOCK=block, num_warps=warps)
+                       C=channels, Q0=3 - pad[0], BLOCK=block, SLOPE=SLOPE, GAIN=GAIN, num_warps=warps)
     return grad, sums
 
 

@@ -33,7 +33,8 @@ from .discriminator import Discriminator, DiscriminatorConfig
 from .losses import d_logistic_loss, ema_beta, g_nonsaturating_loss, lazy_adam_settings, r1_penalty
 
 ADAM_BETAS = (0.0, 0.99)
-GRAPH_SWITCHES = ("compile", "autotune", "activation_budget", "blur_shifts", "from_rgb_fma", "act_blur")  # set_speed compiles
+# the switches that shape the compiled graphs: set_speed compiles afresh for them
+GRAPH_SWITCHES = ("compile", "autotune", "activation_budget", "blur_shifts", "from_rgb_fma", "act_blur")
 BUILT_SWITCHES = ("channels_last", "fused_adam")  # fixed when the trainer is built
 G_REG_EVERY_ORIGINAL = 4  # the interval the original's G optimizer is corrected for (see TrainOptions)
 STAT_NAMES = ("loss_d", "loss_g", "r1", "real_score", "fake_score")
