@@ -32,6 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # name: (extra options, seed)
 RUNS = {"compiled-seed0": ([], 0), "plain-seed0": (["--plain"], 0), "plain-seed1": (["--plain"], 1),
         "fused-seed0": (["--fused-layers"], 0),  # needs a Hopper GPU and cips_edge/train/cuda_ops/build.sh's library
+        "ablur-seed0": (["--fused-layers", "--act-blur"], 0),  # and D's first bias, activation and blur as one kernel
         # the compiled path without its switches that round differently, one or all
         "nor1bf16-seed0": (["--no-r1-bf16"], 0), "nor1x-seed0": (["--no-r1-explicit"], 0),
         "nor1c-seed0": (["--no-r1-compile"], 0), "norgb-seed0": (["--no-rgb-grad"], 0),

@@ -63,3 +63,17 @@ def test_switches_parse_both_ways_with_their_defaults_in_help(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--d-forms, --no-d-forms with --compile: D's blurs as sixteen shifted terms" in text
     assert "(default: True)" in text.split("--d-forms, --no-d-forms", 1)[1].split("--recompute-g", 1)[0]
+
+
+def test_act_blur_without_the_explicit_r1_is_refused_in_one_line(tmp_path, capsys):
+    """Compiled R1 through D's forward cannot differentiate act_blur's kernel twice: the option check says so
+    before anything is written."""
+    from cips_edge.train.__main__ import build_parser
+
+    assert vars(build_parser().parse_args([]))["act_blur"] is False
+    assert vars(build_parser().parse_args(["--act-blur"]))["act_blur"] is True
+    args = [str(tmp_path), "--out", str(tmp_path / "run"), "--act-blur", "--no-r1-explicit"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--act-blur needs --r1-explicit where R1 is compiled" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()

@@ -494,7 +494,11 @@ def test_cips_train_defaults_are_the_fast_paths_defaults():
     assert defaults == Speed.for_device(cuda, bf16=True, compile=True)
     assert defaults.r1_compile and not defaults.cudnn_benchmark and defaults.compile
     assert defaults.rgb_grad and defaults.d_pair and defaults.r1_explicit and defaults.r1_bf16
-    assert defaults.blur_shifts and defaults.from_rgb_fma
+    assert defaults.blur_shifts and defaults.from_rgb_fma and not defaults.act_blur
+    act_blur = speed_for(TrainOptions(data="images", act_blur=True), cuda)  # --act-blur: compiled only
+    assert act_blur == dataclasses.replace(defaults, act_blur=True)
+    assert not speed_for(TrainOptions(data="images", act_blur=True, compile=False), cuda).act_blur
+    assert not speed_for(TrainOptions(data="images", act_blur=True), torch.device("cpu")).act_blur
     asked = speed_for(TrainOptions(data="images", cudnn_benchmark=True, r1_compile=False), cuda)
     assert asked.cudnn_benchmark and not asked.r1_compile and asked.rgb_grad and asked.d_pair
     for switch in ("rgb_grad", "d_pair"):  # --no-rgb-grad, --no-d-pair

@@ -70,7 +70,7 @@ def speed_for(options: TrainOptions, device: torch.device) -> Speed:
         check_fused_layers(o, device)
     return Speed.for_device(device, o.bf16, o.compile, cudnn_benchmark=o.cudnn_benchmark, r1_bf16=o.r1_bf16,
                             r1_compile=o.r1_compile, r1_explicit=o.r1_explicit, rgb_grad=o.rgb_grad, d_pair=o.d_pair,
-                            blur_shifts=o.d_forms, from_rgb_fma=o.d_forms,
+                            blur_shifts=o.d_forms, from_rgb_fma=o.d_forms, act_blur=o.act_blur,
                             recompute_g=o.recompute_g, fused_fc=o.fused_layers, fused_stack=o.fused_layers)
 
 

@@ -141,6 +141,11 @@ class TrainOptions:
                               "stored and read back: 1.02x the images/s and 1.3 GB less with --fused-layers for "
                               "the authors' 64x64 model (ten 512-wide layers) at batch 128 on an H100 (rounds "
                               "differently)")
+    act_blur: bool = opt(False, "with --compile on CUDA: each D block's first bias, leaky ReLU and blur as one "
+                                "Triton kernel that reads the convolution's output once: with --fused-layers at "
+                                "the authors' 64x64 model, batch 128 on an H100, 1,211.9 against 1,109.7 img/s, "
+                                "the same memory (rounds differently; docs/training.md). Needs --r1-explicit "
+                                "where R1 is compiled")
     recompute_g: bool = opt(False, "recompute G's per-pixel activations in its backward, one ToRGB group at "
                                    "a time: less memory at the cost of a second G forward per step")
     fused_layers: bool = opt(False, "G's per-pixel layers as one CUDA kernel each (product, bias, leaky ReLU "
@@ -199,6 +204,9 @@ class TrainOptions:
             return f"--d-channel-max must be positive, not {self.d_channel_max}"
         if self.workers is not None and self.workers < 0:
             return f"--workers must be >= 0, not {self.workers}"
+        if self.act_blur and self.r1_compile and not self.r1_explicit:
+            return ("--act-blur needs --r1-explicit where R1 is compiled: compiled R1 through D's forward would "
+                    "differentiate the kernel twice (or add --no-r1-compile)")
         if self.augment not in AUGMENT_MODES:
             return f"--augment must be one of {', '.join(AUGMENT_MODES)}, not {self.augment!r}"
         if self.data is None and not self.resume:

@@ -88,8 +88,8 @@ class Speed:
         under bf16, rgb_grad, d_pair and D's forms; no cuDNN autotuning); on CPU only what changes nothing
         there. choices: the memory switches above (cudnn_benchmark, r1_bf16, recompute_g, activation_budget),
         r1_compile, r1_explicit (with r1_compile), rgb_grad, d_pair, blur_shifts and from_rgb_fma (with
-        compile), fused_fc (with bf16) and fused_stack (with fused_fc); r1_bf16 None or left out: on with bf16
-        where r1_explicit is."""
+        compile), act_blur (with compile; off unless asked), fused_fc (with bf16) and fused_stack (with
+        fused_fc); r1_bf16 None or left out: on with bf16 where r1_explicit is."""
         cuda = device.type == "cuda"
         # on by default where the step is compiled
         compiled = ("r1_compile", "r1_explicit", "rgb_grad", "d_pair", "blur_shifts", "from_rgb_fma")
@@ -97,7 +97,7 @@ class Speed:
         if not cuda:
             choices = {k: v for k, v in choices.items() if k == "recompute_g"}
         if not (compile and cuda):
-            for key in compiled:
+            for key in (*compiled, "act_blur"):
                 choices.pop(key, None)
         if not choices.get("r1_compile"):
             choices.pop("r1_explicit", None)
