@@ -45,8 +45,7 @@ def plain(y: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def plain_grad(grad_out: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The backward in plain ops: y's gradient and the bias's."""
-    grad = ab.shifted_taps(grad_out.float(), (3 - PAD[0], 3 - PAD[1])) * torch.where(positive, ab.GAIN,
-                                                                                     ab.SLOPE * ab.GAIN)
+    grad = ab._reference_grad(grad_out, positive, PAD)
     return grad.to(grad_out.dtype), grad.sum(dim=(0, 2, 3))
 
 
@@ -65,8 +64,7 @@ def check(batch: int, channels: int, size: int, reps: int, configs: list[tuple[i
     compiled_ms = timed(lambda: compiled(y, bias), reps)
     nbytes = y.numel() * 2 + got.numel() * 2 + positive.numel()  # read y; write the output and the signs
     grad_out = torch.randn_like(got)
-    want_grad = ab.shifted_taps(grad_out.float(), (3 - PAD[0], 3 - PAD[1])) * torch.where(
-        want_positive, ab.GAIN, ab.SLOPE * ab.GAIN)
+    want_grad = ab._reference_grad(grad_out, want_positive, PAD)
     grad, sums = ab._cuda_grad(grad_out, want_positive, PAD)
     bias_grad = sums.view(batch, size, channels).sum(dim=(0, 1))
     grad_over = (grad.float() - want_grad).abs() > 2 * (want_grad.abs() * 2.0 ** -8 + 1e-6)
@@ -110,10 +108,10 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available() or ab.triton is None:
         raise SystemExit("act_blur_check needs a CUDA GPU and triton")
+    configs = [tuple(int(n) for n in c.split("x")) for c in args.configs.split(",") if c]
     rows = []
     for spec in args.shapes.split(","):
         batch, channels, size = (int(n) for n in spec.split("x"))
-        configs = [tuple(int(n) for n in c.split("x")) for c in args.configs.split(",") if c]
         rows.append(check(batch, channels, size, args.reps, configs))
         print(json.dumps(rows[-1]), flush=True)
     report = {"benchmark": "act-blur-check", "device_name": torch.cuda.get_device_name(), "torch": torch.__version__,

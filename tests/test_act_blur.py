@@ -116,7 +116,7 @@ assert ((out.float() - want.float()).abs() <= want.float().abs() * step + 1e-6).
 assert torch.equal(positive, want_positive)
 # the backward kernel: the blur's transpose of a gradient times the slope, and its sums over the rows
 g = torch.randn(3, 16, size, size).to(dtype).contiguous(memory_format=torch.channels_last)
-want_grad = ab.shifted_taps(g.float(), (3 - pad[0], 3 - pad[1])) * torch.where(positive, ab.GAIN, ab.SLOPE * ab.GAIN)
+want_grad = ab._reference_grad(g, positive, pad)
 grad, sums = ab._cuda_grad(g, positive, pad, block=64)
 assert ((grad.float() - want_grad).abs() <= want_grad.abs() * step + 1e-6).all()
 torch.testing.assert_close(sums.view(3, 9, 16).sum(dim=(0, 1)), want_grad.sum(dim=(0, 2, 3)), rtol=1e-5, atol=1e-5)

@@ -53,6 +53,13 @@ def _reference(y: torch.Tensor, bias: torch.Tensor, pad: tuple[int, int]) -> tup
     return out.contiguous(memory_format=torch.channels_last), positive.contiguous(memory_format=torch.channels_last)
 
 
+def _reference_grad(grad_out: torch.Tensor, positive: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """The gradient at y + bias from the output's, in float32 at least: the blur's transpose (a blur with the
+    complementary padding) back to y's size, times the activation's slope."""
+    grad_act = shifted_taps(grad_out.to(torch.promote_types(grad_out.dtype, torch.float32)), (3 - pad[0], 3 - pad[1]))
+    return grad_act * torch.where(positive, GAIN, SLOPE * GAIN)
+
+
 try:  # triton ships with torch's CUDA builds; elsewhere the op runs in plain ops
     import triton
     import triton.language as tl
@@ -149,7 +156,6 @@ if triton is not None:
 
 
 BLOCK, WARPS = 1024, 4  # (column, channel) pairs per program, and its warps (act_blur_check.py --configs)
-GRAD_KERNEL = True  # the backward as _grad_kernel on CUDA (else plain ops there too)
 
 
 def _cuda(y: torch.Tensor, bias: torch.Tensor, pad: tuple[int, int], block: int = BLOCK,
@@ -238,14 +244,11 @@ class _ActBlur(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor, _grad_positive):
         (positive,) = ctx.saved_tensors
-        p0, p1 = ctx.pad
-        if supported(positive, ctx.pad) and GRAD_KERNEL:  # not differentiable again (see ResBlock's use)
-            grad, sums = _act_blur_grad(grad_out, positive, p0, p1)
+        if supported(positive, ctx.pad):  # not differentiable again (see ResBlock's use)
+            grad, sums = _act_blur_grad(grad_out, positive, *ctx.pad)
             batch, channels, _, width = positive.shape
             return grad.to(ctx.y_dtype), sums.view(batch, width, channels).sum(dim=(0, 1)).to(ctx.bias_dtype), None
-        # the blur's transpose, a blur with the complementary padding, back to y's size; then the slope
-        grad_act = shifted_taps(grad_out.to(torch.promote_types(grad_out.dtype, torch.float32)), (3 - p0, 3 - p1))
-        grad_v = grad_act * torch.where(positive, GAIN, SLOPE * GAIN)
+        grad_v = _reference_grad(grad_out, positive, ctx.pad)
         return grad_v.to(ctx.y_dtype), grad_v.sum(dim=(0, 2, 3)).to(ctx.bias_dtype), None
 
 

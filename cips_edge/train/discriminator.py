@@ -198,6 +198,10 @@ class EqualConv2d(nn.Module):
         out = self._pre_activation(x, self.weight * self.scale)
         return scaled_leaky_relu(out) if self.activate else out
 
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution alone, without the bias and activation (for an op that applies them itself)."""
+        return F.conv2d(x, self.weight * self.scale, stride=self.stride, padding=self.padding)
+
     def _as_gemm(self, x: torch.Tensor) -> bool:
         # A 1x1 convolution of channels-last activations is a GEMM over the channels. As GEMMs, from_rgb and
         # the skips took R1's float32 double backward from 244 to 205 ms on an H200; as convolutions cuDNN
@@ -289,10 +293,8 @@ class ResBlock(nn.Module):
         self.act_blur = False  # compiled: conv1's bias and activation and the blur as one op (Speed.act_blur)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, R, R] -> [B, C', R/2, R/2]
-        if self.act_blur and torch.compiler.is_compiling():
-            conv1 = self.conv1
-            pre = F.conv2d(x, conv1.weight * conv1.scale, padding=conv1.padding)  # its bias goes in the op
-            out = self.conv2(act_blur(pre, conv1.bias, self.blur.pad))
+        if self.act_blur and torch.compiler.is_compiling():  # conv1's bias and activation go in the op
+            out = self.conv2(act_blur(self.conv1.convolve(x), self.conv1.bias, self.blur.pad))
         else:
             out = self.conv2(self.blur(self.conv1(x)))
         return (out + self.skip(self.skip_blur(x))) * (1.0 / math.sqrt(2.0))
